@@ -1,0 +1,447 @@
+//! The HTTP server API (`POST /api/<method>`, Centrifugo's server API), plus `/health` and
+//! `/metrics`.
+//!
+//! Answers follow Centrifugo: `200 {"result": …}` on success, `200 {"error": {code, message}}` when
+//! the method itself fails, `400` with a JSON error for a body that is not the method's JSON, `401`
+//! without a valid key, `404` for an unknown method.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use crate::broker::NodeControl;
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::protocol::{
+    error_code, payload_from_raw, ClientInfo, Disconnect, Error, Publication, StreamPosition,
+};
+use crate::session::{check_channel, history_filter};
+
+/// Failure of an API call before its method runs.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("unauthorized")]
+    Unauthorized,
+    #[error("method not found")]
+    MethodNotFound,
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, error_code::UNAUTHORIZED),
+            ApiError::MethodNotFound => (StatusCode::NOT_FOUND, error_code::METHOD_NOT_FOUND),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, error_code::BAD_REQUEST),
+        };
+        let body = json!({"error": {"code": code, "message": self.to_string()}});
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// `POST /api/{method}`.
+pub async fn call(
+    State(node): State<Node>,
+    Path(method): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    Metrics::inc(&node.metrics().api_requests);
+    authorize(&node, &headers, &query)?;
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &body
+    };
+    let reply = if method == "batch" {
+        let req: BatchRequest = parse(body)?;
+        let mut replies = Vec::with_capacity(req.commands.len());
+        for command in req.commands {
+            let Some((method, params)) = command.into_iter().next() else {
+                replies.push(json!({"error": Error::new(error_code::BAD_REQUEST)}));
+                continue;
+            };
+            let reply = match dispatch(&node, &method, params.get().as_bytes()).await {
+                Ok(Ok(result)) => json!({ method: result }),
+                Ok(Err(error)) => json!({ "error": error }),
+                Err(ApiError::MethodNotFound) => {
+                    json!({"error": Error::new(error_code::METHOD_NOT_FOUND)})
+                }
+                Err(e) => {
+                    json!({"error": {"code": error_code::BAD_REQUEST, "message": e.to_string()}})
+                }
+            };
+            replies.push(reply);
+        }
+        json!({ "replies": replies })
+    } else {
+        match dispatch(&node, &method, body).await? {
+            Ok(result) => json!({ "result": result }),
+            Err(error) => json!({ "error": error }),
+        }
+    };
+    Ok(axum::Json(reply).into_response())
+}
+
+/// Runs one API method. The outer error is the call's (400/404), the inner the method's.
+async fn dispatch(
+    node: &Node,
+    method: &str,
+    body: &[u8],
+) -> Result<Result<Value, Error>, ApiError> {
+    Ok(match method {
+        "publish" => publish(node, parse(body)?).await,
+        "broadcast" => broadcast(node, parse(body)?).await,
+        "subscribe" => subscribe(node, parse(body)?).await,
+        "unsubscribe" => unsubscribe(node, parse(body)?).await,
+        "disconnect" => disconnect(node, parse(body)?).await,
+        "presence" => presence(node, parse(body)?).await,
+        "presence_stats" => presence_stats(node, parse(body)?).await,
+        "history" => history(node, parse(body)?).await,
+        "history_remove" => history_remove(node, parse(body)?).await,
+        "channels" => channels(node, parse(body)?),
+        "info" => {
+            let _: Empty = parse(body)?;
+            Ok(json!({ "nodes": [node.info()] }))
+        }
+        _ => return Err(ApiError::MethodNotFound),
+    })
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// Checks the API key: `X-API-Key`, else `Authorization: apikey <key>`, else `?api_key=`.
+fn authorize(
+    node: &Node,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<(), ApiError> {
+    let Some(expected) = node.config().api_key.as_deref() else {
+        // No key configured: config validation allowed this only on loopback or when insecure.
+        return Ok(());
+    };
+    let from_header = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    let from_authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("apikey"))
+        .map(|(_, key)| key.trim());
+    let given = from_header
+        .or(from_authorization)
+        .or(query.get("api_key").map(String::as_str));
+    match given {
+        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(()),
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+/// Compares secrets in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+#[derive(Deserialize)]
+struct BatchRequest {
+    commands: Vec<HashMap<String, Box<RawValue>>>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    parallel: bool,
+}
+
+#[derive(Deserialize)]
+struct PublishRequest {
+    channel: String,
+    data: Box<RawValue>,
+    #[serde(default)]
+    skip_history: bool,
+    #[serde(default)]
+    tags: HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct BroadcastRequest {
+    channels: Vec<String>,
+    data: Box<RawValue>,
+    #[serde(default)]
+    skip_history: bool,
+    #[serde(default)]
+    tags: HashMap<String, String>,
+}
+
+#[derive(Serialize, Default)]
+struct PublishResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<String>,
+}
+
+async fn publish_one(
+    node: &Node,
+    channel: &str,
+    data: &RawValue,
+    tags: HashMap<String, String>,
+    skip_history: bool,
+) -> Result<PublishResult, Error> {
+    check_channel(channel)?;
+    let position = node
+        .publish(channel, payload_from_raw(data), None, tags, skip_history)
+        .await?;
+    Ok(
+        position.map_or_else(PublishResult::default, |p| PublishResult {
+            offset: Some(p.offset),
+            epoch: Some(p.epoch),
+        }),
+    )
+}
+
+async fn publish(node: &Node, req: PublishRequest) -> Result<Value, Error> {
+    let result = publish_one(node, &req.channel, &req.data, req.tags, req.skip_history).await?;
+    Ok(json!(result))
+}
+
+async fn broadcast(node: &Node, req: BroadcastRequest) -> Result<Value, Error> {
+    if req.channels.is_empty() {
+        return Err(Error::new(error_code::BAD_REQUEST));
+    }
+    let publishes = req
+        .channels
+        .iter()
+        .map(|channel| publish_one(node, channel, &req.data, req.tags.clone(), req.skip_history));
+    let responses: Vec<Value> = futures_util::future::join_all(publishes)
+        .await
+        .into_iter()
+        .map(|r| match r {
+            Ok(result) => json!({ "result": result }),
+            Err(error) => json!({ "error": error }),
+        })
+        .collect();
+    Ok(json!({ "responses": responses }))
+}
+
+#[derive(Deserialize)]
+struct SubscribeRequest {
+    user: String,
+    channel: String,
+    #[serde(default)]
+    info: Option<Box<RawValue>>,
+    #[serde(default)]
+    client: Option<String>,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+}
+
+async fn subscribe(node: &Node, req: SubscribeRequest) -> Result<Value, Error> {
+    check_channel(&req.channel)?;
+    let compact = |raw: Option<Box<RawValue>>| raw.map(|r| payload_from_raw(&r));
+    node.control(NodeControl::Subscribe {
+        user: req.user,
+        channel: req.channel,
+        client: req.client.filter(|c| !c.is_empty()),
+        chan_info: compact(req.info),
+        data: compact(req.data),
+    })
+    .await?;
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+struct UnsubscribeRequest {
+    user: String,
+    channel: String,
+    #[serde(default)]
+    client: Option<String>,
+}
+
+async fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> Result<Value, Error> {
+    check_channel(&req.channel)?;
+    node.control(NodeControl::Unsubscribe {
+        user: req.user,
+        channel: req.channel,
+        client: req.client.filter(|c| !c.is_empty()),
+    })
+    .await?;
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+struct DisconnectRequest {
+    user: String,
+    #[serde(default)]
+    client: Option<String>,
+    #[serde(default)]
+    whitelist: Vec<String>,
+    #[serde(default)]
+    disconnect: Option<CustomDisconnect>,
+}
+
+#[derive(Deserialize)]
+struct CustomDisconnect {
+    code: u16,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn disconnect(node: &Node, req: DisconnectRequest) -> Result<Value, Error> {
+    if req.user.is_empty() {
+        return Err(Error::new(error_code::BAD_REQUEST));
+    }
+    let reason = match req.disconnect {
+        None => Disconnect::FORCE_DISCONNECT,
+        // Close codes must be 3000–4999, and a close reason fits in 123 bytes.
+        Some(d) if (3000..5000).contains(&d.code) && d.reason.len() <= 123 => {
+            Disconnect::custom(d.code, d.reason)
+        }
+        Some(_) => return Err(Error::new(error_code::BAD_REQUEST)),
+    };
+    node.control(NodeControl::Disconnect {
+        user: req.user,
+        client: req.client.filter(|c| !c.is_empty()),
+        whitelist: req.whitelist,
+        reason,
+    })
+    .await?;
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+struct ChannelRequest {
+    channel: String,
+}
+
+async fn presence(node: &Node, req: ChannelRequest) -> Result<Value, Error> {
+    check_channel(&req.channel)?;
+    let presence: HashMap<String, ClientInfo> = node.presence(&req.channel).await?;
+    Ok(json!({ "presence": presence }))
+}
+
+async fn presence_stats(node: &Node, req: ChannelRequest) -> Result<Value, Error> {
+    check_channel(&req.channel)?;
+    let stats = node.presence_stats(&req.channel).await?;
+    Ok(json!({"num_clients": stats.num_clients, "num_users": stats.num_users}))
+}
+
+#[derive(Deserialize)]
+struct HistoryRequest {
+    channel: String,
+    #[serde(default)]
+    limit: i32,
+    #[serde(default)]
+    since: Option<StreamPosition>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Serialize)]
+struct HistoryResult<'a> {
+    publications: Vec<&'a Publication>,
+    offset: u64,
+    epoch: &'a str,
+}
+
+async fn history(node: &Node, req: HistoryRequest) -> Result<Value, Error> {
+    check_channel(&req.channel)?;
+    let filter = history_filter(req.limit, req.since, req.reverse)?;
+    let page = node.history(&req.channel, filter).await?;
+    Ok(json!(HistoryResult {
+        publications: page.publications.iter().map(|p| &**p).collect(),
+        offset: page.position.offset,
+        epoch: &page.position.epoch,
+    }))
+}
+
+async fn history_remove(node: &Node, req: ChannelRequest) -> Result<Value, Error> {
+    check_channel(&req.channel)?;
+    node.remove_history(&req.channel).await?;
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+struct ChannelsRequest {
+    #[serde(default)]
+    pattern: String,
+}
+
+fn channels(node: &Node, req: ChannelsRequest) -> Result<Value, Error> {
+    let channels: serde_json::Map<String, Value> = node
+        .hub()
+        .channels()
+        .into_iter()
+        .filter(|(name, _)| req.pattern.is_empty() || glob_match(&req.pattern, name))
+        .map(|(name, count)| (name.to_string(), json!({ "num_clients": count })))
+        .collect();
+    Ok(json!({ "channels": channels }))
+}
+
+/// Matches `text` against a glob where `*` is any run of characters and `?` any one character.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// `GET /health`.
+pub async fn health() -> impl IntoResponse {
+    axum::Json(json!({}))
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(node): State<Node>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.render_metrics(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("chat:*", "chat:room"));
+        assert!(glob_match("*", "x"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("chat:*", "news"));
+        assert!(glob_match("*:b*", "a:bc"));
+    }
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"key", b"key"));
+        assert!(!constant_time_eq(b"key", b"kez"));
+        assert!(!constant_time_eq(b"key", b"keys"));
+    }
+}

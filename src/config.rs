@@ -1,0 +1,206 @@
+//! Server configuration: defaults, overlaid by a TOML file, then `SWITCHBOARD_*` environment
+//! variables, then command-line flags (the CLI in `main.rs` does the last two through clap).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything a node needs to run. Durations are whole seconds in files and flags.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub address: IpAddr,
+    /// Port to listen on.
+    pub port: u16,
+    /// Key that server API calls must present; `None` leaves the API open (loopback or insecure only).
+    pub api_key: Option<String>,
+    /// HMAC secret for HS256 connection tokens.
+    pub token_hmac_secret: Option<String>,
+    /// Accept clients without a token, and the API without a key, even on a public address.
+    pub insecure: bool,
+    /// Seconds between server pings.
+    pub ping_interval: u64,
+    /// Seconds a client has to answer a ping.
+    pub pong_timeout: u64,
+    /// Seconds a new socket has to send `connect`.
+    pub stale_timeout: u64,
+    /// Largest client message (one WebSocket message), in bytes.
+    pub max_message_size: usize,
+    /// Bytes that may wait in one client's outbound queue before it is disconnected as slow.
+    pub client_queue_max_bytes: usize,
+    /// Seconds one write to a client may take before it is disconnected.
+    pub write_timeout: u64,
+    /// Seconds the server waits for its tasks when shutting down.
+    pub shutdown_timeout: u64,
+    /// Send join/leave pushes to a channel's subscribers.
+    pub join_leave: bool,
+    /// Track presence (who is subscribed) per channel.
+    pub presence: bool,
+    /// Publications kept per channel (0 turns history off).
+    pub history_size: usize,
+    /// Seconds a publication is kept in history.
+    pub history_ttl: u64,
+    /// Most publications sent to a client recovering its position.
+    pub recovery_max_publications: usize,
+    /// Seconds an expired connection has to `refresh` its token before it is disconnected.
+    pub expired_grace: u64,
+    /// Name of this node in `/api/info`; defaults to the host name.
+    pub name: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            address: IpAddr::from([127, 0, 0, 1]),
+            port: 8000,
+            api_key: None,
+            token_hmac_secret: None,
+            insecure: false,
+            ping_interval: 25,
+            pong_timeout: 10,
+            stale_timeout: 10,
+            max_message_size: 64 * 1024,
+            client_queue_max_bytes: 1024 * 1024,
+            write_timeout: 10,
+            shutdown_timeout: 5,
+            join_leave: true,
+            presence: true,
+            history_size: 1000,
+            history_ttl: 24 * 3600,
+            recovery_max_publications: 300,
+            expired_grace: 25,
+            name: None,
+        }
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks the values and the safety rule: a public address needs a token secret (clients) and an
+    /// API key (backends), unless `insecure` says otherwise.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ping_interval == 0 || self.pong_timeout == 0 {
+            return Err(ConfigError::Invalid(
+                "ping_interval and pong_timeout must be at least 1 second".into(),
+            ));
+        }
+        if self.max_message_size < 128 {
+            return Err(ConfigError::Invalid(
+                "max_message_size must be at least 128 bytes".into(),
+            ));
+        }
+        if self.client_queue_max_bytes < self.max_message_size {
+            return Err(ConfigError::Invalid(
+                "client_queue_max_bytes must be at least max_message_size".into(),
+            ));
+        }
+        if !self.address.is_loopback() && !self.insecure {
+            if self.token_hmac_secret.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing to accept anonymous clients on public address {}: set --token-hmac-secret \
+                     (or SWITCHBOARD_TOKEN_HMAC_SECRET), or pass --insecure to allow it explicitly",
+                    self.address
+                )));
+            }
+            if self.api_key.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing to expose the server API without a key on public address {}: set \
+                     --api-key (or SWITCHBOARD_API_KEY), or pass --insecure to allow it explicitly",
+                    self.address
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Clients may connect without a token: no secret is configured (validation allowed that only
+    /// on loopback or with `insecure`).
+    pub fn anonymous_allowed(&self) -> bool {
+        self.insecure || self.token_hmac_secret.is_none()
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval)
+    }
+
+    pub fn pong_timeout(&self) -> Duration {
+        Duration::from_secs(self.pong_timeout)
+    }
+
+    pub fn stale_timeout(&self) -> Duration {
+        Duration::from_secs(self.stale_timeout)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_address_needs_secrets_or_insecure() {
+        let mut c = Config {
+            address: "0.0.0.0".parse().unwrap(),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("--insecure"));
+        c.token_hmac_secret = Some("s".into());
+        assert!(c.validate().unwrap_err().to_string().contains("--api-key"));
+        c.api_key = Some("k".into());
+        c.validate().unwrap();
+        let open = Config {
+            address: "0.0.0.0".parse().unwrap(),
+            insecure: true,
+            ..Config::default()
+        };
+        open.validate().unwrap();
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_values_override_defaults_and_unknown_keys_fail() {
+        let c: Config = toml::from_str("port = 9000\njoin_leave = false").unwrap();
+        assert_eq!(c.port, 9000);
+        assert!(!c.join_leave);
+        assert_eq!(c.ping_interval, 25);
+        assert!(toml::from_str::<Config>("prot = 1").is_err());
+    }
+}

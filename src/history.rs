@@ -1,0 +1,281 @@
+//! Channel history: each channel's bounded stream of publications, with offsets and an epoch.
+//!
+//! The [`History`] trait is the contract every storage (in-memory, SQLite) keeps; the broker drives
+//! it. Offsets in a stream are consecutive from 1 and never reused within an epoch; an epoch names
+//! one life of the stream and changes whenever the stream's continuity is lost.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::protocol::{Publication, StreamPosition};
+
+/// How much of a channel's stream is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Most publications kept.
+    pub size: usize,
+    /// How long a publication is kept.
+    pub ttl: Duration,
+}
+
+/// What part of a stream to read.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    /// Publications after this position (whose epoch must be the current one, if not empty).
+    pub since: Option<StreamPosition>,
+    /// Most publications returned; `None` means all that are kept, `Some(0)` only the position.
+    pub limit: Option<usize>,
+    /// Newest first.
+    pub reverse: bool,
+}
+
+/// Publications read from a stream, and the stream's current top.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    pub publications: Vec<Arc<Publication>>,
+    pub position: StreamPosition,
+}
+
+/// Why history failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// `since` names another epoch: the stream the client knew is gone.
+    #[error("unrecoverable position")]
+    UnrecoverablePosition,
+    /// The storage failed; the publication was not stored.
+    #[error("history storage failed: {0}")]
+    Storage(String),
+}
+
+/// Called with each appended publication, in offset order per channel, once it is stored.
+pub type OnStored = Box<dyn FnOnce(Arc<Publication>) + Send>;
+
+/// Storage of channel streams.
+///
+/// Contract: `append` gives the publication the next offset of the channel's stream; `on_stored`
+/// runs once the publication is stored (durably, for a durable storage), and for one channel those
+/// calls happen in offset order and never concurrently, so whoever delivers from them delivers in
+/// order. `append` returns after `on_stored` ran. A failed append stores nothing and calls nothing.
+#[async_trait]
+pub trait History: Send + Sync + 'static {
+    /// Appends `publication` to `channel`'s stream, trimming the stream to `retention`.
+    async fn append(
+        &self,
+        channel: &str,
+        publication: Publication,
+        retention: Retention,
+        on_stored: OnStored,
+    ) -> Result<StreamPosition, HistoryError>;
+
+    /// Reads publications per `filter`, oldest first unless `filter.reverse`.
+    async fn read(&self, channel: &str, filter: HistoryFilter)
+        -> Result<HistoryPage, HistoryError>;
+
+    /// Removes a channel's publications; its position (epoch and top offset) is kept.
+    async fn remove(&self, channel: &str) -> Result<(), HistoryError>;
+}
+
+/// A fresh random epoch name.
+pub fn new_epoch() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    (0..8)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Applies `filter` to a stream's kept publications (oldest first).
+pub fn select<'a>(
+    kept: impl DoubleEndedIterator<Item = &'a Arc<Publication>>,
+    position: &StreamPosition,
+    filter: &HistoryFilter,
+) -> Result<Vec<Arc<Publication>>, HistoryError> {
+    let after = match &filter.since {
+        Some(since) => {
+            if !since.epoch.is_empty() && since.epoch != position.epoch {
+                return Err(HistoryError::UnrecoverablePosition);
+            }
+            since.offset
+        }
+        None => 0,
+    };
+    let limit = filter.limit.unwrap_or(usize::MAX);
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let kept = kept.filter(|p| p.offset > after);
+    Ok(if filter.reverse {
+        kept.rev().take(limit).cloned().collect()
+    } else {
+        kept.take(limit).cloned().collect()
+    })
+}
+
+/// Streams kept in memory: fast, lost on restart. For tests and ephemeral deployments.
+#[derive(Default)]
+pub struct MemoryHistory {
+    streams: Mutex<HashMap<String, MemoryStream>>,
+}
+
+struct MemoryStream {
+    epoch: String,
+    top: u64,
+    items: VecDeque<(Instant, Arc<Publication>)>,
+}
+
+impl MemoryStream {
+    fn trim(&mut self, retention: Option<Retention>) {
+        let now = Instant::now();
+        if let Some(r) = retention {
+            while self.items.len() > r.size {
+                self.items.pop_front();
+            }
+            while let Some((at, _)) = self.items.front() {
+                if now.duration_since(*at) > r.ttl {
+                    self.items.pop_front();
+                } else {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn position(&self) -> StreamPosition {
+        StreamPosition {
+            offset: self.top,
+            epoch: self.epoch.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl History for MemoryHistory {
+    async fn append(
+        &self,
+        channel: &str,
+        mut publication: Publication,
+        retention: Retention,
+        on_stored: OnStored,
+    ) -> Result<StreamPosition, HistoryError> {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let stream = streams
+            .entry(channel.to_string())
+            .or_insert_with(|| MemoryStream {
+                epoch: new_epoch(),
+                top: 0,
+                items: VecDeque::new(),
+            });
+        stream.top += 1;
+        publication.offset = stream.top;
+        let publication = Arc::new(publication);
+        stream
+            .items
+            .push_back((Instant::now(), publication.clone()));
+        stream.trim(Some(retention));
+        let position = stream.position();
+        // Called under the lock: per-channel calls are ordered and never concurrent.
+        on_stored(publication);
+        Ok(position)
+    }
+
+    async fn read(
+        &self,
+        channel: &str,
+        filter: HistoryFilter,
+    ) -> Result<HistoryPage, HistoryError> {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let stream = streams
+            .entry(channel.to_string())
+            .or_insert_with(|| MemoryStream {
+                epoch: new_epoch(),
+                top: 0,
+                items: VecDeque::new(),
+            });
+        let position = stream.position();
+        let publications = select(stream.items.iter().map(|(_, p)| p), &position, &filter)?;
+        Ok(HistoryPage {
+            publications,
+            position,
+        })
+    }
+
+    async fn remove(&self, channel: &str) -> Result<(), HistoryError> {
+        if let Some(stream) = self
+            .streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(channel)
+        {
+            stream.items.clear();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::null_payload;
+
+    fn publication() -> Publication {
+        Publication {
+            data: null_payload(),
+            info: None,
+            offset: 0,
+            tags: HashMap::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn offsets_are_consecutive_and_retention_applies() {
+        let h = MemoryHistory::default();
+        let r = Retention {
+            size: 3,
+            ttl: Duration::from_secs(60),
+        };
+        let mut epoch = String::new();
+        for i in 1..=5u64 {
+            let pos = h
+                .append("c", publication(), r, Box::new(|_| {}))
+                .await
+                .unwrap();
+            assert_eq!(pos.offset, i);
+            if epoch.is_empty() {
+                epoch = pos.epoch.clone();
+            }
+            assert_eq!(pos.epoch, epoch);
+        }
+        let page = h.read("c", HistoryFilter::default()).await.unwrap();
+        let offsets: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, vec![3, 4, 5]);
+        let since = HistoryFilter {
+            since: Some(StreamPosition {
+                offset: 3,
+                epoch: epoch.clone(),
+            }),
+            limit: Some(1),
+            reverse: false,
+        };
+        let page = h.read("c", since).await.unwrap();
+        assert_eq!(page.publications[0].offset, 4);
+        let wrong_epoch = HistoryFilter {
+            since: Some(StreamPosition {
+                offset: 3,
+                epoch: "other".into(),
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            h.read("c", wrong_epoch).await,
+            Err(HistoryError::UnrecoverablePosition)
+        ));
+        h.remove("c").await.unwrap();
+        let page = h.read("c", HistoryFilter::default()).await.unwrap();
+        assert!(page.publications.is_empty());
+        assert_eq!(page.position.offset, 5);
+    }
+}

@@ -1,0 +1,300 @@
+//! The hub: which local connections exist and which of them subscribe to which channel.
+//!
+//! Channels are spread over shards, each behind its own lock, so publishers on different channels
+//! never contend. A delivery is a list of queue pushes of one shared, already-encoded [`Bytes`]:
+//! publishing to 1,000 subscribers encodes once and copies no payload.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::protocol::{Disconnect, Payload};
+use crate::queue::{ClientQueue, PushError};
+
+/// A connection's number on this node (never reused while the node runs).
+pub type ConnId = u64;
+
+const SHARDS: usize = 64;
+
+/// A request from the node to one session, for actions the session must take on its own state
+/// (server-side subscribe/unsubscribe from the API).
+#[derive(Debug)]
+pub enum Control {
+    Subscribe {
+        channel: String,
+        chan_info: Option<Payload>,
+        data: Option<Payload>,
+    },
+    Unsubscribe {
+        channel: String,
+    },
+}
+
+/// What the hub keeps of one connection.
+#[derive(Debug, Clone)]
+pub struct ClientHandle {
+    pub client_id: Arc<str>,
+    pub user: Arc<str>,
+    pub queue: Arc<ClientQueue>,
+    pub control: mpsc::Sender<Control>,
+}
+
+/// Result of one delivery.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Subscribers the message was queued to.
+    pub queued: u64,
+    /// Subscribers whose queue was full or closed.
+    pub dropped: u64,
+    /// Of those, subscribers this delivery pushed over their limit (now closed as slow).
+    pub overflowed: u64,
+}
+
+/// One subscriber of a channel.
+#[derive(Debug)]
+struct Subscriber {
+    queue: Arc<ClientQueue>,
+    /// While the subscription is being set up (its position read from history), deliveries are
+    /// held here with their offsets instead of queued; see [`Hub::activate`].
+    held: Option<Vec<(u64, Bytes)>>,
+}
+
+type ChannelMap = HashMap<Arc<str>, HashMap<ConnId, Subscriber>>;
+
+/// Channel → local subscribers, plus the registry of local connections by id and by user.
+#[derive(Debug)]
+pub struct Hub {
+    shards: Box<[Mutex<ChannelMap>]>,
+    hasher: RandomState,
+    connections: Mutex<Connections>,
+}
+
+#[derive(Debug, Default)]
+struct Connections {
+    by_id: HashMap<ConnId, ClientHandle>,
+    by_user: HashMap<Arc<str>, HashSet<ConnId>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            connections: Mutex::new(Connections::default()),
+        }
+    }
+}
+
+impl Hub {
+    fn shard(&self, channel: &str) -> MutexGuard<'_, ChannelMap> {
+        let i = (self.hasher.hash_one(channel) as usize) % SHARDS;
+        lock(&self.shards[i])
+    }
+
+    /// Registers a connected client.
+    pub fn add_connection(&self, id: ConnId, handle: ClientHandle) {
+        let mut conns = lock(&self.connections);
+        conns
+            .by_user
+            .entry(handle.user.clone())
+            .or_default()
+            .insert(id);
+        conns.by_id.insert(id, handle);
+    }
+
+    /// Forgets a client. Its subscriptions must be removed by the caller (the session knows them).
+    pub fn remove_connection(&self, id: ConnId) {
+        let mut conns = lock(&self.connections);
+        if let Some(handle) = conns.by_id.remove(&id) {
+            if let Some(set) = conns.by_user.get_mut(&handle.user) {
+                set.remove(&id);
+                if set.is_empty() {
+                    conns.by_user.remove(&handle.user);
+                }
+            }
+        }
+    }
+
+    /// The connections of `user` (all of them when `user` is `None`).
+    pub fn user_connections(&self, user: Option<&str>) -> Vec<ClientHandle> {
+        let conns = lock(&self.connections);
+        match user {
+            None => conns.by_id.values().cloned().collect(),
+            Some(user) => conns
+                .by_user
+                .get(user)
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(|id| conns.by_id.get(id).cloned())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Closes every local connection with `reason`.
+    pub fn close_all(&self, reason: Disconnect) {
+        for handle in lock(&self.connections).by_id.values() {
+            handle.queue.close(reason.clone());
+        }
+    }
+
+    /// Adds a subscriber. With `hold`, deliveries are held until [`Hub::activate`]; otherwise
+    /// `first` is queued inside the channel's critical section, so it reaches the client before any
+    /// publication delivered after this call. Returns true if the channel had no local subscriber.
+    pub fn subscribe(
+        &self,
+        channel: &str,
+        id: ConnId,
+        queue: &Arc<ClientQueue>,
+        hold: bool,
+        first: Option<Bytes>,
+    ) -> bool {
+        let mut shard = self.shard(channel);
+        if let Some(first) = first {
+            // A full queue closes the connection; the subscription is removed with it.
+            let _ = queue.push(first);
+        }
+        let subscriber = Subscriber {
+            queue: queue.clone(),
+            held: hold.then(Vec::new),
+        };
+        match shard.get_mut(channel) {
+            Some(subs) => {
+                subs.insert(id, subscriber);
+                false
+            }
+            None => {
+                shard.insert(Arc::from(channel), HashMap::from([(id, subscriber)]));
+                true
+            }
+        }
+    }
+
+    /// Ends the hold of a subscriber added with `hold`: queues `first` (the subscribe reply), then
+    /// the held deliveries whose offset is above `after` (the reply covers the rest), then lets
+    /// deliveries flow. Nothing published meanwhile is lost or duplicated.
+    pub fn activate(&self, channel: &str, id: ConnId, first: Bytes, after: u64) {
+        let mut shard = self.shard(channel);
+        let Some(subscriber) = shard.get_mut(channel).and_then(|subs| subs.get_mut(&id)) else {
+            return;
+        };
+        let _ = subscriber.queue.push(first);
+        for (offset, message) in subscriber.held.take().unwrap_or_default() {
+            if offset > after && subscriber.queue.push(message).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Removes a subscriber. Returns true if the channel has no local subscriber left.
+    pub fn unsubscribe(&self, channel: &str, id: ConnId) -> bool {
+        let mut shard = self.shard(channel);
+        let Some(subs) = shard.get_mut(channel) else {
+            return false;
+        };
+        if subs.remove(&id).is_none() {
+            return false;
+        }
+        if subs.is_empty() {
+            shard.remove(channel);
+            return true;
+        }
+        false
+    }
+
+    /// Queues `message` (the publication at `offset`, 0 when it has none) to every local
+    /// subscriber of `channel`.
+    pub fn deliver(&self, channel: &str, message: &Bytes, offset: u64) -> Delivery {
+        let mut shard = self.shard(channel);
+        let mut delivery = Delivery::default();
+        if let Some(subs) = shard.get_mut(channel) {
+            for subscriber in subs.values_mut() {
+                if let Some(held) = &mut subscriber.held {
+                    held.push((offset, message.clone()));
+                    delivery.queued += 1;
+                    continue;
+                }
+                match subscriber.queue.push(message.clone()) {
+                    Ok(()) => delivery.queued += 1,
+                    Err(PushError::Closed) => delivery.dropped += 1,
+                    Err(PushError::Overflow) => {
+                        delivery.dropped += 1;
+                        delivery.overflowed += 1;
+                    }
+                }
+            }
+        }
+        delivery
+    }
+
+    /// Local subscribers of `channel`.
+    pub fn num_subscribers(&self, channel: &str) -> usize {
+        self.shard(channel).get(channel).map_or(0, |s| s.len())
+    }
+
+    /// Every channel with local subscribers, with their count.
+    pub fn channels(&self) -> Vec<(Arc<str>, usize)> {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                lock(shard)
+                    .iter()
+                    .map(|(name, subs)| (name.clone(), subs.len()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// (connections, distinct users, channels, subscriptions) on this node.
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        let (connections, users) = {
+            let conns = lock(&self.connections);
+            (conns.by_id.len(), conns.by_user.len())
+        };
+        let (mut channels, mut subscriptions) = (0, 0);
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            channels += shard.len();
+            subscriptions += shard.values().map(|s| s.len()).sum::<usize>();
+        }
+        (connections, users, channels, subscriptions)
+    }
+}
+
+/// Locks a hub mutex; every update under these locks is a single step, so a poisoned lock still
+/// guards consistent data.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribe_deliver_unsubscribe() {
+        let hub = Hub::default();
+        let a = Arc::new(ClientQueue::new(1024));
+        let b = Arc::new(ClientQueue::new(1024));
+        assert!(hub.subscribe("c", 1, &a, false, None));
+        assert!(!hub.subscribe("c", 2, &b, true, None));
+        assert_eq!(hub.num_subscribers("c"), 2);
+        let d = hub.deliver("c", &Bytes::from_static(b"m1"), 1);
+        assert_eq!(d.queued, 2);
+        hub.deliver("c", &Bytes::from_static(b"m2"), 2);
+        assert_eq!(a.pending_bytes(), 4);
+        assert_eq!(b.pending_bytes(), 0);
+        // The reply covers offset 1; held offset 2 follows it.
+        hub.activate("c", 2, Bytes::from_static(b"r"), 1);
+        assert_eq!(b.pending_bytes(), 3);
+        assert!(!hub.unsubscribe("c", 1));
+        assert!(hub.unsubscribe("c", 2));
+        assert_eq!(hub.counts(), (0, 0, 0, 0));
+        assert_eq!(hub.deliver("c", &Bytes::from_static(b"m"), 3).queued, 0);
+    }
+}

@@ -1,0 +1,37 @@
+//! Switchboard: a real-time messaging server speaking the Centrifugo v2 client protocol.
+//!
+//! Clients hold a WebSocket open, subscribe to channels and receive every publication pushed by
+//! other clients or by a backend through the HTTP server API. One tokio runtime serves thousands of
+//! open lines; nothing that blocks runs on its workers.
+//!
+//! The layout follows the path of a message:
+//!
+//! - [`protocol`]: wire types and the frame codec; pure, no I/O.
+//! - [`transport`]: one task per WebSocket, reading frames and writing the client's queue.
+//! - [`session`]: one client's state and command handling; its `Drop` is the only cleanup path.
+//! - [`queue`]: a client's bounded outbound queue (slow readers are disconnected, never buffered
+//!   without bound).
+//! - [`node`]: the shared state and operations used by sessions and the API.
+//! - [`hub`]: channel → local subscribers, sharded; a publication is encoded once for all.
+//! - [`broker`], [`history`], [`presence`]: the traits behind which storage and multi-node fan-out
+//!   live, with in-process implementations.
+//! - [`api`]: the HTTP server API, health and metrics; [`server`] assembles routes and runs them.
+//! - [`config`], [`auth`], [`metrics`]: configuration, tokens, counters.
+
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod history;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod presence;
+pub mod protocol;
+pub mod queue;
+pub mod server;
+pub mod session;
+pub mod transport;
+
+pub use config::Config;
+pub use server::run;

@@ -1,0 +1,191 @@
+//! The `switchboard` command line: parses flags and calls into the library.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use switchboard::Config;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "switchboard", version, about = "A real-time messaging server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Print a HS256 connection token for a user.
+    Token(TokenArgs),
+}
+
+/// Flags win over `SWITCHBOARD_*` variables, which win over the config file.
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, env = "SWITCHBOARD_ADDRESS")]
+    address: Option<IpAddr>,
+    /// Port to listen on [default: 8000].
+    #[arg(long, env = "SWITCHBOARD_PORT")]
+    port: Option<u16>,
+    /// Key the server API requires (X-API-Key header).
+    #[arg(long, env = "SWITCHBOARD_API_KEY")]
+    api_key: Option<String>,
+    /// HMAC secret of HS256 connection tokens.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_HMAC_SECRET")]
+    token_hmac_secret: Option<String>,
+    /// Accept anonymous clients and an open API even on a public address.
+    #[arg(long, env = "SWITCHBOARD_INSECURE")]
+    insecure: bool,
+    /// Seconds between server pings [default: 25].
+    #[arg(long, env = "SWITCHBOARD_PING_INTERVAL")]
+    ping_interval: Option<u64>,
+    /// Seconds a client has to answer a ping [default: 10].
+    #[arg(long, env = "SWITCHBOARD_PONG_TIMEOUT")]
+    pong_timeout: Option<u64>,
+    /// Largest client message in bytes [default: 65536].
+    #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_SIZE")]
+    max_message_size: Option<usize>,
+    /// Bytes one client's outbound queue may hold before it is disconnected as slow [default: 1048576].
+    #[arg(long, env = "SWITCHBOARD_CLIENT_QUEUE_MAX_BYTES")]
+    client_queue_max_bytes: Option<usize>,
+    /// Send join/leave pushes (true/false) [default: true].
+    #[arg(long, env = "SWITCHBOARD_JOIN_LEAVE")]
+    join_leave: Option<bool>,
+    /// Publications kept per channel; 0 turns history off [default: 1000].
+    #[arg(long, env = "SWITCHBOARD_HISTORY_SIZE")]
+    history_size: Option<usize>,
+    /// Seconds publications are kept [default: 86400].
+    #[arg(long, env = "SWITCHBOARD_HISTORY_TTL")]
+    history_ttl: Option<u64>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// User id (the `sub` claim).
+    #[arg(long)]
+    user: String,
+    /// Lifetime, such as 3600, 90s, 30m, 1h or 7d; 0 for no expiry.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// HMAC secret [default: the server's SWITCHBOARD_TOKEN_HMAC_SECRET].
+    #[arg(long, env = "SWITCHBOARD_TOKEN_HMAC_SECRET")]
+    secret: String,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! overlay {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { config.$field = v; } )* };
+        }
+        overlay!(
+            address,
+            port,
+            ping_interval,
+            pong_timeout,
+            max_message_size,
+            client_queue_max_bytes,
+            join_leave,
+            history_size,
+            history_ttl
+        );
+        if self.api_key.is_some() {
+            config.api_key = self.api_key;
+        }
+        if self.token_hmac_secret.is_some() {
+            config.token_hmac_secret = self.token_hmac_secret;
+        }
+        config.insecure |= self.insecure;
+        Ok(config)
+    }
+}
+
+/// Parses `3600`, `90s`, `30m`, `1h` or `7d` as seconds.
+fn parse_duration(text: &str) -> anyhow::Result<u64> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("bad duration {text:?}"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => anyhow::bail!("bad duration unit in {text:?} (use s, m, h or d)"),
+    };
+    Ok(n * scale)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Token(args) => {
+            let ttl = parse_duration(&args.ttl)?;
+            println!(
+                "{}",
+                switchboard::auth::make_hmac_token(&args.secret, &args.user, ttl)?
+            );
+            Ok(())
+        }
+        Command::Serve(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            let config = args.into_config()?;
+            config.validate()?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let address = (config.address, config.port);
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", address.0, address.1))?;
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        signal.cancel();
+    });
+    switchboard::run(config, listener, shutdown).await
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

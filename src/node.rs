@@ -1,0 +1,384 @@
+//! The node: one running server's shared state and the operations that sessions and the HTTP API
+//! both use (publish, history, presence, user control).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::TokenVerifier;
+use crate::broker::{Broker, BrokerError, BrokerEventHandler, NodeControl};
+use crate::config::Config;
+use crate::history::{HistoryError, HistoryFilter, HistoryPage, Retention};
+use crate::hub::{ConnId, Control, Hub};
+use crate::metrics::{Gauges, Metrics};
+use crate::presence::{Presence, PresenceStats};
+use crate::protocol::{
+    error_code, ClientInfo, Error, Payload, Publication, Push, PushBody, Reply, StreamPosition,
+};
+
+/// The server version reported to clients and in `/api/info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How a channel behaves, resolved from configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelOptions {
+    pub presence: bool,
+    pub join_leave: bool,
+    /// History retention; `None` when the channel keeps no history.
+    pub history: Option<Retention>,
+}
+
+/// A cheap-to-clone handle on the node.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    hub: Arc<Hub>,
+    broker: Arc<dyn Broker>,
+    presence: Arc<dyn Presence>,
+    metrics: Arc<Metrics>,
+    verifier: Option<TokenVerifier>,
+    uid: String,
+    name: String,
+    started: Instant,
+    next_conn: AtomicU64,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Node {
+    /// A node on `broker` and `presence`; registers itself as the broker's event handler.
+    pub fn new(
+        config: Config,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn Presence>,
+        shutdown: CancellationToken,
+    ) -> Node {
+        let hub = Arc::new(Hub::default());
+        let metrics = Arc::new(Metrics::default());
+        broker.set_handler(Arc::new(Dispatcher {
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+        }));
+        let verifier = config.token_hmac_secret.as_deref().map(TokenVerifier::hmac);
+        let name = config.name.clone().unwrap_or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "switchboard".to_string())
+        });
+        Node {
+            inner: Arc::new(Inner {
+                config,
+                hub,
+                broker,
+                presence,
+                metrics,
+                verifier,
+                uid: uuid::Uuid::new_v4().to_string(),
+                name,
+                started: Instant::now(),
+                next_conn: AtomicU64::new(1),
+                shutdown,
+                tracker: TaskTracker::new(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    pub fn broker(&self) -> &dyn Broker {
+        &*self.inner.broker
+    }
+
+    pub fn presence_storage(&self) -> &dyn Presence {
+        &*self.inner.presence
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn verifier(&self) -> Option<&TokenVerifier> {
+        self.inner.verifier.as_ref()
+    }
+
+    /// Cancelled when the server shuts down.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// Tracks connection and cleanup tasks so shutdown can wait for them.
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.inner.tracker
+    }
+
+    /// A fresh connection number.
+    pub fn next_conn_id(&self) -> ConnId {
+        self.inner.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Channel behaviour from configuration.
+    pub fn channel_options(&self, _channel: &str) -> ChannelOptions {
+        let c = &self.inner.config;
+        ChannelOptions {
+            presence: c.presence,
+            join_leave: c.join_leave,
+            history: (c.history_size > 0 && c.history_ttl > 0).then(|| Retention {
+                size: c.history_size,
+                ttl: Duration::from_secs(c.history_ttl),
+            }),
+        }
+    }
+
+    /// Publishes `data` to `channel` on every node. Returns the stream position when the channel
+    /// keeps history (and `skip_history` is false).
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: Payload,
+        info: Option<ClientInfo>,
+        tags: HashMap<String, String>,
+        skip_history: bool,
+    ) -> Result<Option<StreamPosition>, Error> {
+        let history = if skip_history {
+            None
+        } else {
+            self.channel_options(channel).history
+        };
+        let publication = Publication {
+            data,
+            info,
+            offset: 0,
+            tags,
+        };
+        let position = self
+            .broker()
+            .publish(channel, publication, history)
+            .await
+            .map_err(|e| broker_error(channel, e))?;
+        Metrics::inc(&self.metrics().publications);
+        Ok(position)
+    }
+
+    /// Reads a channel's history.
+    pub async fn history(
+        &self,
+        channel: &str,
+        filter: HistoryFilter,
+    ) -> Result<HistoryPage, Error> {
+        if self.channel_options(channel).history.is_none() {
+            return Err(Error::new(error_code::NOT_AVAILABLE));
+        }
+        self.broker()
+            .history(channel, filter)
+            .await
+            .map_err(|e| broker_error(channel, e))
+    }
+
+    /// Removes a channel's history (its position is kept).
+    pub async fn remove_history(&self, channel: &str) -> Result<(), Error> {
+        if self.channel_options(channel).history.is_none() {
+            return Err(Error::new(error_code::NOT_AVAILABLE));
+        }
+        self.broker()
+            .remove_history(channel)
+            .await
+            .map_err(|e| broker_error(channel, e))
+    }
+
+    /// Who is subscribed to `channel`, by client id.
+    pub async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, Error> {
+        if !self.channel_options(channel).presence {
+            return Err(Error::new(error_code::NOT_AVAILABLE));
+        }
+        self.presence_storage().get(channel).await.map_err(|e| {
+            tracing::error!(channel, error = %e, "presence read failed");
+            Error::new(error_code::INTERNAL)
+        })
+    }
+
+    /// Client and user counts of `channel`.
+    pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, Error> {
+        if !self.channel_options(channel).presence {
+            return Err(Error::new(error_code::NOT_AVAILABLE));
+        }
+        self.presence_storage().stats(channel).await.map_err(|e| {
+            tracing::error!(channel, error = %e, "presence read failed");
+            Error::new(error_code::INTERNAL)
+        })
+    }
+
+    /// Sends a user-targeted action to whichever node holds the user's connections.
+    pub async fn control(&self, control: NodeControl) -> Result<(), Error> {
+        self.broker().publish_control(control).await.map_err(|e| {
+            tracing::error!(error = %e, "control publish failed");
+            Error::new(error_code::INTERNAL)
+        })
+    }
+
+    /// This node's identity and counts, as `/api/info` lists them.
+    pub fn info(&self) -> NodeInfo {
+        let (connections, users, channels, subscriptions) = self.hub().counts();
+        NodeInfo {
+            uid: self.inner.uid.clone(),
+            name: self.inner.name.clone(),
+            version: VERSION.to_string(),
+            num_clients: connections as u64,
+            num_users: users as u64,
+            num_channels: channels as u64,
+            num_subs: subscriptions as u64,
+            uptime: self.inner.started.elapsed().as_secs(),
+        }
+    }
+
+    /// The Prometheus exposition of this node's metrics.
+    pub fn render_metrics(&self) -> String {
+        let info = self.info();
+        self.metrics().render(&Gauges {
+            connections: info.num_clients,
+            users: info.num_users,
+            channels: info.num_channels,
+            subscriptions: info.num_subs,
+            uptime_seconds: info.uptime,
+        })
+    }
+}
+
+/// A node's entry in `/api/info`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeInfo {
+    pub uid: String,
+    pub name: String,
+    pub version: String,
+    pub num_clients: u64,
+    pub num_users: u64,
+    pub num_channels: u64,
+    pub num_subs: u64,
+    pub uptime: u64,
+}
+
+fn broker_error(channel: &str, error: BrokerError) -> Error {
+    match error {
+        BrokerError::History(HistoryError::UnrecoverablePosition) => {
+            Error::new(error_code::UNRECOVERABLE_POSITION)
+        }
+        BrokerError::Unavailable(reason) => {
+            tracing::warn!(channel, %reason, "broker unavailable");
+            Error::new(error_code::NOT_AVAILABLE)
+        }
+        other => {
+            tracing::error!(channel, error = %other, "broker failed");
+            Error::new(error_code::INTERNAL)
+        }
+    }
+}
+
+/// Turns broker events into queued messages for local subscribers: each event is encoded once
+/// and the same bytes go to every subscriber.
+struct Dispatcher {
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+}
+
+impl Dispatcher {
+    fn deliver(&self, channel: &str, body: PushBody, offset: u64) {
+        let message = Bytes::from(
+            Reply::push(Push {
+                channel: channel.to_string(),
+                body,
+            })
+            .encode(),
+        );
+        let delivery = self.hub.deliver(channel, &message, offset);
+        Metrics::add(&self.metrics.messages_sent, delivery.queued);
+        Metrics::add(&self.metrics.queue_drops, delivery.dropped);
+        Metrics::add(&self.metrics.slow_disconnects, delivery.overflowed);
+    }
+
+    fn matching(&self, user: &str, client: &Option<String>) -> Vec<crate::hub::ClientHandle> {
+        self.hub
+            .user_connections(Some(user))
+            .into_iter()
+            .filter(|h| client.as_deref().is_none_or(|c| *h.client_id == *c))
+            .collect()
+    }
+}
+
+impl BrokerEventHandler for Dispatcher {
+    fn handle_publication(&self, channel: &str, publication: Arc<Publication>) {
+        let offset = publication.offset;
+        self.deliver(channel, PushBody::Publication(publication), offset);
+    }
+
+    fn handle_join(&self, channel: &str, info: &ClientInfo) {
+        self.deliver(channel, PushBody::Join { info: info.clone() }, 0);
+    }
+
+    fn handle_leave(&self, channel: &str, info: &ClientInfo) {
+        self.deliver(channel, PushBody::Leave { info: info.clone() }, 0);
+    }
+
+    fn handle_control(&self, control: NodeControl) {
+        match control {
+            NodeControl::Subscribe {
+                user,
+                channel,
+                client,
+                chan_info,
+                data,
+            } => {
+                for handle in self.matching(&user, &client) {
+                    let request = Control::Subscribe {
+                        channel: channel.clone(),
+                        chan_info: chan_info.clone(),
+                        data: data.clone(),
+                    };
+                    if handle.control.try_send(request).is_err() {
+                        tracing::warn!(client = %handle.client_id, "control queue full, subscribe dropped");
+                    }
+                }
+            }
+            NodeControl::Unsubscribe {
+                user,
+                channel,
+                client,
+            } => {
+                for handle in self.matching(&user, &client) {
+                    let request = Control::Unsubscribe {
+                        channel: channel.clone(),
+                    };
+                    if handle.control.try_send(request).is_err() {
+                        tracing::warn!(client = %handle.client_id, "control queue full, unsubscribe dropped");
+                    }
+                }
+            }
+            NodeControl::Disconnect {
+                user,
+                client,
+                whitelist,
+                reason,
+            } => {
+                for handle in self.matching(&user, &client) {
+                    if !whitelist.iter().any(|w| **w == *handle.client_id) {
+                        handle.queue.close(reason.clone());
+                    }
+                }
+            }
+        }
+    }
+}

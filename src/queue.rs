@@ -1,0 +1,202 @@
+//! One client's outbound queue, bounded by bytes.
+//!
+//! Publishers (the hub, on any thread) push already-encoded messages; the client's connection task
+//! takes everything pending at once and writes it as a single `\n`-joined frame, so a busy channel
+//! costs one write per wake-up rather than one per message. A client that does not read lets its
+//! queue fill; the push that would overflow it closes the queue with [`Disconnect::SLOW`] instead of
+//! growing memory, and publishers are never blocked by a slow reader.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::Notify;
+
+use crate::protocol::Disconnect;
+
+/// What the connection task must do next.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Write this frame (one or more messages joined by `\n`).
+    Frame(Bytes),
+    /// Close the connection with this code and reason.
+    Close(Disconnect),
+}
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The queue is closed (the client is going away).
+    Closed,
+    /// This push overflowed the queue, which is now closed as slow.
+    Overflow,
+}
+
+/// A bounded, closable, many-producer one-consumer queue of encoded messages.
+#[derive(Debug)]
+pub struct ClientQueue {
+    state: Mutex<State>,
+    ready: Notify,
+    /// Woken on close only, for a writer blocked on the socket.
+    closing: Notify,
+    max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    messages: VecDeque<Bytes>,
+    bytes: usize,
+    close: Option<Disconnect>,
+}
+
+impl ClientQueue {
+    /// A queue that holds at most `max_bytes` of pending messages.
+    pub fn new(max_bytes: usize) -> Self {
+        ClientQueue {
+            state: Mutex::new(State::default()),
+            ready: Notify::new(),
+            closing: Notify::new(),
+            max_bytes,
+        }
+    }
+
+    /// Queues one encoded message. Never blocks beyond a short critical section.
+    pub fn push(&self, message: Bytes) -> Result<(), PushError> {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return Err(PushError::Closed);
+        }
+        if state.bytes + message.len() > self.max_bytes {
+            state.close = Some(Disconnect::SLOW);
+            state.messages.clear();
+            state.bytes = 0;
+            drop(state);
+            self.ready.notify_one();
+            self.closing.notify_one();
+            return Err(PushError::Overflow);
+        }
+        let was_empty = state.messages.is_empty();
+        state.bytes += message.len();
+        state.messages.push_back(message);
+        drop(state);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Asks the connection to close with `reason`. The first reason given wins; messages still
+    /// pending are written first, so a reply that preceded the close is not lost.
+    pub fn close(&self, reason: Disconnect) {
+        let mut state = self.lock();
+        if state.close.is_none() {
+            state.close = Some(reason);
+        }
+        drop(state);
+        self.ready.notify_one();
+        self.closing.notify_one();
+    }
+
+    /// The close reason, once the queue is closed.
+    pub fn closed(&self) -> Option<Disconnect> {
+        self.lock().close.clone()
+    }
+
+    /// Whether the queue is closed.
+    pub fn is_closed(&self) -> bool {
+        self.lock().close.is_some()
+    }
+
+    /// Bytes currently waiting.
+    pub fn pending_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Waits for work: every pending message as one frame, or the close once nothing is pending.
+    /// Cancel-safe: nothing is taken from the queue until the returned value is ready.
+    pub async fn next(&self) -> Outbound {
+        loop {
+            if let Some(out) = self.try_next() {
+                return out;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Resolves when the queue is closed; used to abandon a write blocked on a client that stopped
+    /// reading.
+    pub async fn wait_closed(&self) -> Disconnect {
+        loop {
+            if let Some(reason) = self.closed() {
+                return reason;
+            }
+            self.closing.notified().await;
+        }
+    }
+
+    fn try_next(&self) -> Option<Outbound> {
+        let mut state = self.lock();
+        match state.messages.len() {
+            0 => state.close.clone().map(Outbound::Close),
+            1 => {
+                state.bytes = 0;
+                state.messages.pop_front().map(Outbound::Frame)
+            }
+            n => {
+                let mut frame = BytesMut::with_capacity(state.bytes + n - 1);
+                for (i, message) in state.messages.drain(..).enumerate() {
+                    if i > 0 {
+                        frame.put_u8(b'\n');
+                    }
+                    frame.put_slice(&message);
+                }
+                state.bytes = 0;
+                Some(Outbound::Frame(frame.freeze()))
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock leaves the state consistent (every update is one step).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn coalesces_pending_messages_into_one_frame() {
+        let q = ClientQueue::new(1024);
+        q.push(Bytes::from_static(b"{\"a\":1}")).unwrap();
+        q.push(Bytes::from_static(b"{\"b\":2}")).unwrap();
+        match q.next().await {
+            Outbound::Frame(f) => assert_eq!(&f[..], b"{\"a\":1}\n{\"b\":2}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(q.pending_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn overflow_closes_as_slow_and_rejects_more() {
+        let q = ClientQueue::new(10);
+        q.push(Bytes::from_static(b"123456")).unwrap();
+        assert_eq!(
+            q.push(Bytes::from_static(b"123456")),
+            Err(PushError::Overflow)
+        );
+        assert_eq!(q.push(Bytes::from_static(b"1")), Err(PushError::Closed));
+        assert!(matches!(q.next().await, Outbound::Close(d) if d == Disconnect::SLOW));
+    }
+
+    #[tokio::test]
+    async fn close_after_pending_messages_are_written() {
+        let q = ClientQueue::new(100);
+        q.push(Bytes::from_static(b"x")).unwrap();
+        q.close(Disconnect::SHUTDOWN);
+        q.close(Disconnect::SLOW);
+        assert!(matches!(q.next().await, Outbound::Frame(_)));
+        assert!(matches!(q.next().await, Outbound::Close(d) if d == Disconnect::SHUTDOWN));
+    }
+}

@@ -1,0 +1,169 @@
+//! The WebSocket transport: one task per connection drives its [`Session`].
+//!
+//! The task waits on whichever comes first: a client frame, pending outbound messages (written as
+//! one frame), a control request from the node, the ping/pong/stale/expiry timer, or shutdown. One
+//! task per connection, not one per direction, keeps idle connections cheap.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, timeout, Instant};
+
+use crate::hub::Control;
+use crate::node::Node;
+use crate::protocol::{Disconnect, PING};
+use crate::queue::{ClientQueue, Outbound};
+use crate::session::Session;
+
+/// Room for control requests (server-side subscribe/unsubscribe) waiting for one session.
+const CONTROL_CAPACITY: usize = 64;
+
+/// Serves one upgraded WebSocket until it closes. Every exit path ends here, where dropping the
+/// session releases its subscriptions and presence.
+pub async fn serve(node: Node, socket: WebSocket) {
+    let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
+    let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
+    let mut session = Session::new(node.clone(), queue.clone(), control_tx);
+    let reason = drive(&node, &mut session, &queue, socket, control_rx).await;
+    tracing::debug!(
+        client = session.client_id().unwrap_or("-"),
+        code = reason.as_ref().map(|r| r.code),
+        reason = reason.as_ref().map(|r| r.reason.as_ref()),
+        "connection closed"
+    );
+}
+
+/// Runs the connection; returns the disconnect sent to the client (`None` if the client left or
+/// the socket failed first).
+async fn drive(
+    node: &Node,
+    session: &mut Session,
+    queue: &ClientQueue,
+    mut socket: WebSocket,
+    mut control: mpsc::Receiver<Control>,
+) -> Option<Disconnect> {
+    let config = node.config().clone();
+    let shutdown = node.shutdown_token().clone();
+    let stale_deadline = Instant::now() + config.stale_timeout();
+    let mut next_ping: Option<Instant> = None;
+    loop {
+        let wake = next_wake(session, stale_deadline, next_ping, config.pong_timeout());
+        tokio::select! {
+            _ = shutdown.cancelled(), if !queue.is_closed() => queue.close(Disconnect::SHUTDOWN),
+            out = queue.next() => match out {
+                Outbound::Frame(frame) => {
+                    let text = match Utf8Bytes::try_from(frame) {
+                        Ok(text) => text,
+                        Err(_) => {
+                            tracing::error!("outbound frame is not UTF-8");
+                            queue.close(Disconnect::INTERNAL);
+                            continue;
+                        }
+                    };
+                    let write = timeout(config.write_timeout(), socket.send(Message::Text(text)));
+                    tokio::select! {
+                        result = write => match result {
+                            Ok(Ok(())) => crate::metrics::Metrics::inc(&node.metrics().frames_written),
+                            Ok(Err(_)) => return None,
+                            Err(_) => return Some(Disconnect::WRITE_ERROR),
+                        },
+                        // The client stopped reading and its queue overflowed: abandon the write.
+                        reason = overflowed(queue) => return Some(reason),
+                    }
+                }
+                Outbound::Close(reason) => {
+                    let frame = CloseFrame {
+                        code: reason.code,
+                        reason: Utf8Bytes::from(reason.reason.to_string()),
+                    };
+                    let _ = timeout(config.write_timeout(), socket.send(Message::Close(Some(frame)))).await;
+                    return Some(reason);
+                }
+            },
+            message = socket.recv() => {
+                let text = match message {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
+                        Ok(text) => text,
+                        Err(_) => { queue.close(Disconnect::BAD_REQUEST); continue; }
+                    },
+                    Some(Ok(_)) => continue,
+                };
+                if queue.is_closed() {
+                    continue;
+                }
+                if text.len() > config.max_message_size {
+                    queue.close(Disconnect::MESSAGE_TOO_BIG);
+                    continue;
+                }
+                let was_connected = session.is_connected();
+                if let Err(reason) = session.handle_frame(text.as_str()).await {
+                    queue.close(reason);
+                }
+                if !was_connected && session.is_connected() {
+                    next_ping = Some(first_ping(config.ping_interval()));
+                }
+            },
+            Some(request) = control.recv() => session.handle_control(request).await,
+            _ = sleep_until(wake) => {
+                let now = Instant::now();
+                if !session.is_connected() {
+                    if now >= stale_deadline { queue.close(Disconnect::STALE); }
+                } else if session.awaiting_pong_since().is_some_and(|sent| now >= sent + config.pong_timeout()) {
+                    queue.close(Disconnect::NO_PONG);
+                } else if session.is_expired() {
+                    queue.close(Disconnect::EXPIRED);
+                } else if next_ping.is_some_and(|at| now >= at) {
+                    let _ = queue.push(bytes::Bytes::from_static(PING));
+                    session.ping_sent(now);
+                    next_ping = Some(now + config.ping_interval());
+                }
+            }
+        }
+    }
+}
+
+/// Resolves only if the queue gets closed as slow.
+async fn overflowed(queue: &ClientQueue) -> Disconnect {
+    let reason = queue.wait_closed().await;
+    if reason == Disconnect::SLOW {
+        return reason;
+    }
+    std::future::pending().await
+}
+
+/// The next instant a timer needs attention.
+fn next_wake(
+    session: &Session,
+    stale_deadline: Instant,
+    next_ping: Option<Instant>,
+    pong_timeout: Duration,
+) -> Instant {
+    if !session.is_connected() {
+        return stale_deadline;
+    }
+    let far = Instant::now() + Duration::from_secs(3600);
+    [
+        next_ping,
+        session
+            .awaiting_pong_since()
+            .map(|sent| sent + pong_timeout),
+        session.expiry_deadline(),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(far)
+}
+
+/// The first ping comes at a random point in [interval/2, interval), so pings of clients that
+/// connected together do not all fire at once.
+fn first_ping(interval: Duration) -> Instant {
+    let half = interval / 2;
+    let jitter = rand::rng().random_range(0..=half.as_millis().max(1) as u64);
+    Instant::now() + half + Duration::from_millis(jitter)
+}
