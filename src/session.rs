@@ -556,7 +556,7 @@ impl Drop for Session {
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                let _ = runtime.spawn(self.node.tracker().track_future(cleanup));
+                drop(runtime.spawn(self.node.tracker().track_future(cleanup)));
             }
             Err(_) => tracing::warn!("session dropped outside the runtime; presence not released"),
         }

@@ -63,22 +63,21 @@ async fn drive(
                             continue;
                         }
                     };
-                    let write = timeout(config.write_timeout(), socket.send(Message::Text(text)));
-                    tokio::select! {
-                        result = write => match result {
-                            Ok(Ok(())) => crate::metrics::Metrics::inc(&node.metrics().frames_written),
-                            Ok(Err(_)) => return None,
-                            Err(_) => return Some(Disconnect::WRITE_ERROR),
-                        },
-                        // The client stopped reading and its queue overflowed: abandon the write.
-                        reason = overflowed(queue) => return Some(reason),
+                    match write_frame(&mut socket, queue, text, config.write_timeout()).await {
+                        Written::Done => crate::metrics::Metrics::inc(&node.metrics().frames_written),
+                        Written::Failed => return None,
+                        Written::TimedOut => return Some(Disconnect::WRITE_ERROR),
+                        Written::Slow(reason, finished) => {
+                            if finished {
+                                let close = Message::Close(Some(close_frame(&reason)));
+                                let _ = timeout(SLOW_CLOSE_GRACE, socket.send(close)).await;
+                            }
+                            return Some(reason);
+                        }
                     }
                 }
                 Outbound::Close(reason) => {
-                    let frame = CloseFrame {
-                        code: reason.code,
-                        reason: Utf8Bytes::from(reason.reason.to_string()),
-                    };
+                    let frame = close_frame(&reason);
                     let _ = timeout(config.write_timeout(), socket.send(Message::Close(Some(frame)))).await;
                     return Some(reason);
                 }
@@ -123,6 +122,48 @@ async fn drive(
                     next_ping = Some(now + config.ping_interval());
                 }
             }
+        }
+    }
+}
+
+/// How long a connection closed as slow may take to finish its write and close frame.
+const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+fn close_frame(reason: &Disconnect) -> CloseFrame {
+    CloseFrame {
+        code: reason.code,
+        reason: Utf8Bytes::from(reason.reason.to_string()),
+    }
+}
+
+/// How a frame write ended.
+enum Written {
+    Done,
+    Failed,
+    TimedOut,
+    /// The queue overflowed during the write; whether the write then finished within the grace.
+    Slow(Disconnect, bool),
+}
+
+/// Writes one frame, unless the client proves slow meanwhile: a client that stopped reading
+/// blocks the write, and its queue overflows; the write then gets a short grace and is abandoned.
+async fn write_frame(
+    socket: &mut WebSocket,
+    queue: &ClientQueue,
+    text: Utf8Bytes,
+    limit: Duration,
+) -> Written {
+    let write = socket.send(Message::Text(text));
+    tokio::pin!(write);
+    tokio::select! {
+        result = timeout(limit, &mut write) => match result {
+            Ok(Ok(())) => Written::Done,
+            Ok(Err(_)) => Written::Failed,
+            Err(_) => Written::TimedOut,
+        },
+        reason = overflowed(queue) => {
+            let finished = matches!(timeout(SLOW_CLOSE_GRACE, &mut write).await, Ok(Ok(())));
+            Written::Slow(reason, finished)
         }
     }
 }
