@@ -16,14 +16,18 @@
 //! - [`broker`], [`history`], [`presence`]: the traits behind which storage and multi-node fan-out
 //!   live, with in-process implementations.
 //! - [`api`]: the HTTP server API, health and metrics; [`server`] assembles routes and runs them.
-//! - [`config`], [`auth`], [`metrics`]: configuration, tokens, counters.
+//! - [`config`], [`auth`], [`metrics`], [`limits`]: configuration, tokens, counters, the fd limit.
+//! - [`bench`]: `switchboard bench`, the load generator (a client of any compatible server; the
+//!   server modules never use it).
 
 pub mod api;
 pub mod auth;
+pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod history;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod presence;

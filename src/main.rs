@@ -21,6 +21,8 @@ enum Command {
     Serve(ServeArgs),
     /// Print a HS256 connection token for a user.
     Token(TokenArgs),
+    /// Load-test a server speaking the protocol (this one or any compatible one).
+    Bench(switchboard::bench::BenchArgs),
 }
 
 /// Flags win over `SWITCHBOARD_*` variables, which win over the config file.
@@ -142,6 +144,7 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Bench(args) => switchboard::bench::run(args),
         Command::Serve(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(
