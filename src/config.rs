@@ -49,6 +49,9 @@ pub struct Config {
     pub expired_grace: u64,
     /// Name of this node in `/api/info`; defaults to the host name.
     pub name: Option<String>,
+    /// Most WebSocket connections served at once; further ones are refused with HTTP 503.
+    /// `None`: as many as the open-file limit allows, minus headroom (see [`crate::limits`]).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             recovery_max_publications: 300,
             expired_grace: 25,
             name: None,
+            max_connections: None,
         }
     }
 }
@@ -123,6 +127,11 @@ impl Config {
         if self.client_queue_max_bytes < self.max_message_size {
             return Err(ConfigError::Invalid(
                 "client_queue_max_bytes must be at least max_message_size".into(),
+            ));
+        }
+        if self.max_connections == Some(0) {
+            return Err(ConfigError::Invalid(
+                "max_connections must be at least 1".into(),
             ));
         }
         if !self.address.is_loopback() && !self.insecure {

@@ -67,6 +67,10 @@ struct ServeArgs {
     /// Seconds publications are kept [default: 86400].
     #[arg(long, env = "SWITCHBOARD_HISTORY_TTL")]
     history_ttl: Option<u64>,
+    /// Most WebSocket connections at once; more are refused with HTTP 503 [default: the
+    /// open-file limit minus 256].
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
 }
 
 #[derive(Args)]
@@ -107,6 +111,9 @@ impl ServeArgs {
         }
         if self.token_hmac_secret.is_some() {
             config.token_hmac_secret = self.token_hmac_secret;
+        }
+        if self.max_connections.is_some() {
+            config.max_connections = self.max_connections;
         }
         config.insecure |= self.insecure;
         Ok(config)
