@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
+use futures_util::FutureExt;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -120,18 +121,18 @@ async fn websocket(
     // (1009) from the transport rather than a dropped connection.
     let hard_limit = limit.saturating_mul(2).max(limit + 64 * 1024);
     upgrade
-        .read_buffer_size(4 * 1024)
+        // Client frames are small commands; the buffer is zero-filled up to this size on every
+        // read, so it is resident memory for every idle connection. Larger frames grow it.
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| {
-            let serve = crate::transport::serve(node.clone(), socket);
             // The slot is released when the connection ends (or if the upgrade never completes,
-            // when this closure is dropped).
-            node.tracker().track_future(async move {
-                serve.await;
-                drop(slot);
-            })
+            // when this closure is dropped). `map` rather than an `async` block awaiting `serve`:
+            // such a block would store the future twice (as captured value and as awaited one).
+            let serve = crate::transport::serve(node.clone(), socket).map(move |()| drop(slot));
+            node.tracker().track_future(serve)
         })
 }
 

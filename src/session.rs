@@ -13,12 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::auth::{unix_now, TokenError};
 use crate::history::HistoryFilter;
-use crate::hub::{ClientHandle, ConnId, Control};
+use crate::hub::{ClientHandle, ConnId, Control, ControlSender};
 use crate::metrics::Metrics;
 use crate::node::{Node, VERSION};
 use crate::protocol::{
@@ -45,7 +44,7 @@ pub struct Session {
     node: Node,
     conn: ConnId,
     queue: Arc<ClientQueue>,
-    control: mpsc::Sender<Control>,
+    control: ControlSender,
     identity: Option<Identity>,
     subscriptions: HashMap<String, Subscription>,
     /// When the last ping was sent, while its pong is awaited.
@@ -68,7 +67,7 @@ pub type Outcome = Result<(), Disconnect>;
 impl Session {
     /// A session writing to `queue`; `control` is the sender of the channel the connection task
     /// reads control requests from.
-    pub fn new(node: Node, queue: Arc<ClientQueue>, control: mpsc::Sender<Control>) -> Session {
+    pub fn new(node: Node, queue: Arc<ClientQueue>, control: ControlSender) -> Session {
         Metrics::inc(&node.metrics().connections_accepted);
         Session {
             conn: node.next_conn_id(),

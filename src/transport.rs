@@ -12,7 +12,7 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 
-use crate::hub::Control;
+use crate::hub::ControlReceiver;
 use crate::node::Node;
 use crate::protocol::{Disconnect, PING};
 use crate::queue::{ClientQueue, Outbound};
@@ -23,11 +23,13 @@ const CONTROL_CAPACITY: usize = 64;
 
 /// Serves one upgraded WebSocket until it closes. Every exit path ends here, where dropping the
 /// session releases its subscriptions and presence.
-pub async fn serve(node: Node, socket: WebSocket) {
+pub async fn serve(node: Node, mut socket: WebSocket) {
     let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
     let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
     let mut session = Session::new(node.clone(), queue.clone(), control_tx);
-    let reason = drive(&node, &mut session, &queue, socket, control_rx).await;
+    // The socket is lent, not moved, so this future holds it once (a moved argument would be
+    // stored both here and in `drive`'s state, for every idle connection).
+    let reason = drive(&node, &mut session, &queue, &mut socket, control_rx).await;
     tracing::debug!(
         client = session.client_id().unwrap_or("-"),
         code = reason.as_ref().map(|r| r.code),
@@ -42,10 +44,10 @@ async fn drive(
     node: &Node,
     session: &mut Session,
     queue: &ClientQueue,
-    mut socket: WebSocket,
-    mut control: mpsc::Receiver<Control>,
+    socket: &mut WebSocket,
+    mut control: ControlReceiver,
 ) -> Option<Disconnect> {
-    let config = node.config().clone();
+    let config = node.config();
     let shutdown = node.shutdown_token().clone();
     let stale_deadline = Instant::now() + config.stale_timeout();
     let mut next_ping: Option<Instant> = None;
@@ -63,7 +65,7 @@ async fn drive(
                             continue;
                         }
                     };
-                    match write_frame(&mut socket, queue, text, config.write_timeout()).await {
+                    match write_frame(socket, queue, text, config.write_timeout()).await {
                         Written::Done => crate::metrics::Metrics::inc(&node.metrics().frames_written),
                         Written::Failed => return None,
                         Written::TimedOut => return Some(Disconnect::WRITE_ERROR),
@@ -100,14 +102,16 @@ async fn drive(
                     continue;
                 }
                 let was_connected = session.is_connected();
-                if let Err(reason) = session.handle_frame(text.as_str()).await {
+                // Boxed: command handling is the largest state of this future, and inlined it
+                // would make every idle connection's task carry it.
+                if let Err(reason) = Box::pin(session.handle_frame(text.as_str())).await {
                     queue.close(reason);
                 }
                 if !was_connected && session.is_connected() {
                     next_ping = Some(first_ping(config.ping_interval()));
                 }
             },
-            Some(request) = control.recv() => session.handle_control(request).await,
+            Some(request) = control.recv() => Box::pin(session.handle_control(*request)).await,
             _ = sleep_until(wake) => {
                 let now = Instant::now();
                 if !session.is_connected() {
