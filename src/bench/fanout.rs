@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::client::{now_micros, Target};
+use super::client::{now_micros, rss_kib, Target};
 use super::group::{Group, GroupReport, Published};
 use super::publish::{api_publisher, ws_publisher, ApiTarget, Counters, Plan, PublisherEnd};
 use super::report::{new_histogram, thousands, Latency, Table};
@@ -63,9 +63,13 @@ pub struct FanoutArgs {
     /// Spread subscribers over this many bench processes.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Process id of a local server, to report its CPU use during the run.
+    /// Process id of a local server, to report its CPU use and memory during the run.
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Of the subscribers, this many never read until publishing ends (clients that stopped
+    /// reading); a server should disconnect them as slow (3008) and keep serving the others.
+    #[arg(long, default_value_t = 0)]
+    pub slow: usize,
 }
 
 /// The fanout report (`--json`).
@@ -94,6 +98,12 @@ pub struct FanoutReport {
     pub order_violations: u64,
     pub latency: Latency,
     pub closed_early: BTreeMap<u16, u64>,
+    /// Subscribers that did not read during publishing, and how the server ended them.
+    pub slow_subscribers: u64,
+    pub slow_closed: BTreeMap<u16, u64>,
+    pub slow_still_open: u64,
+    pub server_rss_start_kib: Option<u64>,
+    pub server_rss_peak_kib: Option<u64>,
     pub bench_cpu_percent: f64,
     pub server_cpu_percent: Option<f64>,
     pub errors: Vec<String>,
@@ -142,6 +152,8 @@ pub async fn run(args: FanoutArgs, env: Env) -> anyhow::Result<()> {
     let start = Instant::now() + Duration::from_millis(100);
     let start_us = now_micros() + 100_000;
     let cpu_before = (cpu_seconds(), args.pid.and_then(process_cpu_seconds));
+    let rss_start = args.pid.and_then(|p| rss_kib(p).ok());
+    let mut rss_peak = rss_start;
     let mut tasks = JoinSet::new();
     for w in 0..publishers {
         let (plan, counters) = (plan.clone(), counters.clone());
@@ -174,6 +186,9 @@ pub async fn run(args: FanoutArgs, env: Env) -> anyhow::Result<()> {
             _ = ticker.tick() => {
                 let elapsed = start.elapsed();
                 bar.set_position(elapsed.as_millis() as u64);
+                if let Some(kib) = args.pid.and_then(|p| rss_kib(p).ok()) {
+                    rss_peak = rss_peak.max(Some(kib));
+                }
                 let sent = counters.sent.load(Ordering::Relaxed);
                 let mut message = format!("sent {}", thousands(sent));
                 if let Some(delivered) = subscribers.delivered() {
@@ -194,6 +209,9 @@ pub async fn run(args: FanoutArgs, env: Env) -> anyhow::Result<()> {
     let draining = counter(common, 0, "draining");
     draining.set_length(subscribers.expected(&published).unwrap_or(0));
     let report = subscribers.finish(published.clone(), args.drain).await?;
+    if let Some(kib) = args.pid.and_then(|p| rss_kib(p).ok()) {
+        rss_peak = rss_peak.max(Some(kib));
+    }
     draining.finish_and_clear();
     let cpu_after = (cpu_seconds(), args.pid.and_then(process_cpu_seconds));
     let wall = (now_micros().saturating_sub(start_us)) as f64 / 1e6;
@@ -229,6 +247,11 @@ pub async fn run(args: FanoutArgs, env: Env) -> anyhow::Result<()> {
         order_violations: report.order_violations,
         latency,
         closed_early: report.closed_early.clone(),
+        slow_subscribers: report.slow,
+        slow_closed: report.slow_closed.clone(),
+        slow_still_open: report.slow_still_open,
+        server_rss_start_kib: rss_start,
+        server_rss_peak_kib: rss_peak,
         bench_cpu_percent: round1((cpu_after.0 - cpu_before.0) / wall * 100.0),
         server_cpu_percent: match (cpu_before.1, cpu_after.1) {
             (Some(a), Some(b)) => Some(round1((b - a) / wall * 100.0)),
@@ -308,6 +331,25 @@ fn table(r: &FanoutReport) -> Table {
             format!("{:?} (code: count)", r.closed_early),
         );
     }
+    if r.slow_subscribers > 0 {
+        t.row(
+            "slow subscribers",
+            format!(
+                "{}: closed {:?} (code: count), {} still open",
+                r.slow_subscribers, r.slow_closed, r.slow_still_open
+            ),
+        );
+    }
+    if let (Some(a), Some(b)) = (r.server_rss_start_kib, r.server_rss_peak_kib) {
+        t.row(
+            "server RSS",
+            format!(
+                "{:.1} MiB at start, peak {:.1} MiB",
+                a as f64 / 1024.0,
+                b as f64 / 1024.0
+            ),
+        );
+    }
     t.row(
         "cpu",
         format!(
@@ -344,6 +386,7 @@ impl Subscribers {
             target,
             0..args.subscribers,
             args.channels,
+            args.slow,
             &args.prefix,
             common.connect_concurrency,
             common.connect_timeout,
@@ -406,6 +449,7 @@ async fn run_worker(args: &FanoutArgs, target: &Target, index: usize) -> anyhow:
         target,
         share(args.subscribers, args.workers, index),
         args.channels,
+        args.slow,
         &args.prefix,
         args.common.connect_concurrency,
         args.common.connect_timeout,

@@ -71,6 +71,12 @@ pub struct GroupReport {
     /// Connections the server closed (or that failed) before the end, by close code (0 = no
     /// close frame).
     pub closed_early: BTreeMap<u16, u64>,
+    /// Subscribers that did not read until publishing ended (`--slow`).
+    pub slow: u64,
+    /// How slow subscribers' connections ended, by close code (0 = no close frame).
+    pub slow_closed: BTreeMap<u16, u64>,
+    /// Slow subscribers the server had not closed when the drain ended.
+    pub slow_still_open: u64,
     /// Monotonic time (µs) of the last publication received.
     pub last_delivery_us: u64,
     pub latency: HistogramData,
@@ -99,6 +105,11 @@ impl GroupReport {
         for (code, n) in other.closed_early {
             *self.closed_early.entry(code).or_default() += n;
         }
+        self.slow += other.slow;
+        for (code, n) in other.slow_closed {
+            *self.slow_closed.entry(code).or_default() += n;
+        }
+        self.slow_still_open += other.slow_still_open;
         self.last_delivery_us = self.last_delivery_us.max(other.last_delivery_us);
         self.latency.0.extend(other.latency.0);
     }
@@ -115,6 +126,8 @@ struct Shared {
     delivered: AtomicU64,
     /// Subscribers whose connection ended before the group stopped.
     closed: AtomicU64,
+    /// Slow subscribers whose connection has ended.
+    slow_ended: AtomicU64,
     last_delivery_us: AtomicU64,
     latency: Mutex<Option<Histogram<u64>>>,
     missed: Mutex<Vec<u64>>,
@@ -123,6 +136,7 @@ struct Shared {
 /// One subscriber task's final counts.
 #[derive(Default)]
 struct SubscriberEnd {
+    slow: bool,
     duplicates: u64,
     order_violations: u64,
     /// Close code if the connection ended before the group stopped.
@@ -133,11 +147,14 @@ struct SubscriberEnd {
 pub struct Group {
     shared: Arc<Shared>,
     stop: CancellationToken,
+    /// Lets slow subscribers start reading.
+    release: CancellationToken,
     /// Told the final publication counts; subscribers then compute what they missed.
     published: Arc<Mutex<Option<Published>>>,
     tasks: JoinSet<SubscriberEnd>,
-    /// Subscribers per channel index.
+    /// Subscribers per channel index (slow ones excluded).
     per_channel: BTreeMap<usize, u64>,
+    slow: u64,
     connected: u64,
     failed: u64,
     errors: Vec<String>,
@@ -151,11 +168,15 @@ pub fn channel_name(prefix: &str, k: usize) -> String {
 impl Group {
     /// Opens connections `range` (numbered globally, so workers share one numbering), connection
     /// `n` subscribing to channel `n % channels`; at most `concurrency` handshakes at once.
+    /// Connections numbered below `slow` do not read until [`Group::finish`] (they stand for
+    /// clients that stopped reading; the server should disconnect them as slow).
     /// `progress` is called once per connection attempt.
+    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         target: &Target,
         range: Range<usize>,
         channels: usize,
+        slow: usize,
         prefix: &str,
         concurrency: usize,
         timeout: Duration,
@@ -166,9 +187,11 @@ impl Group {
             ..Default::default()
         });
         let stop = CancellationToken::new();
+        let release = CancellationToken::new();
         let published = Arc::new(Mutex::new(None));
         let mut tasks = JoinSet::new();
         let mut per_channel = BTreeMap::new();
+        let mut slow_count = 0;
         let (mut connected, mut failed, mut errors) = (0, 0, Vec::new());
         let limit = Arc::new(Semaphore::new(concurrency.max(1)));
         let mut opening = JoinSet::new();
@@ -177,20 +200,21 @@ impl Group {
             let target = target.clone();
             let channel = n % channels.max(1);
             let name = channel_name(prefix, channel);
+            let is_slow = n < slow;
             opening.spawn(async move {
                 let result = open_subscriber(&target, n, &name, timeout).await;
                 drop(permit);
-                (channel, result)
+                (channel, is_slow, result)
             });
             // Collect finished handshakes as we go, so progress is live.
             while let Some(done) = opening.try_join_next() {
                 Self::opened(
                     done,
                     &mut tasks,
-                    &mut per_channel,
+                    (&mut per_channel, &mut slow_count),
                     (&mut connected, &mut failed, &mut errors),
                     &shared,
-                    &stop,
+                    (&stop, &release),
                     &published,
                     &progress,
                 );
@@ -200,10 +224,10 @@ impl Group {
             Self::opened(
                 done,
                 &mut tasks,
-                &mut per_channel,
+                (&mut per_channel, &mut slow_count),
                 (&mut connected, &mut failed, &mut errors),
                 &shared,
-                &stop,
+                (&stop, &release),
                 &published,
                 &progress,
             );
@@ -211,9 +235,11 @@ impl Group {
         Group {
             shared,
             stop,
+            release,
             published,
             tasks,
             per_channel,
+            slow: slow_count,
             connected,
             failed,
             errors,
@@ -222,29 +248,39 @@ impl Group {
 
     #[allow(clippy::too_many_arguments)]
     fn opened(
-        done: Result<(usize, anyhow::Result<Ws>), tokio::task::JoinError>,
+        done: Result<(usize, bool, anyhow::Result<Ws>), tokio::task::JoinError>,
         tasks: &mut JoinSet<SubscriberEnd>,
-        per_channel: &mut BTreeMap<usize, u64>,
+        (per_channel, slow_count): (&mut BTreeMap<usize, u64>, &mut u64),
         (connected, failed, errors): (&mut u64, &mut u64, &mut Vec<String>),
         shared: &Arc<Shared>,
-        stop: &CancellationToken,
+        (stop, release): (&CancellationToken, &CancellationToken),
         published: &Arc<Mutex<Option<Published>>>,
         progress: &impl Fn(bool),
     ) {
         match done {
-            Ok((channel, Ok(ws))) => {
+            Ok((channel, slow, Ok(ws))) => {
                 *connected += 1;
-                *per_channel.entry(channel).or_default() += 1;
-                tasks.spawn(subscriber(
-                    ws,
-                    channel,
-                    shared.clone(),
-                    stop.clone(),
-                    published.clone(),
-                ));
+                if slow {
+                    *slow_count += 1;
+                    tasks.spawn(slow_subscriber(
+                        ws,
+                        shared.clone(),
+                        stop.clone(),
+                        release.clone(),
+                    ));
+                } else {
+                    *per_channel.entry(channel).or_default() += 1;
+                    tasks.spawn(subscriber(
+                        ws,
+                        channel,
+                        shared.clone(),
+                        stop.clone(),
+                        published.clone(),
+                    ));
+                }
                 progress(true);
             }
-            Ok((_, Err(e))) => {
+            Ok((_, _, Err(e))) => {
                 *failed += 1;
                 if errors.len() < 5 {
                     errors.push(format!("{e:#}"));
@@ -295,8 +331,12 @@ impl Group {
     /// Waits up to `drain` for every expected delivery, stops the subscribers and reports.
     pub async fn finish(mut self, published: Published, drain: Duration) -> GroupReport {
         let expected = self.expected(&published);
+        self.release.cancel();
         let deadline = tokio::time::Instant::now() + drain;
-        while self.delivered() < expected && tokio::time::Instant::now() < deadline {
+        while (self.delivered() < expected
+            || self.shared.slow_ended.load(Ordering::Relaxed) < self.slow)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         *self.published.lock().expect("not poisoned") = Some(published);
@@ -306,10 +346,18 @@ impl Group {
             failed: self.failed,
             errors: std::mem::take(&mut self.errors),
             expected,
+            slow: self.slow,
             ..Default::default()
         };
         while let Some(end) = self.tasks.join_next().await {
             let Ok(end) = end else { continue };
+            if end.slow {
+                match end.closed_early {
+                    Some(code) => *report.slow_closed.entry(code).or_default() += 1,
+                    None => report.slow_still_open += 1,
+                }
+                continue;
+            }
             report.duplicates += end.duplicates;
             report.order_violations += end.order_violations;
             if let Some(code) = end.closed_early {
@@ -344,6 +392,45 @@ async fn open_subscriber(
     .await
     .map_err(|_| anyhow::anyhow!("subscribe timed out"))??;
     Ok(ws)
+}
+
+/// A subscriber that stopped reading: it reads nothing until released, then reads (and
+/// discards) until the server closes it, to learn the close code.
+async fn slow_subscriber(
+    mut ws: Ws,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    release: CancellationToken,
+) -> SubscriberEnd {
+    let mut end = SubscriberEnd {
+        slow: true,
+        ..Default::default()
+    };
+    tokio::select! {
+        _ = release.cancelled() => {}
+        _ = stop.cancelled() => return end,
+    }
+    loop {
+        let message = tokio::select! {
+            m = ws.next() => m,
+            _ = stop.cancelled() => break,
+        };
+        match message {
+            Some(Ok(Message::Close(frame))) => {
+                end.closed_early = Some(frame.map_or(1005, |f| u16::from(f.code)));
+                break;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => {
+                end.closed_early = Some(0);
+                break;
+            }
+        }
+    }
+    if end.closed_early.is_some() {
+        shared.slow_ended.fetch_add(1, Ordering::Relaxed);
+    }
+    end
 }
 
 /// A growable bitset over sequence numbers.

@@ -17,6 +17,9 @@ use tokio_tungstenite::tungstenite::Message;
 use super::client::{lines, now_micros, Target};
 use super::group::channel_name;
 
+/// Most `publish` commands in one frame (about 20 KiB with 100-byte payloads).
+const MAX_BATCH: usize = 100;
+
 /// What every publisher needs to know.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -93,7 +96,8 @@ pub async fn ws_publisher(
             return end;
         }
     };
-    let quota = plan.quota(w);
+    let mut quota = plan.quota(w);
+    let give_up = start + plan.duration + ack_wait;
     let m = plan.publishers as u64;
     // Command ids start after connect's.
     let mut next_id: u64 = 2;
@@ -147,7 +151,17 @@ pub async fn ws_publisher(
                 }
                 let now = Instant::now();
                 frame.clear();
-                while end.sent < quota && plan.due(start, end.sent) <= now {
+                // Bounded frames: a publisher that fell behind catches up over several frames
+                // rather than one larger than the server's message limit.
+                let mut batch = 0;
+                if now > give_up {
+                    // The server cannot take publications as fast as planned; stop here rather
+                    // than run unbounded. The report shows the shortfall.
+                    end.first_error.get_or_insert(format!("publishing fell behind: {} of {quota} sent", end.sent));
+                    quota = end.sent;
+                }
+                while end.sent < quota && plan.due(start, end.sent) <= now && batch < MAX_BATCH {
+                    batch += 1;
                     let seq = end.sent * m + w as u64;
                     let (channel, data) = plan.publication(seq, w);
                     if !frame.is_empty() {
@@ -161,15 +175,15 @@ pub async fn ws_publisher(
                 }
                 if !frame.is_empty() {
                     let n = frame.matches('\n').count() as u64 + 1;
-                    if ws.send(Message::text(frame.as_str())).await.is_err() {
-                        end.first_error.get_or_insert("publisher send failed".into());
+                    if let Err(e) = ws.send(Message::text(frame.as_str())).await {
+                        end.first_error.get_or_insert(format!("publisher send failed: {e}"));
                         break;
                     }
                     counters.sent.fetch_add(n, Ordering::Relaxed);
                 }
                 if end.sent >= quota {
                     ack_deadline = Some(Instant::now() + ack_wait);
-                } else {
+                } else if batch < MAX_BATCH {
                     next_tick = (next_tick + tick).max(now);
                 }
             }
@@ -191,8 +205,16 @@ pub async fn api_publisher(
     let mut conn: Option<HttpConnection> = None;
     let quota = plan.quota(w);
     let m = plan.publishers as u64;
+    let give_up = start + plan.duration * 2;
     while end.sent < quota {
         tokio::time::sleep_until(plan.due(start, end.sent)).await;
+        if Instant::now() > give_up {
+            end.first_error.get_or_insert(format!(
+                "publishing fell behind: {} of {quota} sent",
+                end.sent
+            ));
+            break;
+        }
         let seq = end.sent * m + w as u64;
         let (channel, data) = plan.publication(seq, w);
         let body = format!(r#"{{"channel":"{channel}","data":{data}}}"#);
