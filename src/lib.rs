@@ -16,6 +16,7 @@
 //! - [`broker`], [`history`], [`presence`]: the traits behind which storage and multi-node fan-out
 //!   live, with in-process implementations.
 //! - [`api`]: the HTTP server API, health and metrics; [`server`] assembles routes and runs them.
+//! - [`vecmap`]: the small map each connection keeps its subscriptions in.
 //! - [`config`], [`auth`], [`metrics`], [`limits`]: configuration, tokens, counters, the fd limit.
 //! - [`bench`]: `switchboard bench`, the load generator (a client of any compatible server; the
 //!   server modules never use it).
@@ -36,6 +37,7 @@ pub mod queue;
 pub mod server;
 pub mod session;
 pub mod transport;
+pub mod vecmap;
 
 pub use config::Config;
 pub use server::run;

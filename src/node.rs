@@ -348,7 +348,7 @@ impl BrokerEventHandler for Dispatcher {
                         chan_info: chan_info.clone(),
                         data: data.clone(),
                     };
-                    if handle.control.try_send(Box::new(request)).is_err() {
+                    if handle.control.try_send(request).is_err() {
                         tracing::warn!(client = %handle.client_id, "control queue full, subscribe dropped");
                     }
                 }
@@ -362,7 +362,7 @@ impl BrokerEventHandler for Dispatcher {
                     let request = Control::Unsubscribe {
                         channel: channel.clone(),
                     };
-                    if handle.control.try_send(Box::new(request)).is_err() {
+                    if handle.control.try_send(request).is_err() {
                         tracing::warn!(client = %handle.client_id, "control queue full, unsubscribe dropped");
                     }
                 }

@@ -123,7 +123,7 @@ async fn websocket(
     upgrade
         // Client frames are small commands; the buffer is zero-filled up to this size on every
         // read, so it is resident memory for every idle connection. Larger frames grow it.
-        .read_buffer_size(1024)
+        .read_buffer_size(256)
         .write_buffer_size(0)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)

@@ -27,6 +27,7 @@ use crate::protocol::{
     SubscribeRequest, SubscribeResult,
 };
 use crate::queue::ClientQueue;
+use crate::vecmap::VecMap;
 
 /// Longest accepted channel name, in bytes.
 pub const MAX_CHANNEL_LENGTH: usize = 255;
@@ -46,7 +47,9 @@ pub struct Session {
     queue: Arc<ClientQueue>,
     control: ControlSender,
     identity: Option<Identity>,
-    subscriptions: HashMap<String, Subscription>,
+    /// A [`VecMap`]: a client usually holds one or a few subscriptions, and this map is paid
+    /// for by every connection.
+    subscriptions: VecMap<String, Subscription>,
     /// When the last ping was sent, while its pong is awaited.
     ping_sent: Option<Instant>,
     /// When the connection's token expires (unix seconds), if it does.
@@ -75,7 +78,7 @@ impl Session {
             queue,
             control,
             identity: None,
-            subscriptions: HashMap::new(),
+            subscriptions: VecMap::new(),
             ping_sent: None,
             expires_at: None,
         }

@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use rand::Rng;
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 
-use crate::hub::ControlReceiver;
+use crate::hub::ControlInbox;
 use crate::node::Node;
 use crate::protocol::{Disconnect, PING};
 use crate::queue::{ClientQueue, Outbound};
@@ -25,11 +24,11 @@ const CONTROL_CAPACITY: usize = 64;
 /// session releases its subscriptions and presence.
 pub async fn serve(node: Node, mut socket: WebSocket) {
     let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
-    let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
-    let mut session = Session::new(node.clone(), queue.clone(), control_tx);
+    let control = Arc::new(ControlInbox::new(CONTROL_CAPACITY));
+    let mut session = Session::new(node.clone(), queue.clone(), control.clone());
     // The socket is lent, not moved, so this future holds it once (a moved argument would be
     // stored both here and in `drive`'s state, for every idle connection).
-    let reason = drive(&node, &mut session, &queue, &mut socket, control_rx).await;
+    let reason = drive(&node, &mut session, &queue, &mut socket, &control).await;
     tracing::debug!(
         client = session.client_id().unwrap_or("-"),
         code = reason.as_ref().map(|r| r.code),
@@ -45,7 +44,7 @@ async fn drive(
     session: &mut Session,
     queue: &ClientQueue,
     socket: &mut WebSocket,
-    mut control: ControlReceiver,
+    control: &ControlInbox,
 ) -> Option<Disconnect> {
     let config = node.config();
     let shutdown = node.shutdown_token().clone();
@@ -65,7 +64,10 @@ async fn drive(
                             continue;
                         }
                     };
-                    match write_frame(socket, queue, text, config.write_timeout()).await {
+                    // Boxed: a write's state (timers, the pending send) is only needed while
+                    // writing, not by every idle connection's task.
+                    let write = Box::pin(write_frame(socket, queue, text, config.write_timeout()));
+                    match write.await {
                         Written::Done => crate::metrics::Metrics::inc(&node.metrics().frames_written),
                         Written::Failed => return None,
                         Written::TimedOut => return Some(Disconnect::WRITE_ERROR),
@@ -111,7 +113,7 @@ async fn drive(
                     next_ping = Some(first_ping(config.ping_interval()));
                 }
             },
-            Some(request) = control.recv() => Box::pin(session.handle_control(*request)).await,
+            request = control.recv() => Box::pin(session.handle_control(request)).await,
             _ = sleep_until(wake) => {
                 let now = Instant::now();
                 if !session.is_connected() {
