@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{expect_reply, field_u64, lines, now_micros, Target, Ws};
+use super::client::{bench_stamp, expect_reply, lines, now_micros, Target, Ws};
 use super::report::{new_histogram, record, HistogramData};
 
 /// How publications were numbered: `publishers` streams, stream `w` sending global sequence
@@ -498,11 +498,10 @@ async fn subscriber(
             if !line.starts_with("{\"push\"") {
                 continue;
             }
-            let (Some(seq), Some(sent)) = (field_u64(line, "\"bs\":"), field_u64(line, "\"bt\":"))
-            else {
+            let Some((seq, publisher, sent)) = bench_stamp(line) else {
                 continue;
             };
-            let publisher = field_u64(line, "\"bw\":").unwrap_or(0) as usize;
+            let publisher = publisher as usize;
             if seen.set(seq) {
                 end.duplicates += 1;
                 continue;
@@ -532,7 +531,12 @@ async fn subscriber(
             break;
         }
     }
-    // Account for what this subscriber missed on its channel.
+    if end.closed_early.is_some() {
+        shared.closed.fetch_add(1, Ordering::Relaxed);
+    }
+    // Account for what this subscriber missed on its channel, once the counts are known (a
+    // subscriber the server closed early waits for them).
+    stop.cancelled().await;
     let published = published.lock().expect("not poisoned").clone();
     if let Some(published) = published {
         let mut missed = Vec::new();
@@ -554,8 +558,6 @@ async fn subscriber(
     }
     if end.closed_early.is_none() {
         let _ = ws.close(None).await;
-    } else {
-        shared.closed.fetch_add(1, Ordering::Relaxed);
     }
     end
 }
