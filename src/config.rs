@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::history::sqlite::Durability;
+
 /// Everything a node needs to run. Durations are whole seconds in files and flags.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -39,6 +41,12 @@ pub struct Config {
     pub join_leave: bool,
     /// Track presence (who is subscribed) per channel.
     pub presence: bool,
+    /// Where durable state (the SQLite history) lives.
+    pub data_dir: PathBuf,
+    /// Where channel history is kept.
+    pub history_storage: HistoryStorage,
+    /// Whether each history commit is `fsync`ed (`full`) or not (`normal`).
+    pub history_durability: Durability,
     /// Publications kept per channel (0 turns history off).
     pub history_size: usize,
     /// Seconds a publication is kept in history.
@@ -68,6 +76,9 @@ impl Default for Config {
             shutdown_timeout: 5,
             join_leave: true,
             presence: true,
+            data_dir: PathBuf::from("switchboard-data"),
+            history_storage: HistoryStorage::Sqlite,
+            history_durability: Durability::Full,
             history_size: 1000,
             history_ttl: 24 * 3600,
             recovery_max_publications: 300,
@@ -75,6 +86,16 @@ impl Default for Config {
             name: None,
         }
     }
+}
+
+/// Where channel history is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryStorage {
+    /// An SQLite file in `data_dir`: survives restarts.
+    Sqlite,
+    /// Process memory: lost on restart (tests, ephemeral deployments).
+    Memory,
 }
 
 /// Why a configuration cannot be used.

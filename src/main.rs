@@ -59,6 +59,15 @@ struct ServeArgs {
     /// Send join/leave pushes (true/false) [default: true].
     #[arg(long, env = "SWITCHBOARD_JOIN_LEAVE")]
     join_leave: Option<bool>,
+    /// Directory for durable state (the SQLite history) [default: ./switchboard-data].
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Where history is kept [default: sqlite].
+    #[arg(long, env = "SWITCHBOARD_HISTORY_STORAGE", value_enum)]
+    history_storage: Option<switchboard::config::HistoryStorage>,
+    /// `full`: fsync every history commit; `normal`: survive process crashes only [default: full].
+    #[arg(long, env = "SWITCHBOARD_HISTORY_DURABILITY", value_enum)]
+    history_durability: Option<switchboard::config::Durability>,
     /// Publications kept per channel; 0 turns history off [default: 1000].
     #[arg(long, env = "SWITCHBOARD_HISTORY_SIZE")]
     history_size: Option<usize>,
@@ -98,7 +107,10 @@ impl ServeArgs {
             client_queue_max_bytes,
             join_leave,
             history_size,
-            history_ttl
+            history_ttl,
+            data_dir,
+            history_storage,
+            history_durability
         );
         if self.api_key.is_some() {
             config.api_key = self.api_key;

@@ -11,8 +11,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::LocalBroker;
-use crate::config::Config;
-use crate::history::MemoryHistory;
+use crate::config::{Config, HistoryStorage};
+use crate::history::{History, MemoryHistory, SqliteHistory};
 use crate::node::Node;
 use crate::presence::MemoryPresence;
 
@@ -21,7 +21,13 @@ const API_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Builds a node with the storages the configuration asks for.
 pub fn build_node(config: Config, shutdown: CancellationToken) -> anyhow::Result<Node> {
-    let history = Arc::new(MemoryHistory::default());
+    let history: Arc<dyn History> = match config.history_storage {
+        HistoryStorage::Sqlite => Arc::new(SqliteHistory::open(
+            &config.data_dir,
+            config.history_durability,
+        )?),
+        HistoryStorage::Memory => Arc::new(MemoryHistory::default()),
+    };
     let broker = Arc::new(LocalBroker::new(history));
     let presence = Arc::new(MemoryPresence::default());
     Ok(Node::new(config, broker, presence, shutdown))

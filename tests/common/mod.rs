@@ -23,6 +23,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// A server running in this process on 127.0.0.1:<free port>.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The server's own data directory, removed when the server is dropped.
+    pub data_dir: std::path::PathBuf,
     pub shutdown: CancellationToken,
     pub task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -34,14 +36,19 @@ impl TestServer {
 
     /// Starts a server with the default config changed by `adjust`.
     pub async fn with(adjust: impl FnOnce(&mut Config)) -> TestServer {
-        let mut config = Config::default();
+        let mut config = Config {
+            data_dir: temp_dir(),
+            ..Config::default()
+        };
         adjust(&mut config);
+        let data_dir = config.data_dir.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(switchboard::run(config, listener, shutdown.clone()));
         TestServer {
             addr,
+            data_dir,
             shutdown,
             task: Some(task),
         }
@@ -79,7 +86,15 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
+}
+
+/// A fresh directory under the system's temp dir.
+pub fn temp_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("switchboard-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// POSTs `body` to `/api/<method>` with an optional `X-API-Key`; returns status and JSON body.

@@ -12,6 +12,10 @@ use async_trait::async_trait;
 
 use crate::protocol::{Publication, StreamPosition};
 
+pub mod sqlite;
+
+pub use sqlite::SqliteHistory;
+
 /// How much of a channel's stream is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
