@@ -57,6 +57,22 @@ pub struct Config {
     pub expired_grace: u64,
     /// Name of this node in `/api/info`; defaults to the host name.
     pub name: Option<String>,
+    /// Channel namespaces: channels named `<namespace>:<rest>` take that namespace's options.
+    pub namespace: Vec<Namespace>,
+}
+
+/// Options of the channels in one namespace; what is left out takes the server-wide value.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Namespace {
+    /// The prefix before `:` in channel names.
+    pub name: String,
+    pub presence: Option<bool>,
+    pub join_leave: Option<bool>,
+    /// Publications kept per channel; 0 turns history off for the namespace.
+    pub history_size: Option<usize>,
+    /// Seconds publications are kept.
+    pub history_ttl: Option<u64>,
 }
 
 impl Default for Config {
@@ -84,6 +100,7 @@ impl Default for Config {
             recovery_max_publications: 300,
             expired_grace: 25,
             name: None,
+            namespace: Vec::new(),
         }
     }
 }
@@ -145,6 +162,21 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "client_queue_max_bytes must be at least max_message_size".into(),
             ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for ns in &self.namespace {
+            if ns.name.is_empty() || ns.name.contains(':') {
+                return Err(ConfigError::Invalid(format!(
+                    "namespace name {:?} must be non-empty and contain no ':'",
+                    ns.name
+                )));
+            }
+            if !seen.insert(&ns.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "namespace {:?} is defined twice",
+                    ns.name
+                )));
+            }
         }
         if !self.address.is_loopback() && !self.insecure {
             if self.token_hmac_secret.is_none() {

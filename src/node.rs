@@ -41,6 +41,8 @@ pub struct Node {
 
 struct Inner {
     config: Config,
+    default_options: ChannelOptions,
+    namespaces: HashMap<String, ChannelOptions>,
     hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
     presence: Arc<dyn Presence>,
@@ -75,9 +77,31 @@ impl Node {
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "switchboard".to_string())
         });
+        let default_options = ChannelOptions {
+            presence: config.presence,
+            join_leave: config.join_leave,
+            history: retention(config.history_size, config.history_ttl),
+        };
+        let namespaces = config
+            .namespace
+            .iter()
+            .map(|ns| {
+                let options = ChannelOptions {
+                    presence: ns.presence.unwrap_or(default_options.presence),
+                    join_leave: ns.join_leave.unwrap_or(default_options.join_leave),
+                    history: retention(
+                        ns.history_size.unwrap_or(config.history_size),
+                        ns.history_ttl.unwrap_or(config.history_ttl),
+                    ),
+                };
+                (ns.name.clone(), options)
+            })
+            .collect();
         Node {
             inner: Arc::new(Inner {
                 config,
+                default_options,
+                namespaces,
                 hub,
                 broker,
                 presence,
@@ -132,16 +156,17 @@ impl Node {
         self.inner.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Channel behaviour from configuration.
-    pub fn channel_options(&self, _channel: &str) -> ChannelOptions {
-        let c = &self.inner.config;
-        ChannelOptions {
-            presence: c.presence,
-            join_leave: c.join_leave,
-            history: (c.history_size > 0 && c.history_ttl > 0).then(|| Retention {
-                size: c.history_size,
-                ttl: Duration::from_secs(c.history_ttl),
-            }),
+    /// Channel behaviour from configuration: the options of the channel's namespace (the part
+    /// of its name before `:`), or the server-wide ones. An undefined namespace is error 102.
+    pub fn channel_options(&self, channel: &str) -> Result<ChannelOptions, Error> {
+        match channel.split_once(':') {
+            None => Ok(self.inner.default_options),
+            Some((namespace, _)) => self
+                .inner
+                .namespaces
+                .get(namespace)
+                .copied()
+                .ok_or_else(|| Error::new(error_code::UNKNOWN_CHANNEL)),
         }
     }
 
@@ -155,11 +180,8 @@ impl Node {
         tags: HashMap<String, String>,
         skip_history: bool,
     ) -> Result<Option<StreamPosition>, Error> {
-        let history = if skip_history {
-            None
-        } else {
-            self.channel_options(channel).history
-        };
+        let options = self.channel_options(channel)?;
+        let history = if skip_history { None } else { options.history };
         let publication = Publication {
             data,
             info,
@@ -181,7 +203,7 @@ impl Node {
         channel: &str,
         filter: HistoryFilter,
     ) -> Result<HistoryPage, Error> {
-        if self.channel_options(channel).history.is_none() {
+        if self.channel_options(channel)?.history.is_none() {
             return Err(Error::new(error_code::NOT_AVAILABLE));
         }
         self.broker()
@@ -192,7 +214,7 @@ impl Node {
 
     /// Removes a channel's history (its position is kept).
     pub async fn remove_history(&self, channel: &str) -> Result<(), Error> {
-        if self.channel_options(channel).history.is_none() {
+        if self.channel_options(channel)?.history.is_none() {
             return Err(Error::new(error_code::NOT_AVAILABLE));
         }
         self.broker()
@@ -203,7 +225,7 @@ impl Node {
 
     /// Who is subscribed to `channel`, by client id.
     pub async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, Error> {
-        if !self.channel_options(channel).presence {
+        if !self.channel_options(channel)?.presence {
             return Err(Error::new(error_code::NOT_AVAILABLE));
         }
         self.presence_storage().get(channel).await.map_err(|e| {
@@ -214,7 +236,7 @@ impl Node {
 
     /// Client and user counts of `channel`.
     pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, Error> {
-        if !self.channel_options(channel).presence {
+        if !self.channel_options(channel)?.presence {
             return Err(Error::new(error_code::NOT_AVAILABLE));
         }
         self.presence_storage().stats(channel).await.map_err(|e| {
@@ -270,6 +292,14 @@ pub struct NodeInfo {
     pub num_channels: u64,
     pub num_subs: u64,
     pub uptime: u64,
+}
+
+/// History retention, or none when either bound is zero.
+fn retention(size: usize, ttl_secs: u64) -> Option<Retention> {
+    (size > 0 && ttl_secs > 0).then(|| Retention {
+        size,
+        ttl: Duration::from_secs(ttl_secs),
+    })
 }
 
 fn broker_error(channel: &str, error: BrokerError) -> Error {

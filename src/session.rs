@@ -298,7 +298,15 @@ impl Session {
             }
             return Ok(());
         }
-        let options = self.node.channel_options(&channel);
+        let options = match self.node.channel_options(&channel) {
+            Ok(options) => options,
+            Err(error) => {
+                if id != 0 {
+                    self.reply(id, Err(error));
+                }
+                return Ok(());
+            }
+        };
         let (chan_info, push_data) = server_side.unwrap_or_default();
         let info = ClientInfo {
             user: who.user.to_string(),
