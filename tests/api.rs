@@ -20,10 +20,8 @@ async fn api_key_is_required_when_configured() {
     assert_eq!(status, 200);
     assert_eq!(reply["result"]["offset"], 1);
     // The other two places a key may come from.
-    let request = format!(
-        "POST /api/info HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey k3y\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
-    );
-    assert_eq!(http_raw(server.addr, &request).await.0, 200);
+    let request = "POST /api/info HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey k3y\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+    assert_eq!(http_raw(server.addr, request).await.0, 200);
     let request = "POST /api/info?api_key=k3y HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
     assert_eq!(http_raw(server.addr, request).await.0, 200);
     server.stop().await;
