@@ -16,6 +16,8 @@
 //! - [`broker`], [`history`], [`presence`]: the traits behind which storage and multi-node fan-out
 //!   live, with in-process implementations.
 //! - [`api`]: the HTTP server API, health and metrics; [`server`] assembles routes and runs them.
+//! - [`timeline`]: a bounded ring of recent spans of work (commands, fan-out, history writes,
+//!   background tasks).
 //! - [`config`], [`auth`], [`metrics`]: configuration, tokens, counters.
 
 pub mod api;
@@ -31,6 +33,7 @@ pub mod protocol;
 pub mod queue;
 pub mod server;
 pub mod session;
+pub mod timeline;
 pub mod transport;
 
 pub use config::Config;

@@ -20,6 +20,7 @@ use crate::presence::{Presence, PresenceStats};
 use crate::protocol::{
     error_code, ClientInfo, Error, Payload, Publication, Push, PushBody, Reply, StreamPosition,
 };
+use crate::timeline::{Lane, Timeline};
 
 /// The server version reported to clients and in `/api/info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -47,6 +48,7 @@ struct Inner {
     broker: Arc<dyn Broker>,
     presence: Arc<dyn Presence>,
     metrics: Arc<Metrics>,
+    timeline: Arc<Timeline>,
     verifier: Option<TokenVerifier>,
     uid: String,
     name: String,
@@ -66,9 +68,11 @@ impl Node {
     ) -> Node {
         let hub = Arc::new(Hub::default());
         let metrics = Arc::new(Metrics::default());
+        let timeline = Arc::new(Timeline::default());
         broker.set_handler(Arc::new(Dispatcher {
             hub: hub.clone(),
             metrics: metrics.clone(),
+            timeline: timeline.clone(),
         }));
         let verifier = config.token_hmac_secret.as_deref().map(TokenVerifier::hmac);
         let name = config.name.clone().unwrap_or_else(|| {
@@ -106,6 +110,7 @@ impl Node {
                 broker,
                 presence,
                 metrics,
+                timeline,
                 verifier,
                 uid: uuid::Uuid::new_v4().to_string(),
                 name,
@@ -135,6 +140,11 @@ impl Node {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Recent spans of work, for the dashboard's timeline.
+    pub fn timeline(&self) -> &Arc<Timeline> {
+        &self.inner.timeline
     }
 
     pub fn verifier(&self) -> Option<&TokenVerifier> {
@@ -188,6 +198,7 @@ impl Node {
             offset: 0,
             tags,
         };
+        let _span = history.map(|_| self.timeline().span(Lane::History, "append", channel));
         let position = self
             .broker()
             .publish(channel, publication, history)
@@ -323,10 +334,12 @@ fn broker_error(channel: &str, error: BrokerError) -> Error {
 struct Dispatcher {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+    timeline: Arc<Timeline>,
 }
 
 impl Dispatcher {
     fn deliver(&self, channel: &str, body: PushBody, offset: u64) {
+        let mut span = self.timeline.span(Lane::FanOut, body.kind(), channel);
         let message = Bytes::from(
             Reply::push(Push {
                 channel: channel.to_string(),
@@ -335,6 +348,7 @@ impl Dispatcher {
             .encode(),
         );
         let delivery = self.hub.deliver(channel, &message, offset);
+        span.set_count(delivery.queued);
         Metrics::add(&self.metrics.messages_sent, delivery.queued);
         Metrics::add(&self.metrics.queue_drops, delivery.dropped);
         Metrics::add(&self.metrics.slow_disconnects, delivery.overflowed);

@@ -28,6 +28,7 @@ use crate::protocol::{
     SubscribeRequest, SubscribeResult,
 };
 use crate::queue::ClientQueue;
+use crate::timeline::Lane;
 
 /// Longest accepted channel name, in bytes.
 pub const MAX_CHANNEL_LENGTH: usize = 255;
@@ -137,6 +138,11 @@ impl Session {
     async fn handle_command(&mut self, command: Command) -> Outcome {
         let id = command.id;
         let request = command.request();
+        let _span = self.node.timeline().span(
+            Lane::Command,
+            request.name(),
+            request.channel().unwrap_or(""),
+        );
         let identity = match (&self.identity, &request) {
             (None, Request::Connect(_)) => None,
             (None, _) => return Err(Disconnect::BAD_REQUEST),
@@ -555,6 +561,9 @@ impl Drop for Session {
         }
         let node = self.node.clone();
         let cleanup = async move {
+            let _span = node
+                .timeline()
+                .span(Lane::Background, "session cleanup", "");
             for (channel, subscription) in subscriptions {
                 release_shared(&node, &channel, &subscription).await;
             }
