@@ -19,6 +19,9 @@ pub struct Config {
     pub port: u16,
     /// Key that server API calls must present; `None` leaves the API open (loopback or insecure only).
     pub api_key: Option<String>,
+    /// Password of the `/dashboard` (the API key is accepted too); with neither, the dashboard is
+    /// open on a loopback address and disabled on a public one.
+    pub admin_password: Option<String>,
     /// HMAC secret for HS256 connection tokens.
     pub token_hmac_secret: Option<String>,
     /// Accept clients without a token, and the API without a key, even on a public address.
@@ -81,6 +84,7 @@ impl Default for Config {
             address: IpAddr::from([127, 0, 0, 1]),
             port: 8000,
             api_key: None,
+            admin_password: None,
             token_hmac_secret: None,
             insecure: false,
             ping_interval: 25,

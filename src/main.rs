@@ -38,6 +38,9 @@ struct ServeArgs {
     /// Key the server API requires (X-API-Key header).
     #[arg(long, env = "SWITCHBOARD_API_KEY")]
     api_key: Option<String>,
+    /// Password of the web dashboard (/dashboard), which also accepts the API key.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_PASSWORD")]
+    admin_password: Option<String>,
     /// HMAC secret of HS256 connection tokens.
     #[arg(long, env = "SWITCHBOARD_TOKEN_HMAC_SECRET")]
     token_hmac_secret: Option<String>,
@@ -114,6 +117,9 @@ impl ServeArgs {
         );
         if self.api_key.is_some() {
             config.api_key = self.api_key;
+        }
+        if self.admin_password.is_some() {
+            config.admin_password = self.admin_password;
         }
         if self.token_hmac_secret.is_some() {
             config.token_hmac_secret = self.token_hmac_secret;
