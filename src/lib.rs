@@ -16,8 +16,8 @@
 //! - [`broker`], [`history`], [`presence`]: the traits behind which storage and multi-node fan-out
 //!   live, with in-process implementations.
 //! - [`api`]: the HTTP server API, health and metrics; [`server`] assembles routes and runs them.
-//! - [`timeline`]: a bounded ring of recent spans of work (commands, fan-out, history writes,
-//!   background tasks).
+//! - [`web`]: the embedded pages, `/chat` (on the official browser SDK) and `/dashboard` (this
+//!   node's live view, with the [`timeline`] of recent work).
 //! - [`config`], [`auth`], [`metrics`]: configuration, tokens, counters.
 
 pub mod api;
@@ -35,6 +35,7 @@ pub mod server;
 pub mod session;
 pub mod timeline;
 pub mod transport;
+pub mod web;
 
 pub use config::Config;
 pub use server::run;

@@ -40,6 +40,7 @@ pub fn app(node: Node) -> Router {
         .route("/api/{method}", post(crate::api::call))
         .route("/health", get(crate::api::health))
         .route("/metrics", get(crate::api::metrics))
+        .merge(crate::web::routes())
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
         .with_state(node)
 }
