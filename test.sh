@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test: unit and integration tests (cargo), including the client-SDK compatibility
-# tests, which need the npm packages pinned in tests/compat (installed here when missing).
+# tests and the browser tests of the web pages, which need the npm packages pinned in
+# tests/compat and tests/browser (installed here when missing). The browser tests also need
+# Debian's chromium (/usr/lib/chromium/chromium; .ci/run installs it).
 set -euo pipefail
 cd "$(dirname "$0")"
-if [ -f tests/compat/package-lock.json ] && [ ! -d tests/compat/node_modules ]; then
-  (cd tests/compat && npm ci --no-audit --no-fund)
-fi
+for dir in tests/compat tests/browser; do
+  if [ -f "$dir/package-lock.json" ] && [ ! -d "$dir/node_modules" ]; then
+    (cd "$dir" && npm ci --no-audit --no-fund)
+  fi
+done
 cargo test --all-targets "$@"
