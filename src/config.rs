@@ -60,15 +60,45 @@ pub struct Config {
     pub expired_grace: u64,
     /// Name of this node in `/api/info`; defaults to the host name.
     pub name: Option<String>,
+    /// Options of channels outside any namespace.
+    pub channel: Namespace,
     /// Channel namespaces: channels named `<namespace>:<rest>` take that namespace's options.
     pub namespace: Vec<Namespace>,
+    /// Public key (PEM file) of RS256/384/512 tokens.
+    pub token_rsa_public_key: Option<PathBuf>,
+    /// Public key (PEM file) of ES256/384 tokens.
+    pub token_ecdsa_public_key: Option<PathBuf>,
+    /// URL of a JSON Web Key Set to verify tokens with (fetched and refreshed in the background).
+    pub token_jwks_url: Option<String>,
+    /// Required `aud` claim of tokens, if set.
+    pub token_audience: Option<String>,
+    /// Required `iss` claim of tokens, if set.
+    pub token_issuer: Option<String>,
+    /// Most connections one user may hold on this node (0: no limit).
+    pub user_connection_limit: usize,
+    /// Most channels one client may subscribe to.
+    pub client_channel_limit: usize,
+    /// Longest channel name, in bytes.
+    pub channel_max_length: usize,
+    /// Commands per second one connection may send (0: no limit); more get error 111, and a
+    /// connection that keeps flooding is disconnected (3013).
+    pub client_command_rate: u32,
+    /// Commands a connection may send at once above its rate.
+    pub client_command_burst: u32,
+    /// New WebSocket connections per second accepted from one IP address (0: no limit).
+    pub connection_rate_per_ip: u32,
+    /// `Origin` patterns browsers may connect from (`*` wildcards). Empty: any origin in
+    /// development mode, otherwise only the server's own host.
+    pub allowed_origins: Vec<String>,
 }
 
-/// Options of the channels in one namespace; what is left out takes the server-wide value.
+/// Options of the channels in one namespace (or, as `[channel]`, of channels outside any
+/// namespace). What is left out takes the server-wide value; permissions left out are granted in
+/// development mode (no token verification configured, or `insecure`) and refused otherwise.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Namespace {
-    /// The prefix before `:` in channel names.
+    /// The prefix before `:` in channel names (empty for `[channel]`).
     pub name: String,
     pub presence: Option<bool>,
     pub join_leave: Option<bool>,
@@ -76,6 +106,26 @@ pub struct Namespace {
     pub history_size: Option<usize>,
     /// Seconds publications are kept.
     pub history_ttl: Option<u64>,
+    /// Subscriptions are recoverable (positioned) even when the client does not ask; default on.
+    pub force_recovery: Option<bool>,
+    /// Any connected user may subscribe without a subscription token.
+    pub allow_subscribe_for_client: Option<bool>,
+    /// Anonymous users (empty `sub`) may subscribe without a subscription token too.
+    pub allow_subscribe_for_anonymous: Option<bool>,
+    /// Any connected user may publish.
+    pub allow_publish_for_client: Option<bool>,
+    /// Subscribers of a channel may publish to it.
+    pub allow_publish_for_subscriber: Option<bool>,
+    /// Anonymous users may publish (with one of the two above).
+    pub allow_publish_for_anonymous: Option<bool>,
+    /// Any connected user may read presence.
+    pub allow_presence_for_client: Option<bool>,
+    /// Subscribers may read the channel's presence.
+    pub allow_presence_for_subscriber: Option<bool>,
+    /// Any connected user may read history.
+    pub allow_history_for_client: Option<bool>,
+    /// Subscribers may read the channel's history.
+    pub allow_history_for_subscriber: Option<bool>,
 }
 
 impl Default for Config {
@@ -104,7 +154,20 @@ impl Default for Config {
             recovery_max_publications: 300,
             expired_grace: 25,
             name: None,
+            channel: Namespace::default(),
             namespace: Vec::new(),
+            token_rsa_public_key: None,
+            token_ecdsa_public_key: None,
+            token_jwks_url: None,
+            token_audience: None,
+            token_issuer: None,
+            user_connection_limit: 0,
+            client_channel_limit: 128,
+            channel_max_length: 255,
+            client_command_rate: 1000,
+            client_command_burst: 2000,
+            connection_rate_per_ip: 50,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -167,6 +230,11 @@ impl Config {
                 "client_queue_max_bytes must be at least max_message_size".into(),
             ));
         }
+        if !self.channel.name.is_empty() {
+            return Err(ConfigError::Invalid(
+                "[channel] takes no name; namespaces go in [[namespace]]".into(),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for ns in &self.namespace {
             if ns.name.is_empty() || ns.name.contains(':') {
@@ -183,10 +251,10 @@ impl Config {
             }
         }
         if !self.address.is_loopback() && !self.insecure {
-            if self.token_hmac_secret.is_none() {
+            if !self.verifies_tokens() {
                 return Err(ConfigError::Invalid(format!(
                     "refusing to accept anonymous clients on public address {}: set --token-hmac-secret \
-                     (or SWITCHBOARD_TOKEN_HMAC_SECRET), or pass --insecure to allow it explicitly",
+                     (or another token key), or pass --insecure to allow it explicitly",
                     self.address
                 )));
             }
@@ -201,10 +269,23 @@ impl Config {
         Ok(())
     }
 
-    /// Clients may connect without a token: no secret is configured (validation allowed that only
-    /// on loopback or with `insecure`).
+    /// Whether any way of verifying tokens is configured.
+    pub fn verifies_tokens(&self) -> bool {
+        self.token_hmac_secret.is_some()
+            || self.token_rsa_public_key.is_some()
+            || self.token_ecdsa_public_key.is_some()
+            || self.token_jwks_url.is_some()
+    }
+
+    /// Clients may connect without a token: `insecure`, or no way to verify tokens (validation
+    /// allowed that only on loopback).
     pub fn anonymous_allowed(&self) -> bool {
-        self.insecure || self.token_hmac_secret.is_none()
+        self.insecure || !self.verifies_tokens()
+    }
+
+    /// Development mode: permissions not configured are granted.
+    pub fn development(&self) -> bool {
+        self.anonymous_allowed()
     }
 
     pub fn ping_interval(&self) -> Duration {

@@ -178,12 +178,14 @@ impl Hub {
     /// Ends the hold of a subscriber added with `hold`: queues `first` (the subscribe reply), then
     /// the held deliveries whose offset is above `after` (the reply covers the rest), then lets
     /// deliveries flow. Nothing published meanwhile is lost or duplicated.
-    pub fn activate(&self, channel: &str, id: ConnId, first: Bytes, after: u64) {
+    pub fn activate(&self, channel: &str, id: ConnId, first: Option<Bytes>, after: u64) {
         let mut shard = self.shard(channel);
         let Some(subscriber) = shard.get_mut(channel).and_then(|subs| subs.get_mut(&id)) else {
             return;
         };
-        let _ = subscriber.queue.push(first);
+        if let Some(first) = first {
+            let _ = subscriber.queue.push(first);
+        }
         for (offset, message) in subscriber.held.take().unwrap_or_default() {
             if offset > after && subscriber.queue.push(message).is_err() {
                 break;
@@ -290,7 +292,7 @@ mod tests {
         assert_eq!(a.pending_bytes(), 4);
         assert_eq!(b.pending_bytes(), 0);
         // The reply covers offset 1; held offset 2 follows it.
-        hub.activate("c", 2, Bytes::from_static(b"r"), 1);
+        hub.activate("c", 2, Some(Bytes::from_static(b"r")), 1);
         assert_eq!(b.pending_bytes(), 3);
         assert!(!hub.unsubscribe("c", 1));
         assert!(hub.unsubscribe("c", 2));

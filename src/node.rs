@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenVerifier;
 use crate::broker::{Broker, BrokerError, BrokerEventHandler, NodeControl};
-use crate::config::Config;
+use crate::config::{Config, Namespace};
 use crate::history::{HistoryError, HistoryFilter, HistoryPage, Retention};
 use crate::hub::{ConnId, Control, Hub};
 use crate::metrics::{Gauges, Metrics};
@@ -32,6 +32,78 @@ pub struct ChannelOptions {
     pub join_leave: bool,
     /// History retention; `None` when the channel keeps no history.
     pub history: Option<Retention>,
+    /// Subscriptions are positioned and recoverable without the client asking.
+    pub force_recovery: bool,
+    pub allow_subscribe_for_client: bool,
+    pub allow_subscribe_for_anonymous: bool,
+    pub allow_publish_for_client: bool,
+    pub allow_publish_for_subscriber: bool,
+    pub allow_publish_for_anonymous: bool,
+    pub allow_presence_for_client: bool,
+    pub allow_presence_for_subscriber: bool,
+    pub allow_history_for_client: bool,
+    pub allow_history_for_subscriber: bool,
+}
+
+impl ChannelOptions {
+    /// Resolves a namespace's options over the server-wide ones. Permissions nobody configured
+    /// are granted only in development mode.
+    fn resolve(config: &Config, ns: &Namespace, base: &Namespace) -> ChannelOptions {
+        let dev = config.development();
+        let allow = |own: Option<bool>, base: Option<bool>| own.or(base).unwrap_or(dev);
+        ChannelOptions {
+            presence: ns.presence.or(base.presence).unwrap_or(config.presence),
+            join_leave: ns
+                .join_leave
+                .or(base.join_leave)
+                .unwrap_or(config.join_leave),
+            history: retention(
+                ns.history_size
+                    .or(base.history_size)
+                    .unwrap_or(config.history_size),
+                ns.history_ttl
+                    .or(base.history_ttl)
+                    .unwrap_or(config.history_ttl),
+            ),
+            force_recovery: ns.force_recovery.or(base.force_recovery).unwrap_or(true),
+            allow_subscribe_for_client: allow(
+                ns.allow_subscribe_for_client,
+                base.allow_subscribe_for_client,
+            ),
+            allow_subscribe_for_anonymous: allow(
+                ns.allow_subscribe_for_anonymous,
+                base.allow_subscribe_for_anonymous,
+            ),
+            allow_publish_for_client: allow(
+                ns.allow_publish_for_client,
+                base.allow_publish_for_client,
+            ),
+            allow_publish_for_subscriber: allow(
+                ns.allow_publish_for_subscriber,
+                base.allow_publish_for_subscriber,
+            ),
+            allow_publish_for_anonymous: allow(
+                ns.allow_publish_for_anonymous,
+                base.allow_publish_for_anonymous,
+            ),
+            allow_presence_for_client: allow(
+                ns.allow_presence_for_client,
+                base.allow_presence_for_client,
+            ),
+            allow_presence_for_subscriber: allow(
+                ns.allow_presence_for_subscriber,
+                base.allow_presence_for_subscriber,
+            ),
+            allow_history_for_client: allow(
+                ns.allow_history_for_client,
+                base.allow_history_for_client,
+            ),
+            allow_history_for_subscriber: allow(
+                ns.allow_history_for_subscriber,
+                base.allow_history_for_subscriber,
+            ),
+        }
+    }
 }
 
 /// A cheap-to-clone handle on the node.
@@ -64,6 +136,7 @@ impl Node {
         config: Config,
         broker: Arc<dyn Broker>,
         presence: Arc<dyn Presence>,
+        verifier: Option<TokenVerifier>,
         shutdown: CancellationToken,
     ) -> Node {
         let hub = Arc::new(Hub::default());
@@ -74,32 +147,18 @@ impl Node {
             metrics: metrics.clone(),
             timeline: timeline.clone(),
         }));
-        let verifier = config.token_hmac_secret.as_deref().map(TokenVerifier::hmac);
         let name = config.name.clone().unwrap_or_else(|| {
             std::env::var("HOSTNAME")
                 .ok()
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "switchboard".to_string())
         });
-        let default_options = ChannelOptions {
-            presence: config.presence,
-            join_leave: config.join_leave,
-            history: retention(config.history_size, config.history_ttl),
-        };
+        let none = Namespace::default();
+        let default_options = ChannelOptions::resolve(&config, &config.channel, &none);
         let namespaces = config
             .namespace
             .iter()
-            .map(|ns| {
-                let options = ChannelOptions {
-                    presence: ns.presence.unwrap_or(default_options.presence),
-                    join_leave: ns.join_leave.unwrap_or(default_options.join_leave),
-                    history: retention(
-                        ns.history_size.unwrap_or(config.history_size),
-                        ns.history_ttl.unwrap_or(config.history_ttl),
-                    ),
-                };
-                (ns.name.clone(), options)
-            })
+            .map(|ns| (ns.name.clone(), ChannelOptions::resolve(&config, ns, &none)))
             .collect();
         Node {
             inner: Arc::new(Inner {

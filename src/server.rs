@@ -30,7 +30,8 @@ pub fn build_node(config: Config, shutdown: CancellationToken) -> anyhow::Result
     };
     let broker = Arc::new(LocalBroker::new(history));
     let presence = Arc::new(MemoryPresence::default());
-    Ok(Node::new(config, broker, presence, shutdown))
+    let verifier = crate::auth::TokenVerifier::from_config(&config)?;
+    Ok(Node::new(config, broker, presence, verifier, shutdown))
 }
 
 /// Every route of the server.
@@ -72,7 +73,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
-    if config.token_hmac_secret.is_none() {
+    if !config.verifies_tokens() {
         tracing::warn!(
             "no token secret configured: clients connect anonymously (development mode)"
         );

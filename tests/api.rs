@@ -103,7 +103,13 @@ async fn bad_requests_get_clear_json_errors() {
 
 #[tokio::test]
 async fn channels_info_and_presence() {
-    let server = TestServer::start().await;
+    let server = TestServer::with(|c| {
+        c.namespace = vec![switchboard::config::Namespace {
+            name: "chat".into(),
+            ..Default::default()
+        }]
+    })
+    .await;
     let mut a = server.client().await;
     let mut b = server.client().await;
     a.subscribe("chat:one").await;

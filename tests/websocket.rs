@@ -240,6 +240,7 @@ async fn slow_reader_is_disconnected_while_a_fast_one_gets_everything() {
     let server = TestServer::with(|c| {
         c.client_queue_max_bytes = 256 * 1024;
         c.max_message_size = 256 * 1024;
+        c.client_command_rate = 0;
     })
     .await;
     // The slow client subscribes, then never reads again.
@@ -312,7 +313,11 @@ async fn every_disconnect_path_releases_subscriptions_and_presence() {
     c.subscribe("lobby").await;
     drop(c);
     // Server-side API disconnect of a user.
-    let secret_server = TestServer::with(|c| c.token_hmac_secret = Some("k".into())).await;
+    let secret_server = TestServer::with(|c| {
+        c.token_hmac_secret = Some("k".into());
+        open_channels(c);
+    })
+    .await;
     let token = switchboard::auth::make_hmac_token("k", "u1", 60).unwrap();
     let mut u = Client::open(&secret_server.ws_url()).await;
     u.connect(json!({"token": token})).await;
@@ -356,7 +361,11 @@ async fn every_disconnect_path_releases_subscriptions_and_presence() {
 
 #[tokio::test]
 async fn tokens_decide_who_connects() {
-    let server = TestServer::with(|c| c.token_hmac_secret = Some("secret".into())).await;
+    let server = TestServer::with(|c| {
+        c.token_hmac_secret = Some("secret".into());
+        open_channels(c);
+    })
+    .await;
     // No token while a secret is set.
     let mut c = Client::open(&server.ws_url()).await;
     c.send("connect", json!({})).await;
