@@ -16,7 +16,7 @@
 //! - [`broker`], [`history`], [`presence`]: the traits behind which storage and multi-node fan-out
 //!   live, with in-process implementations.
 //! - [`api`]: the HTTP server API, health and metrics; [`server`] assembles routes and runs them.
-//! - [`config`], [`auth`], [`metrics`]: configuration, tokens, counters.
+//! - [`config`], [`auth`], [`limit`], [`metrics`]: configuration, tokens, rate limits, counters.
 
 pub mod api;
 pub mod auth;
@@ -24,6 +24,7 @@ pub mod broker;
 pub mod config;
 pub mod history;
 pub mod hub;
+pub mod limit;
 pub mod metrics;
 pub mod node;
 pub mod presence;
@@ -34,4 +35,4 @@ pub mod session;
 pub mod transport;
 
 pub use config::Config;
-pub use server::run;
+pub use server::{run, run_with, Listeners};
