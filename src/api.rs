@@ -390,7 +390,7 @@ fn channels(node: &Node, req: ChannelsRequest) -> Result<Value, Error> {
 }
 
 /// Matches `text` against a glob where `*` is any run of characters and `?` any one character.
-fn glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
     let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
     while ti < t.len() {

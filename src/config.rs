@@ -87,6 +87,14 @@ pub struct Config {
     pub client_command_burst: u32,
     /// New WebSocket connections per second accepted from one IP address (0: no limit).
     pub connection_rate_per_ip: u32,
+    /// Serve the server API (and health, metrics) on this port instead of the main one.
+    pub api_port: Option<u16>,
+    /// Address of the separate API listener [default: `address`].
+    pub api_address: Option<IpAddr>,
+    /// TLS certificate chain (PEM) for the main listener.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the main listener.
+    pub tls_key: Option<PathBuf>,
     /// `Origin` patterns browsers may connect from (`*` wildcards). Empty: any origin in
     /// development mode, otherwise only the server's own host.
     pub allowed_origins: Vec<String>,
@@ -168,6 +176,10 @@ impl Default for Config {
             client_command_burst: 2000,
             connection_rate_per_ip: 50,
             allowed_origins: Vec::new(),
+            api_port: None,
+            api_address: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -309,6 +321,82 @@ impl Config {
     }
 }
 
+/// An annotated configuration file with fresh random secrets (`switchboard genconfig`).
+pub fn generate() -> String {
+    let secret = |len: usize| {
+        use rand::distr::{Alphanumeric, SampleString};
+        Alphanumeric.sample_string(&mut rand::rng(), len)
+    };
+    format!(
+        r#"# Switchboard configuration. Flags and SWITCHBOARD_* environment variables override it.
+
+# Where clients connect: ws://<address>:<port>/connection/websocket
+address = "0.0.0.0"
+port = 8000
+
+# Backends call the server API (POST /api/<method>) with this key in the X-API-Key header.
+api_key = "{api_key}"
+# Serve the API on its own port (e.g. bound to a private interface) instead of the main one.
+# api_port = 8001
+# api_address = "10.0.0.5"
+
+# Connection and subscription tokens (JWT). HS256 with this secret; add RS256/ES256 public keys or
+# a JWKS URL if your backend signs with those.
+token_hmac_secret = "{token_secret}"
+# token_rsa_public_key = "/etc/switchboard/rsa.pub.pem"
+# token_ecdsa_public_key = "/etc/switchboard/ec.pub.pem"
+# token_jwks_url = "https://auth.example.com/.well-known/jwks.json"
+
+# TLS without a proxy in front.
+# tls_cert = "/etc/switchboard/cert.pem"
+# tls_key = "/etc/switchboard/key.pem"
+
+# Browsers may connect only from these origins (* wildcards). Empty: the server's own host.
+allowed_origins = []
+
+# Durable history (SQLite) and its retention per channel.
+data_dir = "switchboard-data"
+history_durability = "full"    # "normal" skips fsync: faster, survives process crashes only
+history_size = 1000
+history_ttl = 86400
+
+# Limits.
+max_message_size = 65536
+client_queue_max_bytes = 1048576   # a client that falls this far behind is disconnected (3008)
+client_channel_limit = 128
+user_connection_limit = 0          # 0: no limit
+client_command_rate = 1000         # commands per second per connection (then error 111, 3013)
+client_command_burst = 2000
+connection_rate_per_ip = 50        # new connections per second per IP
+
+# Channels outside any namespace. With a token secret set, every permission is closed unless
+# granted here or in a namespace (subscription tokens always work).
+[channel]
+allow_subscribe_for_client = true
+allow_publish_for_subscriber = false
+allow_presence_for_subscriber = true
+allow_history_for_subscriber = true
+
+# Channels named "chat:<room>".
+[[namespace]]
+name = "chat"
+allow_subscribe_for_client = true
+allow_publish_for_subscriber = true
+allow_presence_for_subscriber = true
+allow_history_for_subscriber = true
+join_leave = true
+history_size = 200
+history_ttl = 3600
+
+# Channels named "private:<name>" need a subscription token (no allow_subscribe_* granted).
+[[namespace]]
+name = "private"
+"#,
+        api_key = secret(32),
+        token_secret = secret(48),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +419,16 @@ mod tests {
         };
         open.validate().unwrap();
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn generated_config_parses_and_validates() {
+        let text = generate();
+        let c: Config = toml::from_str(&text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.api_key.unwrap().len(), 32);
+        assert_ne!(generate(), text, "fresh secrets each time");
+        assert_eq!(c.namespace.len(), 2);
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! - [`api`]: the HTTP server API, health and metrics; [`server`] assembles routes and runs them.
 //! - [`web`]: the embedded pages, `/chat` (on the official browser SDK) and `/dashboard` (this
 //!   node's live view, with the [`timeline`] of recent work).
-//! - [`config`], [`auth`], [`metrics`]: configuration, tokens, counters.
+//! - [`config`], [`auth`], [`limit`], [`metrics`]: configuration, tokens, rate limits, counters.
 
 pub mod api;
 pub mod auth;
@@ -26,6 +26,7 @@ pub mod broker;
 pub mod config;
 pub mod history;
 pub mod hub;
+pub mod limit;
 pub mod metrics;
 pub mod node;
 pub mod presence;
@@ -38,4 +39,4 @@ pub mod transport;
 pub mod web;
 
 pub use config::Config;
-pub use server::run;
+pub use server::{run, run_with, Listeners};

@@ -18,9 +18,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a HS256 connection token for a user.
     Token(TokenArgs),
+    /// Write an annotated config file with fresh random secrets.
+    Genconfig(GenconfigArgs),
+}
+
+#[derive(Args)]
+struct GenconfigArgs {
+    /// Where to write it (never overwrites an existing file).
+    #[arg(long, short, default_value = "switchboard.toml")]
+    output: PathBuf,
 }
 
 /// Flags win over `SWITCHBOARD_*` variables, which win over the config file.
@@ -77,6 +86,42 @@ struct ServeArgs {
     /// Seconds publications are kept [default: 86400].
     #[arg(long, env = "SWITCHBOARD_HISTORY_TTL")]
     history_ttl: Option<u64>,
+    /// Serve the server API on this port instead of the main one.
+    #[arg(long, env = "SWITCHBOARD_API_PORT")]
+    api_port: Option<u16>,
+    /// Address of the separate API listener [default: --address].
+    #[arg(long, env = "SWITCHBOARD_API_ADDRESS")]
+    api_address: Option<IpAddr>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// RSA public key (PEM) for RS256 tokens.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_RSA_PUBLIC_KEY")]
+    token_rsa_public_key: Option<PathBuf>,
+    /// ECDSA public key (PEM) for ES256 tokens.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_ECDSA_PUBLIC_KEY")]
+    token_ecdsa_public_key: Option<PathBuf>,
+    /// JWKS URL for token keys.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_JWKS_URL")]
+    token_jwks_url: Option<String>,
+    /// Most connections per user on this node (0: no limit) [default: 0].
+    #[arg(long, env = "SWITCHBOARD_USER_CONNECTION_LIMIT")]
+    user_connection_limit: Option<usize>,
+    /// Most channels per client [default: 128].
+    #[arg(long, env = "SWITCHBOARD_CLIENT_CHANNEL_LIMIT")]
+    client_channel_limit: Option<usize>,
+    /// Commands per second per connection (0: no limit) [default: 1000].
+    #[arg(long, env = "SWITCHBOARD_CLIENT_COMMAND_RATE")]
+    client_command_rate: Option<u32>,
+    /// New connections per second per IP (0: no limit) [default: 50].
+    #[arg(long, env = "SWITCHBOARD_CONNECTION_RATE_PER_IP")]
+    connection_rate_per_ip: Option<u32>,
+    /// Origins browsers may connect from, comma-separated, `*` wildcards.
+    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Option<Vec<String>>,
 }
 
 #[derive(Args)]
@@ -113,17 +158,28 @@ impl ServeArgs {
             history_ttl,
             data_dir,
             history_storage,
-            history_durability
+            history_durability,
+            user_connection_limit,
+            client_channel_limit,
+            client_command_rate,
+            connection_rate_per_ip,
+            allowed_origins
         );
-        if self.api_key.is_some() {
-            config.api_key = self.api_key;
+        macro_rules! overlay_option {
+            ($($field:ident),*) => { $( if self.$field.is_some() { config.$field = self.$field; } )* };
         }
-        if self.admin_password.is_some() {
-            config.admin_password = self.admin_password;
-        }
-        if self.token_hmac_secret.is_some() {
-            config.token_hmac_secret = self.token_hmac_secret;
-        }
+        overlay_option!(
+            api_key,
+            admin_password,
+            token_hmac_secret,
+            api_port,
+            api_address,
+            tls_cert,
+            tls_key,
+            token_rsa_public_key,
+            token_ecdsa_public_key,
+            token_jwks_url
+        );
         config.insecure |= self.insecure;
         Ok(config)
     }
@@ -158,6 +214,17 @@ fn main() -> anyhow::Result<()> {
                 "{}",
                 switchboard::auth::make_hmac_token(&args.secret, &args.user, ttl)?
             );
+            Ok(())
+        }
+        Command::Genconfig(args) => {
+            let text = switchboard::config::generate();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&args.output)
+                .with_context(|| format!("cannot create {}", args.output.display()))?;
+            std::io::Write::write_all(&mut file, text.as_bytes())?;
+            println!("wrote {}", args.output.display());
             Ok(())
         }
         Command::Serve(args) => {

@@ -15,6 +15,7 @@ use crate::broker::{Broker, BrokerError, BrokerEventHandler, NodeControl};
 use crate::config::{Config, Namespace};
 use crate::history::{HistoryError, HistoryFilter, HistoryPage, Retention};
 use crate::hub::{ConnId, Control, Hub};
+use crate::limit::PerIpLimiter;
 use crate::metrics::{Gauges, Metrics};
 use crate::presence::{Presence, PresenceStats};
 use crate::protocol::{
@@ -128,6 +129,7 @@ struct Inner {
     next_conn: AtomicU64,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    connection_limiter: PerIpLimiter,
 }
 
 impl Node {
@@ -153,6 +155,7 @@ impl Node {
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "switchboard".to_string())
         });
+        let connection_rate = config.connection_rate_per_ip;
         let none = Namespace::default();
         let default_options = ChannelOptions::resolve(&config, &config.channel, &none);
         let namespaces = config
@@ -177,6 +180,7 @@ impl Node {
                 next_conn: AtomicU64::new(1),
                 shutdown,
                 tracker: TaskTracker::new(),
+                connection_limiter: PerIpLimiter::new(connection_rate),
             }),
         }
     }
@@ -218,6 +222,11 @@ impl Node {
     /// Tracks connection and cleanup tasks so shutdown can wait for them.
     pub fn tracker(&self) -> &TaskTracker {
         &self.inner.tracker
+    }
+
+    /// New-connection rate limits per client address.
+    pub fn connection_limiter(&self) -> &PerIpLimiter {
+        &self.inner.connection_limiter
     }
 
     /// A fresh connection number.

@@ -1,12 +1,15 @@
 //! Assembles a node and its HTTP/WebSocket routes, and runs them until shutdown.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
-use axum::response::Response;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -15,12 +18,15 @@ use crate::config::{Config, HistoryStorage};
 use crate::history::{History, MemoryHistory, SqliteHistory};
 use crate::node::Node;
 use crate::presence::MemoryPresence;
+use crate::protocol::error_code;
 
 /// Largest server API request body.
 const API_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Builds a node with the storages the configuration asks for.
 pub fn build_node(config: Config, shutdown: CancellationToken) -> anyhow::Result<Node> {
+    // TLS (served and fetched) uses the ring provider; installing it twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let history: Arc<dyn History> = match config.history_storage {
         HistoryStorage::Sqlite => Arc::new(SqliteHistory::open(
             &config.data_dir,
@@ -34,20 +40,56 @@ pub fn build_node(config: Config, shutdown: CancellationToken) -> anyhow::Result
     Ok(Node::new(config, broker, presence, verifier, shutdown))
 }
 
-/// Every route of the server.
+/// Every route of the server: the WebSocket endpoint, the web pages (beside the WebSocket they
+/// connect to), and the server API unless it is served on its own listener.
 pub fn app(node: Node) -> Router {
+    let router = Router::new().route("/connection/websocket", get(websocket));
+    let router = router.merge(crate::web::routes());
+    let router = if node.config().api_port.is_some() {
+        router
+    } else {
+        router.merge(api_routes())
+    };
+    router.with_state(node)
+}
+
+/// The server API, health and metrics.
+pub fn api_routes() -> Router<Node> {
     Router::new()
-        .route("/connection/websocket", get(websocket))
         .route("/api/{method}", post(crate::api::call))
         .route("/health", get(crate::api::health))
         .route("/metrics", get(crate::api::metrics))
-        .merge(crate::web::routes())
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
-        .with_state(node)
 }
 
-/// `GET /connection/websocket`: upgrades and hands the socket to the transport.
-async fn websocket(State(node): State<Node>, upgrade: WebSocketUpgrade) -> Response {
+/// A refusal before the WebSocket upgrade, with a JSON body.
+fn refuse(status: StatusCode, code: u32, message: &str) -> Response {
+    let body = json!({"error": {"code": code, "message": message}});
+    (status, axum::Json(body)).into_response()
+}
+
+/// `GET /connection/websocket`: checks origin and connection rate, upgrades, and hands the socket
+/// to the transport.
+async fn websocket(
+    State(node): State<Node>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if !origin_allowed(node.config(), &headers) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            error_code::PERMISSION_DENIED,
+            "origin not allowed",
+        );
+    }
+    if !node.connection_limiter().admit(peer.ip()) {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            error_code::TOO_MANY_REQUESTS,
+            "too many new connections from this address",
+        );
+    }
     let limit = node.config().max_message_size;
     // The library's own limit sits above ours so an oversized message still gets a proper close
     // (1009) from the transport rather than a dropped connection.
@@ -58,38 +100,120 @@ async fn websocket(State(node): State<Node>, upgrade: WebSocketUpgrade) -> Respo
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| {
-            let tracked = node
-                .tracker()
-                .track_future(crate::transport::serve(node.clone(), socket));
-            tracked
+            node.tracker()
+                .track_future(crate::transport::serve(node.clone(), socket))
         })
 }
 
-/// Runs the server on `listener` until `shutdown` is cancelled, then closes every client with the
-/// shutdown code and waits (a bounded time) for connection tasks to finish.
+/// Browsers send `Origin`; other clients usually do not, and are not subject to this check.
+/// Configured patterns decide; with none, development mode allows any origin and production
+/// only the server's own host.
+fn origin_allowed(config: &Config, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    if !config.allowed_origins.is_empty() {
+        return config.allowed_origins.iter().any(|pattern| {
+            crate::api::glob_match(&pattern.to_ascii_lowercase(), &origin.to_ascii_lowercase())
+        });
+    }
+    if config.development() {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host))
+}
+
+/// Where the server listens.
+pub struct Listeners {
+    /// Clients (and the API, unless it has its own listener).
+    pub main: TcpListener,
+    /// The server API, health and metrics, when served apart.
+    pub api: Option<TcpListener>,
+}
+
+/// Runs the server on `listener` until `shutdown` is cancelled. A separate API listener, if the
+/// configuration asks for one, is bound here.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let api = match config.api_port {
+        Some(port) => {
+            let address = config.api_address.unwrap_or(config.address);
+            Some(TcpListener::bind((address, port)).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen for the API on {address}:{port}: {e}")
+            })?)
+        }
+        None => None,
+    };
+    run_with(
+        config,
+        Listeners {
+            main: listener,
+            api,
+        },
+        shutdown,
+    )
+    .await
+}
+
+/// Runs the server on `listeners` until `shutdown` is cancelled, then closes every client with
+/// the shutdown code and waits (a bounded time) for connection tasks to finish.
+pub async fn run_with(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     config.validate()?;
     if !config.verifies_tokens() {
-        tracing::warn!(
-            "no token secret configured: clients connect anonymously (development mode)"
-        );
+        tracing::warn!("no token key configured: clients connect anonymously (development mode)");
     }
     if config.api_key.is_none() {
         tracing::warn!("no API key configured: the server API is open to anyone who can reach it");
     }
     let shutdown_timeout = config.shutdown_timeout();
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot load TLS certificate or key: {e}"))?,
+        ),
+        (None, None) => None,
+        _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
+    };
     let node = build_node(config, shutdown.clone())?;
-    tracing::info!(address = %listener.local_addr()?, "switchboard listening");
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app(node.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let serve_result = tokio::spawn(async move { server.await });
+    let mut servers = tokio::task::JoinSet::new();
+    if let Some(api) = listeners.api {
+        tracing::info!(address = %api.local_addr()?, "server API listening");
+        let router = api_routes().with_state(node.clone());
+        servers.spawn(serve_plain(api, router, shutdown.clone()));
+    }
+    let main_addr = listeners.main.local_addr()?;
+    let router = app(node.clone());
+    match tls {
+        Some(tls) => {
+            tracing::info!(address = %main_addr, "switchboard listening (TLS)");
+            let handle = axum_server::Handle::new();
+            let stop = handle.clone();
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                token.cancelled().await;
+                stop.graceful_shutdown(Some(shutdown_timeout));
+            });
+            let listener = listeners.main.into_std()?;
+            let server = axum_server::from_tcp_rustls(listener, tls)?
+                .handle(handle)
+                .serve(router.into_make_service_with_connect_info::<SocketAddr>());
+            servers.spawn(async move { server.await.map_err(anyhow::Error::from) });
+        }
+        None => {
+            tracing::info!(address = %main_addr, "switchboard listening");
+            servers.spawn(serve_plain(listeners.main, router, shutdown.clone()));
+        }
+    }
     shutdown.cancelled().await;
     node.tracker().close();
     if tokio::time::timeout(shutdown_timeout, node.tracker().wait())
@@ -98,11 +222,78 @@ pub async fn run(
     {
         tracing::warn!("shutdown timed out with connection tasks still running");
     }
-    match tokio::time::timeout(shutdown_timeout, serve_result).await {
-        Ok(Ok(result)) => result?,
-        Ok(Err(join)) => return Err(join.into()),
+    let finished = tokio::time::timeout(shutdown_timeout, async {
+        while let Some(result) = servers.join_next().await {
+            result??;
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    match finished {
+        Ok(result) => result?,
         Err(_) => tracing::warn!("shutdown timed out with HTTP requests still running"),
     }
     tracing::info!("switchboard stopped");
     Ok(())
+}
+
+/// Serves `router` on a plain TCP listener until shutdown.
+async fn serve_plain(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(origin: &str, host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ORIGIN, origin.parse().unwrap());
+        h.insert(header::HOST, host.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn origins() {
+        let mut production = Config {
+            token_hmac_secret: Some("s".into()),
+            ..Config::default()
+        };
+        assert!(origin_allowed(
+            &production,
+            &headers("http://a.example:8000", "a.example:8000")
+        ));
+        assert!(!origin_allowed(
+            &production,
+            &headers("https://evil.example", "a.example:8000")
+        ));
+        assert!(origin_allowed(&production, &HeaderMap::new()));
+        production.allowed_origins = vec!["https://*.example.com".into()];
+        assert!(origin_allowed(
+            &production,
+            &headers("https://app.example.com", "x")
+        ));
+        assert!(!origin_allowed(
+            &production,
+            &headers("https://example.org", "x")
+        ));
+        let development = Config::default();
+        assert!(origin_allowed(
+            &development,
+            &headers("http://anything", "x")
+        ));
+    }
 }

@@ -20,6 +20,7 @@ use crate::auth::{unix_now, ConnectionClaims, TokenError};
 use crate::config::Config;
 use crate::history::HistoryFilter;
 use crate::hub::{ClientHandle, ConnId, Control};
+use crate::limit::TokenBucket;
 use crate::metrics::Metrics;
 use crate::node::{ChannelOptions, Node, VERSION};
 use crate::protocol::{
@@ -819,13 +820,10 @@ impl Session {
     }
 }
 
-/// Admits client commands at a steady rate with a burst allowance (a token bucket).
+/// Admits client commands through a token bucket, and spots clients that keep flooding.
 #[derive(Debug)]
 struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
+    bucket: TokenBucket,
     /// Commands refused since the last one admitted.
     refused: u32,
 }
@@ -843,30 +841,19 @@ enum Admission {
 impl RateLimiter {
     fn new(rate: u32, burst: u32) -> Self {
         RateLimiter {
-            rate: f64::from(rate),
-            burst: f64::from(burst.max(1)),
-            tokens: f64::from(burst.max(1)),
-            last: Instant::now(),
+            bucket: TokenBucket::new(rate, burst),
             refused: 0,
         }
     }
 
     fn admit(&mut self) -> Admission {
-        if self.rate <= 0.0 {
-            return Admission::Admit;
-        }
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.bucket.take(Instant::now().into_std()) {
             self.refused = 0;
             return Admission::Admit;
         }
         self.refused += 1;
         // A client that goes on sending a full burst's worth after being refused is flooding.
-        if f64::from(self.refused) > self.burst {
+        if f64::from(self.refused) > self.bucket.burst() {
             Admission::Flooding
         } else {
             Admission::Refuse

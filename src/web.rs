@@ -158,12 +158,24 @@ async fn chat(request: HeaderMap) -> Response {
     serve(&CHAT_PAGE, &request, true)
 }
 
-/// `GET /chat/config`: what the chat page needs to know to connect.
+/// The namespace whose channels are chat rooms, when the configuration defines it (as
+/// `switchboard genconfig` does, granting subscribers publish, presence and history there).
+const CHAT_NAMESPACE: &str = "chat";
+
+/// `GET /chat/config`: what the chat page needs to know to connect: whether it may connect
+/// without a token, and the namespace its rooms live in (rooms are `chat:<room>` when the `chat`
+/// namespace is configured, plain `<room>` otherwise).
 async fn chat_config(State(node): State<Node>) -> Response {
     let config = node.config();
+    let namespace = config
+        .namespace
+        .iter()
+        .any(|n| n.name == CHAT_NAMESPACE)
+        .then_some(CHAT_NAMESPACE);
     axum::Json(json!({
         "anonymous": config.anonymous_allowed(),
         "websocket": "/connection/websocket",
+        "namespace": namespace.unwrap_or(""),
         "version": VERSION,
     }))
     .into_response()

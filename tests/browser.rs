@@ -13,6 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::TestServer;
+use switchboard::config::Namespace;
 
 /// Time the whole browser run may take.
 const TIME_LIMIT: Duration = Duration::from_secs(240);
@@ -49,6 +50,16 @@ async fn chat_and_dashboard_work_in_chromium() {
         c.token_hmac_secret = Some(SECRET.into());
         c.api_key = Some(API_KEY.into());
         c.admin_password = Some(ADMIN_PASSWORD.into());
+        // Rooms live in the `chat` namespace, open to subscribers as `switchboard genconfig`
+        // writes it (with tokens, permissions left out are refused).
+        c.namespace = vec![Namespace {
+            name: "chat".into(),
+            allow_subscribe_for_client: Some(true),
+            allow_publish_for_subscriber: Some(true),
+            allow_presence_for_subscriber: Some(true),
+            allow_history_for_subscriber: Some(true),
+            ..Namespace::default()
+        }];
     })
     .await;
     let token = switchboard::auth::make_hmac_token(SECRET, USER, 3600).unwrap();

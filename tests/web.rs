@@ -139,10 +139,19 @@ async fn chat_config_tells_whether_a_token_is_needed() {
     let config: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(config["anonymous"], true);
     assert_eq!(config["websocket"], "/connection/websocket");
-    let secured = TestServer::with(|c| c.token_hmac_secret = Some("s".into())).await;
+    assert_eq!(config["namespace"], "");
+    let secured = TestServer::with(|c| {
+        c.token_hmac_secret = Some("s".into());
+        c.namespace = vec![switchboard::config::Namespace {
+            name: "chat".into(),
+            ..Default::default()
+        }];
+    })
+    .await;
     let (_, _, body) = get(secured.addr, "/chat/config", "").await;
     let config: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(config["anonymous"], false);
+    assert_eq!(config["namespace"], "chat");
     open.stop().await;
     secured.stop().await;
 }

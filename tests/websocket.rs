@@ -241,14 +241,16 @@ async fn slow_reader_is_disconnected_while_a_fast_one_gets_everything() {
         c.client_queue_max_bytes = 256 * 1024;
         c.max_message_size = 256 * 1024;
         c.client_command_rate = 0;
+        c.history_size = 0;
     })
     .await;
     // The slow client subscribes, then never reads again.
-    let mut slow = server.client().await;
+    let mut slow = Client::open_small_buffer(server.addr).await;
+    slow.connect(json!({})).await;
     slow.subscribe("feed").await;
     let mut fast = server.client().await;
     fast.subscribe("feed").await;
-    let total = 3000u64;
+    let total = 1000u64;
     let reader = tokio::spawn(async move {
         let mut next = 1u64;
         while next <= total {
@@ -273,7 +275,7 @@ async fn slow_reader_is_disconnected_while_a_fast_one_gets_everything() {
     }
     let fast = reader.await.unwrap();
     drop(fast);
-    // 24 MB went out, more than socket buffers hold: the slow client's queue overflowed. A client
+    // 8 MB went out, more than socket buffers hold: the slow client's queue overflowed. A client
     // that reads nothing cannot receive a close frame through its full socket, so after what its
     // buffers hold it sees either the 3008 close or the connection's end.
     let code = slow.closed_or_dropped_code().await;

@@ -18,7 +18,7 @@
   const MAX_LOG_NODES = 600;
   const NAME_KEY = 'switchboard.chat.name';
 
-  let config = { anonymous: true, websocket: '/connection/websocket' };
+  let config = { anonymous: true, websocket: '/connection/websocket', namespace: '' };
   let centrifuge = null;
   let sub = null;
   let me = { name: '', room: '', client: '' };
@@ -315,7 +315,9 @@
       }
     });
 
-    sub = centrifuge.newSubscription(room, { joinLeave: true });
+    // A room is a channel, in the server's chat namespace when it has one.
+    const channel = config.namespace ? `${config.namespace}:${room}` : room;
+    sub = centrifuge.newSubscription(channel, { joinLeave: true });
     sub.on('subscribed', (ctx) => {
       onSubscribed(ctx).catch((err) => console.warn('subscribed', err));
     });
@@ -420,7 +422,7 @@
         $('join-error').textContent = 'Pick a name first.';
         return;
       }
-      if (!/^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$/.test(room)) {
+      if (!/^[A-Za-z0-9_.-]{1,64}$/.test(room)) {
         $('join-error').textContent = "A room name uses letters, digits, '_', '-' and '.'.";
         return;
       }

@@ -2,7 +2,8 @@
 //
 // Run by tests/browser.rs, which starts two servers and passes them here:
 //   SWITCHBOARD_URL             anonymous server (no token secret, no API key, loopback)
-//   SWITCHBOARD_SECURE_URL      server with a token secret, an API key and an admin password
+//   SWITCHBOARD_SECURE_URL      server with a token secret, an API key, an admin password and a
+//                               `chat` namespace (so its rooms are channels `chat:<room>`)
 //   SWITCHBOARD_API_KEY, SWITCHBOARD_ADMIN_PASSWORD, SWITCHBOARD_TOKEN (a connection token of
 //   user SWITCHBOARD_USER on the secure server), SWITCHBOARD_ARTIFACTS (screenshots),
 //   SWITCHBOARD_CHROMIUM (default /usr/lib/chromium/chromium).
@@ -222,7 +223,7 @@ async function main(browser) {
     await until('Dora\'s page to show it is reconnecting', async () => (await state(dora)) === 'connecting');
     const status = await dora.textContent('#status');
     if (!/Reconnecting/.test(status)) throw new Error(`status reads ${JSON.stringify(status)} while reconnecting`);
-    await api(SECURE, 'publish', { channel: 'ops', data: { text: 'Sent while Dora was away', name: 'ops-bot' } }, API_KEY);
+    await api(SECURE, 'publish', { channel: 'chat:ops', data: { text: 'Sent while Dora was away', name: 'ops-bot' } }, API_KEY);
     await new Promise((resolve) => setTimeout(resolve, 300));
     if ((await messages(dora)).includes('Sent while Dora was away')) throw new Error('the page got the message while offline');
     await dora.context().setOffline(false);
@@ -250,7 +251,7 @@ async function main(browser) {
     let n = 0;
     const publisher = setInterval(() => {
       n += 1;
-      api(SECURE, 'publish', { channel: 'ops', data: { text: `tick ${n}`, name: 'ops-bot' } }, API_KEY).catch(() => {});
+      api(SECURE, 'publish', { channel: 'chat:ops', data: { text: `tick ${n}`, name: 'ops-bot' } }, API_KEY).catch(() => {});
     }, 150);
     try {
       await say(dora, 'Dora on the dashboard');
@@ -260,7 +261,7 @@ async function main(browser) {
         const outRate = parseFloat(await dash.textContent('#v-out-rate'));
         return inRate > 0 && outRate > 0 && [inRate, outRate];
       });
-      await until('the channel list to show "ops"', async () => (await texts(dash, '#channel-rows .name')).includes('ops'));
+      await until('the channel list to show "chat:ops"', async () => (await texts(dash, '#channel-rows .name')).includes('chat:ops'));
       await until('both charts to draw their series', async () => {
         const drawn = await dash.$$eval('canvas.chart', (list) => list.map((c) => Number(c.dataset.points || 0)));
         return drawn.every((p) => p >= 4) && drawn;

@@ -206,6 +206,24 @@ impl Client {
         }
     }
 
+    /// Opens a client whose socket has a tiny receive buffer, so that not reading fills the
+    /// server's side quickly (a slow client).
+    pub async fn open_small_buffer(addr: SocketAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let url = format!("ws://{addr}/connection/websocket");
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+        Client {
+            ws,
+            pending: VecDeque::new(),
+            next_id: 1,
+            client_id: String::new(),
+        }
+    }
+
     /// Sends a raw text frame.
     pub async fn send_raw(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.unwrap();
