@@ -336,6 +336,8 @@ port = 8000
 
 # Backends call the server API (POST /api/<method>) with this key in the X-API-Key header.
 api_key = "{api_key}"
+# The web dashboard (/dashboard) asks for this password (or the API key).
+admin_password = "{admin_password}"
 # Serve the API on its own port (e.g. bound to a private interface) instead of the main one.
 # api_port = 8001
 # api_address = "10.0.0.5"
@@ -393,6 +395,7 @@ history_ttl = 3600
 name = "private"
 "#,
         api_key = secret(32),
+        admin_password = secret(24),
         token_secret = secret(48),
     )
 }

@@ -105,6 +105,7 @@ pub fn routes() -> Router<Node> {
         .route("/chat", get(chat))
         .route("/chat/config", get(chat_config))
         .route("/dashboard", get(dashboard))
+        .route("/dashboard/access", get(dashboard_access))
         .route(
             "/dashboard/events",
             get(move |node, query| dashboard_events(node, query, streams.clone())),
@@ -193,7 +194,8 @@ async fn asset(
 }
 
 /// Who may watch the dashboard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DashboardAccess {
     /// No secret configured, loopback address: anyone who can reach it is local.
     Open,
@@ -240,6 +242,12 @@ async fn dashboard(State(node): State<Node>, request: HeaderMap) -> Response {
         return response;
     }
     serve(&DASHBOARD_PAGE, &request, true)
+}
+
+/// `GET /dashboard/access`: `{"access": "open" | "key" | "disabled"}`, so the page knows whether
+/// to ask for the password before it opens the stream.
+async fn dashboard_access(State(node): State<Node>) -> Response {
+    axum::Json(json!({ "access": DashboardAccess::of(node.config()) })).into_response()
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response {

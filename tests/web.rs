@@ -169,6 +169,8 @@ async fn dashboard_is_open_on_loopback_without_secrets_and_streams_snapshots() {
             json!({"channel": "room", "data": {"text": "hi"}}),
         )
         .await;
+    let (_, _, body) = get(server.addr, "/dashboard/access", "").await;
+    assert_eq!(body, r#"{"access":"open"}"#);
     let (status, data) = dashboard_events(server.addr, "").await;
     assert_eq!(status, 200);
     let snapshot: Value = serde_json::from_str(&data).unwrap();
@@ -220,6 +222,8 @@ async fn dashboard_wants_the_admin_password_or_the_api_key_when_configured() {
     );
     // The page itself is served: it asks for the password.
     assert_eq!(get(server.addr, "/dashboard", "").await.0, 200);
+    let (_, _, body) = get(server.addr, "/dashboard/access", "").await;
+    assert_eq!(body, r#"{"access":"key"}"#);
     server.stop().await;
 }
 
@@ -245,5 +249,7 @@ async fn dashboard_is_disabled_on_a_public_address_without_secrets() {
     assert_eq!(status, 403);
     assert!(head.contains("content-type: text/html"));
     assert!(body.contains("Dashboard disabled"));
+    let (_, _, body) = get(server.addr, "/dashboard/access", "").await;
+    assert_eq!(body, r#"{"access":"disabled"}"#);
     server.stop().await;
 }

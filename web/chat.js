@@ -440,6 +440,7 @@
     $('composer').addEventListener('submit', send);
     $('leave').addEventListener('click', leave);
     $('people-toggle').addEventListener('click', () => $('people').classList.toggle('open'));
+    $('messages').addEventListener('click', () => $('people').classList.remove('open'));
     if (typeof window.Centrifuge !== 'function') {
       $('join-error').textContent = 'The client SDK did not load.';
       $('join').disabled = true;

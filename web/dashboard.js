@@ -566,7 +566,15 @@
     });
     window.addEventListener('resize', drawCharts);
     requestAnimationFrame(frame);
-    connect();
+    if (key) {
+      connect();
+    } else {
+      // Ask first whether a password is needed, rather than provoking a 401.
+      fetch('/dashboard/access', { cache: 'no-store' })
+        .then((response) => response.json())
+        .then(({ access }) => (access === 'key' ? showLogin('') : connect()))
+        .catch(() => connect());
+    }
   }
 
   start();
