@@ -109,6 +109,12 @@ async function say(page, text) {
   await page.press('#text', 'Enter');
 }
 
+/** Fails if the page is wider than its viewport (a phone would have to scroll sideways). */
+async function fitsWidth(page, label) {
+  const [scroll, inner] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+  if (scroll > inner) throw new Error(`${label} overflows its ${inner}px viewport: ${scroll}px wide`);
+}
+
 async function screenshot(page, name, fullPage = false) {
   await page.screenshot({ path: path.join(ARTIFACTS, name), fullPage });
 }
@@ -163,6 +169,12 @@ async function main(browser) {
         return names.join(',') === 'Ada,Bob,Cy' && names;
       });
     }
+    // On the phone, the list lives in a drawer opened from the top bar.
+    await bob.click('#people-toggle');
+    await until('the drawer to open on the phone', async () => (await bob.getAttribute('#people', 'class')).includes('open'));
+    if (!(await bob.isVisible('#people-list .name >> text=Cy'))) throw new Error('the drawer does not show Cy');
+    await bob.click('#messages', { position: { x: 30, y: 200 }, timeout: WAIT }); // beside the drawer
+    await until('the drawer to close', async () => !(await bob.getAttribute('#people', 'class')).includes('open'));
     await until('Ada to see that Bob and Cy joined', async () => {
       const n = await notices(ada);
       return n.includes('Bob joined') && n.includes('Cy joined') && n;
@@ -195,6 +207,7 @@ async function main(browser) {
       await until(`${label} to see "Cy left"`, async () => (await notices(page)).includes('Cy left'));
       await until(`${label}'s presence list to drop Cy`, async () => (await people(page)).sort().join(',') === 'Ada,Bob');
     }
+    await fitsWidth(bob, 'the chat on a phone');
     await screenshot(ada, 'chat-desktop.png');
     await screenshot(bob, 'chat-phone.png');
   });
@@ -283,6 +296,7 @@ async function main(browser) {
       await screenshot(dash, 'dashboard-desktop.png', true);
       await dash.setViewportSize(PHONE);
       await new Promise((resolve) => setTimeout(resolve, 800));
+      await fitsWidth(dash, 'the dashboard on a phone');
       await screenshot(dash, 'dashboard-phone.png', true);
     } finally {
       clearInterval(publisher);
