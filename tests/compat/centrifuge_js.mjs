@@ -458,6 +458,45 @@ await step('recovery after POST /api/disconnect with a reconnect code (3011)', a
   assert.equal(carol.log.connected.length, connects + 1, 'no reconnect after a terminal disconnect code');
 });
 
+await step('recovery under load: every offset arrives exactly once, in order, across drops', async () => {
+  const loaded = newClient();
+  loaded.client.connect();
+  await connected('client L', loaded);
+  const stream = loaded.client.newSubscription('load');
+  const streamLog = record(stream, SUBSCRIPTION_EVENTS);
+  stream.subscribe();
+  await within('client L subscribed', stream.ready(WAIT_MS));
+  // One publisher keeps publishing through the API while the client's connection is cut three
+  // times; recovery and live delivery must hand over without a gap or a duplicate.
+  let publishing = true;
+  let top = 0;
+  const publisher = (async () => {
+    for (let n = 1; publishing; n++) {
+      top = (await api('publish', { channel: 'load', data: { n } })).offset;
+    }
+  })();
+  for (let drop = 1; drop <= 3; drop++) {
+    await sleep(100);
+    const subscribes = streamLog.subscribed.length;
+    loaded.network.open = false;
+    loaded.network.drop();
+    await until(`client L to notice drop ${drop}`, () => stream.state === 'subscribing');
+    await sleep(30);
+    loaded.network.open = true;
+    const ctx = await until(`resubscription ${drop}`, () => streamLog.subscribed[subscribes]);
+    assert.equal(ctx.recovered, true, `recovered after drop ${drop}`);
+  }
+  await sleep(100);
+  publishing = false;
+  await publisher;
+  await until(`all ${top} publications`, () => streamLog.publication.length >= top, 10000);
+  await sleep(100);
+  assert.ok(top > 20, `the publisher made enough publications to overlap the drops (${top})`);
+  assertOffsets('the loaded stream', streamLog, Array.from({ length: top }, (_, i) => i + 1));
+  assert.deepEqual(streamLog.publication.map((p) => p.data.n), Array.from({ length: top }, (_, i) => i + 1));
+  loaded.client.disconnect();
+});
+
 await step('since option and getState: recovery from an application-known position', async () => {
   const erin = newClient();
   erin.client.connect();
