@@ -29,8 +29,9 @@ async fn centrifuge_js_sdk_works_against_the_server() {
         // are still accepted (`insecure`, harmless on loopback).
         config.token_hmac_secret = Some(TOKEN_SECRET.into());
         config.insecure = true;
-        // Pings every second, so the SDK's pongs are exercised during the run.
+        // A ping every second and a pong due within one, so a missing pong shows during the run.
         config.ping_interval = 1;
+        config.pong_timeout = 1;
         // An expired connection that did not refresh is closed one second after its token's `exp`.
         config.expired_grace = 1;
     })
