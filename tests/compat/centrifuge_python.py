@@ -413,7 +413,7 @@ async def main(address):
 
     async def pings():
         before = len(alice_log.connecting) + len(alice_log.disconnected)
-        await asyncio.sleep(2.5)
+        await asyncio.sleep(3)
         equal(len(alice_log.connecting) + len(alice_log.disconnected), before, "reconnects while idle")
         equal(alice.state, ClientState.CONNECTED, "client state")
 
