@@ -577,6 +577,94 @@ await step('token expiry: 109 then getToken; the SDK refreshes in time; no refre
   eve.client.disconnect();
 });
 
+await step('private channels: subscription tokens, chanInfo, sub_refresh in time, 2501 without it', async () => {
+  assert.ok(TOKEN_SECRET, 'SWITCHBOARD_TOKEN_SECRET must be set for the token steps');
+  const now = () => Math.floor(Date.now() / 1000);
+  // Without a token a private channel is refused with 103, which ends the subscription.
+  const outsider = newClient();
+  outsider.client.connect();
+  await connected('an anonymous client', outsider);
+  const refused = outsider.client.newSubscription('$vault');
+  const refusedLog = record(refused, SUBSCRIPTION_EVENTS);
+  refused.subscribe();
+  const denied = await until('the refused subscription', () => refusedLog.unsubscribed[0]);
+  assert.equal(denied.code, 103, 'permission denied');
+  outsider.client.disconnect();
+
+  const frank = newClient({ token: hs256({ sub: 'frank' }, TOKEN_SECRET) });
+  frank.client.connect();
+  const frankId = (await connected('client F', frank)).client;
+  const issued = [];
+  const vault = frank.client.newSubscription('$vault', {
+    getToken: async (ctx) => {
+      const lifetime = issued.length === 0 ? 2 : 3600; // the first expires soon, the refresh lasts
+      issued.push(ctx.channel);
+      return hs256({ sub: 'frank', channel: ctx.channel, exp: now() + lifetime, info: { role: 'keeper' } }, TOKEN_SECRET);
+    },
+  });
+  const vaultLog = record(vault, SUBSCRIPTION_EVENTS);
+  // A second private subscription whose token is never renewed: the server ends it with 2501.
+  let lapsedTokens = 0;
+  const lapsed = frank.client.newSubscription('$lapsed', {
+    getToken: (ctx) => {
+      lapsedTokens += 1;
+      if (lapsedTokens > 1) return new Promise(() => {});
+      return Promise.resolve(hs256({ sub: 'frank', channel: ctx.channel, exp: now() + 2 }, TOKEN_SECRET));
+    },
+  });
+  const lapsedLog = record(lapsed, SUBSCRIPTION_EVENTS);
+  vault.subscribe();
+  lapsed.subscribe();
+  await within('the private subscription', vault.ready(WAIT_MS));
+  await within('the second private subscription', lapsed.ready(WAIT_MS));
+  const presence = await within('presence of the private channel', vault.presence());
+  assert.deepEqual(presence.clients[frankId].chanInfo, { role: 'keeper' }, 'subscription token info shows as chanInfo');
+  await api('publish', { channel: '$vault', data: { secret: 1 } });
+  await until('a publication on the private channel', () => vaultLog.publication.length === 1);
+  assert.deepEqual(vaultLog.publication[0].info, undefined);
+  await until('the SDK to refresh the subscription token', () => issued.length >= 2, 5000);
+  await until('a sub_refresh command on the wire', () => frank.network.sent.some((f) => f.includes('"sub_refresh"')));
+  const unsubscribed = await until('the unrefreshed subscription to be ended', () => lapsedLog.subscribing.find((c) => c.code === 2501));
+  assert.equal(unsubscribed.reason, 'subscription expired');
+  await sleep(1500);
+  assert.equal(vault.state, 'subscribed', 'the refreshed subscription goes on');
+  assert.equal(vaultLog.subscribed.length, 1, 'the refreshed subscription was never resubscribed');
+  assert.equal(vaultLog.unsubscribed.length + vaultLog.subscribing.length, 1, 'only the initial subscribing event');
+  frank.client.disconnect();
+});
+
+await step('server-side subscriptions from the token channels claim are recovered on reconnect', async () => {
+  assert.ok(TOKEN_SECRET, 'SWITCHBOARD_TOKEN_SECRET must be set for the token steps');
+  const gina = newClient({ token: hs256({ sub: 'gina', channels: ['inbox-gina'] }, TOKEN_SECRET) });
+  const subscribed = [];
+  const publications = [];
+  gina.client.on('subscribed', (ctx) => subscribed.push(ctx));
+  gina.client.on('publication', (ctx) => publications.push(ctx));
+  gina.client.connect();
+  await connected('client G', gina);
+  const first = await until('the server-side subscription of the token', () => subscribed[0]);
+  assert.equal(first.channel, 'inbox-gina');
+  assert.equal(first.recoverable, true);
+  assert.ok(first.streamPosition.epoch, 'the server-side subscription has an epoch');
+  await api('publish', { channel: 'inbox-gina', data: { n: 1 } });
+  await until('the first inbox publication', () => publications.length === 1);
+
+  gina.network.open = false;
+  await api('disconnect', { user: 'gina', disconnect: { code: 3011, reason: 'force reconnect' } });
+  await until('client G to start reconnecting', () => gina.log.connecting.some((c) => c.code === 3011));
+  await api('publish', { channel: 'inbox-gina', data: { n: 2 } });
+  await sleep(150);
+  gina.network.open = true;
+  await connected('client G again', gina, 2);
+  const again = await until('the recovered server-side subscription', () => subscribed[1]);
+  assert.equal(again.wasRecovering, true, 'the SDK asked to recover it in connect');
+  assert.equal(again.recovered, true);
+  await until('the missed inbox publication', () => publications.length >= 2);
+  await sleep(100);
+  assert.deepEqual(publications.map((p) => [p.channel, p.offset, p.data.n]), [['inbox-gina', 1, 1], ['inbox-gina', 2, 2]]);
+  gina.client.disconnect();
+});
+
 await step('unsubscribe and disconnect release presence', async () => {
   sub.unsubscribe();
   await until('the unsubscribed event', () => subLog.unsubscribed.length === 1 && sub.state === 'unsubscribed');
