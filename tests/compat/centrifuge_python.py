@@ -566,6 +566,65 @@ async def main(address):
 
     await step("token expiry: 109 then get_token; the SDK refreshes in time; no refresh means 3005", token_expiry)
 
+    async def private_channels():
+        check(TOKEN_SECRET, "SWITCHBOARD_TOKEN_SECRET must be set for the token steps")
+        frank, frank_log = new_client(token=hs256({"sub": "frank"}, TOKEN_SECRET))
+        await within("client F connect()", frank.connect())
+        frank_id = (await connected("client F", frank, frank_log)).client
+        refused_log = SubscriptionLog()
+        refused = frank.new_subscription("$closed", events=refused_log)
+        await within("subscribe() without a token", refused.subscribe())
+        denied = await until("the refused subscription", lambda: refused_log.unsubscribed[:1])
+        equal(denied[0].code, 103, "code without a subscription token")
+        issued = []
+
+        async def get_token(channel):
+            lifetime = 2 if not issued else 3600  # the first expires soon, the refresh lasts
+            issued.append(channel)
+            claims = {"sub": "frank", "channel": channel, "exp": int(time.time()) + lifetime, "info": {"role": "keeper"}}
+            return hs256(claims, TOKEN_SECRET)
+
+        vault_log = SubscriptionLog()
+        vault = frank.new_subscription("$vault", events=vault_log, get_token=get_token)
+        await within("subscribe() to $vault", vault.subscribe())
+        await within("$vault subscribed", vault.ready())
+        presence = await within("presence of $vault", vault.presence())
+        equal(presence.clients[frank_id].chan_info, {"role": "keeper"}, "subscription token info as chan_info")
+        await until("the SDK to refresh the subscription token", lambda: len(issued) >= 2)
+        await asyncio.sleep(2.5)
+        equal(vault.state, SubscriptionState.SUBSCRIBED, "state of the refreshed subscription")
+        equal(len(vault_log.subscribed), 1, "subscribed events of the refreshed subscription")
+        await frank.disconnect()
+
+    await step("private channels: subscription tokens, chan_info, sub_refresh in time", private_channels)
+
+    async def token_channels():
+        check(TOKEN_SECRET, "SWITCHBOARD_TOKEN_SECRET must be set for the token steps")
+        gina, gina_log = new_client(token=hs256({"sub": "gina", "channels": ["inbox-gina"]}, TOKEN_SECRET))
+        await within("client G connect()", gina.connect())
+        await connected("client G", gina, gina_log)
+        first = await until("the token's server-side subscription", lambda: gina_log.subscribed[:1])
+        equal((first[0].channel, first[0].recoverable), ("inbox-gina", True), "server-side subscription")
+        check(first[0].stream_position and first[0].stream_position.epoch, "the server-side subscription has an epoch")
+        await api(address, "publish", {"channel": "inbox-gina", "data": {"n": 1}})
+        await until("the first inbox publication", lambda: gina_log.publications[:1])
+        relay.open = False
+        await api(address, "disconnect", {"user": "gina", "disconnect": {"code": 3011, "reason": "force reconnect"}})
+        await until("client G to reconnect", lambda: [c for c in gina_log.connecting if c.code == 3011])
+        await api(address, "publish", {"channel": "inbox-gina", "data": {"n": 2}})
+        await asyncio.sleep(0.15)
+        relay.open = True
+        await connected("client G again", gina, gina_log, 2)
+        again = await until("the recovered server-side subscription", lambda: gina_log.subscribed[1:])
+        equal((again[0].was_recovering, again[0].recovered), (True, True), "was_recovering, recovered")
+        await until("the missed inbox publication", lambda: len(gina_log.publications) >= 2)
+        await asyncio.sleep(0.1)
+        seen = [(p.channel, p.pub.offset, p.pub.data["n"]) for p in gina_log.publications]
+        equal(seen, [("inbox-gina", 1, 1), ("inbox-gina", 2, 2)], "server-side publications")
+        await gina.disconnect()
+
+    await step("server-side subscriptions from the token channels claim are recovered on reconnect", token_channels)
+
     async def release():
         await within("unsubscribe()", chat.unsubscribe())
         equal(chat.state, SubscriptionState.UNSUBSCRIBED, "subscription state")
