@@ -111,7 +111,7 @@ async fn dispatch(
         "channels" => channels(node, parse(body)?),
         "info" => {
             let _: Empty = parse(body)?;
-            Ok(json!({ "nodes": [node.info()] }))
+            Ok(json!({ "nodes": node.nodes().await }))
         }
         _ => return Err(ApiError::MethodNotFound),
     })

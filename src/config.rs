@@ -87,6 +87,12 @@ pub struct Config {
     pub client_command_burst: u32,
     /// New WebSocket connections per second accepted from one IP address (0: no limit).
     pub connection_rate_per_ip: u32,
+    /// Redis URLs (one per shard): several nodes share broker, history and presence through them.
+    pub redis: Vec<String>,
+    /// Prefix of Redis keys and topics.
+    pub redis_prefix: String,
+    /// Seconds a presence entry lives in Redis without a refresh by its node.
+    pub presence_ttl: u64,
     /// Serve the server API (and health, metrics) on this port instead of the main one.
     pub api_port: Option<u16>,
     /// Address of the separate API listener [default: `address`].
@@ -176,6 +182,9 @@ impl Default for Config {
             client_command_burst: 2000,
             connection_rate_per_ip: 50,
             allowed_origins: Vec::new(),
+            redis: Vec::new(),
+            redis_prefix: "switchboard".into(),
+            presence_ttl: 60,
             api_port: None,
             api_address: None,
             tls_cert: None,

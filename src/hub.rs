@@ -31,6 +31,10 @@ pub enum Control {
     },
     Unsubscribe {
         channel: String,
+        /// Unsubscribe push code: below 2500 the client stays unsubscribed, from 2500 it
+        /// resubscribes (and recovers).
+        code: u32,
+        reason: &'static str,
     },
 }
 
@@ -134,6 +138,19 @@ impl Hub {
                 })
                 .unwrap_or_default(),
         }
+    }
+
+    /// The connections subscribed to `channel` on this node.
+    pub fn subscriber_handles(&self, channel: &str) -> Vec<ClientHandle> {
+        let ids: Vec<ConnId> = self
+            .shard(channel)
+            .get(channel)
+            .map(|subs| subs.keys().copied().collect())
+            .unwrap_or_default();
+        let conns = lock(&self.connections);
+        ids.iter()
+            .filter_map(|id| conns.by_id.get(id).cloned())
+            .collect()
     }
 
     /// Closes every local connection with `reason`.

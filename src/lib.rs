@@ -14,7 +14,8 @@
 //! - [`node`]: the shared state and operations used by sessions and the API.
 //! - [`hub`]: channel → local subscribers, sharded; a publication is encoded once for all.
 //! - [`broker`], [`history`], [`presence`]: the traits behind which storage and multi-node fan-out
-//!   live, with in-process implementations.
+//!   live, with in-process implementations; [`redis_engine`] implements them on Redis for
+//!   several nodes.
 //! - [`api`]: the HTTP server API, health and metrics; [`server`] assembles routes and runs them.
 //! - [`web`]: the embedded pages, `/chat` (on the official browser SDK) and `/dashboard` (this
 //!   node's live view, with the [`timeline`] of recent work).
@@ -32,6 +33,7 @@ pub mod node;
 pub mod presence;
 pub mod protocol;
 pub mod queue;
+pub mod redis_engine;
 pub mod server;
 pub mod session;
 pub mod timeline;

@@ -86,6 +86,19 @@ struct ServeArgs {
     /// Seconds publications are kept [default: 86400].
     #[arg(long, env = "SWITCHBOARD_HISTORY_TTL")]
     history_ttl: Option<u64>,
+    /// Redis URL (repeat, or comma-separate, to shard channels over several): run several nodes
+    /// sharing broker, history and presence.
+    #[arg(long, env = "SWITCHBOARD_REDIS", value_delimiter = ',')]
+    redis: Option<Vec<String>>,
+    /// Prefix of Redis keys [default: switchboard].
+    #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX")]
+    redis_prefix: Option<String>,
+    /// Seconds a presence entry lives in Redis without a refresh [default: 60].
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_TTL")]
+    presence_ttl: Option<u64>,
+    /// Node name in /api/info [default: host name].
+    #[arg(long, env = "SWITCHBOARD_NAME")]
+    name: Option<String>,
     /// Serve the server API on this port instead of the main one.
     #[arg(long, env = "SWITCHBOARD_API_PORT")]
     api_port: Option<u16>,
@@ -163,7 +176,10 @@ impl ServeArgs {
             client_channel_limit,
             client_command_rate,
             connection_rate_per_ip,
-            allowed_origins
+            allowed_origins,
+            redis,
+            redis_prefix,
+            presence_ttl
         );
         macro_rules! overlay_option {
             ($($field:ident),*) => { $( if self.$field.is_some() { config.$field = self.$field; } )* };
@@ -178,7 +194,8 @@ impl ServeArgs {
             tls_key,
             token_rsa_public_key,
             token_ecdsa_public_key,
-            token_jwks_url
+            token_jwks_url,
+            name
         );
         config.insecure |= self.insecure;
         Ok(config)

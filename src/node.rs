@@ -347,6 +347,42 @@ impl Node {
         }
     }
 
+    /// Every live node (this one included, always).
+    pub async fn nodes(&self) -> Vec<NodeInfo> {
+        let mine = self.info();
+        let mut nodes: Vec<NodeInfo> = match self.broker().nodes().await {
+            Ok(records) => records
+                .into_iter()
+                .map(|r| r.info)
+                .filter(|n| n.uid != mine.uid)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list nodes");
+                Vec::new()
+            }
+        };
+        nodes.push(mine);
+        nodes.sort_by(|a, b| a.name.cmp(&b.name).then(a.uid.cmp(&b.uid)));
+        nodes
+    }
+
+    /// Announces this node through the broker every few seconds until shutdown.
+    pub async fn announce_forever(self) {
+        loop {
+            let record = crate::broker::NodeRecord {
+                info: self.info(),
+                seen: crate::auth::unix_now(),
+            };
+            if let Err(e) = self.broker().announce(record).await {
+                tracing::debug!(error = %e, "node announcement failed");
+            }
+            tokio::select! {
+                _ = self.shutdown_token().cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+            }
+        }
+    }
+
     /// The Prometheus exposition of this node's metrics.
     pub fn render_metrics(&self) -> String {
         let info = self.info();
@@ -361,7 +397,7 @@ impl Node {
 }
 
 /// A node's entry in `/api/info`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NodeInfo {
     pub uid: String,
     pub name: String,
@@ -432,6 +468,22 @@ impl Dispatcher {
 }
 
 impl BrokerEventHandler for Dispatcher {
+    fn handle_insufficient_state(&self, channel: &str) {
+        for handle in self.hub.subscriber_handles(channel) {
+            let request = Control::Unsubscribe {
+                channel: channel.to_string(),
+                code: 2500,
+                reason: "insufficient state",
+            };
+            if handle.control.try_send(request).is_err() {
+                // The client cannot be told in order: make it reconnect and recover instead.
+                handle
+                    .queue
+                    .close(crate::protocol::Disconnect::INSUFFICIENT_STATE);
+            }
+        }
+    }
+
     fn handle_publication(&self, channel: &str, publication: Arc<Publication>) {
         let offset = publication.offset;
         self.deliver(channel, PushBody::Publication(publication), offset);
@@ -473,6 +525,8 @@ impl BrokerEventHandler for Dispatcher {
                 for handle in self.matching(&user, &client) {
                     let request = Control::Unsubscribe {
                         channel: channel.clone(),
+                        code: 2000,
+                        reason: "server unsubscribe",
                     };
                     if handle.control.try_send(request).is_err() {
                         tracing::warn!(client = %handle.client_id, "control queue full, unsubscribe dropped");

@@ -13,29 +13,46 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::LocalBroker;
+use crate::broker::{Broker, LocalBroker};
 use crate::config::{Config, HistoryStorage};
 use crate::history::{History, MemoryHistory, SqliteHistory};
 use crate::node::Node;
-use crate::presence::MemoryPresence;
+use crate::presence::{MemoryPresence, Presence};
 use crate::protocol::error_code;
+use crate::redis_engine::{RedisEngine, RedisSettings};
 
 /// Largest server API request body.
 const API_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
-/// Builds a node with the storages the configuration asks for.
-pub fn build_node(config: Config, shutdown: CancellationToken) -> anyhow::Result<Node> {
+/// Builds a node with the storages the configuration asks for: Redis when URLs are given,
+/// otherwise in-process fan-out with SQLite (or memory) history.
+pub async fn build_node(config: Config, shutdown: CancellationToken) -> anyhow::Result<Node> {
     // TLS (served and fetched) uses the ring provider; installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let history: Arc<dyn History> = match config.history_storage {
-        HistoryStorage::Sqlite => Arc::new(SqliteHistory::open(
-            &config.data_dir,
-            config.history_durability,
-        )?),
-        HistoryStorage::Memory => Arc::new(MemoryHistory::default()),
+    let (broker, presence): (Arc<dyn Broker>, Arc<dyn Presence>) = if config.redis.is_empty() {
+        let history: Arc<dyn History> = match config.history_storage {
+            HistoryStorage::Sqlite => Arc::new(SqliteHistory::open(
+                &config.data_dir,
+                config.history_durability,
+            )?),
+            HistoryStorage::Memory => Arc::new(MemoryHistory::default()),
+        };
+        (
+            Arc::new(LocalBroker::new(history)),
+            Arc::new(MemoryPresence::default()),
+        )
+    } else {
+        let engine = RedisEngine::connect(
+            RedisSettings {
+                urls: config.redis.clone(),
+                prefix: config.redis_prefix.clone(),
+                presence_ttl: std::time::Duration::from_secs(config.presence_ttl.max(1)),
+            },
+            shutdown.clone(),
+        )
+        .await?;
+        (engine.clone(), engine)
     };
-    let broker = Arc::new(LocalBroker::new(history));
-    let presence = Arc::new(MemoryPresence::default());
     let verifier = crate::auth::TokenVerifier::from_config(&config)?;
     Ok(Node::new(config, broker, presence, verifier, shutdown))
 }
@@ -184,7 +201,8 @@ pub async fn run_with(
         (None, None) => None,
         _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
     };
-    let node = build_node(config, shutdown.clone())?;
+    let node = build_node(config, shutdown.clone()).await?;
+    tokio::spawn(node.clone().announce_forever());
     let mut servers = tokio::task::JoinSet::new();
     if let Some(api) = listeners.api {
         tracing::info!(address = %api.local_addr()?, "server API listening");

@@ -776,10 +776,11 @@ impl Session {
                 chan_info,
                 data,
             } => self.server_subscribe(&who, channel, chan_info, data).await,
-            Control::Unsubscribe { channel } => {
-                self.server_unsubscribe(&channel, 2000, "server unsubscribe")
-                    .await
-            }
+            Control::Unsubscribe {
+                channel,
+                code,
+                reason,
+            } => self.server_unsubscribe(&channel, code, reason).await,
         }
     }
 

@@ -400,3 +400,45 @@ async fn tokens_decide_who_connects() {
     assert_eq!(me["user"], "alice");
     server.stop().await;
 }
+
+/// A subscriber's saved position must name the stream's epoch even when nothing was published
+/// yet (the official SDKs store `epoch` from the subscribe reply and recover with it), on every
+/// history storage.
+#[tokio::test]
+async fn first_subscriber_of_a_new_channel_gets_the_stream_epoch() {
+    use switchboard::config::HistoryStorage;
+    for storage in [HistoryStorage::Sqlite, HistoryStorage::Memory] {
+        let server = TestServer::with(|c| c.history_storage = storage).await;
+        let mut a = server.client().await;
+        let reply = a.subscribe("fresh").await;
+        let epoch = reply["subscribe"]["epoch"].as_str().unwrap_or_default();
+        assert!(!epoch.is_empty(), "{storage:?}: no epoch in {reply}");
+        assert!(reply["subscribe"].get("offset").is_none(), "{reply}");
+        // The first publication continues that epoch, so the saved position stays valid.
+        let (_, published) = server
+            .api("publish", json!({"channel": "fresh", "data": 1}))
+            .await;
+        assert_eq!(published["result"], json!({"offset": 1, "epoch": epoch}));
+        a.drop_tcp();
+        let mut b = server.client().await;
+        let recovered = b
+            .call(
+                "subscribe",
+                json!({"channel": "fresh", "recover": true, "epoch": epoch}),
+            )
+            .await;
+        let result = &recovered["subscribe"];
+        assert_eq!(result["recovered"], true, "{storage:?}: {recovered}");
+        assert_eq!(result["publications"][0]["offset"], 1);
+        // The server API sees the same epoch for a channel nobody published to.
+        let (_, top) = server.api("history", json!({"channel": "untouched"})).await;
+        assert!(
+            !top["result"]["epoch"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty(),
+            "{top}"
+        );
+        server.stop().await;
+    }
+}

@@ -74,7 +74,8 @@ pub trait History: Send + Sync + 'static {
         on_stored: OnStored,
     ) -> Result<StreamPosition, HistoryError>;
 
-    /// Reads publications per `filter`, oldest first unless `filter.reverse`.
+    /// Reads publications per `filter`, oldest first unless `filter.reverse`. A stream that does not
+    /// exist yet is created (a fresh epoch, top 0): every position a reader gets names an epoch.
     async fn read(&self, channel: &str, filter: HistoryFilter)
         -> Result<HistoryPage, HistoryError>;
 

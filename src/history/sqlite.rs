@@ -63,6 +63,11 @@ enum WriteRequest {
         channel: String,
         reply: oneshot::Sender<Result<(), HistoryError>>,
     },
+    /// Creates the channel's stream (a fresh epoch, top 0) unless it exists.
+    Create {
+        channel: String,
+        reply: oneshot::Sender<Result<(), HistoryError>>,
+    },
 }
 
 impl SqliteHistory {
@@ -120,6 +125,33 @@ impl SqliteHistory {
             .ok_or_else(|| HistoryError::Storage("history writer stopped".into()))
     }
 
+    /// Reads `channel`'s stream on a pooled read connection; `None` if the stream does not exist.
+    async fn read_stream(
+        &self,
+        channel: &str,
+        filter: HistoryFilter,
+    ) -> Result<Option<HistoryPage>, HistoryError> {
+        let path = self.path.clone();
+        let readers = self.readers.clone();
+        let channel = channel.to_string();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+                .map_or_else(|| open_connection(&path), Ok)
+                .map_err(storage)?;
+            let result = read(&conn, &channel, &filter);
+            let mut pool = readers.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < READ_POOL {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| HistoryError::Storage(format!("history read task failed: {e}")))?
+    }
+
     /// Stops the writer after it commits what it was given; later appends fail.
     pub fn close(&self) {
         self.writes.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -162,25 +194,23 @@ impl History for SqliteHistory {
         channel: &str,
         filter: HistoryFilter,
     ) -> Result<HistoryPage, HistoryError> {
-        let path = self.path.clone();
-        let readers = self.readers.clone();
-        let channel = channel.to_string();
-        tokio::task::spawn_blocking(move || {
-            let conn = readers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop()
-                .map_or_else(|| open_connection(&path), Ok)
-                .map_err(storage)?;
-            let result = read(&conn, &channel, &filter);
-            let mut pool = readers.lock().unwrap_or_else(|e| e.into_inner());
-            if pool.len() < READ_POOL {
-                pool.push(conn);
-            }
-            result
-        })
-        .await
-        .map_err(|e| HistoryError::Storage(format!("history read task failed: {e}")))?
+        if let Some(page) = self.read_stream(channel, filter.clone()).await? {
+            return Ok(page);
+        }
+        // A stream has an epoch from its first read, not only from its first publication: the
+        // position a subscriber saves must name the epoch it belongs to. Only the writer creates
+        // rows; the stream is then read again, as an append may have raced the creation.
+        let (reply, created) = oneshot::channel();
+        self.send(WriteRequest::Create {
+            channel: channel.to_string(),
+            reply,
+        })?;
+        created
+            .await
+            .map_err(|_| HistoryError::Storage("history writer stopped".into()))??;
+        self.read_stream(channel, filter)
+            .await?
+            .ok_or_else(|| HistoryError::Storage("stream missing after its creation".into()))
     }
 
     async fn remove(&self, channel: &str) -> Result<(), HistoryError> {
@@ -211,15 +241,15 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Reads a page of `channel`'s stream on a read connection.
+/// Reads a page of `channel`'s stream on a read connection; `None` if the stream does not exist.
 fn read(
     conn: &Connection,
     channel: &str,
     filter: &HistoryFilter,
-) -> Result<HistoryPage, HistoryError> {
+) -> Result<Option<HistoryPage>, HistoryError> {
     // One read transaction, so the position and the rows agree.
     let tx = conn.unchecked_transaction().map_err(storage)?;
-    let position = tx
+    let Some(position) = tx
         .query_row(
             "SELECT epoch, top FROM streams WHERE channel = ?1",
             [channel],
@@ -232,7 +262,9 @@ fn read(
         )
         .optional()
         .map_err(storage)?
-        .unwrap_or_default();
+    else {
+        return Ok(None);
+    };
     let after = match &filter.since {
         Some(since) => {
             if !since.epoch.is_empty() && since.epoch != position.epoch {
@@ -244,10 +276,10 @@ fn read(
     };
     let limit = filter.limit.map_or(-1, |l| l.min(i64::MAX as usize) as i64);
     if limit == 0 {
-        return Ok(HistoryPage {
+        return Ok(Some(HistoryPage {
             publications: Vec::new(),
             position,
-        });
+        }));
     }
     let sql = if filter.reverse {
         "SELECT offset, data, info, tags FROM publications
@@ -272,10 +304,10 @@ fn read(
         let (offset, data, info, tags) = row.map_err(storage)?;
         publications.push(Arc::new(decode_row(offset, data, info, tags)?));
     }
-    Ok(HistoryPage {
+    Ok(Some(HistoryPage {
         publications,
         position,
-    })
+    }))
 }
 
 fn decode_row(
@@ -315,6 +347,7 @@ enum Done {
         reply: oneshot::Sender<Result<StreamPosition, HistoryError>>,
     },
     Removed(oneshot::Sender<Result<(), HistoryError>>),
+    Created(oneshot::Sender<Result<(), HistoryError>>),
 }
 
 impl Writer {
@@ -364,7 +397,7 @@ impl Writer {
                             on_stored(publication);
                             let _ = reply.send(Ok(position));
                         }
-                        Done::Removed(reply) => {
+                        Done::Removed(reply) | Done::Created(reply) => {
                             let _ = reply.send(Ok(()));
                         }
                     }
@@ -379,7 +412,7 @@ impl Writer {
                         Done::Appended { reply, .. } => {
                             let _ = reply.send(Err(HistoryError::Storage(error.clone())));
                         }
-                        Done::Removed(reply) => {
+                        Done::Removed(reply) | Done::Created(reply) => {
                             let _ = reply.send(Err(HistoryError::Storage(error.clone())));
                         }
                     }
@@ -452,6 +485,7 @@ fn pending_reply(request: WriteRequest) -> Done {
             reply,
         },
         WriteRequest::Remove { reply, .. } => Done::Removed(reply),
+        WriteRequest::Create { reply, .. } => Done::Created(reply),
     }
 }
 
@@ -527,6 +561,10 @@ fn apply(
                 Err(e) => Err((e.to_string(), Done::Removed(reply))),
             }
         }
+        WriteRequest::Create { channel, reply } => match stream_top(tx, streams, &channel) {
+            Ok(_) => Ok(Done::Created(reply)),
+            Err(e) => Err((e.to_string(), Done::Created(reply))),
+        },
     }
 }
 
@@ -667,6 +705,49 @@ mod tests {
         }
         let seen = seen.lock().unwrap().clone();
         assert_eq!(seen, (1..=200).collect::<Vec<u64>>());
+        drop(h);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stream_has_its_epoch_from_the_first_read() {
+        let dir = tempdir();
+        let h = SqliteHistory::open(&dir, Durability::Normal).unwrap();
+        let first = h.read("new", HistoryFilter::default()).await.unwrap();
+        assert!(first.publications.is_empty());
+        assert_eq!(first.position.offset, 0);
+        assert!(
+            !first.position.epoch.is_empty(),
+            "a read stream has an epoch"
+        );
+        let again = h.read("new", HistoryFilter::default()).await.unwrap();
+        assert_eq!(
+            again.position, first.position,
+            "the epoch is kept, not redrawn"
+        );
+        let appended = h
+            .append("new", publication(1), RETENTION, Box::new(|_| {}))
+            .await
+            .unwrap();
+        assert_eq!(
+            appended,
+            StreamPosition {
+                offset: 1,
+                epoch: first.position.epoch.clone()
+            }
+        );
+        // A position in another epoch of a stream that did not exist is still unrecoverable.
+        let since_elsewhere = HistoryFilter {
+            since: Some(StreamPosition {
+                offset: 1,
+                epoch: "elsewhere".into(),
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            h.read("other", since_elsewhere).await,
+            Err(HistoryError::UnrecoverablePosition)
+        ));
         drop(h);
         std::fs::remove_dir_all(dir).unwrap();
     }

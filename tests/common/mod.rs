@@ -2,6 +2,8 @@
 //! and a minimal HTTP client for the server API.
 #![allow(dead_code)]
 
+pub mod script;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
