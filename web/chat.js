@@ -4,8 +4,8 @@
 // - Messages are client-side publications: {type: "msg", name, text, from, ts}. Publications
 //   from the server API may hold anything; they are shown as coming from "server".
 // - Presence lists client ids; anonymous clients have no name on the server, so each client
-//   announces its name ({type: "hello"}) when it joins, and answers {type: "who"} with
-//   {type: "here"}. These control publications are never shown.
+//   announces its name ({type: "hello"}) when it joins, and answers {type: "who", clients} that
+//   lists its client id with {type: "here"}. These control publications are never shown.
 // - The SDK reconnects by itself and, since the server marks subscriptions recoverable, asks for
 //   what it missed; recovered publications arrive as ordinary publication events.
 // Everything received is untrusted: it is only ever put in the page as text.
@@ -201,14 +201,15 @@
     }
   }
 
-  function publishControl(type) {
+  function publishControl(type, extra) {
     if (!sub) return;
-    sub.publish({ type, name: me.name, from: tab }).catch((err) => console.warn(type, err));
+    sub.publish({ type, name: me.name, from: tab, ...extra }).catch((err) => console.warn(type, err));
   }
 
+  /** Asks the members whose names we could not learn (from history) to say them again. */
   function askUnknownNames() {
-    const unknown = [...present.keys()].some((c) => c !== me.client && !names.has(c) && !present.get(c).user);
-    if (unknown) publishControl('who');
+    const unknown = [...present.keys()].filter((c) => c !== me.client && !names.has(c) && !present.get(c).user);
+    if (unknown.length) publishControl('who', { clients: unknown.slice(0, 50) });
   }
 
   // ---------- publications ----------
@@ -221,7 +222,8 @@
     const data = ctx.data;
     learn(ctx.info, data);
     if (!isMessage(data)) {
-      if (data.type === 'who' && ctx.info && ctx.info.client !== me.client) {
+      const asked = Array.isArray(data.clients) && data.clients.includes(me.client);
+      if (data.type === 'who' && asked) {
         setTimeout(() => publishControl('here'), 50 + Math.random() * 400);
       }
       return;

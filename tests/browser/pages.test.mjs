@@ -224,6 +224,17 @@ async function main(browser) {
     pages.delete('eve');
   });
 
+  await step('a newcomer learns the names of members whose announcements left history', async () => {
+    await api(OPEN, 'history_remove', { channel: 'lobby' });
+    const finn = await openChat(browser, 'finn', OPEN, { name: 'Finn', room: 'lobby' });
+    await until('Finn\'s presence list to name Ada and Bob', async () => {
+      const names = (await people(finn)).sort();
+      return names.join(',') === 'Ada,Bob,Finn' && names;
+    });
+    await finn.context().close();
+    pages.delete('finn');
+  });
+
   let dora;
   await step('after a forced reconnect, a message published meanwhile is recovered', async () => {
     dora = await openChat(browser, 'dora', SECURE, { name: 'Dora', room: 'ops', fragment: `#token=${TOKEN}` });
