@@ -104,9 +104,17 @@
 
   // ---------- the message log ----------
 
+  /** Consecutive messages of one author form a group: one name and avatar for all. */
+  function chain(previous, node) {
+    if (previous && node.dataset.author && previous.dataset.author === node.dataset.author) {
+      node.classList.add('cont');
+    }
+  }
+
   function append(node) {
     const log = $('messages');
     const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 120;
+    chain(log.lastElementChild, node);
     log.append(node);
     while (log.childElementCount > MAX_LOG_NODES) log.firstElementChild.remove();
     if (atBottom) log.scrollTop = log.scrollHeight;
@@ -145,6 +153,7 @@
     const mine = !!data && data.from === tab;
     const node = el('div', 'msg' + (mine ? ' mine' : '') + (server ? ' server' : '') + (fromHistory ? ' history' : ''));
     if (pub.offset) node.dataset.offset = String(pub.offset);
+    node.dataset.author = `${server ? 'server' : 'client'}:${mine}:${name}`;
     const bubble = el('div', 'bubble');
     const meta = el('div', 'meta');
     const who = el('span', 'who', name);
@@ -250,7 +259,11 @@
     if (shown.length === 0) return;
     const block = document.createDocumentFragment();
     block.append(el('div', 'divider', atTop ? 'Earlier messages' : 'Latest messages'));
-    for (const pub of shown) block.append(messageNode(pub, true));
+    for (const pub of shown) {
+      const node = messageNode(pub, true);
+      chain(block.lastElementChild, node);
+      block.append(node);
+    }
     const log = $('messages');
     if (atTop) {
       log.prepend(block);

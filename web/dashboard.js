@@ -27,7 +27,7 @@
   let abort = null;
   let retryDelay = 500;
   let retryTimer = null;
-  let previous = null;
+  let recent = []; // the last second of snapshots, to compute rates over
   let snapshots = 0;
   let lanes = ['client commands', 'publication fan-out', 'history writes', 'background tasks'];
   const spans = [[], [], [], []]; // per lane: {name, detail, start, dur, count}
@@ -183,6 +183,7 @@
 
   function pushPoint(series, t, value) {
     const list = points[series] || (points[series] = []);
+    if (list.length && list[list.length - 1][0] > t) list.length = 0; // a restarted server
     list.push([t, value]);
     while (list.length && list[0][0] < t - CHART_SECONDS - 1) list.shift();
   }
@@ -210,7 +211,11 @@
     $('t-slow').classList.toggle('alert', c.slow_disconnects > 0);
 
     const t = s.now / 1e6;
-    if (previous && s.now > previous.now) {
+    // Rates over about a second (two snapshots) rather than one half-second step: steadier.
+    recent = recent.filter((r) => r.now < s.now && r.now >= s.now - 1.1e6);
+    const previous = recent[0];
+    recent.push(s);
+    if (previous) {
       const dt = (s.now - previous.now) / 1e6;
       const p = previous.counters;
       const rate = (field) => Math.max(0, (c[field] - p[field]) / dt);
@@ -226,10 +231,10 @@
       $('v-out-rate').textContent = fmt(rates.sent);
       $('v-drops-rate').textContent = `${fmt(rate('queue_drops'))} / s`;
     }
-    previous = s;
 
     renderChannels(s.top_channels, s.channels);
 
+    if (s.now < serverNow) for (const list of spans) list.length = 0; // a restarted server
     for (const [lane, name, detail, start, dur, count] of s.spans) {
       if (spans[lane]) spans[lane].push({ name, detail, start, dur, count });
     }
