@@ -65,6 +65,7 @@ struct Subscriber {
     /// While the subscription is being set up (its position read from history), deliveries are
     /// held here with their offsets instead of queued; see [`Hub::activate`].
     held: Option<Vec<(u64, Bytes)>>,
+    held_bytes: usize,
     /// Whether it wants join/leave pushes.
     join_leave: bool,
 }
@@ -176,6 +177,7 @@ impl Hub {
         let subscriber = Subscriber {
             queue: queue.clone(),
             held: Some(Vec::new()),
+            held_bytes: 0,
             join_leave,
         };
         match shard.get_mut(channel) {
@@ -250,8 +252,17 @@ impl Hub {
                     continue;
                 }
                 if let Some(held) = &mut subscriber.held {
-                    held.push((offset, message.clone()));
-                    delivery.queued += 1;
+                    // Held messages count against the client's queue bound too.
+                    if subscriber.held_bytes + message.len() > subscriber.queue.max_bytes() {
+                        subscriber.queue.close(Disconnect::SLOW);
+                        held.clear();
+                        delivery.dropped += 1;
+                        delivery.overflowed += 1;
+                    } else {
+                        subscriber.held_bytes += message.len();
+                        held.push((offset, message.clone()));
+                        delivery.queued += 1;
+                    }
                     continue;
                 }
                 match subscriber.queue.push(message.clone()) {
