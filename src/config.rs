@@ -115,7 +115,11 @@ pub struct Namespace {
     /// The prefix before `:` in channel names (empty for `[channel]`).
     pub name: String,
     pub presence: Option<bool>,
+    /// Join/leave notices are published; subscribers receive them when they subscribe with
+    /// `join_leave: true`.
     pub join_leave: Option<bool>,
+    /// Join/leave notices go to every subscriber, asked or not.
+    pub force_push_join_leave: Option<bool>,
     /// Publications kept per channel; 0 turns history off for the namespace.
     pub history_size: Option<usize>,
     /// Seconds publications are kept.

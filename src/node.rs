@@ -30,7 +30,10 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelOptions {
     pub presence: bool,
+    /// Join/leave notices are published (to subscribers that ask for them).
     pub join_leave: bool,
+    /// Join/leave notices go to every subscriber, asked or not.
+    pub force_push_join_leave: bool,
     /// History retention; `None` when the channel keeps no history.
     pub history: Option<Retention>,
     /// Subscriptions are positioned and recoverable without the client asking.
@@ -58,6 +61,10 @@ impl ChannelOptions {
                 .join_leave
                 .or(base.join_leave)
                 .unwrap_or(config.join_leave),
+            force_push_join_leave: ns
+                .force_push_join_leave
+                .or(base.force_push_join_leave)
+                .unwrap_or(false),
             history: retention(
                 ns.history_size
                     .or(base.history_size)
@@ -433,6 +440,16 @@ fn broker_error(channel: &str, error: BrokerError) -> Error {
     }
 }
 
+fn encode_push(channel: &str, body: PushBody) -> Bytes {
+    Bytes::from(
+        Reply::push(Push {
+            channel: channel.to_string(),
+            body,
+        })
+        .encode(),
+    )
+}
+
 /// Turns broker events into queued messages for local subscribers: each event is encoded once
 /// and the same bytes go to every subscriber.
 struct Dispatcher {
@@ -444,15 +461,23 @@ struct Dispatcher {
 impl Dispatcher {
     fn deliver(&self, channel: &str, body: PushBody, offset: u64) {
         let mut span = self.timeline.span(Lane::FanOut, body.kind(), channel);
-        let message = Bytes::from(
-            Reply::push(Push {
-                channel: channel.to_string(),
-                body,
-            })
-            .encode(),
-        );
-        let delivery = self.hub.deliver(channel, &message, offset);
+        let delivery = self
+            .hub
+            .deliver(channel, &encode_push(channel, body), offset);
         span.set_count(delivery.queued);
+        self.count(delivery);
+    }
+
+    fn deliver_join_leave(&self, channel: &str, body: PushBody) {
+        let mut span = self.timeline.span(Lane::FanOut, body.kind(), channel);
+        let delivery = self
+            .hub
+            .deliver_join_leave(channel, &encode_push(channel, body));
+        span.set_count(delivery.queued);
+        self.count(delivery);
+    }
+
+    fn count(&self, delivery: crate::hub::Delivery) {
         Metrics::add(&self.metrics.messages_sent, delivery.queued);
         Metrics::add(&self.metrics.queue_drops, delivery.dropped);
         Metrics::add(&self.metrics.slow_disconnects, delivery.overflowed);
@@ -490,11 +515,11 @@ impl BrokerEventHandler for Dispatcher {
     }
 
     fn handle_join(&self, channel: &str, info: &ClientInfo) {
-        self.deliver(channel, PushBody::Join { info: info.clone() }, 0);
+        self.deliver_join_leave(channel, PushBody::Join { info: info.clone() });
     }
 
     fn handle_leave(&self, channel: &str, info: &ClientInfo) {
-        self.deliver(channel, PushBody::Leave { info: info.clone() }, 0);
+        self.deliver_join_leave(channel, PushBody::Leave { info: info.clone() });
     }
 
     fn handle_control(&self, control: NodeControl) {

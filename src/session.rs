@@ -300,7 +300,7 @@ impl Session {
             };
             let mut req = req.subs.get(&channel).cloned().unwrap_or_default();
             req.channel = channel.clone();
-            match self.join(&identity, &req, &options).await {
+            match self.join(&req, &options).await {
                 Ok((mut result, after)) => {
                     result.data = data;
                     subs.insert(channel.clone(), result);
@@ -405,7 +405,7 @@ impl Session {
             }
             Err(disconnect) => return Err(disconnect),
         };
-        match self.join(who, &req, &options).await {
+        match self.join(&req, &options).await {
             Ok((mut result, after)) => {
                 result.expires = expires_at.is_some();
                 result.ttl = expires_at.map_or(0, ttl_from);
@@ -514,7 +514,7 @@ impl Session {
             channel: channel.clone(),
             ..Default::default()
         };
-        match self.join(who, &req, &options).await {
+        match self.join(&req, &options).await {
             Ok((mut result, after)) => {
                 result.data = data;
                 let push = Reply::push(Push {
@@ -543,16 +543,17 @@ impl Session {
     /// [`Hub::activate`] with the returned offset; on error the hub entry is already removed.
     async fn join(
         &mut self,
-        who: &Identity,
         req: &SubscribeRequest,
         options: &ChannelOptions,
     ) -> Result<(SubscribeResult, u64), Error> {
-        let _ = who;
         let channel = &req.channel;
-        let first_local = self
-            .node
-            .hub()
-            .subscribe(channel, self.conn, &self.queue, true, None);
+        // As in Centrifugo: join/leave pushes only to subscribers that ask, unless forced.
+        let wants_join_leave =
+            options.join_leave && (req.join_leave || options.force_push_join_leave);
+        let first_local =
+            self.node
+                .hub()
+                .subscribe(channel, self.conn, &self.queue, wants_join_leave);
         if first_local {
             if let Err(e) = self.node.broker().subscribe(channel).await {
                 tracing::error!(channel, error = %e, "broker subscribe failed");

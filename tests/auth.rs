@@ -542,3 +542,52 @@ async fn tls_listener_serves_wss() {
     assert!(reply["connect"]["client"].is_string(), "{reply}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn anonymous_users_get_only_what_is_granted_to_them() {
+    let server = TestServer::with(|c| {
+        c.token_hmac_secret = Some("s".into());
+        c.insecure = true; // anonymous connections allowed, permissions still from config
+        c.namespace = vec![
+            Namespace {
+                name: "open".into(),
+                allow_subscribe_for_client: Some(true),
+                allow_subscribe_for_anonymous: Some(true),
+                allow_publish_for_client: Some(true),
+                allow_publish_for_anonymous: Some(false),
+                ..Default::default()
+            },
+            Namespace {
+                name: "members".into(),
+                allow_subscribe_for_client: Some(true),
+                allow_subscribe_for_anonymous: Some(false),
+                ..Default::default()
+            },
+        ];
+    })
+    .await;
+    let mut anon = server.client().await;
+    anon.subscribe("open:x").await;
+    let r = anon
+        .call("subscribe", json!({"channel": "members:x"}))
+        .await;
+    assert_eq!(r["error"]["code"], 103);
+    let r = anon
+        .call("publish", json!({"channel": "open:x", "data": 1}))
+        .await;
+    assert_eq!(r["error"]["code"], 103, "anonymous publishing not granted");
+    // A user with a token may publish without subscribing (allow_publish_for_client).
+    let (mut user, _) = connect_with(&server, &sign_hmac("s", &json!({"sub": "u"})).unwrap())
+        .await
+        .unwrap();
+    let r = user
+        .call("subscribe", json!({"channel": "members:x"}))
+        .await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    let r = user
+        .call("publish", json!({"channel": "open:x", "data": 2}))
+        .await;
+    assert_eq!(r["publish"], json!({}));
+    assert_eq!(anon.next_publication().await["pub"]["data"], 2);
+    server.stop().await;
+}

@@ -31,7 +31,6 @@ async fn publication_reaches_every_subscriber_and_no_one_else() {
     a.subscribe("news").await;
     b.subscribe("news").await;
     outsider.subscribe("other").await;
-    assert!(outsider.next_push().await.get("join").is_some());
     let reply = a
         .call(
             "publish",
@@ -94,31 +93,35 @@ async fn presence_and_join_leave() {
     let server = TestServer::start().await;
     let mut a = server.client().await;
     let mut b = server.client().await;
-    a.subscribe("room").await;
+    let mut quiet = server.client().await;
+    quiet.subscribe("room").await;
+    a.subscribe_join_leave("room").await;
     // a sees its own join first.
     assert_eq!(
         a.next_push().await["join"]["info"]["client"],
         a.client_id.as_str()
     );
-    b.subscribe("room").await;
+    b.subscribe_join_leave("room").await;
     let join = a.next_push().await;
     assert_eq!(join["channel"], "room");
     assert_eq!(join["join"]["info"]["client"], b.client_id.as_str());
     let presence = a.call("presence", json!({"channel": "room"})).await;
     let members = presence["presence"]["presence"].as_object().unwrap();
-    assert_eq!(members.len(), 2);
+    assert_eq!(members.len(), 3);
     assert!(members.contains_key(&a.client_id) && members.contains_key(&b.client_id));
     let stats = a.call("presence_stats", json!({"channel": "room"})).await;
     assert_eq!(
         stats["presence_stats"],
-        json!({"num_clients": 2, "num_users": 1})
+        json!({"num_clients": 3, "num_users": 1})
     );
     let b_id = b.client_id.clone();
     b.call("unsubscribe", json!({"channel": "room"})).await;
     let leave = a.next_push().await;
     assert_eq!(leave["leave"]["info"]["client"], b_id.as_str());
     let stats = a.call("presence_stats", json!({"channel": "room"})).await;
-    assert_eq!(stats["presence_stats"]["num_clients"], 1);
+    assert_eq!(stats["presence_stats"]["num_clients"], 2);
+    // Join/leave pushes go only to subscribers that asked for them.
+    assert!(quiet.silent_for(Duration::from_millis(200)).await);
     server.stop().await;
 }
 
@@ -302,7 +305,7 @@ async fn slow_reader_is_disconnected_while_a_fast_one_gets_everything() {
 async fn every_disconnect_path_releases_subscriptions_and_presence() {
     let server = TestServer::start().await;
     let mut watcher = server.client().await;
-    watcher.subscribe("watch").await;
+    watcher.subscribe_join_leave("watch").await;
     // Abrupt TCP drops.
     for _ in 0..5 {
         let mut c = server.client().await;

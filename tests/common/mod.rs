@@ -272,6 +272,18 @@ impl Client {
         reply
     }
 
+    /// Subscribes asking for join/leave pushes.
+    pub async fn subscribe_join_leave(&mut self, channel: &str) -> Value {
+        let reply = self
+            .call(
+                "subscribe",
+                json!({ "channel": channel, "join_leave": true }),
+            )
+            .await;
+        assert!(reply.get("error").is_none(), "subscribe failed: {reply}");
+        reply
+    }
+
     pub async fn subscribe(&mut self, channel: &str) -> Value {
         let reply = self.call("subscribe", json!({ "channel": channel })).await;
         assert!(reply.get("error").is_none(), "subscribe failed: {reply}");
