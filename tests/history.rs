@@ -267,3 +267,25 @@ async fn history_survives_a_restart_in_process() {
     assert_eq!(third["offset"], 3);
     again.stop().await;
 }
+
+#[tokio::test]
+async fn publications_expire_after_their_ttl_but_the_position_stays() {
+    let server = TestServer::with(|c| c.history_ttl = 1).await;
+    let first = publish(&server, "brief", json!("soon gone")).await;
+    let (_, r) = server
+        .api("history", json!({"channel": "brief", "limit": -1}))
+        .await;
+    assert_eq!(r["result"]["publications"].as_array().unwrap().len(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (_, r) = server
+        .api("history", json!({"channel": "brief", "limit": -1}))
+        .await;
+    assert_eq!(r["result"]["publications"], json!([]));
+    assert_eq!(r["result"]["offset"], 1);
+    assert_eq!(r["result"]["epoch"], first["epoch"]);
+    // Recovery from before the expiry is honestly refused.
+    let mut c = server.client().await;
+    let reply = recover(&mut c, "brief", 0, first["epoch"].as_str().unwrap(), 0).await;
+    assert!(reply["subscribe"].get("recovered").is_none(), "{reply}");
+    server.stop().await;
+}

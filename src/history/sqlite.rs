@@ -30,6 +30,10 @@ const MAX_BATCH: usize = 4096;
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Most expired rows removed per pass, so a large expiry never stalls appends for long.
 const EXPIRY_CHUNK: usize = 5000;
+/// How long a stream's epoch and top outlive its last publication (or its creation).
+const META_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Stream tops the writer keeps in memory before starting over from the database.
+const MAX_CACHED_STREAMS: usize = 100_000;
 /// Read connections kept open for reuse.
 const READ_POOL: usize = 8;
 
@@ -83,7 +87,8 @@ impl SqliteHistory {
              CREATE TABLE IF NOT EXISTS streams (
                  channel TEXT PRIMARY KEY,
                  epoch TEXT NOT NULL,
-                 top INTEGER NOT NULL
+                 top INTEGER NOT NULL,
+                 touched_at INTEGER NOT NULL DEFAULT 0
              ) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS publications (
                  channel TEXT NOT NULL,
@@ -359,30 +364,42 @@ impl Writer {
     }
 
     fn run(mut self, requests: mpsc::Receiver<WriteRequest>) {
+        let mut last_expiry = std::time::Instant::now();
         loop {
-            let first = match requests.recv_timeout(EXPIRY_INTERVAL) {
-                Ok(request) => request,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.expire();
-                    continue;
+            match requests.recv_timeout(EXPIRY_INTERVAL) {
+                Ok(first) => {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match requests.try_recv() {
+                            Ok(request) => batch.push(request),
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit(batch);
                 }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match requests.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
-                }
             }
-            self.commit(batch);
+            // Expiry runs between batches, busy or idle.
+            if last_expiry.elapsed() >= EXPIRY_INTERVAL {
+                self.expire();
+                last_expiry = std::time::Instant::now();
+            }
         }
         tracing::debug!("history writer stopped");
     }
 
     /// Writes a batch in one transaction; on success runs the callbacks in order, then replies.
     fn commit(&mut self, batch: Vec<WriteRequest>) {
-        let before = self.streams.clone();
+        // The channels this batch may move, to forget their cached tops if it fails.
+        let touched: Vec<String> = batch
+            .iter()
+            .map(|r| match r {
+                WriteRequest::Append { channel, .. }
+                | WriteRequest::Remove { channel, .. }
+                | WriteRequest::Create { channel, .. } => channel.clone(),
+            })
+            .collect();
         let result = self.write(batch);
         match result {
             Ok(done) => {
@@ -405,8 +422,11 @@ impl Writer {
             }
             Err((error, replies)) => {
                 tracing::error!(%error, "history commit failed");
-                // Nothing of the batch was stored: forget the offsets it took.
-                self.streams = before;
+                // Nothing of the batch was stored: forget the offsets it took (the next append
+                // reloads the stored top).
+                for channel in &touched {
+                    self.streams.remove(channel);
+                }
                 for reply in replies {
                     match reply {
                         Done::Appended { reply, .. } => {
@@ -467,6 +487,27 @@ impl Writer {
             Ok(n) => tracing::debug!(removed = n, "expired history removed"),
             Err(e) => tracing::warn!(error = %e, "history expiry failed"),
         }
+        // Stream metadata (epoch, top) outlives its publications by META_TTL, then goes too:
+        // a stream made by a mere read of a random channel name does not stay forever.
+        let result = self.conn.execute(
+            "DELETE FROM streams WHERE channel IN
+               (SELECT channel FROM streams s WHERE touched_at <= ?1
+                  AND NOT EXISTS (SELECT 1 FROM publications p WHERE p.channel = s.channel)
+                LIMIT ?2)",
+            params![now_ms() - META_TTL.as_millis() as i64, EXPIRY_CHUNK as i64],
+        );
+        match result {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::debug!(removed = n, "expired stream metadata removed");
+                self.streams.clear();
+            }
+            Err(e) => tracing::warn!(error = %e, "stream metadata expiry failed"),
+        }
+        // The cache of stream tops is only a cache: keep it bounded.
+        if self.streams.len() > MAX_CACHED_STREAMS {
+            self.streams.clear();
+        }
     }
 }
 
@@ -526,8 +567,10 @@ fn apply(
                     info,
                     tags
                 ])?;
-                tx.prepare_cached("UPDATE streams SET top = ?2 WHERE channel = ?1")?
-                    .execute(params![channel, offset as i64])?;
+                tx.prepare_cached(
+                    "UPDATE streams SET top = ?2, touched_at = ?3 WHERE channel = ?1",
+                )?
+                .execute(params![channel, offset as i64, now_ms()])?;
                 if offset > retention.size as u64 {
                     tx.prepare_cached(
                         "DELETE FROM publications WHERE channel = ?1 AND offset <= ?2",
@@ -589,8 +632,8 @@ fn stream_top(
         None => {
             let epoch = new_epoch();
             tx.execute(
-                "INSERT INTO streams (channel, epoch, top) VALUES (?1, ?2, 0)",
-                params![channel, epoch],
+                "INSERT INTO streams (channel, epoch, top, touched_at) VALUES (?1, ?2, 0, ?3)",
+                params![channel, epoch, now_ms()],
             )?;
             (epoch, 0)
         }
