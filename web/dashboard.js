@@ -439,9 +439,7 @@
         const right = Math.min(width - 6, x0 + w);
         if (right <= left) continue;
         ctx.fillStyle = color;
-        ctx.globalAlpha = 0.85;
         ctx.fillRect(left, y0 + 1, right - left, rowH - 2);
-        ctx.globalAlpha = 1;
         if (right - left > 44 && rowH >= 12) {
           ctx.save();
           ctx.beginPath();

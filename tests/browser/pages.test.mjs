@@ -273,12 +273,17 @@ async function main(browser) {
   await step('the dashboard shows live figures, charts and the timeline while the chat runs', async () => {
     const dash = pages.get('dashboard');
     let n = 0;
+    // Traffic on every lane while the dashboard is checked: API publications (history writes,
+    // fan-out) and Dora's own messages (client commands).
     const publisher = setInterval(() => {
       n += 1;
       api(SECURE, 'publish', { channel: 'chat:ops', data: { text: `tick ${n}`, name: 'ops-bot' } }, API_KEY).catch(() => {});
     }, 150);
+    let talking = Promise.resolve();
+    const talker = setInterval(() => {
+      talking = talking.then(() => say(dora, `Dora at ${new Date().toISOString()}`)).catch(() => {});
+    }, 1000);
     try {
-      await say(dora, 'Dora on the dashboard');
       await until('a non-zero connection count', async () => Number(await dash.textContent('#v-connections')) >= 1);
       await until('non-zero message rates', async () => {
         const inRate = parseFloat(await dash.textContent('#v-in-rate'));
@@ -290,11 +295,17 @@ async function main(browser) {
         const drawn = await dash.$$eval('canvas.chart', (list) => list.map((c) => Number(c.dataset.points || 0)));
         return drawn.every((p) => p >= 4) && drawn;
       });
-      // The series' own colours are on the canvases: the lines were really drawn.
+      // The series' own colours are on the canvases: the lines were really drawn. (Series with
+      // equal rates hide one another, so any series of a chart counts.)
+      const seriesPixels = async (selector, colours) => {
+        let total = 0;
+        for (const colour of colours) total += await colouredPixels(dash, selector, colour);
+        return total;
+      };
       await until('chart lines on the canvases', async () => {
-        const apiCalls = await colouredPixels(dash, '#chart-in', [14, 165, 233]);
-        const queued = await colouredPixels(dash, '#chart-out', [13, 148, 136]);
-        return apiCalls > 20 && queued > 20 && [apiCalls, queued];
+        const inLines = await seriesPixels('#chart-in', [[79, 70, 229], [14, 165, 233], [22, 163, 74]]);
+        const outLines = await seriesPixels('#chart-out', [[13, 148, 136], [168, 85, 247]]);
+        return inLines > 20 && outLines > 20 && [inLines, outLines];
       });
       await until('spans on every busy lane of the timeline', async () => {
         const spans = Number(await dash.getAttribute('#timeline', 'data-spans'));
@@ -311,6 +322,8 @@ async function main(browser) {
       await screenshot(dash, 'dashboard-phone.png', true);
     } finally {
       clearInterval(publisher);
+      clearInterval(talker);
+      await talking;
     }
   });
 
