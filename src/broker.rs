@@ -11,8 +11,10 @@ use async_trait::async_trait;
 use crate::history::{History, HistoryError, HistoryFilter, HistoryPage, Retention};
 use crate::protocol::{ClientInfo, Disconnect, Payload, Publication, StreamPosition};
 
-/// A node-wide action that must reach the node holding the target connections.
-#[derive(Debug, Clone)]
+/// A node-wide action that must reach the node holding the target connections (it travels
+/// between nodes as JSON).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NodeControl {
     /// Subscribe `user`'s connections (only `client`, if given) to `channel`.
     Subscribe {

@@ -75,7 +75,7 @@ impl Error {
 ///
 /// On WebSocket this becomes the close frame's code and reason. Codes 3000–3499 tell clients to
 /// reconnect, 3500–3999 are terminal.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Disconnect {
     pub code: u16,
     pub reason: std::borrow::Cow<'static, str>,

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{Broker, BrokerError, BrokerEventHandler, NodeControl, NodeRecord};
 use crate::history::{new_epoch, HistoryError, HistoryFilter, HistoryPage, Retention};
 use crate::presence::{Presence, PresenceError, PresenceStats};
-use crate::protocol::{ClientInfo, Disconnect, Publication, StreamPosition};
+use crate::protocol::{ClientInfo, Publication, StreamPosition};
 
 /// Longest a single Redis call may take before the caller gets "not available".
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -299,8 +299,8 @@ impl Broker for RedisEngine {
     }
 
     async fn publish_control(&self, control: NodeControl) -> Result<(), BrokerError> {
-        let json = serde_json::to_string(&ControlMessage::from(control))
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let json =
+            serde_json::to_string(&control).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let mut conn = self.shards[0].commands.clone();
         call(conn.publish::<_, _, ()>(format!("{}.control", self.settings.prefix), json)).await
     }
@@ -528,113 +528,6 @@ async fn refresh_presence(engine: std::sync::Weak<RedisEngine>) {
     }
 }
 
-/// `NodeControl` as it travels between nodes.
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-enum ControlMessage {
-    Subscribe {
-        user: String,
-        channel: String,
-        client: Option<String>,
-        chan_info: Option<crate::protocol::Payload>,
-        data: Option<crate::protocol::Payload>,
-    },
-    Unsubscribe {
-        user: String,
-        channel: String,
-        client: Option<String>,
-    },
-    Disconnect {
-        user: String,
-        client: Option<String>,
-        whitelist: Vec<String>,
-        code: u16,
-        reason: String,
-    },
-}
-
-impl From<NodeControl> for ControlMessage {
-    fn from(control: NodeControl) -> Self {
-        match control {
-            NodeControl::Subscribe {
-                user,
-                channel,
-                client,
-                chan_info,
-                data,
-            } => ControlMessage::Subscribe {
-                user,
-                channel,
-                client,
-                chan_info,
-                data,
-            },
-            NodeControl::Unsubscribe {
-                user,
-                channel,
-                client,
-            } => ControlMessage::Unsubscribe {
-                user,
-                channel,
-                client,
-            },
-            NodeControl::Disconnect {
-                user,
-                client,
-                whitelist,
-                reason,
-            } => ControlMessage::Disconnect {
-                user,
-                client,
-                whitelist,
-                code: reason.code,
-                reason: reason.reason.into_owned(),
-            },
-        }
-    }
-}
-
-impl From<ControlMessage> for NodeControl {
-    fn from(message: ControlMessage) -> Self {
-        match message {
-            ControlMessage::Subscribe {
-                user,
-                channel,
-                client,
-                chan_info,
-                data,
-            } => NodeControl::Subscribe {
-                user,
-                channel,
-                client,
-                chan_info,
-                data,
-            },
-            ControlMessage::Unsubscribe {
-                user,
-                channel,
-                client,
-            } => NodeControl::Unsubscribe {
-                user,
-                channel,
-                client,
-            },
-            ControlMessage::Disconnect {
-                user,
-                client,
-                whitelist,
-                code,
-                reason,
-            } => NodeControl::Disconnect {
-                user,
-                client,
-                whitelist,
-                reason: Disconnect::custom(code, reason),
-            },
-        }
-    }
-}
-
 /// Owns one shard's pub/sub connection: subscribes topics on request, dispatches messages, and
 /// after a lost connection reconnects, resubscribes, and flags channels that may have a gap.
 struct PubSubSupervisor {
@@ -791,8 +684,8 @@ impl PubSubSupervisor {
         let topic = message.get_channel_name();
         let payload = message.get_payload_bytes();
         if Some(topic) == self.control_topic.as_deref() {
-            match serde_json::from_slice::<ControlMessage>(payload) {
-                Ok(control) => handler.handle_control(control.into()),
+            match serde_json::from_slice::<NodeControl>(payload) {
+                Ok(control) => handler.handle_control(control),
                 Err(e) => tracing::warn!(error = %e, "bad control message"),
             }
             return;

@@ -350,3 +350,38 @@ async fn redis_outage_is_answered_and_survived() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_api_user_actions_reach_other_nodes() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix();
+    let with_secret = |name: &str| {
+        let (url, prefix, name) = (redis.url(), prefix.clone(), name.to_string());
+        move |c: &mut switchboard::Config| {
+            c.redis = vec![url];
+            c.redis_prefix = prefix;
+            c.name = Some(name);
+            c.token_hmac_secret = Some("s".into());
+            open_channels(c);
+        }
+    };
+    let a = TestServer::with(with_secret("a")).await;
+    let b = TestServer::with(with_secret("b")).await;
+    let token = switchboard::auth::make_hmac_token("s", "zed", 0).unwrap();
+    let mut zed = Client::open(&a.ws_url()).await;
+    zed.connect(json!({"token": token})).await;
+    // Give the control topic subscription a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, r) = b
+        .api("subscribe", json!({"user": "zed", "channel": "inbox"}))
+        .await;
+    assert_eq!(r, json!({"result": {}}));
+    assert_eq!(zed.next_push().await["channel"], "inbox");
+    publish(&b, "inbox", json!("hello from b")).await;
+    assert_eq!(zed.next_publication().await["pub"]["data"], "hello from b");
+    let (_, r) = b.api("disconnect", json!({"user": "zed"})).await;
+    assert_eq!(r, json!({"result": {}}));
+    assert_eq!(zed.closed().await, (3503, "force disconnect".into()));
+    a.stop().await;
+    b.stop().await;
+}
