@@ -104,6 +104,9 @@ pub struct Config {
     /// `Origin` patterns browsers may connect from (`*` wildcards). Empty: any origin in
     /// development mode, otherwise only the server's own host.
     pub allowed_origins: Vec<String>,
+    /// Most WebSocket connections served at once; further ones are refused with HTTP 503.
+    /// `None`: as many as the open-file limit allows, minus headroom (see [`crate::fd_limit`]).
+    pub max_connections: Option<usize>,
 }
 
 /// Options of the channels in one namespace (or, as `[channel]`, of channels outside any
@@ -193,6 +196,7 @@ impl Default for Config {
             api_address: None,
             tls_cert: None,
             tls_key: None,
+            max_connections: None,
         }
     }
 }
@@ -274,6 +278,11 @@ impl Config {
                     ns.name
                 )));
             }
+        }
+        if self.max_connections == Some(0) {
+            return Err(ConfigError::Invalid(
+                "max_connections must be at least 1".into(),
+            ));
         }
         if !self.address.is_loopback() && !self.insecure {
             if !self.verifies_tokens() {

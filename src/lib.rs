@@ -19,25 +19,32 @@
 //! - [`api`]: the HTTP server API, health and metrics; [`server`] assembles routes and runs them.
 //! - [`web`]: the embedded pages, `/chat` (on the official browser SDK) and `/dashboard` (this
 //!   node's live view, with the [`timeline`] of recent work).
-//! - [`config`], [`auth`], [`limit`], [`metrics`]: configuration, tokens, rate limits, counters.
+//! - [`vecmap`]: the small map each connection keeps its subscriptions in.
+//! - [`config`], [`auth`], [`ratelimit`], [`fd_limit`], [`metrics`]: configuration, tokens, rate
+//!   limits, the open-file limit, counters.
+//! - [`bench`]: `switchboard bench`, the load generator (a client of any compatible server; the
+//!   server modules never use it).
 
 pub mod api;
 pub mod auth;
+pub mod bench;
 pub mod broker;
 pub mod config;
+pub mod fd_limit;
 pub mod history;
 pub mod hub;
-pub mod limit;
 pub mod metrics;
 pub mod node;
 pub mod presence;
 pub mod protocol;
 pub mod queue;
+pub mod ratelimit;
 pub mod redis_engine;
 pub mod server;
 pub mod session;
 pub mod timeline;
 pub mod transport;
+pub mod vecmap;
 pub mod web;
 
 pub use config::Config;

@@ -23,6 +23,8 @@ enum Command {
     Token(TokenArgs),
     /// Write an annotated config file with fresh random secrets.
     Genconfig(GenconfigArgs),
+    /// Load-test a server speaking the protocol (this one or any compatible one).
+    Bench(Box<switchboard::bench::BenchArgs>),
 }
 
 #[derive(Args)]
@@ -135,6 +137,10 @@ struct ServeArgs {
     /// Origins browsers may connect from, comma-separated, `*` wildcards.
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Option<Vec<String>>,
+    /// Most WebSocket connections at once; more are refused with HTTP 503 [default: the
+    /// open-file limit minus 256].
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
 }
 
 #[derive(Args)]
@@ -195,7 +201,8 @@ impl ServeArgs {
             token_rsa_public_key,
             token_ecdsa_public_key,
             token_jwks_url,
-            name
+            name,
+            max_connections
         );
         config.insecure |= self.insecure;
         Ok(config)
@@ -244,6 +251,7 @@ fn main() -> anyhow::Result<()> {
             println!("wrote {}", args.output.display());
             Ok(())
         }
+        Command::Bench(args) => switchboard::bench::run(*args),
         Command::Serve(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub slow_disconnects: AtomicU64,
     /// Connections accepted since start.
     pub connections_accepted: AtomicU64,
+    /// WebSocket connections refused because the connection limit was reached.
+    pub connections_refused: AtomicU64,
     /// Server API calls.
     pub api_requests: AtomicU64,
 }
@@ -85,6 +87,12 @@ impl Metrics {
             "counter",
             "Connections accepted.",
             get(&self.connections_accepted),
+        );
+        line(
+            "connections_refused_total",
+            "counter",
+            "WebSocket connections refused at the connection limit.",
+            get(&self.connections_refused),
         );
         line(
             "messages_received_total",

@@ -15,12 +15,12 @@ use crate::broker::{Broker, BrokerError, BrokerEventHandler, NodeControl};
 use crate::config::{Config, Namespace};
 use crate::history::{HistoryError, HistoryFilter, HistoryPage, Retention};
 use crate::hub::{ConnId, Control, Hub};
-use crate::limit::PerIpLimiter;
 use crate::metrics::{Gauges, Metrics};
 use crate::presence::{Presence, PresenceStats};
 use crate::protocol::{
     error_code, ClientInfo, Error, Payload, Publication, Push, PushBody, Reply, StreamPosition,
 };
+use crate::ratelimit::PerIpLimiter;
 use crate::timeline::{Lane, Timeline};
 
 /// The server version reported to clients and in `/api/info`.

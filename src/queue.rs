@@ -145,7 +145,13 @@ impl ClientQueue {
             0 => state.close.clone().map(Outbound::Close),
             1 => {
                 state.bytes = 0;
-                state.messages.pop_front().map(Outbound::Frame)
+                let message = state.messages.pop_front();
+                // A quiet connection (one message per wake-up) gives its small buffer back, so
+                // idle connections hold none; a busy one keeps its larger buffer.
+                if state.messages.capacity() <= 8 {
+                    state.messages = VecDeque::new();
+                }
+                message.map(Outbound::Frame)
             }
             n => {
                 let mut frame = BytesMut::with_capacity(state.bytes + n - 1);

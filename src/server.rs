@@ -9,13 +9,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
+use futures_util::FutureExt;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, LocalBroker};
 use crate::config::{Config, HistoryStorage};
+use crate::fd_limit::{raise_fd_limit, FdLimit};
 use crate::history::{History, MemoryHistory, SqliteHistory};
+use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::presence::{MemoryPresence, Presence};
 use crate::protocol::error_code;
@@ -57,10 +61,60 @@ pub async fn build_node(config: Config, shutdown: CancellationToken) -> anyhow::
     Ok(Node::new(config, broker, presence, verifier, shutdown))
 }
 
-/// Every route of the server: the WebSocket endpoint, the web pages (beside the WebSocket they
-/// connect to), and the server API unless it is served on its own listener.
+/// Bounds the WebSocket connections served at once. Every connection holds a file descriptor, so
+/// without a bound the process would run out of them and fail to accept *anyone* (API calls and
+/// health checks included); with it, a client over the limit gets a clear, immediate refusal it
+/// can act on (reconnect later or elsewhere), and the connections already open are unaffected.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimit {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl ConnectionLimit {
+    /// A limit of `max` connections.
+    pub fn new(max: usize) -> Self {
+        ConnectionLimit {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// The configured limit, or by default what the open-file limit leaves room for.
+    pub fn for_config(config: &Config, fds: FdLimit) -> Self {
+        let capacity = usize::try_from(fds.connection_capacity()).unwrap_or(usize::MAX);
+        Self::new(config.max_connections.unwrap_or(capacity))
+    }
+
+    /// The most connections served at once.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Connections being served now.
+    pub fn in_use(&self) -> usize {
+        self.max - self.permits.available_permits()
+    }
+
+    /// A slot for one connection, held for its whole life; `None` at the limit.
+    fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+}
+
+/// Every route of the server, with the connection limit the configuration asks for.
 pub fn app(node: Node) -> Router {
-    let router = Router::new().route("/connection/websocket", get(websocket));
+    let limit = ConnectionLimit::for_config(node.config(), raise_fd_limit());
+    app_with_limit(node, limit)
+}
+
+/// Every route of the server, sharing `limit` (so the caller can observe it): the WebSocket
+/// endpoint, the web pages (beside the WebSocket they connect to), and the server API unless it
+/// is served on its own listener.
+pub fn app_with_limit(node: Node, limit: ConnectionLimit) -> Router {
+    let router = Router::new()
+        .route("/connection/websocket", get(websocket))
+        .layer(axum::Extension(limit));
     let router = router.merge(crate::web::routes());
     let router = if node.config().api_port.is_some() {
         router
@@ -85,10 +139,24 @@ fn refuse(status: StatusCode, code: u32, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// `GET /connection/websocket`: checks origin and connection rate, upgrades, and hands the socket
-/// to the transport.
+/// The answer to a WebSocket handshake over the connection limit: 503 before the upgrade, with
+/// Centrifugo's disconnect code 3504 in a JSON body. Clients treat a failed handshake as a
+/// transport failure and retry with backoff, which is what a full node wants.
+fn connection_limit_response() -> Response {
+    let body = serde_json::json!({"error": {"code": 3504, "message": "connection limit"}});
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "5")],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// `GET /connection/websocket`: checks the connection limit, origin and connection rate,
+/// upgrades, and hands the socket to the transport.
 async fn websocket(
     State(node): State<Node>,
+    axum::Extension(connections): axum::Extension<ConnectionLimit>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
@@ -107,18 +175,28 @@ async fn websocket(
             "too many new connections from this address",
         );
     }
+    let Some(slot) = connections.try_acquire() else {
+        Metrics::inc(&node.metrics().connections_refused);
+        tracing::debug!(max = connections.max(), "connection refused: limit reached");
+        return connection_limit_response();
+    };
     let limit = node.config().max_message_size;
     // The library's own limit sits above ours so an oversized message still gets a proper close
     // (1009) from the transport rather than a dropped connection.
     let hard_limit = limit.saturating_mul(2).max(limit + 64 * 1024);
     upgrade
-        .read_buffer_size(4 * 1024)
+        // Client frames are small commands; the buffer is zero-filled up to this size on every
+        // read, so it is resident memory for every idle connection. Larger frames grow it.
+        .read_buffer_size(256)
         .write_buffer_size(0)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| {
-            node.tracker()
-                .track_future(crate::transport::serve(node.clone(), socket))
+            // The slot is released when the connection ends (or if the upgrade never completes,
+            // when this closure is dropped). `map` rather than an `async` block awaiting `serve`:
+            // such a block would store the future twice (as captured value and as awaited one).
+            let serve = crate::transport::serve(node.clone(), socket).map(move |()| drop(slot));
+            node.tracker().track_future(serve)
         })
 }
 
@@ -201,6 +279,22 @@ pub async fn run_with(
         (None, None) => None,
         _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
     };
+    let fds = raise_fd_limit();
+    let connections = ConnectionLimit::for_config(&config, fds);
+    tracing::info!(
+        fd_soft_limit = fds.soft,
+        fd_hard_limit = fds.hard,
+        max_connections = connections.max(),
+        "connection capacity"
+    );
+    if connections.max() as u64 > fds.connection_capacity() {
+        tracing::warn!(
+            max_connections = connections.max(),
+            fd_soft_limit = fds.soft,
+            "max_connections is above what the open-file limit allows: accepts may fail before \
+             the limit is reached; raise the hard limit (ulimit -Hn, LimitNOFILE=)"
+        );
+    }
     let node = build_node(config, shutdown.clone()).await?;
     tokio::spawn(node.clone().announce_forever());
     let mut servers = tokio::task::JoinSet::new();
@@ -210,7 +304,7 @@ pub async fn run_with(
         servers.spawn(serve_plain(api, router, shutdown.clone()));
     }
     let main_addr = listeners.main.local_addr()?;
-    let router = app(node.clone());
+    let router = app_with_limit(node.clone(), connections);
     match tls {
         Some(tls) => {
             tracing::info!(address = %main_addr, "switchboard listening (TLS)");

@@ -13,14 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::auth::{unix_now, ConnectionClaims, TokenError};
 use crate::config::Config;
 use crate::history::HistoryFilter;
-use crate::hub::{ClientHandle, ConnId, Control};
-use crate::limit::TokenBucket;
+use crate::hub::{ClientHandle, ConnId, Control, ControlSender};
 use crate::metrics::Metrics;
 use crate::node::{ChannelOptions, Node, VERSION};
 use crate::protocol::{
@@ -30,7 +28,9 @@ use crate::protocol::{
     SubRefreshRequest, SubRefreshResult, SubscribeRequest, SubscribeResult,
 };
 use crate::queue::ClientQueue;
+use crate::ratelimit::TokenBucket;
 use crate::timeline::Lane;
+use crate::vecmap::VecMap;
 
 /// Longest channel name anyone may use, in bytes (configurations may lower it).
 pub const MAX_CHANNEL_LENGTH: usize = 1024;
@@ -50,9 +50,11 @@ pub struct Session {
     node: Node,
     conn: ConnId,
     queue: Arc<ClientQueue>,
-    control: mpsc::Sender<Control>,
+    control: ControlSender,
     identity: Option<Identity>,
-    subscriptions: HashMap<String, Subscription>,
+    /// A [`VecMap`]: a client usually holds one or a few subscriptions, and this map is paid
+    /// for by every connection.
+    subscriptions: VecMap<String, Subscription>,
     /// When the last ping was sent, while its pong is awaited.
     ping_sent: Option<Instant>,
     /// When the connection's token expires (unix seconds), if it does.
@@ -74,7 +76,7 @@ pub type Outcome = Result<(), Disconnect>;
 impl Session {
     /// A session writing to `queue`; `control` is the sender of the channel the connection task
     /// reads control requests from.
-    pub fn new(node: Node, queue: Arc<ClientQueue>, control: mpsc::Sender<Control>) -> Session {
+    pub fn new(node: Node, queue: Arc<ClientQueue>, control: ControlSender) -> Session {
         Metrics::inc(&node.metrics().connections_accepted);
         let limiter = RateLimiter::new(
             node.config().client_command_rate,
@@ -86,7 +88,7 @@ impl Session {
             queue,
             control,
             identity: None,
-            subscriptions: HashMap::new(),
+            subscriptions: VecMap::new(),
             ping_sent: None,
             expires_at: None,
             limiter,

@@ -4,15 +4,15 @@
 //! one frame), a control request from the node, the ping/pong/stale/expiry timer, or shutdown. One
 //! task per connection, not one per direction, keeps idle connections cheap.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use rand::Rng;
-use tokio::sync::mpsc;
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{timeout, Instant};
 
-use crate::hub::Control;
+use crate::hub::ControlInbox;
 use crate::node::Node;
 use crate::protocol::{Disconnect, PING};
 use crate::queue::{ClientQueue, Outbound};
@@ -23,11 +23,13 @@ const CONTROL_CAPACITY: usize = 64;
 
 /// Serves one upgraded WebSocket until it closes. Every exit path ends here, where dropping the
 /// session releases its subscriptions and presence.
-pub async fn serve(node: Node, socket: WebSocket) {
+pub async fn serve(node: Node, mut socket: WebSocket) {
     let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
-    let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
-    let mut session = Session::new(node.clone(), queue.clone(), control_tx);
-    let reason = drive(&node, &mut session, &queue, socket, control_rx).await;
+    let control = Arc::new(ControlInbox::new(CONTROL_CAPACITY));
+    let mut session = Session::new(node.clone(), queue.clone(), control.clone());
+    // The socket is lent, not moved, so this future holds it once (a moved argument would be
+    // stored both here and in `drive`'s state, for every idle connection).
+    let reason = drive(&node, &mut session, &queue, &mut socket, &control).await;
     tracing::debug!(
         client = session.client_id().unwrap_or("-"),
         code = reason.as_ref().map(|r| r.code),
@@ -42,17 +44,27 @@ async fn drive(
     node: &Node,
     session: &mut Session,
     queue: &ClientQueue,
-    mut socket: WebSocket,
-    mut control: mpsc::Receiver<Control>,
+    socket: &mut WebSocket,
+    control: &ControlInbox,
 ) -> Option<Disconnect> {
-    let config = node.config().clone();
+    let config = node.config();
     let shutdown = node.shutdown_token().clone();
     let stale_deadline = Instant::now() + config.stale_timeout();
     let mut next_ping: Option<Instant> = None;
+    // The shutdown signal and the timer live across iterations: re-creating them on every
+    // wake-up (every frame written) would register and cancel a timer entry and a waiter each
+    // time, a visible share of the cost of a delivery.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let timer = tokio::time::sleep_until(stale_deadline);
+    tokio::pin!(timer);
     loop {
         let wake = next_wake(session, stale_deadline, next_ping, config.pong_timeout());
+        if timer.deadline() != wake {
+            timer.as_mut().reset(wake);
+        }
         tokio::select! {
-            _ = shutdown.cancelled(), if !queue.is_closed() => queue.close(Disconnect::SHUTDOWN),
+            _ = &mut cancelled, if !queue.is_closed() => queue.close(Disconnect::SHUTDOWN),
             out = queue.next() => match out {
                 Outbound::Frame(frame) => {
                     let text = match Utf8Bytes::try_from(frame) {
@@ -63,7 +75,10 @@ async fn drive(
                             continue;
                         }
                     };
-                    match write_frame(&mut socket, queue, text, config.write_timeout()).await {
+                    // Boxed: a write's state (timers, the pending send) is only needed while
+                    // writing, not by every idle connection's task.
+                    let write = Box::pin(write_frame(socket, queue, text, config.write_timeout()));
+                    match write.await {
                         Written::Done => crate::metrics::Metrics::inc(&node.metrics().frames_written),
                         Written::Failed => return None,
                         Written::TimedOut => return Some(Disconnect::WRITE_ERROR),
@@ -100,15 +115,17 @@ async fn drive(
                     continue;
                 }
                 let was_connected = session.is_connected();
-                if let Err(reason) = session.handle_frame(text.as_str()).await {
+                // Boxed: command handling is the largest state of this future, and inlined it
+                // would make every idle connection's task carry it.
+                if let Err(reason) = Box::pin(session.handle_frame(text.as_str())).await {
                     queue.close(reason);
                 }
                 if !was_connected && session.is_connected() {
                     next_ping = Some(first_ping(config.ping_interval()));
                 }
             },
-            Some(request) = control.recv() => session.handle_control(request).await,
-            _ = sleep_until(wake) => {
+            request = control.recv() => Box::pin(session.handle_control(request)).await,
+            _ = &mut timer => {
                 let now = Instant::now();
                 if !session.is_connected() {
                     if now >= stale_deadline { queue.close(Disconnect::STALE); }
@@ -155,6 +172,18 @@ async fn write_frame(
 ) -> Written {
     let write = socket.send(Message::Text(text));
     tokio::pin!(write);
+    // Fast path: a reading client's socket has room, and the write completes at once, with no
+    // timer or overflow watch to set up and tear down.
+    let first = std::future::poll_fn(|cx| match write.as_mut().poll(cx) {
+        std::task::Poll::Ready(result) => std::task::Poll::Ready(Some(result)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await;
+    match first {
+        Some(Ok(())) => return Written::Done,
+        Some(Err(_)) => return Written::Failed,
+        None => {}
+    }
     tokio::select! {
         result = timeout(limit, &mut write) => match result {
             Ok(Ok(())) => Written::Done,
@@ -187,7 +216,17 @@ fn next_wake(
     if !session.is_connected() {
         return stale_deadline;
     }
-    let far = Instant::now() + Duration::from_secs(3600);
+    // Nothing due: a far deadline, fixed (not "now + 1 h") so the timer is not reset on every
+    // wake-up.
+    let far = || {
+        let far = stale_deadline + Duration::from_secs(3600);
+        let now = Instant::now();
+        if far > now {
+            far
+        } else {
+            now + Duration::from_secs(3600)
+        }
+    };
     [
         next_ping,
         session
@@ -198,7 +237,7 @@ fn next_wake(
     .into_iter()
     .flatten()
     .min()
-    .unwrap_or(far)
+    .unwrap_or_else(far)
 }
 
 /// The first ping comes at a random point in [interval/2, interval), so pings of clients that
