@@ -453,15 +453,21 @@ impl Writer {
             }
         };
         let mut error = None;
+        let mut tops = HashMap::new();
         let mut requests = batch.into_iter();
         for request in requests.by_ref() {
-            match apply(&tx, &mut self.streams, request) {
+            match apply(&tx, &mut self.streams, &mut tops, request) {
                 Ok(item) => done.push(item),
                 Err((e, item)) => {
                     error = Some(e);
                     done.push(item);
                     break;
                 }
+            }
+        }
+        if error.is_none() {
+            if let Err(e) = write_tops(&tx, &tops) {
+                error = Some(e.to_string());
             }
         }
         if let Some(e) = error {
@@ -534,6 +540,7 @@ fn pending_reply(request: WriteRequest) -> Done {
 fn apply(
     tx: &rusqlite::Transaction<'_>,
     streams: &mut HashMap<String, (String, u64)>,
+    tops: &mut HashMap<String, (u64, usize)>,
     request: WriteRequest,
 ) -> Result<Done, (String, Done)> {
     match request {
@@ -567,16 +574,8 @@ fn apply(
                     info,
                     tags
                 ])?;
-                tx.prepare_cached(
-                    "UPDATE streams SET top = ?2, touched_at = ?3 WHERE channel = ?1",
-                )?
-                .execute(params![channel, offset as i64, now_ms()])?;
-                if offset > retention.size as u64 {
-                    tx.prepare_cached(
-                        "DELETE FROM publications WHERE channel = ?1 AND offset <= ?2",
-                    )?
-                    .execute(params![channel, (offset - retention.size as u64) as i64])?;
-                }
+                // The stream's top and its trim are written once per channel per batch.
+                tops.insert(channel.clone(), (offset, retention.size));
                 streams.insert(channel.clone(), (epoch.clone(), offset));
                 Ok(StreamPosition { offset, epoch })
             })();
@@ -609,6 +608,23 @@ fn apply(
             Err(e) => Err((e.to_string(), Done::Created(reply))),
         },
     }
+}
+
+/// Records each appended-to stream's new top and trims it to its retention size.
+fn write_tops(
+    tx: &rusqlite::Transaction<'_>,
+    tops: &HashMap<String, (u64, usize)>,
+) -> rusqlite::Result<()> {
+    let now = now_ms();
+    for (channel, (top, size)) in tops {
+        tx.prepare_cached("UPDATE streams SET top = ?2, touched_at = ?3 WHERE channel = ?1")?
+            .execute(params![channel, *top as i64, now])?;
+        if *top > *size as u64 {
+            tx.prepare_cached("DELETE FROM publications WHERE channel = ?1 AND offset <= ?2")?
+                .execute(params![channel, (*top - *size as u64) as i64])?;
+        }
+    }
+    Ok(())
 }
 
 /// The epoch and top offset of `channel`'s stream, creating the stream if it is new.
