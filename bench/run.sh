@@ -90,11 +90,21 @@ for entry in "${SCENARIOS[@]}"; do
     # shellcheck disable=SC2086
     if timeout 300 taskset -c 1 "$SB" bench $args --url "$url" --pid "$server_pid" --json \
         >"$OUT/$name.$server.json.tmp"; then
-      python3 - "$OUT/$name.$server.json.tmp" "$name" "$server" "$load" "$args" <<'EOF'
+      python3 - "$OUT/$name.$server.json.tmp" "$name" "$server" "$load" "$args" "$SB_PORT" <<'EOF'
 import json, sys
-path, name, server, load, args = sys.argv[1:]
+path, name, server, load, args, port = sys.argv[1:]
 report = json.load(open(path))
 report.update(case=name, server=server, load=load, command=f"switchboard bench {args}")
+if server == "switchboard":
+    # The server's own count of clients it disconnected as slow (3008).
+    import urllib.request
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        for line in text.splitlines():
+            if line.startswith("switchboard_slow_disconnects_total "):
+                report["server_slow_disconnects"] = int(line.split()[1])
+    except OSError:
+        pass
 json.dump(report, open(path[:-4], "w"), indent=1)
 EOF
       rm -f "$OUT/$name.$server.json.tmp"

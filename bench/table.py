@@ -64,6 +64,8 @@ def cell(r, scenario):
             closed = ", ".join(f"{k}×{v}" for k, v in r["slow_closed"].items()) or "none"
             rows["slow subscribers closed (code×n)"] = f"{closed}; {r['slow_still_open']} still open"
             rows["fast subscribers closed"] = ", ".join(f"{k}×{v}" for k, v in r["closed_early"].items()) or "none"
+            if "server_slow_disconnects" in r:
+                rows["server's count of slow disconnects (3008)"] = n(r["server_slow_disconnects"])
             if r.get("server_rss_peak_kib"):
                 rows["server RSS start → peak"] = f"{r['server_rss_start_kib'] / 1024:.1f} → {r['server_rss_peak_kib'] / 1024:.1f} MiB"
         if r.get("errors"):

@@ -14,6 +14,12 @@ use tokio::sync::Notify;
 
 use crate::protocol::Disconnect;
 
+/// Largest coalesced frame. Every byte of a frame is copied twice more on its way out (into the
+/// WebSocket library's write buffer, which keeps its largest size for the connection's life, and
+/// into the socket), so frames stay well below the queue bound: under load a busy connection
+/// retains at most this much, and a write blocked on a client that stopped reading is short.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
 /// What the connection task must do next.
 #[derive(Debug)]
 pub enum Outbound {
@@ -154,14 +160,29 @@ impl ClientQueue {
                 message.map(Outbound::Frame)
             }
             n => {
-                let mut frame = BytesMut::with_capacity(state.bytes + n - 1);
-                for (i, message) in state.messages.drain(..).enumerate() {
+                // As many messages as fit in one frame of MAX_FRAME_BYTES (at least one); the
+                // rest make the next frame, taken at once by the next call.
+                let mut take = 0;
+                let mut size = 0;
+                for message in state.messages.iter() {
+                    let next = size + usize::from(take > 0) + message.len();
+                    if take > 0 && next > MAX_FRAME_BYTES {
+                        break;
+                    }
+                    size = next;
+                    take += 1;
+                }
+                let mut frame = BytesMut::with_capacity(size);
+                let mut taken = 0;
+                for (i, message) in state.messages.drain(..take).enumerate() {
                     if i > 0 {
                         frame.put_u8(b'\n');
                     }
+                    taken += message.len();
                     frame.put_slice(&message);
                 }
-                state.bytes = 0;
+                state.bytes -= taken;
+                debug_assert!(take <= n);
                 Some(Outbound::Frame(frame.freeze()))
             }
         }
@@ -187,6 +208,32 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(q.pending_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn frames_are_capped_and_the_rest_follows() {
+        let q = ClientQueue::new(1 << 20);
+        let message = Bytes::from(vec![b'x'; 1000]);
+        for _ in 0..100 {
+            q.push(message.clone()).unwrap();
+        }
+        let mut total = 0;
+        while q.pending_bytes() > 0 {
+            match q.next().await {
+                Outbound::Frame(f) => {
+                    assert!(f.len() <= MAX_FRAME_BYTES);
+                    total += f.split(|b| *b == b'\n').count();
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(total, 100);
+        // A single message larger than the cap still goes, alone.
+        q.push(Bytes::from(vec![b'y'; MAX_FRAME_BYTES + 1]))
+            .unwrap();
+        q.push(Bytes::from_static(b"z")).unwrap();
+        assert!(matches!(q.next().await, Outbound::Frame(f) if f.len() == MAX_FRAME_BYTES + 1));
+        assert!(matches!(q.next().await, Outbound::Frame(f) if &f[..] == b"z"));
     }
 
     #[tokio::test]
