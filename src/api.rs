@@ -111,7 +111,7 @@ async fn dispatch(
         "channels" => channels(node, parse(body)?),
         "info" => {
             let _: Empty = parse(body)?;
-            Ok(json!({ "nodes": [node.info()] }))
+            Ok(json!({ "nodes": node.nodes().await }))
         }
         _ => return Err(ApiError::MethodNotFound),
     })
@@ -148,7 +148,7 @@ fn authorize(
 }
 
 /// Compares secrets in time that depends only on their lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -390,7 +390,7 @@ fn channels(node: &Node, req: ChannelsRequest) -> Result<Value, Error> {
 }
 
 /// Matches `text` against a glob where `*` is any run of characters and `?` any one character.
-fn glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
     let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
     while ti < t.len() {

@@ -11,8 +11,10 @@ use async_trait::async_trait;
 use crate::history::{History, HistoryError, HistoryFilter, HistoryPage, Retention};
 use crate::protocol::{ClientInfo, Disconnect, Payload, Publication, StreamPosition};
 
-/// A node-wide action that must reach the node holding the target connections.
-#[derive(Debug, Clone)]
+/// A node-wide action that must reach the node holding the target connections (it travels
+/// between nodes as JSON).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NodeControl {
     /// Subscribe `user`'s connections (only `client`, if given) to `channel`.
     Subscribe {
@@ -44,6 +46,17 @@ pub trait BrokerEventHandler: Send + Sync + 'static {
     fn handle_join(&self, channel: &str, info: &ClientInfo);
     fn handle_leave(&self, channel: &str, info: &ClientInfo);
     fn handle_control(&self, control: NodeControl);
+    /// Publications of `channel` may have been lost on their way to this node: its local
+    /// subscribers must recover from history.
+    fn handle_insufficient_state(&self, channel: &str);
+}
+
+/// A node's announcement of itself, for `/api/info` across nodes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NodeRecord {
+    pub info: crate::node::NodeInfo,
+    /// When it was announced (unix seconds).
+    pub seen: u64,
 }
 
 /// Why the broker failed.
@@ -89,12 +102,18 @@ pub trait Broker: Send + Sync + 'static {
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError>;
     /// This node has no local subscriber of `channel` left.
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError>;
+
+    /// Announces this node (called every few seconds).
+    async fn announce(&self, record: NodeRecord) -> Result<(), BrokerError>;
+    /// Every live node's latest announcement.
+    async fn nodes(&self) -> Result<Vec<NodeRecord>, BrokerError>;
 }
 
 /// A broker for a single node: events go straight to this node's handler.
 pub struct LocalBroker {
     history: Arc<dyn History>,
     handler: OnceLock<Arc<dyn BrokerEventHandler>>,
+    record: std::sync::Mutex<Option<NodeRecord>>,
 }
 
 impl LocalBroker {
@@ -102,6 +121,7 @@ impl LocalBroker {
         LocalBroker {
             history,
             handler: OnceLock::new(),
+            record: std::sync::Mutex::new(None),
         }
     }
 
@@ -179,5 +199,20 @@ impl Broker for LocalBroker {
 
     async fn unsubscribe(&self, _channel: &str) -> Result<(), BrokerError> {
         Ok(())
+    }
+
+    async fn announce(&self, record: NodeRecord) -> Result<(), BrokerError> {
+        *self.record.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeRecord>, BrokerError> {
+        Ok(self
+            .record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect())
     }
 }

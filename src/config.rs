@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::history::sqlite::Durability;
+
 /// Everything a node needs to run. Durations are whole seconds in files and flags.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -17,6 +19,9 @@ pub struct Config {
     pub port: u16,
     /// Key that server API calls must present; `None` leaves the API open (loopback or insecure only).
     pub api_key: Option<String>,
+    /// Password of the `/dashboard` (the API key is accepted too); with neither, the dashboard is
+    /// open on a loopback address and disabled on a public one.
+    pub admin_password: Option<String>,
     /// HMAC secret for HS256 connection tokens.
     pub token_hmac_secret: Option<String>,
     /// Accept clients without a token, and the API without a key, even on a public address.
@@ -39,6 +44,12 @@ pub struct Config {
     pub join_leave: bool,
     /// Track presence (who is subscribed) per channel.
     pub presence: bool,
+    /// Where durable state (the SQLite history) lives.
+    pub data_dir: PathBuf,
+    /// Where channel history is kept.
+    pub history_storage: HistoryStorage,
+    /// Whether each history commit is `fsync`ed (`full`) or not (`normal`).
+    pub history_durability: Durability,
     /// Publications kept per channel (0 turns history off).
     pub history_size: usize,
     /// Seconds a publication is kept in history.
@@ -49,9 +60,93 @@ pub struct Config {
     pub expired_grace: u64,
     /// Name of this node in `/api/info`; defaults to the host name.
     pub name: Option<String>,
+    /// Options of channels outside any namespace.
+    pub channel: Namespace,
+    /// Channel namespaces: channels named `<namespace>:<rest>` take that namespace's options.
+    pub namespace: Vec<Namespace>,
+    /// Public key (PEM file) of RS256/384/512 tokens.
+    pub token_rsa_public_key: Option<PathBuf>,
+    /// Public key (PEM file) of ES256/384 tokens.
+    pub token_ecdsa_public_key: Option<PathBuf>,
+    /// URL of a JSON Web Key Set to verify tokens with (fetched and refreshed in the background).
+    pub token_jwks_url: Option<String>,
+    /// Required `aud` claim of tokens, if set.
+    pub token_audience: Option<String>,
+    /// Required `iss` claim of tokens, if set.
+    pub token_issuer: Option<String>,
+    /// Most connections one user may hold on this node (0: no limit).
+    pub user_connection_limit: usize,
+    /// Most channels one client may subscribe to.
+    pub client_channel_limit: usize,
+    /// Longest channel name, in bytes.
+    pub channel_max_length: usize,
+    /// Commands per second one connection may send (0: no limit); more get error 111, and a
+    /// connection that keeps flooding is disconnected (3013).
+    pub client_command_rate: u32,
+    /// Commands a connection may send at once above its rate.
+    pub client_command_burst: u32,
+    /// New WebSocket connections per second accepted from one IP address (0: no limit).
+    pub connection_rate_per_ip: u32,
+    /// Redis URLs (one per shard): several nodes share broker, history and presence through them.
+    pub redis: Vec<String>,
+    /// Prefix of Redis keys and topics.
+    pub redis_prefix: String,
+    /// Seconds a presence entry lives in Redis without a refresh by its node.
+    pub presence_ttl: u64,
+    /// Serve the server API (and health, metrics) on this port instead of the main one.
+    pub api_port: Option<u16>,
+    /// Address of the separate API listener [default: `address`].
+    pub api_address: Option<IpAddr>,
+    /// TLS certificate chain (PEM) for the main listener.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the main listener.
+    pub tls_key: Option<PathBuf>,
+    /// `Origin` patterns browsers may connect from (`*` wildcards). Empty: any origin in
+    /// development mode, otherwise only the server's own host.
+    pub allowed_origins: Vec<String>,
     /// Most WebSocket connections served at once; further ones are refused with HTTP 503.
-    /// `None`: as many as the open-file limit allows, minus headroom (see [`crate::limits`]).
+    /// `None`: as many as the open-file limit allows, minus headroom (see [`crate::fd_limit`]).
     pub max_connections: Option<usize>,
+}
+
+/// Options of the channels in one namespace (or, as `[channel]`, of channels outside any
+/// namespace). What is left out takes the server-wide value; permissions left out are granted in
+/// development mode (no token verification configured, or `insecure`) and refused otherwise.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Namespace {
+    /// The prefix before `:` in channel names (empty for `[channel]`).
+    pub name: String,
+    pub presence: Option<bool>,
+    /// Join/leave notices are published; subscribers receive them when they subscribe with
+    /// `join_leave: true`.
+    pub join_leave: Option<bool>,
+    /// Join/leave notices go to every subscriber, asked or not.
+    pub force_push_join_leave: Option<bool>,
+    /// Publications kept per channel; 0 turns history off for the namespace.
+    pub history_size: Option<usize>,
+    /// Seconds publications are kept.
+    pub history_ttl: Option<u64>,
+    /// Subscriptions are recoverable (positioned) even when the client does not ask; default on.
+    pub force_recovery: Option<bool>,
+    /// Any connected user may subscribe without a subscription token.
+    pub allow_subscribe_for_client: Option<bool>,
+    /// Anonymous users (empty `sub`) may subscribe without a subscription token too.
+    pub allow_subscribe_for_anonymous: Option<bool>,
+    /// Any connected user may publish.
+    pub allow_publish_for_client: Option<bool>,
+    /// Subscribers of a channel may publish to it.
+    pub allow_publish_for_subscriber: Option<bool>,
+    /// Anonymous users may publish (with one of the two above).
+    pub allow_publish_for_anonymous: Option<bool>,
+    /// Any connected user may read presence.
+    pub allow_presence_for_client: Option<bool>,
+    /// Subscribers may read the channel's presence.
+    pub allow_presence_for_subscriber: Option<bool>,
+    /// Any connected user may read history.
+    pub allow_history_for_client: Option<bool>,
+    /// Subscribers may read the channel's history.
+    pub allow_history_for_subscriber: Option<bool>,
 }
 
 impl Default for Config {
@@ -60,6 +155,7 @@ impl Default for Config {
             address: IpAddr::from([127, 0, 0, 1]),
             port: 8000,
             api_key: None,
+            admin_password: None,
             token_hmac_secret: None,
             insecure: false,
             ping_interval: 25,
@@ -71,14 +167,48 @@ impl Default for Config {
             shutdown_timeout: 5,
             join_leave: true,
             presence: true,
+            data_dir: PathBuf::from("switchboard-data"),
+            history_storage: HistoryStorage::Sqlite,
+            history_durability: Durability::Full,
             history_size: 1000,
             history_ttl: 24 * 3600,
             recovery_max_publications: 300,
             expired_grace: 25,
             name: None,
+            channel: Namespace::default(),
+            namespace: Vec::new(),
+            token_rsa_public_key: None,
+            token_ecdsa_public_key: None,
+            token_jwks_url: None,
+            token_audience: None,
+            token_issuer: None,
+            user_connection_limit: 0,
+            client_channel_limit: 128,
+            channel_max_length: 255,
+            client_command_rate: 1000,
+            client_command_burst: 2000,
+            connection_rate_per_ip: 50,
+            allowed_origins: Vec::new(),
+            redis: Vec::new(),
+            redis_prefix: "switchboard".into(),
+            presence_ttl: 60,
+            api_port: None,
+            api_address: None,
+            tls_cert: None,
+            tls_key: None,
             max_connections: None,
         }
     }
+}
+
+/// Where channel history is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryStorage {
+    /// An SQLite file in `data_dir`: survives restarts.
+    Sqlite,
+    /// Process memory: lost on restart (tests, ephemeral deployments).
+    Memory,
 }
 
 /// Why a configuration cannot be used.
@@ -129,16 +259,36 @@ impl Config {
                 "client_queue_max_bytes must be at least max_message_size".into(),
             ));
         }
+        if !self.channel.name.is_empty() {
+            return Err(ConfigError::Invalid(
+                "[channel] takes no name; namespaces go in [[namespace]]".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for ns in &self.namespace {
+            if ns.name.is_empty() || ns.name.contains(':') {
+                return Err(ConfigError::Invalid(format!(
+                    "namespace name {:?} must be non-empty and contain no ':'",
+                    ns.name
+                )));
+            }
+            if !seen.insert(&ns.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "namespace {:?} is defined twice",
+                    ns.name
+                )));
+            }
+        }
         if self.max_connections == Some(0) {
             return Err(ConfigError::Invalid(
                 "max_connections must be at least 1".into(),
             ));
         }
         if !self.address.is_loopback() && !self.insecure {
-            if self.token_hmac_secret.is_none() {
+            if !self.verifies_tokens() {
                 return Err(ConfigError::Invalid(format!(
                     "refusing to accept anonymous clients on public address {}: set --token-hmac-secret \
-                     (or SWITCHBOARD_TOKEN_HMAC_SECRET), or pass --insecure to allow it explicitly",
+                     (or another token key), or pass --insecure to allow it explicitly",
                     self.address
                 )));
             }
@@ -153,10 +303,23 @@ impl Config {
         Ok(())
     }
 
-    /// Clients may connect without a token: no secret is configured (validation allowed that only
-    /// on loopback or with `insecure`).
+    /// Whether any way of verifying tokens is configured.
+    pub fn verifies_tokens(&self) -> bool {
+        self.token_hmac_secret.is_some()
+            || self.token_rsa_public_key.is_some()
+            || self.token_ecdsa_public_key.is_some()
+            || self.token_jwks_url.is_some()
+    }
+
+    /// Clients may connect without a token: `insecure`, or no way to verify tokens (validation
+    /// allowed that only on loopback).
     pub fn anonymous_allowed(&self) -> bool {
-        self.insecure || self.token_hmac_secret.is_none()
+        self.insecure || !self.verifies_tokens()
+    }
+
+    /// Development mode: permissions not configured are granted.
+    pub fn development(&self) -> bool {
+        self.anonymous_allowed()
     }
 
     pub fn ping_interval(&self) -> Duration {
@@ -178,6 +341,85 @@ impl Config {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout)
     }
+}
+
+/// An annotated configuration file with fresh random secrets (`switchboard genconfig`).
+pub fn generate() -> String {
+    let secret = |len: usize| {
+        use rand::distr::{Alphanumeric, SampleString};
+        Alphanumeric.sample_string(&mut rand::rng(), len)
+    };
+    format!(
+        r#"# Switchboard configuration. Flags and SWITCHBOARD_* environment variables override it.
+
+# Where clients connect: ws://<address>:<port>/connection/websocket
+address = "0.0.0.0"
+port = 8000
+
+# Backends call the server API (POST /api/<method>) with this key in the X-API-Key header.
+api_key = "{api_key}"
+# The web dashboard (/dashboard) asks for this password (or the API key).
+admin_password = "{admin_password}"
+# Serve the API on its own port (e.g. bound to a private interface) instead of the main one.
+# api_port = 8001
+# api_address = "10.0.0.5"
+
+# Connection and subscription tokens (JWT). HS256 with this secret; add RS256/ES256 public keys or
+# a JWKS URL if your backend signs with those.
+token_hmac_secret = "{token_secret}"
+# token_rsa_public_key = "/etc/switchboard/rsa.pub.pem"
+# token_ecdsa_public_key = "/etc/switchboard/ec.pub.pem"
+# token_jwks_url = "https://auth.example.com/.well-known/jwks.json"
+
+# TLS without a proxy in front.
+# tls_cert = "/etc/switchboard/cert.pem"
+# tls_key = "/etc/switchboard/key.pem"
+
+# Browsers may connect only from these origins (* wildcards). Empty: the server's own host.
+allowed_origins = []
+
+# Durable history (SQLite) and its retention per channel.
+data_dir = "switchboard-data"
+history_durability = "full"    # "normal" skips fsync: faster, survives process crashes only
+history_size = 1000
+history_ttl = 86400
+
+# Limits.
+max_message_size = 65536
+client_queue_max_bytes = 1048576   # a client that falls this far behind is disconnected (3008)
+client_channel_limit = 128
+user_connection_limit = 0          # 0: no limit
+client_command_rate = 1000         # commands per second per connection (then error 111, 3013)
+client_command_burst = 2000
+connection_rate_per_ip = 50        # new connections per second per IP
+
+# Channels outside any namespace. With a token secret set, every permission is closed unless
+# granted here or in a namespace (subscription tokens always work).
+[channel]
+allow_subscribe_for_client = true
+allow_publish_for_subscriber = false
+allow_presence_for_subscriber = true
+allow_history_for_subscriber = true
+
+# Channels named "chat:<room>".
+[[namespace]]
+name = "chat"
+allow_subscribe_for_client = true
+allow_publish_for_subscriber = true
+allow_presence_for_subscriber = true
+allow_history_for_subscriber = true
+join_leave = true
+history_size = 200
+history_ttl = 3600
+
+# Channels named "private:<name>" need a subscription token (no allow_subscribe_* granted).
+[[namespace]]
+name = "private"
+"#,
+        api_key = secret(32),
+        admin_password = secret(24),
+        token_secret = secret(48),
+    )
 }
 
 #[cfg(test)]
@@ -202,6 +444,16 @@ mod tests {
         };
         open.validate().unwrap();
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn generated_config_parses_and_validates() {
+        let text = generate();
+        let c: Config = toml::from_str(&text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.api_key.unwrap().len(), 32);
+        assert_ne!(generate(), text, "fresh secrets each time");
+        assert_eq!(c.namespace.len(), 2);
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub enum Control {
     },
     Unsubscribe {
         channel: String,
+        /// Unsubscribe push code: below 2500 the client stays unsubscribed, from 2500 it
+        /// resubscribes (and recovers).
+        code: u32,
+        reason: &'static str,
     },
 }
 
@@ -107,6 +111,9 @@ struct Subscriber {
     /// While the subscription is being set up (its position read from history), deliveries are
     /// held here with their offsets instead of queued; see [`Hub::activate`].
     held: Option<Vec<(u64, Bytes)>>,
+    held_bytes: usize,
+    /// Whether it wants join/leave pushes.
+    join_leave: bool,
 }
 
 type ChannelMap = HashMap<Arc<str>, HashMap<ConnId, Subscriber>>;
@@ -182,6 +189,19 @@ impl Hub {
         }
     }
 
+    /// The connections subscribed to `channel` on this node.
+    pub fn subscriber_handles(&self, channel: &str) -> Vec<ClientHandle> {
+        let ids: Vec<ConnId> = self
+            .shard(channel)
+            .get(channel)
+            .map(|subs| subs.keys().copied().collect())
+            .unwrap_or_default();
+        let conns = lock(&self.connections);
+        ids.iter()
+            .filter_map(|id| conns.by_id.get(id).cloned())
+            .collect()
+    }
+
     /// Closes every local connection with `reason`.
     pub fn close_all(&self, reason: Disconnect) {
         for handle in lock(&self.connections).by_id.values() {
@@ -189,25 +209,22 @@ impl Hub {
         }
     }
 
-    /// Adds a subscriber. With `hold`, deliveries are held until [`Hub::activate`]; otherwise
-    /// `first` is queued inside the channel's critical section, so it reaches the client before any
-    /// publication delivered after this call. Returns true if the channel had no local subscriber.
+    /// Adds a subscriber, its deliveries held until [`Hub::activate`] (so the subscribe reply,
+    /// computed meanwhile, goes first). `join_leave`: it receives join/leave pushes. Returns true
+    /// if the channel had no local subscriber before.
     pub fn subscribe(
         &self,
         channel: &str,
         id: ConnId,
         queue: &Arc<ClientQueue>,
-        hold: bool,
-        first: Option<Bytes>,
+        join_leave: bool,
     ) -> bool {
         let mut shard = self.shard(channel);
-        if let Some(first) = first {
-            // A full queue closes the connection; the subscription is removed with it.
-            let _ = queue.push(first);
-        }
         let subscriber = Subscriber {
             queue: queue.clone(),
-            held: hold.then(Vec::new),
+            held: Some(Vec::new()),
+            held_bytes: 0,
+            join_leave,
         };
         match shard.get_mut(channel) {
             Some(subs) => {
@@ -221,15 +238,17 @@ impl Hub {
         }
     }
 
-    /// Ends the hold of a subscriber added with `hold`: queues `first` (the subscribe reply), then
+    /// Ends the hold of a new subscriber: queues `first` (the subscribe reply), then
     /// the held deliveries whose offset is above `after` (the reply covers the rest), then lets
     /// deliveries flow. Nothing published meanwhile is lost or duplicated.
-    pub fn activate(&self, channel: &str, id: ConnId, first: Bytes, after: u64) {
+    pub fn activate(&self, channel: &str, id: ConnId, first: Option<Bytes>, after: u64) {
         let mut shard = self.shard(channel);
         let Some(subscriber) = shard.get_mut(channel).and_then(|subs| subs.get_mut(&id)) else {
             return;
         };
-        let _ = subscriber.queue.push(first);
+        if let Some(first) = first {
+            let _ = subscriber.queue.push(first);
+        }
         for (offset, message) in subscriber.held.take().unwrap_or_default() {
             if offset > after && subscriber.queue.push(message).is_err() {
                 break;
@@ -256,13 +275,40 @@ impl Hub {
     /// Queues `message` (the publication at `offset`, 0 when it has none) to every local
     /// subscriber of `channel`.
     pub fn deliver(&self, channel: &str, message: &Bytes, offset: u64) -> Delivery {
+        self.deliver_to(channel, message, offset, false)
+    }
+
+    /// Queues a join/leave push to the subscribers of `channel` that asked for them.
+    pub fn deliver_join_leave(&self, channel: &str, message: &Bytes) -> Delivery {
+        self.deliver_to(channel, message, 0, true)
+    }
+
+    fn deliver_to(
+        &self,
+        channel: &str,
+        message: &Bytes,
+        offset: u64,
+        join_leave: bool,
+    ) -> Delivery {
         let mut shard = self.shard(channel);
         let mut delivery = Delivery::default();
         if let Some(subs) = shard.get_mut(channel) {
             for subscriber in subs.values_mut() {
+                if join_leave && !subscriber.join_leave {
+                    continue;
+                }
                 if let Some(held) = &mut subscriber.held {
-                    held.push((offset, message.clone()));
-                    delivery.queued += 1;
+                    // Held messages count against the client's queue bound too.
+                    if subscriber.held_bytes + message.len() > subscriber.queue.max_bytes() {
+                        subscriber.queue.close(Disconnect::SLOW);
+                        held.clear();
+                        delivery.dropped += 1;
+                        delivery.overflowed += 1;
+                    } else {
+                        subscriber.held_bytes += message.len();
+                        held.push((offset, message.clone()));
+                        delivery.queued += 1;
+                    }
                     continue;
                 }
                 match subscriber.queue.push(message.clone()) {
@@ -327,8 +373,9 @@ mod tests {
         let hub = Hub::default();
         let a = Arc::new(ClientQueue::new(1024));
         let b = Arc::new(ClientQueue::new(1024));
-        assert!(hub.subscribe("c", 1, &a, false, None));
-        assert!(!hub.subscribe("c", 2, &b, true, None));
+        assert!(hub.subscribe("c", 1, &a, false));
+        hub.activate("c", 1, None, 0);
+        assert!(!hub.subscribe("c", 2, &b, true));
         assert_eq!(hub.num_subscribers("c"), 2);
         let d = hub.deliver("c", &Bytes::from_static(b"m1"), 1);
         assert_eq!(d.queued, 2);
@@ -336,7 +383,7 @@ mod tests {
         assert_eq!(a.pending_bytes(), 4);
         assert_eq!(b.pending_bytes(), 0);
         // The reply covers offset 1; held offset 2 follows it.
-        hub.activate("c", 2, Bytes::from_static(b"r"), 1);
+        hub.activate("c", 2, Some(Bytes::from_static(b"r")), 1);
         assert_eq!(b.pending_bytes(), 3);
         assert!(!hub.unsubscribe("c", 1));
         assert!(hub.unsubscribe("c", 2));

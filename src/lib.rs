@@ -14,10 +14,14 @@
 //! - [`node`]: the shared state and operations used by sessions and the API.
 //! - [`hub`]: channel → local subscribers, sharded; a publication is encoded once for all.
 //! - [`broker`], [`history`], [`presence`]: the traits behind which storage and multi-node fan-out
-//!   live, with in-process implementations.
+//!   live, with in-process implementations; [`redis_engine`] implements them on Redis for
+//!   several nodes.
 //! - [`api`]: the HTTP server API, health and metrics; [`server`] assembles routes and runs them.
+//! - [`web`]: the embedded pages, `/chat` (on the official browser SDK) and `/dashboard` (this
+//!   node's live view, with the [`timeline`] of recent work).
 //! - [`vecmap`]: the small map each connection keeps its subscriptions in.
-//! - [`config`], [`auth`], [`metrics`], [`limits`]: configuration, tokens, counters, the fd limit.
+//! - [`config`], [`auth`], [`ratelimit`], [`fd_limit`], [`metrics`]: configuration, tokens, rate
+//!   limits, the open-file limit, counters.
 //! - [`bench`]: `switchboard bench`, the load generator (a client of any compatible server; the
 //!   server modules never use it).
 
@@ -26,18 +30,22 @@ pub mod auth;
 pub mod bench;
 pub mod broker;
 pub mod config;
+pub mod fd_limit;
 pub mod history;
 pub mod hub;
-pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod presence;
 pub mod protocol;
 pub mod queue;
+pub mod ratelimit;
+pub mod redis_engine;
 pub mod server;
 pub mod session;
+pub mod timeline;
 pub mod transport;
 pub mod vecmap;
+pub mod web;
 
 pub use config::Config;
-pub use server::run;
+pub use server::{run, run_with, Listeners};

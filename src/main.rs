@@ -18,11 +18,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a HS256 connection token for a user.
     Token(TokenArgs),
+    /// Write an annotated config file with fresh random secrets.
+    Genconfig(GenconfigArgs),
     /// Load-test a server speaking the protocol (this one or any compatible one).
-    Bench(switchboard::bench::BenchArgs),
+    Bench(Box<switchboard::bench::BenchArgs>),
+}
+
+#[derive(Args)]
+struct GenconfigArgs {
+    /// Where to write it (never overwrites an existing file).
+    #[arg(long, short, default_value = "switchboard.toml")]
+    output: PathBuf,
 }
 
 /// Flags win over `SWITCHBOARD_*` variables, which win over the config file.
@@ -40,6 +49,9 @@ struct ServeArgs {
     /// Key the server API requires (X-API-Key header).
     #[arg(long, env = "SWITCHBOARD_API_KEY")]
     api_key: Option<String>,
+    /// Password of the web dashboard (/dashboard), which also accepts the API key.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_PASSWORD")]
+    admin_password: Option<String>,
     /// HMAC secret of HS256 connection tokens.
     #[arg(long, env = "SWITCHBOARD_TOKEN_HMAC_SECRET")]
     token_hmac_secret: Option<String>,
@@ -61,12 +73,70 @@ struct ServeArgs {
     /// Send join/leave pushes (true/false) [default: true].
     #[arg(long, env = "SWITCHBOARD_JOIN_LEAVE")]
     join_leave: Option<bool>,
+    /// Directory for durable state (the SQLite history) [default: ./switchboard-data].
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Where history is kept [default: sqlite].
+    #[arg(long, env = "SWITCHBOARD_HISTORY_STORAGE", value_enum)]
+    history_storage: Option<switchboard::config::HistoryStorage>,
+    /// `full`: fsync every history commit; `normal`: survive process crashes only [default: full].
+    #[arg(long, env = "SWITCHBOARD_HISTORY_DURABILITY", value_enum)]
+    history_durability: Option<switchboard::config::Durability>,
     /// Publications kept per channel; 0 turns history off [default: 1000].
     #[arg(long, env = "SWITCHBOARD_HISTORY_SIZE")]
     history_size: Option<usize>,
     /// Seconds publications are kept [default: 86400].
     #[arg(long, env = "SWITCHBOARD_HISTORY_TTL")]
     history_ttl: Option<u64>,
+    /// Redis URL (repeat, or comma-separate, to shard channels over several): run several nodes
+    /// sharing broker, history and presence.
+    #[arg(long, env = "SWITCHBOARD_REDIS", value_delimiter = ',')]
+    redis: Option<Vec<String>>,
+    /// Prefix of Redis keys [default: switchboard].
+    #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX")]
+    redis_prefix: Option<String>,
+    /// Seconds a presence entry lives in Redis without a refresh [default: 60].
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_TTL")]
+    presence_ttl: Option<u64>,
+    /// Node name in /api/info [default: host name].
+    #[arg(long, env = "SWITCHBOARD_NAME")]
+    name: Option<String>,
+    /// Serve the server API on this port instead of the main one.
+    #[arg(long, env = "SWITCHBOARD_API_PORT")]
+    api_port: Option<u16>,
+    /// Address of the separate API listener [default: --address].
+    #[arg(long, env = "SWITCHBOARD_API_ADDRESS")]
+    api_address: Option<IpAddr>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// RSA public key (PEM) for RS256 tokens.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_RSA_PUBLIC_KEY")]
+    token_rsa_public_key: Option<PathBuf>,
+    /// ECDSA public key (PEM) for ES256 tokens.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_ECDSA_PUBLIC_KEY")]
+    token_ecdsa_public_key: Option<PathBuf>,
+    /// JWKS URL for token keys.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_JWKS_URL")]
+    token_jwks_url: Option<String>,
+    /// Most connections per user on this node (0: no limit) [default: 0].
+    #[arg(long, env = "SWITCHBOARD_USER_CONNECTION_LIMIT")]
+    user_connection_limit: Option<usize>,
+    /// Most channels per client [default: 128].
+    #[arg(long, env = "SWITCHBOARD_CLIENT_CHANNEL_LIMIT")]
+    client_channel_limit: Option<usize>,
+    /// Commands per second per connection (0: no limit) [default: 1000].
+    #[arg(long, env = "SWITCHBOARD_CLIENT_COMMAND_RATE")]
+    client_command_rate: Option<u32>,
+    /// New connections per second per IP (0: no limit) [default: 50].
+    #[arg(long, env = "SWITCHBOARD_CONNECTION_RATE_PER_IP")]
+    connection_rate_per_ip: Option<u32>,
+    /// Origins browsers may connect from, comma-separated, `*` wildcards.
+    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Option<Vec<String>>,
     /// Most WebSocket connections at once; more are refused with HTTP 503 [default: the
     /// open-file limit minus 256].
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS")]
@@ -104,17 +174,36 @@ impl ServeArgs {
             client_queue_max_bytes,
             join_leave,
             history_size,
-            history_ttl
+            history_ttl,
+            data_dir,
+            history_storage,
+            history_durability,
+            user_connection_limit,
+            client_channel_limit,
+            client_command_rate,
+            connection_rate_per_ip,
+            allowed_origins,
+            redis,
+            redis_prefix,
+            presence_ttl
         );
-        if self.api_key.is_some() {
-            config.api_key = self.api_key;
+        macro_rules! overlay_option {
+            ($($field:ident),*) => { $( if self.$field.is_some() { config.$field = self.$field; } )* };
         }
-        if self.token_hmac_secret.is_some() {
-            config.token_hmac_secret = self.token_hmac_secret;
-        }
-        if self.max_connections.is_some() {
-            config.max_connections = self.max_connections;
-        }
+        overlay_option!(
+            api_key,
+            admin_password,
+            token_hmac_secret,
+            api_port,
+            api_address,
+            tls_cert,
+            tls_key,
+            token_rsa_public_key,
+            token_ecdsa_public_key,
+            token_jwks_url,
+            name,
+            max_connections
+        );
         config.insecure |= self.insecure;
         Ok(config)
     }
@@ -151,7 +240,18 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Bench(args) => switchboard::bench::run(args),
+        Command::Genconfig(args) => {
+            let text = switchboard::config::generate();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&args.output)
+                .with_context(|| format!("cannot create {}", args.output.display()))?;
+            std::io::Write::write_all(&mut file, text.as_bytes())?;
+            println!("wrote {}", args.output.display());
+            Ok(())
+        }
+        Command::Bench(args) => switchboard::bench::run(*args),
         Command::Serve(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenVerifier;
 use crate::broker::{Broker, BrokerError, BrokerEventHandler, NodeControl};
-use crate::config::Config;
+use crate::config::{Config, Namespace};
 use crate::history::{HistoryError, HistoryFilter, HistoryPage, Retention};
 use crate::hub::{ConnId, Control, Hub};
 use crate::metrics::{Gauges, Metrics};
@@ -20,6 +20,8 @@ use crate::presence::{Presence, PresenceStats};
 use crate::protocol::{
     error_code, ClientInfo, Error, Payload, Publication, Push, PushBody, Reply, StreamPosition,
 };
+use crate::ratelimit::PerIpLimiter;
+use crate::timeline::{Lane, Timeline};
 
 /// The server version reported to clients and in `/api/info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -28,9 +30,88 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelOptions {
     pub presence: bool,
+    /// Join/leave notices are published (to subscribers that ask for them).
     pub join_leave: bool,
+    /// Join/leave notices go to every subscriber, asked or not.
+    pub force_push_join_leave: bool,
     /// History retention; `None` when the channel keeps no history.
     pub history: Option<Retention>,
+    /// Subscriptions are positioned and recoverable without the client asking.
+    pub force_recovery: bool,
+    pub allow_subscribe_for_client: bool,
+    pub allow_subscribe_for_anonymous: bool,
+    pub allow_publish_for_client: bool,
+    pub allow_publish_for_subscriber: bool,
+    pub allow_publish_for_anonymous: bool,
+    pub allow_presence_for_client: bool,
+    pub allow_presence_for_subscriber: bool,
+    pub allow_history_for_client: bool,
+    pub allow_history_for_subscriber: bool,
+}
+
+impl ChannelOptions {
+    /// Resolves a namespace's options over the server-wide ones. Permissions nobody configured
+    /// are granted only in development mode.
+    fn resolve(config: &Config, ns: &Namespace, base: &Namespace) -> ChannelOptions {
+        let dev = config.development();
+        let allow = |own: Option<bool>, base: Option<bool>| own.or(base).unwrap_or(dev);
+        ChannelOptions {
+            presence: ns.presence.or(base.presence).unwrap_or(config.presence),
+            join_leave: ns
+                .join_leave
+                .or(base.join_leave)
+                .unwrap_or(config.join_leave),
+            force_push_join_leave: ns
+                .force_push_join_leave
+                .or(base.force_push_join_leave)
+                .unwrap_or(false),
+            history: retention(
+                ns.history_size
+                    .or(base.history_size)
+                    .unwrap_or(config.history_size),
+                ns.history_ttl
+                    .or(base.history_ttl)
+                    .unwrap_or(config.history_ttl),
+            ),
+            force_recovery: ns.force_recovery.or(base.force_recovery).unwrap_or(true),
+            allow_subscribe_for_client: allow(
+                ns.allow_subscribe_for_client,
+                base.allow_subscribe_for_client,
+            ),
+            allow_subscribe_for_anonymous: allow(
+                ns.allow_subscribe_for_anonymous,
+                base.allow_subscribe_for_anonymous,
+            ),
+            allow_publish_for_client: allow(
+                ns.allow_publish_for_client,
+                base.allow_publish_for_client,
+            ),
+            allow_publish_for_subscriber: allow(
+                ns.allow_publish_for_subscriber,
+                base.allow_publish_for_subscriber,
+            ),
+            allow_publish_for_anonymous: allow(
+                ns.allow_publish_for_anonymous,
+                base.allow_publish_for_anonymous,
+            ),
+            allow_presence_for_client: allow(
+                ns.allow_presence_for_client,
+                base.allow_presence_for_client,
+            ),
+            allow_presence_for_subscriber: allow(
+                ns.allow_presence_for_subscriber,
+                base.allow_presence_for_subscriber,
+            ),
+            allow_history_for_client: allow(
+                ns.allow_history_for_client,
+                base.allow_history_for_client,
+            ),
+            allow_history_for_subscriber: allow(
+                ns.allow_history_for_subscriber,
+                base.allow_history_for_subscriber,
+            ),
+        }
+    }
 }
 
 /// A cheap-to-clone handle on the node.
@@ -41,10 +122,13 @@ pub struct Node {
 
 struct Inner {
     config: Config,
+    default_options: ChannelOptions,
+    namespaces: HashMap<String, ChannelOptions>,
     hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
     presence: Arc<dyn Presence>,
     metrics: Arc<Metrics>,
+    timeline: Arc<Timeline>,
     verifier: Option<TokenVerifier>,
     uid: String,
     name: String,
@@ -52,6 +136,7 @@ struct Inner {
     next_conn: AtomicU64,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    connection_limiter: PerIpLimiter,
 }
 
 impl Node {
@@ -60,28 +145,41 @@ impl Node {
         config: Config,
         broker: Arc<dyn Broker>,
         presence: Arc<dyn Presence>,
+        verifier: Option<TokenVerifier>,
         shutdown: CancellationToken,
     ) -> Node {
         let hub = Arc::new(Hub::default());
         let metrics = Arc::new(Metrics::default());
+        let timeline = Arc::new(Timeline::default());
         broker.set_handler(Arc::new(Dispatcher {
             hub: hub.clone(),
             metrics: metrics.clone(),
+            timeline: timeline.clone(),
         }));
-        let verifier = config.token_hmac_secret.as_deref().map(TokenVerifier::hmac);
         let name = config.name.clone().unwrap_or_else(|| {
             std::env::var("HOSTNAME")
                 .ok()
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "switchboard".to_string())
         });
+        let connection_rate = config.connection_rate_per_ip;
+        let none = Namespace::default();
+        let default_options = ChannelOptions::resolve(&config, &config.channel, &none);
+        let namespaces = config
+            .namespace
+            .iter()
+            .map(|ns| (ns.name.clone(), ChannelOptions::resolve(&config, ns, &none)))
+            .collect();
         Node {
             inner: Arc::new(Inner {
                 config,
+                default_options,
+                namespaces,
                 hub,
                 broker,
                 presence,
                 metrics,
+                timeline,
                 verifier,
                 uid: uuid::Uuid::new_v4().to_string(),
                 name,
@@ -89,6 +187,7 @@ impl Node {
                 next_conn: AtomicU64::new(1),
                 shutdown,
                 tracker: TaskTracker::new(),
+                connection_limiter: PerIpLimiter::new(connection_rate),
             }),
         }
     }
@@ -113,6 +212,11 @@ impl Node {
         &self.inner.metrics
     }
 
+    /// Recent spans of work, for the dashboard's timeline.
+    pub fn timeline(&self) -> &Arc<Timeline> {
+        &self.inner.timeline
+    }
+
     pub fn verifier(&self) -> Option<&TokenVerifier> {
         self.inner.verifier.as_ref()
     }
@@ -127,21 +231,27 @@ impl Node {
         &self.inner.tracker
     }
 
+    /// New-connection rate limits per client address.
+    pub fn connection_limiter(&self) -> &PerIpLimiter {
+        &self.inner.connection_limiter
+    }
+
     /// A fresh connection number.
     pub fn next_conn_id(&self) -> ConnId {
         self.inner.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Channel behaviour from configuration.
-    pub fn channel_options(&self, _channel: &str) -> ChannelOptions {
-        let c = &self.inner.config;
-        ChannelOptions {
-            presence: c.presence,
-            join_leave: c.join_leave,
-            history: (c.history_size > 0 && c.history_ttl > 0).then(|| Retention {
-                size: c.history_size,
-                ttl: Duration::from_secs(c.history_ttl),
-            }),
+    /// Channel behaviour from configuration: the options of the channel's namespace (the part
+    /// of its name before `:`), or the server-wide ones. An undefined namespace is error 102.
+    pub fn channel_options(&self, channel: &str) -> Result<ChannelOptions, Error> {
+        match channel.split_once(':') {
+            None => Ok(self.inner.default_options),
+            Some((namespace, _)) => self
+                .inner
+                .namespaces
+                .get(namespace)
+                .copied()
+                .ok_or_else(|| Error::new(error_code::UNKNOWN_CHANNEL)),
         }
     }
 
@@ -155,17 +265,15 @@ impl Node {
         tags: HashMap<String, String>,
         skip_history: bool,
     ) -> Result<Option<StreamPosition>, Error> {
-        let history = if skip_history {
-            None
-        } else {
-            self.channel_options(channel).history
-        };
+        let options = self.channel_options(channel)?;
+        let history = if skip_history { None } else { options.history };
         let publication = Publication {
             data,
             info,
             offset: 0,
             tags,
         };
+        let _span = history.map(|_| self.timeline().span(Lane::History, "append", channel));
         let position = self
             .broker()
             .publish(channel, publication, history)
@@ -181,7 +289,7 @@ impl Node {
         channel: &str,
         filter: HistoryFilter,
     ) -> Result<HistoryPage, Error> {
-        if self.channel_options(channel).history.is_none() {
+        if self.channel_options(channel)?.history.is_none() {
             return Err(Error::new(error_code::NOT_AVAILABLE));
         }
         self.broker()
@@ -192,7 +300,7 @@ impl Node {
 
     /// Removes a channel's history (its position is kept).
     pub async fn remove_history(&self, channel: &str) -> Result<(), Error> {
-        if self.channel_options(channel).history.is_none() {
+        if self.channel_options(channel)?.history.is_none() {
             return Err(Error::new(error_code::NOT_AVAILABLE));
         }
         self.broker()
@@ -203,7 +311,7 @@ impl Node {
 
     /// Who is subscribed to `channel`, by client id.
     pub async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, Error> {
-        if !self.channel_options(channel).presence {
+        if !self.channel_options(channel)?.presence {
             return Err(Error::new(error_code::NOT_AVAILABLE));
         }
         self.presence_storage().get(channel).await.map_err(|e| {
@@ -214,7 +322,7 @@ impl Node {
 
     /// Client and user counts of `channel`.
     pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, Error> {
-        if !self.channel_options(channel).presence {
+        if !self.channel_options(channel)?.presence {
             return Err(Error::new(error_code::NOT_AVAILABLE));
         }
         self.presence_storage().stats(channel).await.map_err(|e| {
@@ -246,6 +354,42 @@ impl Node {
         }
     }
 
+    /// Every live node (this one included, always).
+    pub async fn nodes(&self) -> Vec<NodeInfo> {
+        let mine = self.info();
+        let mut nodes: Vec<NodeInfo> = match self.broker().nodes().await {
+            Ok(records) => records
+                .into_iter()
+                .map(|r| r.info)
+                .filter(|n| n.uid != mine.uid)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list nodes");
+                Vec::new()
+            }
+        };
+        nodes.push(mine);
+        nodes.sort_by(|a, b| a.name.cmp(&b.name).then(a.uid.cmp(&b.uid)));
+        nodes
+    }
+
+    /// Announces this node through the broker every few seconds until shutdown.
+    pub async fn announce_forever(self) {
+        loop {
+            let record = crate::broker::NodeRecord {
+                info: self.info(),
+                seen: crate::auth::unix_now(),
+            };
+            if let Err(e) = self.broker().announce(record).await {
+                tracing::debug!(error = %e, "node announcement failed");
+            }
+            tokio::select! {
+                _ = self.shutdown_token().cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+            }
+        }
+    }
+
     /// The Prometheus exposition of this node's metrics.
     pub fn render_metrics(&self) -> String {
         let info = self.info();
@@ -260,7 +404,7 @@ impl Node {
 }
 
 /// A node's entry in `/api/info`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NodeInfo {
     pub uid: String,
     pub name: String,
@@ -270,6 +414,14 @@ pub struct NodeInfo {
     pub num_channels: u64,
     pub num_subs: u64,
     pub uptime: u64,
+}
+
+/// History retention, or none when either bound is zero.
+fn retention(size: usize, ttl_secs: u64) -> Option<Retention> {
+    (size > 0 && ttl_secs > 0).then(|| Retention {
+        size,
+        ttl: Duration::from_secs(ttl_secs),
+    })
 }
 
 fn broker_error(channel: &str, error: BrokerError) -> Error {
@@ -288,23 +440,44 @@ fn broker_error(channel: &str, error: BrokerError) -> Error {
     }
 }
 
+fn encode_push(channel: &str, body: PushBody) -> Bytes {
+    Bytes::from(
+        Reply::push(Push {
+            channel: channel.to_string(),
+            body,
+        })
+        .encode(),
+    )
+}
+
 /// Turns broker events into queued messages for local subscribers: each event is encoded once
 /// and the same bytes go to every subscriber.
 struct Dispatcher {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+    timeline: Arc<Timeline>,
 }
 
 impl Dispatcher {
     fn deliver(&self, channel: &str, body: PushBody, offset: u64) {
-        let message = Bytes::from(
-            Reply::push(Push {
-                channel: channel.to_string(),
-                body,
-            })
-            .encode(),
-        );
-        let delivery = self.hub.deliver(channel, &message, offset);
+        let mut span = self.timeline.span(Lane::FanOut, body.kind(), channel);
+        let delivery = self
+            .hub
+            .deliver(channel, &encode_push(channel, body), offset);
+        span.set_count(delivery.queued);
+        self.count(delivery);
+    }
+
+    fn deliver_join_leave(&self, channel: &str, body: PushBody) {
+        let mut span = self.timeline.span(Lane::FanOut, body.kind(), channel);
+        let delivery = self
+            .hub
+            .deliver_join_leave(channel, &encode_push(channel, body));
+        span.set_count(delivery.queued);
+        self.count(delivery);
+    }
+
+    fn count(&self, delivery: crate::hub::Delivery) {
         Metrics::add(&self.metrics.messages_sent, delivery.queued);
         Metrics::add(&self.metrics.queue_drops, delivery.dropped);
         Metrics::add(&self.metrics.slow_disconnects, delivery.overflowed);
@@ -320,17 +493,33 @@ impl Dispatcher {
 }
 
 impl BrokerEventHandler for Dispatcher {
+    fn handle_insufficient_state(&self, channel: &str) {
+        for handle in self.hub.subscriber_handles(channel) {
+            let request = Control::Unsubscribe {
+                channel: channel.to_string(),
+                code: 2500,
+                reason: "insufficient state",
+            };
+            if handle.control.try_send(request).is_err() {
+                // The client cannot be told in order: make it reconnect and recover instead.
+                handle
+                    .queue
+                    .close(crate::protocol::Disconnect::INSUFFICIENT_STATE);
+            }
+        }
+    }
+
     fn handle_publication(&self, channel: &str, publication: Arc<Publication>) {
         let offset = publication.offset;
         self.deliver(channel, PushBody::Publication(publication), offset);
     }
 
     fn handle_join(&self, channel: &str, info: &ClientInfo) {
-        self.deliver(channel, PushBody::Join { info: info.clone() }, 0);
+        self.deliver_join_leave(channel, PushBody::Join { info: info.clone() });
     }
 
     fn handle_leave(&self, channel: &str, info: &ClientInfo) {
-        self.deliver(channel, PushBody::Leave { info: info.clone() }, 0);
+        self.deliver_join_leave(channel, PushBody::Leave { info: info.clone() });
     }
 
     fn handle_control(&self, control: NodeControl) {
@@ -361,6 +550,8 @@ impl BrokerEventHandler for Dispatcher {
                 for handle in self.matching(&user, &client) {
                     let request = Control::Unsubscribe {
                         channel: channel.clone(),
+                        code: 2000,
+                        reason: "server unsubscribe",
                     };
                     if handle.control.try_send(request).is_err() {
                         tracing::warn!(client = %handle.client_id, "control queue full, unsubscribe dropped");

@@ -75,7 +75,7 @@ impl Error {
 ///
 /// On WebSocket this becomes the close frame's code and reason. Codes 3000–3499 tell clients to
 /// reconnect, 3500–3999 are terminal.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Disconnect {
     pub code: u16,
     pub reason: std::borrow::Cow<'static, str>,
@@ -163,6 +163,42 @@ pub enum Request {
     Pong,
     /// A command with an id but no request the server knows.
     Unknown,
+}
+
+impl Request {
+    /// The request's method name, as a label (the timeline names commands with it).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Connect(_) => "connect",
+            Request::Subscribe(_) => "subscribe",
+            Request::Unsubscribe(_) => "unsubscribe",
+            Request::Publish(_) => "publish",
+            Request::Presence(_) => "presence",
+            Request::PresenceStats(_) => "presence_stats",
+            Request::History(_) => "history",
+            Request::Ping => "ping",
+            Request::Send(_) => "send",
+            Request::Rpc(_) => "rpc",
+            Request::Refresh(_) => "refresh",
+            Request::SubRefresh(_) => "sub_refresh",
+            Request::Pong => "pong",
+            Request::Unknown => "unknown",
+        }
+    }
+
+    /// The channel the request is about, if any.
+    pub fn channel(&self) -> Option<&str> {
+        match self {
+            Request::Subscribe(r) => Some(&r.channel),
+            Request::Unsubscribe(r) | Request::Presence(r) | Request::PresenceStats(r) => {
+                Some(&r.channel)
+            }
+            Request::Publish(r) => Some(&r.channel),
+            Request::History(r) => Some(&r.channel),
+            Request::SubRefresh(r) => Some(&r.channel),
+            _ => None,
+        }
+    }
 }
 
 impl Command {
@@ -506,6 +542,20 @@ pub enum PushBody {
     Message {
         data: Payload,
     },
+}
+
+impl PushBody {
+    /// The push's kind, as a label (the timeline names fan-outs with it).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PushBody::Publication(_) => "publication",
+            PushBody::Join { .. } => "join",
+            PushBody::Leave { .. } => "leave",
+            PushBody::Unsubscribe { .. } => "unsubscribe",
+            PushBody::Subscribe(_) => "subscribe",
+            PushBody::Message { .. } => "message",
+        }
+    }
 }
 
 /// Why a line of a frame could not be decoded.

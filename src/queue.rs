@@ -113,6 +113,11 @@ impl ClientQueue {
         self.lock().close.is_some()
     }
 
+    /// The most bytes this queue holds.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     /// Bytes currently waiting.
     pub fn pending_bytes(&self) -> usize {
         self.lock().bytes

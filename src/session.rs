@@ -15,22 +15,25 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::auth::{unix_now, TokenError};
+use crate::auth::{unix_now, ConnectionClaims, TokenError};
+use crate::config::Config;
 use crate::history::HistoryFilter;
 use crate::hub::{ClientHandle, ConnId, Control, ControlSender};
 use crate::metrics::Metrics;
-use crate::node::{Node, VERSION};
+use crate::node::{ChannelOptions, Node, VERSION};
 use crate::protocol::{
     error_code, flag, ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, Empty, Error,
     HistoryRequest, HistoryResult, Payload, PresenceResult, PresenceStatsResult, Push, PushBody,
     RefreshRequest, RefreshResult, Reply, ReplyResult, Request, RpcRequest, RpcResult,
-    SubscribeRequest, SubscribeResult,
+    SubRefreshRequest, SubRefreshResult, SubscribeRequest, SubscribeResult,
 };
 use crate::queue::ClientQueue;
+use crate::ratelimit::TokenBucket;
+use crate::timeline::Lane;
 use crate::vecmap::VecMap;
 
-/// Longest accepted channel name, in bytes.
-pub const MAX_CHANNEL_LENGTH: usize = 255;
+/// Longest channel name anyone may use, in bytes (configurations may lower it).
+pub const MAX_CHANNEL_LENGTH: usize = 1024;
 
 /// A subscription held by a session.
 #[derive(Debug, Clone)]
@@ -38,6 +41,8 @@ struct Subscription {
     info: ClientInfo,
     presence: bool,
     join_leave: bool,
+    /// When the subscription token expires (unix seconds), if it does.
+    expires_at: Option<u64>,
 }
 
 /// One connected (or connecting) client.
@@ -54,6 +59,7 @@ pub struct Session {
     ping_sent: Option<Instant>,
     /// When the connection's token expires (unix seconds), if it does.
     expires_at: Option<u64>,
+    limiter: RateLimiter,
 }
 
 /// Who the client is, once connected.
@@ -72,6 +78,10 @@ impl Session {
     /// reads control requests from.
     pub fn new(node: Node, queue: Arc<ClientQueue>, control: ControlSender) -> Session {
         Metrics::inc(&node.metrics().connections_accepted);
+        let limiter = RateLimiter::new(
+            node.config().client_command_rate,
+            node.config().client_command_burst,
+        );
         Session {
             conn: node.next_conn_id(),
             node,
@@ -81,6 +91,7 @@ impl Session {
             subscriptions: VecMap::new(),
             ping_sent: None,
             expires_at: None,
+            limiter,
         }
     }
 
@@ -106,18 +117,17 @@ impl Session {
         self.ping_sent
     }
 
-    /// When the connection must be closed for an expired token, if it can expire.
+    /// When the next expiry (connection or subscription, plus grace) needs checking.
     pub fn expiry_deadline(&self) -> Option<Instant> {
-        let expires_at = self.expires_at?;
+        let earliest = self
+            .subscriptions
+            .values()
+            .filter_map(|s| s.expires_at)
+            .chain(self.expires_at)
+            .min()?;
         let grace = self.node.config().expired_grace;
-        let left = expires_at.saturating_sub(unix_now()) + grace;
+        let left = earliest.saturating_sub(unix_now()) + grace;
         Some(Instant::now() + Duration::from_secs(left))
-    }
-
-    /// Whether the token's expiry (plus grace) has passed.
-    pub fn is_expired(&self) -> bool {
-        self.expires_at
-            .is_some_and(|at| at + self.node.config().expired_grace <= unix_now())
     }
 
     /// Handles every command of one client frame, in order.
@@ -139,6 +149,23 @@ impl Session {
     async fn handle_command(&mut self, command: Command) -> Outcome {
         let id = command.id;
         let request = command.request();
+        if !matches!(request, Request::Pong | Request::Connect(_)) {
+            match self.limiter.admit() {
+                Admission::Admit => {}
+                Admission::Refuse => {
+                    if id != 0 {
+                        self.reply(id, Err(Error::new(error_code::TOO_MANY_REQUESTS)));
+                    }
+                    return Ok(());
+                }
+                Admission::Flooding => return Err(Disconnect::TOO_MANY_REQUESTS),
+            }
+        }
+        let _span = self.node.timeline().span(
+            Lane::Command,
+            request.name(),
+            request.channel().unwrap_or(""),
+        );
         let identity = match (&self.identity, &request) {
             (None, Request::Connect(_)) => None,
             (None, _) => return Err(Disconnect::BAD_REQUEST),
@@ -158,7 +185,7 @@ impl Session {
             (_, None) => unreachable!("only connect runs before identity"),
             (Request::Ping, _) => Ok(ReplyResult::Ping(Empty {})),
             (Request::Subscribe(req), Some(who)) => {
-                return self.subscribe(id, &who, req, None).await;
+                return self.client_subscribe(id, &who, req).await;
             }
             (Request::Unsubscribe(req), _) => {
                 self.unsubscribe(&req.channel).await;
@@ -170,7 +197,7 @@ impl Session {
             (Request::History(req), _) => self.history(req).await,
             (Request::Rpc(req), _) => rpc(req),
             (Request::Refresh(req), Some(who)) => self.refresh(&who, req)?,
-            (Request::SubRefresh(_), _) => Err(Error::new(error_code::NOT_AVAILABLE)),
+            (Request::SubRefresh(req), Some(who)) => self.sub_refresh(&who, req)?,
         };
         self.reply(id, result);
         Ok(())
@@ -198,25 +225,26 @@ impl Session {
     }
 
     async fn connect(&mut self, id: u32, req: ConnectRequest) -> Outcome {
-        let config = self.node.config();
-        let (user, exp, conn_info) = if req.token.is_empty() {
+        let node = self.node.clone();
+        let config = node.config();
+        let claims = if req.token.is_empty() {
             if !config.anonymous_allowed() {
                 return Err(Disconnect::INVALID_TOKEN);
             }
-            (String::new(), None, None)
+            ConnectionClaims::default()
         } else {
             let Some(verifier) = self.node.verifier() else {
-                tracing::debug!("token given but no token secret configured");
+                tracing::debug!("token given but no token key configured");
                 return Err(Disconnect::INVALID_TOKEN);
             };
-            match verifier.verify(&req.token) {
-                Ok(claims) => (
-                    claims.sub,
-                    claims.exp.filter(|e| *e > 0),
-                    claims.info.map(Payload::from),
-                ),
+            match verifier.verify_connection(&req.token) {
+                Ok(claims) => claims,
                 Err(TokenError::Expired) => {
                     self.reply(id, Err(Error::new(error_code::TOKEN_EXPIRED)));
+                    return Ok(());
+                }
+                Err(TokenError::KeyUnavailable) => {
+                    self.reply(id, Err(Error::new(error_code::INTERNAL)));
                     return Ok(());
                 }
                 Err(TokenError::Invalid(reason)) => {
@@ -225,10 +253,17 @@ impl Session {
                 }
             }
         };
+        let limit = config.user_connection_limit;
+        if limit > 0
+            && !claims.sub.is_empty()
+            && self.node.hub().user_connections(Some(&claims.sub)).len() >= limit
+        {
+            return Err(Disconnect::CONNECTION_LIMIT);
+        }
         let identity = Identity {
             client: Arc::from(uuid::Uuid::new_v4().to_string()),
-            user: Arc::from(user),
-            conn_info,
+            user: Arc::from(claims.sub.as_str()),
+            conn_info: claims.info().map(Payload::from),
         };
         self.node.hub().add_connection(
             self.conn,
@@ -239,19 +274,65 @@ impl Session {
                 control: self.control.clone(),
             },
         );
-        self.expires_at = exp;
+        self.expires_at = claims.expires_at();
+        tracing::debug!(client = %identity.client, user = %identity.user, "connected");
+        self.identity = Some(identity.clone());
+
+        // Server-side subscriptions named by the token; the client may ask to recover them.
+        let mut server_subs: Vec<(String, Option<Payload>, Option<Payload>)> = claims
+            .channels
+            .iter()
+            .map(|c| (c.clone(), None, None))
+            .collect();
+        for (channel, options) in &claims.subs {
+            server_subs.push((
+                channel.clone(),
+                options.info().map(Payload::from),
+                options.data.clone().map(Payload::from),
+            ));
+        }
+        let mut subs = HashMap::new();
+        let mut joined = Vec::new();
+        for (channel, chan_info, data) in server_subs {
+            if subs.contains_key(&channel) || check_channel_name(config, &channel).is_err() {
+                continue;
+            }
+            let Ok(options) = self.node.channel_options(&channel) else {
+                continue;
+            };
+            let mut req = req.subs.get(&channel).cloned().unwrap_or_default();
+            req.channel = channel.clone();
+            match self.join(&req, &options).await {
+                Ok((mut result, after)) => {
+                    result.data = data;
+                    subs.insert(channel.clone(), result);
+                    joined.push((channel, chan_info, options, after));
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        channel,
+                        code = error.code,
+                        "server-side subscription failed"
+                    )
+                }
+            }
+        }
         let result = ConnectResult {
             client: identity.client.to_string(),
             version: VERSION.to_string(),
-            expires: exp.is_some(),
-            ttl: exp.map_or(0, ttl_from),
+            expires: self.expires_at.is_some(),
+            ttl: self.expires_at.map_or(0, ttl_from),
             ping: config.ping_interval as u32,
             pong: true,
+            subs,
             ..Default::default()
         };
-        tracing::debug!(client = %identity.client, user = %identity.user, "connected");
-        self.identity = Some(identity);
         self.reply(id, Ok(ReplyResult::Connect(result)));
+        for (channel, chan_info, options, after) in joined {
+            self.node.hub().activate(&channel, self.conn, None, after);
+            self.register(&identity, channel, chan_info, &options, None)
+                .await;
+        }
         Ok(())
     }
 
@@ -263,15 +344,16 @@ impl Session {
         let Some(verifier) = self.node.verifier() else {
             return Ok(Err(Error::new(error_code::NOT_AVAILABLE)));
         };
-        let claims = match verifier.verify(&req.token) {
+        let claims = match verifier.verify_connection(&req.token) {
             Ok(claims) => claims,
             Err(TokenError::Expired) => return Err(Disconnect::EXPIRED),
+            Err(TokenError::KeyUnavailable) => return Ok(Err(Error::new(error_code::INTERNAL))),
             Err(TokenError::Invalid(_)) => return Err(Disconnect::INVALID_TOKEN),
         };
         if claims.sub != *who.user {
             return Err(Disconnect::INVALID_TOKEN);
         }
-        self.expires_at = claims.exp.filter(|e| *e > 0);
+        self.expires_at = claims.expires_at();
         Ok(Ok(ReplyResult::Refresh(RefreshResult {
             client: who.client.to_string(),
             version: VERSION.to_string(),
@@ -280,96 +362,251 @@ impl Session {
         })))
     }
 
-    /// Subscribes to a channel and replies (with `id`), or, for a server-side subscription
-    /// (`id` 0), sends a `subscribe` push carrying `data`.
-    async fn subscribe(
+    /// `sub_refresh`: a new subscription token extends a subscription's life.
+    fn sub_refresh(
+        &mut self,
+        who: &Identity,
+        req: SubRefreshRequest,
+    ) -> Result<Result<ReplyResult, Error>, Disconnect> {
+        let Some(verifier) = self.node.verifier() else {
+            return Ok(Err(Error::new(error_code::NOT_AVAILABLE)));
+        };
+        let claims = match verifier.verify_subscription(&req.token) {
+            Ok(claims) => claims,
+            Err(TokenError::Expired) => return Ok(Err(Error::new(error_code::EXPIRED))),
+            Err(TokenError::KeyUnavailable) => return Ok(Err(Error::new(error_code::INTERNAL))),
+            Err(TokenError::Invalid(_)) => return Err(Disconnect::INVALID_TOKEN),
+        };
+        if claims.channel != req.channel || claims.sub != *who.user {
+            return Err(Disconnect::INVALID_TOKEN);
+        }
+        let Some(subscription) = self.subscriptions.get_mut(&req.channel) else {
+            return Ok(Err(Error::new(error_code::PERMISSION_DENIED)));
+        };
+        subscription.expires_at = claims.expires_at();
+        Ok(Ok(ReplyResult::SubRefresh(SubRefreshResult {
+            expires: subscription.expires_at.is_some(),
+            ttl: subscription.expires_at.map_or(0, ttl_from),
+        })))
+    }
+
+    /// `subscribe` from the client: checks, then subscribes and replies.
+    async fn client_subscribe(
         &mut self,
         id: u32,
         who: &Identity,
         req: SubscribeRequest,
-        server_side: Option<(Option<Payload>, Option<Payload>)>,
     ) -> Outcome {
         let channel = req.channel.clone();
-        if let Err(error) = check_channel(&channel) {
-            self.reply(id, Err(error));
-            return Ok(());
-        }
-        if self.subscriptions.contains_key(&channel) {
-            if id != 0 {
-                self.reply(id, Err(Error::new(error_code::ALREADY_SUBSCRIBED)));
+        let checked = self.check_subscribe(who, &req);
+        let (options, chan_info, expires_at) = match checked {
+            Ok(Ok(checked)) => checked,
+            Ok(Err(error)) => {
+                self.reply(id, Err(error));
+                return Ok(());
             }
-            return Ok(());
+            Err(disconnect) => return Err(disconnect),
+        };
+        match self.join(&req, &options).await {
+            Ok((mut result, after)) => {
+                result.expires = expires_at.is_some();
+                result.ttl = expires_at.map_or(0, ttl_from);
+                let reply = Reply::ok(id, ReplyResult::Subscribe(result)).encode();
+                Metrics::inc(&self.node.metrics().messages_sent);
+                self.node
+                    .hub()
+                    .activate(&channel, self.conn, Some(Bytes::from(reply)), after);
+                self.register(who, channel, chan_info, &options, expires_at)
+                    .await;
+            }
+            Err(error) => self.reply(id, Err(error)),
         }
-        let options = self.node.channel_options(&channel);
-        let (chan_info, push_data) = server_side.unwrap_or_default();
+        Ok(())
+    }
+
+    /// Whether this client may subscribe: the channel's options, the subscription token's channel
+    /// info and expiry — or the error to reply, or the disconnect a forged token earns.
+    #[allow(clippy::type_complexity)]
+    fn check_subscribe(
+        &self,
+        who: &Identity,
+        req: &SubscribeRequest,
+    ) -> Result<Result<(ChannelOptions, Option<Payload>, Option<u64>), Error>, Disconnect> {
+        let config = self.node.config();
+        let channel = &req.channel;
+        if let Err(error) = check_channel_name(config, channel) {
+            return Ok(Err(error));
+        }
+        if self.subscriptions.contains_key(channel) {
+            return Ok(Err(Error::new(error_code::ALREADY_SUBSCRIBED)));
+        }
+        if self.subscriptions.len() >= config.client_channel_limit {
+            return Ok(Err(Error::new(error_code::LIMIT_EXCEEDED)));
+        }
+        let options = match self.node.channel_options(channel) {
+            Ok(options) => options,
+            Err(error) => return Ok(Err(error)),
+        };
+        let denied = || Ok(Err(Error::new(error_code::PERMISSION_DENIED)));
+        if !req.token.is_empty() {
+            let Some(verifier) = self.node.verifier() else {
+                return denied();
+            };
+            let claims = match verifier.verify_subscription(&req.token) {
+                Ok(claims) => claims,
+                Err(TokenError::Expired) => return Ok(Err(Error::new(error_code::TOKEN_EXPIRED))),
+                Err(TokenError::KeyUnavailable) => {
+                    return Ok(Err(Error::new(error_code::INTERNAL)))
+                }
+                Err(TokenError::Invalid(reason)) => {
+                    tracing::debug!(%reason, "invalid subscription token");
+                    return denied();
+                }
+            };
+            if claims.channel != *channel {
+                return Err(Disconnect::INVALID_TOKEN);
+            }
+            if claims.sub != *who.user {
+                return denied();
+            }
+            return Ok(Ok((
+                options,
+                claims.info().map(Payload::from),
+                claims.expires_at(),
+            )));
+        }
+        // Without a token: private (`$`) channels are closed, user-limited ones (`#`) open only to
+        // the users they list, the rest as the namespace allows.
+        let name = channel.split_once(':').map_or(channel.as_str(), |(_, n)| n);
+        if name.starts_with('$') {
+            return denied();
+        }
+        if let Some((_, users)) = channel.rsplit_once('#') {
+            if !users.split(',').any(|u| !u.is_empty() && u == &*who.user) {
+                return denied();
+            }
+            return Ok(Ok((options, None, None)));
+        }
+        let anonymous = who.user.is_empty();
+        if !options.allow_subscribe_for_client
+            || (anonymous && !options.allow_subscribe_for_anonymous)
+        {
+            return denied();
+        }
+        Ok(Ok((options, None, None)))
+    }
+
+    /// A subscription made by the server API: no permission check, a `subscribe` push.
+    async fn server_subscribe(
+        &mut self,
+        who: &Identity,
+        channel: String,
+        chan_info: Option<Payload>,
+        data: Option<Payload>,
+    ) {
+        if self.subscriptions.contains_key(&channel)
+            || check_channel_name(self.node.config(), &channel).is_err()
+        {
+            return;
+        }
+        let Ok(options) = self.node.channel_options(&channel) else {
+            return;
+        };
+        let req = SubscribeRequest {
+            channel: channel.clone(),
+            ..Default::default()
+        };
+        match self.join(&req, &options).await {
+            Ok((mut result, after)) => {
+                result.data = data;
+                let push = Reply::push(Push {
+                    channel: channel.clone(),
+                    body: PushBody::Subscribe(result),
+                })
+                .encode();
+                Metrics::inc(&self.node.metrics().messages_sent);
+                self.node
+                    .hub()
+                    .activate(&channel, self.conn, Some(Bytes::from(push)), after);
+                self.register(who, channel, chan_info, &options, None).await;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    channel,
+                    code = error.code,
+                    "server-side subscription failed"
+                )
+            }
+        }
+    }
+
+    /// Adds this client to the channel in the hub with deliveries held, and computes the
+    /// subscribe result (position, recovery). The caller queues its reply and then calls
+    /// [`Hub::activate`] with the returned offset; on error the hub entry is already removed.
+    async fn join(
+        &mut self,
+        req: &SubscribeRequest,
+        options: &ChannelOptions,
+    ) -> Result<(SubscribeResult, u64), Error> {
+        let channel = &req.channel;
+        // As in Centrifugo: join/leave pushes only to subscribers that ask, unless forced.
+        let wants_join_leave =
+            options.join_leave && (req.join_leave || options.force_push_join_leave);
+        let first_local =
+            self.node
+                .hub()
+                .subscribe(channel, self.conn, &self.queue, wants_join_leave);
+        if first_local {
+            if let Err(e) = self.node.broker().subscribe(channel).await {
+                tracing::error!(channel, error = %e, "broker subscribe failed");
+            }
+        }
+        let result = if options.history.is_some()
+            && (options.force_recovery || req.recover || req.recoverable || req.positioned)
+        {
+            self.position_and_recovery(channel, req).await
+        } else {
+            Ok(SubscribeResult::default())
+        };
+        match result {
+            Ok(result) => {
+                let after = result
+                    .publications
+                    .last()
+                    .map_or(result.offset, |p| p.offset.max(result.offset));
+                Ok((result, after))
+            }
+            Err(error) => {
+                if self.node.hub().unsubscribe(channel, self.conn) {
+                    let _ = self.node.broker().unsubscribe(channel).await;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Records a subscription once the client has its reply: presence, join notice.
+    async fn register(
+        &mut self,
+        who: &Identity,
+        channel: String,
+        chan_info: Option<Payload>,
+        options: &ChannelOptions,
+        expires_at: Option<u64>,
+    ) {
         let info = ClientInfo {
             user: who.user.to_string(),
             client: who.client.to_string(),
             conn_info: who.conn_info.clone(),
             chan_info,
         };
-        let hub = self.node.hub();
-        let encode = |result: SubscribeResult| -> Bytes {
-            let reply = if id == 0 {
-                Reply::push(Push {
-                    channel: channel.clone(),
-                    body: PushBody::Subscribe(result),
-                })
-            } else {
-                Reply::ok(id, ReplyResult::Subscribe(result))
-            };
-            Bytes::from(reply.encode())
-        };
-        let first_local = if options.history.is_some() {
-            // Hold deliveries while the position is read, so none is missed or duplicated.
-            let first = hub.subscribe(&channel, self.conn, &self.queue, true, None);
-            match self.position_and_recovery(&channel, &req).await {
-                Ok(mut result) => {
-                    result.data = push_data;
-                    let top = result.offset;
-                    let last_sent = result
-                        .publications
-                        .last()
-                        .map_or(top, |p| p.offset.max(top));
-                    hub.activate(&channel, self.conn, encode(result), last_sent);
-                    Metrics::inc(&self.node.metrics().messages_sent);
-                }
-                Err(error) => {
-                    if hub.unsubscribe(&channel, self.conn) {
-                        let _ = self.node.broker().unsubscribe(&channel).await;
-                    }
-                    if id != 0 {
-                        self.reply(id, Err(error));
-                    }
-                    return Ok(());
-                }
-            }
-            first
-        } else {
-            let result = SubscribeResult {
-                data: push_data,
-                ..Default::default()
-            };
-            Metrics::inc(&self.node.metrics().messages_sent);
-            hub.subscribe(
-                &channel,
-                self.conn,
-                &self.queue,
-                false,
-                Some(encode(result)),
-            )
-        };
-        if first_local {
-            if let Err(e) = self.node.broker().subscribe(&channel).await {
-                tracing::error!(channel, error = %e, "broker subscribe failed");
-            }
-        }
         self.subscriptions.insert(
             channel.clone(),
             Subscription {
                 info: info.clone(),
                 presence: options.presence,
                 join_leave: options.join_leave,
+                expires_at,
             },
         );
         if options.presence {
@@ -387,7 +624,6 @@ impl Session {
                 tracing::error!(channel, error = %e, "join publish failed");
             }
         }
-        Ok(())
     }
 
     /// The subscribe result's stream fields, recovering missed publications if asked.
@@ -445,13 +681,30 @@ impl Session {
         }
     }
 
+    /// Whether this client may act on `channel` when the namespace allows it for any client
+    /// (`for_client`) or for subscribers (`for_subscriber`).
+    fn allowed(&self, channel: &str, for_client: bool, for_subscriber: bool) -> bool {
+        for_client || (for_subscriber && self.subscriptions.contains_key(channel))
+    }
+
     async fn publish(
         &self,
         who: &Identity,
         channel: &str,
         data: Option<Payload>,
     ) -> Result<ReplyResult, Error> {
-        check_channel(channel)?;
+        check_channel_name(self.node.config(), channel)?;
+        let options = self.node.channel_options(channel)?;
+        let anonymous_ok = !who.user.is_empty() || options.allow_publish_for_anonymous;
+        if !anonymous_ok
+            || !self.allowed(
+                channel,
+                options.allow_publish_for_client,
+                options.allow_publish_for_subscriber,
+            )
+        {
+            return Err(Error::new(error_code::PERMISSION_DENIED));
+        }
         let data = data.ok_or_else(|| Error::new(error_code::BAD_REQUEST))?;
         let info = ClientInfo {
             user: who.user.to_string(),
@@ -468,14 +721,27 @@ impl Session {
         Ok(ReplyResult::Publish(Empty {}))
     }
 
+    fn check_presence(&self, channel: &str) -> Result<(), Error> {
+        check_channel_name(self.node.config(), channel)?;
+        let options = self.node.channel_options(channel)?;
+        if !self.allowed(
+            channel,
+            options.allow_presence_for_client,
+            options.allow_presence_for_subscriber,
+        ) {
+            return Err(Error::new(error_code::PERMISSION_DENIED));
+        }
+        Ok(())
+    }
+
     async fn presence(&self, channel: &str) -> Result<ReplyResult, Error> {
-        check_channel(channel)?;
+        self.check_presence(channel)?;
         let presence = self.node.presence(channel).await?;
         Ok(ReplyResult::Presence(PresenceResult { presence }))
     }
 
     async fn presence_stats(&self, channel: &str) -> Result<ReplyResult, Error> {
-        check_channel(channel)?;
+        self.check_presence(channel)?;
         let stats = self.node.presence_stats(channel).await?;
         Ok(ReplyResult::PresenceStats(PresenceStatsResult {
             num_clients: stats.num_clients,
@@ -484,7 +750,15 @@ impl Session {
     }
 
     async fn history(&self, req: HistoryRequest) -> Result<ReplyResult, Error> {
-        check_channel(&req.channel)?;
+        check_channel_name(self.node.config(), &req.channel)?;
+        let options = self.node.channel_options(&req.channel)?;
+        if !self.allowed(
+            &req.channel,
+            options.allow_history_for_client,
+            options.allow_history_for_subscriber,
+        ) {
+            return Err(Error::new(error_code::PERMISSION_DENIED));
+        }
         let filter = history_filter(req.limit, req.since, req.reverse)?;
         let page = self.node.history(&req.channel, filter).await?;
         Ok(ReplyResult::History(HistoryResult {
@@ -504,29 +778,89 @@ impl Session {
                 channel,
                 chan_info,
                 data,
-            } => {
-                let req = SubscribeRequest {
-                    channel,
-                    ..Default::default()
-                };
-                let extra = (chan_info, data);
-                if let Err(reason) = self.subscribe(0, &who, req, Some(extra)).await {
-                    self.queue.close(reason);
-                }
-            }
-            Control::Unsubscribe { channel } => {
-                if self.subscriptions.contains_key(&channel) {
-                    self.unsubscribe(&channel).await;
-                    let push = Reply::push(Push {
-                        channel,
-                        body: PushBody::Unsubscribe {
-                            code: 2000,
-                            reason: "server unsubscribe".into(),
-                        },
-                    });
-                    self.send(push.encode());
-                }
-            }
+            } => self.server_subscribe(&who, channel, chan_info, data).await,
+            Control::Unsubscribe {
+                channel,
+                code,
+                reason,
+            } => self.server_unsubscribe(&channel, code, reason).await,
+        }
+    }
+
+    /// Ends a subscription from the server side and tells the client with an `unsubscribe` push.
+    async fn server_unsubscribe(&mut self, channel: &str, code: u32, reason: &str) {
+        if self.subscriptions.contains_key(channel) {
+            self.unsubscribe(channel).await;
+            let push = Reply::push(Push {
+                channel: channel.to_string(),
+                body: PushBody::Unsubscribe {
+                    code,
+                    reason: reason.into(),
+                },
+            });
+            self.send(push.encode());
+        }
+    }
+
+    /// Acts on expiries that have passed (plus grace): the connection's (disconnect 3005) and
+    /// subscriptions' (unsubscribe push 2501, so the client resubscribes with a fresh token).
+    pub async fn check_expiry(&mut self) -> Outcome {
+        let now = unix_now();
+        let grace = self.node.config().expired_grace;
+        if self.expires_at.is_some_and(|at| at + grace <= now) {
+            return Err(Disconnect::EXPIRED);
+        }
+        let expired: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, s)| s.expires_at.is_some_and(|at| at + grace <= now))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in expired {
+            self.server_unsubscribe(&channel, 2501, "subscription expired")
+                .await;
+        }
+        Ok(())
+    }
+}
+
+/// Admits client commands through a token bucket, and spots clients that keep flooding.
+#[derive(Debug)]
+struct RateLimiter {
+    bucket: TokenBucket,
+    /// Commands refused since the last one admitted.
+    refused: u32,
+}
+
+/// What the limiter says of one command.
+#[derive(Debug, PartialEq, Eq)]
+enum Admission {
+    Admit,
+    /// Refuse this command (error 111).
+    Refuse,
+    /// The client keeps flooding: disconnect it.
+    Flooding,
+}
+
+impl RateLimiter {
+    fn new(rate: u32, burst: u32) -> Self {
+        RateLimiter {
+            bucket: TokenBucket::new(rate, burst),
+            refused: 0,
+        }
+    }
+
+    fn admit(&mut self) -> Admission {
+        if self.bucket.take(Instant::now().into_std()) {
+            self.refused = 0;
+            return Admission::Admit;
+        }
+        self.refused += 1;
+        // A client that goes on sending a full burst's worth after being refused is flooding.
+        if f64::from(self.refused) > self.bucket.burst() {
+            Admission::Flooding
+        } else {
+            Admission::Refuse
         }
     }
 }
@@ -549,6 +883,9 @@ impl Drop for Session {
         }
         let node = self.node.clone();
         let cleanup = async move {
+            let _span = node
+                .timeline()
+                .span(Lane::Background, "session cleanup", "");
             for (channel, subscription) in subscriptions {
                 release_shared(&node, &channel, &subscription).await;
             }
@@ -606,6 +943,15 @@ fn rpc(req: RpcRequest) -> Result<ReplyResult, Error> {
 /// Rejects empty, oversized or newline-bearing channel names.
 pub fn check_channel(channel: &str) -> Result<(), Error> {
     if channel.is_empty() || channel.len() > MAX_CHANNEL_LENGTH || channel.contains(['\n', '\r']) {
+        return Err(Error::new(error_code::BAD_REQUEST));
+    }
+    Ok(())
+}
+
+/// [`check_channel`] with the configured length limit.
+fn check_channel_name(config: &Config, channel: &str) -> Result<(), Error> {
+    check_channel(channel)?;
+    if channel.len() > config.channel_max_length {
         return Err(Error::new(error_code::BAD_REQUEST));
     }
     Ok(())

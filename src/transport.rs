@@ -131,8 +131,8 @@ async fn drive(
                     if now >= stale_deadline { queue.close(Disconnect::STALE); }
                 } else if session.awaiting_pong_since().is_some_and(|sent| now >= sent + config.pong_timeout()) {
                     queue.close(Disconnect::NO_PONG);
-                } else if session.is_expired() {
-                    queue.close(Disconnect::EXPIRED);
+                } else if let Err(reason) = session.check_expiry().await {
+                    queue.close(reason);
                 } else if next_ping.is_some_and(|at| now >= at) {
                     let _ = queue.push(bytes::Bytes::from_static(PING));
                     session.ping_sent(now);

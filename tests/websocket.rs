@@ -31,7 +31,6 @@ async fn publication_reaches_every_subscriber_and_no_one_else() {
     a.subscribe("news").await;
     b.subscribe("news").await;
     outsider.subscribe("other").await;
-    assert!(outsider.next_push().await.get("join").is_some());
     let reply = a
         .call(
             "publish",
@@ -94,31 +93,35 @@ async fn presence_and_join_leave() {
     let server = TestServer::start().await;
     let mut a = server.client().await;
     let mut b = server.client().await;
-    a.subscribe("room").await;
+    let mut quiet = server.client().await;
+    quiet.subscribe("room").await;
+    a.subscribe_join_leave("room").await;
     // a sees its own join first.
     assert_eq!(
         a.next_push().await["join"]["info"]["client"],
         a.client_id.as_str()
     );
-    b.subscribe("room").await;
+    b.subscribe_join_leave("room").await;
     let join = a.next_push().await;
     assert_eq!(join["channel"], "room");
     assert_eq!(join["join"]["info"]["client"], b.client_id.as_str());
     let presence = a.call("presence", json!({"channel": "room"})).await;
     let members = presence["presence"]["presence"].as_object().unwrap();
-    assert_eq!(members.len(), 2);
+    assert_eq!(members.len(), 3);
     assert!(members.contains_key(&a.client_id) && members.contains_key(&b.client_id));
     let stats = a.call("presence_stats", json!({"channel": "room"})).await;
     assert_eq!(
         stats["presence_stats"],
-        json!({"num_clients": 2, "num_users": 1})
+        json!({"num_clients": 3, "num_users": 1})
     );
     let b_id = b.client_id.clone();
     b.call("unsubscribe", json!({"channel": "room"})).await;
     let leave = a.next_push().await;
     assert_eq!(leave["leave"]["info"]["client"], b_id.as_str());
     let stats = a.call("presence_stats", json!({"channel": "room"})).await;
-    assert_eq!(stats["presence_stats"]["num_clients"], 1);
+    assert_eq!(stats["presence_stats"]["num_clients"], 2);
+    // Join/leave pushes go only to subscribers that asked for them.
+    assert!(quiet.silent_for(Duration::from_millis(200)).await);
     server.stop().await;
 }
 
@@ -240,14 +243,17 @@ async fn slow_reader_is_disconnected_while_a_fast_one_gets_everything() {
     let server = TestServer::with(|c| {
         c.client_queue_max_bytes = 256 * 1024;
         c.max_message_size = 256 * 1024;
+        c.client_command_rate = 0;
+        c.history_size = 0;
     })
     .await;
     // The slow client subscribes, then never reads again.
-    let mut slow = server.client().await;
+    let mut slow = Client::open_small_buffer(server.addr).await;
+    slow.connect(json!({})).await;
     slow.subscribe("feed").await;
     let mut fast = server.client().await;
     fast.subscribe("feed").await;
-    let total = 3000u64;
+    let total = 1000u64;
     let reader = tokio::spawn(async move {
         let mut next = 1u64;
         while next <= total {
@@ -272,7 +278,7 @@ async fn slow_reader_is_disconnected_while_a_fast_one_gets_everything() {
     }
     let fast = reader.await.unwrap();
     drop(fast);
-    // 24 MB went out, more than socket buffers hold: the slow client's queue overflowed. A client
+    // 8 MB went out, more than socket buffers hold: the slow client's queue overflowed. A client
     // that reads nothing cannot receive a close frame through its full socket, so after what its
     // buffers hold it sees either the 3008 close or the connection's end.
     let code = slow.closed_or_dropped_code().await;
@@ -299,7 +305,7 @@ async fn slow_reader_is_disconnected_while_a_fast_one_gets_everything() {
 async fn every_disconnect_path_releases_subscriptions_and_presence() {
     let server = TestServer::start().await;
     let mut watcher = server.client().await;
-    watcher.subscribe("watch").await;
+    watcher.subscribe_join_leave("watch").await;
     // Abrupt TCP drops.
     for _ in 0..5 {
         let mut c = server.client().await;
@@ -312,7 +318,11 @@ async fn every_disconnect_path_releases_subscriptions_and_presence() {
     c.subscribe("lobby").await;
     drop(c);
     // Server-side API disconnect of a user.
-    let secret_server = TestServer::with(|c| c.token_hmac_secret = Some("k".into())).await;
+    let secret_server = TestServer::with(|c| {
+        c.token_hmac_secret = Some("k".into());
+        open_channels(c);
+    })
+    .await;
     let token = switchboard::auth::make_hmac_token("k", "u1", 60).unwrap();
     let mut u = Client::open(&secret_server.ws_url()).await;
     u.connect(json!({"token": token})).await;
@@ -356,7 +366,11 @@ async fn every_disconnect_path_releases_subscriptions_and_presence() {
 
 #[tokio::test]
 async fn tokens_decide_who_connects() {
-    let server = TestServer::with(|c| c.token_hmac_secret = Some("secret".into())).await;
+    let server = TestServer::with(|c| {
+        c.token_hmac_secret = Some("secret".into());
+        open_channels(c);
+    })
+    .await;
     // No token while a secret is set.
     let mut c = Client::open(&server.ws_url()).await;
     c.send("connect", json!({})).await;
@@ -388,4 +402,46 @@ async fn tokens_decide_who_connects() {
     let me: &Value = &p["presence"]["presence"][&c.client_id];
     assert_eq!(me["user"], "alice");
     server.stop().await;
+}
+
+/// A subscriber's saved position must name the stream's epoch even when nothing was published
+/// yet (the official SDKs store `epoch` from the subscribe reply and recover with it), on every
+/// history storage.
+#[tokio::test]
+async fn first_subscriber_of_a_new_channel_gets_the_stream_epoch() {
+    use switchboard::config::HistoryStorage;
+    for storage in [HistoryStorage::Sqlite, HistoryStorage::Memory] {
+        let server = TestServer::with(|c| c.history_storage = storage).await;
+        let mut a = server.client().await;
+        let reply = a.subscribe("fresh").await;
+        let epoch = reply["subscribe"]["epoch"].as_str().unwrap_or_default();
+        assert!(!epoch.is_empty(), "{storage:?}: no epoch in {reply}");
+        assert!(reply["subscribe"].get("offset").is_none(), "{reply}");
+        // The first publication continues that epoch, so the saved position stays valid.
+        let (_, published) = server
+            .api("publish", json!({"channel": "fresh", "data": 1}))
+            .await;
+        assert_eq!(published["result"], json!({"offset": 1, "epoch": epoch}));
+        a.drop_tcp();
+        let mut b = server.client().await;
+        let recovered = b
+            .call(
+                "subscribe",
+                json!({"channel": "fresh", "recover": true, "epoch": epoch}),
+            )
+            .await;
+        let result = &recovered["subscribe"];
+        assert_eq!(result["recovered"], true, "{storage:?}: {recovered}");
+        assert_eq!(result["publications"][0]["offset"], 1);
+        // The server API sees the same epoch for a channel nobody published to.
+        let (_, top) = server.api("history", json!({"channel": "untouched"})).await;
+        assert!(
+            !top["result"]["epoch"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty(),
+            "{top}"
+        );
+        server.stop().await;
+    }
 }

@@ -97,6 +97,8 @@ pub struct FanoutReport {
     pub duplicates: u64,
     pub order_violations: u64,
     pub latency: Latency,
+    /// Publish acknowledgement latency: send to `publish` reply (or API response).
+    pub ack_latency: Latency,
     pub closed_early: BTreeMap<u16, u64>,
     /// Subscribers that did not read during publishing, and how the server ended them.
     pub slow_subscribers: u64,
@@ -219,6 +221,11 @@ pub async fn run(args: FanoutArgs, env: Env) -> anyhow::Result<()> {
     let mut histogram = new_histogram();
     report.latency.add_to(&mut histogram);
     let latency = Latency::of(&histogram);
+    let mut acks = new_histogram();
+    for end in &ends {
+        acks.add(&end.ack_latency).expect("same histogram bounds");
+    }
+    let ack_latency = Latency::of(&acks);
     let total = published.total();
     let publish_errors: u64 = ends.iter().map(|e| e.errors).sum();
     let delivery_window = report.last_delivery_us.saturating_sub(start_us) as f64 / 1e6;
@@ -246,6 +253,7 @@ pub async fn run(args: FanoutArgs, env: Env) -> anyhow::Result<()> {
         duplicates: report.duplicates,
         order_violations: report.order_violations,
         latency,
+        ack_latency,
         closed_early: report.closed_early.clone(),
         slow_subscribers: report.slow,
         slow_closed: report.slow_closed.clone(),
@@ -324,7 +332,8 @@ fn table(r: &FanoutReport) -> Table {
         "duplicates · order",
         format!("{} · {} violations", r.duplicates, r.order_violations),
     )
-    .row("latency", r.latency.describe());
+    .row("latency", r.latency.describe())
+    .row("publish ack latency", r.ack_latency.describe());
     if !r.closed_early.is_empty() {
         t.row(
             "closed by server",

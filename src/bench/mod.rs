@@ -101,7 +101,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Connect(a) => &a.common,
     }
     .clone();
-    let limit = crate::limits::raise_fd_limit();
+    let limit = crate::fd_limit::raise_fd_limit();
     let runtime = if common.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

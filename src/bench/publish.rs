@@ -14,8 +14,13 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
+use std::collections::VecDeque;
+
+use hdrhistogram::Histogram;
+
 use super::client::{lines, now_micros, Target};
 use super::group::channel_name;
+use super::report::{new_histogram, record};
 
 /// Most `publish` commands in one frame (about 20 KiB with 100-byte payloads).
 const MAX_BATCH: usize = 100;
@@ -68,11 +73,25 @@ pub struct Counters {
 }
 
 /// One publisher's result.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct PublisherEnd {
     pub sent: u64,
     pub errors: u64,
     pub first_error: Option<String>,
+    /// Time from sending each publication to its acknowledgement (the `publish` reply or the
+    /// API response), in microseconds.
+    pub ack_latency: Histogram<u64>,
+}
+
+impl Default for PublisherEnd {
+    fn default() -> Self {
+        PublisherEnd {
+            sent: 0,
+            errors: 0,
+            first_error: None,
+            ack_latency: new_histogram(),
+        }
+    }
 }
 
 /// Runs publisher `w` over a WebSocket until its quota is sent and acknowledged (or `ack_wait`
@@ -106,6 +125,8 @@ pub async fn ws_publisher(
     let tick = Duration::from_millis(1);
     let mut next_tick = start;
     let mut ack_deadline: Option<Instant> = None;
+    // Send times of publications awaiting their reply; replies come back in command order.
+    let mut in_flight: VecDeque<Instant> = VecDeque::new();
     loop {
         if end.sent >= quota && acked >= end.sent {
             break;
@@ -120,6 +141,9 @@ pub async fn ws_publisher(
                             pong = true;
                         } else if line.starts_with("{\"id\":") {
                             acked += 1;
+                            if let Some(sent_at) = in_flight.pop_front() {
+                                record(&mut end.ack_latency, sent_at.elapsed().as_micros() as u64);
+                            }
                             counters.acked.fetch_add(1, Ordering::Relaxed);
                             if line.contains("\"error\":") {
                                 end.errors += 1;
@@ -175,6 +199,8 @@ pub async fn ws_publisher(
                 }
                 if !frame.is_empty() {
                     let n = frame.matches('\n').count() as u64 + 1;
+                    let sent_at = Instant::now();
+                    in_flight.extend(std::iter::repeat_n(sent_at, n as usize));
                     if let Err(e) = ws.send(Message::text(frame.as_str())).await {
                         end.first_error.get_or_insert(format!("publisher send failed: {e}"));
                         break;
@@ -220,6 +246,7 @@ pub async fn api_publisher(
         let body = format!(r#"{{"channel":"{channel}","data":{data}}}"#);
         end.sent += 1;
         counters.sent.fetch_add(1, Ordering::Relaxed);
+        let sent_at = Instant::now();
         let outcome = async {
             if conn.is_none() {
                 conn = Some(HttpConnection::open(api.addr).await?);
@@ -228,6 +255,7 @@ pub async fn api_publisher(
             c.post(&api, "publish", &body).await
         }
         .await;
+        record(&mut end.ack_latency, sent_at.elapsed().as_micros() as u64);
         counters.acked.fetch_add(1, Ordering::Relaxed);
         let failure = match outcome {
             Ok((200, reply)) if !reply.contains("\"error\"") => None,

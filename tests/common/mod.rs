@@ -2,6 +2,8 @@
 //! and a minimal HTTP client for the server API.
 #![allow(dead_code)]
 
+pub mod script;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,6 +25,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// A server running in this process on 127.0.0.1:<free port>.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The server's own data directory, removed when the server is dropped.
+    pub data_dir: std::path::PathBuf,
     pub shutdown: CancellationToken,
     pub task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -34,14 +38,19 @@ impl TestServer {
 
     /// Starts a server with the default config changed by `adjust`.
     pub async fn with(adjust: impl FnOnce(&mut Config)) -> TestServer {
-        let mut config = Config::default();
+        let mut config = Config {
+            data_dir: temp_dir(),
+            ..Config::default()
+        };
         adjust(&mut config);
+        let data_dir = config.data_dir.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(switchboard::run(config, listener, shutdown.clone()));
         TestServer {
             addr,
+            data_dir,
             shutdown,
             task: Some(task),
         }
@@ -79,7 +88,31 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
+}
+
+/// Grants every client permission on channels outside namespaces (closed by default once tokens
+/// are verified).
+pub fn open_channels(config: &mut Config) {
+    let c = &mut config.channel;
+    for flag in [
+        &mut c.allow_subscribe_for_client,
+        &mut c.allow_subscribe_for_anonymous,
+        &mut c.allow_publish_for_client,
+        &mut c.allow_publish_for_anonymous,
+        &mut c.allow_presence_for_client,
+        &mut c.allow_history_for_client,
+    ] {
+        *flag = Some(true);
+    }
+}
+
+/// A fresh directory under the system's temp dir.
+pub fn temp_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("switchboard-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// POSTs `body` to `/api/<method>` with an optional `X-API-Key`; returns status and JSON body.
@@ -175,6 +208,24 @@ impl Client {
         }
     }
 
+    /// Opens a client whose socket has a tiny receive buffer, so that not reading fills the
+    /// server's side quickly (a slow client).
+    pub async fn open_small_buffer(addr: SocketAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let url = format!("ws://{addr}/connection/websocket");
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+        Client {
+            ws,
+            pending: VecDeque::new(),
+            next_id: 1,
+            client_id: String::new(),
+        }
+    }
+
     /// Sends a raw text frame.
     pub async fn send_raw(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.unwrap();
@@ -218,6 +269,18 @@ impl Client {
         if let Some(client) = reply["connect"]["client"].as_str() {
             self.client_id = client.to_string();
         }
+        reply
+    }
+
+    /// Subscribes asking for join/leave pushes.
+    pub async fn subscribe_join_leave(&mut self, channel: &str) -> Value {
+        let reply = self
+            .call(
+                "subscribe",
+                json!({ "channel": channel, "join_leave": true }),
+            )
+            .await;
+        assert!(reply.get("error").is_none(), "subscribe failed: {reply}");
         reply
     }
 

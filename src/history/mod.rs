@@ -12,6 +12,10 @@ use async_trait::async_trait;
 
 use crate::protocol::{Publication, StreamPosition};
 
+pub mod sqlite;
+
+pub use sqlite::SqliteHistory;
+
 /// How much of a channel's stream is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
@@ -70,7 +74,8 @@ pub trait History: Send + Sync + 'static {
         on_stored: OnStored,
     ) -> Result<StreamPosition, HistoryError>;
 
-    /// Reads publications per `filter`, oldest first unless `filter.reverse`.
+    /// Reads publications per `filter`, oldest first unless `filter.reverse`. A stream that does not
+    /// exist yet is created (a fresh epoch, top 0): every position a reader gets names an epoch.
     async fn read(&self, channel: &str, filter: HistoryFilter)
         -> Result<HistoryPage, HistoryError>;
 
@@ -128,6 +133,20 @@ struct MemoryStream {
 }
 
 impl MemoryStream {
+    /// `channel`'s stream, made (with a fresh epoch) on first use.
+    fn of<'a>(
+        streams: &'a mut HashMap<String, MemoryStream>,
+        channel: &str,
+    ) -> &'a mut MemoryStream {
+        streams
+            .entry(channel.to_string())
+            .or_insert_with(|| MemoryStream {
+                epoch: new_epoch(),
+                top: 0,
+                items: VecDeque::new(),
+            })
+    }
+
     fn trim(&mut self, retention: Option<Retention>) {
         let now = Instant::now();
         if let Some(r) = retention {
@@ -162,13 +181,7 @@ impl History for MemoryHistory {
         on_stored: OnStored,
     ) -> Result<StreamPosition, HistoryError> {
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        let stream = streams
-            .entry(channel.to_string())
-            .or_insert_with(|| MemoryStream {
-                epoch: new_epoch(),
-                top: 0,
-                items: VecDeque::new(),
-            });
+        let stream = MemoryStream::of(&mut streams, channel);
         stream.top += 1;
         publication.offset = stream.top;
         let publication = Arc::new(publication);
@@ -188,13 +201,7 @@ impl History for MemoryHistory {
         filter: HistoryFilter,
     ) -> Result<HistoryPage, HistoryError> {
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        let stream = streams
-            .entry(channel.to_string())
-            .or_insert_with(|| MemoryStream {
-                epoch: new_epoch(),
-                top: 0,
-                items: VecDeque::new(),
-            });
+        let stream = MemoryStream::of(&mut streams, channel);
         let position = stream.position();
         let publications = select(stream.items.iter().map(|(_, p)| p), &position, &filter)?;
         Ok(HistoryPage {

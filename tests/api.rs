@@ -1,0 +1,270 @@
+//! The HTTP server API over real sockets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn api_key_is_required_when_configured() {
+    let server = TestServer::with(|c| c.api_key = Some("k3y".into())).await;
+    let body = json!({"channel": "c", "data": 1}).to_string();
+    let (status, reply) = api_call(server.addr, "publish", &body, None).await;
+    assert_eq!(status, 401);
+    assert_eq!(reply["error"]["code"], 101);
+    let (status, _) = api_call(server.addr, "publish", &body, Some("wrong")).await;
+    assert_eq!(status, 401);
+    let (status, reply) = api_call(server.addr, "publish", &body, Some("k3y")).await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["result"]["offset"], 1);
+    // The other two places a key may come from.
+    let request = "POST /api/info HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey k3y\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+    assert_eq!(http_raw(server.addr, request).await.0, 200);
+    let request = "POST /api/info?api_key=k3y HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    assert_eq!(http_raw(server.addr, request).await.0, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn publish_and_broadcast_reach_subscribers_with_positions() {
+    let server = TestServer::start().await;
+    let mut a = server.client().await;
+    let mut b = server.client().await;
+    a.subscribe("alpha").await;
+    b.subscribe("beta").await;
+    let (status, reply) = server
+        .api(
+            "publish",
+            json!({"channel": "alpha", "data": {"text": "hello"}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let epoch = reply["result"]["epoch"].as_str().unwrap().to_string();
+    assert_eq!(reply["result"]["offset"], 1);
+    let p = a.next_publication().await;
+    assert_eq!(p["pub"]["data"], json!({"text": "hello"}));
+    assert!(
+        p["pub"].get("info").is_none(),
+        "API publications carry no client info"
+    );
+    let (_, reply) = server
+        .api(
+            "broadcast",
+            json!({"channels": ["alpha", "beta", ""], "data": {"n": 2}}),
+        )
+        .await;
+    let responses = reply["result"]["responses"].as_array().unwrap();
+    assert_eq!(responses.len(), 3);
+    assert_eq!(responses[0]["result"], json!({"offset": 2, "epoch": epoch}));
+    assert_eq!(responses[1]["result"]["offset"], 1);
+    assert_eq!(responses[2]["error"]["code"], 107);
+    assert_eq!(a.next_publication().await["pub"]["offset"], 2);
+    assert_eq!(b.next_publication().await["pub"]["data"], json!({"n": 2}));
+    // Pretty-printed JSON from a backend is compacted: a raw newline would split a frame.
+    let (_, _) = api_call(
+        server.addr,
+        "publish",
+        "{\"channel\": \"beta\",\n \"data\": {\n  \"multi\": \"line\"\n }\n}",
+        None,
+    )
+    .await;
+    assert_eq!(
+        b.next_publication().await["pub"]["data"],
+        json!({"multi": "line"})
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_json_errors() {
+    let server = TestServer::start().await;
+    let (status, reply) = api_call(server.addr, "publish", "{not json", None).await;
+    assert_eq!(status, 400);
+    assert_eq!(reply["error"]["code"], 107);
+    let (status, reply) = api_call(server.addr, "publish", "{\"channel\":\"x\"}", None).await;
+    assert_eq!(status, 400, "missing data: {reply}");
+    let (status, reply) = server.api("teleport", json!({})).await;
+    assert_eq!(status, 404);
+    assert_eq!(reply["error"]["code"], 104);
+    let (status, reply) = server.api("disconnect", json!({"user": ""})).await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["error"]["code"], 107);
+    let (status, reply) = server
+        .api(
+            "disconnect",
+            json!({"user": "u", "disconnect": {"code": 1, "reason": "x"}}),
+        )
+        .await;
+    assert_eq!((status, reply["error"]["code"].as_u64()), (200, Some(107)));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn channels_info_and_presence() {
+    let server = TestServer::with(|c| {
+        c.namespace = vec![switchboard::config::Namespace {
+            name: "chat".into(),
+            ..Default::default()
+        }]
+    })
+    .await;
+    let mut a = server.client().await;
+    let mut b = server.client().await;
+    a.subscribe("chat:one").await;
+    b.subscribe("chat:one").await;
+    b.subscribe("news").await;
+    let (_, reply) = server.api("channels", json!({})).await;
+    assert_eq!(
+        reply["result"]["channels"],
+        json!({"chat:one": {"num_clients": 2}, "news": {"num_clients": 1}})
+    );
+    let (_, reply) = server.api("channels", json!({"pattern": "chat:*"})).await;
+    assert_eq!(
+        reply["result"]["channels"],
+        json!({"chat:one": {"num_clients": 2}})
+    );
+    let (_, reply) = server.api("info", json!({})).await;
+    let node = &reply["result"]["nodes"][0];
+    assert_eq!(node["num_clients"], 2);
+    assert_eq!(node["num_channels"], 2);
+    assert_eq!(node["num_subs"], 3);
+    let (_, reply) = server.api("presence", json!({"channel": "chat:one"})).await;
+    let presence = reply["result"]["presence"].as_object().unwrap();
+    assert!(presence.contains_key(&a.client_id) && presence.contains_key(&b.client_id));
+    let (_, reply) = server
+        .api("presence_stats", json!({"channel": "news"}))
+        .await;
+    assert_eq!(reply["result"], json!({"num_clients": 1, "num_users": 1}));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn server_side_subscribe_and_unsubscribe() {
+    let server = TestServer::with(|c| c.token_hmac_secret = Some("s".into())).await;
+    let token = switchboard::auth::make_hmac_token("s", "bob", 0).unwrap();
+    let mut bob = Client::open(&server.ws_url()).await;
+    bob.connect(json!({"token": token})).await;
+    let (_, reply) = server
+        .api(
+            "subscribe",
+            json!({"user": "bob", "channel": "inbox", "data": {"welcome": true}}),
+        )
+        .await;
+    assert_eq!(reply, json!({"result": {}}));
+    let push = bob.next_push().await;
+    assert_eq!(push["channel"], "inbox");
+    assert_eq!(push["subscribe"]["data"], json!({"welcome": true}));
+    assert_eq!(push["subscribe"]["recoverable"], true);
+    server
+        .api("publish", json!({"channel": "inbox", "data": "mail"}))
+        .await;
+    assert_eq!(bob.next_publication().await["pub"]["data"], "mail");
+    server
+        .api("unsubscribe", json!({"user": "bob", "channel": "inbox"}))
+        .await;
+    loop {
+        let push = bob.next_push().await;
+        if let Some(u) = push.get("unsubscribe") {
+            assert_eq!(*u, json!({"code": 2000, "reason": "server unsubscribe"}));
+            break;
+        }
+    }
+    server
+        .api("publish", json!({"channel": "inbox", "data": "late"}))
+        .await;
+    assert!(bob.silent_for(Duration::from_millis(200)).await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn disconnect_spares_the_whitelist_and_takes_custom_codes() {
+    let server = TestServer::with(|c| c.token_hmac_secret = Some("s".into())).await;
+    let token = switchboard::auth::make_hmac_token("s", "eve", 0).unwrap();
+    let mut one = Client::open(&server.ws_url()).await;
+    one.connect(json!({"token": token})).await;
+    let mut two = Client::open(&server.ws_url()).await;
+    two.connect(json!({"token": token})).await;
+    let (_, reply) = server
+        .api(
+            "disconnect",
+            json!({"user": "eve", "whitelist": [two.client_id], "disconnect": {"code": 4001, "reason": "moved"}}),
+        )
+        .await;
+    assert_eq!(reply, json!({"result": {}}));
+    assert_eq!(one.closed().await, (4001, "moved".into()));
+    let r = two.call("rpc", json!({"method": "echo", "data": 1})).await;
+    assert_eq!(r["rpc"]["data"], 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn history_and_batch() {
+    let server = TestServer::start().await;
+    for n in 1..=5 {
+        server
+            .api("publish", json!({"channel": "h", "data": {"n": n}}))
+            .await;
+    }
+    let (_, reply) = server
+        .api(
+            "history",
+            json!({"channel": "h", "limit": 2, "reverse": true}),
+        )
+        .await;
+    let pubs = reply["result"]["publications"].as_array().unwrap();
+    let offsets: Vec<u64> = pubs.iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, vec![5, 4]);
+    assert_eq!(reply["result"]["offset"], 5);
+    let epoch = reply["result"]["epoch"].clone();
+    let (_, reply) = server
+        .api(
+            "history",
+            json!({"channel": "h", "limit": -1, "since": {"offset": 3, "epoch": epoch}}),
+        )
+        .await;
+    assert_eq!(reply["result"]["publications"].as_array().unwrap().len(), 2);
+    let (_, reply) = server
+        .api(
+            "history",
+            json!({"channel": "h", "limit": 1, "since": {"offset": 3, "epoch": "gone"}}),
+        )
+        .await;
+    assert_eq!(reply["error"]["code"], 112);
+    let (_, reply) = server
+        .api(
+            "batch",
+            json!({"commands": [
+                {"history_remove": {"channel": "h"}},
+                {"history": {"channel": "h", "limit": -1}},
+                {"nope": {}},
+            ]}),
+        )
+        .await;
+    let replies = reply["replies"].as_array().unwrap();
+    assert_eq!(replies[0], json!({"history_remove": {}}));
+    assert_eq!(replies[1]["history"]["publications"], json!([]));
+    assert_eq!(
+        replies[1]["history"]["offset"], 5,
+        "position outlives removal"
+    );
+    assert_eq!(replies[2]["error"]["code"], 104);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    c.subscribe("m").await;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (status, body) = http_raw(server.addr, &get("/health")).await;
+    assert_eq!((status, body.trim()), (200, "{}"));
+    let (status, body) = http_raw(server.addr, &get("/metrics")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("switchboard_connections 1"), "{body}");
+    assert!(body.contains("switchboard_subscriptions 1"), "{body}");
+    assert!(body.contains("# TYPE switchboard_messages_sent_total counter"));
+    server.stop().await;
+}

@@ -1,0 +1,387 @@
+//! Several nodes on one real redis-server (started here on a free loopback port).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A redis-server process of this test, with append-only persistence in its own directory.
+struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    async fn start() -> RedisServer {
+        let port = free_port();
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir: temp_dir(),
+        };
+        server.launch().await;
+        server
+    }
+
+    async fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        assert!(
+            eventually(|| async move { tokio::net::TcpStream::connect(addr).await.is_ok() }).await,
+            "redis-server listens"
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs a redis-cli-like command through the crate's client.
+    async fn command(&self, args: &[&str]) {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let _: redis::Value = cmd.query_async(&mut conn).await.unwrap();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn unique_prefix() -> String {
+    format!("test-{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn node(redis: &RedisServer, prefix: &str, name: &str) -> TestServer {
+    let (url, prefix, name) = (redis.url(), prefix.to_string(), name.to_string());
+    TestServer::with(move |c| {
+        c.redis = vec![url];
+        c.redis_prefix = prefix;
+        c.name = Some(name);
+        c.presence_ttl = 2;
+    })
+    .await
+}
+
+async fn publish(server: &TestServer, channel: &str, data: Value) -> Value {
+    server
+        .api("publish", json!({"channel": channel, "data": data}))
+        .await
+        .1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_delivery_history_presence_and_recovery() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix();
+    let a = node(&redis, &prefix, "a").await;
+    let b = node(&redis, &prefix, "b").await;
+    let c = node(&redis, &prefix, "c").await;
+    let mut on_a = a.client().await;
+    on_a.subscribe("news").await;
+    let mut on_b = b.client().await;
+    on_b.subscribe("news").await;
+    // Give node A's pub/sub subscription a moment to be active (it is asynchronous).
+    assert!(
+        eventually(|| async {
+            let (_, p) = c.api("presence_stats", json!({"channel": "news"})).await;
+            p["result"]["num_clients"] == 2
+        })
+        .await,
+        "presence agrees across nodes"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = on_b
+        .call(
+            "publish",
+            json!({"channel": "news", "data": {"from": "client on b"}}),
+        )
+        .await;
+    assert_eq!(r["publish"], json!({}));
+    let api = publish(&c, "news", json!({"from": "api of c"})).await;
+    assert_eq!(api["result"]["offset"], 2);
+    let epoch = api["result"]["epoch"].as_str().unwrap().to_string();
+    let first = on_a.next_publication().await;
+    let second = on_a.next_publication().await;
+    assert_eq!(first["pub"]["data"]["from"], "client on b");
+    assert_eq!(first["pub"]["offset"], 1);
+    assert_eq!(second["pub"]["data"]["from"], "api of c");
+    assert_eq!(second["pub"]["offset"], 2);
+    // History and presence are the same from every node.
+    for node in [&a, &b, &c] {
+        let (_, h) = node
+            .api("history", json!({"channel": "news", "limit": -1}))
+            .await;
+        assert_eq!(h["result"]["epoch"], epoch.as_str());
+        assert_eq!(h["result"]["publications"].as_array().unwrap().len(), 2);
+        let (_, p) = node.api("presence", json!({"channel": "news"})).await;
+        let members = p["result"]["presence"].as_object().unwrap();
+        assert!(members.contains_key(&on_a.client_id) && members.contains_key(&on_b.client_id));
+    }
+    // All three nodes know each other.
+    assert!(
+        eventually(|| async {
+            let (_, info) = a.api("info", json!({})).await;
+            info["result"]["nodes"].as_array().map_or(0, |n| n.len()) == 3
+        })
+        .await
+    );
+    // A client drops off node A, misses two publications, and recovers them on node C.
+    on_a.drop_tcp();
+    publish(&b, "news", json!(3)).await;
+    publish(&b, "news", json!(4)).await;
+    let mut on_c = c.client().await;
+    let r = on_c
+        .call(
+            "subscribe",
+            json!({"channel": "news", "recover": true, "offset": 2, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(r["subscribe"]["recovered"], true, "{r}");
+    let data: Vec<&Value> = r["subscribe"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["data"])
+        .collect();
+    assert_eq!(data, vec![&json!(3), &json!(4)]);
+    // Server API actions reach users on other nodes.
+    let (_, reply) = c.api("disconnect", json!({"user": ""})).await;
+    assert_eq!(
+        reply["error"]["code"], 107,
+        "anonymous users cannot be targeted"
+    );
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_leaves_no_ghost_presence() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix();
+    let survivor = node(&redis, &prefix, "survivor").await;
+    // The doomed node is the real binary, so it can be killed with SIGKILL.
+    let port = free_port();
+    let dir = temp_dir();
+    let mut doomed = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--port", &port.to_string()])
+        .args(["--redis", &redis.url(), "--redis-prefix", &prefix])
+        .args(["--presence-ttl", "2", "--name", "doomed", "--data-dir"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(eventually(|| async move { tokio::net::TcpStream::connect(addr).await.is_ok() }).await);
+    let mut ghost = Client::open(&format!("ws://{addr}/connection/websocket")).await;
+    ghost.connect(json!({})).await;
+    ghost.subscribe("hall").await;
+    let mut alive = survivor.client().await;
+    alive.subscribe("hall").await;
+    let count = || async {
+        let (_, p) = survivor
+            .api("presence_stats", json!({"channel": "hall"}))
+            .await;
+        p["result"]["num_clients"].as_u64().unwrap_or(99)
+    };
+    assert!(eventually(|| async { count().await == 2 }).await);
+    assert!(
+        eventually(|| async {
+            let (_, info) = survivor.api("info", json!({})).await;
+            info["result"]["nodes"].as_array().map_or(0, |n| n.len()) == 2
+        })
+        .await,
+        "both nodes listed"
+    );
+    doomed.kill().unwrap(); // SIGKILL: no cleanup at all
+    doomed.wait().unwrap();
+    assert!(
+        eventually(|| async { count().await == 1 }).await,
+        "the dead node's member expires"
+    );
+    // The survivor carries on.
+    publish(&survivor, "hall", json!("still here")).await;
+    assert_eq!(alive.next_publication().await["pub"]["data"], "still here");
+    let _ = std::fs::remove_dir_all(dir);
+    survivor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_is_answered_and_survived() {
+    let mut redis = RedisServer::start().await;
+    let prefix = unique_prefix();
+    let a = node(&redis, &prefix, "a").await;
+    let b = node(&redis, &prefix, "b").await;
+    let mut sub = a.client().await;
+    sub.subscribe("ticker").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut acked = Vec::new();
+    for n in 1..=5 {
+        let r = publish(&b, "ticker", json!(n)).await;
+        acked.push((r["result"]["offset"].as_u64().unwrap(), n));
+    }
+    let epoch = publish(&b, "ticker", json!(6)).await["result"]["epoch"].clone();
+    acked.push((6, 6));
+    for n in 1..=6 {
+        assert_eq!(sub.next_publication().await["pub"]["data"], n);
+    }
+    redis.stop();
+    // Publishing now fails fast with "not available", not a hang.
+    let started = std::time::Instant::now();
+    let r = publish(&b, "ticker", json!("lost")).await;
+    assert_eq!(r["error"]["code"], 108, "{r}");
+    assert!(started.elapsed() < WAIT);
+    // Local work that needs no Redis still runs.
+    let echo = sub
+        .call("rpc", json!({"method": "echo", "data": "ok"}))
+        .await;
+    assert_eq!(echo["rpc"]["data"], "ok");
+    redis.launch().await;
+    // Nodes reconnect by themselves; publications flow again to the same subscriber.
+    assert!(
+        eventually(|| async { publish(&b, "ticker", json!(7)).await["result"]["offset"] == 7 })
+            .await,
+        "publishing works again"
+    );
+    // Node A either got it live, or (if its pub/sub link came back after the publication) told
+    // the subscriber its position has a gap; recovery then brings the missed publication.
+    loop {
+        let push = sub.next_push().await;
+        if push["pub"]["data"] == 7 {
+            break;
+        }
+        if push["unsubscribe"]["code"] == 2500 {
+            let r = sub
+                .call(
+                    "subscribe",
+                    json!({"channel": "ticker", "recover": true, "offset": 6, "epoch": epoch}),
+                )
+                .await;
+            assert_eq!(r["subscribe"]["recovered"], true, "{r}");
+            assert_eq!(r["subscribe"]["publications"][0]["data"], 7);
+            break;
+        }
+    }
+    // Nothing acknowledged was lost, and the epoch held.
+    let (_, h) = a
+        .api("history", json!({"channel": "ticker", "limit": -1}))
+        .await;
+    assert_eq!(h["result"]["epoch"], epoch);
+    let stored: Vec<(u64, u64)> = h["result"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| Some((p["offset"].as_u64()?, p["data"].as_u64()?)))
+        .collect();
+    for pair in &acked {
+        assert!(
+            stored.contains(pair),
+            "acknowledged {pair:?} kept: {stored:?}"
+        );
+    }
+    // A wiped Redis loses the stream: the subscriber is told to recover, and learns it cannot.
+    redis.command(&["FLUSHALL"]).await;
+    publish(&b, "ticker", json!("after wipe")).await;
+    let unsubscribe = loop {
+        let push = sub.next_push().await;
+        if let Some(u) = push.get("unsubscribe") {
+            break u.clone();
+        }
+    };
+    assert_eq!(unsubscribe["code"], 2500);
+    let r = sub
+        .call(
+            "subscribe",
+            json!({"channel": "ticker", "recover": true, "offset": 7, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(r["subscribe"]["was_recovering"], true);
+    assert!(
+        r["subscribe"].get("recovered").is_none(),
+        "not recovered: {r}"
+    );
+    assert_ne!(r["subscribe"]["epoch"], epoch);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_api_user_actions_reach_other_nodes() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix();
+    let with_secret = |name: &str| {
+        let (url, prefix, name) = (redis.url(), prefix.clone(), name.to_string());
+        move |c: &mut switchboard::Config| {
+            c.redis = vec![url];
+            c.redis_prefix = prefix;
+            c.name = Some(name);
+            c.token_hmac_secret = Some("s".into());
+            open_channels(c);
+        }
+    };
+    let a = TestServer::with(with_secret("a")).await;
+    let b = TestServer::with(with_secret("b")).await;
+    let token = switchboard::auth::make_hmac_token("s", "zed", 0).unwrap();
+    let mut zed = Client::open(&a.ws_url()).await;
+    zed.connect(json!({"token": token})).await;
+    // Give the control topic subscription a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, r) = b
+        .api("subscribe", json!({"user": "zed", "channel": "inbox"}))
+        .await;
+    assert_eq!(r, json!({"result": {}}));
+    assert_eq!(zed.next_push().await["channel"], "inbox");
+    publish(&b, "inbox", json!("hello from b")).await;
+    assert_eq!(zed.next_publication().await["pub"]["data"], "hello from b");
+    let (_, r) = b.api("disconnect", json!({"user": "zed"})).await;
+    assert_eq!(r, json!({"result": {}}));
+    assert_eq!(zed.closed().await, (3503, "force disconnect".into()));
+    a.stop().await;
+    b.stop().await;
+}
