@@ -15,6 +15,11 @@ ROOT=$PWD
 OUT=${OUT:-$ROOT/target/bench-results}
 SERVERS=${SERVERS:-"switchboard reference"}
 SB_PORT=18000
+# The bench is a load generator: per-client command rate limits would throttle its publishers and
+# rpc clients (--client-command-rate 0); join/leave pushes to 10,000 subscribers of one channel
+# would be 50 million pushes, another benchmark. History in memory measures the delivery path; set
+# SB_FLAGS to measure another configuration (for example with the default durable SQLite history).
+export SB_FLAGS=${SB_FLAGS:-"--join-leave false --client-command-rate 0 --history-storage memory"}
 REF_PORT=18001
 mkdir -p "$OUT"
 
@@ -51,7 +56,8 @@ server_pid=""
 start_server() { # $1 = switchboard|reference
   case $1 in
     switchboard)
-      taskset -c 0 "$SB" serve --port $SB_PORT --join-leave false >"$OUT/$1.log" 2>&1 &
+      rm -rf "$OUT/data"
+      taskset -c 0 "$SB" serve --port $SB_PORT $SB_FLAGS --data-dir "$OUT/data" >"$OUT/$1.log" 2>&1 &
       server_pid=$!
       url=ws://127.0.0.1:$SB_PORT/connection/websocket ;;
     reference)

@@ -110,7 +110,7 @@ def main():
     out = [BEGIN, "",
            f"Run {now} on {os.cpu_count()} cores ({cpu}), Linux {platform.release()}. "
            "Server pinned to core 0 (`taskset -c 0`), bench to core 1; one fresh server per scenario; "
-           "Switchboard `serve --join-leave false` (release build), reference `uvicorn server:app` "
+           f"Switchboard `serve {os.environ.get('SB_FLAGS', '')}` (release build), reference `uvicorn server:app` "
            "(uvloop, httptools, websockets). `load` is the 1/5/15-minute load average just before the run.", ""]
     for case in cases:
         by_server = results[case]
