@@ -58,7 +58,7 @@ def cell(r, scenario):
             "duplicates / order violations": f"{n(r['duplicates'])} / {n(r['order_violations'])}",
             "latency p50 / p90 / p99 / p99.9 / max": latency(r),
             "server CPU": f"{r['server_cpu_percent']:.0f}%" if r.get("server_cpu_percent") is not None else "–",
-            "bench CPU": f"{r['bench_cpu_percent']:.0f}%",
+            "bench CPU": f"{r['bench_cpu_percent']:.0f}%" if r.get("bench_cpu_percent") is not None else "–",
         }
         if r.get("slow_subscribers"):
             closed = ", ".join(f"{k}×{v}" for k, v in r["slow_closed"].items()) or "none"
@@ -77,7 +77,7 @@ def cell(r, scenario):
             "errors": n(r["errors"]),
             "latency p50 / p90 / p99 / p99.9 / max": latency(r),
             "server CPU": f"{r['server_cpu_percent']:.0f}%" if r.get("server_cpu_percent") is not None else "–",
-            "bench CPU": f"{r['bench_cpu_percent']:.0f}%",
+            "bench CPU": f"{r['bench_cpu_percent']:.0f}%" if r.get("bench_cpu_percent") is not None else "–",
         }
     if s == "connect":
         return {
