@@ -52,64 +52,27 @@ pub struct ChannelOptions {
 impl ChannelOptions {
     /// Resolves a namespace's options over the server-wide ones. Permissions nobody configured
     /// are granted only in development mode.
-    fn resolve(config: &Config, ns: &Namespace, base: &Namespace) -> ChannelOptions {
+    fn resolve(config: &Config, ns: &Namespace) -> ChannelOptions {
         let dev = config.development();
-        let allow = |own: Option<bool>, base: Option<bool>| own.or(base).unwrap_or(dev);
+        let allow = |own: Option<bool>| own.unwrap_or(dev);
         ChannelOptions {
-            presence: ns.presence.or(base.presence).unwrap_or(config.presence),
-            join_leave: ns
-                .join_leave
-                .or(base.join_leave)
-                .unwrap_or(config.join_leave),
-            force_push_join_leave: ns
-                .force_push_join_leave
-                .or(base.force_push_join_leave)
-                .unwrap_or(false),
+            presence: ns.presence.unwrap_or(config.presence),
+            join_leave: ns.join_leave.unwrap_or(config.join_leave),
+            force_push_join_leave: ns.force_push_join_leave.unwrap_or(false),
             history: retention(
-                ns.history_size
-                    .or(base.history_size)
-                    .unwrap_or(config.history_size),
-                ns.history_ttl
-                    .or(base.history_ttl)
-                    .unwrap_or(config.history_ttl),
+                ns.history_size.unwrap_or(config.history_size),
+                ns.history_ttl.unwrap_or(config.history_ttl),
             ),
-            force_recovery: ns.force_recovery.or(base.force_recovery).unwrap_or(true),
-            allow_subscribe_for_client: allow(
-                ns.allow_subscribe_for_client,
-                base.allow_subscribe_for_client,
-            ),
-            allow_subscribe_for_anonymous: allow(
-                ns.allow_subscribe_for_anonymous,
-                base.allow_subscribe_for_anonymous,
-            ),
-            allow_publish_for_client: allow(
-                ns.allow_publish_for_client,
-                base.allow_publish_for_client,
-            ),
-            allow_publish_for_subscriber: allow(
-                ns.allow_publish_for_subscriber,
-                base.allow_publish_for_subscriber,
-            ),
-            allow_publish_for_anonymous: allow(
-                ns.allow_publish_for_anonymous,
-                base.allow_publish_for_anonymous,
-            ),
-            allow_presence_for_client: allow(
-                ns.allow_presence_for_client,
-                base.allow_presence_for_client,
-            ),
-            allow_presence_for_subscriber: allow(
-                ns.allow_presence_for_subscriber,
-                base.allow_presence_for_subscriber,
-            ),
-            allow_history_for_client: allow(
-                ns.allow_history_for_client,
-                base.allow_history_for_client,
-            ),
-            allow_history_for_subscriber: allow(
-                ns.allow_history_for_subscriber,
-                base.allow_history_for_subscriber,
-            ),
+            force_recovery: ns.force_recovery.unwrap_or(true),
+            allow_subscribe_for_client: allow(ns.allow_subscribe_for_client),
+            allow_subscribe_for_anonymous: allow(ns.allow_subscribe_for_anonymous),
+            allow_publish_for_client: allow(ns.allow_publish_for_client),
+            allow_publish_for_subscriber: allow(ns.allow_publish_for_subscriber),
+            allow_publish_for_anonymous: allow(ns.allow_publish_for_anonymous),
+            allow_presence_for_client: allow(ns.allow_presence_for_client),
+            allow_presence_for_subscriber: allow(ns.allow_presence_for_subscriber),
+            allow_history_for_client: allow(ns.allow_history_for_client),
+            allow_history_for_subscriber: allow(ns.allow_history_for_subscriber),
         }
     }
 }
@@ -163,12 +126,11 @@ impl Node {
                 .unwrap_or_else(|| "switchboard".to_string())
         });
         let connection_rate = config.connection_rate_per_ip;
-        let none = Namespace::default();
-        let default_options = ChannelOptions::resolve(&config, &config.channel, &none);
+        let default_options = ChannelOptions::resolve(&config, &config.channel);
         let namespaces = config
             .namespace
             .iter()
-            .map(|ns| (ns.name.clone(), ChannelOptions::resolve(&config, ns, &none)))
+            .map(|ns| (ns.name.clone(), ChannelOptions::resolve(&config, ns)))
             .collect();
         Node {
             inner: Arc::new(Inner {
