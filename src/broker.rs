@@ -7,6 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 
 use crate::history::{History, HistoryError, HistoryFilter, HistoryPage, Retention};
 use crate::protocol::{ClientInfo, Disconnect, Payload, Publication, StreamPosition};
@@ -38,6 +39,9 @@ pub enum NodeControl {
         reason: Disconnect,
     },
 }
+
+/// A publish under way (see [`Broker::submit_publish`]).
+pub type Publishing = BoxFuture<'static, Result<Option<StreamPosition>, BrokerError>>;
 
 /// Receives what the broker delivers to this node. Implemented by the node.
 pub trait BrokerEventHandler: Send + Sync + 'static {
@@ -87,6 +91,19 @@ pub trait Broker: Send + Sync + 'static {
         history: Option<Retention>,
     ) -> Result<Option<StreamPosition>, BrokerError>;
 
+    /// Starts a publish whose place in the channel's order is fixed when this returns, so that a
+    /// caller may keep several in flight and still see them ordered as submitted; the future ends
+    /// as `publish` would. `Err` hands the publication back when this broker fixes the order only
+    /// while `publish` runs: await `publish` instead.
+    fn submit_publish(
+        &self,
+        _channel: &str,
+        publication: Publication,
+        _history: Option<Retention>,
+    ) -> Result<Publishing, Box<Publication>> {
+        Err(Box::new(publication))
+    }
+
     async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError>;
     async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError>;
     async fn publish_control(&self, control: NodeControl) -> Result<(), BrokerError>;
@@ -125,6 +142,35 @@ impl LocalBroker {
         }
     }
 
+    /// Appends (or delivers, without history) now; the future waits for the append.
+    fn start_publish(
+        &self,
+        channel: &str,
+        publication: Publication,
+        history: Option<Retention>,
+    ) -> Publishing {
+        let handler = match self.handler() {
+            Ok(handler) => handler.clone(),
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        match history {
+            Some(retention) => {
+                let name = channel.to_string();
+                let appending = self.history.append(
+                    channel,
+                    publication,
+                    retention,
+                    Box::new(move |p| handler.handle_publication(&name, p)),
+                );
+                Box::pin(async move { Ok(Some(appending.await?)) })
+            }
+            None => {
+                handler.handle_publication(channel, Arc::new(publication));
+                Box::pin(std::future::ready(Ok(None)))
+            }
+        }
+    }
+
     fn handler(&self) -> Result<&Arc<dyn BrokerEventHandler>, BrokerError> {
         self.handler
             .get()
@@ -144,26 +190,16 @@ impl Broker for LocalBroker {
         publication: Publication,
         history: Option<Retention>,
     ) -> Result<Option<StreamPosition>, BrokerError> {
-        let handler = self.handler()?.clone();
-        match history {
-            Some(retention) => {
-                let name = channel.to_string();
-                let position = self
-                    .history
-                    .append(
-                        channel,
-                        publication,
-                        retention,
-                        Box::new(move |p| handler.handle_publication(&name, p)),
-                    )
-                    .await?;
-                Ok(Some(position))
-            }
-            None => {
-                handler.handle_publication(channel, Arc::new(publication));
-                Ok(None)
-            }
-        }
+        self.start_publish(channel, publication, history).await
+    }
+
+    fn submit_publish(
+        &self,
+        channel: &str,
+        publication: Publication,
+        history: Option<Retention>,
+    ) -> Result<Publishing, Box<Publication>> {
+        Ok(self.start_publish(channel, publication, history))
     }
 
     async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {

@@ -109,11 +109,18 @@ pub struct Delivery {
 struct Subscriber {
     queue: Arc<ClientQueue>,
     /// While the subscription is being set up (its position read from history), deliveries are
-    /// held here with their offsets instead of queued; see [`Hub::activate`].
-    held: Option<Vec<(u64, Bytes)>>,
-    held_bytes: usize,
+    /// held here instead of queued; see [`Hub::activate`]. Boxed: every subscriber of every
+    /// channel pays for this field, and only new ones use it.
+    held: Option<Box<Held>>,
     /// Whether it wants join/leave pushes.
     join_leave: bool,
+}
+
+/// Deliveries held for a subscriber being set up: messages with their offsets, and their bytes.
+#[derive(Debug, Default)]
+struct Held {
+    messages: Vec<(u64, Bytes)>,
+    bytes: usize,
 }
 
 type ChannelMap = HashMap<Arc<str>, HashMap<ConnId, Subscriber>>;
@@ -222,8 +229,7 @@ impl Hub {
         let mut shard = self.shard(channel);
         let subscriber = Subscriber {
             queue: queue.clone(),
-            held: Some(Vec::new()),
-            held_bytes: 0,
+            held: Some(Box::default()),
             join_leave,
         };
         match shard.get_mut(channel) {
@@ -249,7 +255,12 @@ impl Hub {
         if let Some(first) = first {
             let _ = subscriber.queue.push(first);
         }
-        for (offset, message) in subscriber.held.take().unwrap_or_default() {
+        let held = subscriber
+            .held
+            .take()
+            .map(|h| h.messages)
+            .unwrap_or_default();
+        for (offset, message) in held {
             if offset > after && subscriber.queue.push(message).is_err() {
                 break;
             }
@@ -299,14 +310,14 @@ impl Hub {
                 }
                 if let Some(held) = &mut subscriber.held {
                     // Held messages count against the client's queue bound too.
-                    if subscriber.held_bytes + message.len() > subscriber.queue.max_bytes() {
+                    if held.bytes + message.len() > subscriber.queue.max_bytes() {
                         subscriber.queue.close(Disconnect::SLOW);
-                        held.clear();
+                        held.messages.clear();
                         delivery.dropped += 1;
                         delivery.overflowed += 1;
                     } else {
-                        subscriber.held_bytes += message.len();
-                        held.push((offset, message.clone()));
+                        held.bytes += message.len();
+                        held.messages.push((offset, message.clone()));
                         delivery.queued += 1;
                     }
                     continue;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -78,6 +79,15 @@ impl ChannelOptions {
 }
 
 /// A cheap-to-clone handle on the node.
+/// A publish started by [`Node::submit_publish`]; the future resolves as [`Node::publish`] does.
+pub enum Submitted {
+    /// Its place in the channel's order is already fixed: the next publish may start at once.
+    InFlight(BoxFuture<'static, Result<Option<StreamPosition>, Error>>),
+    /// Its order is fixed only while it runs: await it before starting the next from the same
+    /// client, or the two may swap.
+    Sequential(BoxFuture<'static, Result<Option<StreamPosition>, Error>>),
+}
+
 #[derive(Clone)]
 pub struct Node {
     inner: Arc<Inner>,
@@ -227,6 +237,20 @@ impl Node {
         tags: HashMap<String, String>,
         skip_history: bool,
     ) -> Result<Option<StreamPosition>, Error> {
+        match self.submit_publish(channel, data, info, tags, skip_history)? {
+            Submitted::InFlight(publishing) | Submitted::Sequential(publishing) => publishing.await,
+        }
+    }
+
+    /// Starts publishing, as [`Node::publish`]; see [`Submitted`] for when the next may start.
+    pub fn submit_publish(
+        &self,
+        channel: &str,
+        data: Payload,
+        info: Option<ClientInfo>,
+        tags: HashMap<String, String>,
+        skip_history: bool,
+    ) -> Result<Submitted, Error> {
         let options = self.channel_options(channel)?;
         let history = if skip_history { None } else { options.history };
         let publication = Publication {
@@ -235,14 +259,29 @@ impl Node {
             offset: 0,
             tags,
         };
-        let _span = history.map(|_| self.timeline().span(Lane::History, "append", channel));
-        let position = self
-            .broker()
-            .publish(channel, publication, history)
-            .await
-            .map_err(|e| broker_error(channel, e))?;
-        Metrics::inc(&self.metrics().publications);
-        Ok(position)
+        let span = history.map(|_| self.timeline().span(Lane::History, "append", channel));
+        let node = self.clone();
+        let name = channel.to_string();
+        let finish = move |result: Result<Option<StreamPosition>, BrokerError>| {
+            drop(span);
+            let position = result.map_err(|e| broker_error(&name, e))?;
+            Metrics::inc(&node.metrics().publications);
+            Ok(position)
+        };
+        Ok(
+            match self.broker().submit_publish(channel, publication, history) {
+                Ok(publishing) => {
+                    Submitted::InFlight(Box::pin(async move { finish(publishing.await) }))
+                }
+                Err(publication) => {
+                    let node = self.clone();
+                    let channel = channel.to_string();
+                    Submitted::Sequential(Box::pin(async move {
+                        finish(node.broker().publish(&channel, *publication, history).await)
+                    }))
+                }
+            },
+        )
     }
 
     /// Reads a channel's history.

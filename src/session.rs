@@ -8,11 +8,12 @@
 //! shutdown, API disconnect, even a panic), dropping the session releases every subscription and
 //! presence entry. There is no other exit path to forget.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use crate::auth::{unix_now, ConnectionClaims, TokenError};
@@ -20,7 +21,7 @@ use crate::config::Config;
 use crate::history::HistoryFilter;
 use crate::hub::{ClientHandle, ConnId, Control, ControlSender};
 use crate::metrics::Metrics;
-use crate::node::{ChannelOptions, Node, VERSION};
+use crate::node::{ChannelOptions, Node, Submitted, VERSION};
 use crate::protocol::{
     error_code, flag, ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, Empty, Error,
     HistoryRequest, HistoryResult, Payload, PresenceResult, PresenceStatsResult, Push, PushBody,
@@ -60,7 +61,21 @@ pub struct Session {
     /// When the connection's token expires (unix seconds), if it does.
     expires_at: Option<u64>,
     limiter: RateLimiter,
+    /// Publishes in flight, oldest first, with the ids of the commands they answer. Created on
+    /// first use (most connections never publish) and boxed to keep idle sessions small. Only
+    /// reached through `&mut self` (`Mutex::get_mut`, never locked): the mutex only makes the
+    /// session `Sync`, which its `&self` methods held across awaits need.
+    pipeline: Option<Box<Mutex<Pipeline>>>,
 }
+
+type Pipeline = VecDeque<(u32, PublishFuture)>;
+
+/// A client publish under way.
+type PublishFuture = BoxFuture<'static, Result<Option<crate::protocol::StreamPosition>, Error>>;
+
+/// Most publishes one client may have in flight; beyond that its next frame waits (the client's
+/// own backpressure). In flight, a durable history store commits them together.
+const MAX_PUBLISHES_IN_FLIGHT: usize = 256;
 
 /// Who the client is, once connected.
 #[derive(Debug, Clone)]
@@ -92,6 +107,42 @@ impl Session {
             ping_sent: None,
             expires_at: None,
             limiter,
+            pipeline: None,
+        }
+    }
+
+    /// Whether publishes are in flight (see [`Session::finish_publish`]).
+    pub fn has_publishes_in_flight(&mut self) -> bool {
+        self.in_flight() > 0
+    }
+
+    fn in_flight(&mut self) -> usize {
+        self.pipeline_mut().map_or(0, |p| p.len())
+    }
+
+    fn pipeline_mut(&mut self) -> Option<&mut Pipeline> {
+        self.pipeline
+            .as_mut()
+            .map(|p| p.get_mut().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Waits for the oldest publish in flight and replies to it; never resolves if none is.
+    /// Cancel-safe: dropped before it resolves, it leaves the publish in flight.
+    pub async fn finish_publish(&mut self) {
+        let Some(front) = self.pipeline_mut().and_then(|p| p.front_mut()) else {
+            return std::future::pending().await;
+        };
+        let result = (&mut front.1).await;
+        let Some((id, _)) = self.pipeline_mut().and_then(|p| p.pop_front()) else {
+            return;
+        };
+        self.reply(id, result.map(|_| ReplyResult::Publish(Empty {})));
+    }
+
+    /// Replies to every publish in flight, in order: whatever is answered next comes after them.
+    async fn finish_publishes(&mut self) {
+        while self.has_publishes_in_flight() {
+            self.finish_publish().await;
         }
     }
 
@@ -149,10 +200,16 @@ impl Session {
     async fn handle_command(&mut self, command: Command) -> Outcome {
         let id = command.id;
         let request = command.request();
+        // Replies go out in command order: anything but another publish waits for the publishes
+        // in flight (which also lets a `history` read see them).
+        if !matches!(request, Request::Publish(_)) {
+            self.finish_publishes().await;
+        }
         if !matches!(request, Request::Pong | Request::Connect(_)) {
             match self.limiter.admit() {
                 Admission::Admit => {}
                 Admission::Refuse => {
+                    self.finish_publishes().await;
                     if id != 0 {
                         self.reply(id, Err(Error::new(error_code::TOO_MANY_REQUESTS)));
                     }
@@ -191,7 +248,28 @@ impl Session {
                 self.unsubscribe(&req.channel).await;
                 Ok(ReplyResult::Unsubscribe(Empty {}))
             }
-            (Request::Publish(req), Some(who)) => self.publish(&who, &req.channel, req.data).await,
+            (Request::Publish(req), Some(who)) => {
+                match self.submit_publish(&who, &req.channel, req.data) {
+                    Ok(Submitted::InFlight(publishing)) => {
+                        if self.in_flight() >= MAX_PUBLISHES_IN_FLIGHT {
+                            self.finish_publish().await;
+                        }
+                        let pipeline = self.pipeline.get_or_insert_default().get_mut();
+                        pipeline
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push_back((id, publishing));
+                        return Ok(());
+                    }
+                    Ok(Submitted::Sequential(publishing)) => {
+                        self.finish_publishes().await;
+                        publishing.await.map(|_| ReplyResult::Publish(Empty {}))
+                    }
+                    Err(e) => {
+                        self.finish_publishes().await;
+                        Err(e)
+                    }
+                }
+            }
             (Request::Presence(req), _) => self.presence(&req.channel).await,
             (Request::PresenceStats(req), _) => self.presence_stats(&req.channel).await,
             (Request::History(req), _) => self.history(req).await,
@@ -687,12 +765,13 @@ impl Session {
         for_client || (for_subscriber && self.subscriptions.contains_key(channel))
     }
 
-    async fn publish(
+    /// Checks a client publish and starts it.
+    fn submit_publish(
         &self,
         who: &Identity,
         channel: &str,
         data: Option<Payload>,
-    ) -> Result<ReplyResult, Error> {
+    ) -> Result<Submitted, Error> {
         check_channel_name(self.node.config(), channel)?;
         let options = self.node.channel_options(channel)?;
         let anonymous_ok = !who.user.is_empty() || options.allow_publish_for_anonymous;
@@ -716,9 +795,7 @@ impl Session {
                 .and_then(|s| s.info.chan_info.clone()),
         };
         self.node
-            .publish(channel, data, Some(info), HashMap::new(), false)
-            .await?;
-        Ok(ReplyResult::Publish(Empty {}))
+            .submit_publish(channel, data, Some(info), HashMap::new(), false)
     }
 
     fn check_presence(&self, channel: &str) -> Result<(), Error> {

@@ -1,7 +1,8 @@
 //! The WebSocket transport: one task per connection drives its [`Session`].
 //!
 //! The task waits on whichever comes first: a client frame, pending outbound messages (written as
-//! one frame), a control request from the node, the ping/pong/stale/expiry timer, or shutdown. One
+//! one frame), a control request from the node, the oldest of the client's publishes in flight,
+//! the ping/pong/stale/expiry timer, or shutdown. One
 //! task per connection, not one per direction, keeps idle connections cheap.
 
 use std::future::Future;
@@ -23,19 +24,24 @@ const CONTROL_CAPACITY: usize = 64;
 
 /// Serves one upgraded WebSocket until it closes. Every exit path ends here, where dropping the
 /// session releases its subscriptions and presence.
-pub async fn serve(node: Node, mut socket: WebSocket) {
-    let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
-    let control = Arc::new(ControlInbox::new(CONTROL_CAPACITY));
-    let mut session = Session::new(node.clone(), queue.clone(), control.clone());
-    // The socket is lent, not moved, so this future holds it once (a moved argument would be
-    // stored both here and in `drive`'s state, for every idle connection).
-    let reason = drive(&node, &mut session, &queue, &mut socket, &control).await;
-    tracing::debug!(
-        client = session.client_id().unwrap_or("-"),
-        code = reason.as_ref().map(|r| r.code),
-        reason = reason.as_ref().map(|r| r.reason.as_ref()),
-        "connection closed"
-    );
+///
+/// Not an `async fn`: one moves its arguments into the future and then again into locals of its
+/// body, so the socket would be stored twice in every idle connection's task. The `async move`
+/// block below keeps each captured value once and lends the socket from there.
+#[allow(clippy::manual_async_fn)] // see above: an `async fn` would store the socket twice
+pub fn serve(node: Node, mut socket: WebSocket) -> impl Future<Output = ()> + Send {
+    async move {
+        let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
+        let control = Arc::new(ControlInbox::new(CONTROL_CAPACITY));
+        let mut session = Session::new(node.clone(), queue.clone(), control.clone());
+        let reason = drive(&node, &mut session, &queue, &mut socket, &control).await;
+        tracing::debug!(
+            client = session.client_id().unwrap_or("-"),
+            code = reason.as_ref().map(|r| r.code),
+            reason = reason.as_ref().map(|r| r.reason.as_ref()),
+            "connection closed"
+        );
+    }
 }
 
 /// Runs the connection; returns the disconnect sent to the client (`None` if the client left or
@@ -125,13 +131,15 @@ async fn drive(
                 }
             },
             request = control.recv() => Box::pin(session.handle_control(request)).await,
+            // Publishes run while the next frames are read; their replies go out in order.
+            _ = session.finish_publish(), if session.has_publishes_in_flight() => {}
             _ = &mut timer => {
                 let now = Instant::now();
                 if !session.is_connected() {
                     if now >= stale_deadline { queue.close(Disconnect::STALE); }
                 } else if session.awaiting_pong_since().is_some_and(|sent| now >= sent + config.pong_timeout()) {
                     queue.close(Disconnect::NO_PONG);
-                } else if let Err(reason) = session.check_expiry().await {
+                } else if let Err(reason) = Box::pin(session.check_expiry()).await {
                     queue.close(reason);
                 } else if next_ping.is_some_and(|at| now >= at) {
                     let _ = queue.push(bytes::Bytes::from_static(PING));

@@ -289,3 +289,68 @@ async fn publications_expire_after_their_ttl_but_the_position_stays() {
     assert!(reply["subscribe"].get("recovered").is_none(), "{reply}");
     server.stop().await;
 }
+
+/// A client that sends publishes without waiting for their replies has them in flight together:
+/// the stream keeps the order they were sent in, replies come back in command order (errors in
+/// their place), and a command after them (here `history`) sees them all.
+#[tokio::test]
+async fn pipelined_publishes_keep_their_order() {
+    let server = TestServer::start().await;
+    let mut subscriber = server.client().await;
+    subscriber.subscribe("feed").await;
+    let mut publisher = server.client().await;
+    const COUNT: u64 = 300;
+    let bad = 150;
+    let mut ids = Vec::new();
+    for n in 1..=COUNT {
+        let channel = if n == bad { "undefined:feed" } else { "feed" };
+        ids.push(
+            publisher
+                .send("publish", json!({"channel": channel, "data": {"n": n}}))
+                .await,
+        );
+    }
+    let history = publisher
+        .send("history", json!({"channel": "feed", "limit": -1}))
+        .await;
+    ids.push(history);
+    let mut replies = Vec::new();
+    while replies.len() < ids.len() {
+        let message = publisher.next_message().await;
+        assert!(message.get("push").is_none(), "unexpected push {message}");
+        replies.push(message);
+    }
+    let order: Vec<u64> = replies.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    let sent: Vec<u64> = ids.iter().map(|&id| id as u64).collect();
+    assert_eq!(order, sent, "replies in command order");
+    for (n, reply) in (1..=COUNT).zip(&replies) {
+        if n == bad {
+            assert_eq!(reply["error"]["code"], 102, "{reply}");
+        } else {
+            assert_eq!(reply["publish"], json!({}), "{reply}");
+        }
+    }
+    let stored: Vec<(u64, u64)> = replies[COUNT as usize]["history"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["offset"].as_u64().unwrap(),
+                p["data"]["n"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(u64, u64)> = (1..=COUNT)
+        .filter(|&n| n != bad)
+        .enumerate()
+        .map(|(i, n)| (i as u64 + 1, n))
+        .collect();
+    assert_eq!(stored, expected, "history in send order");
+    for &(offset, n) in &expected {
+        let push = subscriber.next_publication().await;
+        assert_eq!(push["pub"]["offset"], offset);
+        assert_eq!(push["pub"]["data"]["n"], n);
+    }
+    server.stop().await;
+}

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 
 use crate::protocol::{Publication, StreamPosition};
 
@@ -57,22 +58,28 @@ pub enum HistoryError {
 /// Called with each appended publication, in offset order per channel, once it is stored.
 pub type OnStored = Box<dyn FnOnce(Arc<Publication>) + Send>;
 
+/// An append under way: resolves with the publication's position once it is stored.
+pub type Appending = BoxFuture<'static, Result<StreamPosition, HistoryError>>;
+
 /// Storage of channel streams.
 ///
 /// Contract: `append` gives the publication the next offset of the channel's stream; `on_stored`
 /// runs once the publication is stored (durably, for a durable storage), and for one channel those
 /// calls happen in offset order and never concurrently, so whoever delivers from them delivers in
-/// order. `append` returns after `on_stored` ran. A failed append stores nothing and calls nothing.
+/// order. The publication's place in the stream is fixed when `append` returns, before its future
+/// is polled: successive calls from one task append in call order, which lets a caller keep several
+/// appends in flight. The future resolves after `on_stored` ran. A failed append stores nothing and
+/// calls nothing.
 #[async_trait]
 pub trait History: Send + Sync + 'static {
     /// Appends `publication` to `channel`'s stream, trimming the stream to `retention`.
-    async fn append(
+    fn append(
         &self,
         channel: &str,
         publication: Publication,
         retention: Retention,
         on_stored: OnStored,
-    ) -> Result<StreamPosition, HistoryError>;
+    ) -> Appending;
 
     /// Reads publications per `filter`, oldest first unless `filter.reverse`. A stream that does not
     /// exist yet is created (a fresh epoch, top 0): every position a reader gets names an epoch.
@@ -173,13 +180,13 @@ impl MemoryStream {
 
 #[async_trait]
 impl History for MemoryHistory {
-    async fn append(
+    fn append(
         &self,
         channel: &str,
         mut publication: Publication,
         retention: Retention,
         on_stored: OnStored,
-    ) -> Result<StreamPosition, HistoryError> {
+    ) -> Appending {
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
         let stream = MemoryStream::of(&mut streams, channel);
         stream.top += 1;
@@ -192,7 +199,7 @@ impl History for MemoryHistory {
         let position = stream.position();
         // Called under the lock: per-channel calls are ordered and never concurrent.
         on_stored(publication);
-        Ok(position)
+        Box::pin(std::future::ready(Ok(position)))
     }
 
     async fn read(

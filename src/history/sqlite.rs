@@ -21,7 +21,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use super::{new_epoch, History, HistoryError, HistoryFilter, HistoryPage, OnStored, Retention};
+use super::{
+    new_epoch, Appending, History, HistoryError, HistoryFilter, HistoryPage, OnStored, Retention,
+};
 use crate::protocol::{ClientInfo, Publication, StreamPosition};
 
 /// Most requests committed in one transaction.
@@ -174,24 +176,28 @@ impl Drop for SqliteHistory {
 
 #[async_trait]
 impl History for SqliteHistory {
-    async fn append(
+    fn append(
         &self,
         channel: &str,
         publication: Publication,
         retention: Retention,
         on_stored: OnStored,
-    ) -> Result<StreamPosition, HistoryError> {
+    ) -> Appending {
         let (reply, result) = oneshot::channel();
-        self.send(WriteRequest::Append {
+        // Queued to the writer now: the order of calls is the order of the stream.
+        let sent = self.send(WriteRequest::Append {
             channel: channel.to_string(),
             publication,
             retention,
             on_stored,
             reply,
-        })?;
-        result
-            .await
-            .map_err(|_| HistoryError::Storage("history writer stopped".into()))?
+        });
+        Box::pin(async move {
+            sent?;
+            result
+                .await
+                .map_err(|_| HistoryError::Storage("history writer stopped".into()))?
+        })
     }
 
     async fn read(
