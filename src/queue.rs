@@ -7,7 +7,9 @@
 //! growing memory, and publishers are never blocked by a slow reader.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Mutex;
+use std::task::{Poll, Waker};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::Notify;
@@ -42,7 +44,6 @@ pub enum PushError {
 #[derive(Debug)]
 pub struct ClientQueue {
     state: Mutex<State>,
-    ready: Notify,
     /// Woken on close only, for a writer blocked on the socket.
     closing: Notify,
     max_bytes: usize,
@@ -53,6 +54,8 @@ struct State {
     messages: VecDeque<Bytes>,
     bytes: usize,
     close: Option<Disconnect>,
+    /// The consumer waiting for work, woken (and forgotten) by the next push or close.
+    waiter: Option<Waker>,
 }
 
 impl ClientQueue {
@@ -60,7 +63,6 @@ impl ClientQueue {
     pub fn new(max_bytes: usize) -> Self {
         ClientQueue {
             state: Mutex::new(State::default()),
-            ready: Notify::new(),
             closing: Notify::new(),
             max_bytes,
         }
@@ -68,6 +70,17 @@ impl ClientQueue {
 
     /// Queues one encoded message. Never blocks beyond a short critical section.
     pub fn push(&self, message: Bytes) -> Result<(), PushError> {
+        self.push_and_wake(message, true)
+    }
+
+    /// Queues a message from the consumer's own task (a reply), which looks at the queue before
+    /// it waits again: waking it would only cost it a whole extra poll. Any other push still
+    /// wakes it if it is waiting.
+    pub fn push_from_consumer(&self, message: Bytes) -> Result<(), PushError> {
+        self.push_and_wake(message, false)
+    }
+
+    fn push_and_wake(&self, message: Bytes, wake: bool) -> Result<(), PushError> {
         let mut state = self.lock();
         if state.close.is_some() {
             return Err(PushError::Closed);
@@ -76,17 +89,20 @@ impl ClientQueue {
             state.close = Some(Disconnect::SLOW);
             state.messages.clear();
             state.bytes = 0;
+            let waiter = state.waiter.take();
             drop(state);
-            self.ready.notify_one();
+            if let Some(waiter) = waiter {
+                waiter.wake();
+            }
             self.closing.notify_one();
             return Err(PushError::Overflow);
         }
-        let was_empty = state.messages.is_empty();
         state.bytes += message.len();
         state.messages.push_back(message);
+        let waiter = if wake { state.waiter.take() } else { None };
         drop(state);
-        if was_empty {
-            self.ready.notify_one();
+        if let Some(waiter) = waiter {
+            waiter.wake();
         }
         Ok(())
     }
@@ -98,8 +114,11 @@ impl ClientQueue {
         if state.close.is_none() {
             state.close = Some(reason);
         }
+        let waiter = state.waiter.take();
         drop(state);
-        self.ready.notify_one();
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
         self.closing.notify_one();
     }
 
@@ -125,13 +144,18 @@ impl ClientQueue {
 
     /// Waits for work: every pending message as one frame, or the close once nothing is pending.
     /// Cancel-safe: nothing is taken from the queue until the returned value is ready.
-    pub async fn next(&self) -> Outbound {
-        loop {
-            if let Some(out) = self.try_next() {
-                return out;
+    pub fn next(&self) -> impl Future<Output = Outbound> + '_ {
+        std::future::poll_fn(|cx| {
+            let mut state = self.lock();
+            if let Some(out) = take_next(&mut state) {
+                return Poll::Ready(out);
             }
-            self.ready.notified().await;
-        }
+            match &state.waiter {
+                Some(waiter) if waiter.will_wake(cx.waker()) => {}
+                _ => state.waiter = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
     }
 
     /// Resolves when the queue is closed; used to abandon a write blocked on a client that stopped
@@ -145,52 +169,53 @@ impl ClientQueue {
         }
     }
 
-    fn try_next(&self) -> Option<Outbound> {
-        let mut state = self.lock();
-        match state.messages.len() {
-            0 => state.close.clone().map(Outbound::Close),
-            1 => {
-                state.bytes = 0;
-                let message = state.messages.pop_front();
-                // A quiet connection (one message per wake-up) gives its small buffer back, so
-                // idle connections hold none; a busy one keeps its larger buffer.
-                if state.messages.capacity() <= 8 {
-                    state.messages = VecDeque::new();
-                }
-                message.map(Outbound::Frame)
-            }
-            n => {
-                // As many messages as fit in one frame of MAX_FRAME_BYTES (at least one); the
-                // rest make the next frame, taken at once by the next call.
-                let mut take = 0;
-                let mut size = 0;
-                for message in state.messages.iter() {
-                    let next = size + usize::from(take > 0) + message.len();
-                    if take > 0 && next > MAX_FRAME_BYTES {
-                        break;
-                    }
-                    size = next;
-                    take += 1;
-                }
-                let mut frame = BytesMut::with_capacity(size);
-                let mut taken = 0;
-                for (i, message) in state.messages.drain(..take).enumerate() {
-                    if i > 0 {
-                        frame.put_u8(b'\n');
-                    }
-                    taken += message.len();
-                    frame.put_slice(&message);
-                }
-                state.bytes -= taken;
-                debug_assert!(take <= n);
-                Some(Outbound::Frame(frame.freeze()))
-            }
-        }
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock leaves the state consistent (every update is one step).
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Every pending message as one frame (up to [`MAX_FRAME_BYTES`]), or the close once nothing is
+/// pending.
+fn take_next(state: &mut State) -> Option<Outbound> {
+    match state.messages.len() {
+        0 => state.close.clone().map(Outbound::Close),
+        1 => {
+            state.bytes = 0;
+            let message = state.messages.pop_front();
+            // A quiet connection (one message per wake-up) gives its small buffer back, so
+            // idle connections hold none; a busy one keeps its larger buffer.
+            if state.messages.capacity() <= 8 {
+                state.messages = VecDeque::new();
+            }
+            message.map(Outbound::Frame)
+        }
+        n => {
+            // As many messages as fit in one frame of MAX_FRAME_BYTES (at least one); the
+            // rest make the next frame, taken at once by the next call.
+            let mut take = 0;
+            let mut size = 0;
+            for message in state.messages.iter() {
+                let next = size + usize::from(take > 0) + message.len();
+                if take > 0 && next > MAX_FRAME_BYTES {
+                    break;
+                }
+                size = next;
+                take += 1;
+            }
+            let mut frame = BytesMut::with_capacity(size);
+            let mut taken = 0;
+            for (i, message) in state.messages.drain(..take).enumerate() {
+                if i > 0 {
+                    frame.put_u8(b'\n');
+                }
+                taken += message.len();
+                frame.put_slice(&message);
+            }
+            state.bytes -= taken;
+            debug_assert!(take <= n);
+            Some(Outbound::Frame(frame.freeze()))
+        }
     }
 }
 

@@ -289,10 +289,11 @@ impl Session {
         self.send(reply.encode());
     }
 
-    /// Queues one encoded message to this client.
+    /// Queues one encoded message to this client. Only the connection's task calls this, and it
+    /// looks at the queue before it waits again (see `transport`), so the push does not wake it.
     fn send(&self, message: Vec<u8>) {
         let metrics = self.node.metrics();
-        match self.queue.push(Bytes::from(message)) {
+        match self.queue.push_from_consumer(Bytes::from(message)) {
             Ok(()) => Metrics::inc(&metrics.messages_sent),
             Err(crate::queue::PushError::Overflow) => {
                 Metrics::inc(&metrics.queue_drops);

@@ -142,7 +142,7 @@ async fn drive(
                 } else if let Err(reason) = Box::pin(session.check_expiry()).await {
                     queue.close(reason);
                 } else if next_ping.is_some_and(|at| now >= at) {
-                    let _ = queue.push(bytes::Bytes::from_static(PING));
+                    let _ = queue.push_from_consumer(bytes::Bytes::from_static(PING));
                     session.ping_sent(now);
                     next_ping = Some(now + config.ping_interval());
                 }
