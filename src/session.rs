@@ -163,7 +163,18 @@ impl Session {
         }
     }
 
-    /// When the outstanding ping was sent, if a pong is awaited.
+    /// Notes a frame from the client. While a pong is awaited, a client whose frames keep
+    /// arriving is alive even if its pong is late: under backpressure (its publishes waiting for
+    /// durable writes) the pong sits behind its earlier frames, unread. The pong stays due, from
+    /// now. A client that sends but does not read is caught by its queue bound instead.
+    pub fn frame_received(&mut self) {
+        if self.ping_sent.is_some() {
+            self.ping_sent = Some(Instant::now());
+        }
+    }
+
+    /// When the outstanding ping was sent (or, since then, the client's last frame arrived), if a
+    /// pong is awaited.
     pub fn awaiting_pong_since(&self) -> Option<Instant> {
         self.ping_sent
     }

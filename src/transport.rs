@@ -116,6 +116,7 @@ async fn drive(
                 if queue.is_closed() {
                     continue;
                 }
+                session.frame_received();
                 if text.len() > config.max_message_size {
                     queue.close(Disconnect::MESSAGE_TOO_BIG);
                     continue;

@@ -80,3 +80,24 @@ async fn publications_nobody_received_count_as_lost() {
     assert_eq!(report.lost(), 5);
     server.stop().await;
 }
+
+/// The whole `bench fanout` command, with publishers that send different counts (10 over 3
+/// publishers: 4, 3, 3) and so finish in another order than they started: each publisher's count
+/// must still name its own sequence numbers, or delivered publications count as lost.
+#[tokio::test]
+async fn fanout_command_accounts_publishers_by_index() {
+    let server = TestServer::with(|c| c.join_leave = false).await;
+    let url = server.ws_url();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["bench", "fanout", "--url", &url, "--via", "api", "--publishers", "3"])
+        .args(["-n", "3", "-r", "10", "-d", "1s", "--drain", "2s", "--json", "--quiet"])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["published"], 10, "{report}");
+    assert_eq!(report["delivered"], 30, "{report}");
+    assert_eq!(report["lost_publications"], 0, "{report}");
+    server.stop().await;
+}

@@ -204,6 +204,15 @@ async fn ping_pong_keeps_answering_clients_and_drops_silent_ones() {
     .await;
     let mut silent = server.client().await;
     let mut polite = server.client().await;
+    // Never answers pings, but keeps sending: alive (its pong could be stuck behind its frames).
+    let mut busy = server.client().await;
+    let busy_task = tokio::spawn(async move {
+        for _ in 0..20 {
+            busy.send_raw(r#"{"send":{"data":"working"}}"#).await;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        busy
+    });
     let polite_task = tokio::spawn(async move {
         let mut pings = 0;
         while pings < 3 {
@@ -224,6 +233,16 @@ async fn ping_pong_keeps_answering_clients_and_drops_silent_ones() {
         .call("rpc", json!({"method": "echo", "data": "still here"}))
         .await;
     assert_eq!(r["rpc"]["data"], "still here");
+    let mut busy = busy_task.await.unwrap();
+    let r = busy
+        .call("rpc", json!({"method": "echo", "data": "busy"}))
+        .await;
+    assert_eq!(
+        r["rpc"]["data"], "busy",
+        "a client sending frames is not dropped"
+    );
+    // Once it stops sending, its missing pong counts again.
+    assert_eq!(busy.closed().await, (3012, "no pong".into()));
     server.stop().await;
 }
 

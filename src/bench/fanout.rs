@@ -161,28 +161,26 @@ pub async fn run(args: FanoutArgs, env: Env) -> anyhow::Result<()> {
         let (plan, counters) = (plan.clone(), counters.clone());
         match args.via {
             Via::Ws => {
-                tasks.spawn(ws_publisher(
-                    target.clone(),
-                    plan,
-                    w,
-                    start,
-                    counters,
-                    args.drain,
-                ));
+                let publisher = ws_publisher(target.clone(), plan, w, start, counters, args.drain);
+                tasks.spawn(async move { (w, publisher.await) });
             }
             Via::Api => {
                 let api = ApiTarget::new(&api_url(&args), args.api_key.clone())?;
-                tasks.spawn(api_publisher(api, plan, w, start, counters));
+                let publisher = api_publisher(api, plan, w, start, counters);
+                tasks.spawn(async move { (w, publisher.await) });
             }
         }
     }
     let bar = timer(common, args.duration, "publishing");
-    let mut ends: Vec<PublisherEnd> = Vec::new();
+    // Indexed by publisher: publisher w's counts name its sequence numbers (see `Published`), so
+    // they must not be taken in the order the publishers finish.
+    let mut ends: Vec<PublisherEnd> = (0..publishers).map(|_| PublisherEnd::default()).collect();
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
             end = tasks.join_next() => match end {
-                Some(end) => ends.push(end.unwrap_or_default()),
+                Some(Ok((w, end))) => ends[w] = end,
+                Some(Err(e)) => tracing::error!(error = %e, "publisher task failed"),
                 None => break,
             },
             _ = ticker.tick() => {
