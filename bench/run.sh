@@ -56,6 +56,11 @@ SCENARIOS=(
 
 server_pid=""
 start_server() { # $1 = switchboard|reference
+  for port in $SB_PORT $REF_PORT; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "port $port is already in use: stop whatever listens there first" >&2; return 1
+    fi
+  done
   case $1 in
     switchboard)
       rm -rf "$OUT/data"
@@ -70,6 +75,8 @@ start_server() { # $1 = switchboard|reference
   esac
   local port=${url#ws://127.0.0.1:}; port=${port%%/*}
   for _ in $(seq 100); do
+    # Our server must be the one listening (not a leftover on the same port).
+    if ! kill -0 "$server_pid" 2>/dev/null; then break; fi
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
     sleep 0.1
   done
