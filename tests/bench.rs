@@ -89,8 +89,19 @@ async fn fanout_command_accounts_publishers_by_index() {
     let server = TestServer::with(|c| c.join_leave = false).await;
     let url = server.ws_url();
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["bench", "fanout", "--url", &url, "--via", "api", "--publishers", "3"])
-        .args(["-n", "3", "-r", "10", "-d", "1s", "--drain", "2s", "--json", "--quiet"])
+        .args([
+            "bench",
+            "fanout",
+            "--url",
+            &url,
+            "--via",
+            "api",
+            "--publishers",
+            "3",
+        ])
+        .args([
+            "-n", "3", "-r", "10", "-d", "1s", "--drain", "2s", "--json", "--quiet",
+        ])
         .output()
         .await
         .unwrap();

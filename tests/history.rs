@@ -17,6 +17,21 @@ async fn recover(c: &mut Client, channel: &str, offset: u64, epoch: &str, flag: 
     .await
 }
 
+/// `(offset, data.n)` of each publication in a reply's list.
+fn offsets_and_numbers(publications: &Value) -> Vec<(u64, u64)> {
+    publications
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["offset"].as_u64().unwrap(),
+                p["data"]["n"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 async fn publish(server: &TestServer, channel: &str, data: Value) -> Value {
     let (status, reply) = server
         .api("publish", json!({"channel": channel, "data": data}))
@@ -55,17 +70,7 @@ async fn reconnecting_client_recovers_exactly_what_it_missed() {
     assert_eq!(result["recovered"], true);
     assert_eq!(result["epoch"], epoch.as_str());
     assert_eq!(result["offset"], 7);
-    let missed: Vec<(u64, u64)> = result["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["offset"].as_u64().unwrap(),
-                p["data"]["n"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let missed = offsets_and_numbers(&result["publications"]);
     assert_eq!(missed, vec![(4, 4), (5, 5), (6, 6), (7, 7)]);
     // Live publications continue right after, with no duplicate.
     publish(&server, "feed", json!({"n": 8})).await;
@@ -330,17 +335,7 @@ async fn pipelined_publishes_keep_their_order() {
             assert_eq!(reply["publish"], json!({}), "{reply}");
         }
     }
-    let stored: Vec<(u64, u64)> = replies[COUNT as usize]["history"]["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["offset"].as_u64().unwrap(),
-                p["data"]["n"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let stored = offsets_and_numbers(&replies[COUNT as usize]["history"]["publications"]);
     let expected: Vec<(u64, u64)> = (1..=COUNT)
         .filter(|&n| n != bad)
         .enumerate()
