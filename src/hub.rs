@@ -6,11 +6,12 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 
 use crate::protocol::{Disconnect, Payload};
 use crate::queue::{ClientQueue, PushError};
@@ -43,44 +44,57 @@ pub type ControlSender = Arc<ControlInbox>;
 
 /// A session's small bounded inbox of control requests. Not a tokio `mpsc` channel: one of those
 /// costs about 800 bytes per connection before any use (a cache-padded channel and a 32-slot
-/// block), for requests most connections never receive; this costs about 100.
+/// block), for requests most connections never receive; this costs about 100. Its one consumer's
+/// waker is kept under the lock, so waiting costs the connection loop no registration of its own.
 #[derive(Debug)]
 pub struct ControlInbox {
-    requests: Mutex<VecDeque<Control>>,
-    ready: Notify,
+    state: Mutex<Inbox>,
     capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    requests: VecDeque<Control>,
+    waiter: Option<Waker>,
 }
 
 impl ControlInbox {
     /// An inbox holding at most `capacity` waiting requests.
     pub fn new(capacity: usize) -> Self {
         ControlInbox {
-            requests: Mutex::new(VecDeque::new()),
-            ready: Notify::new(),
+            state: Mutex::new(Inbox::default()),
             capacity,
         }
     }
 
     /// Queues a request; gives it back when the inbox is full.
     pub fn try_send(&self, request: Control) -> Result<(), Control> {
-        let mut requests = lock(&self.requests);
-        if requests.len() >= self.capacity {
+        let mut state = lock(&self.state);
+        if state.requests.len() >= self.capacity {
             return Err(request);
         }
-        requests.push_back(request);
-        drop(requests);
-        self.ready.notify_one();
+        state.requests.push_back(request);
+        let waiter = state.waiter.take();
+        drop(state);
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
         Ok(())
     }
 
     /// The next request. Cancel-safe: a request is taken only when this resolves.
-    pub async fn recv(&self) -> Control {
-        loop {
-            if let Some(request) = lock(&self.requests).pop_front() {
-                return request;
+    pub fn recv(&self) -> impl Future<Output = Control> + '_ {
+        std::future::poll_fn(|cx| {
+            let mut state = lock(&self.state);
+            if let Some(request) = state.requests.pop_front() {
+                return Poll::Ready(request);
             }
-            self.ready.notified().await;
-        }
+            match &state.waiter {
+                Some(waiter) if waiter.will_wake(cx.waker()) => {}
+                _ => state.waiter = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
     }
 }
 
