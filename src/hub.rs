@@ -193,21 +193,26 @@ impl Hub {
         }
     }
 
-    /// The connections of `user` (all of them when `user` is `None`).
-    pub fn user_connections(&self, user: Option<&str>) -> Vec<ClientHandle> {
+    /// The connections of `user`.
+    pub fn user_connections(&self, user: &str) -> Vec<ClientHandle> {
         let conns = lock(&self.connections);
-        match user {
-            None => conns.by_id.values().cloned().collect(),
-            Some(user) => conns
-                .by_user
-                .get(user)
-                .map(|ids| {
-                    ids.iter()
-                        .filter_map(|id| conns.by_id.get(id).cloned())
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }
+        conns
+            .by_user
+            .get(user)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| conns.by_id.get(id).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// How many connections `user` has.
+    pub fn user_connection_count(&self, user: &str) -> usize {
+        lock(&self.connections)
+            .by_user
+            .get(user)
+            .map_or(0, HashSet::len)
     }
 
     /// The connections subscribed to `channel` on this node.
@@ -260,14 +265,15 @@ impl Hub {
 
     /// Ends the hold of a new subscriber: queues `first` (the subscribe reply), then
     /// the held deliveries whose offset is above `after` (the reply covers the rest), then lets
-    /// deliveries flow. Nothing published meanwhile is lost or duplicated.
+    /// deliveries flow. Nothing published meanwhile is lost or duplicated. Called by the
+    /// subscriber's own connection task, which looks at its queue next.
     pub fn activate(&self, channel: &str, id: ConnId, first: Option<Bytes>, after: u64) {
         let mut shard = self.shard(channel);
         let Some(subscriber) = shard.get_mut(channel).and_then(|subs| subs.get_mut(&id)) else {
             return;
         };
         if let Some(first) = first {
-            let _ = subscriber.queue.push(first);
+            let _ = subscriber.queue.push_from_consumer(first);
         }
         let held = subscriber
             .held
@@ -275,7 +281,7 @@ impl Hub {
             .map(|h| h.messages)
             .unwrap_or_default();
         for (offset, message) in held {
-            if offset > after && subscriber.queue.push(message).is_err() {
+            if offset > after && subscriber.queue.push_from_consumer(message).is_err() {
                 break;
             }
         }
@@ -326,7 +332,9 @@ impl Hub {
                     // Held messages count against the client's queue bound too.
                     if held.bytes + message.len() > subscriber.queue.max_bytes() {
                         subscriber.queue.close(Disconnect::SLOW);
-                        held.messages.clear();
+                        // Closed: later deliveries meet the closed queue (dropped, not counted
+                        // as another overflow).
+                        subscriber.held = None;
                         delivery.dropped += 1;
                         delivery.overflowed += 1;
                     } else {

@@ -78,7 +78,6 @@ impl ChannelOptions {
     }
 }
 
-/// A cheap-to-clone handle on the node.
 /// A publish started by [`Node::submit_publish`]; the future resolves as [`Node::publish`] does.
 pub enum Submitted {
     /// Its place in the channel's order is already fixed: the next publish may start at once.
@@ -88,6 +87,7 @@ pub enum Submitted {
     Sequential(BoxFuture<'static, Result<Option<StreamPosition>, Error>>),
 }
 
+/// A cheap-to-clone handle on the node.
 #[derive(Clone)]
 pub struct Node {
     inner: Arc<Inner>,
@@ -486,7 +486,7 @@ impl Dispatcher {
 
     fn matching(&self, user: &str, client: &Option<String>) -> Vec<crate::hub::ClientHandle> {
         self.hub
-            .user_connections(Some(user))
+            .user_connections(user)
             .into_iter()
             .filter(|h| client.as_deref().is_none_or(|c| *h.client_id == *c))
             .collect()

@@ -159,7 +159,7 @@ pub enum Request {
     Rpc(RpcRequest),
     Refresh(RefreshRequest),
     SubRefresh(SubRefreshRequest),
-    /// An empty command without id: the answer to a server ping.
+    /// A command without id (other than `send`), usually empty: the answer to a server ping.
     Pong,
     /// A command with an id but no request the server knows.
     Unknown,
@@ -307,10 +307,10 @@ pub struct HistoryRequest {
     pub reverse: bool,
 }
 
+/// An asynchronous message to the server. Nothing here handles its `data` (no backend to forward
+/// it to), so it is not copied out of the frame: unknown fields, `data` included, are skipped.
 #[derive(Debug, Deserialize)]
-pub struct SendRequest {
-    pub data: Option<Payload>,
-}
+pub struct SendRequest {}
 
 #[derive(Debug, Deserialize)]
 pub struct RpcRequest {

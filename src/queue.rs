@@ -1,8 +1,9 @@
 //! One client's outbound queue, bounded by bytes.
 //!
 //! Publishers (the hub, on any thread) push already-encoded messages; the client's connection task
-//! takes everything pending at once and writes it as a single `\n`-joined frame, so a busy channel
-//! costs one write per wake-up rather than one per message. A client that does not read lets its
+//! takes everything pending at once (up to [`MAX_FRAME_BYTES`] per frame, the rest in the next)
+//! and writes it as `\n`-joined frames, so a busy channel costs one write per wake-up rather than
+//! one per message. A client that does not read lets its
 //! queue fill; the push that would overflow it closes the queue with [`Disconnect::SLOW`] instead of
 //! growing memory, and publishers are never blocked by a slow reader.
 
@@ -142,7 +143,8 @@ impl ClientQueue {
         self.lock().bytes
     }
 
-    /// Waits for work: every pending message as one frame, or the close once nothing is pending.
+    /// Waits for work: the pending messages as one frame (up to [`MAX_FRAME_BYTES`]), or the close
+    /// once nothing is pending.
     /// Cancel-safe: nothing is taken from the queue until the returned value is ready.
     pub fn next(&self) -> impl Future<Output = Outbound> + '_ {
         std::future::poll_fn(|cx| {
@@ -190,7 +192,7 @@ fn take_next(state: &mut State) -> Option<Outbound> {
             }
             message.map(Outbound::Frame)
         }
-        n => {
+        _ => {
             // As many messages as fit in one frame of MAX_FRAME_BYTES (at least one); the
             // rest make the next frame, taken at once by the next call.
             let mut take = 0;
@@ -213,7 +215,6 @@ fn take_next(state: &mut State) -> Option<Outbound> {
                 frame.put_slice(&message);
             }
             state.bytes -= taken;
-            debug_assert!(take <= n);
             Some(Outbound::Frame(frame.freeze()))
         }
     }

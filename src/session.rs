@@ -211,9 +211,12 @@ impl Session {
     async fn handle_command(&mut self, command: Command) -> Outcome {
         let id = command.id;
         let request = command.request();
-        // Replies go out in command order: anything but another publish waits for the publishes
-        // in flight (which also lets a `history` read see them).
-        if !matches!(request, Request::Publish(_)) {
+        // Replies go out in command order: anything that is answered, other than another publish,
+        // waits for the publishes in flight (which also lets a `history` read see them).
+        if !matches!(
+            request,
+            Request::Publish(_) | Request::Pong | Request::Send(_)
+        ) {
             self.finish_publishes().await;
         }
         if !matches!(request, Request::Pong | Request::Connect(_)) {
@@ -346,7 +349,7 @@ impl Session {
         let limit = config.user_connection_limit;
         if limit > 0
             && !claims.sub.is_empty()
-            && self.node.hub().user_connections(Some(&claims.sub)).len() >= limit
+            && self.node.hub().user_connection_count(&claims.sub) >= limit
         {
             return Err(Disconnect::CONNECTION_LIMIT);
         }

@@ -66,7 +66,12 @@ async fn drive(
     tokio::pin!(timer);
     loop {
         let wake = next_wake(session, stale_deadline, next_ping, config.pong_timeout());
-        if timer.deadline() != wake {
+        // Deadlines derived from wall-clock seconds (token expiry) or from the client's last
+        // frame (a due pong) move a little on every wake-up; a pending timer within a second of
+        // the wanted instant is kept rather than re-registered each time. Checks may then run up
+        // to a second late, never spin: an elapsed timer is always reset.
+        let current = timer.deadline();
+        if timer.is_elapsed() || current.max(wake) - current.min(wake) >= TIMER_SLACK {
             timer.as_mut().reset(wake);
         }
         tokio::select! {
@@ -151,6 +156,9 @@ async fn drive(
         }
     }
 }
+
+/// How far a pending timer may be from the wanted wake-up before it is re-registered.
+const TIMER_SLACK: Duration = Duration::from_secs(1);
 
 /// How long a connection closed as slow may take to finish its write and close frame.
 const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(1);

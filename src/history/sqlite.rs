@@ -397,15 +397,6 @@ impl Writer {
 
     /// Writes a batch in one transaction; on success runs the callbacks in order, then replies.
     fn commit(&mut self, batch: Vec<WriteRequest>) {
-        // The channels this batch may move, to forget their cached tops if it fails.
-        let touched: Vec<String> = batch
-            .iter()
-            .map(|r| match r {
-                WriteRequest::Append { channel, .. }
-                | WriteRequest::Remove { channel, .. }
-                | WriteRequest::Create { channel, .. } => channel.clone(),
-            })
-            .collect();
         let result = self.write(batch);
         match result {
             Ok(done) => {
@@ -429,10 +420,8 @@ impl Writer {
             Err((error, replies)) => {
                 tracing::error!(%error, "history commit failed");
                 // Nothing of the batch was stored: forget the offsets it took (the next append
-                // reloads the stored top).
-                for channel in &touched {
-                    self.streams.remove(channel);
-                }
+                // reloads the stored top). A failed commit is rare; the whole cache goes.
+                self.streams.clear();
                 for reply in replies {
                     match reply {
                         Done::Appended { reply, .. } => {
