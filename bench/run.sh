@@ -4,7 +4,7 @@
 # then writes the comparison table into BENCHMARKS.md (between the results markers).
 #
 #   bench/run.sh                 # everything (about 10 minutes)
-#   QUICK=1 bench/run.sh         # scaled down (counts ÷10, 3 s runs) to check the harness
+#   QUICK=1 bench/run.sh         # scaled down (counts ÷10, 3 s runs) to check the harness; tables go to $OUT/BENCHMARKS.quick.md
 #   ONLY="rpc connect" bench/run.sh     # some scenarios only
 #   SERVERS=switchboard bench/run.sh    # one server only
 #
@@ -24,6 +24,10 @@ SB_PORT=18000
 export SB_FLAGS=${SB_FLAGS:-"--join-leave false --client-command-rate 0 --connection-rate-per-ip 0"}
 REF_PORT=18001
 mkdir -p "$OUT"
+# A full run starts from no results, so the tables hold this run's figures only.
+if [ -z "${ONLY:-}" ]; then rm -f "$OUT"/*.json; fi
+export RUN_STARTED
+RUN_STARTED=$(date -u +"%Y-%m-%d %H:%M")
 
 ulimit -n "$(ulimit -Hn)"
 CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1} cargo build --release --quiet
@@ -132,5 +136,12 @@ EOF
   done
 done
 
-python3 "$ROOT/bench/table.py" "$OUT" "$ROOT/BENCHMARKS.md"
-echo "results in $OUT; table written to BENCHMARKS.md" >&2
+if [ -n "${QUICK:-}" ]; then
+  # Scaled-down figures check the harness; they never replace the published tables.
+  cp "$ROOT/BENCHMARKS.md" "$OUT/BENCHMARKS.quick.md"
+  python3 "$ROOT/bench/table.py" "$OUT" "$OUT/BENCHMARKS.quick.md"
+  echo "results in $OUT; QUICK tables in $OUT/BENCHMARKS.quick.md" >&2
+else
+  python3 "$ROOT/bench/table.py" "$OUT" "$ROOT/BENCHMARKS.md"
+  echo "results in $OUT; table written to BENCHMARKS.md" >&2
+fi

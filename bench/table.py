@@ -98,7 +98,9 @@ def main():
     order = ["idle", "fanout-1k-3000", "fanout-10k-100", "fanout-1k-100", "fanout-api-1k-1000",
              "rpc-50", "connect-10k", "overload"]
     cases = [c for c in order if c in results] + sorted(set(results) - set(order))
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M UTC")
+    started = os.environ.get("RUN_STARTED", "")
+    window = f"{started}–{now}" if started else f"ending {now}"
     cpu = platform.processor() or platform.machine()
     try:
         for line in open("/proc/cpuinfo"):
@@ -108,7 +110,7 @@ def main():
     except OSError:
         pass
     out = [BEGIN, "",
-           f"Run {now} on {os.cpu_count()} cores ({cpu}), Linux {platform.release()}. "
+           f"Run {window} on {os.cpu_count()} cores ({cpu}), Linux {platform.release()}. "
            "Server pinned to core 0 (`taskset -c 0`), bench to core 1; one fresh server per scenario; "
            f"Switchboard `serve {os.environ.get('SB_FLAGS', '')}` (release build), reference `uvicorn server:app` "
            "(uvloop, httptools, websockets). `load` is the 1/5/15-minute load average just before the run.", ""]
