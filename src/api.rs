@@ -42,9 +42,14 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotFound => (StatusCode::NOT_FOUND, error_code::METHOD_NOT_FOUND),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, error_code::BAD_REQUEST),
         };
-        let body = json!({"error": {"code": code, "message": self.to_string()}});
-        (status, axum::Json(body)).into_response()
+        json_error(status, code, &self.to_string())
     }
+}
+
+/// An HTTP error with the JSON body every error of the server has: `{"error": {code, message}}`.
+pub(crate) fn json_error(status: StatusCode, code: u32, message: &str) -> Response {
+    let body = json!({"error": {"code": code, "message": message}});
+    (status, axum::Json(body)).into_response()
 }
 
 /// `POST /api/{method}`.

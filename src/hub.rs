@@ -228,13 +228,6 @@ impl Hub {
             .collect()
     }
 
-    /// Closes every local connection with `reason`.
-    pub fn close_all(&self, reason: Disconnect) {
-        for handle in lock(&self.connections).by_id.values() {
-            handle.queue.close(reason.clone());
-        }
-    }
-
     /// Adds a subscriber, its deliveries held until [`Hub::activate`] (so the subscribe reply,
     /// computed meanwhile, goes first). `join_leave`: it receives join/leave pushes. Returns true
     /// if the channel had no local subscriber before.

@@ -10,11 +10,11 @@ use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
 use futures_util::FutureExt;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::json_error;
 use crate::broker::{Broker, LocalBroker};
 use crate::config::{Config, HistoryStorage};
 use crate::fd_limit::{raise_fd_limit, FdLimit};
@@ -22,7 +22,7 @@ use crate::history::{History, MemoryHistory, SqliteHistory};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::presence::{MemoryPresence, Presence};
-use crate::protocol::error_code;
+use crate::protocol::{error_code, Disconnect};
 use crate::redis_engine::{RedisEngine, RedisSettings};
 
 /// Largest server API request body.
@@ -91,27 +91,16 @@ impl ConnectionLimit {
         self.max
     }
 
-    /// Connections being served now.
-    pub fn in_use(&self) -> usize {
-        self.max - self.permits.available_permits()
-    }
-
     /// A slot for one connection, held for its whole life; `None` at the limit.
     fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
         self.permits.clone().try_acquire_owned().ok()
     }
 }
 
-/// Every route of the server, with the connection limit the configuration asks for.
-pub fn app(node: Node) -> Router {
-    let limit = ConnectionLimit::for_config(node.config(), raise_fd_limit());
-    app_with_limit(node, limit)
-}
-
 /// Every route of the server, sharing `limit` (so the caller can observe it): the WebSocket
 /// endpoint, the web pages (beside the WebSocket they connect to), and the server API unless it
 /// is served on its own listener.
-pub fn app_with_limit(node: Node, limit: ConnectionLimit) -> Router {
+pub fn app(node: Node, limit: ConnectionLimit) -> Router {
     let router = Router::new()
         .route("/connection/websocket", get(websocket))
         .layer(axum::Extension(limit));
@@ -133,23 +122,17 @@ pub fn api_routes() -> Router<Node> {
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
 }
 
-/// A refusal before the WebSocket upgrade, with a JSON body.
-fn refuse(status: StatusCode, code: u32, message: &str) -> Response {
-    let body = json!({"error": {"code": code, "message": message}});
-    (status, axum::Json(body)).into_response()
-}
-
 /// The answer to a WebSocket handshake over the connection limit: 503 before the upgrade, with
 /// Centrifugo's disconnect code 3504 in a JSON body. Clients treat a failed handshake as a
 /// transport failure and retry with backoff, which is what a full node wants.
 fn connection_limit_response() -> Response {
-    let body = serde_json::json!({"error": {"code": 3504, "message": "connection limit"}});
-    (
+    let limit = Disconnect::CONNECTION_LIMIT;
+    let refusal = json_error(
         StatusCode::SERVICE_UNAVAILABLE,
-        [(header::RETRY_AFTER, "5")],
-        axum::Json(body),
-    )
-        .into_response()
+        limit.code.into(),
+        &limit.reason,
+    );
+    ([(header::RETRY_AFTER, "5")], refusal).into_response()
 }
 
 /// `GET /connection/websocket`: checks the connection limit, origin and connection rate,
@@ -162,14 +145,14 @@ async fn websocket(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if !origin_allowed(node.config(), &headers) {
-        return refuse(
+        return json_error(
             StatusCode::FORBIDDEN,
             error_code::PERMISSION_DENIED,
             "origin not allowed",
         );
     }
     if !node.connection_limiter().admit(peer.ip()) {
-        return refuse(
+        return json_error(
             StatusCode::TOO_MANY_REQUESTS,
             error_code::TOO_MANY_REQUESTS,
             "too many new connections from this address",
@@ -304,7 +287,7 @@ pub async fn run_with(
         servers.spawn(serve_plain(api, router, shutdown.clone()));
     }
     let main_addr = listeners.main.local_addr()?;
-    let router = app_with_limit(node.clone(), connections);
+    let router = app(node.clone(), connections);
     match tls {
         Some(tls) => {
             tracing::info!(address = %main_addr, "switchboard listening (TLS)");

@@ -774,10 +774,22 @@ impl Session {
         }
     }
 
-    /// Whether this client may act on `channel` when the namespace allows it for any client
-    /// (`for_client`) or for subscribers (`for_subscriber`).
-    fn allowed(&self, channel: &str, for_client: bool, for_subscriber: bool) -> bool {
-        for_client || (for_subscriber && self.subscriptions.contains_key(channel))
+    /// Checks that `channel` is a valid name and that this client may act on it: `grants` picks,
+    /// from the channel's options, whether any client (first) or any subscriber (second) may.
+    /// Returns the options; error 103 when neither applies.
+    fn permit(
+        &self,
+        channel: &str,
+        grants: fn(&ChannelOptions) -> (bool, bool),
+    ) -> Result<ChannelOptions, Error> {
+        check_channel_name(self.node.config(), channel)?;
+        let options = self.node.channel_options(channel)?;
+        let (for_client, for_subscriber) = grants(&options);
+        if for_client || (for_subscriber && self.subscriptions.contains_key(channel)) {
+            Ok(options)
+        } else {
+            Err(Error::new(error_code::PERMISSION_DENIED))
+        }
     }
 
     /// Checks a client publish and starts it.
@@ -787,16 +799,10 @@ impl Session {
         channel: &str,
         data: Option<Payload>,
     ) -> Result<Submitted, Error> {
-        check_channel_name(self.node.config(), channel)?;
-        let options = self.node.channel_options(channel)?;
-        let anonymous_ok = !who.user.is_empty() || options.allow_publish_for_anonymous;
-        if !anonymous_ok
-            || !self.allowed(
-                channel,
-                options.allow_publish_for_client,
-                options.allow_publish_for_subscriber,
-            )
-        {
+        let options = self.permit(channel, |o| {
+            (o.allow_publish_for_client, o.allow_publish_for_subscriber)
+        })?;
+        if who.user.is_empty() && !options.allow_publish_for_anonymous {
             return Err(Error::new(error_code::PERMISSION_DENIED));
         }
         let data = data.ok_or_else(|| Error::new(error_code::BAD_REQUEST))?;
@@ -814,16 +820,10 @@ impl Session {
     }
 
     fn check_presence(&self, channel: &str) -> Result<(), Error> {
-        check_channel_name(self.node.config(), channel)?;
-        let options = self.node.channel_options(channel)?;
-        if !self.allowed(
-            channel,
-            options.allow_presence_for_client,
-            options.allow_presence_for_subscriber,
-        ) {
-            return Err(Error::new(error_code::PERMISSION_DENIED));
-        }
-        Ok(())
+        self.permit(channel, |o| {
+            (o.allow_presence_for_client, o.allow_presence_for_subscriber)
+        })
+        .map(drop)
     }
 
     async fn presence(&self, channel: &str) -> Result<ReplyResult, Error> {
@@ -842,15 +842,9 @@ impl Session {
     }
 
     async fn history(&self, req: HistoryRequest) -> Result<ReplyResult, Error> {
-        check_channel_name(self.node.config(), &req.channel)?;
-        let options = self.node.channel_options(&req.channel)?;
-        if !self.allowed(
-            &req.channel,
-            options.allow_history_for_client,
-            options.allow_history_for_subscriber,
-        ) {
-            return Err(Error::new(error_code::PERMISSION_DENIED));
-        }
+        self.permit(&req.channel, |o| {
+            (o.allow_history_for_client, o.allow_history_for_subscriber)
+        })?;
         let filter = history_filter(req.limit, req.since, req.reverse)?;
         let page = self.node.history(&req.channel, filter).await?;
         Ok(ReplyResult::History(HistoryResult {

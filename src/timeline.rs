@@ -257,11 +257,6 @@ impl SpanGuard {
             active.count = count;
         }
     }
-
-    /// Whether this span will be recorded.
-    pub fn is_recorded(&self) -> bool {
-        self.active.is_some()
-    }
 }
 
 impl Drop for SpanGuard {

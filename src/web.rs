@@ -251,8 +251,7 @@ async fn dashboard_access(State(node): State<Node>) -> Response {
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response {
-    let body = json!({"error": {"code": status.as_u16(), "message": message}});
-    (status, axum::Json(body)).into_response()
+    crate::api::json_error(status, status.as_u16().into(), message)
 }
 
 /// `GET /dashboard/events?key=…`: a snapshot of the node every [`SNAPSHOT_INTERVAL`], as SSE

@@ -53,14 +53,7 @@ async fn over_the_limit_handshakes_get_503_and_open_connections_are_unharmed() {
         assert_eq!(reply["rpc"]["data"], json!({"x": 1}));
     }
     // The API is not subject to the WebSocket limit, and counts the refusals.
-    let (_, metrics) = http_raw(
-        server.addr,
-        &format!(
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            server.addr
-        ),
-    )
-    .await;
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("switchboard_connections_refused_total 2"),
         "{metrics}"

@@ -305,14 +305,7 @@ async fn slow_reader_is_disconnected_while_a_fast_one_gets_everything() {
         matches!(code, Some(3008) | None),
         "slow client closed with {code:?}"
     );
-    let (_, metrics) = common::http_raw(
-        server.addr,
-        &format!(
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            server.addr
-        ),
-    )
-    .await;
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("switchboard_slow_disconnects_total 1"),
         "{metrics}"

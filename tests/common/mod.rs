@@ -67,6 +67,15 @@ impl TestServer {
         c
     }
 
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        http_raw(self.addr, &request).await.1
+    }
+
     /// Calls the server API without a key.
     pub async fn api(&self, method: &str, body: Value) -> (u16, Value) {
         api_call(self.addr, method, &body.to_string(), None).await

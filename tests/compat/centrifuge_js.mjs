@@ -33,7 +33,9 @@ let currentStep = 'start';
 const watchdog = setTimeout(() => fail(new Error(`the whole test took over ${TOTAL_MS} ms`)), TOTAL_MS);
 
 function fail(error) {
-  console.error(`FAIL in step "${currentStep}": ${error && error.stack ? error.stack : error}`);
+  // The SDK rejects with plain objects ({code, message}); print them whole.
+  const text = error && error.stack ? error.stack : JSON.stringify(error) ?? String(error);
+  console.error(`FAIL in step "${currentStep}": ${text}`);
   process.exit(1);
 }
 process.on('unhandledRejection', fail);
