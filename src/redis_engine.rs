@@ -174,7 +174,8 @@ impl RedisEngine {
                 client,
                 commands: commands.clone(),
                 prefix: settings.prefix.clone(),
-                control_topic: (index == 0).then(|| format!("{}.control", settings.prefix)),
+                pub_topic_prefix: key(&settings.prefix, "pub", ""),
+                control_topic: (index == 0).then(|| control_topic(&settings.prefix)),
                 handler: handler.clone(),
                 channels: channels.clone(),
                 shard_count: settings.urls.len(),
@@ -207,7 +208,7 @@ impl RedisEngine {
     }
 
     fn key(&self, kind: &str, channel: &str) -> String {
-        format!("{}.{kind}.{channel}", self.settings.prefix)
+        key(&self.settings.prefix, kind, channel)
     }
 
     fn handler(&self) -> Result<&Arc<dyn BrokerEventHandler>, BrokerError> {
@@ -302,7 +303,7 @@ impl Broker for RedisEngine {
         let json =
             serde_json::to_string(&control).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let mut conn = self.shards[0].commands.clone();
-        call(conn.publish::<_, _, ()>(format!("{}.control", self.settings.prefix), json)).await
+        call(conn.publish::<_, _, ()>(control_topic(&self.settings.prefix), json)).await
     }
 
     async fn history(
@@ -395,16 +396,12 @@ impl Broker for RedisEngine {
         let json =
             serde_json::to_string(&record).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let mut conn = self.shards[0].commands.clone();
-        call(conn.hset::<_, _, _, ()>(
-            format!("{}.nodes", self.settings.prefix),
-            &record.info.uid,
-            json,
-        ))
-        .await
+        call(conn.hset::<_, _, _, ()>(nodes_key(&self.settings.prefix), &record.info.uid, json))
+            .await
     }
 
     async fn nodes(&self) -> Result<Vec<NodeRecord>, BrokerError> {
-        let key = format!("{}.nodes", self.settings.prefix);
+        let key = nodes_key(&self.settings.prefix);
         let mut conn = self.shards[0].commands.clone();
         let all: HashMap<String, String> = call(conn.hgetall(&key)).await?;
         let now = now_secs();
@@ -528,6 +525,22 @@ async fn refresh_presence(engine: std::sync::Weak<RedisEngine>) {
     }
 }
 
+/// The Redis key (or pub/sub topic) of `kind` for `channel`: `<prefix>.<kind>.<channel>`. Every
+/// key and topic of a channel is named here.
+fn key(prefix: &str, kind: &str, channel: &str) -> String {
+    format!("{prefix}.{kind}.{channel}")
+}
+
+/// The topic of node-wide control messages.
+fn control_topic(prefix: &str) -> String {
+    format!("{prefix}.control")
+}
+
+/// The hash of node announcements.
+fn nodes_key(prefix: &str) -> String {
+    format!("{prefix}.nodes")
+}
+
 /// Owns one shard's pub/sub connection: subscribes topics on request, dispatches messages, and
 /// after a lost connection reconnects, resubscribes, and flags channels that may have a gap.
 struct PubSubSupervisor {
@@ -535,6 +548,8 @@ struct PubSubSupervisor {
     client: redis::Client,
     commands: ConnectionManager,
     prefix: String,
+    /// `<prefix>.pub.`, which every channel's topic starts with (built once, not per message).
+    pub_topic_prefix: String,
     control_topic: Option<String>,
     handler: Arc<OnceLock<Arc<dyn BrokerEventHandler>>>,
     channels: Arc<Mutex<HashMap<String, Option<StreamPosition>>>>,
@@ -575,7 +590,7 @@ impl PubSubSupervisor {
                 .filter(|c| shard_index(c, self.shard_count) == self.shard)
                 .cloned()
                 .collect();
-            topics.extend(local.iter().map(|c| format!("{}.pub.{c}", self.prefix)));
+            topics.extend(local.iter().map(|c| key(&self.prefix, "pub", c)));
             let mut ok = true;
             for topic in &topics {
                 if sink.subscribe(topic).await.is_err() {
@@ -652,8 +667,8 @@ impl PubSubSupervisor {
                 .flatten();
             let meta: Result<HashMap<String, String>, _> = call({
                 let mut conn = self.commands.clone();
-                let key = format!("{}.meta.{channel}", self.prefix);
-                async move { conn.hgetall(key).await }
+                let meta_key = key(&self.prefix, "meta", channel);
+                async move { conn.hgetall(meta_key).await }
             })
             .await;
             let current = meta.ok().map(|m| StreamPosition {
@@ -690,7 +705,7 @@ impl PubSubSupervisor {
             }
             return;
         }
-        let Some(channel) = topic.strip_prefix(&format!("{}.pub.", self.prefix)) else {
+        let Some(channel) = topic.strip_prefix(&self.pub_topic_prefix) else {
             return;
         };
         let Ok(text) = std::str::from_utf8(payload) else {

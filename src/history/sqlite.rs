@@ -124,6 +124,16 @@ impl SqliteHistory {
         })
     }
 
+    /// Sends the writer a request it answers, and waits for the answer.
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<T, HistoryError>>) -> WriteRequest,
+    ) -> Result<T, HistoryError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(request(reply))?;
+        answer.await.map_err(writer_stopped)?
+    }
+
     fn send(&self, request: WriteRequest) -> Result<(), HistoryError> {
         let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         writes
@@ -194,9 +204,7 @@ impl History for SqliteHistory {
         });
         Box::pin(async move {
             sent?;
-            result
-                .await
-                .map_err(|_| HistoryError::Storage("history writer stopped".into()))?
+            result.await.map_err(writer_stopped)?
         })
     }
 
@@ -211,29 +219,28 @@ impl History for SqliteHistory {
         // A stream has an epoch from its first read, not only from its first publication: the
         // position a subscriber saves must name the epoch it belongs to. Only the writer creates
         // rows; the stream is then read again, as an append may have raced the creation.
-        let (reply, created) = oneshot::channel();
-        self.send(WriteRequest::Create {
+        self.ask(|reply| WriteRequest::Create {
             channel: channel.to_string(),
             reply,
-        })?;
-        created
-            .await
-            .map_err(|_| HistoryError::Storage("history writer stopped".into()))??;
+        })
+        .await?;
         self.read_stream(channel, filter)
             .await?
             .ok_or_else(|| HistoryError::Storage("stream missing after its creation".into()))
     }
 
     async fn remove(&self, channel: &str) -> Result<(), HistoryError> {
-        let (reply, result) = oneshot::channel();
-        self.send(WriteRequest::Remove {
+        self.ask(|reply| WriteRequest::Remove {
             channel: channel.to_string(),
             reply,
-        })?;
-        result
-            .await
-            .map_err(|_| HistoryError::Storage("history writer stopped".into()))?
+        })
+        .await
     }
+}
+
+/// The writer dropped a request's reply: it has stopped.
+fn writer_stopped(_: oneshot::error::RecvError) -> HistoryError {
+    HistoryError::Storage("history writer stopped".into())
 }
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
@@ -357,8 +364,8 @@ enum Done {
         position: StreamPosition,
         reply: oneshot::Sender<Result<StreamPosition, HistoryError>>,
     },
-    Removed(oneshot::Sender<Result<(), HistoryError>>),
-    Created(oneshot::Sender<Result<(), HistoryError>>),
+    /// A removal or a stream creation: nothing to report but success.
+    Acked(oneshot::Sender<Result<(), HistoryError>>),
 }
 
 impl Writer {
@@ -411,7 +418,7 @@ impl Writer {
                             on_stored(publication);
                             let _ = reply.send(Ok(position));
                         }
-                        Done::Removed(reply) | Done::Created(reply) => {
+                        Done::Acked(reply) => {
                             let _ = reply.send(Ok(()));
                         }
                     }
@@ -427,7 +434,7 @@ impl Writer {
                         Done::Appended { reply, .. } => {
                             let _ = reply.send(Err(HistoryError::Storage(error.clone())));
                         }
-                        Done::Removed(reply) | Done::Created(reply) => {
+                        Done::Acked(reply) => {
                             let _ = reply.send(Err(HistoryError::Storage(error.clone())));
                         }
                     }
@@ -526,8 +533,9 @@ fn pending_reply(request: WriteRequest) -> Done {
             position: StreamPosition::default(),
             reply,
         },
-        WriteRequest::Remove { reply, .. } => Done::Removed(reply),
-        WriteRequest::Create { reply, .. } => Done::Created(reply),
+        WriteRequest::Remove { reply, .. } | WriteRequest::Create { reply, .. } => {
+            Done::Acked(reply)
+        }
     }
 }
 
@@ -594,13 +602,13 @@ fn apply(
         }
         WriteRequest::Remove { channel, reply } => {
             match tx.execute("DELETE FROM publications WHERE channel = ?1", [&channel]) {
-                Ok(_) => Ok(Done::Removed(reply)),
-                Err(e) => Err((e.to_string(), Done::Removed(reply))),
+                Ok(_) => Ok(Done::Acked(reply)),
+                Err(e) => Err((e.to_string(), Done::Acked(reply))),
             }
         }
         WriteRequest::Create { channel, reply } => match stream_top(tx, streams, &channel) {
-            Ok(_) => Ok(Done::Created(reply)),
-            Err(e) => Err((e.to_string(), Done::Created(reply))),
+            Ok(_) => Ok(Done::Acked(reply)),
+            Err(e) => Err((e.to_string(), Done::Acked(reply))),
         },
     }
 }
