@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use crate::history::sqlite::Durability;
+pub use crate::engine::sqlite::Durability;
 
 /// Everything a node needs to run. Durations are whole seconds in files and flags.
 #[derive(Debug, Clone, Deserialize)]

@@ -25,27 +25,24 @@
 //! - [`bench`]: `switchboard bench`, the load generator (a client of any compatible server; the
 //!   server modules never use it).
 
-pub mod api;
 pub mod auth;
 pub mod bench;
-pub mod broker;
 pub mod config;
+pub mod engine;
 pub mod fd_limit;
-pub mod history;
+pub mod hooks;
+pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod node;
-pub mod presence;
 pub mod protocol;
 pub mod queue;
 pub mod ratelimit;
-pub mod redis_engine;
 pub mod server;
 pub mod session;
 pub mod timeline;
 pub mod transport;
 pub mod vecmap;
-pub mod web;
 
 pub use config::Config;
 pub use server::{run, run_with, Listeners};

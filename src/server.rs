@@ -14,16 +14,18 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::json_error;
-use crate::broker::{Broker, LocalBroker};
 use crate::config::{Config, HistoryStorage};
+use crate::engine::broker::Broker;
+use crate::engine::history::History;
+use crate::engine::memory::{LocalBroker, MemoryHistory, MemoryPresence};
+use crate::engine::presence::Presence;
+use crate::engine::redis::{RedisEngine, RedisSettings};
+use crate::engine::sqlite::SqliteHistory;
 use crate::fd_limit::{raise_fd_limit, FdLimit};
-use crate::history::{History, MemoryHistory, SqliteHistory};
+use crate::http::api::json_error;
 use crate::metrics::Metrics;
 use crate::node::Node;
-use crate::presence::{MemoryPresence, Presence};
 use crate::protocol::{error_code, Disconnect};
-use crate::redis_engine::{RedisEngine, RedisSettings};
 
 /// Largest server API request body.
 const API_BODY_LIMIT: usize = 4 * 1024 * 1024;
@@ -104,7 +106,7 @@ pub fn app(node: Node, limit: ConnectionLimit) -> Router {
     let router = Router::new()
         .route("/connection/websocket", get(websocket))
         .layer(axum::Extension(limit));
-    let router = router.merge(crate::web::routes());
+    let router = router.merge(crate::http::web::routes());
     let router = if node.config().api_port.is_some() {
         router
     } else {
@@ -116,9 +118,9 @@ pub fn app(node: Node, limit: ConnectionLimit) -> Router {
 /// The server API, health and metrics.
 pub fn api_routes() -> Router<Node> {
     Router::new()
-        .route("/api/{method}", post(crate::api::call))
-        .route("/health", get(crate::api::health))
-        .route("/metrics", get(crate::api::metrics))
+        .route("/api/{method}", post(crate::http::api::call))
+        .route("/health", get(crate::http::api::health))
+        .route("/metrics", get(crate::http::api::metrics))
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
 }
 
@@ -178,7 +180,8 @@ async fn websocket(
             // The slot is released when the connection ends (or if the upgrade never completes,
             // when this closure is dropped). `map` rather than an `async` block awaiting `serve`:
             // such a block would store the future twice (as captured value and as awaited one).
-            let serve = crate::transport::serve(node.clone(), socket).map(move |()| drop(slot));
+            let serve =
+                crate::transport::websocket::serve(node.clone(), socket).map(move |()| drop(slot));
             node.tracker().track_future(serve)
         })
 }
@@ -192,7 +195,10 @@ fn origin_allowed(config: &Config, headers: &HeaderMap) -> bool {
     };
     if !config.allowed_origins.is_empty() {
         return config.allowed_origins.iter().any(|pattern| {
-            crate::api::glob_match(&pattern.to_ascii_lowercase(), &origin.to_ascii_lowercase())
+            crate::http::api::glob_match(
+                &pattern.to_ascii_lowercase(),
+                &origin.to_ascii_lowercase(),
+            )
         });
     }
     if config.development() {

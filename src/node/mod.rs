@@ -12,12 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenVerifier;
-use crate::broker::{Broker, BrokerError, BrokerEventHandler, NodeControl};
 use crate::config::{Config, Namespace};
-use crate::history::{HistoryError, HistoryFilter, HistoryPage, Retention};
+use crate::engine::broker::{Broker, BrokerError, BrokerEventHandler, NodeControl, NodeInfo};
+use crate::engine::history::{HistoryError, HistoryFilter, HistoryPage, Retention};
+use crate::engine::presence::{Presence, PresenceStats};
 use crate::hub::{ConnId, Control, Hub};
 use crate::metrics::{Gauges, Metrics};
-use crate::presence::{Presence, PresenceStats};
 use crate::protocol::{
     error_code, ClientInfo, Error, Payload, Publication, Push, PushBody, Reply, StreamPosition,
 };
@@ -377,7 +377,7 @@ impl Node {
     /// Announces this node through the broker every few seconds until shutdown.
     pub async fn announce_forever(self) {
         loop {
-            let record = crate::broker::NodeRecord {
+            let record = crate::engine::broker::NodeRecord {
                 info: self.info(),
                 seen: crate::auth::unix_now(),
             };
@@ -402,19 +402,6 @@ impl Node {
             uptime_seconds: info.uptime,
         })
     }
-}
-
-/// A node's entry in `/api/info`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct NodeInfo {
-    pub uid: String,
-    pub name: String,
-    pub version: String,
-    pub num_clients: u64,
-    pub num_users: u64,
-    pub num_channels: u64,
-    pub num_subs: u64,
-    pub uptime: u64,
 }
 
 /// History retention, or none when either bound is zero.

@@ -31,9 +31,9 @@ use redis::{AsyncCommands, Script};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, BrokerError, BrokerEventHandler, NodeControl, NodeRecord};
-use crate::history::{new_epoch, HistoryError, HistoryFilter, HistoryPage, Retention};
-use crate::presence::{Presence, PresenceError, PresenceStats};
+use crate::engine::broker::{Broker, BrokerError, BrokerEventHandler, NodeControl, NodeRecord};
+use crate::engine::history::{new_epoch, HistoryError, HistoryFilter, HistoryPage, Retention};
+use crate::engine::presence::{Presence, PresenceError, PresenceStats};
 use crate::protocol::{ClientInfo, Publication, StreamPosition};
 
 /// Longest a single Redis call may take before the caller gets "not available".

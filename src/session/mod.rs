@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::auth::{unix_now, ConnectionClaims, TokenError};
 use crate::config::Config;
-use crate::history::HistoryFilter;
+use crate::engine::history::HistoryFilter;
 use crate::hub::{ClientHandle, ConnId, Control, ControlSender};
 use crate::metrics::Metrics;
 use crate::node::{ChannelOptions, Node, Submitted, VERSION};

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::broker::NodeControl;
+use crate::engine::broker::NodeControl;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::protocol::{

@@ -1,15 +1,16 @@
 //! The broker: how a publication, a join/leave or a control message reaches every node.
 //!
 //! Every publication goes through the broker, so one node and many nodes run the same path. The
-//! [`LocalBroker`] delivers within this process and keeps history through a [`History`] storage;
-//! a shared broker (Redis) carries the same events between nodes.
+//! [`LocalBroker`](super::memory::LocalBroker) delivers within this process and keeps history through a
+//! [`History`](super::history::History) storage; a shared broker (Redis) carries the same events
+//! between nodes.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 
-use crate::history::{History, HistoryError, HistoryFilter, HistoryPage, Retention};
+use crate::engine::history::{HistoryError, HistoryFilter, HistoryPage, Retention};
 use crate::protocol::{ClientInfo, Disconnect, Payload, Publication, StreamPosition};
 
 /// A node-wide action that must reach the node holding the target connections (it travels
@@ -55,10 +56,23 @@ pub trait BrokerEventHandler: Send + Sync + 'static {
     fn handle_insufficient_state(&self, channel: &str);
 }
 
+/// A node's entry in `/api/info`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NodeInfo {
+    pub uid: String,
+    pub name: String,
+    pub version: String,
+    pub num_clients: u64,
+    pub num_users: u64,
+    pub num_channels: u64,
+    pub num_subs: u64,
+    pub uptime: u64,
+}
+
 /// A node's announcement of itself, for `/api/info` across nodes.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NodeRecord {
-    pub info: crate::node::NodeInfo,
+    pub info: NodeInfo,
     /// When it was announced (unix seconds).
     pub seen: u64,
 }
@@ -124,131 +138,4 @@ pub trait Broker: Send + Sync + 'static {
     async fn announce(&self, record: NodeRecord) -> Result<(), BrokerError>;
     /// Every live node's latest announcement.
     async fn nodes(&self) -> Result<Vec<NodeRecord>, BrokerError>;
-}
-
-/// A broker for a single node: events go straight to this node's handler.
-pub struct LocalBroker {
-    history: Arc<dyn History>,
-    handler: OnceLock<Arc<dyn BrokerEventHandler>>,
-    record: std::sync::Mutex<Option<NodeRecord>>,
-}
-
-impl LocalBroker {
-    pub fn new(history: Arc<dyn History>) -> Self {
-        LocalBroker {
-            history,
-            handler: OnceLock::new(),
-            record: std::sync::Mutex::new(None),
-        }
-    }
-
-    /// Appends (or delivers, without history) now; the future waits for the append.
-    fn start_publish(
-        &self,
-        channel: &str,
-        publication: Publication,
-        history: Option<Retention>,
-    ) -> Publishing {
-        let handler = match self.handler() {
-            Ok(handler) => handler.clone(),
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
-        };
-        match history {
-            Some(retention) => {
-                let name = channel.to_string();
-                let appending = self.history.append(
-                    channel,
-                    publication,
-                    retention,
-                    Box::new(move |p| handler.handle_publication(&name, p)),
-                );
-                Box::pin(async move { Ok(Some(appending.await?)) })
-            }
-            None => {
-                handler.handle_publication(channel, Arc::new(publication));
-                Box::pin(std::future::ready(Ok(None)))
-            }
-        }
-    }
-
-    fn handler(&self) -> Result<&Arc<dyn BrokerEventHandler>, BrokerError> {
-        self.handler
-            .get()
-            .ok_or_else(|| BrokerError::Unavailable("broker has no handler".into()))
-    }
-}
-
-#[async_trait]
-impl Broker for LocalBroker {
-    fn set_handler(&self, handler: Arc<dyn BrokerEventHandler>) {
-        let _ = self.handler.set(handler);
-    }
-
-    async fn publish(
-        &self,
-        channel: &str,
-        publication: Publication,
-        history: Option<Retention>,
-    ) -> Result<Option<StreamPosition>, BrokerError> {
-        self.start_publish(channel, publication, history).await
-    }
-
-    fn submit_publish(
-        &self,
-        channel: &str,
-        publication: Publication,
-        history: Option<Retention>,
-    ) -> Result<Publishing, Box<Publication>> {
-        Ok(self.start_publish(channel, publication, history))
-    }
-
-    async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
-        self.handler()?.handle_join(channel, info);
-        Ok(())
-    }
-
-    async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
-        self.handler()?.handle_leave(channel, info);
-        Ok(())
-    }
-
-    async fn publish_control(&self, control: NodeControl) -> Result<(), BrokerError> {
-        self.handler()?.handle_control(control);
-        Ok(())
-    }
-
-    async fn history(
-        &self,
-        channel: &str,
-        filter: HistoryFilter,
-    ) -> Result<HistoryPage, BrokerError> {
-        Ok(self.history.read(channel, filter).await?)
-    }
-
-    async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
-        Ok(self.history.remove(channel).await?)
-    }
-
-    async fn subscribe(&self, _channel: &str) -> Result<(), BrokerError> {
-        Ok(())
-    }
-
-    async fn unsubscribe(&self, _channel: &str) -> Result<(), BrokerError> {
-        Ok(())
-    }
-
-    async fn announce(&self, record: NodeRecord) -> Result<(), BrokerError> {
-        *self.record.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
-        Ok(())
-    }
-
-    async fn nodes(&self) -> Result<Vec<NodeRecord>, BrokerError> {
-        Ok(self
-            .record
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect())
-    }
 }

@@ -21,7 +21,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use super::{
+use super::history::{
     new_epoch, Appending, History, HistoryError, HistoryFilter, HistoryPage, OnStored, Retention,
 };
 use crate::protocol::{ClientInfo, Publication, StreamPosition};

@@ -1,0 +1,123 @@
+//! Channel history: each channel's bounded stream of publications, with offsets and an epoch.
+//!
+//! The [`History`] trait is the contract every storage (in-memory, SQLite) keeps; the broker drives
+//! it. Offsets in a stream are consecutive from 1 and never reused within an epoch; an epoch names
+//! one life of the stream and changes whenever the stream's continuity is lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+
+use crate::protocol::{Publication, StreamPosition};
+
+/// How much of a channel's stream is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Most publications kept.
+    pub size: usize,
+    /// How long a publication is kept.
+    pub ttl: Duration,
+}
+
+/// What part of a stream to read.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    /// Publications after this position (whose epoch must be the current one, if not empty).
+    pub since: Option<StreamPosition>,
+    /// Most publications returned; `None` means all that are kept, `Some(0)` only the position.
+    pub limit: Option<usize>,
+    /// Newest first.
+    pub reverse: bool,
+}
+
+/// Publications read from a stream, and the stream's current top.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    pub publications: Vec<Arc<Publication>>,
+    pub position: StreamPosition,
+}
+
+/// Why history failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// `since` names another epoch: the stream the client knew is gone.
+    #[error("unrecoverable position")]
+    UnrecoverablePosition,
+    /// The storage failed; the publication was not stored.
+    #[error("history storage failed: {0}")]
+    Storage(String),
+}
+
+/// Called with each appended publication, in offset order per channel, once it is stored.
+pub type OnStored = Box<dyn FnOnce(Arc<Publication>) + Send>;
+
+/// An append under way: resolves with the publication's position once it is stored.
+pub type Appending = BoxFuture<'static, Result<StreamPosition, HistoryError>>;
+
+/// Storage of channel streams.
+///
+/// Contract: `append` gives the publication the next offset of the channel's stream; `on_stored`
+/// runs once the publication is stored (durably, for a durable storage), and for one channel those
+/// calls happen in offset order and never concurrently, so whoever delivers from them delivers in
+/// order. The publication's place in the stream is fixed when `append` returns, before its future
+/// is polled: successive calls from one task append in call order, which lets a caller keep several
+/// appends in flight. The future resolves after `on_stored` ran. A failed append stores nothing and
+/// calls nothing.
+#[async_trait]
+pub trait History: Send + Sync + 'static {
+    /// Appends `publication` to `channel`'s stream, trimming the stream to `retention`.
+    fn append(
+        &self,
+        channel: &str,
+        publication: Publication,
+        retention: Retention,
+        on_stored: OnStored,
+    ) -> Appending;
+
+    /// Reads publications per `filter`, oldest first unless `filter.reverse`. A stream that does not
+    /// exist yet is created (a fresh epoch, top 0): every position a reader gets names an epoch.
+    async fn read(&self, channel: &str, filter: HistoryFilter)
+        -> Result<HistoryPage, HistoryError>;
+
+    /// Removes a channel's publications; its position (epoch and top offset) is kept.
+    async fn remove(&self, channel: &str) -> Result<(), HistoryError>;
+}
+
+/// A fresh random epoch name.
+pub fn new_epoch() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    (0..8)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Applies `filter` to a stream's kept publications (oldest first).
+pub fn select<'a>(
+    kept: impl DoubleEndedIterator<Item = &'a Arc<Publication>>,
+    position: &StreamPosition,
+    filter: &HistoryFilter,
+) -> Result<Vec<Arc<Publication>>, HistoryError> {
+    let after = match &filter.since {
+        Some(since) => {
+            if !since.epoch.is_empty() && since.epoch != position.epoch {
+                return Err(HistoryError::UnrecoverablePosition);
+            }
+            since.offset
+        }
+        None => 0,
+    };
+    let limit = filter.limit.unwrap_or(usize::MAX);
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let kept = kept.filter(|p| p.offset > after);
+    Ok(if filter.reverse {
+        kept.rev().take(limit).cloned().collect()
+    } else {
+        kept.take(limit).cloned().collect()
+    })
+}

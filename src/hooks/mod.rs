@@ -1,0 +1,1 @@
+//! Hooks: the seam between the server and the application backend.
