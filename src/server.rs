@@ -35,6 +35,8 @@ const API_BODY_LIMIT: usize = 4 * 1024 * 1024;
 pub async fn build_node(config: Config, shutdown: CancellationToken) -> anyhow::Result<Node> {
     // TLS (served and fetched) uses the ring provider; installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // The tasks of the storages built here run on this tracker, so shutdown can wait for them.
+    let tracker = tokio_util::task::TaskTracker::new();
     let (broker, presence): (Arc<dyn Broker>, Arc<dyn Presence>) = if config.redis.is_empty() {
         let history: Arc<dyn History> = match config.history_storage {
             HistoryStorage::Sqlite => Arc::new(SqliteHistory::open(
@@ -55,6 +57,7 @@ pub async fn build_node(config: Config, shutdown: CancellationToken) -> anyhow::
                 presence_ttl: std::time::Duration::from_secs(config.presence_ttl.max(1)),
             },
             shutdown.clone(),
+            tracker.clone(),
         )
         .await?;
         (engine.clone(), engine)

@@ -1,0 +1,113 @@
+//! What the Redis engine writes, and where: key and topic names, the shard of a channel, and the
+//! Lua scripts that keep a channel's offsets, history and delivery in one order.
+
+/// How long stream metadata (epoch, top offset) outlives the last publication.
+pub(super) const META_TTL_SECS: u64 = 30 * 24 * 3600;
+
+/// The Redis key (or pub/sub topic) of `kind` for `channel`: `<prefix>.<kind>.<channel>`. Every
+/// key and topic of a channel is named here.
+pub(super) fn key(prefix: &str, kind: &str, channel: &str) -> String {
+    format!("{prefix}.{kind}.{channel}")
+}
+
+/// The topic of node-wide control messages.
+pub(super) fn control_topic(prefix: &str) -> String {
+    format!("{prefix}.control")
+}
+
+/// The hash of node announcements.
+pub(super) fn nodes_key(prefix: &str) -> String {
+    format!("{prefix}.nodes")
+}
+
+/// The shard of `channel`: a stable FNV-1a hash, the same on every node.
+pub fn shard_index(channel: &str, shards: usize) -> usize {
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for byte in channel.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x100000001b3);
+    }
+    (hash % shards.max(1) as u64) as usize
+}
+
+/// Appends to a channel's stream and publishes, atomically.
+/// KEYS: stream, meta. ARGV: publication JSON, max length, stream TTL (s), topic, fresh epoch,
+/// meta TTL (s). Returns {offset, epoch}.
+pub(super) const PUBLISH_SCRIPT: &str = r#"
+local epoch = redis.call('hget', KEYS[2], 'e')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('hset', KEYS[2], 'e', epoch)
+end
+local offset = redis.call('hincrby', KEYS[2], 's', 1)
+redis.call('expire', KEYS[2], ARGV[6])
+redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-1', 'd', ARGV[1])
+redis.call('expire', KEYS[1], ARGV[3])
+redis.call('publish', ARGV[4], 'p' .. offset .. ':' .. epoch .. ':' .. ARGV[1])
+return {offset, epoch}
+"#;
+
+/// Reads a stream page with its position.
+/// KEYS: stream, meta. ARGV: after offset, limit (-1: all), reverse (0/1), fresh epoch.
+pub(super) const HISTORY_SCRIPT: &str = r#"
+local epoch = redis.call('hget', KEYS[2], 'e')
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('hset', KEYS[2], 'e', epoch)
+  redis.call('hset', KEYS[2], 's', 0)
+end
+local top = tonumber(redis.call('hget', KEYS[2], 's') or '0')
+local limit = tonumber(ARGV[2])
+local entries = {}
+if limit ~= 0 then
+  local from = (tonumber(ARGV[1]) + 1) .. '-0'
+  if ARGV[3] == '1' then
+    if limit > 0 then
+      entries = redis.call('xrevrange', KEYS[1], '+', from, 'COUNT', limit)
+    else
+      entries = redis.call('xrevrange', KEYS[1], '+', from)
+    end
+  else
+    if limit > 0 then
+      entries = redis.call('xrange', KEYS[1], from, '+', 'COUNT', limit)
+    else
+      entries = redis.call('xrange', KEYS[1], from, '+')
+    end
+  end
+end
+return {top, epoch, entries}
+"#;
+
+/// Removes expired presence entries of a channel, then returns its members.
+/// KEYS: hash, zset. ARGV: now (s).
+pub(super) const PRESENCE_SCRIPT: &str = r#"
+local expired = redis.call('zrangebyscore', KEYS[2], '0', ARGV[1])
+if #expired > 0 then
+  redis.call('hdel', KEYS[1], unpack(expired))
+  redis.call('zremrangebyscore', KEYS[2], '0', ARGV[1])
+end
+return redis.call('hvals', KEYS[1])
+"#;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn shards_are_stable_and_spread() {
+        assert_eq!(shard_index("chat", 1), 0);
+        let a = shard_index("chat:1", 4);
+        assert_eq!(a, shard_index("chat:1", 4));
+        let used: HashSet<usize> = (0..100).map(|i| shard_index(&format!("c{i}"), 4)).collect();
+        assert_eq!(used.len(), 4);
+    }
+
+    #[test]
+    fn names_carry_prefix_kind_and_channel() {
+        assert_eq!(key("sb", "stream", "chat:1"), "sb.stream.chat:1");
+        assert_eq!(control_topic("sb"), "sb.control");
+        assert_eq!(nodes_key("sb"), "sb.nodes");
+    }
+}
