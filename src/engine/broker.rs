@@ -108,7 +108,8 @@ pub trait Broker: Send + Sync + 'static {
     /// Starts a publish whose place in the channel's order is fixed when this returns, so that a
     /// caller may keep several in flight and still see them ordered as submitted; the future ends
     /// as `publish` would. `Err` hands the publication back when this broker fixes the order only
-    /// while `publish` runs: await `publish` instead.
+    /// while `publish` runs, or cannot take it now (a full queue): await `publish` instead, once
+    /// the caller's earlier publishes are answered.
     fn submit_publish(
         &self,
         _channel: &str,

@@ -1,8 +1,10 @@
 //! What the Redis engine writes, and where: key and topic names, the shard of a channel, and the
 //! Lua scripts that keep a channel's offsets, history and delivery in one order.
 
+use crate::engine::history::{new_epoch, Retention};
+
 /// How long stream metadata (epoch, top offset) outlives the last publication.
-pub(super) const META_TTL_SECS: u64 = 30 * 24 * 3600;
+const META_TTL_SECS: u64 = 30 * 24 * 3600;
 
 /// The Redis key (or pub/sub topic) of `kind` for `channel`: `<prefix>.<kind>.<channel>`. Every
 /// key and topic of a channel is named here.
@@ -46,6 +48,39 @@ redis.call('expire', KEYS[1], ARGV[3])
 redis.call('publish', ARGV[4], 'p' .. offset .. ':' .. epoch .. ':' .. ARGV[1])
 return {offset, epoch}
 "#;
+
+/// A call of [`PUBLISH_SCRIPT`] (loaded under `script_hash`) storing and publishing `json` in
+/// `channel`.
+pub(super) fn publish_call(
+    script_hash: &str,
+    prefix: &str,
+    channel: &str,
+    json: &str,
+    retention: Retention,
+) -> redis::Cmd {
+    let mut command = redis::cmd("EVALSHA");
+    command
+        .arg(script_hash)
+        .arg(2)
+        .arg(key(prefix, "stream", channel))
+        .arg(key(prefix, "meta", channel))
+        .arg(json)
+        .arg(retention.size)
+        .arg(retention.ttl.as_secs().max(1))
+        .arg(key(prefix, "pub", channel))
+        .arg(new_epoch())
+        .arg(META_TTL_SECS);
+    command
+}
+
+/// A `PUBLISH` of `json` to `channel`'s subscribers without storing it (no offset).
+pub(super) fn live_publish(prefix: &str, channel: &str, json: &str) -> redis::Cmd {
+    let mut command = redis::cmd("PUBLISH");
+    command
+        .arg(key(prefix, "pub", channel))
+        .arg(format!("p0::{json}"));
+    command
+}
 
 /// Reads a stream page with its position.
 /// KEYS: stream, meta. ARGV: after offset, limit (-1: all), reverse (0/1), fresh epoch.

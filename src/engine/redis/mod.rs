@@ -4,6 +4,10 @@
 //!   offset, appends to the channel's Redis Stream (bounded by `MAXLEN`, expiring after the
 //!   history TTL) and `PUBLISH`es to the channel's pub/sub topic. Redis runs scripts one at a time,
 //!   so offset order, history order and delivery order are the same on every node.
+//! - **Publishing is pipelined** (`publisher.rs`): a publication joins its shard's queue, and one
+//!   task sends everything queued in one round trip. Its order is fixed when it is queued, so a
+//!   client keeps many publishes in flight, as on one node; the server API and clients share the
+//!   queue, so one node and many run the same path.
 //! - **Epoch** lives in a per-channel meta hash beside the top offset; a wiped Redis loses it, a new
 //!   one is made, and clients recovering with the old epoch are told they cannot.
 //! - **Pub/sub**: a node subscribes to a channel's topic only while it has local subscribers, and
@@ -21,10 +25,12 @@
 //! bounded, and every task runs on the tracker given to [`RedisEngine::connect`].
 //!
 //! Files: this one holds the engine and its [`Broker`] side; `keys.rs` names keys and holds the Lua
-//! scripts, `pubsub.rs` the pub/sub supervisor, and `presence.rs` the [`Presence`](crate::engine::presence::Presence) side.
+//! scripts, `publisher.rs` the pipelined publishing, `pubsub.rs` the pub/sub supervisor, and
+//! `presence.rs` the [`Presence`](crate::engine::presence::Presence) side.
 
 mod keys;
 mod presence;
+mod publisher;
 mod pubsub;
 
 use std::collections::HashMap;
@@ -35,16 +41,21 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::engine::broker::{Broker, BrokerError, BrokerEventHandler, NodeControl, NodeRecord};
+use crate::engine::broker::{
+    Broker, BrokerError, BrokerEventHandler, NodeControl, NodeRecord, Publishing,
+};
 use crate::engine::history::{new_epoch, HistoryError, HistoryFilter, HistoryPage, Retention};
 use crate::protocol::{ClientInfo, Publication, StreamPosition};
 pub use keys::shard_index;
 use keys::{
-    control_topic, key, nodes_key, HISTORY_SCRIPT, META_TTL_SECS, PRESENCE_SCRIPT, PUBLISH_SCRIPT,
+    control_topic, key, live_publish, nodes_key, publish_call, HISTORY_SCRIPT, PRESENCE_SCRIPT,
+    PUBLISH_SCRIPT,
 };
+use publisher::{PublishAnswer, PublishRequest, Publisher, PUBLISH_QUEUE};
 use pubsub::{ListenedChannels, PubSubSupervisor, TopicRequest, TOPIC_QUEUE};
 
 /// Longest a single Redis call may take before the caller gets "not available".
@@ -68,6 +79,8 @@ struct Shard {
     commands: ConnectionManager,
     /// Requests to (un)subscribe topics, served by the shard's pub/sub supervisor.
     topics: mpsc::Sender<TopicRequest>,
+    /// Publications in their channel's order, sent by the shard's publisher task.
+    publishes: mpsc::Sender<PublishRequest>,
 }
 
 /// The shared state of the broker and presence on Redis.
@@ -87,8 +100,8 @@ pub struct RedisEngine {
 }
 
 impl RedisEngine {
-    /// Connects to every shard and starts, on `tracker`, the pub/sub supervisors (one per shard)
-    /// and the presence refresher; they end on `shutdown`.
+    /// Connects to every shard and starts, on `tracker`, the publishers and pub/sub supervisors
+    /// (one of each per shard) and the presence refresher; they end on `shutdown`.
     pub async fn connect(
         settings: RedisSettings,
         shutdown: CancellationToken,
@@ -129,7 +142,18 @@ impl RedisEngine {
                 shutdown: shutdown.clone(),
             };
             tracker.spawn(supervisor.run(requests));
-            shards.push(Shard { commands, topics });
+            let (publishes, queue) = mpsc::channel(PUBLISH_QUEUE);
+            let publisher = Publisher {
+                commands: commands.clone(),
+                script: Script::new(PUBLISH_SCRIPT),
+                shutdown: shutdown.clone(),
+            };
+            tracker.spawn(publisher.run(queue));
+            shards.push(Shard {
+                commands,
+                topics,
+                publishes,
+            });
         }
         let engine = Arc::new(RedisEngine {
             settings,
@@ -156,6 +180,27 @@ impl RedisEngine {
 
     fn key(&self, kind: &str, channel: &str) -> String {
         key(&self.settings.prefix, kind, channel)
+    }
+
+    /// The queue entry that stores (with a retention) and publishes `publication`: a call of the
+    /// publish script, or a plain `PUBLISH` for a channel without history.
+    fn publish_request(
+        &self,
+        channel: &str,
+        publication: &Publication,
+        history: Option<Retention>,
+    ) -> Result<(PublishRequest, PublishAnswer), BrokerError> {
+        self.handler()?;
+        let json = serde_json::to_string(publication)
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let prefix = &self.settings.prefix;
+        Ok(match history {
+            Some(retention) => PublishRequest::new(
+                publish_call(self.publish.get_hash(), prefix, channel, &json, retention),
+                true,
+            ),
+            None => PublishRequest::new(live_publish(prefix, channel, &json), false),
+        })
     }
 
     fn handler(&self) -> Result<&Arc<dyn BrokerEventHandler>, BrokerError> {
@@ -206,33 +251,38 @@ impl Broker for RedisEngine {
         publication: Publication,
         history: Option<Retention>,
     ) -> Result<Option<StreamPosition>, BrokerError> {
-        self.handler()?;
-        let json = serde_json::to_string(&publication)
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        let shard = self.shard(channel);
-        let topic = self.key("pub", channel);
-        let mut conn = shard.commands.clone();
-        match history {
-            Some(retention) => {
-                let mut invocation = self.publish.prepare_invoke();
-                invocation
-                    .key(self.key("stream", channel))
-                    .key(self.key("meta", channel))
-                    .arg(json)
-                    .arg(retention.size)
-                    .arg(retention.ttl.as_secs().max(1))
-                    .arg(topic)
-                    .arg(new_epoch())
-                    .arg(META_TTL_SECS);
-                let (offset, epoch): (u64, String) =
-                    call(invocation.invoke_async(&mut conn)).await?;
-                Ok(Some(StreamPosition { offset, epoch }))
-            }
-            None => {
-                let message = format!("p0::{json}");
-                call(conn.publish::<_, _, ()>(topic, message)).await?;
-                Ok(None)
-            }
+        let (request, answer) = self.publish_request(channel, &publication, history)?;
+        // Waiting for room in a full queue counts against the same deadline as the publish.
+        let deadline = request.deadline();
+        let queue = &self.shard(channel).publishes;
+        match tokio::time::timeout_at(deadline, queue.send(request)).await {
+            Ok(Ok(())) => answer.outcome().await,
+            Ok(Err(_)) => Err(BrokerError::Unavailable("shutting down".into())),
+            Err(_) => Err(BrokerError::Unavailable(
+                "Redis publish queue stayed full".into(),
+            )),
+        }
+    }
+
+    /// Queues the publication without waiting: its order is fixed once queued. A full queue
+    /// hands it back, so that the caller awaits `publish` (which waits for room) after its
+    /// earlier publishes are answered; the order holds either way.
+    fn submit_publish(
+        &self,
+        channel: &str,
+        publication: Publication,
+        history: Option<Retention>,
+    ) -> Result<Publishing, Box<Publication>> {
+        let (request, answer) = match self.publish_request(channel, &publication, history) {
+            Ok(queued) => queued,
+            Err(e) => return Ok(Box::pin(std::future::ready(Err(e)))),
+        };
+        match self.shard(channel).publishes.try_send(request) {
+            Ok(()) => Ok(Box::pin(answer.outcome())),
+            Err(TrySendError::Full(_)) => Err(Box::new(publication)),
+            Err(TrySendError::Closed(_)) => Ok(Box::pin(std::future::ready(Err(
+                BrokerError::Unavailable("shutting down".into()),
+            )))),
         }
     }
 

@@ -1,0 +1,378 @@
+//! Pipelined publishing: one task per shard sends every queued publication in one round trip.
+//!
+//! A publication's place in its channel's order is fixed when it enters the shard's queue: the
+//! task takes the queue in order and sends each batch as one `MULTI`/`EXEC` of script calls (and
+//! plain `PUBLISH`es for channels without history), and starts the next batch only once the
+//! previous one is answered. So a client may keep many publishes in flight and still see them
+//! stored and delivered in the order it sent them, at one Redis round trip per batch instead of
+//! one per publication.
+//!
+//! Why `MULTI`/`EXEC`: Redis runs a transaction without interleaving other clients, so a batch
+//! finds the publish script loaded for all its calls or for none (another node may load it, or an
+//! operator flush the script cache, at any moment). A `NOSCRIPT` batch therefore executed nothing
+//! and is sent again whole after loading the script, keeping its order. A batch lost with its
+//! connection likewise ran completely or not at all.
+
+use redis::aio::ConnectionManager;
+use redis::{Cmd, Script, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::CALL_TIMEOUT;
+use crate::engine::broker::BrokerError;
+use crate::protocol::StreamPosition;
+
+/// Most publications queued for one shard. Beyond it, `submit` refuses (the caller awaits
+/// `publish` instead, which waits for room): a bound on memory, and a few batches of work.
+pub(super) const PUBLISH_QUEUE: usize = 1024;
+/// Most publications in one batch, so one transaction holds Redis for a few milliseconds at most.
+const MAX_BATCH: usize = 256;
+
+/// What a publish resolves to.
+type Outcome = Result<Option<StreamPosition>, BrokerError>;
+
+/// A publication waiting for its shard's next batch.
+pub(super) struct PublishRequest {
+    /// The command that stores and publishes it (a publish script call or a plain `PUBLISH`).
+    command: Cmd,
+    /// Whether it is stored in history (its reply is the stream position).
+    stored: bool,
+    /// When its caller stops waiting: past it, the publication is refused instead of sent.
+    deadline: Instant,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// The result of a publish request, once its batch is answered.
+pub(super) struct PublishAnswer(oneshot::Receiver<Outcome>);
+
+impl PublishRequest {
+    /// A request to run `command`; `stored` when it is a publish script call. Its caller waits at
+    /// most the engine's call timeout from now.
+    pub(super) fn new(command: Cmd, stored: bool) -> (PublishRequest, PublishAnswer) {
+        let (reply, answer) = oneshot::channel();
+        let request = PublishRequest {
+            command,
+            stored,
+            deadline: Instant::now() + CALL_TIMEOUT,
+            reply,
+        };
+        (request, PublishAnswer(answer))
+    }
+
+    /// When the caller stops waiting.
+    pub(super) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+}
+
+impl PublishAnswer {
+    /// Waits for the batch holding this publication. Always ends: the task answers every request
+    /// by its deadline, or drops it on shutdown.
+    pub(super) async fn outcome(self) -> Outcome {
+        self.0.await.unwrap_or_else(|_| {
+            Err(BrokerError::Unavailable(
+                "Redis publisher stopped (shutting down)".into(),
+            ))
+        })
+    }
+}
+
+/// Sends one shard's queued publications, a batch per round trip, until shutdown.
+pub(super) struct Publisher {
+    pub(super) commands: ConnectionManager,
+    pub(super) script: Script,
+    pub(super) shutdown: CancellationToken,
+}
+
+impl Publisher {
+    /// Serves `queue` until shutdown (then refuses what is still queued) or until every sender is
+    /// gone.
+    pub(super) async fn run(mut self, mut queue: mpsc::Receiver<PublishRequest>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let received = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                received = queue.recv_many(&mut batch, MAX_BATCH) => received,
+            };
+            if received == 0 {
+                return;
+            }
+            self.send_batch(&mut batch).await;
+        }
+        queue.close();
+        while let Ok(request) = queue.try_recv() {
+            let _ = request
+                .reply
+                .send(Err(BrokerError::Unavailable("shutting down".into())));
+        }
+    }
+
+    /// Sends `batch` (emptying it) and answers each request.
+    async fn send_batch(&mut self, batch: &mut Vec<PublishRequest>) {
+        let now = Instant::now();
+        // A request whose caller has given up is refused, not sent: a publish reported failed
+        // must not be delivered later.
+        let (expired, live): (Vec<_>, Vec<_>) = batch.drain(..).partition(|r| r.deadline <= now);
+        for request in expired {
+            let _ = request.reply.send(Err(BrokerError::Unavailable(
+                "Redis did not take the publication in time".into(),
+            )));
+        }
+        let Some(deadline) = live.iter().map(|r| r.deadline).min() else {
+            return;
+        };
+        let mut pipe = redis::pipe();
+        pipe.atomic().ignore_errors();
+        let mut waiting = Vec::with_capacity(live.len());
+        for request in live {
+            pipe.add_command(request.command);
+            waiting.push((request.stored, request.reply));
+        }
+        match self.execute(&pipe, waiting.len(), deadline).await {
+            Ok(values) => {
+                for ((stored, reply), value) in waiting.into_iter().zip(values) {
+                    let _ = reply.send(outcome(stored, value));
+                }
+            }
+            Err(reason) => {
+                for (_, reply) in waiting {
+                    let _ = reply.send(Err(BrokerError::Unavailable(reason.clone())));
+                }
+            }
+        }
+    }
+
+    /// Runs the transaction by `deadline`, loading the script once if Redis lost it (then the
+    /// transaction ran nothing, see the module doc). Returns one reply per command.
+    async fn execute(
+        &mut self,
+        pipe: &redis::Pipeline,
+        commands: usize,
+        deadline: Instant,
+    ) -> Result<Vec<Value>, String> {
+        let mut loaded = false;
+        loop {
+            let values =
+                within(deadline, pipe.query_async::<Vec<Value>>(&mut self.commands)).await?;
+            if values.len() != commands {
+                return Err(format!(
+                    "Redis answered {} of {commands} publications",
+                    values.len()
+                ));
+            }
+            if loaded || !values.iter().any(is_noscript) {
+                return Ok(values);
+            }
+            tracing::info!("Redis lost the publish script (restart or flush); loading it");
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(super::keys::PUBLISH_SCRIPT);
+            let hash: String = within(deadline, load.query_async(&mut self.commands)).await?;
+            if hash != self.script.get_hash() {
+                return Err("Redis loaded the publish script under another hash".into());
+            }
+            loaded = true;
+        }
+    }
+}
+
+/// Runs a Redis call until `deadline`, describing a failure.
+async fn within<T>(
+    deadline: Instant,
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout_at(deadline, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("Redis call timed out".into()),
+    }
+}
+
+fn is_noscript(value: &Value) -> bool {
+    matches!(value, Value::ServerError(e) if e.code() == "NOSCRIPT")
+}
+
+/// What one command's reply means for its publish.
+fn outcome(stored: bool, value: Value) -> Outcome {
+    if let Value::ServerError(e) = &value {
+        return Err(BrokerError::Unavailable(format!("Redis: {e}")));
+    }
+    if !stored {
+        return Ok(None);
+    }
+    let (offset, epoch): (u64, String) = redis::from_redis_value(value)
+        .map_err(|e| BrokerError::Unavailable(format!("unexpected publish reply: {e}")))?;
+    Ok(Some(StreamPosition { offset, epoch }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::history::Retention;
+    use crate::engine::redis::keys::{live_publish, publish_call, PUBLISH_SCRIPT};
+
+    /// A throwaway redis-server on a free loopback port, killed on drop.
+    struct Server {
+        child: Child,
+        url: String,
+    }
+
+    impl Server {
+        async fn start() -> Server {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed");
+            for _ in 0..100 {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Server {
+                child,
+                url: format!("redis://127.0.0.1:{port}"),
+            }
+        }
+
+        async fn connection(&self) -> ConnectionManager {
+            let client = redis::Client::open(self.url.as_str()).expect("a valid URL");
+            client
+                .get_connection_manager()
+                .await
+                .expect("redis-server answers")
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    const RETENTION: Retention = Retention {
+        size: 1000,
+        ttl: Duration::from_secs(60),
+    };
+
+    /// Starts a publisher on `server`; returns its queue.
+    async fn publisher(server: &Server) -> (mpsc::Sender<PublishRequest>, CancellationToken) {
+        let shutdown = CancellationToken::new();
+        let (queue, requests) = mpsc::channel(PUBLISH_QUEUE);
+        let publisher = Publisher {
+            commands: server.connection().await,
+            script: Script::new(PUBLISH_SCRIPT),
+            shutdown: shutdown.clone(),
+        };
+        tokio::spawn(publisher.run(requests));
+        (queue, shutdown)
+    }
+
+    /// Queues `count` stored publications to `channel` at once; returns their answers in order.
+    fn submit_many(
+        queue: &mpsc::Sender<PublishRequest>,
+        channel: &str,
+        count: usize,
+    ) -> Vec<PublishAnswer> {
+        let hash = Script::new(PUBLISH_SCRIPT).get_hash().to_string();
+        (0..count)
+            .map(|n| {
+                let call = publish_call(&hash, "t", channel, &format!("{{\"n\":{n}}}"), RETENTION);
+                let (request, answer) = PublishRequest::new(call, true);
+                assert!(queue.try_send(request).is_ok(), "room in the queue");
+                answer
+            })
+            .collect()
+    }
+
+    async fn offsets(answers: Vec<PublishAnswer>) -> Vec<u64> {
+        let mut offsets = Vec::new();
+        for answer in answers {
+            let position = answer.outcome().await.expect("published").expect("stored");
+            offsets.push(position.offset);
+        }
+        offsets
+    }
+
+    #[tokio::test]
+    async fn queued_publications_keep_their_order_across_a_lost_script() {
+        let server = Server::start().await;
+        let (queue, shutdown) = publisher(&server).await;
+        // The script was never loaded: the first batch finds NOSCRIPT, loads it, runs again.
+        let first = submit_many(&queue, "feed", 600);
+        assert_eq!(offsets(first).await, (1..=600).collect::<Vec<u64>>());
+        // An operator flushes the script cache: still in order, no gap, no duplicate.
+        let mut conn = server.connection().await;
+        redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("flushed");
+        let second = submit_many(&queue, "feed", 300);
+        assert_eq!(offsets(second).await, (601..=900).collect::<Vec<u64>>());
+        let stored: u64 = redis::cmd("XLEN")
+            .arg("t.stream.feed")
+            .query_async(&mut conn)
+            .await
+            .expect("a stream");
+        assert_eq!(stored, 900);
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn live_and_expired_publications() {
+        let server = Server::start().await;
+        let (queue, shutdown) = publisher(&server).await;
+        let (live, answer) = PublishRequest::new(live_publish("t", "feed", "{}"), false);
+        assert!(queue.try_send(live).is_ok(), "room");
+        assert!(matches!(answer.outcome().await, Ok(None)));
+        // A caller that already gave up is refused, and nothing is stored for it.
+        let hash = Script::new(PUBLISH_SCRIPT).get_hash().to_string();
+        let (mut late, answer) =
+            PublishRequest::new(publish_call(&hash, "t", "feed", "{}", RETENTION), true);
+        late.deadline = Instant::now() - Duration::from_millis(1);
+        assert!(queue.try_send(late).is_ok(), "room");
+        assert!(matches!(
+            answer.outcome().await,
+            Err(BrokerError::Unavailable(_))
+        ));
+        assert_eq!(offsets(submit_many(&queue, "feed", 1)).await, vec![1]);
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_stopped_redis_answers_unavailable_and_shutdown_refuses_the_rest() {
+        let mut server = Server::start().await;
+        let (queue, shutdown) = publisher(&server).await;
+        assert_eq!(offsets(submit_many(&queue, "feed", 1)).await, vec![1]);
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+        for answer in submit_many(&queue, "feed", 10) {
+            assert!(matches!(
+                answer.outcome().await,
+                Err(BrokerError::Unavailable(_))
+            ));
+        }
+        shutdown.cancel();
+        // After shutdown a publication is refused at the queue, or answered: never left hanging.
+        let (request, answer) = PublishRequest::new(live_publish("t", "feed", "{}"), false);
+        if queue.try_send(request).is_ok() {
+            assert!(answer.outcome().await.is_err());
+        }
+    }
+}
