@@ -384,3 +384,95 @@ async fn server_api_user_actions_reach_other_nodes() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Waits until this node listens to `channel`'s topic (its pub/sub subscription is asynchronous).
+async fn listening(redis: &RedisServer, prefix: &str, channel: &str) -> bool {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let topic = format!("{prefix}.pub.{channel}");
+    eventually(|| {
+        let (mut conn, topic) = (conn.clone(), topic.clone());
+        async move {
+            let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&topic)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            counts.first().is_some_and(|(_, n)| *n > 0)
+        }
+    })
+    .await
+}
+
+fn offsets_and_numbers(publications: &Value) -> Vec<(u64, u64)> {
+    publications
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["offset"].as_u64().unwrap(),
+                p["data"]["n"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// One client sends many publishes without waiting for replies (a bad one among them): on a
+/// Redis-backed node they are pipelined, yet answered, stored and delivered in the order sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_keep_their_order_through_redis() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix();
+    let server = node(&redis, &prefix, "a").await;
+    let mut subscriber = server.client().await;
+    subscriber.subscribe("feed").await;
+    assert!(listening(&redis, &prefix, "feed").await, "node listens");
+    let mut publisher = server.client().await;
+    const COUNT: u64 = 300;
+    let bad = 150;
+    let mut ids = Vec::new();
+    for n in 1..=COUNT {
+        let channel = if n == bad { "undefined:feed" } else { "feed" };
+        ids.push(
+            publisher
+                .send("publish", json!({"channel": channel, "data": {"n": n}}))
+                .await,
+        );
+    }
+    ids.push(
+        publisher
+            .send("history", json!({"channel": "feed", "limit": -1}))
+            .await,
+    );
+    let mut replies = Vec::new();
+    while replies.len() < ids.len() {
+        let message = publisher.next_message().await;
+        assert!(message.get("push").is_none(), "unexpected push {message}");
+        replies.push(message);
+    }
+    let order: Vec<u64> = replies.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    let sent: Vec<u64> = ids.iter().map(|&id| id as u64).collect();
+    assert_eq!(order, sent, "replies in command order");
+    for (n, reply) in (1..=COUNT).zip(&replies) {
+        if n == bad {
+            assert_eq!(reply["error"]["code"], 102, "{reply}");
+        } else {
+            assert_eq!(reply["publish"], json!({}), "{reply}");
+        }
+    }
+    let stored = offsets_and_numbers(&replies[COUNT as usize]["history"]["publications"]);
+    let expected: Vec<(u64, u64)> = (1..=COUNT)
+        .filter(|&n| n != bad)
+        .enumerate()
+        .map(|(i, n)| (i as u64 + 1, n))
+        .collect();
+    assert_eq!(stored, expected, "history in send order");
+    for &(offset, n) in &expected {
+        let push = subscriber.next_publication().await;
+        assert_eq!(push["pub"]["offset"], offset);
+        assert_eq!(push["pub"]["data"]["n"], n);
+    }
+    server.stop().await;
+}
