@@ -16,6 +16,7 @@ use crate::config::{Config, Namespace};
 use crate::engine::broker::{Broker, BrokerError, BrokerEventHandler, NodeControl, NodeInfo};
 use crate::engine::history::{HistoryError, HistoryFilter, HistoryPage, Retention};
 use crate::engine::presence::{Presence, PresenceStats};
+use crate::hooks::events::{Event, Events};
 use crate::hub::{ConnId, Control, Hub};
 use crate::metrics::{Gauges, Metrics};
 use crate::protocol::{
@@ -102,6 +103,7 @@ struct Inner {
     presence: Arc<dyn Presence>,
     metrics: Arc<Metrics>,
     timeline: Arc<Timeline>,
+    events: Events,
     verifier: Option<TokenVerifier>,
     uid: String,
     name: String,
@@ -150,6 +152,7 @@ impl Node {
                 hub,
                 broker,
                 presence,
+                events: Events::default().with(metrics.clone()),
                 metrics,
                 timeline,
                 verifier,
@@ -178,6 +181,11 @@ impl Node {
 
     pub fn presence_storage(&self) -> &dyn Presence {
         &*self.inner.presence
+    }
+
+    /// Tells every event sink (metrics, and what the application registers) what happened.
+    pub fn emit(&self, event: Event<'_>) {
+        self.inner.events.emit(event);
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -262,10 +270,15 @@ impl Node {
         let span = history.map(|_| self.timeline().span(Lane::History, "append", channel));
         let node = self.clone();
         let name = channel.to_string();
+        let client = publication.info.as_ref().map(|i| i.client.clone());
         let finish = move |result: Result<Option<StreamPosition>, BrokerError>| {
             drop(span);
             let position = result.map_err(|e| broker_error(&name, e))?;
-            Metrics::inc(&node.metrics().publications);
+            node.emit(Event::Published {
+                channel: &name,
+                offset: position.as_ref().map_or(0, |p| p.offset),
+                client: client.as_deref(),
+            });
             Ok(position)
         };
         Ok(
