@@ -3,15 +3,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State, WebSocketUpgrade};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::Router;
-use futures_util::FutureExt;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, HistoryStorage};
@@ -21,14 +16,9 @@ use crate::engine::memory::{LocalBroker, MemoryHistory, MemoryPresence};
 use crate::engine::presence::Presence;
 use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::engine::sqlite::SqliteHistory;
-use crate::fd_limit::{raise_fd_limit, FdLimit};
-use crate::http::api::json_error;
-use crate::metrics::Metrics;
+use crate::fd_limit::raise_fd_limit;
 use crate::node::Node;
-use crate::protocol::{error_code, Disconnect};
-
-/// Largest server API request body.
-const API_BODY_LIMIT: usize = 4 * 1024 * 1024;
+use crate::transport::ConnectionLimit;
 
 /// Builds a node with the storages the configuration asks for: Redis when URLs are given,
 /// otherwise in-process fan-out with SQLite (or memory) history.
@@ -63,150 +53,23 @@ pub async fn build_node(config: Config, shutdown: CancellationToken) -> anyhow::
     Ok(Node::new(config, broker, presence, verifier, shutdown))
 }
 
-/// Bounds the WebSocket connections served at once. Every connection holds a file descriptor, so
-/// without a bound the process would run out of them and fail to accept *anyone* (API calls and
-/// health checks included); with it, a client over the limit gets a clear, immediate refusal it
-/// can act on (reconnect later or elsewhere), and the connections already open are unaffected.
-#[derive(Debug, Clone)]
-pub struct ConnectionLimit {
-    permits: Arc<Semaphore>,
-    max: usize,
-}
-
-impl ConnectionLimit {
-    /// A limit of `max` connections.
-    pub fn new(max: usize) -> Self {
-        ConnectionLimit {
-            permits: Arc::new(Semaphore::new(max)),
-            max,
-        }
-    }
-
-    /// The configured limit, or by default what the open-file limit leaves room for.
-    pub fn for_config(config: &Config, fds: FdLimit) -> Self {
-        let capacity = usize::try_from(fds.connection_capacity()).unwrap_or(usize::MAX);
-        Self::new(config.max_connections.unwrap_or(capacity))
-    }
-
-    /// The most connections served at once.
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
-    /// A slot for one connection, held for its whole life; `None` at the limit.
-    fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
-        self.permits.clone().try_acquire_owned().ok()
-    }
-}
-
 /// Every route of the server, sharing `limit` (so the caller can observe it): the WebSocket
 /// endpoint, the web pages (beside the WebSocket they connect to), and the server API unless it
 /// is served on its own listener.
 pub fn app(node: Node, limit: ConnectionLimit) -> Router {
     let router = Router::new()
-        .route("/connection/websocket", get(websocket))
+        .route(
+            "/connection/websocket",
+            get(crate::transport::websocket::endpoint),
+        )
         .layer(axum::Extension(limit));
     let router = router.merge(crate::http::web::routes());
     let router = if node.config().api_port.is_some() {
         router
     } else {
-        router.merge(api_routes())
+        router.merge(crate::http::api_routes())
     };
     router.with_state(node)
-}
-
-/// The server API, health and metrics.
-pub fn api_routes() -> Router<Node> {
-    Router::new()
-        .route("/api/{method}", post(crate::http::api::call))
-        .route("/health", get(crate::http::api::health))
-        .route("/metrics", get(crate::http::api::metrics))
-        .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
-}
-
-/// The answer to a WebSocket handshake over the connection limit: 503 before the upgrade, with
-/// Centrifugo's disconnect code 3504 in a JSON body. Clients treat a failed handshake as a
-/// transport failure and retry with backoff, which is what a full node wants.
-fn connection_limit_response() -> Response {
-    let limit = Disconnect::CONNECTION_LIMIT;
-    let refusal = json_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        limit.code.into(),
-        &limit.reason,
-    );
-    ([(header::RETRY_AFTER, "5")], refusal).into_response()
-}
-
-/// `GET /connection/websocket`: checks the connection limit, origin and connection rate,
-/// upgrades, and hands the socket to the transport.
-async fn websocket(
-    State(node): State<Node>,
-    axum::Extension(connections): axum::Extension<ConnectionLimit>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    if !origin_allowed(node.config(), &headers) {
-        return json_error(
-            StatusCode::FORBIDDEN,
-            error_code::PERMISSION_DENIED,
-            "origin not allowed",
-        );
-    }
-    if !node.connection_limiter().admit(peer.ip()) {
-        return json_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            error_code::TOO_MANY_REQUESTS,
-            "too many new connections from this address",
-        );
-    }
-    let Some(slot) = connections.try_acquire() else {
-        Metrics::inc(&node.metrics().connections_refused);
-        tracing::debug!(max = connections.max(), "connection refused: limit reached");
-        return connection_limit_response();
-    };
-    let limit = node.config().max_message_size;
-    // The library's own limit sits above ours so an oversized message still gets a proper close
-    // (1009) from the transport rather than a dropped connection.
-    let hard_limit = limit.saturating_mul(2).max(limit + 64 * 1024);
-    upgrade
-        // Client frames are small commands; the buffer is zero-filled up to this size on every
-        // read, so it is resident memory for every idle connection. Larger frames grow it.
-        .read_buffer_size(256)
-        .write_buffer_size(0)
-        .max_message_size(hard_limit)
-        .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| {
-            // The slot is released when the connection ends (or if the upgrade never completes,
-            // when this closure is dropped). `map` rather than an `async` block awaiting `serve`:
-            // such a block would store the future twice (as captured value and as awaited one).
-            let serve =
-                crate::transport::websocket::serve(node.clone(), socket).map(move |()| drop(slot));
-            node.tracker().track_future(serve)
-        })
-}
-
-/// Browsers send `Origin`; other clients usually do not, and are not subject to this check.
-/// Configured patterns decide; with none, development mode allows any origin and production
-/// only the server's own host.
-fn origin_allowed(config: &Config, headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
-        return true;
-    };
-    if !config.allowed_origins.is_empty() {
-        return config.allowed_origins.iter().any(|pattern| {
-            crate::http::api::glob_match(
-                &pattern.to_ascii_lowercase(),
-                &origin.to_ascii_lowercase(),
-            )
-        });
-    }
-    if config.development() {
-        return true;
-    }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host))
 }
 
 /// Where the server listens.
@@ -289,7 +152,7 @@ pub async fn run_with(
     let mut servers = tokio::task::JoinSet::new();
     if let Some(api) = listeners.api {
         tracing::info!(address = %api.local_addr()?, "server API listening");
-        let router = api_routes().with_state(node.clone());
+        let router = crate::http::api_routes().with_state(node.clone());
         servers.spawn(serve_plain(api, router, shutdown.clone()));
     }
     let main_addr = listeners.main.local_addr()?;
@@ -354,47 +217,4 @@ async fn serve_plain(
     .with_graceful_shutdown(shutdown.cancelled_owned())
     .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(origin: &str, host: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::ORIGIN, origin.parse().unwrap());
-        h.insert(header::HOST, host.parse().unwrap());
-        h
-    }
-
-    #[test]
-    fn origins() {
-        let mut production = Config {
-            token_hmac_secret: Some("s".into()),
-            ..Config::default()
-        };
-        assert!(origin_allowed(
-            &production,
-            &headers("http://a.example:8000", "a.example:8000")
-        ));
-        assert!(!origin_allowed(
-            &production,
-            &headers("https://evil.example", "a.example:8000")
-        ));
-        assert!(origin_allowed(&production, &HeaderMap::new()));
-        production.allowed_origins = vec!["https://*.example.com".into()];
-        assert!(origin_allowed(
-            &production,
-            &headers("https://app.example.com", "x")
-        ));
-        assert!(!origin_allowed(
-            &production,
-            &headers("https://example.org", "x")
-        ));
-        let development = Config::default();
-        assert!(origin_allowed(
-            &development,
-            &headers("http://anything", "x")
-        ));
-    }
 }

@@ -9,10 +9,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use rand::Rng;
 use tokio::time::{timeout, Instant};
 
+use super::ConnectionLimit;
 use crate::hub::ControlInbox;
 use crate::node::Node;
 use crate::protocol::{Disconnect, PING};
@@ -21,6 +28,39 @@ use crate::session::Session;
 
 /// Room for control requests (server-side subscribe/unsubscribe) waiting for one session.
 const CONTROL_CAPACITY: usize = 64;
+
+/// `GET /connection/websocket`: checks the connection limit, origin and connection rate,
+/// upgrades, and hands the socket to [`serve`].
+pub async fn endpoint(
+    State(node): State<Node>,
+    axum::Extension(connections): axum::Extension<ConnectionLimit>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let slot = match super::admit(&node, &connections, peer, &headers) {
+        Ok(slot) => slot,
+        Err(refused) => return refused.into_response(),
+    };
+    let limit = node.config().max_message_size;
+    // The library's own limit sits above ours so an oversized message still gets a proper close
+    // (1009) from the transport rather than a dropped connection.
+    let hard_limit = limit.saturating_mul(2).max(limit + 64 * 1024);
+    upgrade
+        // Client frames are small commands; the buffer is zero-filled up to this size on every
+        // read, so it is resident memory for every idle connection. Larger frames grow it.
+        .read_buffer_size(256)
+        .write_buffer_size(0)
+        .max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| {
+            // The slot is released when the connection ends (or if the upgrade never completes,
+            // when this closure is dropped). `map` rather than an `async` block awaiting `serve`:
+            // such a block would store the future twice (as captured value and as awaited one).
+            let serve = serve(node.clone(), socket).map(move |()| drop(slot));
+            node.tracker().track_future(serve)
+        })
+}
 
 /// Serves one upgraded WebSocket until it closes. Every exit path ends here, where dropping the
 /// session releases its subscriptions and presence.
