@@ -8,10 +8,12 @@ use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, HistoryStorage};
-use crate::engine::broker::Broker;
-use crate::engine::history::History;
+use crate::auth::KeyError;
+use crate::config::{Config, ConfigError, HistoryStorage};
+use crate::engine::broker::{Broker, BrokerError};
+use crate::engine::history::{History, HistoryError};
 use crate::engine::memory::{LocalBroker, MemoryHistory, MemoryPresence};
 use crate::engine::presence::Presence;
 use crate::engine::redis::{RedisEngine, RedisSettings};
@@ -20,9 +22,36 @@ use crate::fd_limit::raise_fd_limit;
 use crate::node::Node;
 use crate::transport::ConnectionLimit;
 
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open history: {0}")]
+    History(#[from] HistoryError),
+    #[error("cannot start the Redis engine: {0}")]
+    Broker(#[from] BrokerError),
+    #[error("cannot load token keys: {0}")]
+    Keys(#[from] KeyError),
+    #[error("cannot listen for the API on {address}: {source}")]
+    ApiListener {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot load TLS certificate or key: {0}")]
+    Tls(std::io::Error),
+    #[error("serving failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Builds a node with the storages the configuration asks for: Redis when URLs are given,
 /// otherwise in-process fan-out with SQLite (or memory) history.
-pub async fn build_node(config: Config, shutdown: CancellationToken) -> anyhow::Result<Node> {
+pub async fn build_node(config: Config, shutdown: CancellationToken) -> Result<Node, ServerError> {
+    // Every background task of the node (engines, key refresh, connections) is tracked here and
+    // waited for, within a bound, at shutdown.
+    let tracker = TaskTracker::new();
     // TLS (served and fetched) uses the ring provider; installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (broker, presence): (Arc<dyn Broker>, Arc<dyn Presence>) = if config.redis.is_empty() {
@@ -49,8 +78,10 @@ pub async fn build_node(config: Config, shutdown: CancellationToken) -> anyhow::
         .await?;
         (engine.clone(), engine)
     };
-    let verifier = crate::auth::TokenVerifier::from_config(&config)?;
-    Ok(Node::new(config, broker, presence, verifier, shutdown))
+    let verifier = crate::auth::TokenVerifier::from_config(&config, &tracker, &shutdown)?;
+    Ok(Node::new(
+        config, broker, presence, verifier, shutdown, tracker,
+    ))
 }
 
 /// Every route of the server, sharing `limit` (so the caller can observe it): the WebSocket
@@ -86,13 +117,16 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), ServerError> {
     let api = match config.api_port {
         Some(port) => {
             let address = config.api_address.unwrap_or(config.address);
-            Some(TcpListener::bind((address, port)).await.map_err(|e| {
-                anyhow::anyhow!("cannot listen for the API on {address}:{port}: {e}")
-            })?)
+            let address = SocketAddr::new(address, port);
+            Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| ServerError::ApiListener { address, source })?,
+            )
         }
         None => None,
     };
@@ -113,7 +147,7 @@ pub async fn run_with(
     config: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), ServerError> {
     config.validate()?;
     if !config.verifies_tokens() {
         tracing::warn!("no token key configured: clients connect anonymously (development mode)");
@@ -126,10 +160,11 @@ pub async fn run_with(
         (Some(cert), Some(key)) => Some(
             axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot load TLS certificate or key: {e}"))?,
+                .map_err(ServerError::Tls)?,
         ),
         (None, None) => None,
-        _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
+        // `Config::validate` refuses one without the other.
+        _ => None,
     };
     let fds = raise_fd_limit();
     let connections = ConnectionLimit::for_config(&config, fds);
@@ -148,7 +183,7 @@ pub async fn run_with(
         );
     }
     let node = build_node(config, shutdown.clone()).await?;
-    tokio::spawn(node.clone().announce_forever());
+    node.tracker().spawn(node.clone().announce_forever());
     let mut servers = tokio::task::JoinSet::new();
     if let Some(api) = listeners.api {
         tracing::info!(address = %api.local_addr()?, "server API listening");
@@ -163,7 +198,7 @@ pub async fn run_with(
             let handle = axum_server::Handle::new();
             let stop = handle.clone();
             let token = shutdown.clone();
-            tokio::spawn(async move {
+            node.tracker().spawn(async move {
                 token.cancelled().await;
                 stop.graceful_shutdown(Some(shutdown_timeout));
             });
@@ -171,7 +206,7 @@ pub async fn run_with(
             let server = axum_server::from_tcp_rustls(listener, tls)?
                 .handle(handle)
                 .serve(router.into_make_service_with_connect_info::<SocketAddr>());
-            servers.spawn(async move { server.await.map_err(anyhow::Error::from) });
+            servers.spawn(async move { server.await.map_err(ServerError::from) });
         }
         None => {
             tracing::info!(address = %main_addr, "switchboard listening");
@@ -190,7 +225,7 @@ pub async fn run_with(
         while let Some(result) = servers.join_next().await {
             result??;
         }
-        anyhow::Ok(())
+        Ok::<(), ServerError>(())
     })
     .await;
     match finished {
@@ -206,7 +241,7 @@ async fn serve_plain(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), ServerError> {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });

@@ -48,6 +48,9 @@ pub enum HistoryError {
     /// The storage failed; the publication was not stored.
     #[error("history storage failed: {0}")]
     Storage(String),
+    /// The storage has more writes waiting than it takes; this one was refused, not stored.
+    #[error("history storage busy")]
+    Busy,
 }
 
 /// Called with each appended publication, in offset order per channel, once it is stored.

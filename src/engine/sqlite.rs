@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 use super::history::{
     new_epoch, Appending, History, HistoryError, HistoryFilter, HistoryPage, OnStored, Retention,
 };
+use crate::config::Durability;
 use crate::protocol::{ClientInfo, Publication, StreamPosition};
 
 /// Most requests committed in one transaction.
@@ -36,23 +37,16 @@ const EXPIRY_CHUNK: usize = 5000;
 const META_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Stream tops the writer keeps in memory before starting over from the database.
 const MAX_CACHED_STREAMS: usize = 100_000;
+/// Requests waiting for the writer at most (about a third of a second of its work at full
+/// speed); beyond that a write is refused as busy rather than queued without bound.
+const WRITE_QUEUE: usize = 16_384;
 /// Read connections kept open for reuse.
 const READ_POOL: usize = 8;
-
-/// How hard a commit tries to reach the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    /// `fsync` on every commit (batch): an acknowledged publication survives power loss.
-    Full,
-    /// No `fsync` on commit: survives a crash of the process, not of the machine; faster.
-    Normal,
-}
 
 /// History stored in `<data_dir>/history.sqlite3`.
 pub struct SqliteHistory {
     path: PathBuf,
-    writes: Mutex<Option<mpsc::Sender<WriteRequest>>>,
+    writes: Mutex<Option<mpsc::SyncSender<WriteRequest>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
 }
@@ -110,7 +104,7 @@ impl SqliteHistory {
         };
         conn.pragma_update(None, "synchronous", synchronous)
             .map_err(storage)?;
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE);
         let writer = thread::Builder::new()
             .name("history-writer".into())
             .spawn(move || Writer::new(conn).run(rx))
@@ -136,10 +130,16 @@ impl SqliteHistory {
 
     fn send(&self, request: WriteRequest) -> Result<(), HistoryError> {
         let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        writes
-            .as_ref()
-            .and_then(|tx| tx.send(request).ok())
-            .ok_or_else(|| HistoryError::Storage("history writer stopped".into()))
+        let Some(tx) = writes.as_ref() else {
+            return Err(HistoryError::Storage("history writer stopped".into()));
+        };
+        // Never blocks the runtime: a full queue is an overload the caller hears about at once.
+        tx.try_send(request).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => HistoryError::Busy,
+            mpsc::TrySendError::Disconnected(_) => {
+                HistoryError::Storage("history writer stopped".into())
+            }
+        })
     }
 
     /// Reads `channel`'s stream on a pooled read connection; `None` if the stream does not exist.

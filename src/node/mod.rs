@@ -115,13 +115,15 @@ struct Inner {
 }
 
 impl Node {
-    /// A node on `broker` and `presence`; registers itself as the broker's event handler.
+    /// A node on `broker` and `presence`; registers itself as the broker's event handler. Its
+    /// background tasks (connections, cleanups, engines' tasks) run on `tracker`.
     pub fn new(
         config: Config,
         broker: Arc<dyn Broker>,
         presence: Arc<dyn Presence>,
         verifier: Option<TokenVerifier>,
         shutdown: CancellationToken,
+        tracker: TaskTracker,
     ) -> Node {
         let hub = Arc::new(Hub::default());
         let metrics = Arc::new(Metrics::default());
@@ -161,7 +163,7 @@ impl Node {
                 started: Instant::now(),
                 next_conn: AtomicU64::new(1),
                 shutdown,
-                tracker: TaskTracker::new(),
+                tracker,
                 connection_limiter: PerIpLimiter::new(connection_rate),
             }),
         }
@@ -429,6 +431,11 @@ fn broker_error(channel: &str, error: BrokerError) -> Error {
     match error {
         BrokerError::History(HistoryError::UnrecoverablePosition) => {
             Error::new(error_code::UNRECOVERABLE_POSITION)
+        }
+        // Temporary: the same publish may succeed a moment later.
+        BrokerError::History(HistoryError::Busy) => {
+            tracing::warn!(channel, "history storage busy");
+            Error::new(error_code::INTERNAL)
         }
         BrokerError::Unavailable(reason) => {
             tracing::warn!(channel, %reason, "broker unavailable");
