@@ -1,83 +1,36 @@
 //! The node: one running server's shared state and the operations that sessions and the HTTP API
-//! both use (publish, history, presence, user control).
-
+//! both use (publish, history, presence, user control). Sessions and the API reach the engines
+//! only through it. [`options`] resolves how each channel behaves; `dispatch` turns what the
+//! broker delivers into messages queued to local subscribers.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenVerifier;
-use crate::config::{Config, Namespace};
-use crate::engine::broker::{Broker, BrokerError, BrokerEventHandler, NodeControl, NodeInfo};
-use crate::engine::history::{HistoryError, HistoryFilter, HistoryPage, Retention};
+use crate::config::Config;
+use crate::engine::broker::{Broker, BrokerError, NodeControl, NodeInfo};
+use crate::engine::history::{HistoryError, HistoryFilter, HistoryPage};
 use crate::engine::presence::{Presence, PresenceStats};
 use crate::hooks::events::{Event, Events};
-use crate::hub::{ConnId, Control, Hub};
+use crate::hub::{ConnId, Hub};
 use crate::metrics::{Gauges, Metrics};
-use crate::protocol::{
-    error_code, ClientInfo, Error, Payload, Publication, Push, PushBody, Reply, StreamPosition,
-};
+use crate::protocol::{error_code, ClientInfo, Error, Payload, Publication, StreamPosition};
 use crate::ratelimit::PerIpLimiter;
 use crate::timeline::{Lane, Timeline};
 
+mod dispatch;
+pub mod options;
+
+use dispatch::Dispatcher;
+pub use options::ChannelOptions;
+
 /// The server version reported to clients and in `/api/info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// How a channel behaves, resolved from configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChannelOptions {
-    pub presence: bool,
-    /// Join/leave notices are published (to subscribers that ask for them).
-    pub join_leave: bool,
-    /// Join/leave notices go to every subscriber, asked or not.
-    pub force_push_join_leave: bool,
-    /// History retention; `None` when the channel keeps no history.
-    pub history: Option<Retention>,
-    /// Subscriptions are positioned and recoverable without the client asking.
-    pub force_recovery: bool,
-    pub allow_subscribe_for_client: bool,
-    pub allow_subscribe_for_anonymous: bool,
-    pub allow_publish_for_client: bool,
-    pub allow_publish_for_subscriber: bool,
-    pub allow_publish_for_anonymous: bool,
-    pub allow_presence_for_client: bool,
-    pub allow_presence_for_subscriber: bool,
-    pub allow_history_for_client: bool,
-    pub allow_history_for_subscriber: bool,
-}
-
-impl ChannelOptions {
-    /// Resolves a namespace's options over the server-wide ones. Permissions nobody configured
-    /// are granted only in development mode.
-    fn resolve(config: &Config, ns: &Namespace) -> ChannelOptions {
-        let dev = config.development();
-        let allow = |own: Option<bool>| own.unwrap_or(dev);
-        ChannelOptions {
-            presence: ns.presence.unwrap_or(config.presence),
-            join_leave: ns.join_leave.unwrap_or(config.join_leave),
-            force_push_join_leave: ns.force_push_join_leave.unwrap_or(false),
-            history: retention(
-                ns.history_size.unwrap_or(config.history_size),
-                ns.history_ttl.unwrap_or(config.history_ttl),
-            ),
-            force_recovery: ns.force_recovery.unwrap_or(true),
-            allow_subscribe_for_client: allow(ns.allow_subscribe_for_client),
-            allow_subscribe_for_anonymous: allow(ns.allow_subscribe_for_anonymous),
-            allow_publish_for_client: allow(ns.allow_publish_for_client),
-            allow_publish_for_subscriber: allow(ns.allow_publish_for_subscriber),
-            allow_publish_for_anonymous: allow(ns.allow_publish_for_anonymous),
-            allow_presence_for_client: allow(ns.allow_presence_for_client),
-            allow_presence_for_subscriber: allow(ns.allow_presence_for_subscriber),
-            allow_history_for_client: allow(ns.allow_history_for_client),
-            allow_history_for_subscriber: allow(ns.allow_history_for_subscriber),
-        }
-    }
-}
 
 /// A publish started by [`Node::submit_publish`]; the future resolves as [`Node::publish`] does.
 pub enum Submitted {
@@ -419,14 +372,6 @@ impl Node {
     }
 }
 
-/// History retention, or none when either bound is zero.
-fn retention(size: usize, ttl_secs: u64) -> Option<Retention> {
-    (size > 0 && ttl_secs > 0).then(|| Retention {
-        size,
-        ttl: Duration::from_secs(ttl_secs),
-    })
-}
-
 fn broker_error(channel: &str, error: BrokerError) -> Error {
     match error {
         BrokerError::History(HistoryError::UnrecoverablePosition) => {
@@ -444,140 +389,6 @@ fn broker_error(channel: &str, error: BrokerError) -> Error {
         other => {
             tracing::error!(channel, error = %other, "broker failed");
             Error::new(error_code::INTERNAL)
-        }
-    }
-}
-
-fn encode_push(channel: &str, body: PushBody) -> Bytes {
-    Bytes::from(
-        Reply::push(Push {
-            channel: channel.to_string(),
-            body,
-        })
-        .encode(),
-    )
-}
-
-/// Turns broker events into queued messages for local subscribers: each event is encoded once
-/// and the same bytes go to every subscriber.
-struct Dispatcher {
-    hub: Arc<Hub>,
-    metrics: Arc<Metrics>,
-    timeline: Arc<Timeline>,
-}
-
-impl Dispatcher {
-    fn deliver(&self, channel: &str, body: PushBody, offset: u64) {
-        let mut span = self.timeline.span(Lane::FanOut, body.kind(), channel);
-        let delivery = self
-            .hub
-            .deliver(channel, &encode_push(channel, body), offset);
-        span.set_count(delivery.queued);
-        self.count(delivery);
-    }
-
-    fn deliver_join_leave(&self, channel: &str, body: PushBody) {
-        let mut span = self.timeline.span(Lane::FanOut, body.kind(), channel);
-        let delivery = self
-            .hub
-            .deliver_join_leave(channel, &encode_push(channel, body));
-        span.set_count(delivery.queued);
-        self.count(delivery);
-    }
-
-    fn count(&self, delivery: crate::hub::Delivery) {
-        Metrics::add(&self.metrics.messages_sent, delivery.queued);
-        Metrics::add(&self.metrics.queue_drops, delivery.dropped);
-        Metrics::add(&self.metrics.slow_disconnects, delivery.overflowed);
-    }
-
-    fn matching(&self, user: &str, client: &Option<String>) -> Vec<crate::hub::ClientHandle> {
-        self.hub
-            .user_connections(user)
-            .into_iter()
-            .filter(|h| client.as_deref().is_none_or(|c| *h.client_id == *c))
-            .collect()
-    }
-}
-
-impl BrokerEventHandler for Dispatcher {
-    fn handle_insufficient_state(&self, channel: &str) {
-        for handle in self.hub.subscriber_handles(channel) {
-            let request = Control::Unsubscribe {
-                channel: channel.to_string(),
-                code: 2500,
-                reason: "insufficient state",
-            };
-            if handle.control.try_send(request).is_err() {
-                // The client cannot be told in order: make it reconnect and recover instead.
-                handle
-                    .queue
-                    .close(crate::protocol::Disconnect::INSUFFICIENT_STATE);
-            }
-        }
-    }
-
-    fn handle_publication(&self, channel: &str, publication: Arc<Publication>) {
-        let offset = publication.offset;
-        self.deliver(channel, PushBody::Publication(publication), offset);
-    }
-
-    fn handle_join(&self, channel: &str, info: &ClientInfo) {
-        self.deliver_join_leave(channel, PushBody::Join { info: info.clone() });
-    }
-
-    fn handle_leave(&self, channel: &str, info: &ClientInfo) {
-        self.deliver_join_leave(channel, PushBody::Leave { info: info.clone() });
-    }
-
-    fn handle_control(&self, control: NodeControl) {
-        match control {
-            NodeControl::Subscribe {
-                user,
-                channel,
-                client,
-                chan_info,
-                data,
-            } => {
-                for handle in self.matching(&user, &client) {
-                    let request = Control::Subscribe {
-                        channel: channel.clone(),
-                        chan_info: chan_info.clone(),
-                        data: data.clone(),
-                    };
-                    if handle.control.try_send(request).is_err() {
-                        tracing::warn!(client = %handle.client_id, "control queue full, subscribe dropped");
-                    }
-                }
-            }
-            NodeControl::Unsubscribe {
-                user,
-                channel,
-                client,
-            } => {
-                for handle in self.matching(&user, &client) {
-                    let request = Control::Unsubscribe {
-                        channel: channel.clone(),
-                        code: 2000,
-                        reason: "server unsubscribe",
-                    };
-                    if handle.control.try_send(request).is_err() {
-                        tracing::warn!(client = %handle.client_id, "control queue full, unsubscribe dropped");
-                    }
-                }
-            }
-            NodeControl::Disconnect {
-                user,
-                client,
-                whitelist,
-                reason,
-            } => {
-                for handle in self.matching(&user, &client) {
-                    if !whitelist.iter().any(|w| **w == *handle.client_id) {
-                        handle.queue.close(reason.clone());
-                    }
-                }
-            }
         }
     }
 }
