@@ -2,6 +2,7 @@
 //! A transport knows framing, not commands; what every transport shares (admission of a new
 //! connection, the connection limit) lives here.
 
+pub mod connection;
 pub mod websocket;
 
 use std::net::SocketAddr;
