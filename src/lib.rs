@@ -22,12 +22,13 @@
 //! - [`vecmap`]: the small map each connection keeps its subscriptions in.
 //! - [`config`], [`auth`], [`ratelimit`], [`fd_limit`], [`metrics`]: configuration, tokens, rate
 //!   limits, the open-file limit, counters.
-//! - [`bench`]: `switchboard bench`, the load generator (a client of any compatible server; the
-//!   server modules never use it).
+//!
+//! `switchboard bench`, the load generator, is the workspace's `switchboard-bench` crate (in
+//! `crates/bench`, on the protocol client in `crates/client`); only `main.rs` calls it, and the
+//! server modules never use it.
 
 pub mod api;
 pub mod auth;
-pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod fd_limit;
