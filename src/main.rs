@@ -25,7 +25,7 @@ enum Command {
     /// Write an annotated config file with fresh random secrets.
     Genconfig(GenconfigArgs),
     /// Load-test a server speaking the protocol (this one or any compatible one).
-    Bench(Box<switchboard::bench::BenchArgs>),
+    Bench(Box<switchboard_bench::BenchArgs>),
 }
 
 #[derive(Args)]
@@ -280,7 +280,7 @@ fn main() -> anyhow::Result<()> {
             println!("wrote {}", args.output.display());
             Ok(())
         }
-        Command::Bench(args) => switchboard::bench::run(*args),
+        Command::Bench(args) => switchboard_bench::run(*args),
         Command::Serve(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(
