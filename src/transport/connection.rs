@@ -247,3 +247,140 @@ fn first_ping(interval: Duration) -> Instant {
     let jitter = rand::rng().random_range(0..=half.as_millis().max(1) as u64);
     Instant::now() + half + Duration::from_millis(jitter)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The loop over a transport made of channels: a second transport drives a session without
+    //! any command handling of its own.
+
+    use std::sync::Arc;
+
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::engine::memory::{LocalBroker, MemoryHistory, MemoryPresence};
+
+    /// Frames in from one channel, frames and the close reason out to another.
+    struct ChannelWire {
+        incoming: mpsc::Receiver<String>,
+        outgoing: mpsc::Sender<Result<String, Disconnect>>,
+    }
+
+    impl Wire for ChannelWire {
+        type Frame = String;
+
+        async fn recv(&mut self) -> Incoming<String> {
+            match self.incoming.recv().await {
+                Some(frame) => Incoming::Frame(frame),
+                None => Incoming::Gone,
+            }
+        }
+
+        async fn send(&mut self, frame: Bytes) -> Result<(), ()> {
+            let text = String::from_utf8(frame.to_vec()).map_err(drop)?;
+            self.outgoing.send(Ok(text)).await.map_err(drop)
+        }
+
+        async fn close(&mut self, reason: &Disconnect) {
+            let _ = self.outgoing.send(Err(reason.clone())).await;
+        }
+    }
+
+    fn node(config: Config) -> Node {
+        let broker = Arc::new(LocalBroker::new(Arc::new(MemoryHistory::default())));
+        Node::new(
+            config,
+            broker,
+            Arc::new(MemoryPresence::default()),
+            None,
+            CancellationToken::new(),
+            TaskTracker::new(),
+        )
+    }
+
+    /// Runs one connection over a [`ChannelWire`]; returns the client's ends and the loop's task.
+    fn connect(
+        node: &Node,
+    ) -> (
+        mpsc::Sender<String>,
+        mpsc::Receiver<Result<String, Disconnect>>,
+        tokio::task::JoinHandle<Option<Disconnect>>,
+    ) {
+        let (to_server, incoming) = mpsc::channel(16);
+        let (outgoing, from_server) = mpsc::channel(16);
+        let node = node.clone();
+        let task = tokio::spawn(async move {
+            let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
+            let control = Arc::new(ControlInbox::new(8));
+            let mut session = Session::new(node.clone(), queue.clone(), control.clone());
+            let mut wire = ChannelWire { incoming, outgoing };
+            drive(&node, &mut session, &queue, &mut wire, &control).await
+        });
+        (to_server, from_server, task)
+    }
+
+    async fn next_frame(from_server: &mut mpsc::Receiver<Result<String, Disconnect>>) -> String {
+        match from_server.recv().await {
+            Some(Ok(frame)) => frame,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_channel_transport_connects_subscribes_and_receives_publications() {
+        let node = node(Config::default());
+        let (to_server, mut from_server, task) = connect(&node);
+        to_server
+            .send(r#"{"id":1,"connect":{}}"#.into())
+            .await
+            .unwrap();
+        let reply = next_frame(&mut from_server).await;
+        assert!(
+            reply.contains(r#""id":1"#) && reply.contains(r#""connect""#),
+            "{reply}"
+        );
+        to_server
+            .send(r#"{"id":2,"subscribe":{"channel":"news"}}"#.into())
+            .await
+            .unwrap();
+        let reply = next_frame(&mut from_server).await;
+        assert!(
+            reply.contains(r#""id":2"#) && reply.contains(r#""subscribe""#),
+            "{reply}"
+        );
+        let data = crate::protocol::payload_from_raw(
+            &serde_json::value::RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap(),
+        );
+        node.publish("news", data, None, Default::default(), false)
+            .await
+            .unwrap();
+        let push = next_frame(&mut from_server).await;
+        assert!(
+            push.contains(r#""channel":"news""#) && push.contains(r#""text":"hi""#),
+            "{push}"
+        );
+        // The client goes away: the loop ends without a disconnect of its own.
+        drop(to_server);
+        assert_eq!(task.await.unwrap(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_connects_is_closed_as_stale() {
+        let node = node(Config::default());
+        let (_to_server, mut from_server, task) = connect(&node);
+        assert_eq!(from_server.recv().await, Some(Err(Disconnect::STALE)));
+        assert_eq!(task.await.unwrap(), Some(Disconnect::STALE));
+    }
+
+    #[tokio::test]
+    async fn bad_input_closes_with_the_protocol_code() {
+        let node = node(Config::default());
+        let (to_server, mut from_server, task) = connect(&node);
+        to_server.send("not json".into()).await.unwrap();
+        assert_eq!(from_server.recv().await, Some(Err(Disconnect::BAD_REQUEST)));
+        assert_eq!(task.await.unwrap(), Some(Disconnect::BAD_REQUEST));
+    }
+}
