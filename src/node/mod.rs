@@ -28,6 +28,18 @@ use crate::timeline::{Lane, Timeline};
 /// The server version reported to clients and in `/api/info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Longest channel name anyone may use, in bytes (configurations may lower it).
+pub const MAX_CHANNEL_LENGTH: usize = 1024;
+
+/// Rejects empty, oversized or newline-bearing channel names (error 107). Newlines would break
+/// the frame format, which separates messages with them.
+pub fn check_channel(channel: &str) -> Result<(), Error> {
+    if channel.is_empty() || channel.len() > MAX_CHANNEL_LENGTH || channel.contains(['\n', '\r']) {
+        return Err(Error::new(error_code::BAD_REQUEST));
+    }
+    Ok(())
+}
+
 /// How a channel behaves, resolved from configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelOptions {
@@ -233,6 +245,15 @@ impl Node {
                 .copied()
                 .ok_or_else(|| Error::new(error_code::UNKNOWN_CHANNEL)),
         }
+    }
+
+    /// [`check_channel`] with the configured length limit: what clients may name.
+    pub fn check_channel_name(&self, channel: &str) -> Result<(), Error> {
+        check_channel(channel)?;
+        if channel.len() > self.config().channel_max_length {
+            return Err(Error::new(error_code::BAD_REQUEST));
+        }
+        Ok(())
     }
 
     /// Publishes `data` to `channel` on every node. Returns the stream position when the channel
