@@ -16,7 +16,9 @@ use crate::config::{Config, Namespace};
 use crate::engine::broker::{Broker, BrokerError, BrokerEventHandler, NodeControl, NodeInfo};
 use crate::engine::history::{HistoryError, HistoryFilter, HistoryPage, Retention};
 use crate::engine::presence::{Presence, PresenceStats};
-use crate::hooks::events::{Event, Events};
+use crate::hooks::decisions::Decisions;
+use crate::hooks::events::{Event, EventSink, Events};
+use crate::hooks::rules::Rules;
 use crate::hub::{ConnId, Control, Hub};
 use crate::metrics::{Gauges, Metrics};
 use crate::protocol::{
@@ -100,6 +102,15 @@ pub enum Submitted {
     Sequential(BoxFuture<'static, Result<Option<StreamPosition>, Error>>),
 }
 
+/// What the application plugs into a node.
+#[derive(Clone, Default)]
+pub struct NodeHooks {
+    /// Who decides about clients; `None`: the built-in [`Rules`] (tokens and configuration).
+    pub decisions: Option<Arc<dyn Decisions>>,
+    /// Who hears of lifecycle events, besides the node's own metrics.
+    pub sinks: Vec<Arc<dyn EventSink>>,
+}
+
 /// A cheap-to-clone handle on the node.
 #[derive(Clone)]
 pub struct Node {
@@ -116,6 +127,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     timeline: Arc<Timeline>,
     events: Events,
+    decisions: Arc<dyn Decisions>,
     verifier: Option<TokenVerifier>,
     uid: String,
     name: String,
@@ -127,13 +139,33 @@ struct Inner {
 }
 
 impl Node {
-    /// A node on `broker` and `presence`; registers itself as the broker's event handler.
+    /// A node on `broker` and `presence` deciding by the built-in rules; registers itself as the
+    /// broker's event handler.
     pub fn new(
         config: Config,
         broker: Arc<dyn Broker>,
         presence: Arc<dyn Presence>,
         verifier: Option<TokenVerifier>,
         shutdown: CancellationToken,
+    ) -> Node {
+        Node::with_hooks(
+            config,
+            broker,
+            presence,
+            verifier,
+            shutdown,
+            NodeHooks::default(),
+        )
+    }
+
+    /// [`Node::new`] with the application's `hooks`.
+    pub fn with_hooks(
+        config: Config,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn Presence>,
+        verifier: Option<TokenVerifier>,
+        shutdown: CancellationToken,
+        hooks: NodeHooks,
     ) -> Node {
         let hub = Arc::new(Hub::default());
         let metrics = Arc::new(Metrics::default());
@@ -156,6 +188,13 @@ impl Node {
             .iter()
             .map(|ns| (ns.name.clone(), ChannelOptions::resolve(&config, ns)))
             .collect();
+        let decisions = hooks
+            .decisions
+            .unwrap_or_else(|| Arc::new(Rules::new(&config, verifier.clone())));
+        let events = hooks
+            .sinks
+            .into_iter()
+            .fold(Events::default().with(metrics.clone()), Events::with);
         Node {
             inner: Arc::new(Inner {
                 config,
@@ -164,7 +203,8 @@ impl Node {
                 hub,
                 broker,
                 presence,
-                events: Events::default().with(metrics.clone()),
+                events,
+                decisions,
                 metrics,
                 timeline,
                 verifier,
@@ -198,6 +238,11 @@ impl Node {
     /// Tells every event sink (metrics, and what the application registers) what happened.
     pub fn emit(&self, event: Event<'_>) {
         self.inner.events.emit(event);
+    }
+
+    /// Who decides about clients (see [`Decisions`]).
+    pub fn decisions(&self) -> &dyn Decisions {
+        &*self.inner.decisions
     }
 
     pub fn metrics(&self) -> &Metrics {

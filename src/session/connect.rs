@@ -4,58 +4,33 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{ttl_from, Answer, Identity, Session};
-use crate::auth::{ConnectionClaims, TokenError};
-use crate::hooks::Refusal;
 use crate::hub::ClientHandle;
 use crate::node::VERSION;
 use crate::protocol::{
-    error_code, ConnectRequest, ConnectResult, Disconnect, Error, Payload, RefreshRequest,
-    RefreshResult, ReplyResult,
+    ConnectRequest, ConnectResult, Disconnect, RefreshRequest, RefreshResult, ReplyResult,
 };
 
 impl Session {
-    /// `connect`: authenticates the client, registers it, replies, then makes the server-side
-    /// subscriptions its token names take effect. Replies itself.
+    /// `connect`: asks the node's decisions who the client is, registers it, replies, then makes
+    /// the server-side subscriptions decided for it take effect. Replies itself.
     pub(super) async fn connect(&mut self, id: u32, req: ConnectRequest) -> Answer {
         let node = self.node.clone();
         let config = node.config();
-        let claims = if req.token.is_empty() {
-            if !config.anonymous_allowed() {
-                return Err(Disconnect::INVALID_TOKEN.into());
-            }
-            ConnectionClaims::default()
-        } else {
-            let Some(verifier) = self.node.verifier() else {
-                tracing::debug!("token given but no token key configured");
-                return Err(Disconnect::INVALID_TOKEN.into());
-            };
-            match verifier.verify_connection(&req.token) {
-                Ok(claims) => claims,
-                Err(TokenError::Expired) => {
-                    return Err(Error::new(error_code::TOKEN_EXPIRED).into())
-                }
-                Err(TokenError::KeyUnavailable) => {
-                    return Err(Error::new(error_code::INTERNAL).into())
-                }
-                Err(TokenError::Invalid(reason)) => {
-                    tracing::debug!(%reason, "invalid connection token");
-                    return Err(Disconnect::INVALID_TOKEN.into());
-                }
-            }
-        };
+        let client: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+        let decision = node.decisions().connect(&client, &req).await?;
         let limit = config.user_connection_limit;
         if limit > 0
-            && !claims.sub.is_empty()
-            && self.node.hub().user_connection_count(&claims.sub) >= limit
+            && !decision.user.is_empty()
+            && node.hub().user_connection_count(&decision.user) >= limit
         {
             return Err(Disconnect::CONNECTION_LIMIT.into());
         }
         let identity = Identity {
-            client: Arc::from(uuid::Uuid::new_v4().to_string()),
-            user: Arc::from(claims.sub.as_str()),
-            conn_info: claims.info().map(Payload::from),
+            client,
+            user: Arc::from(decision.user.as_str()),
+            conn_info: decision.info,
         };
-        self.node.hub().add_connection(
+        node.hub().add_connection(
             self.conn,
             ClientHandle {
                 client_id: identity.client.clone(),
@@ -64,39 +39,28 @@ impl Session {
                 control: self.control.clone(),
             },
         );
-        self.expires_at = claims.expires_at();
+        self.expires_at = decision.expires_at;
         tracing::debug!(client = %identity.client, user = %identity.user, "connected");
         self.identity = Some(identity.clone());
 
-        // Server-side subscriptions named by the token; the client may ask to recover them.
-        let mut server_subs: Vec<(String, Option<Payload>, Option<Payload>)> = claims
-            .channels
-            .iter()
-            .map(|c| (c.clone(), None, None))
-            .collect();
-        for (channel, options) in &claims.subs {
-            server_subs.push((
-                channel.clone(),
-                options.info().map(Payload::from),
-                options.data.clone().map(Payload::from),
-            ));
-        }
+        // Server-side subscriptions; the client may ask to recover them.
         let mut subs = HashMap::new();
         let mut joined = Vec::new();
-        for (channel, chan_info, data) in server_subs {
+        for sub in decision.subscriptions {
+            let channel = sub.channel;
             if subs.contains_key(&channel) || node.check_channel_name(&channel).is_err() {
                 continue;
             }
-            let Ok(options) = self.node.channel_options(&channel) else {
+            let Ok(options) = node.channel_options(&channel) else {
                 continue;
             };
             let mut req = req.subs.get(&channel).cloned().unwrap_or_default();
             req.channel = channel.clone();
             match self.join(&req, &options).await {
                 Ok((mut result, after)) => {
-                    result.data = data;
+                    result.data = sub.data;
                     subs.insert(channel.clone(), result);
-                    joined.push((channel, chan_info, options, after));
+                    joined.push((channel, sub.chan_info, options, after));
                 }
                 Err(error) => {
                     tracing::warn!(
@@ -112,6 +76,7 @@ impl Session {
             version: VERSION.to_string(),
             expires: self.expires_at.is_some(),
             ttl: self.expires_at.map_or(0, ttl_from),
+            data: decision.data,
             ping: config.ping_interval as u32,
             pong: true,
             subs,
@@ -119,29 +84,18 @@ impl Session {
         };
         self.reply(id, Ok(ReplyResult::Connect(result)));
         for (channel, chan_info, options, after) in joined {
-            self.node.hub().activate(&channel, self.conn, None, after);
+            node.hub().activate(&channel, self.conn, None, after);
             self.register(&identity, channel, chan_info, &options, None)
                 .await;
         }
         Ok(None)
     }
 
-    /// `refresh`: a new connection token extends the connection's life; it must name the same
-    /// user.
-    pub(super) fn refresh(&mut self, who: &Identity, req: RefreshRequest) -> Answer {
-        let Some(verifier) = self.node.verifier() else {
-            return Err(Error::new(error_code::NOT_AVAILABLE).into());
-        };
-        let claims = match verifier.verify_connection(&req.token) {
-            Ok(claims) => claims,
-            Err(TokenError::Expired) => return Err(Disconnect::EXPIRED.into()),
-            Err(TokenError::KeyUnavailable) => return Err(Error::new(error_code::INTERNAL).into()),
-            Err(TokenError::Invalid(_)) => return Err(Disconnect::INVALID_TOKEN.into()),
-        };
-        if claims.sub != *who.user {
-            return Err(Refusal::Disconnect(Disconnect::INVALID_TOKEN));
-        }
-        self.expires_at = claims.expires_at();
+    /// `refresh`: the node's decisions extend the connection's life (the built-in rules want a
+    /// new token for the same user).
+    pub(super) async fn refresh(&mut self, who: &Identity, req: RefreshRequest) -> Answer {
+        let decision = self.node.decisions().refresh(who.as_client(), &req).await?;
+        self.expires_at = decision.expires_at;
         Ok(Some(ReplyResult::Refresh(RefreshResult {
             client: who.client.to_string(),
             version: VERSION.to_string(),

@@ -31,6 +31,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::auth::unix_now;
+use crate::hooks::decisions::Client;
 use crate::hooks::Refusal;
 use crate::hub::{ConnId, ControlSender};
 use crate::metrics::Metrics;
@@ -83,6 +84,17 @@ struct Identity {
     client: Arc<str>,
     user: Arc<str>,
     conn_info: Option<Payload>,
+}
+
+impl Identity {
+    /// The client as a decision sees it.
+    fn as_client(&self) -> Client<'_> {
+        Client {
+            client: &self.client,
+            user: &self.user,
+            conn_info: self.conn_info.as_ref(),
+        }
+    }
 }
 
 /// What one frame asks of the connection.
@@ -202,9 +214,9 @@ impl Session {
             Request::Presence(req) => self.presence(&req.channel).await,
             Request::PresenceStats(req) => self.presence_stats(&req.channel).await,
             Request::History(req) => self.history(req).await,
-            Request::Rpc(req) => self.rpc(req),
-            Request::Refresh(req) => self.refresh(&who, req),
-            Request::SubRefresh(req) => self.sub_refresh(&who, req),
+            Request::Rpc(req) => self.rpc(&who, req).await,
+            Request::Refresh(req) => self.refresh(&who, req).await,
+            Request::SubRefresh(req) => self.sub_refresh(&who, req).await,
         };
         self.answer(id, answer)
     }

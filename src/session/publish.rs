@@ -13,9 +13,7 @@ use futures_util::future::BoxFuture;
 use super::{Answer, Identity, Session};
 use crate::hooks::Refusal;
 use crate::node::Submitted;
-use crate::protocol::{
-    error_code, ClientInfo, Empty, Error, PublishRequest, ReplyResult, StreamPosition,
-};
+use crate::protocol::{ClientInfo, Empty, Error, PublishRequest, ReplyResult, StreamPosition};
 
 /// Publishes in flight, oldest first, with the ids of the commands they answer.
 pub(super) type Pipeline = VecDeque<(u32, PublishFuture)>;
@@ -66,7 +64,7 @@ impl Session {
     /// `publish` from the client: checked and started; pipelined when its order is already
     /// fixed (answered later), else awaited.
     pub(super) async fn publish(&mut self, id: u32, who: &Identity, req: PublishRequest) -> Answer {
-        match self.submit_publish(who, req) {
+        match self.submit_publish(who, req).await {
             Ok(Submitted::InFlight(publishing)) => {
                 if self.in_flight() >= MAX_PUBLISHES_IN_FLIGHT {
                     self.finish_publish().await;
@@ -89,18 +87,23 @@ impl Session {
         }
     }
 
-    /// Checks a client publish and starts it.
-    fn submit_publish(&self, who: &Identity, req: PublishRequest) -> Result<Submitted, Refusal> {
-        let channel = &req.channel;
-        let options = self.permit(channel, |o| {
-            (o.allow_publish_for_client, o.allow_publish_for_subscriber)
-        })?;
-        if who.user.is_empty() && !options.allow_publish_for_anonymous {
-            return Err(Error::new(error_code::PERMISSION_DENIED).into());
-        }
-        let data = req
-            .data
-            .ok_or_else(|| Error::new(error_code::BAD_REQUEST))?;
+    /// Checks a client publish, asks the node's decisions, and starts it. The built-in decision
+    /// is ready at once, so a pipelined publish still starts within one poll.
+    async fn submit_publish(
+        &self,
+        who: &Identity,
+        req: PublishRequest,
+    ) -> Result<Submitted, Refusal> {
+        let PublishRequest { channel, data } = req;
+        let channel = channel.as_str();
+        self.node.check_channel_name(channel)?;
+        let options = self.node.channel_options(channel)?;
+        let subscribed = self.subscriptions.contains_key(channel);
+        let decision = self
+            .node
+            .decisions()
+            .publish(who.as_client(), channel, data, &options, subscribed)
+            .await?;
         let info = ClientInfo {
             user: who.user.to_string(),
             client: who.client.to_string(),
@@ -112,7 +115,7 @@ impl Session {
         };
         Ok(self
             .node
-            .submit_publish(channel, data, Some(info), HashMap::new(), false)?)
+            .submit_publish(channel, decision.data, Some(info), HashMap::new(), false)?)
     }
 }
 
@@ -120,7 +123,22 @@ impl Session {
 mod tests {
     use serde_json::json;
 
-    use super::super::testing::{node, TestClient};
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use serde_json::value::RawValue;
+
+    use super::super::testing::{node, node_with, TestClient};
+    use crate::hooks::decisions::{
+        Client, ConnectDecision, Decisions, PublishDecision, RefreshDecision, RpcDecision,
+        SubRefreshDecision, SubscribeDecision,
+    };
+    use crate::hooks::rules::Rules;
+    use crate::hooks::Refusal;
+    use crate::node::{ChannelOptions, NodeHooks};
+    use crate::protocol::{
+        ConnectRequest, Payload, RefreshRequest, SubRefreshRequest, SubscribeRequest,
+    };
 
     #[tokio::test]
     async fn connect_subscribe_publish_then_history_sees_it() {
@@ -195,5 +213,93 @@ mod tests {
         let ids: Vec<_> = messages.iter().map(|m| m["id"].as_u64().unwrap()).collect();
         assert_eq!(ids, [2, 3]);
         assert_eq!(messages[1]["error"]["code"], 107);
+    }
+
+    /// Decisions that stamp every publication, as a backend proxy may replace the data.
+    struct Stamping(Rules);
+
+    #[async_trait]
+    impl Decisions for Stamping {
+        async fn connect(
+            &self,
+            client: &str,
+            req: &ConnectRequest,
+        ) -> Result<ConnectDecision, Refusal> {
+            self.0.connect(client, req).await
+        }
+        async fn refresh(
+            &self,
+            client: Client<'_>,
+            req: &RefreshRequest,
+        ) -> Result<RefreshDecision, Refusal> {
+            self.0.refresh(client, req).await
+        }
+        async fn subscribe(
+            &self,
+            client: Client<'_>,
+            req: &SubscribeRequest,
+            options: &ChannelOptions,
+        ) -> Result<SubscribeDecision, Refusal> {
+            self.0.subscribe(client, req, options).await
+        }
+        async fn sub_refresh(
+            &self,
+            client: Client<'_>,
+            req: &SubRefreshRequest,
+        ) -> Result<SubRefreshDecision, Refusal> {
+            self.0.sub_refresh(client, req).await
+        }
+        async fn publish(
+            &self,
+            client: Client<'_>,
+            channel: &str,
+            data: Option<Payload>,
+            options: &ChannelOptions,
+            subscribed: bool,
+        ) -> Result<PublishDecision, Refusal> {
+            self.0
+                .publish(client, channel, data, options, subscribed)
+                .await?;
+            let stamped = RawValue::from_string(format!(r#"{{"by":"{}"}}"#, client.client));
+            Ok(PublishDecision {
+                data: Payload::from(stamped.unwrap()),
+            })
+        }
+        async fn rpc(
+            &self,
+            client: Client<'_>,
+            method: &str,
+            data: Option<Payload>,
+        ) -> Result<RpcDecision, Refusal> {
+            self.0.rpc(client, method, data).await
+        }
+    }
+
+    #[tokio::test]
+    async fn what_is_published_is_what_the_decision_says() {
+        let rules = Rules::new(&crate::config::Config::default(), None);
+        let hooks = NodeHooks {
+            decisions: Some(Arc::new(Stamping(rules))),
+            ..Default::default()
+        };
+        let node = node_with(|_| {}, hooks);
+        let mut client = TestClient::connected(&node).await;
+        client
+            .call(
+                2,
+                "publish",
+                json!({"channel": "a", "data": {"text": "hi"}}),
+            )
+            .await
+            .unwrap();
+        let page = node
+            .history("a", crate::engine::history::HistoryFilter::default())
+            .await
+            .unwrap();
+        let me = client.session.client_id().unwrap();
+        assert_eq!(
+            page.publications[0].data.get(),
+            format!(r#"{{"by":"{me}"}}"#)
+        );
     }
 }

@@ -1,15 +1,21 @@
 //! `rpc`: the client calls a method on the server.
 
-use super::{Answer, Session};
-use crate::protocol::{error_code, Error, ReplyResult, RpcRequest, RpcResult};
+use super::{Answer, Identity, Session};
+use crate::protocol::{ReplyResult, RpcRequest, RpcResult};
 
 impl Session {
-    /// `rpc`: the built-in methods (`echo`); any other is error 104.
-    pub(super) fn rpc(&mut self, req: RpcRequest) -> Answer {
-        match req.method.as_str() {
-            "echo" => Ok(Some(ReplyResult::Rpc(RpcResult { data: req.data }))),
-            _ => Err(Error::new(error_code::METHOD_NOT_FOUND).into()),
-        }
+    /// `rpc`: answered by the node's decisions (the built-in rules know `echo`; any other method
+    /// is error 104).
+    pub(super) async fn rpc(&self, who: &Identity, req: RpcRequest) -> Answer {
+        let RpcRequest { method, data } = req;
+        let decision = self
+            .node
+            .decisions()
+            .rpc(who.as_client(), &method, data)
+            .await?;
+        Ok(Some(ReplyResult::Rpc(RpcResult {
+            data: decision.data,
+        })))
     }
 }
 

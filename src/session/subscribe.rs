@@ -4,126 +4,79 @@
 use bytes::Bytes;
 
 use super::{ttl_from, Answer, Identity, Session, Subscription};
-use crate::auth::TokenError;
 use crate::engine::history::HistoryFilter;
+use crate::hooks::decisions::SubscribeDecision;
 use crate::hooks::Refusal;
 use crate::hub::ConnId;
 use crate::metrics::Metrics;
 use crate::node::{ChannelOptions, Node};
 use crate::protocol::{
-    error_code, flag, ClientInfo, Disconnect, Empty, Error, Payload, Reply, ReplyResult,
-    StreamPosition, SubRefreshRequest, SubRefreshResult, SubscribeRequest, SubscribeResult,
+    error_code, flag, ClientInfo, Empty, Error, Payload, Reply, ReplyResult, StreamPosition,
+    SubRefreshRequest, SubRefreshResult, SubscribeRequest, SubscribeResult,
 };
 
-/// What a granted subscription carries: the channel's options, the channel info others see, and
-/// when the subscription expires.
-type Granted = (ChannelOptions, Option<Payload>, Option<u64>);
-
 impl Session {
-    /// `subscribe` from the client: checks, then subscribes. The reply is queued by the hub
-    /// before any publication that follows it, so this answers nothing itself on success.
+    /// `subscribe` from the client: checks, asks the node's decisions, then subscribes. The reply
+    /// is queued by the hub before any publication that follows it, so this answers nothing
+    /// itself on success.
     pub(super) async fn client_subscribe(
         &mut self,
         id: u32,
         who: &Identity,
         req: SubscribeRequest,
     ) -> Answer {
-        let (options, chan_info, expires_at) = self.check_subscribe(who, &req)?;
+        let (options, decision) = self.check_subscribe(who, &req).await?;
         let (mut result, after) = self.join(&req, &options).await?;
+        let expires_at = decision.expires_at;
         result.expires = expires_at.is_some();
         result.ttl = expires_at.map_or(0, ttl_from);
+        result.data = decision.data;
         let reply = Reply::ok(id, ReplyResult::Subscribe(result)).encode();
         Metrics::inc(&self.node.metrics().messages_sent);
         self.node
             .hub()
             .activate(&req.channel, self.conn, Some(Bytes::from(reply)), after);
-        self.register(who, req.channel, chan_info, &options, expires_at)
+        self.register(who, req.channel, decision.chan_info, &options, expires_at)
             .await;
         Ok(None)
     }
 
-    /// Whether this client may subscribe: the channel's options, the subscription token's channel
-    /// info and expiry — or the error to reply, or the disconnect a forged token earns.
-    fn check_subscribe(&self, who: &Identity, req: &SubscribeRequest) -> Result<Granted, Refusal> {
-        let config = self.node.config();
+    /// What this node decides alone (a valid name, not subscribed yet, under the channel limit, a
+    /// known namespace), then whether the node's decisions grant the subscription.
+    async fn check_subscribe(
+        &self,
+        who: &Identity,
+        req: &SubscribeRequest,
+    ) -> Result<(ChannelOptions, SubscribeDecision), Refusal> {
         let channel = &req.channel;
         self.node.check_channel_name(channel)?;
         if self.subscriptions.contains_key(channel) {
             return Err(Error::new(error_code::ALREADY_SUBSCRIBED).into());
         }
-        if self.subscriptions.len() >= config.client_channel_limit {
+        if self.subscriptions.len() >= self.node.config().client_channel_limit {
             return Err(Error::new(error_code::LIMIT_EXCEEDED).into());
         }
         let options = self.node.channel_options(channel)?;
-        let denied = || Err(Error::new(error_code::PERMISSION_DENIED).into());
-        if !req.token.is_empty() {
-            let Some(verifier) = self.node.verifier() else {
-                return denied();
-            };
-            let claims = match verifier.verify_subscription(&req.token) {
-                Ok(claims) => claims,
-                Err(TokenError::Expired) => {
-                    return Err(Error::new(error_code::TOKEN_EXPIRED).into())
-                }
-                Err(TokenError::KeyUnavailable) => {
-                    return Err(Error::new(error_code::INTERNAL).into())
-                }
-                Err(TokenError::Invalid(reason)) => {
-                    tracing::debug!(%reason, "invalid subscription token");
-                    return denied();
-                }
-            };
-            if claims.channel != *channel {
-                return Err(Disconnect::INVALID_TOKEN.into());
-            }
-            if claims.sub != *who.user {
-                return denied();
-            }
-            return Ok((
-                options,
-                claims.info().map(Payload::from),
-                claims.expires_at(),
-            ));
-        }
-        // Without a token: private (`$`) channels are closed, user-limited ones (`#`) open only to
-        // the users they list, the rest as the namespace allows.
-        let name = channel.split_once(':').map_or(channel.as_str(), |(_, n)| n);
-        if name.starts_with('$') {
-            return denied();
-        }
-        if let Some((_, users)) = channel.rsplit_once('#') {
-            if !users.split(',').any(|u| !u.is_empty() && u == &*who.user) {
-                return denied();
-            }
-            return Ok((options, None, None));
-        }
-        let anonymous = who.user.is_empty();
-        if !options.allow_subscribe_for_client
-            || (anonymous && !options.allow_subscribe_for_anonymous)
-        {
-            return denied();
-        }
-        Ok((options, None, None))
+        let decision = self
+            .node
+            .decisions()
+            .subscribe(who.as_client(), req, &options)
+            .await?;
+        Ok((options, decision))
     }
 
-    /// `sub_refresh`: a new subscription token extends a subscription's life.
-    pub(super) fn sub_refresh(&mut self, who: &Identity, req: SubRefreshRequest) -> Answer {
-        let Some(verifier) = self.node.verifier() else {
-            return Err(Error::new(error_code::NOT_AVAILABLE).into());
-        };
-        let claims = match verifier.verify_subscription(&req.token) {
-            Ok(claims) => claims,
-            Err(TokenError::Expired) => return Err(Error::new(error_code::EXPIRED).into()),
-            Err(TokenError::KeyUnavailable) => return Err(Error::new(error_code::INTERNAL).into()),
-            Err(TokenError::Invalid(_)) => return Err(Disconnect::INVALID_TOKEN.into()),
-        };
-        if claims.channel != req.channel || claims.sub != *who.user {
-            return Err(Disconnect::INVALID_TOKEN.into());
-        }
+    /// `sub_refresh`: the node's decisions extend a subscription's life (the built-in rules want
+    /// a new subscription token).
+    pub(super) async fn sub_refresh(&mut self, who: &Identity, req: SubRefreshRequest) -> Answer {
+        let decision = self
+            .node
+            .decisions()
+            .sub_refresh(who.as_client(), &req)
+            .await?;
         let Some(subscription) = self.subscriptions.get_mut(&req.channel) else {
             return Err(Error::new(error_code::PERMISSION_DENIED).into());
         };
-        subscription.expires_at = claims.expires_at();
+        subscription.expires_at = decision.expires_at;
         Ok(Some(ReplyResult::SubRefresh(SubRefreshResult {
             expires: subscription.expires_at.is_some(),
             ttl: subscription.expires_at.map_or(0, ttl_from),

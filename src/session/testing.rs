@@ -12,7 +12,7 @@ use crate::auth::{sign_hmac, TokenVerifier};
 use crate::config::Config;
 use crate::engine::memory::{LocalBroker, MemoryHistory, MemoryPresence};
 use crate::hub::ControlInbox;
-use crate::node::Node;
+use crate::node::{Node, NodeHooks};
 use crate::protocol::Disconnect;
 use crate::queue::{ClientQueue, Outbound};
 
@@ -22,15 +22,21 @@ const SECRET: &str = "session-test-secret";
 /// A node on `LocalBroker` + `MemoryHistory` + `MemoryPresence`, with the default configuration
 /// (development mode: anonymous clients, every permission) adjusted by `adjust`.
 pub fn node(adjust: impl FnOnce(&mut Config)) -> Node {
+    node_with(adjust, NodeHooks::default())
+}
+
+/// [`node`] with the application's `hooks`.
+pub fn node_with(adjust: impl FnOnce(&mut Config), hooks: NodeHooks) -> Node {
     let mut config = Config::default();
     adjust(&mut config);
     let verifier = config.token_hmac_secret.as_deref().map(TokenVerifier::hmac);
-    Node::new(
+    Node::with_hooks(
         config,
         Arc::new(LocalBroker::new(Arc::new(MemoryHistory::default()))),
         Arc::new(MemoryPresence::default()),
         verifier,
         CancellationToken::new(),
+        hooks,
     )
 }
 
