@@ -22,8 +22,10 @@ use crate::hooks::rules::Rules;
 use crate::hub::{ConnId, Control, Hub};
 use crate::metrics::{Gauges, Metrics};
 use crate::protocol::{
-    error_code, ClientInfo, Error, Payload, Publication, Push, PushBody, Reply, StreamPosition,
+    error_code, unsubscribe_code, ClientInfo, Error, Payload, Publication, Push, PushBody, Reply,
+    StreamPosition,
 };
+use crate::queue::ClientQueue;
 use crate::ratelimit::PerIpLimiter;
 use crate::timeline::{Lane, Timeline};
 
@@ -411,6 +413,78 @@ impl Node {
         })
     }
 
+    /// Adds local subscriber `conn` to `channel`, its deliveries held until
+    /// [`Hub::activate`]; `join_leave`: it receives join/leave pushes. The channel's first
+    /// subscriber on this node starts the broker's deliveries of it here and occupies it.
+    pub async fn join_channel(
+        &self,
+        channel: &str,
+        conn: ConnId,
+        queue: &Arc<ClientQueue>,
+        join_leave: bool,
+    ) {
+        if self.hub().subscribe(channel, conn, queue, join_leave) {
+            if let Err(e) = self.broker().subscribe(channel).await {
+                tracing::error!(channel, error = %e, "broker subscribe failed");
+            }
+            self.emit(Event::ChannelOccupied { channel });
+        }
+    }
+
+    /// Removes local subscriber `conn` from `channel`; the last one vacates it and stops the
+    /// broker's deliveries of it here.
+    pub async fn leave_channel(&self, channel: &str, conn: ConnId) {
+        if self.leave_channel_in_hub(channel, conn) {
+            self.stop_receiving(channel).await;
+        }
+    }
+
+    /// The part of [`Node::leave_channel`] that needs no I/O, for callers that cannot await
+    /// (a session's `Drop`). Returns true when the channel is vacated: the caller then owes
+    /// [`Node::stop_receiving`].
+    pub fn leave_channel_in_hub(&self, channel: &str, conn: ConnId) -> bool {
+        let vacated = self.hub().unsubscribe(channel, conn);
+        if vacated {
+            self.emit(Event::ChannelVacated { channel });
+        }
+        vacated
+    }
+
+    /// Stops the broker's deliveries of a channel this node no longer has subscribers of.
+    pub async fn stop_receiving(&self, channel: &str) {
+        if let Err(e) = self.broker().unsubscribe(channel).await {
+            tracing::debug!(channel, error = %e, "broker unsubscribe failed");
+        }
+    }
+
+    /// Adds a subscriber to `channel`'s presence; a failure is logged (presence is advisory).
+    pub async fn add_presence(&self, channel: &str, info: ClientInfo) {
+        if let Err(e) = self.presence_storage().add(channel, info).await {
+            tracing::error!(channel, error = %e, "presence add failed");
+        }
+    }
+
+    /// Removes `client` from `channel`'s presence; a failure is logged.
+    pub async fn remove_presence(&self, channel: &str, client: &str) {
+        if let Err(e) = self.presence_storage().remove(channel, client).await {
+            tracing::error!(channel, error = %e, "presence remove failed");
+        }
+    }
+
+    /// Tells `channel`'s subscribers on every node that `info` joined; a failure is logged.
+    pub async fn publish_join(&self, channel: &str, info: &ClientInfo) {
+        if let Err(e) = self.broker().publish_join(channel, info).await {
+            tracing::error!(channel, error = %e, "join publish failed");
+        }
+    }
+
+    /// Tells `channel`'s subscribers on every node that `info` left; a failure is logged.
+    pub async fn publish_leave(&self, channel: &str, info: &ClientInfo) {
+        if let Err(e) = self.broker().publish_leave(channel, info).await {
+            tracing::error!(channel, error = %e, "leave publish failed");
+        }
+    }
+
     /// Sends a user-targeted action to whichever node holds the user's connections.
     pub async fn control(&self, control: NodeControl) -> Result<(), Error> {
         self.broker().publish_control(control).await.map_err(|e| {
@@ -564,7 +638,7 @@ impl BrokerEventHandler for Dispatcher {
         for handle in self.hub.subscriber_handles(channel) {
             let request = Control::Unsubscribe {
                 channel: channel.to_string(),
-                code: 2500,
+                code: unsubscribe_code::INSUFFICIENT_STATE,
                 reason: "insufficient state",
             };
             if handle.control.try_send(request).is_err() {
@@ -617,7 +691,7 @@ impl BrokerEventHandler for Dispatcher {
                 for handle in self.matching(&user, &client) {
                     let request = Control::Unsubscribe {
                         channel: channel.clone(),
-                        code: 2000,
+                        code: unsubscribe_code::SERVER,
                         reason: "server unsubscribe",
                     };
                     if handle.control.try_send(request).is_err() {

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{ttl_from, Answer, Identity, Session};
+use crate::hooks::events::Event;
 use crate::hub::ClientHandle;
 use crate::node::VERSION;
 use crate::protocol::{
@@ -83,6 +84,10 @@ impl Session {
             ..Default::default()
         };
         self.reply(id, Ok(ReplyResult::Connect(result)));
+        node.emit(Event::Connected {
+            client: &identity.client,
+            user: &identity.user,
+        });
         for (channel, chan_info, options, after) in joined {
             node.hub().activate(&channel, self.conn, None, after);
             self.register(&identity, channel, chan_info, &options, None)

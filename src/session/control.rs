@@ -10,7 +10,7 @@ use super::{Identity, Outcome, Session};
 use crate::auth::unix_now;
 use crate::hub::Control;
 use crate::metrics::Metrics;
-use crate::protocol::{Disconnect, Push, PushBody, Reply, SubscribeRequest};
+use crate::protocol::{unsubscribe_code, Disconnect, Push, PushBody, Reply, SubscribeRequest};
 
 impl Session {
     /// Acts on a request from the node (server API actions on this client).
@@ -110,6 +110,7 @@ impl Session {
         let now = unix_now();
         let grace = self.node.config().expired_grace;
         if self.expires_at.is_some_and(|at| at + grace <= now) {
+            self.closing(&Disconnect::EXPIRED);
             return Err(Disconnect::EXPIRED);
         }
         let expired: Vec<String> = self
@@ -119,7 +120,7 @@ impl Session {
             .map(|(c, _)| c.clone())
             .collect();
         for channel in expired {
-            self.server_unsubscribe(&channel, 2501, "subscription expired")
+            self.server_unsubscribe(&channel, unsubscribe_code::EXPIRED, "subscription expired")
                 .await;
         }
         Ok(())
@@ -194,7 +195,7 @@ mod tests {
             .session
             .handle_control(Control::Unsubscribe {
                 channel: "news".into(),
-                code: 2000,
+                code: crate::protocol::unsubscribe_code::SERVER,
                 reason: "server unsubscribe",
             })
             .await;

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use crate::auth::unix_now;
 use crate::hooks::decisions::Client;
+use crate::hooks::events::Event;
 use crate::hooks::Refusal;
 use crate::hub::{ConnId, ControlSender};
 use crate::metrics::Metrics;
@@ -76,6 +77,8 @@ pub struct Session {
     /// reached through `&mut self` (`Mutex::get_mut`, never locked): the mutex only makes the
     /// session `Sync`, which its `&self` methods held across awaits need.
     pipeline: Option<Box<Mutex<Pipeline>>>,
+    /// Why the connection ends, once known (see [`Session::closing`]).
+    closing: Option<Disconnect>,
 }
 
 /// Who the client is, once connected.
@@ -124,7 +127,15 @@ impl Session {
             expires_at: None,
             limiter,
             pipeline: None,
+            closing: None,
         }
+    }
+
+    /// Records why the connection ends, for the `Disconnected` event the session's `Drop`
+    /// emits; the latest call wins, so the transport, which knows what it finally sent, calls it
+    /// last. Never called: the client or the network ended it (3000 "connection closed").
+    pub fn closing(&mut self, reason: &Disconnect) {
+        self.closing = Some(reason.clone());
     }
 
     /// Whether `connect` succeeded.
@@ -160,8 +171,17 @@ impl Session {
         self.ping_sent
     }
 
-    /// Handles every command of one client frame, in order.
+    /// Handles every command of one client frame, in order. A disconnect it returns is also
+    /// recorded as the reason the connection ends.
     pub async fn handle_frame(&mut self, frame: &str) -> Outcome {
+        let outcome = self.handle_commands(frame).await;
+        if let Err(reason) = &outcome {
+            self.closing(reason);
+        }
+        outcome
+    }
+
+    async fn handle_commands(&mut self, frame: &str) -> Outcome {
         for command in crate::protocol::decode_frame(frame) {
             Metrics::inc(&self.node.metrics().commands_received);
             let command = command.map_err(|e| {
@@ -264,20 +284,32 @@ impl Session {
 }
 
 impl Drop for Session {
-    /// The one cleanup path: the hub forgets the connection and its subscriptions at once; presence
-    /// and leave notices, which may need I/O, finish in a tracked task.
+    /// The one cleanup path: the hub forgets the connection and its subscriptions at once (event
+    /// sinks hear of each subscription ended, then of the disconnect); presence and leave
+    /// notices, which may need I/O, finish in a tracked task.
     fn drop(&mut self) {
-        self.queue.close(Disconnect::new(3000, "connection closed"));
+        self.queue.close(CONNECTION_CLOSED);
         let subscriptions = std::mem::take(&mut self.subscriptions);
         self.node.hub().remove_connection(self.conn);
+        let mut vacated = Vec::new();
+        for (channel, subscription) in subscriptions.iter() {
+            subscribe::emit_unsubscribed(&self.node, channel, subscription);
+            if self.node.leave_channel_in_hub(channel, self.conn) {
+                vacated.push(channel.clone());
+            }
+        }
+        if let Some(who) = &self.identity {
+            let closed = CONNECTION_CLOSED;
+            let reason = self.closing.as_ref().unwrap_or(&closed);
+            self.node.emit(Event::Disconnected {
+                client: &who.client,
+                user: &who.user,
+                code: u32::from(reason.code),
+                reason: &reason.reason,
+            });
+        }
         if subscriptions.is_empty() {
             return;
-        }
-        let mut last_local = Vec::new();
-        for channel in subscriptions.keys() {
-            if self.node.hub().unsubscribe(channel, self.conn) {
-                last_local.push(channel.clone());
-            }
         }
         let node = self.node.clone();
         let cleanup = async move {
@@ -287,8 +319,8 @@ impl Drop for Session {
             for (channel, subscription) in subscriptions {
                 subscribe::release_shared(&node, &channel, &subscription).await;
             }
-            for channel in last_local {
-                let _ = node.broker().unsubscribe(&channel).await;
+            for channel in vacated {
+                node.stop_receiving(&channel).await;
             }
         };
         match tokio::runtime::Handle::try_current() {
@@ -300,7 +332,154 @@ impl Drop for Session {
     }
 }
 
+/// How a connection ends when neither side named a reason: the client or the network closed it.
+const CONNECTION_CLOSED: Disconnect = Disconnect::new(3000, "connection closed");
+
 /// Seconds left until `expires_at` (unix seconds), as the protocol's `ttl` carries them.
 fn ttl_from(expires_at: u64) -> u32 {
     expires_at.saturating_sub(unix_now()).min(u32::MAX as u64) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::json;
+
+    use super::testing::{node_with, TestClient};
+    use crate::hooks::events::{Event, EventSink};
+    use crate::node::NodeHooks;
+    use crate::protocol::Disconnect;
+
+    /// Keeps each event as one line: its name and what it is about.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl EventSink for Recorder {
+        fn emit(&self, event: &Event<'_>) {
+            let about = match event {
+                Event::Connected { user, .. } => format!("user={user}"),
+                Event::Disconnected { code, reason, .. } => format!("{code} {reason}"),
+                Event::Subscribed { channel, .. }
+                | Event::Unsubscribed { channel, .. }
+                | Event::ChannelOccupied { channel }
+                | Event::ChannelVacated { channel } => channel.to_string(),
+                Event::Published { channel, .. } => channel.to_string(),
+            };
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{} {about}", event.name()));
+        }
+    }
+
+    fn recorded() -> (crate::node::Node, Arc<Recorder>) {
+        let recorder = Arc::new(Recorder::default());
+        let hooks = NodeHooks {
+            sinks: vec![recorder.clone()],
+            ..Default::default()
+        };
+        (node_with(|_| {}, hooks), recorder)
+    }
+
+    fn take(recorder: &Recorder) -> Vec<String> {
+        std::mem::take(&mut *recorder.0.lock().unwrap())
+    }
+
+    #[tokio::test]
+    async fn lifecycle_events_follow_connect_subscribe_unsubscribe_and_drop() {
+        let (node, recorder) = recorded();
+        let mut client = TestClient::connected(&node).await;
+        for (id, key, channel) in [(2, "subscribe", "news"), (3, "unsubscribe", "news")] {
+            client
+                .call(id, key, json!({ "channel": channel }))
+                .await
+                .unwrap();
+        }
+        client
+            .call(4, "subscribe", json!({"channel": "room"}))
+            .await
+            .unwrap();
+        assert_eq!(
+            take(&recorder),
+            [
+                "connected user=",
+                "channel_occupied news",
+                "subscribed news",
+                "unsubscribed news",
+                "channel_vacated news",
+                "channel_occupied room",
+                "subscribed room",
+            ]
+        );
+        client.session.closing(&Disconnect::SHUTDOWN);
+        drop(client);
+        assert_eq!(
+            take(&recorder),
+            [
+                "unsubscribed room",
+                "channel_vacated room",
+                "disconnected 3001 shutdown",
+            ]
+        );
+        let metrics = node.metrics();
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(count(&metrics.connects), 1);
+        assert_eq!(count(&metrics.subscribes), 2);
+        assert_eq!(count(&metrics.unsubscribes), 2);
+        assert_eq!(count(&metrics.disconnects), 1);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_just_leaves_is_disconnected_with_3000() {
+        let (node, recorder) = recorded();
+        let client = TestClient::connected(&node).await;
+        drop(client);
+        assert_eq!(
+            take(&recorder),
+            ["connected user=", "disconnected 3000 connection closed"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_disconnect_the_session_decides_is_the_one_reported() {
+        let (node, recorder) = recorded();
+        let mut client = TestClient::connected(&node).await;
+        let outcome = client.send(&[json!({"id": 2, "connect": {}})]).await;
+        assert_eq!(outcome.unwrap_err(), Disconnect::BAD_REQUEST);
+        drop(client);
+        assert_eq!(
+            take(&recorder).last().unwrap(),
+            "disconnected 3501 bad request"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_connected_leaves_no_event() {
+        let (node, recorder) = recorded();
+        drop(TestClient::new(&node));
+        assert!(take(&recorder).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_second_local_subscriber_does_not_occupy_the_channel_again() {
+        let (node, recorder) = recorded();
+        let mut ann = TestClient::connected(&node).await;
+        let mut bob = TestClient::connected(&node).await;
+        for client in [&mut ann, &mut bob] {
+            client
+                .call(2, "subscribe", json!({"channel": "news"}))
+                .await
+                .unwrap();
+        }
+        drop(ann);
+        let events = take(&recorder);
+        let about_channel: Vec<_> = events
+            .iter()
+            .filter(|e| e.starts_with("channel_"))
+            .collect();
+        assert_eq!(about_channel, ["channel_occupied news"]);
+        drop(bob);
+        assert!(take(&recorder).contains(&"channel_vacated news".to_string()));
+    }
 }

@@ -6,8 +6,8 @@ use bytes::Bytes;
 use super::{ttl_from, Answer, Identity, Session, Subscription};
 use crate::engine::history::HistoryFilter;
 use crate::hooks::decisions::SubscribeDecision;
+use crate::hooks::events::Event;
 use crate::hooks::Refusal;
-use crate::hub::ConnId;
 use crate::metrics::Metrics;
 use crate::node::{ChannelOptions, Node};
 use crate::protocol::{
@@ -96,15 +96,9 @@ impl Session {
         // As in Centrifugo: join/leave pushes only to subscribers that ask, unless forced.
         let wants_join_leave =
             options.join_leave && (req.join_leave || options.force_push_join_leave);
-        let first_local =
-            self.node
-                .hub()
-                .subscribe(channel, self.conn, &self.queue, wants_join_leave);
-        if first_local {
-            if let Err(e) = self.node.broker().subscribe(channel).await {
-                tracing::error!(channel, error = %e, "broker subscribe failed");
-            }
-        }
+        self.node
+            .join_channel(channel, self.conn, &self.queue, wants_join_leave)
+            .await;
         let result = if options.history.is_some()
             && (options.force_recovery || req.recover || req.recoverable || req.positioned)
         {
@@ -121,9 +115,7 @@ impl Session {
                 Ok((result, after))
             }
             Err(error) => {
-                if self.node.hub().unsubscribe(channel, self.conn) {
-                    let _ = self.node.broker().unsubscribe(channel).await;
-                }
+                self.node.leave_channel(channel, self.conn).await;
                 Err(error)
             }
         }
@@ -154,20 +146,16 @@ impl Session {
             },
         );
         if options.presence {
-            if let Err(e) = self
-                .node
-                .presence_storage()
-                .add(&channel, info.clone())
-                .await
-            {
-                tracing::error!(channel, error = %e, "presence add failed");
-            }
+            self.node.add_presence(&channel, info.clone()).await;
         }
         if options.join_leave {
-            if let Err(e) = self.node.broker().publish_join(&channel, &info).await {
-                tracing::error!(channel, error = %e, "join publish failed");
-            }
+            self.node.publish_join(&channel, &info).await;
         }
+        self.node.emit(Event::Subscribed {
+            client: &who.client,
+            user: &who.user,
+            channel: &channel,
+        });
     }
 
     /// The subscribe result's stream fields, recovering missed publications if asked.
@@ -224,41 +212,34 @@ impl Session {
         Ok(Some(ReplyResult::Unsubscribe(Empty {})))
     }
 
-    /// Leaves a channel; a no-op if not subscribed.
+    /// Leaves a channel; a no-op if not subscribed. Releases the hub entry (and the broker's
+    /// interest, when last here), presence and the leave notice.
     pub(super) async fn unsubscribe(&mut self, channel: &str) {
         if let Some(subscription) = self.subscriptions.remove(channel) {
-            release(&self.node, self.conn, channel.to_string(), subscription).await;
+            emit_unsubscribed(&self.node, channel, &subscription);
+            self.node.leave_channel(channel, self.conn).await;
+            release_shared(&self.node, channel, &subscription).await;
         }
     }
 }
 
-/// Releases one subscription: hub entry, broker interest, presence and the leave notice.
-async fn release(node: &Node, conn: ConnId, channel: String, subscription: Subscription) {
-    if node.hub().unsubscribe(&channel, conn) {
-        let _ = node.broker().unsubscribe(&channel).await;
-    }
-    release_shared(node, &channel, &subscription).await;
+/// Tells the node's event sinks that a subscription ended.
+pub(super) fn emit_unsubscribed(node: &Node, channel: &str, subscription: &Subscription) {
+    node.emit(Event::Unsubscribed {
+        client: &subscription.info.client,
+        user: &subscription.info.user,
+        channel,
+    });
 }
 
 /// The part of releasing a subscription that other nodes see: presence and the leave notice.
 pub(super) async fn release_shared(node: &Node, channel: &str, subscription: &Subscription) {
     if subscription.presence {
-        if let Err(e) = node
-            .presence_storage()
-            .remove(channel, &subscription.info.client)
-            .await
-        {
-            tracing::error!(channel, error = %e, "presence remove failed");
-        }
+        node.remove_presence(channel, &subscription.info.client)
+            .await;
     }
     if subscription.join_leave {
-        if let Err(e) = node
-            .broker()
-            .publish_leave(channel, &subscription.info)
-            .await
-        {
-            tracing::error!(channel, error = %e, "leave publish failed");
-        }
+        node.publish_leave(channel, &subscription.info).await;
     }
 }
 
