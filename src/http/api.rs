@@ -18,12 +18,12 @@ use serde_json::{json, Value};
 
 use super::{constant_time_eq, glob_match, json_error};
 use crate::engine::broker::NodeControl;
+use crate::engine::history::HistoryFilter;
 use crate::metrics::Metrics;
-use crate::node::Node;
+use crate::node::{check_channel, Node};
 use crate::protocol::{
     error_code, payload_from_raw, ClientInfo, Disconnect, Error, Publication, StreamPosition,
 };
-use crate::session::{check_channel, history_filter};
 
 /// Failure of an API call before its method runs.
 #[derive(Debug, thiserror::Error)]
@@ -352,7 +352,7 @@ struct HistoryResult<'a> {
 
 async fn history(node: &Node, req: HistoryRequest) -> Result<Value, Error> {
     check_channel(&req.channel)?;
-    let filter = history_filter(req.limit, req.since, req.reverse)?;
+    let filter = HistoryFilter::from_request(req.limit, req.since, req.reverse)?;
     let page = node.history(&req.channel, filter).await?;
     Ok(json!(HistoryResult {
         publications: page.publications.iter().map(|p| &**p).collect(),

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::engine::broker::{BrokerEventHandler, NodeControl};
 use crate::hub::{Control, Hub};
 use crate::metrics::Metrics;
-use crate::protocol::{ClientInfo, Publication, Push, PushBody, Reply};
+use crate::protocol::{unsubscribe_code, ClientInfo, Publication, Push, PushBody, Reply};
 use crate::timeline::{Lane, Timeline};
 
 fn encode_push(channel: &str, body: PushBody) -> Bytes {
@@ -68,7 +68,7 @@ impl BrokerEventHandler for Dispatcher {
         for handle in self.hub.subscriber_handles(channel) {
             let request = Control::Unsubscribe {
                 channel: channel.to_string(),
-                code: 2500,
+                code: unsubscribe_code::INSUFFICIENT_STATE,
                 reason: "insufficient state",
             };
             if handle.control.try_send(request).is_err() {
@@ -121,7 +121,7 @@ impl BrokerEventHandler for Dispatcher {
                 for handle in self.matching(&user, &client) {
                     let request = Control::Unsubscribe {
                         channel: channel.clone(),
-                        code: 2000,
+                        code: unsubscribe_code::SERVER,
                         reason: "server unsubscribe",
                     };
                     if handle.control.try_send(request).is_err() {

@@ -16,10 +16,13 @@ use crate::config::Config;
 use crate::engine::broker::{Broker, BrokerError, NodeControl, NodeInfo};
 use crate::engine::history::{HistoryError, HistoryFilter, HistoryPage};
 use crate::engine::presence::{Presence, PresenceStats};
-use crate::hooks::events::{Event, Events};
+use crate::hooks::decisions::Decisions;
+use crate::hooks::events::{Event, EventSink, Events};
+use crate::hooks::rules::Rules;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::{Gauges, Metrics};
 use crate::protocol::{error_code, ClientInfo, Error, Payload, Publication, StreamPosition};
+use crate::queue::ClientQueue;
 use crate::ratelimit::PerIpLimiter;
 use crate::timeline::{Lane, Timeline};
 
@@ -32,6 +35,18 @@ pub use options::ChannelOptions;
 /// The server version reported to clients and in `/api/info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Longest channel name anyone may use, in bytes (configurations may lower it).
+pub const MAX_CHANNEL_LENGTH: usize = 1024;
+
+/// Rejects empty, oversized or newline-bearing channel names (error 107). Newlines would break
+/// the frame format, which separates messages with them.
+pub fn check_channel(channel: &str) -> Result<(), Error> {
+    if channel.is_empty() || channel.len() > MAX_CHANNEL_LENGTH || channel.contains(['\n', '\r']) {
+        return Err(Error::new(error_code::BAD_REQUEST));
+    }
+    Ok(())
+}
+
 /// A publish started by [`Node::submit_publish`]; the future resolves as [`Node::publish`] does.
 pub enum Submitted {
     /// Its place in the channel's order is already fixed: the next publish may start at once.
@@ -39,6 +54,15 @@ pub enum Submitted {
     /// Its order is fixed only while it runs: await it before starting the next from the same
     /// client, or the two may swap.
     Sequential(BoxFuture<'static, Result<Option<StreamPosition>, Error>>),
+}
+
+/// What the application plugs into a node.
+#[derive(Clone, Default)]
+pub struct NodeHooks {
+    /// Who decides about clients; `None`: the built-in [`Rules`] (tokens and configuration).
+    pub decisions: Option<Arc<dyn Decisions>>,
+    /// Who hears of lifecycle events, besides the node's own metrics.
+    pub sinks: Vec<Arc<dyn EventSink>>,
 }
 
 /// A cheap-to-clone handle on the node.
@@ -57,6 +81,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     timeline: Arc<Timeline>,
     events: Events,
+    decisions: Arc<dyn Decisions>,
     verifier: Option<TokenVerifier>,
     uid: String,
     name: String,
@@ -68,8 +93,9 @@ struct Inner {
 }
 
 impl Node {
-    /// A node on `broker` and `presence`; registers itself as the broker's event handler. Its
-    /// background tasks (connections, cleanups, engines' tasks) run on `tracker`.
+    /// A node on `broker` and `presence` deciding by the built-in rules; registers itself as the
+    /// broker's event handler. Its background tasks (connections, cleanups, engines' tasks) run
+    /// on `tracker`.
     pub fn new(
         config: Config,
         broker: Arc<dyn Broker>,
@@ -77,6 +103,27 @@ impl Node {
         verifier: Option<TokenVerifier>,
         shutdown: CancellationToken,
         tracker: TaskTracker,
+    ) -> Node {
+        Node::with_hooks(
+            config,
+            broker,
+            presence,
+            verifier,
+            shutdown,
+            tracker,
+            NodeHooks::default(),
+        )
+    }
+
+    /// [`Node::new`] with the application's `hooks`.
+    pub fn with_hooks(
+        config: Config,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn Presence>,
+        verifier: Option<TokenVerifier>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+        hooks: NodeHooks,
     ) -> Node {
         let hub = Arc::new(Hub::default());
         let metrics = Arc::new(Metrics::default());
@@ -99,6 +146,13 @@ impl Node {
             .iter()
             .map(|ns| (ns.name.clone(), ChannelOptions::resolve(&config, ns)))
             .collect();
+        let decisions = hooks
+            .decisions
+            .unwrap_or_else(|| Arc::new(Rules::new(&config, verifier.clone())));
+        let events = hooks
+            .sinks
+            .into_iter()
+            .fold(Events::default().with(metrics.clone()), Events::with);
         Node {
             inner: Arc::new(Inner {
                 config,
@@ -107,7 +161,8 @@ impl Node {
                 hub,
                 broker,
                 presence,
-                events: Events::default().with(metrics.clone()),
+                events,
+                decisions,
                 metrics,
                 timeline,
                 verifier,
@@ -141,6 +196,11 @@ impl Node {
     /// Tells every event sink (metrics, and what the application registers) what happened.
     pub fn emit(&self, event: Event<'_>) {
         self.inner.events.emit(event);
+    }
+
+    /// Who decides about clients (see [`Decisions`]).
+    pub fn decisions(&self) -> &dyn Decisions {
+        &*self.inner.decisions
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -188,6 +248,15 @@ impl Node {
                 .copied()
                 .ok_or_else(|| Error::new(error_code::UNKNOWN_CHANNEL)),
         }
+    }
+
+    /// [`check_channel`] with the configured length limit: what clients may name.
+    pub fn check_channel_name(&self, channel: &str) -> Result<(), Error> {
+        check_channel(channel)?;
+        if channel.len() > self.config().channel_max_length {
+            return Err(Error::new(error_code::BAD_REQUEST));
+        }
+        Ok(())
     }
 
     /// Publishes `data` to `channel` on every node. Returns the stream position when the channel
@@ -298,6 +367,78 @@ impl Node {
             tracing::error!(channel, error = %e, "presence read failed");
             Error::new(error_code::INTERNAL)
         })
+    }
+
+    /// Adds local subscriber `conn` to `channel`, its deliveries held until
+    /// [`Hub::activate`]; `join_leave`: it receives join/leave pushes. The channel's first
+    /// subscriber on this node starts the broker's deliveries of it here and occupies it.
+    pub async fn join_channel(
+        &self,
+        channel: &str,
+        conn: ConnId,
+        queue: &Arc<ClientQueue>,
+        join_leave: bool,
+    ) {
+        if self.hub().subscribe(channel, conn, queue, join_leave) {
+            if let Err(e) = self.broker().subscribe(channel).await {
+                tracing::error!(channel, error = %e, "broker subscribe failed");
+            }
+            self.emit(Event::ChannelOccupied { channel });
+        }
+    }
+
+    /// Removes local subscriber `conn` from `channel`; the last one vacates it and stops the
+    /// broker's deliveries of it here.
+    pub async fn leave_channel(&self, channel: &str, conn: ConnId) {
+        if self.leave_channel_in_hub(channel, conn) {
+            self.stop_receiving(channel).await;
+        }
+    }
+
+    /// The part of [`Node::leave_channel`] that needs no I/O, for callers that cannot await
+    /// (a session's `Drop`). Returns true when the channel is vacated: the caller then owes
+    /// [`Node::stop_receiving`].
+    pub fn leave_channel_in_hub(&self, channel: &str, conn: ConnId) -> bool {
+        let vacated = self.hub().unsubscribe(channel, conn);
+        if vacated {
+            self.emit(Event::ChannelVacated { channel });
+        }
+        vacated
+    }
+
+    /// Stops the broker's deliveries of a channel this node no longer has subscribers of.
+    pub async fn stop_receiving(&self, channel: &str) {
+        if let Err(e) = self.broker().unsubscribe(channel).await {
+            tracing::debug!(channel, error = %e, "broker unsubscribe failed");
+        }
+    }
+
+    /// Adds a subscriber to `channel`'s presence; a failure is logged (presence is advisory).
+    pub async fn add_presence(&self, channel: &str, info: ClientInfo) {
+        if let Err(e) = self.presence_storage().add(channel, info).await {
+            tracing::error!(channel, error = %e, "presence add failed");
+        }
+    }
+
+    /// Removes `client` from `channel`'s presence; a failure is logged.
+    pub async fn remove_presence(&self, channel: &str, client: &str) {
+        if let Err(e) = self.presence_storage().remove(channel, client).await {
+            tracing::error!(channel, error = %e, "presence remove failed");
+        }
+    }
+
+    /// Tells `channel`'s subscribers on every node that `info` joined; a failure is logged.
+    pub async fn publish_join(&self, channel: &str, info: &ClientInfo) {
+        if let Err(e) = self.broker().publish_join(channel, info).await {
+            tracing::error!(channel, error = %e, "join publish failed");
+        }
+    }
+
+    /// Tells `channel`'s subscribers on every node that `info` left; a failure is logged.
+    pub async fn publish_leave(&self, channel: &str, info: &ClientInfo) {
+        if let Err(e) = self.broker().publish_leave(channel, info).await {
+            tracing::error!(channel, error = %e, "leave publish failed");
+        }
     }
 
     /// Sends a user-targeted action to whichever node holds the user's connections.

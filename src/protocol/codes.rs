@@ -109,3 +109,16 @@ impl Disconnect {
         }
     }
 }
+
+/// Codes of the `unsubscribe` push, as Centrifugo names them. Below 2500 the client stays
+/// unsubscribed; from 2500 it resubscribes (and recovers what it missed).
+pub mod unsubscribe_code {
+    /// The server API unsubscribed the client.
+    pub const SERVER: u32 = 2000;
+    /// Publications may have been lost on their way to this node: resubscribe and recover.
+    pub const INSUFFICIENT_STATE: u32 = 2500;
+    /// The subscription token expired: resubscribe with a fresh one.
+    pub const EXPIRED: u32 = 2501;
+    /// The client's state of the channel is no longer valid: clear it and resubscribe.
+    pub const STATE_INVALIDATED: u32 = 2502;
+}

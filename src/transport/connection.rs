@@ -301,12 +301,15 @@ mod tests {
         )
     }
 
+    /// What the server wrote: frames, then the close reason.
+    type FromServer = mpsc::Receiver<Result<String, Disconnect>>;
+
     /// Runs one connection over a [`ChannelWire`]; returns the client's ends and the loop's task.
     fn connect(
         node: &Node,
     ) -> (
         mpsc::Sender<String>,
-        mpsc::Receiver<Result<String, Disconnect>>,
+        FromServer,
         tokio::task::JoinHandle<Option<Disconnect>>,
     ) {
         let (to_server, incoming) = mpsc::channel(16);
@@ -322,7 +325,7 @@ mod tests {
         (to_server, from_server, task)
     }
 
-    async fn next_frame(from_server: &mut mpsc::Receiver<Result<String, Disconnect>>) -> String {
+    async fn next_frame(from_server: &mut FromServer) -> String {
         match from_server.recv().await {
             Some(Ok(frame)) => frame,
             other => panic!("expected a frame, got {other:?}"),

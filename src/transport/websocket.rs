@@ -70,6 +70,10 @@ pub fn serve(node: Node, socket: WebSocket) -> impl Future<Output = ()> + Send {
         let mut session = Session::new(node.clone(), queue.clone(), control.clone());
         let mut wire = WsWire(socket);
         let reason = drive(&node, &mut session, &queue, &mut wire, &control).await;
+        if let Some(reason) = &reason {
+            // What the client was told is what the `disconnected` event reports.
+            session.closing(reason);
+        }
         tracing::debug!(
             client = session.client_id().unwrap_or("-"),
             code = reason.as_ref().map(|r| r.code),
