@@ -5,7 +5,7 @@
 //! open lines; nothing that blocks runs on its workers.
 //!
 //! The layout follows the path of a message, and each arrow points to what a module may use:
-//! `http`, `transport` → `session` → `node` → `hub`, `hooks`, `engine` → `protocol`.
+//! `http`, `transport` → `session` → `node` → `hub`, `hooks`, `engine`, `channel` → `protocol`.
 //!
 //! - [`protocol`]: wire types and the frame codec, named error, disconnect and unsubscribe codes;
 //!   pure, no I/O.
@@ -17,7 +17,7 @@
 //! - [`queue`]: a client's bounded outbound queue (slow readers are disconnected, never buffered
 //!   without bound).
 //! - [`node`]: the facade sessions and the API use (publish, history, presence, user control),
-//!   channel options, and the dispatch of broker events to the hub.
+//!   and the dispatch of broker events to the hub; [`channel`]: how each channel behaves.
 //! - [`hub`]: channel → local subscribers, sharded; a publication is encoded once for all.
 //! - [`engine`]: the `Broker`, `History` and `Presence` traits (their doc comments are the
 //!   contracts) with the embedded implementations (memory, SQLite) and the Redis one for several
@@ -35,6 +35,7 @@
 //! server modules never use it.
 
 pub mod auth;
+pub mod channel;
 pub mod config;
 pub mod engine;
 pub mod fd_limit;

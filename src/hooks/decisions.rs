@@ -8,7 +8,7 @@
 
 use async_trait::async_trait;
 
-use crate::node::ChannelOptions;
+use crate::channel::ChannelOptions;
 use crate::protocol::{
     ConnectRequest, Disconnect, Error, Payload, RefreshRequest, SubRefreshRequest, SubscribeRequest,
 };

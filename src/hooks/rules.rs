@@ -15,8 +15,8 @@ use super::decisions::{
     ServerSubscription, SubRefreshDecision, SubscribeDecision,
 };
 use crate::auth::{ConnectionClaims, TokenError, TokenVerifier};
+use crate::channel::ChannelOptions;
 use crate::config::Config;
-use crate::node::ChannelOptions;
 use crate::protocol::{
     error_code, ConnectRequest, Disconnect, Error, Payload, RefreshRequest, SubRefreshRequest,
     SubscribeRequest,

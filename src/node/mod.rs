@@ -1,7 +1,7 @@
 //! The node: one running server's shared state and the operations that sessions and the HTTP API
 //! both use (publish, history, presence, user control). Sessions and the API reach the engines
-//! only through it. [`options`] resolves how each channel behaves; `dispatch` turns what the
-//! broker delivers into messages queued to local subscribers.
+//! only through it; `dispatch` turns what the broker delivers into messages queued to local
+//! subscribers.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,10 +27,9 @@ use crate::ratelimit::PerIpLimiter;
 use crate::timeline::{Lane, Timeline};
 
 mod dispatch;
-pub mod options;
 
+use crate::channel::ChannelOptions;
 use dispatch::Dispatcher;
-pub use options::ChannelOptions;
 
 /// The server version reported to clients and in `/api/info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -129,13 +129,14 @@ mod tests {
     use serde_json::value::RawValue;
 
     use super::super::testing::{node, node_with, TestClient};
+    use crate::channel::ChannelOptions;
     use crate::hooks::decisions::{
         Client, ConnectDecision, Decisions, PublishDecision, RefreshDecision, RpcDecision,
         SubRefreshDecision, SubscribeDecision,
     };
     use crate::hooks::rules::Rules;
     use crate::hooks::Refusal;
-    use crate::node::{ChannelOptions, NodeHooks};
+    use crate::node::NodeHooks;
     use crate::protocol::{
         ConnectRequest, Payload, RefreshRequest, SubRefreshRequest, SubscribeRequest,
     };

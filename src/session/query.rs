@@ -1,8 +1,8 @@
 //! Queries about a channel: `presence`, `presence_stats` and `history`.
 
 use super::{Answer, Session};
+use crate::channel::ChannelOptions;
 use crate::engine::history::HistoryFilter;
-use crate::node::ChannelOptions;
 use crate::protocol::{
     error_code, Error, HistoryRequest, HistoryResult, PresenceResult, PresenceStatsResult,
     ReplyResult,

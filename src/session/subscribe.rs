@@ -4,12 +4,13 @@
 use bytes::Bytes;
 
 use super::{ttl_from, Answer, Identity, Session, Subscription};
+use crate::channel::ChannelOptions;
 use crate::engine::history::HistoryFilter;
 use crate::hooks::decisions::SubscribeDecision;
 use crate::hooks::events::Event;
 use crate::hooks::Refusal;
 use crate::metrics::Metrics;
-use crate::node::{ChannelOptions, Node};
+use crate::node::Node;
 use crate::protocol::{
     error_code, flag, ClientInfo, Empty, Error, Payload, Reply, ReplyResult, StreamPosition,
     SubRefreshRequest, SubRefreshResult, SubscribeRequest, SubscribeResult,
