@@ -16,4 +16,4 @@ if [ -f tests/compat/requirements.txt ]; then
   # A no-op when the pinned versions are already there.
   tests/compat/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/compat/requirements.txt
 fi
-cargo test --all-targets "$@"
+cargo test --workspace --all-targets "$@"

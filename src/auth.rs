@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
@@ -176,7 +178,13 @@ impl TokenVerifier {
 
     /// The verifier the configuration asks for, or `None` if it names no key. A JWKS URL starts
     /// a background refresh task (so call this inside the runtime).
-    pub fn from_config(config: &Config) -> Result<Option<TokenVerifier>, KeyError> {
+    /// The verifier the configuration asks for, if any; a JWKS URL starts its refresh task on
+    /// `tracker`, ending at `shutdown`.
+    pub fn from_config(
+        config: &Config,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<TokenVerifier>, KeyError> {
         if !config.verifies_tokens() {
             return Ok(None);
         }
@@ -205,7 +213,10 @@ impl TokenVerifier {
                 .as_deref()
                 .map(|p| pem(p, DecodingKey::from_ec_pem))
                 .transpose()?,
-            jwks: config.token_jwks_url.clone().map(Jwks::start),
+            jwks: config
+                .token_jwks_url
+                .clone()
+                .map(|url| Jwks::start(url, tracker, shutdown.clone())),
             audience: config.token_audience.clone(),
             issuer: config.token_issuer.clone(),
         }))
@@ -289,15 +300,16 @@ pub struct Jwks {
 }
 
 impl Jwks {
-    /// Starts fetching `url` now and every few minutes, on the current runtime.
-    pub fn start(url: String) -> Arc<Jwks> {
+    /// Starts fetching `url` now and every few minutes, in a task of `tracker` that ends at
+    /// `shutdown`.
+    pub fn start(url: String, tracker: &TaskTracker, shutdown: CancellationToken) -> Arc<Jwks> {
         let jwks = Arc::new(Jwks {
             keys: RwLock::new(HashMap::new()),
             refresh: Arc::new(Notify::new()),
         });
         let weak = Arc::downgrade(&jwks);
         let refresh = jwks.refresh.clone();
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build();
@@ -323,7 +335,10 @@ impl Jwks {
                     tokio::time::sleep(JWKS_MIN_REFETCH).await;
                 };
                 // Wait for the period, or an unknown-key request (rate-limited).
-                let _ = tokio::time::timeout(JWKS_REFRESH, wake).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::timeout(JWKS_REFRESH, wake) => {}
+                }
             }
         });
         jwks

@@ -1,13 +1,12 @@
 //! Server configuration: defaults, overlaid by a TOML file, then `SWITCHBOARD_*` environment
-//! variables, then command-line flags (the CLI in `main.rs` does the last two through clap).
+//! variables, then command-line flags (the CLI in `main.rs` reads the last two and sets the
+//! fields; nothing here knows the command line).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-
-pub use crate::engine::sqlite::Durability;
 
 /// Everything a node needs to run. Durations are whole seconds in files and flags.
 #[derive(Debug, Clone, Deserialize)]
@@ -201,8 +200,18 @@ impl Default for Config {
     }
 }
 
+/// How hard a commit tries to reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `fsync` on every commit (batch): an acknowledged publication survives power loss.
+    Full,
+    /// No `fsync` on commit: survives a crash of the process, not of the machine; faster.
+    Normal,
+}
+
 /// Where channel history is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HistoryStorage {
     /// An SQLite file in `data_dir`: survives restarts.
@@ -278,6 +287,11 @@ impl Config {
                     ns.name
                 )));
             }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "TLS needs both tls_cert and tls_key".into(),
+            ));
         }
         if self.max_connections == Some(0) {
             return Err(ConfigError::Invalid(

@@ -4,29 +4,38 @@
 //! other clients or by a backend through the HTTP server API. One tokio runtime serves thousands of
 //! open lines; nothing that blocks runs on its workers.
 //!
-//! The layout follows the path of a message:
+//! The layout follows the path of a message, and each arrow points to what a module may use:
+//! `http`, `transport` → `session` → `node` → `hub`, `hooks`, `engine`, `channel` → `protocol`.
 //!
-//! - [`protocol`]: wire types and the frame codec; pure, no I/O.
-//! - [`transport`]: one task per WebSocket, reading frames and writing the client's queue.
-//! - [`session`]: one client's state and command handling; its `Drop` is the only cleanup path.
+//! - [`protocol`]: wire types and the frame codec, named error, disconnect and unsubscribe codes;
+//!   pure, no I/O.
+//! - [`transport`]: how a client's bytes reach its session: admission of new connections, the
+//!   connection loop every transport shares ([`transport::connection`]) and the WebSocket
+//!   ([`transport::websocket`]).
+//! - [`session`]: one client's state and command handling, one file per command family; its
+//!   `Drop` is the only cleanup path.
 //! - [`queue`]: a client's bounded outbound queue (slow readers are disconnected, never buffered
 //!   without bound).
-//! - [`node`]: the shared state and operations used by sessions and the API.
+//! - [`node`]: the facade sessions and the API use (publish, history, presence, user control),
+//!   and the dispatch of broker events to the hub; [`channel`]: how each channel behaves.
 //! - [`hub`]: channel → local subscribers, sharded; a publication is encoded once for all.
-//! - [`broker`], [`history`], [`presence`]: the traits behind which storage and multi-node fan-out
-//!   live, with in-process implementations; [`redis_engine`] implements them on Redis for
-//!   several nodes.
-//! - [`api`]: the HTTP server API, health and metrics; [`server`] assembles routes and runs them.
-//! - [`web`]: the embedded pages, `/chat` (on the official browser SDK) and `/dashboard` (this
-//!   node's live view, with the [`timeline`] of recent work).
+//! - [`engine`]: the `Broker`, `History` and `Presence` traits (their doc comments are the
+//!   contracts) with the embedded implementations (memory, SQLite) and the Redis one for several
+//!   nodes.
+//! - [`hooks`]: the seam to the application backend: lifecycle events to one set of sinks.
+//! - [`http`]: the server API, health, metrics and the embedded pages (`/chat`, `/dashboard`
+//!   with the [`timeline`] of recent work); [`server`] assembles a node and its routes and runs
+//!   them.
 //! - [`vecmap`]: the small map each connection keeps its subscriptions in.
 //! - [`config`], [`auth`], [`ratelimit`], [`fd_limit`], [`metrics`]: configuration, tokens, rate
 //!   limits, the open-file limit, counters.
-//! - [`bench`]: `switchboard bench`, the load generator (a client of any compatible server; the
-//!   server modules never use it).
+//!
+//! `switchboard bench`, the load generator, is the workspace's `switchboard-bench` crate (in
+//! `crates/bench`, on the protocol client in `crates/client`); only `main.rs` calls it, and the
+//! server modules never use it.
 
 pub mod auth;
-pub mod bench;
+pub mod channel;
 pub mod config;
 pub mod engine;
 pub mod fd_limit;

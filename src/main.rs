@@ -4,7 +4,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use switchboard::config::{Durability, HistoryStorage};
 use switchboard::Config;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +25,7 @@ enum Command {
     /// Write an annotated config file with fresh random secrets.
     Genconfig(GenconfigArgs),
     /// Load-test a server speaking the protocol (this one or any compatible one).
-    Bench(Box<switchboard::bench::BenchArgs>),
+    Bench(Box<switchboard_bench::BenchArgs>),
 }
 
 #[derive(Args)]
@@ -78,10 +79,10 @@ struct ServeArgs {
     data_dir: Option<PathBuf>,
     /// Where history is kept [default: sqlite].
     #[arg(long, env = "SWITCHBOARD_HISTORY_STORAGE", value_enum)]
-    history_storage: Option<switchboard::config::HistoryStorage>,
+    history_storage: Option<StorageFlag>,
     /// `full`: fsync every history commit; `normal`: survive process crashes only [default: full].
     #[arg(long, env = "SWITCHBOARD_HISTORY_DURABILITY", value_enum)]
-    history_durability: Option<switchboard::config::Durability>,
+    history_durability: Option<DurabilityFlag>,
     /// Publications kept per channel; 0 turns history off [default: 1000].
     #[arg(long, env = "SWITCHBOARD_HISTORY_SIZE")]
     history_size: Option<usize>,
@@ -156,6 +157,24 @@ struct TokenArgs {
     secret: String,
 }
 
+/// `--history-storage`, as [`HistoryStorage`] (the library's configuration knows no CLI types).
+#[derive(Clone, Copy, ValueEnum)]
+enum StorageFlag {
+    /// An SQLite file in the data directory: survives restarts.
+    Sqlite,
+    /// Process memory: lost on restart.
+    Memory,
+}
+
+/// `--history-durability`, as [`Durability`].
+#[derive(Clone, Copy, ValueEnum)]
+enum DurabilityFlag {
+    /// `fsync` on every commit.
+    Full,
+    /// No `fsync` on commit.
+    Normal,
+}
+
 impl ServeArgs {
     fn into_config(self) -> anyhow::Result<Config> {
         let mut config = match &self.config {
@@ -176,8 +195,6 @@ impl ServeArgs {
             history_size,
             history_ttl,
             data_dir,
-            history_storage,
-            history_durability,
             user_connection_limit,
             client_channel_limit,
             client_command_rate,
@@ -187,6 +204,18 @@ impl ServeArgs {
             redis_prefix,
             presence_ttl
         );
+        if let Some(storage) = self.history_storage {
+            config.history_storage = match storage {
+                StorageFlag::Sqlite => HistoryStorage::Sqlite,
+                StorageFlag::Memory => HistoryStorage::Memory,
+            };
+        }
+        if let Some(durability) = self.history_durability {
+            config.history_durability = match durability {
+                DurabilityFlag::Full => Durability::Full,
+                DurabilityFlag::Normal => Durability::Normal,
+            };
+        }
         macro_rules! overlay_option {
             ($($field:ident),*) => { $( if self.$field.is_some() { config.$field = self.$field; } )* };
         }
@@ -251,7 +280,7 @@ fn main() -> anyhow::Result<()> {
             println!("wrote {}", args.output.display());
             Ok(())
         }
-        Command::Bench(args) => switchboard::bench::run(*args),
+        Command::Bench(args) => switchboard_bench::run(*args),
         Command::Serve(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -279,7 +308,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         signal.cancel();
     });
-    switchboard::run(config, listener, shutdown).await
+    Ok(switchboard::run(config, listener, shutdown).await?)
 }
 
 async fn wait_for_signal() {

@@ -6,6 +6,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::hooks::events::{Event, EventSink};
+
 /// Monotonic counters of one node.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -27,6 +29,29 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
     /// Server API calls.
     pub api_requests: AtomicU64,
+    /// Clients that completed `connect`.
+    pub connects: AtomicU64,
+    /// Connected clients gone, whatever the cause.
+    pub disconnects: AtomicU64,
+    /// Subscriptions that took effect.
+    pub subscribes: AtomicU64,
+    /// Subscriptions that ended.
+    pub unsubscribes: AtomicU64,
+}
+
+/// The node's counters follow its lifecycle events (see [`crate::hooks::events`]).
+impl EventSink for Metrics {
+    fn emit(&self, event: &Event<'_>) {
+        let counter = match event {
+            Event::Connected { .. } => &self.connects,
+            Event::Disconnected { .. } => &self.disconnects,
+            Event::Subscribed { .. } => &self.subscribes,
+            Event::Unsubscribed { .. } => &self.unsubscribes,
+            Event::Published { .. } => &self.publications,
+            Event::ChannelOccupied { .. } | Event::ChannelVacated { .. } => return,
+        };
+        Metrics::inc(counter);
+    }
 }
 
 /// Instant values read when rendering.
@@ -135,6 +160,30 @@ impl Metrics {
             "counter",
             "Server API requests.",
             get(&self.api_requests),
+        );
+        line(
+            "client_connects_total",
+            "counter",
+            "Clients that completed connect.",
+            get(&self.connects),
+        );
+        line(
+            "client_disconnects_total",
+            "counter",
+            "Connected clients gone, whatever the cause.",
+            get(&self.disconnects),
+        );
+        line(
+            "subscribes_total",
+            "counter",
+            "Subscriptions that took effect.",
+            get(&self.subscribes),
+        );
+        line(
+            "unsubscribes_total",
+            "counter",
+            "Subscriptions that ended.",
+            get(&self.unsubscribes),
         );
         out
     }

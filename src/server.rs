@@ -3,36 +3,55 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State, WebSocketUpgrade};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::Router;
-use futures_util::FutureExt;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, HistoryStorage};
-use crate::engine::broker::Broker;
-use crate::engine::history::History;
+use crate::auth::KeyError;
+use crate::config::{Config, ConfigError, HistoryStorage};
+use crate::engine::broker::{Broker, BrokerError};
+use crate::engine::history::{History, HistoryError};
 use crate::engine::memory::{LocalBroker, MemoryHistory, MemoryPresence};
 use crate::engine::presence::Presence;
 use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::engine::sqlite::SqliteHistory;
-use crate::fd_limit::{raise_fd_limit, FdLimit};
-use crate::http::api::json_error;
-use crate::metrics::Metrics;
+use crate::fd_limit::raise_fd_limit;
 use crate::node::Node;
-use crate::protocol::{error_code, Disconnect};
+use crate::transport::ConnectionLimit;
 
-/// Largest server API request body.
-const API_BODY_LIMIT: usize = 4 * 1024 * 1024;
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open history: {0}")]
+    History(#[from] HistoryError),
+    #[error("cannot start the Redis engine: {0}")]
+    Broker(#[from] BrokerError),
+    #[error("cannot load token keys: {0}")]
+    Keys(#[from] KeyError),
+    #[error("cannot listen for the API on {address}: {source}")]
+    ApiListener {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot load TLS certificate or key: {0}")]
+    Tls(std::io::Error),
+    #[error("serving failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
 
 /// Builds a node with the storages the configuration asks for: Redis when URLs are given,
 /// otherwise in-process fan-out with SQLite (or memory) history.
-pub async fn build_node(config: Config, shutdown: CancellationToken) -> anyhow::Result<Node> {
+pub async fn build_node(config: Config, shutdown: CancellationToken) -> Result<Node, ServerError> {
+    // Every background task of the node (engines, key refresh, connections) is tracked here and
+    // waited for, within a bound, at shutdown.
+    let tracker = TaskTracker::new();
     // TLS (served and fetched) uses the ring provider; installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // The tasks of the storages built here run on this tracker, so shutdown can wait for them.
@@ -62,44 +81,10 @@ pub async fn build_node(config: Config, shutdown: CancellationToken) -> anyhow::
         .await?;
         (engine.clone(), engine)
     };
-    let verifier = crate::auth::TokenVerifier::from_config(&config)?;
-    Ok(Node::new(config, broker, presence, verifier, shutdown))
-}
-
-/// Bounds the WebSocket connections served at once. Every connection holds a file descriptor, so
-/// without a bound the process would run out of them and fail to accept *anyone* (API calls and
-/// health checks included); with it, a client over the limit gets a clear, immediate refusal it
-/// can act on (reconnect later or elsewhere), and the connections already open are unaffected.
-#[derive(Debug, Clone)]
-pub struct ConnectionLimit {
-    permits: Arc<Semaphore>,
-    max: usize,
-}
-
-impl ConnectionLimit {
-    /// A limit of `max` connections.
-    pub fn new(max: usize) -> Self {
-        ConnectionLimit {
-            permits: Arc::new(Semaphore::new(max)),
-            max,
-        }
-    }
-
-    /// The configured limit, or by default what the open-file limit leaves room for.
-    pub fn for_config(config: &Config, fds: FdLimit) -> Self {
-        let capacity = usize::try_from(fds.connection_capacity()).unwrap_or(usize::MAX);
-        Self::new(config.max_connections.unwrap_or(capacity))
-    }
-
-    /// The most connections served at once.
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
-    /// A slot for one connection, held for its whole life; `None` at the limit.
-    fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
-        self.permits.clone().try_acquire_owned().ok()
-    }
+    let verifier = crate::auth::TokenVerifier::from_config(&config, &tracker, &shutdown)?;
+    Ok(Node::new(
+        config, broker, presence, verifier, shutdown, tracker,
+    ))
 }
 
 /// Every route of the server, sharing `limit` (so the caller can observe it): the WebSocket
@@ -107,109 +92,18 @@ impl ConnectionLimit {
 /// is served on its own listener.
 pub fn app(node: Node, limit: ConnectionLimit) -> Router {
     let router = Router::new()
-        .route("/connection/websocket", get(websocket))
+        .route(
+            "/connection/websocket",
+            get(crate::transport::websocket::endpoint),
+        )
         .layer(axum::Extension(limit));
     let router = router.merge(crate::http::web::routes());
     let router = if node.config().api_port.is_some() {
         router
     } else {
-        router.merge(api_routes())
+        router.merge(crate::http::api_routes())
     };
     router.with_state(node)
-}
-
-/// The server API, health and metrics.
-pub fn api_routes() -> Router<Node> {
-    Router::new()
-        .route("/api/{method}", post(crate::http::api::call))
-        .route("/health", get(crate::http::api::health))
-        .route("/metrics", get(crate::http::api::metrics))
-        .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
-}
-
-/// The answer to a WebSocket handshake over the connection limit: 503 before the upgrade, with
-/// Centrifugo's disconnect code 3504 in a JSON body. Clients treat a failed handshake as a
-/// transport failure and retry with backoff, which is what a full node wants.
-fn connection_limit_response() -> Response {
-    let limit = Disconnect::CONNECTION_LIMIT;
-    let refusal = json_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        limit.code.into(),
-        &limit.reason,
-    );
-    ([(header::RETRY_AFTER, "5")], refusal).into_response()
-}
-
-/// `GET /connection/websocket`: checks the connection limit, origin and connection rate,
-/// upgrades, and hands the socket to the transport.
-async fn websocket(
-    State(node): State<Node>,
-    axum::Extension(connections): axum::Extension<ConnectionLimit>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    if !origin_allowed(node.config(), &headers) {
-        return json_error(
-            StatusCode::FORBIDDEN,
-            error_code::PERMISSION_DENIED,
-            "origin not allowed",
-        );
-    }
-    if !node.connection_limiter().admit(peer.ip()) {
-        return json_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            error_code::TOO_MANY_REQUESTS,
-            "too many new connections from this address",
-        );
-    }
-    let Some(slot) = connections.try_acquire() else {
-        Metrics::inc(&node.metrics().connections_refused);
-        tracing::debug!(max = connections.max(), "connection refused: limit reached");
-        return connection_limit_response();
-    };
-    let limit = node.config().max_message_size;
-    // The library's own limit sits above ours so an oversized message still gets a proper close
-    // (1009) from the transport rather than a dropped connection.
-    let hard_limit = limit.saturating_mul(2).max(limit + 64 * 1024);
-    upgrade
-        // Client frames are small commands; the buffer is zero-filled up to this size on every
-        // read, so it is resident memory for every idle connection. Larger frames grow it.
-        .read_buffer_size(256)
-        .write_buffer_size(0)
-        .max_message_size(hard_limit)
-        .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| {
-            // The slot is released when the connection ends (or if the upgrade never completes,
-            // when this closure is dropped). `map` rather than an `async` block awaiting `serve`:
-            // such a block would store the future twice (as captured value and as awaited one).
-            let serve =
-                crate::transport::websocket::serve(node.clone(), socket).map(move |()| drop(slot));
-            node.tracker().track_future(serve)
-        })
-}
-
-/// Browsers send `Origin`; other clients usually do not, and are not subject to this check.
-/// Configured patterns decide; with none, development mode allows any origin and production
-/// only the server's own host.
-fn origin_allowed(config: &Config, headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
-        return true;
-    };
-    if !config.allowed_origins.is_empty() {
-        return config.allowed_origins.iter().any(|pattern| {
-            crate::http::api::glob_match(
-                &pattern.to_ascii_lowercase(),
-                &origin.to_ascii_lowercase(),
-            )
-        });
-    }
-    if config.development() {
-        return true;
-    }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host))
 }
 
 /// Where the server listens.
@@ -226,13 +120,16 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), ServerError> {
     let api = match config.api_port {
         Some(port) => {
             let address = config.api_address.unwrap_or(config.address);
-            Some(TcpListener::bind((address, port)).await.map_err(|e| {
-                anyhow::anyhow!("cannot listen for the API on {address}:{port}: {e}")
-            })?)
+            let address = SocketAddr::new(address, port);
+            Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| ServerError::ApiListener { address, source })?,
+            )
         }
         None => None,
     };
@@ -253,7 +150,7 @@ pub async fn run_with(
     config: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), ServerError> {
     config.validate()?;
     if !config.verifies_tokens() {
         tracing::warn!("no token key configured: clients connect anonymously (development mode)");
@@ -266,10 +163,11 @@ pub async fn run_with(
         (Some(cert), Some(key)) => Some(
             axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot load TLS certificate or key: {e}"))?,
+                .map_err(ServerError::Tls)?,
         ),
         (None, None) => None,
-        _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
+        // `Config::validate` refuses one without the other.
+        _ => None,
     };
     let fds = raise_fd_limit();
     let connections = ConnectionLimit::for_config(&config, fds);
@@ -288,11 +186,11 @@ pub async fn run_with(
         );
     }
     let node = build_node(config, shutdown.clone()).await?;
-    tokio::spawn(node.clone().announce_forever());
+    node.tracker().spawn(node.clone().announce_forever());
     let mut servers = tokio::task::JoinSet::new();
     if let Some(api) = listeners.api {
         tracing::info!(address = %api.local_addr()?, "server API listening");
-        let router = api_routes().with_state(node.clone());
+        let router = crate::http::api_routes().with_state(node.clone());
         servers.spawn(serve_plain(api, router, shutdown.clone()));
     }
     let main_addr = listeners.main.local_addr()?;
@@ -303,7 +201,7 @@ pub async fn run_with(
             let handle = axum_server::Handle::new();
             let stop = handle.clone();
             let token = shutdown.clone();
-            tokio::spawn(async move {
+            node.tracker().spawn(async move {
                 token.cancelled().await;
                 stop.graceful_shutdown(Some(shutdown_timeout));
             });
@@ -311,7 +209,7 @@ pub async fn run_with(
             let server = axum_server::from_tcp_rustls(listener, tls)?
                 .handle(handle)
                 .serve(router.into_make_service_with_connect_info::<SocketAddr>());
-            servers.spawn(async move { server.await.map_err(anyhow::Error::from) });
+            servers.spawn(async move { server.await.map_err(ServerError::from) });
         }
         None => {
             tracing::info!(address = %main_addr, "switchboard listening");
@@ -330,7 +228,7 @@ pub async fn run_with(
         while let Some(result) = servers.join_next().await {
             result??;
         }
-        anyhow::Ok(())
+        Ok::<(), ServerError>(())
     })
     .await;
     match finished {
@@ -346,7 +244,7 @@ async fn serve_plain(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), ServerError> {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
@@ -357,47 +255,4 @@ async fn serve_plain(
     .with_graceful_shutdown(shutdown.cancelled_owned())
     .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(origin: &str, host: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::ORIGIN, origin.parse().unwrap());
-        h.insert(header::HOST, host.parse().unwrap());
-        h
-    }
-
-    #[test]
-    fn origins() {
-        let mut production = Config {
-            token_hmac_secret: Some("s".into()),
-            ..Config::default()
-        };
-        assert!(origin_allowed(
-            &production,
-            &headers("http://a.example:8000", "a.example:8000")
-        ));
-        assert!(!origin_allowed(
-            &production,
-            &headers("https://evil.example", "a.example:8000")
-        ));
-        assert!(origin_allowed(&production, &HeaderMap::new()));
-        production.allowed_origins = vec!["https://*.example.com".into()];
-        assert!(origin_allowed(
-            &production,
-            &headers("https://app.example.com", "x")
-        ));
-        assert!(!origin_allowed(
-            &production,
-            &headers("https://example.org", "x")
-        ));
-        let development = Config::default();
-        assert!(origin_allowed(
-            &development,
-            &headers("http://anything", "x")
-        ));
-    }
 }

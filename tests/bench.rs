@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use switchboard::bench::client::Target;
-use switchboard::bench::group::{Group, Published};
-use switchboard::bench::publish::{ws_publisher, Counters, Plan};
+use switchboard_bench::group::{Group, Published};
+use switchboard_bench::publish::{ws_publisher, Counters, Plan};
+use switchboard_client::Target;
 
 #[tokio::test]
 async fn fanout_accounting_over_real_sockets() {

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use serde_json::json;
 use switchboard::fd_limit::{raise_fd_limit, FdLimit, FD_HEADROOM};
-use switchboard::server::ConnectionLimit;
+use switchboard::transport::ConnectionLimit;
 use switchboard::Config;
 use tokio_tungstenite::tungstenite;
 

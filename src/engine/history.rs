@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 
-use crate::protocol::{Publication, StreamPosition};
+use crate::protocol::{error_code, Error, Publication, StreamPosition};
 
 /// How much of a channel's stream is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +32,29 @@ pub struct HistoryFilter {
     pub reverse: bool,
 }
 
+impl HistoryFilter {
+    /// The filter of a client or server API `history` request: a negative `limit` means all that
+    /// are kept. Reading backwards from offset 0 names nothing: error 107.
+    pub fn from_request(
+        limit: i32,
+        since: Option<StreamPosition>,
+        reverse: bool,
+    ) -> Result<HistoryFilter, Error> {
+        if reverse && since.as_ref().is_some_and(|s| s.offset == 0) {
+            return Err(Error::new(error_code::BAD_REQUEST));
+        }
+        let limit = match limit {
+            l if l < 0 => None,
+            l => Some(l as usize),
+        };
+        Ok(HistoryFilter {
+            since,
+            limit,
+            reverse,
+        })
+    }
+}
+
 /// Publications read from a stream, and the stream's current top.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryPage {
@@ -48,6 +71,9 @@ pub enum HistoryError {
     /// The storage failed; the publication was not stored.
     #[error("history storage failed: {0}")]
     Storage(String),
+    /// The storage has more writes waiting than it takes; this one was refused, not stored.
+    #[error("history storage busy")]
+    Busy,
 }
 
 /// Called with each appended publication, in offset order per channel, once it is stored.

@@ -1,1 +1,16 @@
-//! Hooks: the seam between the server and the application backend.
+//! Hooks: the seam between the server and the application behind it.
+//!
+//! - [`decisions`]: every decision about a client (connect, refresh, subscribe, sub_refresh,
+//!   publish, rpc) is asked of one [`decisions::Decisions`], which the node holds; sessions carry
+//!   the answer out. A [`Refusal`] is an error reply or a disconnect, as a Centrifugo proxy answers.
+//! - [`rules`]: the built-in decisions (tokens, private and user-limited channels, namespace
+//!   permissions, the `echo` RPC). An HTTP backend proxy will be another implementation.
+//! - [`events`]: every lifecycle event (connected, disconnected, subscribed, unsubscribed, channel
+//!   occupied/vacated, publication) goes to one [`events::Events`] of sinks: the node's metrics,
+//!   which the dashboard reads, today; webhooks next.
+
+pub mod decisions;
+pub mod events;
+pub mod rules;
+
+pub use decisions::Refusal;

@@ -16,13 +16,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use super::{constant_time_eq, glob_match, json_error};
 use crate::engine::broker::NodeControl;
+use crate::engine::history::HistoryFilter;
 use crate::metrics::Metrics;
-use crate::node::Node;
+use crate::node::{check_channel, Node};
 use crate::protocol::{
     error_code, payload_from_raw, ClientInfo, Disconnect, Error, Publication, StreamPosition,
 };
-use crate::session::{check_channel, history_filter};
 
 /// Failure of an API call before its method runs.
 #[derive(Debug, thiserror::Error)]
@@ -44,12 +45,6 @@ impl IntoResponse for ApiError {
         };
         json_error(status, code, &self.to_string())
     }
-}
-
-/// An HTTP error with the JSON body every error of the server has: `{"error": {code, message}}`.
-pub(crate) fn json_error(status: StatusCode, code: u32, message: &str) -> Response {
-    let body = json!({"error": {"code": code, "message": message}});
-    (status, axum::Json(body)).into_response()
 }
 
 /// `POST /api/{method}`.
@@ -150,11 +145,6 @@ fn authorize(
         Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(()),
         _ => Err(ApiError::Unauthorized),
     }
-}
-
-/// Compares secrets in time that depends only on their lengths.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(Deserialize)]
@@ -362,7 +352,7 @@ struct HistoryResult<'a> {
 
 async fn history(node: &Node, req: HistoryRequest) -> Result<Value, Error> {
     check_channel(&req.channel)?;
-    let filter = history_filter(req.limit, req.since, req.reverse)?;
+    let filter = HistoryFilter::from_request(req.limit, req.since, req.reverse)?;
     let page = node.history(&req.channel, filter).await?;
     Ok(json!(HistoryResult {
         publications: page.publications.iter().map(|p| &**p).collect(),
@@ -394,29 +384,6 @@ fn channels(node: &Node, req: ChannelsRequest) -> Result<Value, Error> {
     Ok(json!({ "channels": channels }))
 }
 
-/// Matches `text` against a glob where `*` is any run of characters and `?` any one character.
-pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
-}
-
 /// `GET /health`.
 pub async fn health() -> impl IntoResponse {
     axum::Json(json!({}))
@@ -428,25 +395,4 @@ pub async fn metrics(State(node): State<Node>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         node.render_metrics(),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("chat:*", "chat:room"));
-        assert!(glob_match("*", "x"));
-        assert!(glob_match("a?c", "abc"));
-        assert!(!glob_match("chat:*", "news"));
-        assert!(glob_match("*:b*", "a:bc"));
-    }
-
-    #[test]
-    fn constant_time_comparison() {
-        assert!(constant_time_eq(b"key", b"key"));
-        assert!(!constant_time_eq(b"key", b"kez"));
-        assert!(!constant_time_eq(b"key", b"keys"));
-    }
 }

@@ -224,7 +224,7 @@ fn key_matches(config: &Config, given: &str) -> bool {
     let matches = |secret: &Option<String>| {
         secret
             .as_deref()
-            .is_some_and(|s| crate::http::api::constant_time_eq(given.as_bytes(), s.as_bytes()))
+            .is_some_and(|s| crate::http::constant_time_eq(given.as_bytes(), s.as_bytes()))
     };
     let api_key = matches(&config.api_key);
     let password = matches(&config.admin_password);
@@ -251,7 +251,7 @@ async fn dashboard_access(State(node): State<Node>) -> Response {
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response {
-    crate::http::api::json_error(status, status.as_u16().into(), message)
+    crate::http::json_error(status, status.as_u16().into(), message)
 }
 
 /// `GET /dashboard/events?key=…`: a snapshot of the node every [`SNAPSHOT_INTERVAL`], as SSE

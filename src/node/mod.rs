@@ -1,81 +1,49 @@
 //! The node: one running server's shared state and the operations that sessions and the HTTP API
-//! both use (publish, history, presence, user control).
-
+//! both use (publish, history, presence, user control). Sessions and the API reach the engines
+//! only through it; `dispatch` turns what the broker delivers into messages queued to local
+//! subscribers.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenVerifier;
-use crate::config::{Config, Namespace};
-use crate::engine::broker::{Broker, BrokerError, BrokerEventHandler, NodeControl, NodeInfo};
-use crate::engine::history::{HistoryError, HistoryFilter, HistoryPage, Retention};
+use crate::config::Config;
+use crate::engine::broker::{Broker, BrokerError, NodeControl, NodeInfo};
+use crate::engine::history::{HistoryError, HistoryFilter, HistoryPage};
 use crate::engine::presence::{Presence, PresenceStats};
-use crate::hub::{ConnId, Control, Hub};
+use crate::hooks::decisions::Decisions;
+use crate::hooks::events::{Event, EventSink, Events};
+use crate::hooks::rules::Rules;
+use crate::hub::{ConnId, Hub};
 use crate::metrics::{Gauges, Metrics};
-use crate::protocol::{
-    error_code, ClientInfo, Error, Payload, Publication, Push, PushBody, Reply, StreamPosition,
-};
+use crate::protocol::{error_code, ClientInfo, Error, Payload, Publication, StreamPosition};
+use crate::queue::ClientQueue;
 use crate::ratelimit::PerIpLimiter;
 use crate::timeline::{Lane, Timeline};
+
+mod dispatch;
+
+use crate::channel::ChannelOptions;
+use dispatch::Dispatcher;
 
 /// The server version reported to clients and in `/api/info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// How a channel behaves, resolved from configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChannelOptions {
-    pub presence: bool,
-    /// Join/leave notices are published (to subscribers that ask for them).
-    pub join_leave: bool,
-    /// Join/leave notices go to every subscriber, asked or not.
-    pub force_push_join_leave: bool,
-    /// History retention; `None` when the channel keeps no history.
-    pub history: Option<Retention>,
-    /// Subscriptions are positioned and recoverable without the client asking.
-    pub force_recovery: bool,
-    pub allow_subscribe_for_client: bool,
-    pub allow_subscribe_for_anonymous: bool,
-    pub allow_publish_for_client: bool,
-    pub allow_publish_for_subscriber: bool,
-    pub allow_publish_for_anonymous: bool,
-    pub allow_presence_for_client: bool,
-    pub allow_presence_for_subscriber: bool,
-    pub allow_history_for_client: bool,
-    pub allow_history_for_subscriber: bool,
-}
+/// Longest channel name anyone may use, in bytes (configurations may lower it).
+pub const MAX_CHANNEL_LENGTH: usize = 1024;
 
-impl ChannelOptions {
-    /// Resolves a namespace's options over the server-wide ones. Permissions nobody configured
-    /// are granted only in development mode.
-    fn resolve(config: &Config, ns: &Namespace) -> ChannelOptions {
-        let dev = config.development();
-        let allow = |own: Option<bool>| own.unwrap_or(dev);
-        ChannelOptions {
-            presence: ns.presence.unwrap_or(config.presence),
-            join_leave: ns.join_leave.unwrap_or(config.join_leave),
-            force_push_join_leave: ns.force_push_join_leave.unwrap_or(false),
-            history: retention(
-                ns.history_size.unwrap_or(config.history_size),
-                ns.history_ttl.unwrap_or(config.history_ttl),
-            ),
-            force_recovery: ns.force_recovery.unwrap_or(true),
-            allow_subscribe_for_client: allow(ns.allow_subscribe_for_client),
-            allow_subscribe_for_anonymous: allow(ns.allow_subscribe_for_anonymous),
-            allow_publish_for_client: allow(ns.allow_publish_for_client),
-            allow_publish_for_subscriber: allow(ns.allow_publish_for_subscriber),
-            allow_publish_for_anonymous: allow(ns.allow_publish_for_anonymous),
-            allow_presence_for_client: allow(ns.allow_presence_for_client),
-            allow_presence_for_subscriber: allow(ns.allow_presence_for_subscriber),
-            allow_history_for_client: allow(ns.allow_history_for_client),
-            allow_history_for_subscriber: allow(ns.allow_history_for_subscriber),
-        }
+/// Rejects empty, oversized or newline-bearing channel names (error 107). Newlines would break
+/// the frame format, which separates messages with them.
+pub fn check_channel(channel: &str) -> Result<(), Error> {
+    if channel.is_empty() || channel.len() > MAX_CHANNEL_LENGTH || channel.contains(['\n', '\r']) {
+        return Err(Error::new(error_code::BAD_REQUEST));
     }
+    Ok(())
 }
 
 /// A publish started by [`Node::submit_publish`]; the future resolves as [`Node::publish`] does.
@@ -85,6 +53,15 @@ pub enum Submitted {
     /// Its order is fixed only while it runs: await it before starting the next from the same
     /// client, or the two may swap.
     Sequential(BoxFuture<'static, Result<Option<StreamPosition>, Error>>),
+}
+
+/// What the application plugs into a node.
+#[derive(Clone, Default)]
+pub struct NodeHooks {
+    /// Who decides about clients; `None`: the built-in [`Rules`] (tokens and configuration).
+    pub decisions: Option<Arc<dyn Decisions>>,
+    /// Who hears of lifecycle events, besides the node's own metrics.
+    pub sinks: Vec<Arc<dyn EventSink>>,
 }
 
 /// A cheap-to-clone handle on the node.
@@ -102,6 +79,8 @@ struct Inner {
     presence: Arc<dyn Presence>,
     metrics: Arc<Metrics>,
     timeline: Arc<Timeline>,
+    events: Events,
+    decisions: Arc<dyn Decisions>,
     verifier: Option<TokenVerifier>,
     uid: String,
     name: String,
@@ -113,13 +92,37 @@ struct Inner {
 }
 
 impl Node {
-    /// A node on `broker` and `presence`; registers itself as the broker's event handler.
+    /// A node on `broker` and `presence` deciding by the built-in rules; registers itself as the
+    /// broker's event handler. Its background tasks (connections, cleanups, engines' tasks) run
+    /// on `tracker`.
     pub fn new(
         config: Config,
         broker: Arc<dyn Broker>,
         presence: Arc<dyn Presence>,
         verifier: Option<TokenVerifier>,
         shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Node {
+        Node::with_hooks(
+            config,
+            broker,
+            presence,
+            verifier,
+            shutdown,
+            tracker,
+            NodeHooks::default(),
+        )
+    }
+
+    /// [`Node::new`] with the application's `hooks`.
+    pub fn with_hooks(
+        config: Config,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn Presence>,
+        verifier: Option<TokenVerifier>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+        hooks: NodeHooks,
     ) -> Node {
         let hub = Arc::new(Hub::default());
         let metrics = Arc::new(Metrics::default());
@@ -142,6 +145,13 @@ impl Node {
             .iter()
             .map(|ns| (ns.name.clone(), ChannelOptions::resolve(&config, ns)))
             .collect();
+        let decisions = hooks
+            .decisions
+            .unwrap_or_else(|| Arc::new(Rules::new(&config, verifier.clone())));
+        let events = hooks
+            .sinks
+            .into_iter()
+            .fold(Events::default().with(metrics.clone()), Events::with);
         Node {
             inner: Arc::new(Inner {
                 config,
@@ -150,6 +160,8 @@ impl Node {
                 hub,
                 broker,
                 presence,
+                events,
+                decisions,
                 metrics,
                 timeline,
                 verifier,
@@ -158,7 +170,7 @@ impl Node {
                 started: Instant::now(),
                 next_conn: AtomicU64::new(1),
                 shutdown,
-                tracker: TaskTracker::new(),
+                tracker,
                 connection_limiter: PerIpLimiter::new(connection_rate),
             }),
         }
@@ -178,6 +190,16 @@ impl Node {
 
     pub fn presence_storage(&self) -> &dyn Presence {
         &*self.inner.presence
+    }
+
+    /// Tells every event sink (metrics, and what the application registers) what happened.
+    pub fn emit(&self, event: Event<'_>) {
+        self.inner.events.emit(event);
+    }
+
+    /// Who decides about clients (see [`Decisions`]).
+    pub fn decisions(&self) -> &dyn Decisions {
+        &*self.inner.decisions
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -227,6 +249,15 @@ impl Node {
         }
     }
 
+    /// [`check_channel`] with the configured length limit: what clients may name.
+    pub fn check_channel_name(&self, channel: &str) -> Result<(), Error> {
+        check_channel(channel)?;
+        if channel.len() > self.config().channel_max_length {
+            return Err(Error::new(error_code::BAD_REQUEST));
+        }
+        Ok(())
+    }
+
     /// Publishes `data` to `channel` on every node. Returns the stream position when the channel
     /// keeps history (and `skip_history` is false).
     pub async fn publish(
@@ -262,10 +293,15 @@ impl Node {
         let span = history.map(|_| self.timeline().span(Lane::History, "append", channel));
         let node = self.clone();
         let name = channel.to_string();
+        let client = publication.info.as_ref().map(|i| i.client.clone());
         let finish = move |result: Result<Option<StreamPosition>, BrokerError>| {
             drop(span);
             let position = result.map_err(|e| broker_error(&name, e))?;
-            Metrics::inc(&node.metrics().publications);
+            node.emit(Event::Published {
+                channel: &name,
+                offset: position.as_ref().map_or(0, |p| p.offset),
+                client: client.as_deref(),
+            });
             Ok(position)
         };
         Ok(
@@ -330,6 +366,78 @@ impl Node {
             tracing::error!(channel, error = %e, "presence read failed");
             Error::new(error_code::INTERNAL)
         })
+    }
+
+    /// Adds local subscriber `conn` to `channel`, its deliveries held until
+    /// [`Hub::activate`]; `join_leave`: it receives join/leave pushes. The channel's first
+    /// subscriber on this node starts the broker's deliveries of it here and occupies it.
+    pub async fn join_channel(
+        &self,
+        channel: &str,
+        conn: ConnId,
+        queue: &Arc<ClientQueue>,
+        join_leave: bool,
+    ) {
+        if self.hub().subscribe(channel, conn, queue, join_leave) {
+            if let Err(e) = self.broker().subscribe(channel).await {
+                tracing::error!(channel, error = %e, "broker subscribe failed");
+            }
+            self.emit(Event::ChannelOccupied { channel });
+        }
+    }
+
+    /// Removes local subscriber `conn` from `channel`; the last one vacates it and stops the
+    /// broker's deliveries of it here.
+    pub async fn leave_channel(&self, channel: &str, conn: ConnId) {
+        if self.leave_channel_in_hub(channel, conn) {
+            self.stop_receiving(channel).await;
+        }
+    }
+
+    /// The part of [`Node::leave_channel`] that needs no I/O, for callers that cannot await
+    /// (a session's `Drop`). Returns true when the channel is vacated: the caller then owes
+    /// [`Node::stop_receiving`].
+    pub fn leave_channel_in_hub(&self, channel: &str, conn: ConnId) -> bool {
+        let vacated = self.hub().unsubscribe(channel, conn);
+        if vacated {
+            self.emit(Event::ChannelVacated { channel });
+        }
+        vacated
+    }
+
+    /// Stops the broker's deliveries of a channel this node no longer has subscribers of.
+    pub async fn stop_receiving(&self, channel: &str) {
+        if let Err(e) = self.broker().unsubscribe(channel).await {
+            tracing::debug!(channel, error = %e, "broker unsubscribe failed");
+        }
+    }
+
+    /// Adds a subscriber to `channel`'s presence; a failure is logged (presence is advisory).
+    pub async fn add_presence(&self, channel: &str, info: ClientInfo) {
+        if let Err(e) = self.presence_storage().add(channel, info).await {
+            tracing::error!(channel, error = %e, "presence add failed");
+        }
+    }
+
+    /// Removes `client` from `channel`'s presence; a failure is logged.
+    pub async fn remove_presence(&self, channel: &str, client: &str) {
+        if let Err(e) = self.presence_storage().remove(channel, client).await {
+            tracing::error!(channel, error = %e, "presence remove failed");
+        }
+    }
+
+    /// Tells `channel`'s subscribers on every node that `info` joined; a failure is logged.
+    pub async fn publish_join(&self, channel: &str, info: &ClientInfo) {
+        if let Err(e) = self.broker().publish_join(channel, info).await {
+            tracing::error!(channel, error = %e, "join publish failed");
+        }
+    }
+
+    /// Tells `channel`'s subscribers on every node that `info` left; a failure is logged.
+    pub async fn publish_leave(&self, channel: &str, info: &ClientInfo) {
+        if let Err(e) = self.broker().publish_leave(channel, info).await {
+            tracing::error!(channel, error = %e, "leave publish failed");
+        }
     }
 
     /// Sends a user-targeted action to whichever node holds the user's connections.
@@ -404,18 +512,15 @@ impl Node {
     }
 }
 
-/// History retention, or none when either bound is zero.
-fn retention(size: usize, ttl_secs: u64) -> Option<Retention> {
-    (size > 0 && ttl_secs > 0).then(|| Retention {
-        size,
-        ttl: Duration::from_secs(ttl_secs),
-    })
-}
-
 fn broker_error(channel: &str, error: BrokerError) -> Error {
     match error {
         BrokerError::History(HistoryError::UnrecoverablePosition) => {
             Error::new(error_code::UNRECOVERABLE_POSITION)
+        }
+        // Temporary: the same publish may succeed a moment later.
+        BrokerError::History(HistoryError::Busy) => {
+            tracing::warn!(channel, "history storage busy");
+            Error::new(error_code::INTERNAL)
         }
         BrokerError::Unavailable(reason) => {
             tracing::warn!(channel, %reason, "broker unavailable");
@@ -424,140 +529,6 @@ fn broker_error(channel: &str, error: BrokerError) -> Error {
         other => {
             tracing::error!(channel, error = %other, "broker failed");
             Error::new(error_code::INTERNAL)
-        }
-    }
-}
-
-fn encode_push(channel: &str, body: PushBody) -> Bytes {
-    Bytes::from(
-        Reply::push(Push {
-            channel: channel.to_string(),
-            body,
-        })
-        .encode(),
-    )
-}
-
-/// Turns broker events into queued messages for local subscribers: each event is encoded once
-/// and the same bytes go to every subscriber.
-struct Dispatcher {
-    hub: Arc<Hub>,
-    metrics: Arc<Metrics>,
-    timeline: Arc<Timeline>,
-}
-
-impl Dispatcher {
-    fn deliver(&self, channel: &str, body: PushBody, offset: u64) {
-        let mut span = self.timeline.span(Lane::FanOut, body.kind(), channel);
-        let delivery = self
-            .hub
-            .deliver(channel, &encode_push(channel, body), offset);
-        span.set_count(delivery.queued);
-        self.count(delivery);
-    }
-
-    fn deliver_join_leave(&self, channel: &str, body: PushBody) {
-        let mut span = self.timeline.span(Lane::FanOut, body.kind(), channel);
-        let delivery = self
-            .hub
-            .deliver_join_leave(channel, &encode_push(channel, body));
-        span.set_count(delivery.queued);
-        self.count(delivery);
-    }
-
-    fn count(&self, delivery: crate::hub::Delivery) {
-        Metrics::add(&self.metrics.messages_sent, delivery.queued);
-        Metrics::add(&self.metrics.queue_drops, delivery.dropped);
-        Metrics::add(&self.metrics.slow_disconnects, delivery.overflowed);
-    }
-
-    fn matching(&self, user: &str, client: &Option<String>) -> Vec<crate::hub::ClientHandle> {
-        self.hub
-            .user_connections(user)
-            .into_iter()
-            .filter(|h| client.as_deref().is_none_or(|c| *h.client_id == *c))
-            .collect()
-    }
-}
-
-impl BrokerEventHandler for Dispatcher {
-    fn handle_insufficient_state(&self, channel: &str) {
-        for handle in self.hub.subscriber_handles(channel) {
-            let request = Control::Unsubscribe {
-                channel: channel.to_string(),
-                code: 2500,
-                reason: "insufficient state",
-            };
-            if handle.control.try_send(request).is_err() {
-                // The client cannot be told in order: make it reconnect and recover instead.
-                handle
-                    .queue
-                    .close(crate::protocol::Disconnect::INSUFFICIENT_STATE);
-            }
-        }
-    }
-
-    fn handle_publication(&self, channel: &str, publication: Arc<Publication>) {
-        let offset = publication.offset;
-        self.deliver(channel, PushBody::Publication(publication), offset);
-    }
-
-    fn handle_join(&self, channel: &str, info: &ClientInfo) {
-        self.deliver_join_leave(channel, PushBody::Join { info: info.clone() });
-    }
-
-    fn handle_leave(&self, channel: &str, info: &ClientInfo) {
-        self.deliver_join_leave(channel, PushBody::Leave { info: info.clone() });
-    }
-
-    fn handle_control(&self, control: NodeControl) {
-        match control {
-            NodeControl::Subscribe {
-                user,
-                channel,
-                client,
-                chan_info,
-                data,
-            } => {
-                for handle in self.matching(&user, &client) {
-                    let request = Control::Subscribe {
-                        channel: channel.clone(),
-                        chan_info: chan_info.clone(),
-                        data: data.clone(),
-                    };
-                    if handle.control.try_send(request).is_err() {
-                        tracing::warn!(client = %handle.client_id, "control queue full, subscribe dropped");
-                    }
-                }
-            }
-            NodeControl::Unsubscribe {
-                user,
-                channel,
-                client,
-            } => {
-                for handle in self.matching(&user, &client) {
-                    let request = Control::Unsubscribe {
-                        channel: channel.clone(),
-                        code: 2000,
-                        reason: "server unsubscribe",
-                    };
-                    if handle.control.try_send(request).is_err() {
-                        tracing::warn!(client = %handle.client_id, "control queue full, unsubscribe dropped");
-                    }
-                }
-            }
-            NodeControl::Disconnect {
-                user,
-                client,
-                whitelist,
-                reason,
-            } => {
-                for handle in self.matching(&user, &client) {
-                    if !whitelist.iter().any(|w| **w == *handle.client_id) {
-                        handle.queue.close(reason.clone());
-                    }
-                }
-            }
         }
     }
 }

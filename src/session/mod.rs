@@ -4,37 +4,48 @@
 //! and control requests and writes what it queues. Replies and pushes share the client's bounded
 //! queue, so they reach the client in the order they were produced.
 //!
+//! This file holds the session's state, the dispatch of commands to their family and the reply
+//! path; each family lives beside it: [`connect`](self::connect) (connect, refresh),
+//! [`subscribe`](self::subscribe) (subscribe, recovery, unsubscribe), [`publish`](self::publish)
+//! (the publish pipeline), [`query`](self::query) (presence, history), [`rpc`](self::rpc),
+//! [`control`](self::control) (what the node asks of the session, expiries) and
+//! [`limiter`](self::limiter) (the command rate limit).
+//!
 //! Cleanup lives in `Drop`: however the connection ends (close frame, reset, timeout, slow client,
 //! shutdown, API disconnect, even a panic), dropping the session releases every subscription and
 //! presence entry. There is no other exit path to forget.
 
-use std::collections::{HashMap, VecDeque};
+mod connect;
+mod control;
+mod limiter;
+mod publish;
+mod query;
+mod rpc;
+mod subscribe;
+#[cfg(test)]
+mod testing;
+
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::auth::{unix_now, ConnectionClaims, TokenError};
-use crate::config::Config;
-use crate::engine::history::HistoryFilter;
-use crate::hub::{ClientHandle, ConnId, Control, ControlSender};
+use crate::auth::unix_now;
+use crate::hooks::decisions::Client;
+use crate::hooks::events::Event;
+use crate::hooks::Refusal;
+use crate::hub::{ConnId, ControlSender};
 use crate::metrics::Metrics;
-use crate::node::{ChannelOptions, Node, Submitted, VERSION};
+use crate::node::Node;
 use crate::protocol::{
-    error_code, flag, ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, Empty, Error,
-    HistoryRequest, HistoryResult, Payload, PresenceResult, PresenceStatsResult, Push, PushBody,
-    RefreshRequest, RefreshResult, Reply, ReplyResult, Request, RpcRequest, RpcResult,
-    SubRefreshRequest, SubRefreshResult, SubscribeRequest, SubscribeResult,
+    ClientInfo, Command, Disconnect, Empty, Error, Payload, Reply, ReplyResult, Request,
 };
 use crate::queue::ClientQueue;
-use crate::ratelimit::TokenBucket;
 use crate::timeline::Lane;
 use crate::vecmap::VecMap;
 
-/// Longest channel name anyone may use, in bytes (configurations may lower it).
-pub const MAX_CHANNEL_LENGTH: usize = 1024;
+use limiter::RateLimiter;
+use publish::Pipeline;
 
 /// A subscription held by a session.
 #[derive(Debug, Clone)]
@@ -66,16 +77,9 @@ pub struct Session {
     /// reached through `&mut self` (`Mutex::get_mut`, never locked): the mutex only makes the
     /// session `Sync`, which its `&self` methods held across awaits need.
     pipeline: Option<Box<Mutex<Pipeline>>>,
+    /// Why the connection ends, once known (see [`Session::closing`]).
+    closing: Option<Disconnect>,
 }
-
-type Pipeline = VecDeque<(u32, PublishFuture)>;
-
-/// A client publish under way.
-type PublishFuture = BoxFuture<'static, Result<Option<crate::protocol::StreamPosition>, Error>>;
-
-/// Most publishes one client may have in flight; beyond that its next frame waits (the client's
-/// own backpressure). In flight, a durable history store commits them together.
-const MAX_PUBLISHES_IN_FLIGHT: usize = 256;
 
 /// Who the client is, once connected.
 #[derive(Debug, Clone)]
@@ -85,8 +89,23 @@ struct Identity {
     conn_info: Option<Payload>,
 }
 
+impl Identity {
+    /// The client as a decision sees it.
+    fn as_client(&self) -> Client<'_> {
+        Client {
+            client: &self.client,
+            user: &self.user,
+            conn_info: self.conn_info.as_ref(),
+        }
+    }
+}
+
 /// What one frame asks of the connection.
 pub type Outcome = Result<(), Disconnect>;
+
+/// What a command handler answers: a result to reply with, nothing (it replied itself, or the
+/// command has no reply), or a refusal (an error reply, or a disconnect).
+type Answer = Result<Option<ReplyResult>, Refusal>;
 
 impl Session {
     /// A session writing to `queue`; `control` is the sender of the channel the connection task
@@ -108,42 +127,15 @@ impl Session {
             expires_at: None,
             limiter,
             pipeline: None,
+            closing: None,
         }
     }
 
-    /// Whether publishes are in flight (see [`Session::finish_publish`]).
-    pub fn has_publishes_in_flight(&mut self) -> bool {
-        self.in_flight() > 0
-    }
-
-    fn in_flight(&mut self) -> usize {
-        self.pipeline_mut().map_or(0, |p| p.len())
-    }
-
-    fn pipeline_mut(&mut self) -> Option<&mut Pipeline> {
-        self.pipeline
-            .as_mut()
-            .map(|p| p.get_mut().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Waits for the oldest publish in flight and replies to it; never resolves if none is.
-    /// Cancel-safe: dropped before it resolves, it leaves the publish in flight.
-    pub async fn finish_publish(&mut self) {
-        let Some(front) = self.pipeline_mut().and_then(|p| p.front_mut()) else {
-            return std::future::pending().await;
-        };
-        let result = (&mut front.1).await;
-        let Some((id, _)) = self.pipeline_mut().and_then(|p| p.pop_front()) else {
-            return;
-        };
-        self.reply(id, result.map(|_| ReplyResult::Publish(Empty {})));
-    }
-
-    /// Replies to every publish in flight, in order: whatever is answered next comes after them.
-    async fn finish_publishes(&mut self) {
-        while self.has_publishes_in_flight() {
-            self.finish_publish().await;
-        }
+    /// Records why the connection ends, for the `Disconnected` event the session's `Drop`
+    /// emits; the latest call wins, so the transport, which knows what it finally sent, calls it
+    /// last. Never called: the client or the network ended it (3000 "connection closed").
+    pub fn closing(&mut self, reason: &Disconnect) {
+        self.closing = Some(reason.clone());
     }
 
     /// Whether `connect` succeeded.
@@ -179,21 +171,17 @@ impl Session {
         self.ping_sent
     }
 
-    /// When the next expiry (connection or subscription, plus grace) needs checking.
-    pub fn expiry_deadline(&self) -> Option<Instant> {
-        let earliest = self
-            .subscriptions
-            .values()
-            .filter_map(|s| s.expires_at)
-            .chain(self.expires_at)
-            .min()?;
-        let grace = self.node.config().expired_grace;
-        let left = earliest.saturating_sub(unix_now()) + grace;
-        Some(Instant::now() + Duration::from_secs(left))
+    /// Handles every command of one client frame, in order. A disconnect it returns is also
+    /// recorded as the reason the connection ends.
+    pub async fn handle_frame(&mut self, frame: &str) -> Outcome {
+        let outcome = self.handle_commands(frame).await;
+        if let Err(reason) = &outcome {
+            self.closing(reason);
+        }
+        outcome
     }
 
-    /// Handles every command of one client frame, in order.
-    pub async fn handle_frame(&mut self, frame: &str) -> Outcome {
+    async fn handle_commands(&mut self, frame: &str) -> Outcome {
         for command in crate::protocol::decode_frame(frame) {
             Metrics::inc(&self.node.metrics().commands_received);
             let command = command.map_err(|e| {
@@ -219,80 +207,57 @@ impl Session {
         ) {
             self.finish_publishes().await;
         }
-        if !matches!(request, Request::Pong | Request::Connect(_)) {
-            match self.limiter.admit() {
-                Admission::Admit => {}
-                Admission::Refuse => {
-                    self.finish_publishes().await;
-                    if id != 0 {
-                        self.reply(id, Err(Error::new(error_code::TOO_MANY_REQUESTS)));
-                    }
-                    return Ok(());
-                }
-                Admission::Flooding => return Err(Disconnect::TOO_MANY_REQUESTS),
-            }
+        if !matches!(request, Request::Pong | Request::Connect(_)) && !self.admit(id).await? {
+            return Ok(());
         }
         let _span = self.node.timeline().span(
             Lane::Command,
             request.name(),
             request.channel().unwrap_or(""),
         );
-        let identity = match (&self.identity, &request) {
-            (None, Request::Connect(_)) => None,
-            (None, _) => return Err(Disconnect::BAD_REQUEST),
-            (Some(_), Request::Connect(_)) => return Err(Disconnect::BAD_REQUEST),
-            (Some(identity), _) => Some(identity.clone()),
+        // Only `connect` runs before the client is connected, and only then.
+        let Some(who) = self.identity.clone() else {
+            let answer = match request {
+                Request::Connect(req) => self.connect(id, req).await,
+                _ => Err(Disconnect::BAD_REQUEST.into()),
+            };
+            return self.answer(id, answer);
         };
-        let result = match (request, identity) {
-            (Request::Connect(req), _) => return self.connect(id, req).await,
-            (Request::Pong, _) => {
-                if self.ping_sent.take().is_none() {
-                    return Err(Disconnect::BAD_REQUEST);
-                }
-                return Ok(());
-            }
-            (Request::Send(_), _) => return Ok(()),
-            (Request::Unknown, _) => return Err(Disconnect::BAD_REQUEST),
-            (_, None) => unreachable!("only connect runs before identity"),
-            (Request::Ping, _) => Ok(ReplyResult::Ping(Empty {})),
-            (Request::Subscribe(req), Some(who)) => {
-                return self.client_subscribe(id, &who, req).await;
-            }
-            (Request::Unsubscribe(req), _) => {
-                self.unsubscribe(&req.channel).await;
-                Ok(ReplyResult::Unsubscribe(Empty {}))
-            }
-            (Request::Publish(req), Some(who)) => {
-                match self.submit_publish(&who, &req.channel, req.data) {
-                    Ok(Submitted::InFlight(publishing)) => {
-                        if self.in_flight() >= MAX_PUBLISHES_IN_FLIGHT {
-                            self.finish_publish().await;
-                        }
-                        let pipeline = self.pipeline.get_or_insert_default().get_mut();
-                        pipeline
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push_back((id, publishing));
-                        return Ok(());
-                    }
-                    Ok(Submitted::Sequential(publishing)) => {
-                        self.finish_publishes().await;
-                        publishing.await.map(|_| ReplyResult::Publish(Empty {}))
-                    }
-                    Err(e) => {
-                        self.finish_publishes().await;
-                        Err(e)
-                    }
-                }
-            }
-            (Request::Presence(req), _) => self.presence(&req.channel).await,
-            (Request::PresenceStats(req), _) => self.presence_stats(&req.channel).await,
-            (Request::History(req), _) => self.history(req).await,
-            (Request::Rpc(req), _) => rpc(req),
-            (Request::Refresh(req), Some(who)) => self.refresh(&who, req)?,
-            (Request::SubRefresh(req), Some(who)) => self.sub_refresh(&who, req)?,
+        let answer = match request {
+            Request::Connect(_) | Request::Unknown => Err(Disconnect::BAD_REQUEST.into()),
+            Request::Pong => self.pong(),
+            Request::Send(_) => Ok(None),
+            Request::Ping => Ok(Some(ReplyResult::Ping(Empty {}))),
+            Request::Subscribe(req) => self.client_subscribe(id, &who, req).await,
+            Request::Unsubscribe(req) => self.client_unsubscribe(&req.channel).await,
+            Request::Publish(req) => self.publish(id, &who, req).await,
+            Request::Presence(req) => self.presence(&req.channel).await,
+            Request::PresenceStats(req) => self.presence_stats(&req.channel).await,
+            Request::History(req) => self.history(req).await,
+            Request::Rpc(req) => self.rpc(&who, req).await,
+            Request::Refresh(req) => self.refresh(&who, req).await,
+            Request::SubRefresh(req) => self.sub_refresh(&who, req).await,
         };
-        self.reply(id, result);
+        self.answer(id, answer)
+    }
+
+    /// Replies to command `id` as its handler answered; a disconnect goes back to the transport.
+    fn answer(&self, id: u32, answer: Answer) -> Outcome {
+        match answer {
+            Ok(Some(result)) => self.reply(id, Ok(result)),
+            Ok(None) => {}
+            Err(Refusal::Error(error)) => self.reply(id, Err(error)),
+            Err(Refusal::Disconnect(reason)) => return Err(reason),
+        }
         Ok(())
+    }
+
+    /// The client's answer to our ping; one it was not asked for is a protocol error.
+    fn pong(&mut self) -> Answer {
+        match self.ping_sent.take() {
+            Some(_) => Ok(None),
+            None => Err(Disconnect::BAD_REQUEST.into()),
+        }
     }
 
     fn reply(&self, id: u32, result: Result<ReplyResult, Error>) {
@@ -316,656 +281,35 @@ impl Session {
             Err(crate::queue::PushError::Closed) => Metrics::inc(&metrics.queue_drops),
         }
     }
-
-    async fn connect(&mut self, id: u32, req: ConnectRequest) -> Outcome {
-        let node = self.node.clone();
-        let config = node.config();
-        let claims = if req.token.is_empty() {
-            if !config.anonymous_allowed() {
-                return Err(Disconnect::INVALID_TOKEN);
-            }
-            ConnectionClaims::default()
-        } else {
-            let Some(verifier) = self.node.verifier() else {
-                tracing::debug!("token given but no token key configured");
-                return Err(Disconnect::INVALID_TOKEN);
-            };
-            match verifier.verify_connection(&req.token) {
-                Ok(claims) => claims,
-                Err(TokenError::Expired) => {
-                    self.reply(id, Err(Error::new(error_code::TOKEN_EXPIRED)));
-                    return Ok(());
-                }
-                Err(TokenError::KeyUnavailable) => {
-                    self.reply(id, Err(Error::new(error_code::INTERNAL)));
-                    return Ok(());
-                }
-                Err(TokenError::Invalid(reason)) => {
-                    tracing::debug!(%reason, "invalid connection token");
-                    return Err(Disconnect::INVALID_TOKEN);
-                }
-            }
-        };
-        let limit = config.user_connection_limit;
-        if limit > 0
-            && !claims.sub.is_empty()
-            && self.node.hub().user_connection_count(&claims.sub) >= limit
-        {
-            return Err(Disconnect::CONNECTION_LIMIT);
-        }
-        let identity = Identity {
-            client: Arc::from(uuid::Uuid::new_v4().to_string()),
-            user: Arc::from(claims.sub.as_str()),
-            conn_info: claims.info().map(Payload::from),
-        };
-        self.node.hub().add_connection(
-            self.conn,
-            ClientHandle {
-                client_id: identity.client.clone(),
-                user: identity.user.clone(),
-                queue: self.queue.clone(),
-                control: self.control.clone(),
-            },
-        );
-        self.expires_at = claims.expires_at();
-        tracing::debug!(client = %identity.client, user = %identity.user, "connected");
-        self.identity = Some(identity.clone());
-
-        // Server-side subscriptions named by the token; the client may ask to recover them.
-        let mut server_subs: Vec<(String, Option<Payload>, Option<Payload>)> = claims
-            .channels
-            .iter()
-            .map(|c| (c.clone(), None, None))
-            .collect();
-        for (channel, options) in &claims.subs {
-            server_subs.push((
-                channel.clone(),
-                options.info().map(Payload::from),
-                options.data.clone().map(Payload::from),
-            ));
-        }
-        let mut subs = HashMap::new();
-        let mut joined = Vec::new();
-        for (channel, chan_info, data) in server_subs {
-            if subs.contains_key(&channel) || check_channel_name(config, &channel).is_err() {
-                continue;
-            }
-            let Ok(options) = self.node.channel_options(&channel) else {
-                continue;
-            };
-            let mut req = req.subs.get(&channel).cloned().unwrap_or_default();
-            req.channel = channel.clone();
-            match self.join(&req, &options).await {
-                Ok((mut result, after)) => {
-                    result.data = data;
-                    subs.insert(channel.clone(), result);
-                    joined.push((channel, chan_info, options, after));
-                }
-                Err(error) => {
-                    tracing::warn!(
-                        channel,
-                        code = error.code,
-                        "server-side subscription failed"
-                    )
-                }
-            }
-        }
-        let result = ConnectResult {
-            client: identity.client.to_string(),
-            version: VERSION.to_string(),
-            expires: self.expires_at.is_some(),
-            ttl: self.expires_at.map_or(0, ttl_from),
-            ping: config.ping_interval as u32,
-            pong: true,
-            subs,
-            ..Default::default()
-        };
-        self.reply(id, Ok(ReplyResult::Connect(result)));
-        for (channel, chan_info, options, after) in joined {
-            self.node.hub().activate(&channel, self.conn, None, after);
-            self.register(&identity, channel, chan_info, &options, None)
-                .await;
-        }
-        Ok(())
-    }
-
-    fn refresh(
-        &mut self,
-        who: &Identity,
-        req: RefreshRequest,
-    ) -> Result<Result<ReplyResult, Error>, Disconnect> {
-        let Some(verifier) = self.node.verifier() else {
-            return Ok(Err(Error::new(error_code::NOT_AVAILABLE)));
-        };
-        let claims = match verifier.verify_connection(&req.token) {
-            Ok(claims) => claims,
-            Err(TokenError::Expired) => return Err(Disconnect::EXPIRED),
-            Err(TokenError::KeyUnavailable) => return Ok(Err(Error::new(error_code::INTERNAL))),
-            Err(TokenError::Invalid(_)) => return Err(Disconnect::INVALID_TOKEN),
-        };
-        if claims.sub != *who.user {
-            return Err(Disconnect::INVALID_TOKEN);
-        }
-        self.expires_at = claims.expires_at();
-        Ok(Ok(ReplyResult::Refresh(RefreshResult {
-            client: who.client.to_string(),
-            version: VERSION.to_string(),
-            expires: self.expires_at.is_some(),
-            ttl: self.expires_at.map_or(0, ttl_from),
-        })))
-    }
-
-    /// `sub_refresh`: a new subscription token extends a subscription's life.
-    fn sub_refresh(
-        &mut self,
-        who: &Identity,
-        req: SubRefreshRequest,
-    ) -> Result<Result<ReplyResult, Error>, Disconnect> {
-        let Some(verifier) = self.node.verifier() else {
-            return Ok(Err(Error::new(error_code::NOT_AVAILABLE)));
-        };
-        let claims = match verifier.verify_subscription(&req.token) {
-            Ok(claims) => claims,
-            Err(TokenError::Expired) => return Ok(Err(Error::new(error_code::EXPIRED))),
-            Err(TokenError::KeyUnavailable) => return Ok(Err(Error::new(error_code::INTERNAL))),
-            Err(TokenError::Invalid(_)) => return Err(Disconnect::INVALID_TOKEN),
-        };
-        if claims.channel != req.channel || claims.sub != *who.user {
-            return Err(Disconnect::INVALID_TOKEN);
-        }
-        let Some(subscription) = self.subscriptions.get_mut(&req.channel) else {
-            return Ok(Err(Error::new(error_code::PERMISSION_DENIED)));
-        };
-        subscription.expires_at = claims.expires_at();
-        Ok(Ok(ReplyResult::SubRefresh(SubRefreshResult {
-            expires: subscription.expires_at.is_some(),
-            ttl: subscription.expires_at.map_or(0, ttl_from),
-        })))
-    }
-
-    /// `subscribe` from the client: checks, then subscribes and replies.
-    async fn client_subscribe(
-        &mut self,
-        id: u32,
-        who: &Identity,
-        req: SubscribeRequest,
-    ) -> Outcome {
-        let channel = req.channel.clone();
-        let checked = self.check_subscribe(who, &req);
-        let (options, chan_info, expires_at) = match checked {
-            Ok(Ok(checked)) => checked,
-            Ok(Err(error)) => {
-                self.reply(id, Err(error));
-                return Ok(());
-            }
-            Err(disconnect) => return Err(disconnect),
-        };
-        match self.join(&req, &options).await {
-            Ok((mut result, after)) => {
-                result.expires = expires_at.is_some();
-                result.ttl = expires_at.map_or(0, ttl_from);
-                let reply = Reply::ok(id, ReplyResult::Subscribe(result)).encode();
-                Metrics::inc(&self.node.metrics().messages_sent);
-                self.node
-                    .hub()
-                    .activate(&channel, self.conn, Some(Bytes::from(reply)), after);
-                self.register(who, channel, chan_info, &options, expires_at)
-                    .await;
-            }
-            Err(error) => self.reply(id, Err(error)),
-        }
-        Ok(())
-    }
-
-    /// Whether this client may subscribe: the channel's options, the subscription token's channel
-    /// info and expiry — or the error to reply, or the disconnect a forged token earns.
-    #[allow(clippy::type_complexity)]
-    fn check_subscribe(
-        &self,
-        who: &Identity,
-        req: &SubscribeRequest,
-    ) -> Result<Result<(ChannelOptions, Option<Payload>, Option<u64>), Error>, Disconnect> {
-        let config = self.node.config();
-        let channel = &req.channel;
-        if let Err(error) = check_channel_name(config, channel) {
-            return Ok(Err(error));
-        }
-        if self.subscriptions.contains_key(channel) {
-            return Ok(Err(Error::new(error_code::ALREADY_SUBSCRIBED)));
-        }
-        if self.subscriptions.len() >= config.client_channel_limit {
-            return Ok(Err(Error::new(error_code::LIMIT_EXCEEDED)));
-        }
-        let options = match self.node.channel_options(channel) {
-            Ok(options) => options,
-            Err(error) => return Ok(Err(error)),
-        };
-        let denied = || Ok(Err(Error::new(error_code::PERMISSION_DENIED)));
-        if !req.token.is_empty() {
-            let Some(verifier) = self.node.verifier() else {
-                return denied();
-            };
-            let claims = match verifier.verify_subscription(&req.token) {
-                Ok(claims) => claims,
-                Err(TokenError::Expired) => return Ok(Err(Error::new(error_code::TOKEN_EXPIRED))),
-                Err(TokenError::KeyUnavailable) => {
-                    return Ok(Err(Error::new(error_code::INTERNAL)))
-                }
-                Err(TokenError::Invalid(reason)) => {
-                    tracing::debug!(%reason, "invalid subscription token");
-                    return denied();
-                }
-            };
-            if claims.channel != *channel {
-                return Err(Disconnect::INVALID_TOKEN);
-            }
-            if claims.sub != *who.user {
-                return denied();
-            }
-            return Ok(Ok((
-                options,
-                claims.info().map(Payload::from),
-                claims.expires_at(),
-            )));
-        }
-        // Without a token: private (`$`) channels are closed, user-limited ones (`#`) open only to
-        // the users they list, the rest as the namespace allows.
-        let name = channel.split_once(':').map_or(channel.as_str(), |(_, n)| n);
-        if name.starts_with('$') {
-            return denied();
-        }
-        if let Some((_, users)) = channel.rsplit_once('#') {
-            if !users.split(',').any(|u| !u.is_empty() && u == &*who.user) {
-                return denied();
-            }
-            return Ok(Ok((options, None, None)));
-        }
-        let anonymous = who.user.is_empty();
-        if !options.allow_subscribe_for_client
-            || (anonymous && !options.allow_subscribe_for_anonymous)
-        {
-            return denied();
-        }
-        Ok(Ok((options, None, None)))
-    }
-
-    /// A subscription made by the server API: no permission check, a `subscribe` push.
-    async fn server_subscribe(
-        &mut self,
-        who: &Identity,
-        channel: String,
-        chan_info: Option<Payload>,
-        data: Option<Payload>,
-    ) {
-        if self.subscriptions.contains_key(&channel)
-            || check_channel_name(self.node.config(), &channel).is_err()
-        {
-            return;
-        }
-        let Ok(options) = self.node.channel_options(&channel) else {
-            return;
-        };
-        let req = SubscribeRequest {
-            channel: channel.clone(),
-            ..Default::default()
-        };
-        match self.join(&req, &options).await {
-            Ok((mut result, after)) => {
-                result.data = data;
-                let push = Reply::push(Push {
-                    channel: channel.clone(),
-                    body: PushBody::Subscribe(result),
-                })
-                .encode();
-                Metrics::inc(&self.node.metrics().messages_sent);
-                self.node
-                    .hub()
-                    .activate(&channel, self.conn, Some(Bytes::from(push)), after);
-                self.register(who, channel, chan_info, &options, None).await;
-            }
-            Err(error) => {
-                tracing::warn!(
-                    channel,
-                    code = error.code,
-                    "server-side subscription failed"
-                )
-            }
-        }
-    }
-
-    /// Adds this client to the channel in the hub with deliveries held, and computes the
-    /// subscribe result (position, recovery). The caller queues its reply and then calls
-    /// [`Hub::activate`] with the returned offset; on error the hub entry is already removed.
-    async fn join(
-        &mut self,
-        req: &SubscribeRequest,
-        options: &ChannelOptions,
-    ) -> Result<(SubscribeResult, u64), Error> {
-        let channel = &req.channel;
-        // As in Centrifugo: join/leave pushes only to subscribers that ask, unless forced.
-        let wants_join_leave =
-            options.join_leave && (req.join_leave || options.force_push_join_leave);
-        let first_local =
-            self.node
-                .hub()
-                .subscribe(channel, self.conn, &self.queue, wants_join_leave);
-        if first_local {
-            if let Err(e) = self.node.broker().subscribe(channel).await {
-                tracing::error!(channel, error = %e, "broker subscribe failed");
-            }
-        }
-        let result = if options.history.is_some()
-            && (options.force_recovery || req.recover || req.recoverable || req.positioned)
-        {
-            self.position_and_recovery(channel, req).await
-        } else {
-            Ok(SubscribeResult::default())
-        };
-        match result {
-            Ok(result) => {
-                let after = result
-                    .publications
-                    .last()
-                    .map_or(result.offset, |p| p.offset.max(result.offset));
-                Ok((result, after))
-            }
-            Err(error) => {
-                if self.node.hub().unsubscribe(channel, self.conn) {
-                    let _ = self.node.broker().unsubscribe(channel).await;
-                }
-                Err(error)
-            }
-        }
-    }
-
-    /// Records a subscription once the client has its reply: presence, join notice.
-    async fn register(
-        &mut self,
-        who: &Identity,
-        channel: String,
-        chan_info: Option<Payload>,
-        options: &ChannelOptions,
-        expires_at: Option<u64>,
-    ) {
-        let info = ClientInfo {
-            user: who.user.to_string(),
-            client: who.client.to_string(),
-            conn_info: who.conn_info.clone(),
-            chan_info,
-        };
-        self.subscriptions.insert(
-            channel.clone(),
-            Subscription {
-                info: info.clone(),
-                presence: options.presence,
-                join_leave: options.join_leave,
-                expires_at,
-            },
-        );
-        if options.presence {
-            if let Err(e) = self
-                .node
-                .presence_storage()
-                .add(&channel, info.clone())
-                .await
-            {
-                tracing::error!(channel, error = %e, "presence add failed");
-            }
-        }
-        if options.join_leave {
-            if let Err(e) = self.node.broker().publish_join(&channel, &info).await {
-                tracing::error!(channel, error = %e, "join publish failed");
-            }
-        }
-    }
-
-    /// The subscribe result's stream fields, recovering missed publications if asked.
-    async fn position_and_recovery(
-        &self,
-        channel: &str,
-        req: &SubscribeRequest,
-    ) -> Result<SubscribeResult, Error> {
-        let max = self.node.config().recovery_max_publications;
-        let filter = if req.recover {
-            HistoryFilter {
-                since: Some(crate::protocol::StreamPosition {
-                    offset: req.offset,
-                    epoch: String::new(),
-                }),
-                limit: Some(max),
-                reverse: false,
-            }
-        } else {
-            HistoryFilter {
-                limit: Some(0),
-                ..Default::default()
-            }
-        };
-        let page = self.node.history(channel, filter).await?;
-        let top = page.position.offset;
-        let mut result = SubscribeResult {
-            recoverable: true,
-            positioned: true,
-            epoch: page.position.epoch.clone(),
-            offset: top,
-            ..Default::default()
-        };
-        if req.recover {
-            result.was_recovering = true;
-            let same_epoch = req.epoch.is_empty() || req.epoch == page.position.epoch;
-            let complete = match (page.publications.first(), page.publications.last()) {
-                (Some(first), Some(last)) => first.offset == req.offset + 1 && last.offset == top,
-                _ => top == req.offset,
-            };
-            if same_epoch && complete {
-                result.recovered = true;
-                result.publications = page.publications;
-            } else if req.flag & flag::REJECT_UNRECOVERED != 0 {
-                return Err(Error::new(error_code::UNRECOVERABLE_POSITION));
-            }
-        }
-        Ok(result)
-    }
-
-    /// Leaves a channel; a no-op if not subscribed.
-    async fn unsubscribe(&mut self, channel: &str) {
-        if let Some(subscription) = self.subscriptions.remove(channel) {
-            release(&self.node, self.conn, channel.to_string(), subscription).await;
-        }
-    }
-
-    /// Checks that `channel` is a valid name and that this client may act on it: `grants` picks,
-    /// from the channel's options, whether any client (first) or any subscriber (second) may.
-    /// Returns the options; error 103 when neither applies.
-    fn permit(
-        &self,
-        channel: &str,
-        grants: fn(&ChannelOptions) -> (bool, bool),
-    ) -> Result<ChannelOptions, Error> {
-        check_channel_name(self.node.config(), channel)?;
-        let options = self.node.channel_options(channel)?;
-        let (for_client, for_subscriber) = grants(&options);
-        if for_client || (for_subscriber && self.subscriptions.contains_key(channel)) {
-            Ok(options)
-        } else {
-            Err(Error::new(error_code::PERMISSION_DENIED))
-        }
-    }
-
-    /// Checks a client publish and starts it.
-    fn submit_publish(
-        &self,
-        who: &Identity,
-        channel: &str,
-        data: Option<Payload>,
-    ) -> Result<Submitted, Error> {
-        let options = self.permit(channel, |o| {
-            (o.allow_publish_for_client, o.allow_publish_for_subscriber)
-        })?;
-        if who.user.is_empty() && !options.allow_publish_for_anonymous {
-            return Err(Error::new(error_code::PERMISSION_DENIED));
-        }
-        let data = data.ok_or_else(|| Error::new(error_code::BAD_REQUEST))?;
-        let info = ClientInfo {
-            user: who.user.to_string(),
-            client: who.client.to_string(),
-            conn_info: who.conn_info.clone(),
-            chan_info: self
-                .subscriptions
-                .get(channel)
-                .and_then(|s| s.info.chan_info.clone()),
-        };
-        self.node
-            .submit_publish(channel, data, Some(info), HashMap::new(), false)
-    }
-
-    fn check_presence(&self, channel: &str) -> Result<(), Error> {
-        self.permit(channel, |o| {
-            (o.allow_presence_for_client, o.allow_presence_for_subscriber)
-        })
-        .map(drop)
-    }
-
-    async fn presence(&self, channel: &str) -> Result<ReplyResult, Error> {
-        self.check_presence(channel)?;
-        let presence = self.node.presence(channel).await?;
-        Ok(ReplyResult::Presence(PresenceResult { presence }))
-    }
-
-    async fn presence_stats(&self, channel: &str) -> Result<ReplyResult, Error> {
-        self.check_presence(channel)?;
-        let stats = self.node.presence_stats(channel).await?;
-        Ok(ReplyResult::PresenceStats(PresenceStatsResult {
-            num_clients: stats.num_clients,
-            num_users: stats.num_users,
-        }))
-    }
-
-    async fn history(&self, req: HistoryRequest) -> Result<ReplyResult, Error> {
-        self.permit(&req.channel, |o| {
-            (o.allow_history_for_client, o.allow_history_for_subscriber)
-        })?;
-        let filter = history_filter(req.limit, req.since, req.reverse)?;
-        let page = self.node.history(&req.channel, filter).await?;
-        Ok(ReplyResult::History(HistoryResult {
-            publications: page.publications,
-            epoch: page.position.epoch,
-            offset: page.position.offset,
-        }))
-    }
-
-    /// Acts on a request from the node (server API actions on this client).
-    pub async fn handle_control(&mut self, control: Control) {
-        let Some(who) = self.identity.clone() else {
-            return;
-        };
-        match control {
-            Control::Subscribe {
-                channel,
-                chan_info,
-                data,
-            } => self.server_subscribe(&who, channel, chan_info, data).await,
-            Control::Unsubscribe {
-                channel,
-                code,
-                reason,
-            } => self.server_unsubscribe(&channel, code, reason).await,
-        }
-    }
-
-    /// Ends a subscription from the server side and tells the client with an `unsubscribe` push.
-    async fn server_unsubscribe(&mut self, channel: &str, code: u32, reason: &str) {
-        if self.subscriptions.contains_key(channel) {
-            self.unsubscribe(channel).await;
-            let push = Reply::push(Push {
-                channel: channel.to_string(),
-                body: PushBody::Unsubscribe {
-                    code,
-                    reason: reason.into(),
-                },
-            });
-            self.send(push.encode());
-        }
-    }
-
-    /// Acts on expiries that have passed (plus grace): the connection's (disconnect 3005) and
-    /// subscriptions' (unsubscribe push 2501, so the client resubscribes with a fresh token).
-    pub async fn check_expiry(&mut self) -> Outcome {
-        let now = unix_now();
-        let grace = self.node.config().expired_grace;
-        if self.expires_at.is_some_and(|at| at + grace <= now) {
-            return Err(Disconnect::EXPIRED);
-        }
-        let expired: Vec<String> = self
-            .subscriptions
-            .iter()
-            .filter(|(_, s)| s.expires_at.is_some_and(|at| at + grace <= now))
-            .map(|(c, _)| c.clone())
-            .collect();
-        for channel in expired {
-            self.server_unsubscribe(&channel, 2501, "subscription expired")
-                .await;
-        }
-        Ok(())
-    }
-}
-
-/// Admits client commands through a token bucket, and spots clients that keep flooding.
-#[derive(Debug)]
-struct RateLimiter {
-    bucket: TokenBucket,
-    /// Commands refused since the last one admitted.
-    refused: u32,
-}
-
-/// What the limiter says of one command.
-#[derive(Debug, PartialEq, Eq)]
-enum Admission {
-    Admit,
-    /// Refuse this command (error 111).
-    Refuse,
-    /// The client keeps flooding: disconnect it.
-    Flooding,
-}
-
-impl RateLimiter {
-    fn new(rate: u32, burst: u32) -> Self {
-        RateLimiter {
-            bucket: TokenBucket::new(rate, burst),
-            refused: 0,
-        }
-    }
-
-    fn admit(&mut self) -> Admission {
-        if self.bucket.take(Instant::now().into_std()) {
-            self.refused = 0;
-            return Admission::Admit;
-        }
-        self.refused += 1;
-        // A client that goes on sending a full burst's worth after being refused is flooding.
-        if f64::from(self.refused) > self.bucket.burst() {
-            Admission::Flooding
-        } else {
-            Admission::Refuse
-        }
-    }
 }
 
 impl Drop for Session {
-    /// The one cleanup path: the hub forgets the connection and its subscriptions at once; presence
-    /// and leave notices, which may need I/O, finish in a tracked task.
+    /// The one cleanup path: the hub forgets the connection and its subscriptions at once (event
+    /// sinks hear of each subscription ended, then of the disconnect); presence and leave
+    /// notices, which may need I/O, finish in a tracked task.
     fn drop(&mut self) {
-        self.queue.close(Disconnect::new(3000, "connection closed"));
+        self.queue.close(CONNECTION_CLOSED);
         let subscriptions = std::mem::take(&mut self.subscriptions);
         self.node.hub().remove_connection(self.conn);
+        let mut vacated = Vec::new();
+        for (channel, subscription) in subscriptions.iter() {
+            subscribe::emit_unsubscribed(&self.node, channel, subscription);
+            if self.node.leave_channel_in_hub(channel, self.conn) {
+                vacated.push(channel.clone());
+            }
+        }
+        if let Some(who) = &self.identity {
+            let closed = CONNECTION_CLOSED;
+            let reason = self.closing.as_ref().unwrap_or(&closed);
+            self.node.emit(Event::Disconnected {
+                client: &who.client,
+                user: &who.user,
+                code: u32::from(reason.code),
+                reason: &reason.reason,
+            });
+        }
         if subscriptions.is_empty() {
             return;
-        }
-        let mut last_local = Vec::new();
-        for channel in subscriptions.keys() {
-            if self.node.hub().unsubscribe(channel, self.conn) {
-                last_local.push(channel.clone());
-            }
         }
         let node = self.node.clone();
         let cleanup = async move {
@@ -973,10 +317,10 @@ impl Drop for Session {
                 .timeline()
                 .span(Lane::Background, "session cleanup", "");
             for (channel, subscription) in subscriptions {
-                release_shared(&node, &channel, &subscription).await;
+                subscribe::release_shared(&node, &channel, &subscription).await;
             }
-            for channel in last_local {
-                let _ = node.broker().unsubscribe(&channel).await;
+            for channel in vacated {
+                node.stop_receiving(&channel).await;
             }
         };
         match tokio::runtime::Handle::try_current() {
@@ -988,81 +332,154 @@ impl Drop for Session {
     }
 }
 
-/// Releases one subscription: hub entry, broker interest, presence and the leave notice.
-async fn release(node: &Node, conn: ConnId, channel: String, subscription: Subscription) {
-    if node.hub().unsubscribe(&channel, conn) {
-        let _ = node.broker().unsubscribe(&channel).await;
-    }
-    release_shared(node, &channel, &subscription).await;
-}
+/// How a connection ends when neither side named a reason: the client or the network closed it.
+const CONNECTION_CLOSED: Disconnect = Disconnect::new(3000, "connection closed");
 
-/// The part of releasing a subscription that other nodes see: presence and the leave notice.
-async fn release_shared(node: &Node, channel: &str, subscription: &Subscription) {
-    if subscription.presence {
-        if let Err(e) = node
-            .presence_storage()
-            .remove(channel, &subscription.info.client)
-            .await
-        {
-            tracing::error!(channel, error = %e, "presence remove failed");
-        }
-    }
-    if subscription.join_leave {
-        if let Err(e) = node
-            .broker()
-            .publish_leave(channel, &subscription.info)
-            .await
-        {
-            tracing::error!(channel, error = %e, "leave publish failed");
-        }
-    }
-}
-
-/// The built-in RPC methods.
-fn rpc(req: RpcRequest) -> Result<ReplyResult, Error> {
-    match req.method.as_str() {
-        "echo" => Ok(ReplyResult::Rpc(RpcResult { data: req.data })),
-        _ => Err(Error::new(error_code::METHOD_NOT_FOUND)),
-    }
-}
-
-/// Rejects empty, oversized or newline-bearing channel names.
-pub fn check_channel(channel: &str) -> Result<(), Error> {
-    if channel.is_empty() || channel.len() > MAX_CHANNEL_LENGTH || channel.contains(['\n', '\r']) {
-        return Err(Error::new(error_code::BAD_REQUEST));
-    }
-    Ok(())
-}
-
-/// [`check_channel`] with the configured length limit.
-fn check_channel_name(config: &Config, channel: &str) -> Result<(), Error> {
-    check_channel(channel)?;
-    if channel.len() > config.channel_max_length {
-        return Err(Error::new(error_code::BAD_REQUEST));
-    }
-    Ok(())
-}
-
-/// The history filter of a client or API `history` request.
-pub fn history_filter(
-    limit: i32,
-    since: Option<crate::protocol::StreamPosition>,
-    reverse: bool,
-) -> Result<HistoryFilter, Error> {
-    if reverse && since.as_ref().is_some_and(|s| s.offset == 0) {
-        return Err(Error::new(error_code::BAD_REQUEST));
-    }
-    let limit = match limit {
-        l if l < 0 => None,
-        l => Some(l as usize),
-    };
-    Ok(HistoryFilter {
-        since,
-        limit,
-        reverse,
-    })
-}
-
+/// Seconds left until `expires_at` (unix seconds), as the protocol's `ttl` carries them.
 fn ttl_from(expires_at: u64) -> u32 {
     expires_at.saturating_sub(unix_now()).min(u32::MAX as u64) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::json;
+
+    use super::testing::{node_with, TestClient};
+    use crate::hooks::events::{Event, EventSink};
+    use crate::node::NodeHooks;
+    use crate::protocol::Disconnect;
+
+    /// Keeps each event as one line: its name and what it is about.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl EventSink for Recorder {
+        fn emit(&self, event: &Event<'_>) {
+            let about = match event {
+                Event::Connected { user, .. } => format!("user={user}"),
+                Event::Disconnected { code, reason, .. } => format!("{code} {reason}"),
+                Event::Subscribed { channel, .. }
+                | Event::Unsubscribed { channel, .. }
+                | Event::ChannelOccupied { channel }
+                | Event::ChannelVacated { channel } => channel.to_string(),
+                Event::Published { channel, .. } => channel.to_string(),
+            };
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{} {about}", event.name()));
+        }
+    }
+
+    fn recorded() -> (crate::node::Node, Arc<Recorder>) {
+        let recorder = Arc::new(Recorder::default());
+        let hooks = NodeHooks {
+            sinks: vec![recorder.clone()],
+            ..Default::default()
+        };
+        (node_with(|_| {}, hooks), recorder)
+    }
+
+    fn take(recorder: &Recorder) -> Vec<String> {
+        std::mem::take(&mut *recorder.0.lock().unwrap())
+    }
+
+    #[tokio::test]
+    async fn lifecycle_events_follow_connect_subscribe_unsubscribe_and_drop() {
+        let (node, recorder) = recorded();
+        let mut client = TestClient::connected(&node).await;
+        for (id, key, channel) in [(2, "subscribe", "news"), (3, "unsubscribe", "news")] {
+            client
+                .call(id, key, json!({ "channel": channel }))
+                .await
+                .unwrap();
+        }
+        client
+            .call(4, "subscribe", json!({"channel": "room"}))
+            .await
+            .unwrap();
+        assert_eq!(
+            take(&recorder),
+            [
+                "connected user=",
+                "channel_occupied news",
+                "subscribed news",
+                "unsubscribed news",
+                "channel_vacated news",
+                "channel_occupied room",
+                "subscribed room",
+            ]
+        );
+        client.session.closing(&Disconnect::SHUTDOWN);
+        drop(client);
+        assert_eq!(
+            take(&recorder),
+            [
+                "unsubscribed room",
+                "channel_vacated room",
+                "disconnected 3001 shutdown",
+            ]
+        );
+        let metrics = node.metrics();
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(count(&metrics.connects), 1);
+        assert_eq!(count(&metrics.subscribes), 2);
+        assert_eq!(count(&metrics.unsubscribes), 2);
+        assert_eq!(count(&metrics.disconnects), 1);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_just_leaves_is_disconnected_with_3000() {
+        let (node, recorder) = recorded();
+        let client = TestClient::connected(&node).await;
+        drop(client);
+        assert_eq!(
+            take(&recorder),
+            ["connected user=", "disconnected 3000 connection closed"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_disconnect_the_session_decides_is_the_one_reported() {
+        let (node, recorder) = recorded();
+        let mut client = TestClient::connected(&node).await;
+        let outcome = client.send(&[json!({"id": 2, "connect": {}})]).await;
+        assert_eq!(outcome.unwrap_err(), Disconnect::BAD_REQUEST);
+        drop(client);
+        assert_eq!(
+            take(&recorder).last().unwrap(),
+            "disconnected 3501 bad request"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_connected_leaves_no_event() {
+        let (node, recorder) = recorded();
+        drop(TestClient::new(&node));
+        assert!(take(&recorder).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_second_local_subscriber_does_not_occupy_the_channel_again() {
+        let (node, recorder) = recorded();
+        let mut ann = TestClient::connected(&node).await;
+        let mut bob = TestClient::connected(&node).await;
+        for client in [&mut ann, &mut bob] {
+            client
+                .call(2, "subscribe", json!({"channel": "news"}))
+                .await
+                .unwrap();
+        }
+        drop(ann);
+        let events = take(&recorder);
+        let about_channel: Vec<_> = events
+            .iter()
+            .filter(|e| e.starts_with("channel_"))
+            .collect();
+        assert_eq!(about_channel, ["channel_occupied news"]);
+        drop(bob);
+        assert!(take(&recorder).contains(&"channel_vacated news".to_string()));
+    }
 }

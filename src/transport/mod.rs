@@ -1,4 +1,183 @@
 //! Transports: how a client's bytes reach its [`Session`](crate::session::Session) and back.
-//! A transport knows framing, not commands.
+//! A transport knows framing, not commands; what every transport shares (admission of a new
+//! connection, the connection limit) lives here.
 
+pub mod connection;
 pub mod websocket;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::Config;
+use crate::fd_limit::FdLimit;
+use crate::http::{glob_match, json_error};
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::protocol::{error_code, Disconnect};
+
+/// Bounds the WebSocket connections served at once. Every connection holds a file descriptor, so
+/// without a bound the process would run out of them and fail to accept *anyone* (API calls and
+/// health checks included); with it, a client over the limit gets a clear, immediate refusal it
+/// can act on (reconnect later or elsewhere), and the connections already open are unaffected.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimit {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl ConnectionLimit {
+    /// A limit of `max` connections.
+    pub fn new(max: usize) -> Self {
+        ConnectionLimit {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// The configured limit, or by default what the open-file limit leaves room for.
+    pub fn for_config(config: &Config, fds: FdLimit) -> Self {
+        let capacity = usize::try_from(fds.connection_capacity()).unwrap_or(usize::MAX);
+        Self::new(config.max_connections.unwrap_or(capacity))
+    }
+
+    /// The most connections served at once.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// A slot for one connection, held for its whole life; `None` at the limit.
+    fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+}
+
+/// Why a new client connection was refused before its transport started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// A browser page from an origin the configuration does not allow (403).
+    Origin,
+    /// Too many new connections from one address (429).
+    Rate,
+    /// The node holds as many connections as it may (503, code 3504).
+    Full,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::Origin => json_error(
+                StatusCode::FORBIDDEN,
+                error_code::PERMISSION_DENIED,
+                "origin not allowed",
+            ),
+            Refused::Rate => json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                error_code::TOO_MANY_REQUESTS,
+                "too many new connections from this address",
+            ),
+            Refused::Full => connection_limit_response(),
+        }
+    }
+}
+
+/// Admits a new client connection, whatever its transport: the origin (browsers), the rate of
+/// new connections from `peer`'s address, and a slot under the connection limit, held for the
+/// connection's whole life.
+pub fn admit(
+    node: &Node,
+    connections: &ConnectionLimit,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<OwnedSemaphorePermit, Refused> {
+    if !origin_allowed(node.config(), headers) {
+        return Err(Refused::Origin);
+    }
+    if !node.connection_limiter().admit(peer.ip()) {
+        return Err(Refused::Rate);
+    }
+    connections.try_acquire().ok_or_else(|| {
+        Metrics::inc(&node.metrics().connections_refused);
+        tracing::debug!(max = connections.max(), "connection refused: limit reached");
+        Refused::Full
+    })
+}
+
+/// The answer to a WebSocket handshake over the connection limit: 503 before the upgrade, with
+/// Centrifugo's disconnect code 3504 in a JSON body. Clients treat a failed handshake as a
+/// transport failure and retry with backoff, which is what a full node wants.
+fn connection_limit_response() -> Response {
+    let limit = Disconnect::CONNECTION_LIMIT;
+    let refusal = json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        limit.code.into(),
+        &limit.reason,
+    );
+    ([(header::RETRY_AFTER, "5")], refusal).into_response()
+}
+
+/// Browsers send `Origin`; other clients usually do not, and are not subject to this check.
+/// Configured patterns decide; with none, development mode allows any origin and production
+/// only the server's own host.
+fn origin_allowed(config: &Config, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    if !config.allowed_origins.is_empty() {
+        return config.allowed_origins.iter().any(|pattern| {
+            glob_match(&pattern.to_ascii_lowercase(), &origin.to_ascii_lowercase())
+        });
+    }
+    if config.development() {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(origin: &str, host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ORIGIN, origin.parse().unwrap());
+        h.insert(header::HOST, host.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn origins() {
+        let mut production = Config {
+            token_hmac_secret: Some("s".into()),
+            ..Config::default()
+        };
+        assert!(origin_allowed(
+            &production,
+            &headers("http://a.example:8000", "a.example:8000")
+        ));
+        assert!(!origin_allowed(
+            &production,
+            &headers("https://evil.example", "a.example:8000")
+        ));
+        assert!(origin_allowed(&production, &HeaderMap::new()));
+        production.allowed_origins = vec!["https://*.example.com".into()];
+        assert!(origin_allowed(
+            &production,
+            &headers("https://app.example.com", "x")
+        ));
+        assert!(!origin_allowed(
+            &production,
+            &headers("https://example.org", "x")
+        ));
+        let development = Config::default();
+        assert!(origin_allowed(
+            &development,
+            &headers("http://anything", "x")
+        ));
+    }
+}

@@ -1,26 +1,60 @@
-//! The WebSocket transport: one task per connection drives its [`Session`].
-//!
-//! The task waits on whichever comes first: a client frame, pending outbound messages (written as
-//! one frame), a control request from the node, the oldest of the client's publishes in flight,
-//! the ping/pong/stale/expiry timer, or shutdown. One
-//! task per connection, not one per direction, keeps idle connections cheap.
+//! The WebSocket transport: the upgrade at `/connection/websocket`, and a [`Wire`] over the
+//! socket for the shared connection loop (see [`super::connection`]).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use rand::Rng;
-use tokio::time::{timeout, Instant};
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::FutureExt;
 
+use super::connection::{drive, Incoming, Wire};
+use super::ConnectionLimit;
 use crate::hub::ControlInbox;
 use crate::node::Node;
-use crate::protocol::{Disconnect, PING};
-use crate::queue::{ClientQueue, Outbound};
+use crate::protocol::Disconnect;
+use crate::queue::ClientQueue;
 use crate::session::Session;
 
 /// Room for control requests (server-side subscribe/unsubscribe) waiting for one session.
 const CONTROL_CAPACITY: usize = 64;
+
+/// `GET /connection/websocket`: checks the connection limit, origin and connection rate,
+/// upgrades, and hands the socket to [`serve`].
+pub async fn endpoint(
+    State(node): State<Node>,
+    axum::Extension(connections): axum::Extension<ConnectionLimit>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let slot = match super::admit(&node, &connections, peer, &headers) {
+        Ok(slot) => slot,
+        Err(refused) => return refused.into_response(),
+    };
+    let limit = node.config().max_message_size;
+    // The library's own limit sits above ours so an oversized message still gets a proper close
+    // (1009) from the transport rather than a dropped connection.
+    let hard_limit = limit.saturating_mul(2).max(limit + 64 * 1024);
+    upgrade
+        // Client frames are small commands; the buffer is zero-filled up to this size on every
+        // read, so it is resident memory for every idle connection. Larger frames grow it.
+        .read_buffer_size(256)
+        .write_buffer_size(0)
+        .max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| {
+            // The slot is released when the connection ends (or if the upgrade never completes,
+            // when this closure is dropped). `map` rather than an `async` block awaiting `serve`:
+            // such a block would store the future twice (as captured value and as awaited one).
+            let serve = serve(node.clone(), socket).map(move |()| drop(slot));
+            node.tracker().track_future(serve)
+        })
+}
 
 /// Serves one upgraded WebSocket until it closes. Every exit path ends here, where dropping the
 /// session releases its subscriptions and presence.
@@ -29,12 +63,17 @@ const CONTROL_CAPACITY: usize = 64;
 /// body, so the socket would be stored twice in every idle connection's task. The `async move`
 /// block below keeps each captured value once and lends the socket from there.
 #[allow(clippy::manual_async_fn)] // see above: an `async fn` would store the socket twice
-pub fn serve(node: Node, mut socket: WebSocket) -> impl Future<Output = ()> + Send {
+pub fn serve(node: Node, socket: WebSocket) -> impl Future<Output = ()> + Send {
     async move {
         let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
         let control = Arc::new(ControlInbox::new(CONTROL_CAPACITY));
         let mut session = Session::new(node.clone(), queue.clone(), control.clone());
-        let reason = drive(&node, &mut session, &queue, &mut socket, &control).await;
+        let mut wire = WsWire(socket);
+        let reason = drive(&node, &mut session, &queue, &mut wire, &control).await;
+        if let Some(reason) = &reason {
+            // What the client was told is what the `disconnected` event reports.
+            session.closing(reason);
+        }
         tracing::debug!(
             client = session.client_id().unwrap_or("-"),
             code = reason.as_ref().map(|r| r.code),
@@ -44,125 +83,6 @@ pub fn serve(node: Node, mut socket: WebSocket) -> impl Future<Output = ()> + Se
     }
 }
 
-/// Runs the connection; returns the disconnect sent to the client (`None` if the client left or
-/// the socket failed first).
-async fn drive(
-    node: &Node,
-    session: &mut Session,
-    queue: &ClientQueue,
-    socket: &mut WebSocket,
-    control: &ControlInbox,
-) -> Option<Disconnect> {
-    let config = node.config();
-    let shutdown = node.shutdown_token().clone();
-    let stale_deadline = Instant::now() + config.stale_timeout();
-    let mut next_ping: Option<Instant> = None;
-    // The shutdown signal and the timer live across iterations: re-creating them on every
-    // wake-up (every frame written) would register and cancel a timer entry and a waiter each
-    // time, a visible share of the cost of a delivery.
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(cancelled);
-    let timer = tokio::time::sleep_until(stale_deadline);
-    tokio::pin!(timer);
-    loop {
-        let wake = next_wake(session, stale_deadline, next_ping, config.pong_timeout());
-        // Deadlines derived from wall-clock seconds (token expiry) or from the client's last
-        // frame (a due pong) move a little on every wake-up; a pending timer within a second of
-        // the wanted instant is kept rather than re-registered each time. Checks may then run up
-        // to a second late, never spin: an elapsed timer is always reset.
-        let current = timer.deadline();
-        if timer.is_elapsed() || current.max(wake) - current.min(wake) >= TIMER_SLACK {
-            timer.as_mut().reset(wake);
-        }
-        tokio::select! {
-            _ = &mut cancelled, if !queue.is_closed() => queue.close(Disconnect::SHUTDOWN),
-            out = queue.next() => match out {
-                Outbound::Frame(frame) => {
-                    let text = match Utf8Bytes::try_from(frame) {
-                        Ok(text) => text,
-                        Err(_) => {
-                            tracing::error!("outbound frame is not UTF-8");
-                            queue.close(Disconnect::INTERNAL);
-                            continue;
-                        }
-                    };
-                    // Boxed: a write's state (timers, the pending send) is only needed while
-                    // writing, not by every idle connection's task.
-                    let write = Box::pin(write_frame(socket, queue, text, config.write_timeout()));
-                    match write.await {
-                        Written::Done => crate::metrics::Metrics::inc(&node.metrics().frames_written),
-                        Written::Failed => return None,
-                        Written::TimedOut => return Some(Disconnect::WRITE_ERROR),
-                        Written::Slow(reason, finished) => {
-                            if finished {
-                                let close = Message::Close(Some(close_frame(&reason)));
-                                let _ = timeout(SLOW_CLOSE_GRACE, socket.send(close)).await;
-                            }
-                            return Some(reason);
-                        }
-                    }
-                }
-                Outbound::Close(reason) => {
-                    let frame = close_frame(&reason);
-                    let _ = timeout(config.write_timeout(), socket.send(Message::Close(Some(frame)))).await;
-                    return Some(reason);
-                }
-            },
-            message = socket.recv() => {
-                let text = match message {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
-                        Ok(text) => text,
-                        Err(_) => { queue.close(Disconnect::BAD_REQUEST); continue; }
-                    },
-                    Some(Ok(_)) => continue,
-                };
-                if queue.is_closed() {
-                    continue;
-                }
-                session.frame_received();
-                if text.len() > config.max_message_size {
-                    queue.close(Disconnect::MESSAGE_TOO_BIG);
-                    continue;
-                }
-                let was_connected = session.is_connected();
-                // Boxed: command handling is the largest state of this future, and inlined it
-                // would make every idle connection's task carry it.
-                if let Err(reason) = Box::pin(session.handle_frame(text.as_str())).await {
-                    queue.close(reason);
-                }
-                if !was_connected && session.is_connected() {
-                    next_ping = Some(first_ping(config.ping_interval()));
-                }
-            },
-            request = control.recv() => Box::pin(session.handle_control(request)).await,
-            // Publishes run while the next frames are read; their replies go out in order.
-            _ = session.finish_publish(), if session.has_publishes_in_flight() => {}
-            _ = &mut timer => {
-                let now = Instant::now();
-                if !session.is_connected() {
-                    if now >= stale_deadline { queue.close(Disconnect::STALE); }
-                } else if session.awaiting_pong_since().is_some_and(|sent| now >= sent + config.pong_timeout()) {
-                    queue.close(Disconnect::NO_PONG);
-                } else if let Err(reason) = Box::pin(session.check_expiry()).await {
-                    queue.close(reason);
-                } else if next_ping.is_some_and(|at| now >= at) {
-                    let _ = queue.push_from_consumer(bytes::Bytes::from_static(PING));
-                    session.ping_sent(now);
-                    next_ping = Some(now + config.ping_interval());
-                }
-            }
-        }
-    }
-}
-
-/// How far a pending timer may be from the wanted wake-up before it is re-registered.
-const TIMER_SLACK: Duration = Duration::from_secs(1);
-
-/// How long a connection closed as slow may take to finish its write and close frame.
-const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(1);
-
 fn close_frame(reason: &Disconnect) -> CloseFrame {
     CloseFrame {
         code: reason.code,
@@ -170,97 +90,34 @@ fn close_frame(reason: &Disconnect) -> CloseFrame {
     }
 }
 
-/// How a frame write ended.
-enum Written {
-    Done,
-    Failed,
-    TimedOut,
-    /// The queue overflowed during the write; whether the write then finished within the grace.
-    Slow(Disconnect, bool),
-}
+/// The socket as the connection loop sees it: text frames (binary ones too, when they are UTF-8)
+/// in, text frames out, a close frame carrying the disconnect code and reason at the end.
+struct WsWire(WebSocket);
 
-/// Writes one frame, unless the client proves slow meanwhile: a client that stopped reading
-/// blocks the write, and its queue overflows; the write then gets a short grace and is abandoned.
-async fn write_frame(
-    socket: &mut WebSocket,
-    queue: &ClientQueue,
-    text: Utf8Bytes,
-    limit: Duration,
-) -> Written {
-    let write = socket.send(Message::Text(text));
-    tokio::pin!(write);
-    // Fast path: a reading client's socket has room, and the write completes at once, with no
-    // timer or overflow watch to set up and tear down.
-    let first = std::future::poll_fn(|cx| match write.as_mut().poll(cx) {
-        std::task::Poll::Ready(result) => std::task::Poll::Ready(Some(result)),
-        std::task::Poll::Pending => std::task::Poll::Ready(None),
-    })
-    .await;
-    match first {
-        Some(Ok(())) => return Written::Done,
-        Some(Err(_)) => return Written::Failed,
-        None => {}
-    }
-    tokio::select! {
-        result = timeout(limit, &mut write) => match result {
-            Ok(Ok(())) => Written::Done,
-            Ok(Err(_)) => Written::Failed,
-            Err(_) => Written::TimedOut,
-        },
-        reason = overflowed(queue) => {
-            let finished = matches!(timeout(SLOW_CLOSE_GRACE, &mut write).await, Ok(Ok(())));
-            Written::Slow(reason, finished)
+impl Wire for WsWire {
+    type Frame = Utf8Bytes;
+
+    async fn recv(&mut self) -> Incoming<Utf8Bytes> {
+        match self.0.recv().await {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Incoming::Gone,
+            Some(Ok(Message::Text(text))) => Incoming::Frame(text),
+            Some(Ok(Message::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
+                Ok(text) => Incoming::Frame(text),
+                Err(_) => Incoming::Invalid(Disconnect::BAD_REQUEST),
+            },
+            Some(Ok(_)) => Incoming::Skip,
         }
     }
-}
 
-/// Resolves only if the queue gets closed as slow.
-async fn overflowed(queue: &ClientQueue) -> Disconnect {
-    let reason = queue.wait_closed().await;
-    if reason == Disconnect::SLOW {
-        return reason;
+    async fn send(&mut self, frame: Bytes) -> Result<(), ()> {
+        // Frames are encoded JSON; a frame that is not UTF-8 would be a bug, never sent as text.
+        let text = Utf8Bytes::try_from(frame).map_err(|_| {
+            tracing::error!("outbound frame is not UTF-8");
+        })?;
+        self.0.send(Message::Text(text)).await.map_err(drop)
     }
-    std::future::pending().await
-}
 
-/// The next instant a timer needs attention.
-fn next_wake(
-    session: &Session,
-    stale_deadline: Instant,
-    next_ping: Option<Instant>,
-    pong_timeout: Duration,
-) -> Instant {
-    if !session.is_connected() {
-        return stale_deadline;
+    async fn close(&mut self, reason: &Disconnect) {
+        let _ = self.0.send(Message::Close(Some(close_frame(reason)))).await;
     }
-    // Nothing due: a far deadline, fixed (not "now + 1 h") so the timer is not reset on every
-    // wake-up.
-    let far = || {
-        let far = stale_deadline + Duration::from_secs(3600);
-        let now = Instant::now();
-        if far > now {
-            far
-        } else {
-            now + Duration::from_secs(3600)
-        }
-    };
-    [
-        next_ping,
-        session
-            .awaiting_pong_since()
-            .map(|sent| sent + pong_timeout),
-        session.expiry_deadline(),
-    ]
-    .into_iter()
-    .flatten()
-    .min()
-    .unwrap_or_else(far)
-}
-
-/// The first ping comes at a random point in [interval/2, interval), so pings of clients that
-/// connected together do not all fire at once.
-fn first_ping(interval: Duration) -> Instant {
-    let half = interval / 2;
-    let jitter = rand::rng().random_range(0..=half.as_millis().max(1) as u64);
-    Instant::now() + half + Duration::from_millis(jitter)
 }

@@ -28,7 +28,7 @@ pub struct TestServer {
     /// The server's own data directory, removed when the server is dropped.
     pub data_dir: std::path::PathBuf,
     pub shutdown: CancellationToken,
-    pub task: Option<JoinHandle<anyhow::Result<()>>>,
+    pub task: Option<JoinHandle<Result<(), switchboard::server::ServerError>>>,
 }
 
 impl TestServer {

@@ -4,14 +4,16 @@
 //! Scenarios, one module each: [`fanout`] (subscribers × publications: throughput, loss, order,
 //! end-to-end latency), [`idle`] (many quiet subscribed connections: memory per connection),
 //! [`rpc`] (closed-loop `echo` round trips) and [`connect`] (a connection storm). Shared parts:
-//! [`client`] (sockets, spread source addresses, the wire), [`group`] (a set of subscribers and
-//! their accounting), [`publish`] (paced publishers), [`worker`] (spreading subscribers over
-//! processes) and [`report`] (tables, JSON, histograms).
+//! [`group`] (a set of subscribers and their accounting), [`publish`] (paced publishers),
+//! [`worker`] (spreading subscribers over processes) and [`report`] (tables, JSON, histograms).
+//! Sockets, spread source addresses and the wire are the [`switchboard_client`] crate's.
+//!
+//! The `switchboard` binary calls [`run`] for `switchboard bench`; this crate does not depend on
+//! the server, so it measures Switchboard and any compatible server alike.
 //!
 //! The bench runs on one thread by default: pinned to its own core, it should be cheaper than
 //! the server it measures, and the report says how busy it was so a saturated bench is visible.
 
-pub mod client;
 pub mod connect;
 pub mod fanout;
 pub mod group;
@@ -23,6 +25,7 @@ pub mod worker;
 
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -93,6 +96,9 @@ pub enum Via {
 }
 
 /// Runs a bench scenario: builds the runtime, raises the fd limit, prints the report.
+///
+/// `--workers` re-executes the current program with the same arguments, so the binary that calls
+/// this must accept them as given (the `switchboard` binary does: `switchboard bench …`).
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let common = match &args.scenario {
         Scenario::Fanout(a) => &a.common,
@@ -101,7 +107,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Connect(a) => &a.common,
     }
     .clone();
-    let limit = crate::fd_limit::raise_fd_limit();
+    let fd_limit = raise_fd_limit();
     let runtime = if common.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -112,9 +118,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .enable_all()
             .build()?
     };
-    let env = Env {
-        fd_limit: limit.soft,
-    };
+    let env = Env { fd_limit };
     runtime.block_on(async move {
         match args.scenario {
             Scenario::Fanout(a) => fanout::run(a, env).await,
@@ -122,6 +126,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Rpc(a) => rpc::run(a, env).await,
             Scenario::Connect(a) => connect::run(a, env).await,
         }
+    })
+}
+
+/// Raises the soft open-file limit as far as the hard limit allows (every connection is a file
+/// descriptor, and the default soft limit is often 1,024) and returns the soft limit now in force.
+/// A hard limit of "unlimited" cannot be a soft limit for files, so the target is capped at the
+/// kernel's per-process maximum (fs.nr_open, commonly 1,048,576).
+fn raise_fd_limit() -> u64 {
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(1 << 20);
+    rlimit::increase_nofile_limit(ceiling).unwrap_or_else(|_| {
+        rlimit::getrlimit(rlimit::Resource::NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(1024)
     })
 }
 
@@ -230,6 +250,18 @@ pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     // SAFETY: sysconf has no memory effects.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Some((utime + stime) / ticks.max(1.0))
+}
+
+/// Resident memory (VmRSS) of process `pid`, in KiB, from `/proc/PID/status`.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS in /proc status")
 }
 
 /// Parses `10`, `10s`, `500ms`, `2m` as a duration.

@@ -1,9 +1,18 @@
-//! The bench's side of the wire: opening WebSockets from spread source addresses, speaking just
-//! enough of the protocol (connect, subscribe, publish, rpc, pong), and a clock shared between
-//! processes for end-to-end latency.
+//! A small client of the Centrifugo v2 JSON protocol over WebSocket: the protocol client that
+//! `switchboard bench`, the integration tests and later the examples use to talk to a server.
+//!
+//! It speaks just enough of the protocol: [`Target`] opens WebSockets (from spread source
+//! addresses when one address's ports would run out) and completes `connect`; [`subscribe`],
+//! [`push_publish`], [`push_rpc`] and [`pong`] cover the other commands; [`expect_reply`] and
+//! [`lines`] read frames, which carry several messages split by newlines. [`now_micros`] is a
+//! clock shared between processes on one machine, for end-to-end latency.
+//!
+//! It depends on nothing of the server, so it can load-test any compatible server.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
+
+use std::fmt::Write as _;
 
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
@@ -12,10 +21,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-/// A bench WebSocket.
+/// A client WebSocket.
 pub type Ws = WebSocketStream<TcpStream>;
 
-/// Loopback ports per source address the bench plans to use; Linux's default ephemeral range
+/// Loopback ports per source address a [`Target`] plans to use; Linux's default ephemeral range
 /// (32768–60999) holds about 28,000.
 pub const CONNECTIONS_PER_SOURCE: usize = 20_000;
 
@@ -174,7 +183,7 @@ pub async fn expect_reply(ws: &mut Ws, id: u32, what: &str) -> anyhow::Result<()
         };
         for line in lines(&text) {
             if line == "{}" {
-                ws.send(Message::text("{}")).await?;
+                pong(ws).await?;
             } else if line.starts_with(&prefix) {
                 if line.contains("\"error\":") {
                     bail!("{what} failed: {line}");
@@ -183,6 +192,46 @@ pub async fn expect_reply(ws: &mut Ws, id: u32, what: &str) -> anyhow::Result<()
             }
         }
     }
+}
+
+/// Subscribes to `channel` with command `id` and waits for the reply (answering pings).
+pub async fn subscribe(ws: &mut Ws, id: u32, channel: &str) -> anyhow::Result<()> {
+    let subscribe = format!(
+        r#"{{"id":{id},"subscribe":{{"channel":{}}}}}"#,
+        serde_json::to_string(channel)?
+    );
+    ws.send(Message::text(subscribe)).await?;
+    expect_reply(ws, id, "subscribe").await
+}
+
+/// Answers the server's ping (an empty `{}` message) with a pong, which is also `{}`.
+pub async fn pong(ws: &mut Ws) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    ws.send(Message::text("{}")).await
+}
+
+/// Appends a `publish` command to `frame`, a newline-separated batch of commands sent as one
+/// WebSocket message. `channel` is written as is (it must need no JSON escaping) and `data` must
+/// already be JSON: publishers build millions of these, so nothing is encoded twice.
+pub fn push_publish(frame: &mut String, id: u64, channel: &str, data: &str) {
+    if !frame.is_empty() {
+        frame.push('\n');
+    }
+    let _ = write!(
+        frame,
+        r#"{{"id":{id},"publish":{{"channel":"{channel}","data":{data}}}}}"#
+    );
+}
+
+/// Appends an `rpc` command to `frame` (see [`push_publish`]); `method` is written as is and
+/// `data` must already be JSON.
+pub fn push_rpc(frame: &mut String, id: u64, method: &str, data: &str) {
+    if !frame.is_empty() {
+        frame.push('\n');
+    }
+    let _ = write!(
+        frame,
+        r#"{{"id":{id},"rpc":{{"method":"{method}","data":{data}}}}}"#
+    );
 }
 
 /// The messages of one frame.
@@ -204,33 +253,6 @@ pub fn field_u64(line: &str, key: &str) -> Option<u64> {
         any = true;
     }
     any.then_some(value)
-}
-
-/// The bench stamp of a publication push: (sequence number, publisher, send time), read from
-/// the `{"bs":…,"bw":…,"bt":…` the publishers put at the start of `data`. One substring search
-/// then a straight parse: the subscriber side must read millions of these per second.
-pub fn bench_stamp(line: &str) -> Option<(u64, u64, u64)> {
-    static STAMP: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"{\"bs\":"));
-    let bytes = line.as_bytes();
-    let mut at = STAMP.find(bytes)? + 6;
-    let mut number = |prefix: &[u8]| -> Option<u64> {
-        if !bytes[at..].starts_with(prefix) {
-            return None;
-        }
-        at += prefix.len();
-        let start = at;
-        let mut value: u64 = 0;
-        while let Some(d) = bytes.get(at).filter(|b| b.is_ascii_digit()) {
-            value = value.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
-            at += 1;
-        }
-        (at > start).then_some(value)
-    };
-    let seq = number(b"")?;
-    let publisher = number(b",\"bw\":")?;
-    let sent = number(b",\"bt\":")?;
-    Some((seq, publisher, sent))
 }
 
 /// Microseconds on the system-wide monotonic clock, comparable between processes on one machine
@@ -257,18 +279,6 @@ pub fn now_micros() -> u64 {
     }
 }
 
-/// Resident memory (VmRSS) of process `pid`, in KiB, from `/proc/PID/status`.
-pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS in /proc status")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,8 +298,18 @@ mod tests {
         assert_eq!(field_u64(line, "\"bs\":"), Some(42));
         assert_eq!(field_u64(line, "\"bw\":"), Some(3));
         assert_eq!(field_u64(line, "\"zz\":"), None);
-        assert_eq!(bench_stamp(line), Some((42, 3, 17)));
-        assert_eq!(bench_stamp(r#"{"push":{"pub":{"data":{"bs":1}}}}"#), None);
+    }
+
+    #[test]
+    fn batches_commands_one_per_line() {
+        let mut frame = String::new();
+        push_publish(&mut frame, 3, "chat", r#"{"text":"hi"}"#);
+        push_rpc(&mut frame, 4, "echo", "{}");
+        assert_eq!(
+            frame,
+            "{\"id\":3,\"publish\":{\"channel\":\"chat\",\"data\":{\"text\":\"hi\"}}}\n\
+             {\"id\":4,\"rpc\":{\"method\":\"echo\",\"data\":{}}}"
+        );
     }
 
     #[test]

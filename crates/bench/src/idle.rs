@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde::Serialize;
+use switchboard_client::Target;
 
-use super::client::{rss_kib, Target};
 use super::group::Group;
 use super::report::{thousands, Table};
 use super::worker::{merge, nothing_published, share, Parent, Ready, Workers};
-use super::{counter, emit, parse_duration, timer, CommonArgs, Env};
+use super::{counter, emit, parse_duration, rss_kib, timer, CommonArgs, Env};
 
 #[derive(Debug, Args)]
 pub struct IdleArgs {

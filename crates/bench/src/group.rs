@@ -12,15 +12,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use switchboard_client::{lines, now_micros, subscribe, Target, Ws};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{bench_stamp, expect_reply, lines, now_micros, Target, Ws};
+use super::publish::bench_stamp;
 use super::report::{new_histogram, record, HistogramData};
 
 /// How publications were numbered: `publishers` streams, stream `w` sending global sequence
@@ -381,16 +382,9 @@ async fn open_subscriber(
     timeout: Duration,
 ) -> anyhow::Result<Ws> {
     let mut ws = target.open_connected(n, timeout).await?;
-    let subscribe = format!(
-        r#"{{"id":2,"subscribe":{{"channel":{}}}}}"#,
-        serde_json::to_string(channel)?
-    );
-    tokio::time::timeout(timeout, async {
-        ws.send(Message::text(subscribe)).await?;
-        expect_reply(&mut ws, 2, "subscribe").await
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("subscribe timed out"))??;
+    tokio::time::timeout(timeout, subscribe(&mut ws, 2, channel))
+        .await
+        .map_err(|_| anyhow::anyhow!("subscribe timed out"))??;
     Ok(ws)
 }
 
@@ -526,7 +520,7 @@ async fn subscriber(
                 }
             }
         }
-        if pong && ws.send(Message::text("{}")).await.is_err() {
+        if pong && switchboard_client::pong(&mut ws).await.is_err() {
             end.closed_early = Some(0);
             break;
         }

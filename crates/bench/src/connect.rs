@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
+use switchboard_client::{Target, Ws};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::client::{Target, Ws};
 use super::report::{new_histogram, record, thousands, Latency, Table};
 use super::{counter, cpu_seconds, emit, process_cpu_seconds, CommonArgs, Env};
 

@@ -12,15 +12,15 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
+use switchboard_client::{now_micros, Target};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::client::{now_micros, rss_kib, Target};
 use super::group::{Group, GroupReport, Published};
 use super::publish::{api_publisher, ws_publisher, ApiTarget, Counters, Plan, PublisherEnd};
 use super::report::{new_histogram, thousands, Latency, Table};
 use super::worker::{share, Parent, Ready, Workers};
-use super::{counter, cpu_seconds, emit, parse_duration, process_cpu_seconds, timer};
+use super::{counter, cpu_seconds, emit, parse_duration, process_cpu_seconds, rss_kib, timer};
 use super::{CommonArgs, Env, Via};
 
 #[derive(Debug, Args)]

@@ -9,11 +9,11 @@ use std::time::Duration;
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
+use switchboard_client::{lines, push_rpc, Target, Ws};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::client::{lines, Target, Ws};
 use super::report::{new_histogram, record, thousands, Latency, Table};
 use super::{counter, cpu_seconds, emit, parse_duration, process_cpu_seconds, timer};
 use super::{CommonArgs, Env};
@@ -195,12 +195,7 @@ async fn caller(
         if now < deadline && outstanding.len() < inflight {
             frame.clear();
             while outstanding.len() < inflight {
-                if !frame.is_empty() {
-                    frame.push('\n');
-                }
-                frame.push_str(&format!(
-                    r#"{{"id":{next_id},"rpc":{{"method":"echo","data":{data}}}}}"#
-                ));
+                push_rpc(&mut frame, next_id.into(), "echo", &data);
                 outstanding.push_back((next_id, now));
                 next_id = next_id.wrapping_add(1).max(2);
             }
@@ -245,7 +240,7 @@ async fn caller(
             }
         }
         if pong {
-            ws.send(Message::text("{}")).await?;
+            switchboard_client::pong(&mut ws).await?;
         }
     }
     let _ = ws.close(None).await;

@@ -17,8 +17,8 @@ use tokio_tungstenite::tungstenite::Message;
 use std::collections::VecDeque;
 
 use hdrhistogram::Histogram;
+use switchboard_client::{lines, now_micros, push_publish, Target};
 
-use super::client::{lines, now_micros, Target};
 use super::group::channel_name;
 use super::report::{new_histogram, record};
 
@@ -62,6 +62,33 @@ impl Plan {
         data.push_str("\"}");
         (channel, data)
     }
+}
+
+/// The bench stamp of a publication push: (sequence number, publisher, send time), read from
+/// the `{"bs":…,"bw":…,"bt":…` the publishers put at the start of `data`. One substring search
+/// then a straight parse: the subscriber side must read millions of these per second.
+pub fn bench_stamp(line: &str) -> Option<(u64, u64, u64)> {
+    static STAMP: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"{\"bs\":"));
+    let bytes = line.as_bytes();
+    let mut at = STAMP.find(bytes)? + 6;
+    let mut number = |prefix: &[u8]| -> Option<u64> {
+        if !bytes[at..].starts_with(prefix) {
+            return None;
+        }
+        at += prefix.len();
+        let start = at;
+        let mut value: u64 = 0;
+        while let Some(d) = bytes.get(at).filter(|b| b.is_ascii_digit()) {
+            value = value.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
+            at += 1;
+        }
+        (at > start).then_some(value)
+    };
+    let seq = number(b"")?;
+    let publisher = number(b",\"bw\":")?;
+    let sent = number(b",\"bt\":")?;
+    Some((seq, publisher, sent))
 }
 
 /// Live counters, shared with the progress display.
@@ -154,7 +181,7 @@ pub async fn ws_publisher(
                             }
                         }
                     }
-                    if pong && ws.send(Message::text("{}")).await.is_err() {
+                    if pong && switchboard_client::pong(&mut ws).await.is_err() {
                         break;
                     }
                 }
@@ -188,12 +215,7 @@ pub async fn ws_publisher(
                     batch += 1;
                     let seq = end.sent * m + w as u64;
                     let (channel, data) = plan.publication(seq, w);
-                    if !frame.is_empty() {
-                        frame.push('\n');
-                    }
-                    frame.push_str(&format!(
-                        r#"{{"id":{next_id},"publish":{{"channel":"{channel}","data":{data}}}}}"#
-                    ));
+                    push_publish(&mut frame, next_id, &channel, &data);
                     next_id += 1;
                     end.sent += 1;
                 }
@@ -287,7 +309,7 @@ pub struct ApiTarget {
 impl ApiTarget {
     /// `http://host:port/api` (IP literal or `localhost`).
     pub fn new(url: &str, key: Option<String>) -> anyhow::Result<ApiTarget> {
-        let addr = super::client::socket_addr_of(url, "http://", 80)?;
+        let addr = switchboard_client::socket_addr_of(url, "http://", 80)?;
         let rest = url.trim_start_matches("http://");
         let (host, path) = match rest.find('/') {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
@@ -388,6 +410,13 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_stamp_publishers_write() {
+        let line = r#"{"push":{"channel":"c","pub":{"data":{"bs":42,"bw":3,"bt":17},"offset":9}}}"#;
+        assert_eq!(bench_stamp(line), Some((42, 3, 17)));
+        assert_eq!(bench_stamp(r#"{"push":{"pub":{"data":{"bs":1}}}}"#), None);
+    }
 
     #[test]
     fn plan_splits_quota_and_pads_payload() {

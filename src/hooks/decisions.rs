@@ -1,0 +1,171 @@
+//! Decisions about a client: whether it may connect, subscribe, publish or call, and on what
+//! terms.
+//!
+//! The session asks [`Decisions`] and carries out the answer; it never inspects a token itself.
+//! That keeps one seam where the built-in rules can be replaced by an application backend (a
+//! Centrifugo-compatible proxy answers each decision with a result, an error or a disconnect,
+//! which map one to one onto a decision, [`Refusal::Error`] and [`Refusal::Disconnect`]).
+
+use async_trait::async_trait;
+
+use crate::channel::ChannelOptions;
+use crate::protocol::{
+    ConnectRequest, Disconnect, Error, Payload, RefreshRequest, SubRefreshRequest, SubscribeRequest,
+};
+
+/// Why a client's command is not carried out: an error reply (the connection stays), or a
+/// disconnect (the connection ends). Centrifugo's proxy answers the same two ways.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Reply to the command with this error.
+    Error(Error),
+    /// Close the connection with this code and reason.
+    Disconnect(Disconnect),
+}
+
+impl From<Error> for Refusal {
+    fn from(error: Error) -> Self {
+        Refusal::Error(error)
+    }
+}
+
+impl From<Disconnect> for Refusal {
+    fn from(reason: Disconnect) -> Self {
+        Refusal::Disconnect(reason)
+    }
+}
+
+/// The client a decision is about, once connected.
+#[derive(Debug, Clone, Copy)]
+pub struct Client<'a> {
+    /// The connection's id (what `connect` returned to it).
+    pub client: &'a str,
+    /// The user id; empty for an anonymous client.
+    pub user: &'a str,
+    /// The connection info others see in presence and publications.
+    pub conn_info: Option<&'a Payload>,
+}
+
+/// A client-side subscription the server makes at connect (the token's `channels` and `subs`, or
+/// the backend's answer).
+#[derive(Debug, Clone, Default)]
+pub struct ServerSubscription {
+    pub channel: String,
+    /// Channel info others see for this client in the channel.
+    pub chan_info: Option<Payload>,
+    /// Returned to the client in its subscribe result.
+    pub data: Option<Payload>,
+}
+
+/// Who a connecting client is, and for how long.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectDecision {
+    /// The user id; empty for an anonymous client.
+    pub user: String,
+    /// When the connection expires (unix seconds), if it does.
+    pub expires_at: Option<u64>,
+    /// Connection info, visible to others as `conn_info`.
+    pub info: Option<Payload>,
+    /// Returned to the client in its connect result.
+    pub data: Option<Payload>,
+    /// Server-side subscriptions, in the order they are made.
+    pub subscriptions: Vec<ServerSubscription>,
+}
+
+/// A connection's new lease of life.
+#[derive(Debug, Clone, Default)]
+pub struct RefreshDecision {
+    /// When the connection now expires (unix seconds), if it does.
+    pub expires_at: Option<u64>,
+}
+
+/// A granted subscription.
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeDecision {
+    /// Channel info others see for this client in the channel.
+    pub chan_info: Option<Payload>,
+    /// When the subscription expires (unix seconds), if it does.
+    pub expires_at: Option<u64>,
+    /// Returned to the client in its subscribe result.
+    pub data: Option<Payload>,
+}
+
+/// A subscription's new lease of life.
+#[derive(Debug, Clone, Default)]
+pub struct SubRefreshDecision {
+    /// When the subscription now expires (unix seconds), if it does.
+    pub expires_at: Option<u64>,
+}
+
+/// A granted publish.
+#[derive(Debug, Clone)]
+pub struct PublishDecision {
+    /// What to publish: the client's data, or what the decision put in its place.
+    pub data: Payload,
+}
+
+/// An answered RPC.
+#[derive(Debug, Clone, Default)]
+pub struct RpcDecision {
+    /// The result returned to the client.
+    pub data: Option<Payload>,
+}
+
+/// Every decision the server makes about a client, in one place: the built-in
+/// [`Rules`](super::rules::Rules) (tokens, channel name prefixes, namespace permissions), or an
+/// application backend answering for them.
+///
+/// Contract: a method only decides; it changes no state of the server (the session carries the
+/// decision out). The session has already checked what the protocol and this node's state
+/// decide alone (channel names, namespaces, limits, subscriptions held), so a method sees only
+/// well-formed requests. A refusal is [`Refusal::Error`] (the command fails, the connection
+/// stays) or [`Refusal::Disconnect`]. A method may await (a backend call), but it runs on the
+/// client's own task: it delays that client only, and must bound its own wait.
+#[async_trait]
+pub trait Decisions: Send + Sync + 'static {
+    /// Whether `client` (the id the connection will have) may connect with `req`, and as whom.
+    async fn connect(&self, client: &str, req: &ConnectRequest)
+        -> Result<ConnectDecision, Refusal>;
+
+    /// Whether a connected client may extend its connection with `req`'s token.
+    async fn refresh(
+        &self,
+        client: Client<'_>,
+        req: &RefreshRequest,
+    ) -> Result<RefreshDecision, Refusal>;
+
+    /// Whether a client may subscribe to `req.channel`, whose options are `options`.
+    async fn subscribe(
+        &self,
+        client: Client<'_>,
+        req: &SubscribeRequest,
+        options: &ChannelOptions,
+    ) -> Result<SubscribeDecision, Refusal>;
+
+    /// Whether a client may extend its subscription to `req.channel` with `req`'s token.
+    async fn sub_refresh(
+        &self,
+        client: Client<'_>,
+        req: &SubRefreshRequest,
+    ) -> Result<SubRefreshDecision, Refusal>;
+
+    /// Whether a client may publish `data` to `channel` (whose options are `options`;
+    /// `subscribed`: the client is subscribed to it), and what to publish. Takes the parts of a
+    /// `publish` request rather than the request, so the hot path copies nothing.
+    async fn publish(
+        &self,
+        client: Client<'_>,
+        channel: &str,
+        data: Option<Payload>,
+        options: &ChannelOptions,
+        subscribed: bool,
+    ) -> Result<PublishDecision, Refusal>;
+
+    /// The answer to a client's RPC of `method` with `data`.
+    async fn rpc(
+        &self,
+        client: Client<'_>,
+        method: &str,
+        data: Option<Payload>,
+    ) -> Result<RpcDecision, Refusal>;
+}

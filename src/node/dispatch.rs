@@ -1,0 +1,146 @@
+//! What the broker delivers to this node becomes queued messages for local subscribers: each
+//! event is encoded once and the same bytes go to every subscriber.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::engine::broker::{BrokerEventHandler, NodeControl};
+use crate::hub::{Control, Hub};
+use crate::metrics::Metrics;
+use crate::protocol::{unsubscribe_code, ClientInfo, Publication, Push, PushBody, Reply};
+use crate::timeline::{Lane, Timeline};
+
+fn encode_push(channel: &str, body: PushBody) -> Bytes {
+    Bytes::from(
+        Reply::push(Push {
+            channel: channel.to_string(),
+            body,
+        })
+        .encode(),
+    )
+}
+
+/// Turns broker events into queued messages for local subscribers: each event is encoded once
+/// and the same bytes go to every subscriber.
+pub(super) struct Dispatcher {
+    pub(super) hub: Arc<Hub>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) timeline: Arc<Timeline>,
+}
+
+impl Dispatcher {
+    fn deliver(&self, channel: &str, body: PushBody, offset: u64) {
+        let mut span = self.timeline.span(Lane::FanOut, body.kind(), channel);
+        let delivery = self
+            .hub
+            .deliver(channel, &encode_push(channel, body), offset);
+        span.set_count(delivery.queued);
+        self.count(delivery);
+    }
+
+    fn deliver_join_leave(&self, channel: &str, body: PushBody) {
+        let mut span = self.timeline.span(Lane::FanOut, body.kind(), channel);
+        let delivery = self
+            .hub
+            .deliver_join_leave(channel, &encode_push(channel, body));
+        span.set_count(delivery.queued);
+        self.count(delivery);
+    }
+
+    fn count(&self, delivery: crate::hub::Delivery) {
+        Metrics::add(&self.metrics.messages_sent, delivery.queued);
+        Metrics::add(&self.metrics.queue_drops, delivery.dropped);
+        Metrics::add(&self.metrics.slow_disconnects, delivery.overflowed);
+    }
+
+    fn matching(&self, user: &str, client: &Option<String>) -> Vec<crate::hub::ClientHandle> {
+        self.hub
+            .user_connections(user)
+            .into_iter()
+            .filter(|h| client.as_deref().is_none_or(|c| *h.client_id == *c))
+            .collect()
+    }
+}
+
+impl BrokerEventHandler for Dispatcher {
+    fn handle_insufficient_state(&self, channel: &str) {
+        for handle in self.hub.subscriber_handles(channel) {
+            let request = Control::Unsubscribe {
+                channel: channel.to_string(),
+                code: unsubscribe_code::INSUFFICIENT_STATE,
+                reason: "insufficient state",
+            };
+            if handle.control.try_send(request).is_err() {
+                // The client cannot be told in order: make it reconnect and recover instead.
+                handle
+                    .queue
+                    .close(crate::protocol::Disconnect::INSUFFICIENT_STATE);
+            }
+        }
+    }
+
+    fn handle_publication(&self, channel: &str, publication: Arc<Publication>) {
+        let offset = publication.offset;
+        self.deliver(channel, PushBody::Publication(publication), offset);
+    }
+
+    fn handle_join(&self, channel: &str, info: &ClientInfo) {
+        self.deliver_join_leave(channel, PushBody::Join { info: info.clone() });
+    }
+
+    fn handle_leave(&self, channel: &str, info: &ClientInfo) {
+        self.deliver_join_leave(channel, PushBody::Leave { info: info.clone() });
+    }
+
+    fn handle_control(&self, control: NodeControl) {
+        match control {
+            NodeControl::Subscribe {
+                user,
+                channel,
+                client,
+                chan_info,
+                data,
+            } => {
+                for handle in self.matching(&user, &client) {
+                    let request = Control::Subscribe {
+                        channel: channel.clone(),
+                        chan_info: chan_info.clone(),
+                        data: data.clone(),
+                    };
+                    if handle.control.try_send(request).is_err() {
+                        tracing::warn!(client = %handle.client_id, "control queue full, subscribe dropped");
+                    }
+                }
+            }
+            NodeControl::Unsubscribe {
+                user,
+                channel,
+                client,
+            } => {
+                for handle in self.matching(&user, &client) {
+                    let request = Control::Unsubscribe {
+                        channel: channel.clone(),
+                        code: unsubscribe_code::SERVER,
+                        reason: "server unsubscribe",
+                    };
+                    if handle.control.try_send(request).is_err() {
+                        tracing::warn!(client = %handle.client_id, "control queue full, unsubscribe dropped");
+                    }
+                }
+            }
+            NodeControl::Disconnect {
+                user,
+                client,
+                whitelist,
+                reason,
+            } => {
+                for handle in self.matching(&user, &client) {
+                    if !whitelist.iter().any(|w| **w == *handle.client_id) {
+                        handle.queue.close(reason.clone());
+                    }
+                }
+            }
+        }
+    }
+}

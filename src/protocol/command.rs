@@ -1,0 +1,218 @@
+//! What clients send: a [`Command`] and the [`Request`] it holds.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use super::{Payload, StreamPosition};
+
+/// What a client may send: an `id` and one request.
+///
+/// Centrifugo's `Command` is not a oneof, so every request key is optional here; [`Command::request`]
+/// picks one in the server's dispatch order.
+#[derive(Debug, Default, Deserialize)]
+pub struct Command {
+    #[serde(default)]
+    pub id: u32,
+    connect: Option<ConnectRequest>,
+    subscribe: Option<SubscribeRequest>,
+    unsubscribe: Option<ChannelRequest>,
+    publish: Option<PublishRequest>,
+    presence: Option<ChannelRequest>,
+    presence_stats: Option<ChannelRequest>,
+    history: Option<HistoryRequest>,
+    ping: Option<serde::de::IgnoredAny>,
+    send: Option<SendRequest>,
+    rpc: Option<RpcRequest>,
+    refresh: Option<RefreshRequest>,
+    sub_refresh: Option<SubRefreshRequest>,
+}
+
+/// One decoded client request.
+#[derive(Debug)]
+pub enum Request {
+    Connect(ConnectRequest),
+    Subscribe(SubscribeRequest),
+    Unsubscribe(ChannelRequest),
+    Publish(PublishRequest),
+    Presence(ChannelRequest),
+    PresenceStats(ChannelRequest),
+    History(HistoryRequest),
+    Ping,
+    Send(SendRequest),
+    Rpc(RpcRequest),
+    Refresh(RefreshRequest),
+    SubRefresh(SubRefreshRequest),
+    /// A command without id (other than `send`), usually empty: the answer to a server ping.
+    Pong,
+    /// A command with an id but no request the server knows.
+    Unknown,
+}
+
+impl Request {
+    /// The request's method name, as a label (the timeline names commands with it).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Connect(_) => "connect",
+            Request::Subscribe(_) => "subscribe",
+            Request::Unsubscribe(_) => "unsubscribe",
+            Request::Publish(_) => "publish",
+            Request::Presence(_) => "presence",
+            Request::PresenceStats(_) => "presence_stats",
+            Request::History(_) => "history",
+            Request::Ping => "ping",
+            Request::Send(_) => "send",
+            Request::Rpc(_) => "rpc",
+            Request::Refresh(_) => "refresh",
+            Request::SubRefresh(_) => "sub_refresh",
+            Request::Pong => "pong",
+            Request::Unknown => "unknown",
+        }
+    }
+
+    /// The channel the request is about, if any.
+    pub fn channel(&self) -> Option<&str> {
+        match self {
+            Request::Subscribe(r) => Some(&r.channel),
+            Request::Unsubscribe(r) | Request::Presence(r) | Request::PresenceStats(r) => {
+                Some(&r.channel)
+            }
+            Request::Publish(r) => Some(&r.channel),
+            Request::History(r) => Some(&r.channel),
+            Request::SubRefresh(r) => Some(&r.channel),
+            _ => None,
+        }
+    }
+}
+
+impl Command {
+    /// The request this command carries. `send` is the only request that comes without an id; any
+    /// other id-less command is a pong, whatever its body (as Centrifuge reads it).
+    pub fn request(self) -> Request {
+        if let Some(send) = self.send {
+            return Request::Send(send);
+        }
+        if self.id == 0 {
+            return Request::Pong;
+        }
+        if let Some(r) = self.connect {
+            Request::Connect(r)
+        } else if self.ping.is_some() {
+            Request::Ping
+        } else if let Some(r) = self.subscribe {
+            Request::Subscribe(r)
+        } else if let Some(r) = self.unsubscribe {
+            Request::Unsubscribe(r)
+        } else if let Some(r) = self.publish {
+            Request::Publish(r)
+        } else if let Some(r) = self.presence {
+            Request::Presence(r)
+        } else if let Some(r) = self.presence_stats {
+            Request::PresenceStats(r)
+        } else if let Some(r) = self.history {
+            Request::History(r)
+        } else if let Some(r) = self.rpc {
+            Request::Rpc(r)
+        } else if let Some(r) = self.refresh {
+            Request::Refresh(r)
+        } else if let Some(r) = self.sub_refresh {
+            Request::SubRefresh(r)
+        } else {
+            Request::Unknown
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ConnectRequest {
+    #[serde(default)]
+    pub token: String,
+    pub data: Option<Payload>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub version: String,
+    /// Channels to recover server-side subscriptions of: channel → position.
+    #[serde(default)]
+    pub subs: HashMap<String, SubscribeRequest>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct SubscribeRequest {
+    #[serde(default)]
+    pub channel: String,
+    #[serde(default)]
+    pub token: String,
+    pub data: Option<Payload>,
+    #[serde(default)]
+    pub recover: bool,
+    #[serde(default)]
+    pub offset: u64,
+    #[serde(default)]
+    pub epoch: String,
+    #[serde(default)]
+    pub positioned: bool,
+    #[serde(default)]
+    pub recoverable: bool,
+    #[serde(default)]
+    pub join_leave: bool,
+    /// Client feature flags (channel compaction, reject-unrecovered); see [`flag`].
+    #[serde(default)]
+    pub flag: u64,
+}
+
+/// Bits of `SubscribeRequest.flag`.
+pub mod flag {
+    /// The client wants error 112 instead of `recovered: false`.
+    pub const REJECT_UNRECOVERED: u64 = 2;
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ChannelRequest {
+    #[serde(default)]
+    pub channel: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PublishRequest {
+    #[serde(default)]
+    pub channel: String,
+    pub data: Option<Payload>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct HistoryRequest {
+    #[serde(default)]
+    pub channel: String,
+    #[serde(default)]
+    pub limit: i32,
+    pub since: Option<StreamPosition>,
+    #[serde(default)]
+    pub reverse: bool,
+}
+
+/// An asynchronous message to the server. Nothing here handles its `data` (no backend to forward
+/// it to), so it is not copied out of the frame: unknown fields, `data` included, are skipped.
+#[derive(Debug, Deserialize)]
+pub struct SendRequest {}
+
+#[derive(Debug, Deserialize)]
+pub struct RpcRequest {
+    #[serde(default)]
+    pub method: String,
+    pub data: Option<Payload>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RefreshRequest {
+    #[serde(default)]
+    pub token: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SubRefreshRequest {
+    #[serde(default)]
+    pub channel: String,
+    #[serde(default)]
+    pub token: String,
+}

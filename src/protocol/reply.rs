@@ -1,0 +1,233 @@
+//! What the server sends: replies, their results, and pushes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{is_false, is_zero, is_zero_u32, Error, Payload};
+
+/// A place in a channel's stream: the offset of a publication within an epoch.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPosition {
+    #[serde(default)]
+    pub offset: u64,
+    #[serde(default)]
+    pub epoch: String,
+}
+
+/// Who a client is, as other clients see it in presence, join/leave and publications.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub user: String,
+    pub client: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conn_info: Option<Payload>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chan_info: Option<Payload>,
+}
+
+/// A message in a channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Publication {
+    pub data: Payload,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<ClientInfo>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offset: u64,
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub tags: HashMap<String, String>,
+}
+
+/// A server → client message. With an `id` it answers a command; without, it holds a push.
+#[derive(Debug, Serialize)]
+pub struct Reply {
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub id: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Error>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ReplyResult>,
+}
+
+impl Reply {
+    pub fn ok(id: u32, result: ReplyResult) -> Self {
+        Reply {
+            id,
+            error: None,
+            result: Some(result),
+        }
+    }
+
+    pub fn error(id: u32, error: Error) -> Self {
+        Reply {
+            id,
+            error: Some(error),
+            result: None,
+        }
+    }
+
+    pub fn push(push: Push) -> Self {
+        Reply::ok(0, ReplyResult::Push(push))
+    }
+
+    /// The reply as one JSON line (no trailing newline).
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing these types cannot fail: every map key is a string.
+        serde_json::to_vec(self).expect("reply serializes")
+    }
+}
+
+/// The result key of a reply (or `push`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyResult {
+    Push(Push),
+    Connect(ConnectResult),
+    Subscribe(SubscribeResult),
+    Unsubscribe(Empty),
+    Publish(Empty),
+    Presence(PresenceResult),
+    PresenceStats(PresenceStatsResult),
+    History(HistoryResult),
+    Ping(Empty),
+    Rpc(RpcResult),
+    Refresh(RefreshResult),
+    SubRefresh(SubRefreshResult),
+}
+
+/// An empty result object, `{}`.
+#[derive(Debug, Default, Serialize)]
+pub struct Empty {}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ConnectResult {
+    pub client: String,
+    pub version: String,
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Payload>,
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    pub subs: HashMap<String, SubscribeResult>,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ping: u32,
+    #[serde(skip_serializing_if = "is_false")]
+    pub pong: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub time: u64,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct SubscribeResult {
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+    #[serde(skip_serializing_if = "is_false")]
+    pub recoverable: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publications: Vec<Arc<Publication>>,
+    #[serde(skip_serializing_if = "is_false")]
+    pub recovered: bool,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub offset: u64,
+    #[serde(skip_serializing_if = "is_false")]
+    pub positioned: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Payload>,
+    #[serde(skip_serializing_if = "is_false")]
+    pub was_recovering: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct PresenceResult {
+    pub presence: HashMap<String, ClientInfo>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct PresenceStatsResult {
+    pub num_clients: u64,
+    pub num_users: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct HistoryResult {
+    pub publications: Vec<Arc<Publication>>,
+    pub epoch: String,
+    pub offset: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RpcResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Payload>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RefreshResult {
+    pub client: String,
+    pub version: String,
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct SubRefreshResult {
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+}
+
+/// An asynchronous server → client message.
+#[derive(Debug, Serialize)]
+pub struct Push {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub channel: String,
+    #[serde(flatten)]
+    pub body: PushBody,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushBody {
+    #[serde(rename = "pub")]
+    Publication(Arc<Publication>),
+    Join {
+        info: ClientInfo,
+    },
+    Leave {
+        info: ClientInfo,
+    },
+    Unsubscribe {
+        code: u32,
+        reason: String,
+    },
+    Subscribe(SubscribeResult),
+    Message {
+        data: Payload,
+    },
+}
+
+impl PushBody {
+    /// The push's kind, as a label (the timeline names fan-outs with it).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PushBody::Publication(_) => "publication",
+            PushBody::Join { .. } => "join",
+            PushBody::Leave { .. } => "leave",
+            PushBody::Unsubscribe { .. } => "unsubscribe",
+            PushBody::Subscribe(_) => "subscribe",
+            PushBody::Message { .. } => "message",
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! `connect` and `refresh`: who the client is, and for how long.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{ttl_from, Answer, Identity, Session};
+use crate::hooks::events::Event;
+use crate::hub::ClientHandle;
+use crate::node::VERSION;
+use crate::protocol::{
+    ConnectRequest, ConnectResult, Disconnect, RefreshRequest, RefreshResult, ReplyResult,
+};
+
+impl Session {
+    /// `connect`: asks the node's decisions who the client is, registers it, replies, then makes
+    /// the server-side subscriptions decided for it take effect. Replies itself.
+    pub(super) async fn connect(&mut self, id: u32, req: ConnectRequest) -> Answer {
+        let node = self.node.clone();
+        let config = node.config();
+        let client: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+        let decision = node.decisions().connect(&client, &req).await?;
+        let limit = config.user_connection_limit;
+        if limit > 0
+            && !decision.user.is_empty()
+            && node.hub().user_connection_count(&decision.user) >= limit
+        {
+            return Err(Disconnect::CONNECTION_LIMIT.into());
+        }
+        let identity = Identity {
+            client,
+            user: Arc::from(decision.user.as_str()),
+            conn_info: decision.info,
+        };
+        node.hub().add_connection(
+            self.conn,
+            ClientHandle {
+                client_id: identity.client.clone(),
+                user: identity.user.clone(),
+                queue: self.queue.clone(),
+                control: self.control.clone(),
+            },
+        );
+        self.expires_at = decision.expires_at;
+        tracing::debug!(client = %identity.client, user = %identity.user, "connected");
+        self.identity = Some(identity.clone());
+
+        // Server-side subscriptions; the client may ask to recover them.
+        let mut subs = HashMap::new();
+        let mut joined = Vec::new();
+        for sub in decision.subscriptions {
+            let channel = sub.channel;
+            if subs.contains_key(&channel) || node.check_channel_name(&channel).is_err() {
+                continue;
+            }
+            let Ok(options) = node.channel_options(&channel) else {
+                continue;
+            };
+            let mut req = req.subs.get(&channel).cloned().unwrap_or_default();
+            req.channel = channel.clone();
+            match self.join(&req, &options).await {
+                Ok((mut result, after)) => {
+                    result.data = sub.data;
+                    subs.insert(channel.clone(), result);
+                    joined.push((channel, sub.chan_info, options, after));
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        channel,
+                        code = error.code,
+                        "server-side subscription failed"
+                    )
+                }
+            }
+        }
+        let result = ConnectResult {
+            client: identity.client.to_string(),
+            version: VERSION.to_string(),
+            expires: self.expires_at.is_some(),
+            ttl: self.expires_at.map_or(0, ttl_from),
+            data: decision.data,
+            ping: config.ping_interval as u32,
+            pong: true,
+            subs,
+            ..Default::default()
+        };
+        self.reply(id, Ok(ReplyResult::Connect(result)));
+        node.emit(Event::Connected {
+            client: &identity.client,
+            user: &identity.user,
+        });
+        for (channel, chan_info, options, after) in joined {
+            node.hub().activate(&channel, self.conn, None, after);
+            self.register(&identity, channel, chan_info, &options, None)
+                .await;
+        }
+        Ok(None)
+    }
+
+    /// `refresh`: the node's decisions extend the connection's life (the built-in rules want a
+    /// new token for the same user).
+    pub(super) async fn refresh(&mut self, who: &Identity, req: RefreshRequest) -> Answer {
+        let decision = self.node.decisions().refresh(who.as_client(), &req).await?;
+        self.expires_at = decision.expires_at;
+        Ok(Some(ReplyResult::Refresh(RefreshResult {
+            client: who.client.to_string(),
+            version: VERSION.to_string(),
+            expires: self.expires_at.is_some(),
+            ttl: self.expires_at.map_or(0, ttl_from),
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::testing::{node, secured, token, TestClient};
+
+    #[tokio::test]
+    async fn anonymous_connect_replies_with_a_client_id() {
+        let node = node(|_| {});
+        let mut client = TestClient::new(&node);
+        let reply = client.call(1, "connect", json!({})).await.unwrap();
+        let result = &reply["connect"];
+        assert!(!result["client"].as_str().unwrap().is_empty());
+        assert_eq!(result["pong"], true);
+        assert!(client.session.is_connected());
+    }
+
+    #[tokio::test]
+    async fn anonymous_connect_is_refused_once_tokens_are_verified() {
+        let node = node(secured);
+        let mut client = TestClient::new(&node);
+        let outcome = client.send(&[json!({"id": 1, "connect": {}})]).await;
+        assert_eq!(outcome.unwrap_err().code, 3500);
+        assert!(!client.session.is_connected());
+    }
+
+    #[tokio::test]
+    async fn a_second_connect_is_a_bad_request() {
+        let node = node(|_| {});
+        let mut client = TestClient::new(&node);
+        client.call(1, "connect", json!({})).await.unwrap();
+        let outcome = client.send(&[json!({"id": 2, "connect": {}})]).await;
+        assert_eq!(outcome.unwrap_err().code, 3501);
+    }
+
+    #[tokio::test]
+    async fn commands_before_connect_are_bad_requests() {
+        let node = node(|_| {});
+        let mut client = TestClient::new(&node);
+        let outcome = client.send(&[json!({"id": 1, "ping": {}})]).await;
+        assert_eq!(outcome.unwrap_err().code, 3501);
+    }
+
+    #[tokio::test]
+    async fn an_expired_token_is_an_error_reply_and_the_client_may_try_again() {
+        let node = node(secured);
+        let mut client = TestClient::new(&node);
+        let expired = token(json!({"sub": "ann", "exp": 1}));
+        let reply = client
+            .call(1, "connect", json!({"token": expired}))
+            .await
+            .unwrap();
+        assert_eq!(reply["error"]["code"], 109);
+        let fresh = token(json!({"sub": "ann"}));
+        let reply = client
+            .call(2, "connect", json!({"token": fresh}))
+            .await
+            .unwrap();
+        assert!(reply["connect"]["client"].is_string());
+    }
+
+    #[tokio::test]
+    async fn refresh_extends_the_connection_for_the_same_user() {
+        let node = node(secured);
+        let mut client = TestClient::new(&node);
+        let first = token(json!({"sub": "ann", "exp": crate::auth::unix_now() + 60}));
+        client
+            .call(1, "connect", json!({"token": first}))
+            .await
+            .unwrap();
+        let later = token(json!({"sub": "ann", "exp": crate::auth::unix_now() + 3600}));
+        let reply = client
+            .call(2, "refresh", json!({"token": later}))
+            .await
+            .unwrap();
+        assert_eq!(reply["refresh"]["expires"], true);
+        assert!(reply["refresh"]["ttl"].as_u64().unwrap() > 3000);
+    }
+
+    #[tokio::test]
+    async fn refresh_with_another_users_token_disconnects() {
+        let node = node(secured);
+        let mut client = TestClient::new(&node);
+        client
+            .call(1, "connect", json!({"token": token(json!({"sub": "ann"}))}))
+            .await
+            .unwrap();
+        let outcome = client
+            .send(&[json!({"id": 2, "refresh": {"token": token(json!({"sub": "bob"}))}})])
+            .await;
+        assert_eq!(outcome.unwrap_err().code, 3500);
+    }
+
+    #[tokio::test]
+    async fn server_side_subscriptions_from_the_token_take_effect_after_the_reply() {
+        let node = node(secured);
+        let mut client = TestClient::new(&node);
+        let with_channels = token(json!({"sub": "ann", "channels": ["news"]}));
+        let reply = client
+            .call(1, "connect", json!({"token": with_channels}))
+            .await
+            .unwrap();
+        assert!(reply["connect"]["subs"]["news"].is_object());
+        assert_eq!(node.hub().num_subscribers("news"), 1);
+    }
+}
