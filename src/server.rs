@@ -54,8 +54,6 @@ pub async fn build_node(config: Config, shutdown: CancellationToken) -> Result<N
     let tracker = TaskTracker::new();
     // TLS (served and fetched) uses the ring provider; installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    // The tasks of the storages built here run on this tracker, so shutdown can wait for them.
-    let tracker = tokio_util::task::TaskTracker::new();
     let (broker, presence): (Arc<dyn Broker>, Arc<dyn Presence>) = if config.redis.is_empty() {
         let history: Arc<dyn History> = match config.history_storage {
             HistoryStorage::Sqlite => Arc::new(SqliteHistory::open(
