@@ -146,6 +146,10 @@ pub struct Namespace {
     pub allow_history_for_client: Option<bool>,
     /// Subscribers may read the channel's history.
     pub allow_history_for_subscriber: Option<bool>,
+    /// Channels whose name ends in `#user1,user2` are open to the users listed, without a
+    /// subscription token; off (the default, as in Centrifugo), such a channel is refused (103)
+    /// unless a token grants it.
+    pub allow_user_limited_channels: Option<bool>,
 }
 
 impl Default for Config {
@@ -425,6 +429,9 @@ allow_history_for_subscriber = true
 join_leave = true
 history_size = 200
 history_ttl = 3600
+# "chat:<room>#<user>,<user>" channels open to the users listed after '#' without a token.
+# User-limited channels are off unless a namespace (or [channel]) turns them on.
+# allow_user_limited_channels = true
 
 # Channels named "private:<name>" need a subscription token (no allow_subscribe_* granted).
 [[namespace]]

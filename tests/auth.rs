@@ -302,13 +302,22 @@ async fn subscription_tokens_open_private_channels() {
 async fn namespace_permissions_and_user_limited_channels() {
     let server = TestServer::with(|c| {
         c.token_hmac_secret = Some("s".into());
-        c.namespace = vec![Namespace {
-            name: "room".into(),
-            allow_subscribe_for_client: Some(true),
-            allow_publish_for_subscriber: Some(true),
-            allow_history_for_subscriber: Some(true),
-            ..Default::default()
-        }];
+        c.namespace = vec![
+            Namespace {
+                name: "room".into(),
+                allow_subscribe_for_client: Some(true),
+                allow_publish_for_subscriber: Some(true),
+                allow_history_for_subscriber: Some(true),
+                allow_user_limited_channels: Some(true),
+                ..Default::default()
+            },
+            // Open to every client, but user-limited channels not turned on.
+            Namespace {
+                name: "hall".into(),
+                allow_subscribe_for_client: Some(true),
+                ..Default::default()
+            },
+        ];
     })
     .await;
     let conn = |user: &str| sign_hmac("s", &json!({"sub": user})).unwrap();
@@ -346,6 +355,16 @@ async fn namespace_permissions_and_user_limited_channels() {
         .call("subscribe", json!({"channel": "room:dm#ann,bo"}))
         .await;
     assert_eq!(r["error"]["code"], 103);
+    // Without allow_user_limited_channels a '#' channel is refused, even to a listed user and
+    // in a namespace open to every client.
+    let r = ann
+        .call("subscribe", json!({"channel": "hall:dm#ann,bo"}))
+        .await;
+    assert_eq!(r["error"]["code"], 103, "{r}");
+    let r = ann
+        .call("subscribe", json!({"channel": "hall:lobby"}))
+        .await;
+    assert!(r.get("subscribe").is_some(), "{r}");
     server.stop().await;
 }
 

@@ -272,13 +272,13 @@ await step('tags of an API publication reach the subscriber; client send() is ac
   assert.equal(alice.client.state, 'connected');
 });
 
-await step("rpc('echo') returns its data; an unknown method gives error 104", async () => {
+await step("rpc('echo') returns its data; an unknown method gives error 108 (not available), as Centrifugo without an RPC proxy", async () => {
   const data = { hello: 'world', list: [1, 2, 3], nested: { ok: true } };
   const reply = await within("rpc('echo')", alice.client.rpc('echo', data));
   assert.deepEqual(reply.data, data);
   const number = await within("rpc('echo', 42)", alice.client.rpc('echo', 42));
   assert.equal(number.data, 42);
-  await rejectsWithCode("rpc('no-such-method')", alice.client.rpc('no-such-method', {}), 104);
+  await rejectsWithCode("rpc('no-such-method')", alice.client.rpc('no-such-method', {}), 108);
 });
 
 await step('batched commands (several in one frame) are all answered', async () => {
