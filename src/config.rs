@@ -41,6 +41,13 @@ pub struct Config {
     pub shutdown_timeout: u64,
     /// Send join/leave pushes to a channel's subscribers.
     pub join_leave: bool,
+    /// Subscribe every connection of a known user, server-side, to the user's personal channel
+    /// (`<personal_channel_namespace>:#<user>`) at connect, as Centrifugo's
+    /// `subscribe_to_user_personal_channel` does: the backend reaches all of a user's
+    /// connections with one publication.
+    pub subscribe_to_user_personal_channel: bool,
+    /// Namespace of personal channels (empty: channels outside any namespace, `#<user>`).
+    pub personal_channel_namespace: String,
     /// Track presence (who is subscribed) per channel.
     pub presence: bool,
     /// Where durable state (the SQLite history) lives.
@@ -169,6 +176,8 @@ impl Default for Config {
             write_timeout: 10,
             shutdown_timeout: 5,
             join_leave: true,
+            subscribe_to_user_personal_channel: false,
+            personal_channel_namespace: String::new(),
             presence: true,
             data_dir: PathBuf::from("switchboard-data"),
             history_storage: HistoryStorage::Sqlite,
@@ -291,6 +300,18 @@ impl Config {
                     ns.name
                 )));
             }
+        }
+        if self.subscribe_to_user_personal_channel
+            && !self.personal_channel_namespace.is_empty()
+            && !self
+                .namespace
+                .iter()
+                .any(|ns| ns.name == self.personal_channel_namespace)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "personal_channel_namespace {:?} is not a configured [[namespace]]",
+                self.personal_channel_namespace
+            )));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid(
@@ -465,6 +486,21 @@ mod tests {
         };
         open.validate().unwrap();
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_personal_channel_namespace_must_be_configured() {
+        let mut c = Config {
+            subscribe_to_user_personal_channel: true,
+            personal_channel_namespace: "personal".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        c.namespace.push(Namespace {
+            name: "personal".into(),
+            ..Default::default()
+        });
+        c.validate().unwrap();
     }
 
     #[test]
