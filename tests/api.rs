@@ -268,3 +268,47 @@ async fn health_and_metrics() {
     assert!(body.contains("# TYPE switchboard_messages_sent_total counter"));
     server.stop().await;
 }
+
+/// `{"a":{"a":…1…}}`, `depth` objects deep: deeper than a `serde_json::Value` may be (128).
+fn nested(depth: usize) -> String {
+    format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth))
+}
+
+#[tokio::test]
+async fn deeply_nested_data_is_published_and_read_back() {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        result: HistoryPage,
+    }
+    #[derive(serde::Deserialize)]
+    struct HistoryPage {
+        publications: Vec<Stored>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        data: Box<serde_json::value::RawValue>,
+    }
+    let server = TestServer::start().await;
+    let data = nested(200);
+    let body = format!("{{\"channel\": \"deep\", \"data\": {data}}}");
+    let (status, reply) = api_call(server.addr, "publish", &body, None).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["result"]["offset"], 1);
+    // The answer is read as raw JSON: a `Value` could not hold it either.
+    let request = "{\"channel\": \"deep\", \"limit\": -1}";
+    let request = format!(
+        "POST /api/history HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{request}",
+        request.len()
+    );
+    let (status, body) = http_raw(server.addr, &request).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Answer = serde_json::from_str(&body).expect("a history answer");
+    assert_eq!(answer.result.publications.len(), 1);
+    assert_eq!(answer.result.publications[0].data.get(), data);
+    // The same through a batch.
+    let batch = "{\"commands\": [{\"history\": {\"channel\": \"deep\", \"limit\": -1}}]}";
+    let (status, reply) = api_call(server.addr, "batch", batch, None).await;
+    assert_eq!(status, 200);
+    assert!(reply.as_str().is_some_and(|r| r.contains(&data)), "{reply}");
+    server.stop().await;
+}

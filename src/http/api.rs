@@ -63,41 +63,78 @@ pub async fn call(
         &body
     };
     let reply = if method == "batch" {
-        let req: BatchRequest = parse(body)?;
-        let mut replies = Vec::with_capacity(req.commands.len());
-        for command in req.commands {
-            let Some((method, params)) = command.into_iter().next() else {
-                replies.push(json!({"error": Error::new(error_code::BAD_REQUEST)}));
-                continue;
-            };
-            let reply = match dispatch(&node, &method, params.get().as_bytes()).await {
-                Ok(Ok(result)) => json!({ method: result }),
-                Ok(Err(error)) => json!({ "error": error }),
-                Err(ApiError::MethodNotFound) => {
-                    json!({"error": Error::new(error_code::METHOD_NOT_FOUND)})
-                }
-                Err(e) => {
-                    json!({"error": {"code": error_code::BAD_REQUEST, "message": e.to_string()}})
-                }
-            };
-            replies.push(reply);
-        }
-        json!({ "replies": replies })
+        batch(&node, parse(body)?).await
     } else {
         match dispatch(&node, &method, body).await? {
-            Ok(result) => json!({ "result": result }),
-            Err(error) => json!({ "error": error }),
+            Ok(result) => raw(&Keyed("result", result)),
+            Err(error) => raw(&Keyed("error", error)),
         }
     };
-    Ok(axum::Json(reply).into_response())
+    Ok(match reply {
+        Ok(reply) => axum::Json(reply).into_response(),
+        Err(error) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            error.code,
+            &error.message,
+        ),
+    })
+}
+
+/// `batch`: runs the commands in order; each gets a reply, `{method: result}` or `{"error": …}`.
+async fn batch(node: &Node, req: BatchRequest) -> RawResult {
+    let mut replies = Vec::with_capacity(req.commands.len());
+    for command in req.commands {
+        let Some((method, params)) = command.into_iter().next() else {
+            replies.push(raw(&Keyed("error", Error::new(error_code::BAD_REQUEST)))?);
+            continue;
+        };
+        let reply = match dispatch(node, &method, params.get().as_bytes()).await {
+            Ok(Ok(result)) => raw(&Keyed(&method, result)),
+            Ok(Err(error)) => raw(&Keyed("error", error)),
+            Err(ApiError::MethodNotFound) => {
+                raw(&Keyed("error", Error::new(error_code::METHOD_NOT_FOUND)))
+            }
+            Err(e) => raw(&Keyed(
+                "error",
+                Error {
+                    code: error_code::BAD_REQUEST,
+                    message: e.to_string(),
+                    temporary: false,
+                },
+            )),
+        };
+        replies.push(reply?);
+    }
+    raw(&Keyed("replies", replies))
+}
+
+/// A method's result, serialized as soon as it is known. Publication data and client info are
+/// raw JSON of any depth, which a `serde_json::Value` (limited to 128 levels) could not hold:
+/// answers never go through `Value`.
+type RawResult = Result<Box<RawValue>, Error>;
+
+/// Serializes `value` to raw JSON; a failure (a bug, not a client's doing) is an internal error.
+fn raw<T: Serialize + ?Sized>(value: &T) -> RawResult {
+    serde_json::value::to_raw_value(value).map_err(|e| {
+        tracing::error!(error = %e, "cannot serialize an API answer");
+        Error::new(error_code::INTERNAL)
+    })
+}
+
+/// A JSON object with one entry: `{key: value}`.
+struct Keyed<'a, V>(&'a str, V);
+
+impl<V: Serialize> Serialize for Keyed<'_, V> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry(self.0, &self.1)?;
+        map.end()
+    }
 }
 
 /// Runs one API method. The outer error is the call's (400/404), the inner the method's.
-async fn dispatch(
-    node: &Node,
-    method: &str,
-    body: &[u8],
-) -> Result<Result<Value, Error>, ApiError> {
+async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<RawResult, ApiError> {
     Ok(match method {
         "publish" => publish(node, parse(body)?).await,
         "broadcast" => broadcast(node, parse(body)?).await,
@@ -111,7 +148,7 @@ async fn dispatch(
         "channels" => channels(node, parse(body)?),
         "info" => {
             let _: Empty = parse(body)?;
-            Ok(json!({ "nodes": node.nodes().await }))
+            raw(&Keyed("nodes", node.nodes().await))
         }
         _ => return Err(ApiError::MethodNotFound),
     })
@@ -206,12 +243,12 @@ async fn publish_one(
     )
 }
 
-async fn publish(node: &Node, req: PublishRequest) -> Result<Value, Error> {
+async fn publish(node: &Node, req: PublishRequest) -> RawResult {
     let result = publish_one(node, &req.channel, &req.data, req.tags, req.skip_history).await?;
-    Ok(json!(result))
+    raw(&result)
 }
 
-async fn broadcast(node: &Node, req: BroadcastRequest) -> Result<Value, Error> {
+async fn broadcast(node: &Node, req: BroadcastRequest) -> RawResult {
     if req.channels.is_empty() {
         return Err(Error::new(error_code::BAD_REQUEST));
     }
@@ -227,7 +264,7 @@ async fn broadcast(node: &Node, req: BroadcastRequest) -> Result<Value, Error> {
             Err(error) => json!({ "error": error }),
         })
         .collect();
-    Ok(json!({ "responses": responses }))
+    raw(&Keyed("responses", responses))
 }
 
 #[derive(Deserialize)]
@@ -242,7 +279,7 @@ struct SubscribeRequest {
     data: Option<Box<RawValue>>,
 }
 
-async fn subscribe(node: &Node, req: SubscribeRequest) -> Result<Value, Error> {
+async fn subscribe(node: &Node, req: SubscribeRequest) -> RawResult {
     check_channel(&req.channel)?;
     let compact = |raw: Option<Box<RawValue>>| raw.map(|r| payload_from_raw(&r));
     node.control(NodeControl::Subscribe {
@@ -253,7 +290,7 @@ async fn subscribe(node: &Node, req: SubscribeRequest) -> Result<Value, Error> {
         data: compact(req.data),
     })
     .await?;
-    Ok(json!({}))
+    raw(&json!({}))
 }
 
 #[derive(Deserialize)]
@@ -264,7 +301,7 @@ struct UnsubscribeRequest {
     client: Option<String>,
 }
 
-async fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> Result<Value, Error> {
+async fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> RawResult {
     check_channel(&req.channel)?;
     node.control(NodeControl::Unsubscribe {
         user: req.user,
@@ -272,7 +309,7 @@ async fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> Result<Value, Erro
         client: req.client.filter(|c| !c.is_empty()),
     })
     .await?;
-    Ok(json!({}))
+    raw(&json!({}))
 }
 
 #[derive(Deserialize)]
@@ -293,7 +330,7 @@ struct CustomDisconnect {
     reason: String,
 }
 
-async fn disconnect(node: &Node, req: DisconnectRequest) -> Result<Value, Error> {
+async fn disconnect(node: &Node, req: DisconnectRequest) -> RawResult {
     if req.user.is_empty() {
         return Err(Error::new(error_code::BAD_REQUEST));
     }
@@ -312,7 +349,7 @@ async fn disconnect(node: &Node, req: DisconnectRequest) -> Result<Value, Error>
         reason,
     })
     .await?;
-    Ok(json!({}))
+    raw(&json!({}))
 }
 
 #[derive(Deserialize)]
@@ -320,16 +357,16 @@ struct ChannelRequest {
     channel: String,
 }
 
-async fn presence(node: &Node, req: ChannelRequest) -> Result<Value, Error> {
+async fn presence(node: &Node, req: ChannelRequest) -> RawResult {
     check_channel(&req.channel)?;
     let presence: HashMap<String, ClientInfo> = node.presence(&req.channel).await?;
-    Ok(json!({ "presence": presence }))
+    raw(&Keyed("presence", presence))
 }
 
-async fn presence_stats(node: &Node, req: ChannelRequest) -> Result<Value, Error> {
+async fn presence_stats(node: &Node, req: ChannelRequest) -> RawResult {
     check_channel(&req.channel)?;
     let stats = node.presence_stats(&req.channel).await?;
-    Ok(json!({"num_clients": stats.num_clients, "num_users": stats.num_users}))
+    raw(&json!({"num_clients": stats.num_clients, "num_users": stats.num_users}))
 }
 
 #[derive(Deserialize)]
@@ -350,21 +387,21 @@ struct HistoryResult<'a> {
     epoch: &'a str,
 }
 
-async fn history(node: &Node, req: HistoryRequest) -> Result<Value, Error> {
+async fn history(node: &Node, req: HistoryRequest) -> RawResult {
     check_channel(&req.channel)?;
     let filter = HistoryFilter::from_request(req.limit, req.since, req.reverse)?;
     let page = node.history(&req.channel, filter).await?;
-    Ok(json!(HistoryResult {
+    raw(&HistoryResult {
         publications: page.publications.iter().map(|p| &**p).collect(),
         offset: page.position.offset,
         epoch: &page.position.epoch,
-    }))
+    })
 }
 
-async fn history_remove(node: &Node, req: ChannelRequest) -> Result<Value, Error> {
+async fn history_remove(node: &Node, req: ChannelRequest) -> RawResult {
     check_channel(&req.channel)?;
     node.remove_history(&req.channel).await?;
-    Ok(json!({}))
+    raw(&json!({}))
 }
 
 #[derive(Deserialize)]
@@ -373,7 +410,7 @@ struct ChannelsRequest {
     pattern: String,
 }
 
-fn channels(node: &Node, req: ChannelsRequest) -> Result<Value, Error> {
+fn channels(node: &Node, req: ChannelsRequest) -> RawResult {
     let channels: serde_json::Map<String, Value> = node
         .hub()
         .channels()
@@ -381,7 +418,7 @@ fn channels(node: &Node, req: ChannelsRequest) -> Result<Value, Error> {
         .filter(|(name, _)| req.pattern.is_empty() || glob_match(&req.pattern, name))
         .map(|(name, count)| (name.to_string(), json!({ "num_clients": count })))
         .collect();
-    Ok(json!({ "channels": channels }))
+    raw(&Keyed("channels", channels))
 }
 
 /// `GET /health`.
