@@ -12,6 +12,10 @@ use crate::hub::Control;
 use crate::metrics::Metrics;
 use crate::protocol::{unsubscribe_code, Disconnect, Push, PushBody, Reply, SubscribeRequest};
 
+/// The longest a connection sleeps before looking at expiries again; a far expiry (a token may
+/// claim 2^64 − 1) is reached by waking up this often.
+const MAX_EXPIRY_WAIT: Duration = Duration::from_secs(24 * 3600);
+
 impl Session {
     /// Acts on a request from the node (server API actions on this client).
     pub async fn handle_control(&mut self, control: Control) {
@@ -100,8 +104,16 @@ impl Session {
             .chain(self.expires_at)
             .min()?;
         let grace = self.node.config().expired_grace;
-        let left = earliest.saturating_sub(unix_now()) + grace;
-        Some(Instant::now() + Duration::from_secs(left))
+        // Saturating all the way: a far expiry must not overflow the sum or the `Instant`.
+        let left = earliest
+            .saturating_sub(unix_now())
+            .saturating_add(grace)
+            .min(MAX_EXPIRY_WAIT.as_secs());
+        let now = Instant::now();
+        Some(
+            now.checked_add(Duration::from_secs(left))
+                .unwrap_or(now + MAX_EXPIRY_WAIT),
+        )
     }
 
     /// Acts on expiries that have passed (plus grace): the connection's (disconnect 3005) and
@@ -109,14 +121,20 @@ impl Session {
     pub async fn check_expiry(&mut self) -> Outcome {
         let now = unix_now();
         let grace = self.node.config().expired_grace;
-        if self.expires_at.is_some_and(|at| at + grace <= now) {
+        if self
+            .expires_at
+            .is_some_and(|at| at.saturating_add(grace) <= now)
+        {
             self.closing(&Disconnect::EXPIRED);
             return Err(Disconnect::EXPIRED);
         }
         let expired: Vec<String> = self
             .subscriptions
             .iter()
-            .filter(|(_, s)| s.expires_at.is_some_and(|at| at + grace <= now))
+            .filter(|(_, s)| {
+                s.expires_at
+                    .is_some_and(|at| at.saturating_add(grace) <= now)
+            })
             .map(|(c, _)| c.clone())
             .collect();
         for channel in expired {
@@ -174,6 +192,22 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(client.session.check_expiry().await.unwrap_err().code, 3005);
+    }
+
+    #[tokio::test]
+    async fn the_farthest_expiry_neither_overflows_nor_expires() {
+        let node = node(secured);
+        let mut client = TestClient::new(&node);
+        let connection = token(json!({"sub": "ann", "exp": u64::MAX}));
+        let reply = client
+            .call(1, "connect", json!({"token": connection}))
+            .await
+            .unwrap();
+        assert_eq!(reply["connect"]["expires"], true);
+        assert_eq!(reply["connect"]["ttl"], u32::MAX);
+        let deadline = client.session.expiry_deadline().expect("a deadline");
+        assert!(deadline <= tokio::time::Instant::now() + super::MAX_EXPIRY_WAIT);
+        client.session.check_expiry().await.unwrap();
     }
 
     #[tokio::test]
