@@ -5,7 +5,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn api_key_is_required_when_configured() {
@@ -310,5 +312,66 @@ async fn deeply_nested_data_is_published_and_read_back() {
     let (status, reply) = api_call(server.addr, "batch", batch, None).await;
     assert_eq!(status, 200);
     assert!(reply.as_str().is_some_and(|r| r.contains(&data)), "{reply}");
+    server.stop().await;
+}
+
+/// Writes `head` (and no more) to a new connection and reads one response within two seconds:
+/// status and body (the body as far as its `Content-Length` says).
+async fn answer_before_body(addr: std::net::SocketAddr, head: &str) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let read = async {
+        let mut response = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap_or(0);
+            response.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&response).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if body.len() >= length || n == 0 {
+                    return text;
+                }
+            } else if n == 0 {
+                return text;
+            }
+        }
+    };
+    let text = tokio::time::timeout(Duration::from_secs(2), read)
+        .await
+        .expect("an answer before the body is sent");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_key_and_declared_length_are_checked_before_the_body_is_read() {
+    let server = TestServer::with(|c| c.api_key = Some("k3y".into())).await;
+    // Declares 4 MB and sends one byte: no key, so 401 at once, without waiting for the rest.
+    let head = "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 4000000\r\n\r\n{";
+    let (status, reply) = answer_before_body(server.addr, head).await;
+    assert_eq!(status, 401);
+    assert_eq!(reply["error"]["code"], 101, "{reply}");
+    // With the key, a declared 100 MiB is refused from the header, before any of it arrives.
+    let head = "POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: k3y\r\nContent-Length: 104857600\r\n\r\n";
+    let (status, reply) = answer_before_body(server.addr, head).await;
+    assert_eq!(status, 413);
+    assert_eq!(reply["error"]["code"], 106, "{reply}");
+    // A good request still works.
+    let body = json!({"channel": "c", "data": 1}).to_string();
+    let (status, _) = api_call(server.addr, "publish", &body, Some("k3y")).await;
+    assert_eq!(status, 200);
     server.stop().await;
 }

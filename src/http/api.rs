@@ -3,12 +3,13 @@
 //!
 //! Answers follow Centrifugo: `200 {"result": …}` on success, `200 {"error": {code, message}}` when
 //! the method itself fails, `400` with a JSON error for a body that is not the method's JSON, `401`
-//! without a valid key, `404` for an unknown method.
+//! without a valid key (checked before the body is read), `413` for a body over the limit, `404`
+//! for an unknown method.
 
 use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::{constant_time_eq, glob_match, json_error};
+use super::{constant_time_eq, glob_match, json_error, API_BODY_LIMIT};
 use crate::engine::broker::NodeControl;
 use crate::engine::history::HistoryFilter;
 use crate::metrics::Metrics;
@@ -34,6 +35,8 @@ pub enum ApiError {
     MethodNotFound,
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("request body is larger than {} bytes", API_BODY_LIMIT)]
+    TooLarge,
 }
 
 impl IntoResponse for ApiError {
@@ -42,21 +45,39 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, error_code::UNAUTHORIZED),
             ApiError::MethodNotFound => (StatusCode::NOT_FOUND, error_code::METHOD_NOT_FOUND),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, error_code::BAD_REQUEST),
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, error_code::LIMIT_EXCEEDED),
         };
         json_error(status, code, &self.to_string())
     }
 }
 
 /// `POST /api/{method}`.
+///
+/// The key is checked and the declared length compared with the limit before a byte of the body
+/// is read: a caller without the key cannot make the server wait for, or hold, its upload.
 pub async fn call(
     State(node): State<Node>,
     Path(method): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Result<Response, ApiError> {
     Metrics::inc(&node.metrics().api_requests);
-    authorize(&node, &headers, &query)?;
+    authorize(&node, request.headers(), &query)?;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > API_BODY_LIMIT as u64) {
+        return Err(ApiError::TooLarge);
+    }
+    // Reads at most the limit (`DefaultBodyLimit` of the routes), for a body without a length.
+    let body = Bytes::from_request(request, &node)
+        .await
+        .map_err(|rejection| match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
+            _ => ApiError::BadRequest(rejection.body_text()),
+        })?;
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
