@@ -375,3 +375,42 @@ async fn the_key_and_declared_length_are_checked_before_the_body_is_read() {
     assert_eq!(status, 200);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn channel_patterns_are_bounded() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    c.subscribe("chat-one").await;
+    // The battery's pattern: 4 MB, under the body limit.
+    let long = format!("*{}b", "a".repeat(4_000_000));
+    let started = std::time::Instant::now();
+    let (status, reply) = server.api("channels", json!({ "pattern": long })).await;
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["error"]["code"], 107);
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("1024")),
+        "{reply}"
+    );
+    assert!(started.elapsed() < WAIT);
+    let (status, _) = server
+        .api("channels", json!({ "pattern": "*".repeat(1025) }))
+        .await;
+    assert_eq!(status, 400);
+    // At the bound, and a normal pattern: answered.
+    let (status, reply) = server
+        .api("channels", json!({ "pattern": "*".repeat(1024) }))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        reply["result"]["channels"],
+        json!({"chat-one": {"num_clients": 1}})
+    );
+    let (_, reply) = server.api("channels", json!({"pattern": "chat-?ne"})).await;
+    assert_eq!(
+        reply["result"]["channels"],
+        json!({"chat-one": {"num_clients": 1}})
+    );
+    server.stop().await;
+}

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::{constant_time_eq, glob_match, json_error, API_BODY_LIMIT};
+use super::{constant_time_eq, glob_match, json_error, API_BODY_LIMIT, MAX_GLOB_LENGTH};
 use crate::engine::broker::NodeControl;
 use crate::engine::history::HistoryFilter;
 use crate::metrics::Metrics;
@@ -166,7 +166,7 @@ async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<RawResult, A
         "presence_stats" => presence_stats(node, parse(body)?).await,
         "history" => history(node, parse(body)?).await,
         "history_remove" => history_remove(node, parse(body)?).await,
-        "channels" => channels(node, parse(body)?),
+        "channels" => channels(node, checked_pattern(parse(body)?)?).await,
         "info" => {
             let _: Empty = parse(body)?;
             raw(&Keyed("nodes", node.nodes().await))
@@ -431,14 +431,32 @@ struct ChannelsRequest {
     pattern: String,
 }
 
-fn channels(node: &Node, req: ChannelsRequest) -> RawResult {
-    let channels: serde_json::Map<String, Value> = node
-        .hub()
-        .channels()
-        .into_iter()
-        .filter(|(name, _)| req.pattern.is_empty() || glob_match(&req.pattern, name))
-        .map(|(name, count)| (name.to_string(), json!({ "num_clients": count })))
-        .collect();
+/// Refuses a pattern longer than [`MAX_GLOB_LENGTH`] (a 400): matching costs its length times
+/// each channel name's.
+fn checked_pattern(req: ChannelsRequest) -> Result<ChannelsRequest, ApiError> {
+    if req.pattern.len() > MAX_GLOB_LENGTH {
+        return Err(ApiError::BadRequest(format!(
+            "pattern is longer than {MAX_GLOB_LENGTH} bytes"
+        )));
+    }
+    Ok(req)
+}
+
+async fn channels(node: &Node, req: ChannelsRequest) -> RawResult {
+    let channels = node.hub().channels();
+    let filter = move || {
+        channels
+            .into_iter()
+            .filter(|(name, _)| req.pattern.is_empty() || glob_match(&req.pattern, name))
+            .map(|(name, count)| (name.to_string(), json!({ "num_clients": count })))
+            .collect::<serde_json::Map<String, Value>>()
+    };
+    // Matching every channel against a pattern is CPU work in proportion to the hub's size: off
+    // the runtime's workers.
+    let channels = tokio::task::spawn_blocking(filter).await.map_err(|e| {
+        tracing::error!(error = %e, "channel filter failed");
+        Error::new(error_code::INTERNAL)
+    })?;
     raw(&Keyed("channels", channels))
 }
 
