@@ -414,3 +414,30 @@ async fn channel_patterns_are_bounded() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_holds_at_most_a_thousand_commands() {
+    let server = TestServer::start().await;
+    let batch = |n: usize| {
+        let command = json!({"presence_stats": {"channel": "b"}});
+        json!({ "commands": vec![command; n] })
+    };
+    let (status, reply) = server.api("batch", batch(1001)).await;
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["error"]["code"], 107);
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("1000")),
+        "{reply}"
+    );
+    let (status, reply) = server.api("batch", batch(1000)).await;
+    assert_eq!(status, 200);
+    let replies = reply["replies"].as_array().expect("replies");
+    assert_eq!(replies.len(), 1000);
+    assert_eq!(
+        replies[999],
+        json!({"presence_stats": {"num_clients": 0, "num_users": 0}})
+    );
+    server.stop().await;
+}

@@ -4,7 +4,9 @@
 //! Answers follow Centrifugo: `200 {"result": …}` on success, `200 {"error": {code, message}}` when
 //! the method itself fails, `400` with a JSON error for a body that is not the method's JSON, `401`
 //! without a valid key (checked before the body is read), `413` for a body over the limit, `404`
-//! for an unknown method.
+//! for an unknown method. Bounds: a body of 4 MiB, a `batch` of [`MAX_BATCH_COMMANDS`] commands,
+//! a `channels` pattern of [`MAX_GLOB_LENGTH`] bytes (each past its bound is refused with a JSON
+//! error).
 
 use std::collections::HashMap;
 
@@ -12,7 +14,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -209,12 +211,48 @@ fn authorize(
 #[serde(deny_unknown_fields)]
 struct Empty {}
 
+/// Most commands one `batch` may hold: every command and its reply stay in memory until the batch
+/// ends. More is a 400 naming the bound.
+pub const MAX_BATCH_COMMANDS: usize = 1000;
+
+/// One command of a batch: `{method: params}`.
+type BatchCommand = HashMap<String, Box<RawValue>>;
+
 #[derive(Deserialize)]
 struct BatchRequest {
-    commands: Vec<HashMap<String, Box<RawValue>>>,
+    #[serde(deserialize_with = "at_most_max_batch_commands")]
+    commands: Vec<BatchCommand>,
     #[serde(default)]
     #[allow(dead_code)]
     parallel: bool,
+}
+
+/// Reads a batch's command list, stopping at the first command past [`MAX_BATCH_COMMANDS`].
+fn at_most_max_batch_commands<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<BatchCommand>, D::Error> {
+    struct Bounded;
+    impl<'de> Visitor<'de> for Bounded {
+        type Value = Vec<BatchCommand>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a list of at most {MAX_BATCH_COMMANDS} commands")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut commands = Vec::new();
+            while let Some(command) = seq.next_element()? {
+                if commands.len() == MAX_BATCH_COMMANDS {
+                    return Err(serde::de::Error::custom(format!(
+                        "a batch holds at most {MAX_BATCH_COMMANDS} commands"
+                    )));
+                }
+                commands.push(command);
+            }
+            Ok(commands)
+        }
+    }
+    deserializer.deserialize_seq(Bounded)
 }
 
 #[derive(Deserialize)]
