@@ -29,7 +29,8 @@ pub struct Config {
     pub ping_interval: u64,
     /// Seconds a client has to answer a ping.
     pub pong_timeout: u64,
-    /// Seconds a new socket has to send `connect`.
+    /// Seconds a new socket has to send `connect`; also what an HTTP/1 connection has to send each
+    /// request's head (and may stay idle between requests).
     pub stale_timeout: u64,
     /// Largest client message (one WebSocket message), in bytes.
     pub max_message_size: usize,

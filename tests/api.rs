@@ -441,3 +441,36 @@ async fn a_batch_holds_at_most_a_thousand_commands() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn idle_and_slow_http_connections_are_closed() {
+    let server = TestServer::with(|c| c.stale_timeout = 1).await;
+    // Reads until the server closes the socket (end of stream or reset), within a bound.
+    async fn closed_by_server(mut stream: TcpStream) {
+        let mut buffer = [0u8; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(n) = stream.read(&mut buffer).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the server closed the connection in time");
+    }
+    let mut half = TcpStream::connect(server.addr).await.unwrap();
+    half.write_all(b"GET /health HT").await.unwrap();
+    let silent = TcpStream::connect(server.addr).await.unwrap();
+    // A WebSocket, once upgraded, is not bound by the request-head timeout.
+    let mut client = server.client().await;
+    closed_by_server(half).await;
+    closed_by_server(silent).await;
+    let reply = client
+        .call("rpc", json!({"method": "echo", "data": 7}))
+        .await;
+    assert_eq!(reply["rpc"]["data"], 7);
+    // Requests still get answers.
+    let (status, _) = server.api("info", json!({})).await;
+    assert_eq!(status, 200);
+    server.stop().await;
+}
