@@ -411,7 +411,7 @@ pub fn make_hmac_token(
     let now = unix_now();
     let claims = ConnectionClaims {
         sub: user.to_string(),
-        exp: (ttl_secs > 0).then_some(now + ttl_secs),
+        exp: (ttl_secs > 0).then_some(now.saturating_add(ttl_secs)),
         iat: Some(now),
         ..Default::default()
     };
