@@ -86,9 +86,9 @@ pub async fn call(
         &body
     };
     let reply = if method == "batch" {
-        batch(&node, parse(body)?).await
+        batch(&node, parse_batch(body)?).await
     } else {
-        match dispatch(&node, &method, body).await? {
+        match dispatch(&node, parse_call(&method, body)?).await {
             Ok(result) => raw(&Keyed("result", result)),
             Err(error) => raw(&Keyed("error", error)),
         }
@@ -106,14 +106,16 @@ pub async fn call(
 /// `batch`: runs the commands in order; each gets a reply, `{method: result}` or `{"error": …}`.
 async fn batch(node: &Node, req: BatchRequest) -> RawResult {
     let mut replies = Vec::with_capacity(req.commands.len());
-    for command in req.commands {
-        let Some((method, params)) = command.into_iter().next() else {
+    for command in req.commands() {
+        let Some((method, params)) = command else {
             replies.push(raw(&Keyed("error", Error::new(error_code::BAD_REQUEST)))?);
             continue;
         };
-        let reply = match dispatch(node, &method, params.get().as_bytes()).await {
-            Ok(Ok(result)) => raw(&Keyed(&method, result)),
-            Ok(Err(error)) => raw(&Keyed("error", error)),
+        let reply = match parse_call(method, params.as_bytes()) {
+            Ok(call) => match dispatch(node, call).await {
+                Ok(result) => raw(&Keyed(method, result)),
+                Err(error) => raw(&Keyed("error", error)),
+            },
             Err(ApiError::MethodNotFound) => {
                 raw(&Keyed("error", Error::new(error_code::METHOD_NOT_FOUND)))
             }
@@ -156,25 +158,68 @@ impl<V: Serialize> Serialize for Keyed<'_, V> {
     }
 }
 
-/// Runs one API method. The outer error is the call's (400/404), the inner the method's.
-async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<RawResult, ApiError> {
+/// One API method call, its body parsed: what [`parse_call`] makes of a request and the handler
+/// runs. The fields stay private: only this module reads them.
+pub enum ApiCall {
+    Publish(PublishRequest),
+    Broadcast(BroadcastRequest),
+    Subscribe(SubscribeRequest),
+    Unsubscribe(UnsubscribeRequest),
+    Disconnect(DisconnectRequest),
+    Presence(ChannelRequest),
+    PresenceStats(ChannelRequest),
+    History(HistoryRequest),
+    HistoryRemove(ChannelRequest),
+    Channels(ChannelsRequest),
+    Info,
+}
+
+/// Parses the body of `method` (any method but `batch`, see [`parse_batch`]) without running it:
+/// a 404 for an unknown method, a 400 for a body that is not the method's JSON (or past one of
+/// its bounds). It never panics, whatever the bytes; the property tests and the `api_body` fuzz
+/// target call it as the handler does.
+pub fn parse_call(method: &str, body: &[u8]) -> Result<ApiCall, ApiError> {
     Ok(match method {
-        "publish" => publish(node, parse(body)?).await,
-        "broadcast" => broadcast(node, parse(body)?).await,
-        "subscribe" => subscribe(node, parse(body)?).await,
-        "unsubscribe" => unsubscribe(node, parse(body)?).await,
-        "disconnect" => disconnect(node, parse(body)?).await,
-        "presence" => presence(node, parse(body)?).await,
-        "presence_stats" => presence_stats(node, parse(body)?).await,
-        "history" => history(node, parse(body)?).await,
-        "history_remove" => history_remove(node, parse(body)?).await,
-        "channels" => channels(node, checked_pattern(parse(body)?)?).await,
+        "publish" => ApiCall::Publish(parse(body)?),
+        "broadcast" => ApiCall::Broadcast(parse(body)?),
+        "subscribe" => ApiCall::Subscribe(parse(body)?),
+        "unsubscribe" => ApiCall::Unsubscribe(parse(body)?),
+        "disconnect" => ApiCall::Disconnect(parse(body)?),
+        "presence" => ApiCall::Presence(parse(body)?),
+        "presence_stats" => ApiCall::PresenceStats(parse(body)?),
+        "history" => ApiCall::History(parse(body)?),
+        "history_remove" => ApiCall::HistoryRemove(parse(body)?),
+        "channels" => ApiCall::Channels(checked_pattern(parse(body)?)?),
         "info" => {
             let _: Empty = parse(body)?;
-            raw(&Keyed("nodes", node.nodes().await))
+            ApiCall::Info
         }
         _ => return Err(ApiError::MethodNotFound),
     })
+}
+
+/// Parses a `batch` body: at most [`MAX_BATCH_COMMANDS`] commands of `{method: params}`. Each
+/// command's params are parsed only when it runs (with [`parse_call`]), so that one bad command
+/// fails alone.
+pub fn parse_batch(body: &[u8]) -> Result<BatchRequest, ApiError> {
+    parse(body)
+}
+
+/// Runs one parsed API method; the error is the method's own (an `{"error": …}` answer).
+async fn dispatch(node: &Node, call: ApiCall) -> RawResult {
+    match call {
+        ApiCall::Publish(req) => publish(node, req).await,
+        ApiCall::Broadcast(req) => broadcast(node, req).await,
+        ApiCall::Subscribe(req) => subscribe(node, req).await,
+        ApiCall::Unsubscribe(req) => unsubscribe(node, req).await,
+        ApiCall::Disconnect(req) => disconnect(node, req).await,
+        ApiCall::Presence(req) => presence(node, req).await,
+        ApiCall::PresenceStats(req) => presence_stats(node, req).await,
+        ApiCall::History(req) => history(node, req).await,
+        ApiCall::HistoryRemove(req) => history_remove(node, req).await,
+        ApiCall::Channels(req) => channels(node, req).await,
+        ApiCall::Info => raw(&Keyed("nodes", node.nodes().await)),
+    }
 }
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -218,13 +263,26 @@ pub const MAX_BATCH_COMMANDS: usize = 1000;
 /// One command of a batch: `{method: params}`.
 type BatchCommand = HashMap<String, Box<RawValue>>;
 
+/// The body of `batch`: commands run in order.
 #[derive(Deserialize)]
-struct BatchRequest {
+pub struct BatchRequest {
     #[serde(deserialize_with = "at_most_max_batch_commands")]
     commands: Vec<BatchCommand>,
     #[serde(default)]
     #[allow(dead_code)]
     parallel: bool,
+}
+
+impl BatchRequest {
+    /// Each command's method and raw params, in order; `None` for a command that names no method.
+    pub fn commands(&self) -> impl Iterator<Item = Option<(&str, &str)>> + '_ {
+        self.commands.iter().map(|command| {
+            command
+                .iter()
+                .next()
+                .map(|(method, params)| (method.as_str(), params.get()))
+        })
+    }
 }
 
 /// Reads a batch's command list, stopping at the first command past [`MAX_BATCH_COMMANDS`].
@@ -255,8 +313,9 @@ fn at_most_max_batch_commands<'de, D: Deserializer<'de>>(
     deserializer.deserialize_seq(Bounded)
 }
 
+/// The body of `publish`.
 #[derive(Deserialize)]
-struct PublishRequest {
+pub struct PublishRequest {
     channel: String,
     data: Box<RawValue>,
     #[serde(default)]
@@ -265,8 +324,9 @@ struct PublishRequest {
     tags: HashMap<String, String>,
 }
 
+/// The body of `broadcast`: one publication to several channels.
 #[derive(Deserialize)]
-struct BroadcastRequest {
+pub struct BroadcastRequest {
     channels: Vec<String>,
     data: Box<RawValue>,
     #[serde(default)]
@@ -326,8 +386,9 @@ async fn broadcast(node: &Node, req: BroadcastRequest) -> RawResult {
     raw(&Keyed("responses", responses))
 }
 
+/// The body of `subscribe`: a server-side subscription of a user's connections.
 #[derive(Deserialize)]
-struct SubscribeRequest {
+pub struct SubscribeRequest {
     user: String,
     channel: String,
     #[serde(default)]
@@ -352,8 +413,9 @@ async fn subscribe(node: &Node, req: SubscribeRequest) -> RawResult {
     raw(&json!({}))
 }
 
+/// The body of `unsubscribe`.
 #[derive(Deserialize)]
-struct UnsubscribeRequest {
+pub struct UnsubscribeRequest {
     user: String,
     channel: String,
     #[serde(default)]
@@ -371,8 +433,9 @@ async fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> RawResult {
     raw(&json!({}))
 }
 
+/// The body of `disconnect`.
 #[derive(Deserialize)]
-struct DisconnectRequest {
+pub struct DisconnectRequest {
     user: String,
     #[serde(default)]
     client: Option<String>,
@@ -411,8 +474,10 @@ async fn disconnect(node: &Node, req: DisconnectRequest) -> RawResult {
     raw(&json!({}))
 }
 
+/// The body of the methods that name one channel (`presence`, `presence_stats`,
+/// `history_remove`).
 #[derive(Deserialize)]
-struct ChannelRequest {
+pub struct ChannelRequest {
     channel: String,
 }
 
@@ -428,8 +493,9 @@ async fn presence_stats(node: &Node, req: ChannelRequest) -> RawResult {
     raw(&json!({"num_clients": stats.num_clients, "num_users": stats.num_users}))
 }
 
+/// The body of `history`.
 #[derive(Deserialize)]
-struct HistoryRequest {
+pub struct HistoryRequest {
     channel: String,
     #[serde(default)]
     limit: i32,
@@ -463,8 +529,9 @@ async fn history_remove(node: &Node, req: ChannelRequest) -> RawResult {
     raw(&json!({}))
 }
 
+/// The body of `channels`: an optional glob pattern.
 #[derive(Deserialize)]
-struct ChannelsRequest {
+pub struct ChannelsRequest {
     #[serde(default)]
     pattern: String,
 }
