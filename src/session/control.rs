@@ -8,9 +8,16 @@ use tokio::time::Instant;
 
 use super::{Identity, Outcome, Session};
 use crate::auth::unix_now;
+use crate::hooks::Refusal;
 use crate::hub::Control;
 use crate::metrics::Metrics;
-use crate::protocol::{unsubscribe_code, Disconnect, Push, PushBody, Reply, SubscribeRequest};
+use crate::protocol::{
+    unsubscribe_code, Disconnect, Push, PushBody, RefreshRequest, Reply, SubscribeRequest,
+};
+
+/// How long a connection the server refreshes itself waits before asking again when a renewal
+/// could not be decided.
+const SERVER_REFRESH_RETRY: Duration = Duration::from_secs(10);
 
 impl Session {
     /// Acts on a request from the node (server API actions on this client).
@@ -91,24 +98,39 @@ impl Session {
         }
     }
 
-    /// When the next expiry (connection or subscription, plus grace) needs checking.
+    /// When the next expiry (connection or subscription, plus grace; a connection the server
+    /// renews itself, without grace) needs checking.
     pub fn expiry_deadline(&self) -> Option<Instant> {
+        let grace = self.node.config().expired_grace;
+        let connection = self.expires_at.map(|at| {
+            if self.refreshed_by_server {
+                at
+            } else {
+                at + grace
+            }
+        });
         let earliest = self
             .subscriptions
             .values()
-            .filter_map(|s| s.expires_at)
-            .chain(self.expires_at)
+            .filter_map(|s| s.expires_at.map(|at| at + grace))
+            .chain(connection)
             .min()?;
-        let grace = self.node.config().expired_grace;
-        let left = earliest.saturating_sub(unix_now()) + grace;
+        let left = earliest.saturating_sub(unix_now());
         Some(Instant::now() + Duration::from_secs(left))
     }
 
-    /// Acts on expiries that have passed (plus grace): the connection's (disconnect 3005) and
-    /// subscriptions' (unsubscribe push 2501, so the client resubscribes with a fresh token).
+    /// Acts on expiries that have passed (plus grace): the connection's (disconnect 3005, or a
+    /// renewal when the server refreshes it) and subscriptions' (unsubscribe push 2501, so the
+    /// client resubscribes with a fresh token).
     pub async fn check_expiry(&mut self) -> Outcome {
         let now = unix_now();
         let grace = self.node.config().expired_grace;
+        if self.refreshed_by_server && self.expires_at.is_some_and(|at| at <= now) {
+            if let Err(reason) = self.refresh_by_server().await {
+                self.closing(&reason);
+                return Err(reason);
+            }
+        }
         if self.expires_at.is_some_and(|at| at + grace <= now) {
             self.closing(&Disconnect::EXPIRED);
             return Err(Disconnect::EXPIRED);
@@ -124,6 +146,42 @@ impl Session {
                 .await;
         }
         Ok(())
+    }
+
+    /// Renews, once it expired, a connection the server refreshes itself: the decisions say
+    /// until when (or that it is over). When they cannot answer (the backend is down or slow),
+    /// the connection stays and is asked again a little later, so an outage of the backend does
+    /// not end live connections.
+    async fn refresh_by_server(&mut self) -> Outcome {
+        let Some(who) = self.identity.clone() else {
+            return Ok(());
+        };
+        let req = RefreshRequest {
+            token: String::new(),
+        };
+        match self.node.decisions().refresh(who.as_client(), &req).await {
+            // A renewal into the past would only be asked again at once.
+            Ok(decision) if decision.expires_at.is_some_and(|at| at <= unix_now()) => {
+                Err(Disconnect::EXPIRED)
+            }
+            Ok(decision) => {
+                self.expires_at = decision.expires_at;
+                if let Some(info) = decision.info {
+                    self.renew_info(info);
+                }
+                Ok(())
+            }
+            Err(Refusal::Disconnect(reason)) => Err(reason),
+            Err(Refusal::Error(error)) => {
+                tracing::warn!(
+                    client = %who.client,
+                    code = error.code,
+                    "connection refresh failed; retrying later"
+                );
+                self.expires_at = Some(unix_now() + SERVER_REFRESH_RETRY.as_secs());
+                Ok(())
+            }
+        }
     }
 }
 

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::auth::unix_now;
-use crate::hooks::decisions::Client;
+use crate::hooks::decisions::{Client, ClientHeaders};
 use crate::hooks::events::Event;
 use crate::hooks::Refusal;
 use crate::hub::{ConnId, ControlSender};
@@ -71,6 +71,12 @@ pub struct Session {
     ping_sent: Option<Instant>,
     /// When the connection's token expires (unix seconds), if it does.
     expires_at: Option<u64>,
+    /// The server renews the connection itself when it expires (see
+    /// [`ConnectDecision::refreshed_by_server`](crate::hooks::decisions::ConnectDecision)).
+    refreshed_by_server: bool,
+    /// The headers of the request that opened the connection, as far as they are forwarded to
+    /// the application backend.
+    headers: ClientHeaders,
     limiter: RateLimiter,
     /// Publishes in flight, oldest first, with the ids of the commands they answer. Created on
     /// first use (most connections never publish) and boxed to keep idle sessions small. Only
@@ -87,6 +93,9 @@ struct Identity {
     client: Arc<str>,
     user: Arc<str>,
     conn_info: Option<Payload>,
+    /// Server-only data the connect decision attached.
+    meta: Option<Payload>,
+    headers: ClientHeaders,
 }
 
 impl Identity {
@@ -96,6 +105,8 @@ impl Identity {
             client: &self.client,
             user: &self.user,
             conn_info: self.conn_info.as_ref(),
+            meta: self.meta.as_ref(),
+            headers: &self.headers,
         }
     }
 }
@@ -125,6 +136,8 @@ impl Session {
             subscriptions: VecMap::new(),
             ping_sent: None,
             expires_at: None,
+            refreshed_by_server: false,
+            headers: ClientHeaders::default(),
             limiter,
             pipeline: None,
             closing: None,
@@ -136,6 +149,12 @@ impl Session {
     /// last. Never called: the client or the network ended it (3000 "connection closed").
     pub fn closing(&mut self, reason: &Disconnect) {
         self.closing = Some(reason.clone());
+    }
+
+    /// Keeps the headers of the request that opened the connection (those the configuration
+    /// forwards) for the decisions about this client.
+    pub fn forward_headers(&mut self, headers: ClientHeaders) {
+        self.headers = headers;
     }
 
     /// Whether `connect` succeeded.

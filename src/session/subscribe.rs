@@ -43,7 +43,8 @@ impl Session {
     }
 
     /// What this node decides alone (a valid name, not subscribed yet, under the channel limit, a
-    /// known namespace), then whether the node's decisions grant the subscription.
+    /// known namespace), then whether the node's decisions grant the subscription; the options
+    /// returned are the channel's with the decision's overrides.
     async fn check_subscribe(
         &self,
         who: &Identity,
@@ -63,7 +64,7 @@ impl Session {
             .decisions()
             .subscribe(who.as_client(), req, &options)
             .await?;
-        Ok((options, decision))
+        Ok((decision.overrides.apply(options), decision))
     }
 
     /// `sub_refresh`: the node's decisions extend a subscription's life (the built-in rules want
