@@ -241,6 +241,9 @@ async fn the_connect_proxy_names_the_user_with_the_clients_headers() {
     assert_eq!(me["user"], "ann");
     assert_eq!(me["conn_info"], json!({"name": "ann"}));
     assert_eq!(me["chan_info"], json!({"role": "reader"}));
+    // The connection's headers go with every later request too.
+    let (_, cookie, _) = &backend.state.requests_to("subscribe")[0];
+    assert_eq!(cookie.as_deref(), Some("session=ann"));
     server.stop().await;
 }
 

@@ -187,11 +187,30 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
     use serde_json::json;
 
-    use super::super::testing::{node, secured, token, TestClient};
+    use super::super::testing::{node, node_with, secured, token, TestClient};
     use crate::auth::unix_now;
+    use crate::channel::ChannelOptions;
+    use crate::config::Config;
+    use crate::hooks::decisions::{
+        Client, ConnectDecision, Connecting, Decisions, PublishDecision, RefreshDecision,
+        RpcDecision, SubRefreshDecision, SubscribeDecision,
+    };
+    use crate::hooks::rules::Rules;
+    use crate::hooks::Refusal;
     use crate::hub::Control;
+    use crate::node::NodeHooks;
+    use crate::protocol::{
+        error_code, ConnectRequest, Disconnect, Error, Payload, RefreshRequest, SubRefreshRequest,
+        SubscribeRequest,
+    };
 
     #[tokio::test]
     async fn an_expired_subscription_is_ended_with_unsubscribe_2501() {
@@ -232,6 +251,125 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(client.session.check_expiry().await.unwrap_err().code, 3005);
+    }
+
+    /// Decisions that let every client in until a second ago, renewed by the server, and
+    /// answer renewals from a script.
+    struct RenewedByServer {
+        rules: Rules,
+        renewals: Mutex<VecDeque<Result<RefreshDecision, Refusal>>>,
+        asked: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Decisions for RenewedByServer {
+        async fn connect(
+            &self,
+            client: Connecting<'_>,
+            req: &ConnectRequest,
+        ) -> Result<ConnectDecision, Refusal> {
+            let decision = self.rules.connect(client, req).await?;
+            Ok(ConnectDecision {
+                expires_at: Some(unix_now() - 1),
+                refreshed_by_server: true,
+                ..decision
+            })
+        }
+        async fn refresh(
+            &self,
+            _client: Client<'_>,
+            req: &RefreshRequest,
+        ) -> Result<RefreshDecision, Refusal> {
+            assert!(req.token.is_empty(), "the server asks without a token");
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            let next = self.renewals.lock().unwrap().pop_front();
+            next.expect("a scripted renewal")
+        }
+        async fn subscribe(
+            &self,
+            client: Client<'_>,
+            req: &SubscribeRequest,
+            options: &ChannelOptions,
+        ) -> Result<SubscribeDecision, Refusal> {
+            self.rules.subscribe(client, req, options).await
+        }
+        async fn sub_refresh(
+            &self,
+            client: Client<'_>,
+            req: &SubRefreshRequest,
+        ) -> Result<SubRefreshDecision, Refusal> {
+            self.rules.sub_refresh(client, req).await
+        }
+        async fn publish(
+            &self,
+            client: Client<'_>,
+            channel: &str,
+            data: Option<Payload>,
+            options: &ChannelOptions,
+            subscribed: bool,
+        ) -> Result<PublishDecision, Refusal> {
+            self.rules
+                .publish(client, channel, data, options, subscribed)
+                .await
+        }
+        async fn rpc(
+            &self,
+            client: Client<'_>,
+            method: &str,
+            data: Option<Payload>,
+        ) -> Result<RpcDecision, Refusal> {
+            self.rules.rpc(client, method, data).await
+        }
+    }
+
+    fn renewed_by_server(
+        renewals: Vec<Result<RefreshDecision, Refusal>>,
+    ) -> (crate::node::Node, Arc<RenewedByServer>) {
+        let decisions = Arc::new(RenewedByServer {
+            rules: Rules::new(&Config::default(), None),
+            renewals: Mutex::new(renewals.into()),
+            asked: AtomicUsize::new(0),
+        });
+        let hooks = NodeHooks {
+            decisions: Some(decisions.clone()),
+            ..Default::default()
+        };
+        (node_with(|c| c.expired_grace = 0, hooks), decisions)
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_renews_is_not_the_clients_to_refresh() {
+        let renewed = RefreshDecision {
+            expires_at: Some(unix_now() + 3600),
+            info: None,
+        };
+        let (node, decisions) = renewed_by_server(vec![Ok(renewed)]);
+        let mut client = TestClient::new(&node);
+        let reply = client.call(1, "connect", json!({})).await.unwrap();
+        assert!(reply["connect"].get("expires").is_none(), "{reply}");
+        client.session.check_expiry().await.unwrap();
+        assert_eq!(decisions.asked.load(Ordering::SeqCst), 1);
+        // Renewed for an hour: nothing to do now.
+        client.session.check_expiry().await.unwrap();
+        assert_eq!(decisions.asked.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_renewal_that_cannot_be_decided_keeps_the_connection_and_one_refused_ends_it() {
+        let (node, decisions) = renewed_by_server(vec![
+            Err(Error::new(error_code::INTERNAL).into()),
+            Err(Disconnect::EXPIRED.into()),
+        ]);
+        let mut client = TestClient::new(&node);
+        client.call(1, "connect", json!({})).await.unwrap();
+        client.session.check_expiry().await.unwrap();
+        let retry = client.session.expiry_deadline().unwrap();
+        assert!(retry > tokio::time::Instant::now() + Duration::from_secs(5));
+        // When the retry comes, the backend says it is over.
+        client.session.expires_at = Some(unix_now() - 1);
+        let ended = client.session.check_expiry().await.unwrap_err();
+        assert_eq!(ended, Disconnect::EXPIRED);
+        assert_eq!(decisions.asked.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
