@@ -131,6 +131,11 @@ pub struct Config {
     /// Headers of the client's connection request forwarded to the backend with every proxy
     /// request (`Cookie`, `Authorization`, …), by name, case-insensitively.
     pub proxy_http_headers: Vec<String>,
+    /// Headers the client's SDK emulates in its connect command (`headers`, for browsers that
+    /// cannot set WebSocket headers) forwarded to the backend, by name, case-insensitively. The
+    /// client chooses their values: list only what the backend verifies (a signed token), never
+    /// what it trusts. A real header of the same name wins.
+    pub proxy_emulated_headers: Vec<String>,
     /// Headers added to every proxy request (those forwarded from the client win).
     pub proxy_static_headers: BTreeMap<String, String>,
     /// RPC endpoints by method prefix (`"billing:" = "http://…"`): the longest prefix of the
@@ -248,6 +253,7 @@ impl Default for Config {
             proxy_timeout: Duration::from_secs(1),
             proxy_concurrency: 64,
             proxy_http_headers: Vec::new(),
+            proxy_emulated_headers: Vec::new(),
             proxy_static_headers: BTreeMap::new(),
             proxy_rpc_endpoints: BTreeMap::new(),
         }
@@ -463,10 +469,14 @@ impl Config {
                 "proxy_timeout must be more than zero".into(),
             ));
         }
-        for name in &self.proxy_http_headers {
+        for name in self
+            .proxy_http_headers
+            .iter()
+            .chain(&self.proxy_emulated_headers)
+        {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(ConfigError::Invalid(format!(
-                    "proxy_http_headers: {name:?} is not a header name"
+                    "proxy_http_headers / proxy_emulated_headers: {name:?} is not a header name"
                 )));
             }
         }

@@ -169,6 +169,14 @@ struct ServeArgs {
     /// Client HTTP headers forwarded to the backend, comma-separated (e.g. Cookie,Authorization).
     #[arg(long, env = "SWITCHBOARD_PROXY_HTTP_HEADERS", value_delimiter = ',')]
     proxy_http_headers: Option<Vec<String>>,
+    /// Headers the client SDK emulates in its connect command forwarded to the backend,
+    /// comma-separated; client-chosen values, so only for what the backend verifies.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_PROXY_EMULATED_HEADERS",
+        value_delimiter = ','
+    )]
+    proxy_emulated_headers: Option<Vec<String>>,
 }
 
 #[derive(Args)]
@@ -232,7 +240,8 @@ impl ServeArgs {
             presence_ttl,
             proxy_timeout,
             proxy_concurrency,
-            proxy_http_headers
+            proxy_http_headers,
+            proxy_emulated_headers
         );
         if let Some(storage) = self.history_storage {
             config.history_storage = match storage {

@@ -248,6 +248,40 @@ async fn the_connect_proxy_names_the_user_with_the_clients_headers() {
 }
 
 #[tokio::test]
+async fn headers_the_sdk_emulates_are_forwarded_when_listed_and_real_ones_win() {
+    let backend = Backend::start().await;
+    let server = TestServer::with(|c| {
+        backend.every_hook(c);
+        c.proxy_http_headers = vec!["Cookie".into()];
+        c.proxy_emulated_headers = vec!["cookie".into()];
+    })
+    .await;
+    let mut browser = Client::open(&server.ws_url()).await;
+    browser
+        .connect(json!({"headers": {"Cookie": "session=emulated"}, "data": {"user": "ann"}}))
+        .await;
+    let mut native =
+        Client::open_with_headers(&server.ws_url(), &[("Cookie", "session=real")]).await;
+    native
+        .connect(json!({"headers": {"Cookie": "session=forged"}, "data": {"user": "bob"}}))
+        .await;
+    let cookies: Vec<_> = backend
+        .state
+        .requests_to("connect")
+        .into_iter()
+        .map(|(_, cookie, _)| cookie)
+        .collect();
+    assert_eq!(
+        cookies,
+        [
+            Some("session=emulated".to_string()),
+            Some("session=real".to_string())
+        ]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn the_connect_proxy_refuses_with_an_error_or_a_disconnect() {
     let backend = Backend::start().await;
     let server = TestServer::with(|c| backend.every_hook(c)).await;

@@ -61,6 +61,31 @@ impl ClientHeaders {
         &NO_HEADERS
     }
 
+    /// These headers, then those of `emulated` (the client's own, from its connect command)
+    /// whose name `allowed` lists (case-insensitively) and that these lack: a real header of
+    /// the request wins over an emulated one.
+    pub fn with_emulated<'a>(
+        &self,
+        emulated: impl IntoIterator<Item = (&'a String, &'a String)>,
+        allowed: &[String],
+    ) -> ClientHeaders {
+        let mut pairs: Vec<(String, String)> = self
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        let real = pairs.len();
+        for (name, value) in emulated {
+            let listed = allowed.iter().any(|a| a.eq_ignore_ascii_case(name));
+            let present = pairs[..real]
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name));
+            if listed && !present {
+                pairs.push((name.clone(), value.clone()));
+            }
+        }
+        ClientHeaders::new(pairs)
+    }
+
     /// The (name, value) pairs, in the order the request had them.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0
@@ -261,4 +286,29 @@ pub trait Decisions: Send + Sync + 'static {
         method: &str,
         data: Option<Payload>,
     ) -> Result<RpcDecision, Refusal>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_headers_win_over_emulated_ones_and_only_listed_ones_are_emulated() {
+        let real = ClientHeaders::new(vec![("cookie".into(), "real".into())]);
+        let emulated: std::collections::HashMap<String, String> = [
+            ("Cookie", "forged"),
+            ("Authorization", "Bearer t"),
+            ("X-Other", "no"),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        let allowed = ["cookie".to_string(), "authorization".to_string()];
+        let merged = real.with_emulated(&emulated, &allowed);
+        let mut pairs: Vec<_> = merged.iter().collect();
+        pairs.sort();
+        assert_eq!(pairs, [("Authorization", "Bearer t"), ("cookie", "real")]);
+        let none = ClientHeaders::default().with_emulated(&emulated, &[]);
+        assert_eq!(none.iter().count(), 0);
+    }
 }

@@ -135,6 +135,9 @@ pub struct ConnectRequest {
     /// Channels to recover server-side subscriptions of: channel → position.
     #[serde(default)]
     pub subs: HashMap<String, SubscribeRequest>,
+    /// Headers the SDK emulates (browsers cannot set WebSocket headers): name → value.
+    #[serde(default)]
+    pub headers: HashMap<String, String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -19,9 +19,16 @@ impl Session {
         let node = self.node.clone();
         let config = node.config();
         let client: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+        // The real headers of the connection request, and those the SDK emulates in `connect`.
+        let emulated = &config.proxy_emulated_headers;
+        let headers = if emulated.is_empty() || req.headers.is_empty() {
+            self.headers.clone()
+        } else {
+            self.headers.with_emulated(&req.headers, emulated)
+        };
         let connecting = Connecting {
             client: &client,
-            headers: &self.headers,
+            headers: &headers,
         };
         let decision = node.decisions().connect(connecting, &req).await?;
         let limit = config.user_connection_limit;
@@ -36,7 +43,7 @@ impl Session {
             user: Arc::from(decision.user.as_str()),
             conn_info: decision.info,
             meta: decision.meta,
-            headers: self.headers.clone(),
+            headers,
         };
         node.hub().add_connection(
             self.conn,
