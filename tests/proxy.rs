@@ -121,8 +121,25 @@ async fn subscribe(
     let channel = body["channel"].as_str().unwrap_or("");
     Json(if channel.starts_with("secret") {
         json!({"error": {"code": 403, "message": "permission denied"}})
+    } else if channel.starts_with("brief") {
+        json!({"result": {"expire_at": unix_now() + 1}})
     } else {
         json!({"result": {"data": {"granted": channel}, "info": {"role": "reader"}}})
+    })
+}
+
+/// `sub_refresh`: extends subscriptions to channels ending in `renewed`, ends the others.
+async fn sub_refresh(
+    State(state): Shared,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Json<Value> {
+    state.record("sub_refresh", &headers, &body);
+    let channel = body["channel"].as_str().unwrap_or("");
+    Json(if channel.ends_with("renewed") {
+        json!({"result": {"expire_at": unix_now() + 3600}})
+    } else {
+        json!({"result": {"expired": true}})
     })
 }
 
@@ -166,6 +183,7 @@ impl Backend {
             .route("/counted", post(counted_connect))
             .route("/refresh", post(refresh))
             .route("/subscribe", post(subscribe))
+            .route("/sub_refresh", post(sub_refresh))
             .route("/publish", post(publish))
             .route("/rpc", post(rpc))
             .route("/billing", post(billing))
@@ -543,5 +561,42 @@ async fn namespaces_turn_hooks_off_and_rpc_methods_route_by_prefix() {
     );
     let reply = ann.call("rpc", json!({"method": "price"})).await;
     assert_eq!(reply["rpc"]["data"]["answer"], 42);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_sub_refresh_proxy_renews_the_subscriptions_it_granted_or_ends_them() {
+    let backend = Backend::start().await;
+    let server = TestServer::with(|c| {
+        backend.every_hook(c);
+        c.proxy_sub_refresh_endpoint = backend.url("sub_refresh");
+    })
+    .await;
+    let mut ann = connected_as(&server, "ann").await;
+    let reply = ann.subscribe("brief-renewed").await;
+    // The server renews the subscription itself: the client is not asked to.
+    assert!(reply["subscribe"].get("expires").is_none(), "{reply}");
+    ann.subscribe("brief-ended").await;
+    let push = ann.next_push().await;
+    assert_eq!(push["channel"], "brief-ended");
+    assert_eq!(push["unsubscribe"]["code"], 2501);
+    assert!(
+        eventually(|| async {
+            backend
+                .state
+                .requests_to("sub_refresh")
+                .iter()
+                .any(|(body, ..)| body["channel"] == "brief-renewed")
+        })
+        .await
+    );
+    // Renewed: still subscribed, publications still arrive.
+    ann.call(
+        "publish",
+        json!({"channel": "brief-renewed", "data": "still here"}),
+    )
+    .await;
+    let publication = ann.next_publication().await;
+    assert_eq!(publication["channel"], "brief-renewed");
     server.stop().await;
 }

@@ -172,6 +172,10 @@ pub struct SubscribeDecision {
     pub data: Option<Payload>,
     /// Channel options changed for this subscription only.
     pub overrides: OptionOverrides,
+    /// The server itself renews the subscription when it expires (asking
+    /// [`Decisions::sub_refresh`] with an empty token), rather than the client with a new token;
+    /// the client is then not told that its subscription expires.
+    pub refreshed_by_server: bool,
 }
 
 /// Channel options a decision changes for one subscription (`None`: as configured).
@@ -260,7 +264,8 @@ pub trait Decisions: Send + Sync + 'static {
         options: &ChannelOptions,
     ) -> Result<SubscribeDecision, Refusal>;
 
-    /// Whether a client may extend its subscription to `req.channel` with `req`'s token.
+    /// Whether a client may extend its subscription to `req.channel` with `req`'s token (empty
+    /// when the server renews a subscription [`SubscribeDecision::refreshed_by_server`]).
     async fn sub_refresh(
         &self,
         client: Client<'_>,

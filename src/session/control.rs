@@ -12,7 +12,8 @@ use crate::hooks::Refusal;
 use crate::hub::Control;
 use crate::metrics::Metrics;
 use crate::protocol::{
-    unsubscribe_code, Disconnect, Push, PushBody, RefreshRequest, Reply, SubscribeRequest,
+    error_code, unsubscribe_code, Disconnect, Push, PushBody, RefreshRequest, Reply,
+    SubRefreshRequest, SubscribeRequest,
 };
 
 /// How long a connection the server refreshes itself waits before asking again when a renewal
@@ -112,7 +113,15 @@ impl Session {
         let earliest = self
             .subscriptions
             .values()
-            .filter_map(|s| s.expires_at.map(|at| at + grace))
+            .filter_map(|s| {
+                s.expires_at.map(|at| {
+                    if s.refreshed_by_server {
+                        at
+                    } else {
+                        at + grace
+                    }
+                })
+            })
             .chain(connection)
             .min()?;
         let left = earliest.saturating_sub(unix_now());
@@ -135,6 +144,15 @@ impl Session {
             self.closing(&Disconnect::EXPIRED);
             return Err(Disconnect::EXPIRED);
         }
+        let due: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, s)| s.refreshed_by_server && s.expires_at.is_some_and(|at| at <= now))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in due {
+            self.renew_subscription(channel).await?;
+        }
         let expired: Vec<String> = self
             .subscriptions
             .iter()
@@ -144,6 +162,57 @@ impl Session {
         for channel in expired {
             self.server_unsubscribe(&channel, unsubscribe_code::EXPIRED, "subscription expired")
                 .await;
+        }
+        Ok(())
+    }
+
+    /// Renews, once it expired, a subscription the server refreshes itself, as
+    /// [`Session::refresh_by_server`] does a connection; one the decisions end (error 110
+    /// "expired", or a renewal into the past) is unsubscribed with 2501.
+    async fn renew_subscription(&mut self, channel: String) -> Outcome {
+        let Some(who) = self.identity.clone() else {
+            return Ok(());
+        };
+        let req = SubRefreshRequest {
+            channel,
+            token: String::new(),
+        };
+        let decision = self
+            .node
+            .decisions()
+            .sub_refresh(who.as_client(), &req)
+            .await;
+        let channel = req.channel;
+        let expires_at = match decision {
+            Ok(decision) if decision.expires_at.is_none_or(|at| at > unix_now()) => {
+                decision.expires_at
+            }
+            Err(Refusal::Error(error)) if error.code != error_code::EXPIRED => {
+                tracing::warn!(
+                    client = %who.client,
+                    channel,
+                    code = error.code,
+                    "subscription refresh failed; retrying later"
+                );
+                Some(unix_now() + SERVER_REFRESH_RETRY.as_secs())
+            }
+            Err(Refusal::Disconnect(reason)) => {
+                self.closing(&reason);
+                return Err(reason);
+            }
+            // Over: expired, or renewed into the past.
+            Ok(_) | Err(Refusal::Error(_)) => {
+                self.server_unsubscribe(
+                    &channel,
+                    unsubscribe_code::EXPIRED,
+                    "subscription expired",
+                )
+                .await;
+                return Ok(());
+            }
+        };
+        if let Some(subscription) = self.subscriptions.get_mut(&channel) {
+            subscription.expires_at = expires_at;
         }
         Ok(())
     }

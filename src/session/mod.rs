@@ -55,6 +55,8 @@ struct Subscription {
     join_leave: bool,
     /// When the subscription token expires (unix seconds), if it does.
     expires_at: Option<u64>,
+    /// The server renews the subscription itself when it expires.
+    refreshed_by_server: bool,
 }
 
 /// One connected (or connecting) client.

@@ -341,9 +341,14 @@ impl Decisions for Proxy {
         let result: wire::SubscribeResult = self
             .ask(endpoint, "subscribe", client.client, &body, client.headers)
             .await?;
-        result
+        let mut decision = result
             .into_decision()
-            .map_err(|e| self.unusable(endpoint, "subscribe", client.client, e))
+            .map_err(|e| self.unusable(endpoint, "subscribe", client.client, e))?;
+        // With a sub_refresh endpoint for the channel, the backend renews what it granted; without,
+        // the client does (with a subscription token).
+        decision.refreshed_by_server =
+            decision.expires_at.is_some() && self.routes(&req.channel).sub_refresh.is_some();
+        Ok(decision)
     }
 
     async fn sub_refresh(

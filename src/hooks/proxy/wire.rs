@@ -334,12 +334,14 @@ pub struct SubscribeResult {
 }
 
 impl SubscribeResult {
+    /// The decision, renewed by the client (the proxy knows whether the server renews it).
     pub fn into_decision(self) -> Result<SubscribeDecision, ResultError> {
         Ok(SubscribeDecision {
             chan_info: payload(self.info, &self.b64info, "b64info")?,
             expires_at: expiry(self.expire_at),
             data: payload(self.data, &self.b64data, "b64data")?,
             overrides: self.overrides.into_overrides(),
+            refreshed_by_server: false,
         })
     }
 }
