@@ -167,10 +167,13 @@ pub async fn run_with(
         tracing::warn!("no token key configured: clients connect anonymously (development mode)");
     }
     if config.uses_proxy() {
-        tracing::info!(
-            endpoints = ?config.proxy_endpoints().iter().filter_map(|(hook, url)| url.map(|_| *hook)).collect::<Vec<_>>(),
-            "the application backend decides through its proxy endpoints"
-        );
+        let hooks: Vec<&str> = config
+            .proxy_endpoints()
+            .iter()
+            .filter(|(_, url)| url.is_some())
+            .map(|(hook, _)| *hook)
+            .collect();
+        tracing::info!(?hooks, "the application backend decides through its proxy");
     }
     if config.api_key.is_none() {
         tracing::warn!("no API key configured: the server API is open to anyone who can reach it");

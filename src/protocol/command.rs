@@ -136,8 +136,7 @@ pub struct ConnectRequest {
     #[serde(default)]
     pub subs: HashMap<String, SubscribeRequest>,
     /// Headers the SDK emulates (browsers cannot set WebSocket headers): name → value.
-    #[serde(default)]
-    pub headers: HashMap<String, String>,
+    pub headers: Option<HashMap<String, String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

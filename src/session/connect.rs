@@ -21,10 +21,9 @@ impl Session {
         let client: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
         // The real headers of the connection request, and those the SDK emulates in `connect`.
         let emulated = &config.proxy_emulated_headers;
-        let headers = if emulated.is_empty() || req.headers.is_empty() {
-            self.headers.clone()
-        } else {
-            self.headers.with_emulated(&req.headers, emulated)
+        let headers = match &req.headers {
+            Some(sent) if !emulated.is_empty() => self.headers.with_emulated(sent, emulated),
+            _ => self.headers.clone(),
         };
         let connecting = Connecting {
             client: &client,
