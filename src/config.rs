@@ -604,6 +604,13 @@ client_command_rate = 1000         # commands per second per connection (then er
 client_command_burst = 2000
 connection_rate_per_ip = 50        # new connections per second per IP
 
+# Or let the application backend decide over HTTP, as Centrifugo's proxy asks it (see README):
+# clients without a token connect as the connect endpoint says.
+# proxy_connect_endpoint = "http://127.0.0.1:3000/centrifugo/connect"
+# proxy_subscribe_endpoint = "http://127.0.0.1:3000/centrifugo/subscribe"
+# proxy_timeout = "1s"
+# proxy_http_headers = ["Cookie", "Authorization"]
+
 # Channels outside any namespace. With a token secret set, every permission is closed unless
 # granted here or in a namespace (subscription tokens always work).
 [channel]
