@@ -232,7 +232,8 @@ impl TokenVerifier {
         self.verify(token)
     }
 
-    /// Checks the signature, algorithm, expiry, audience and issuer of `token`.
+    /// Checks the signature, algorithm, time claims (`exp`, `nbf`), audience and issuer of
+    /// `token`.
     fn verify<T: DeserializeOwned>(&self, token: &str) -> Result<T, TokenError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
@@ -271,6 +272,8 @@ impl TokenVerifier {
         validation.required_spec_claims.clear();
         validation.leeway = 0;
         validation.validate_exp = true;
+        // RFC 7519 §4.1.5: a token is not accepted before its `nbf`, with the same leeway as `exp`.
+        validation.validate_nbf = true;
         match &self.audience {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
@@ -408,7 +411,7 @@ pub fn make_hmac_token(
     let now = unix_now();
     let claims = ConnectionClaims {
         sub: user.to_string(),
-        exp: (ttl_secs > 0).then_some(now + ttl_secs),
+        exp: (ttl_secs > 0).then_some(now.saturating_add(ttl_secs)),
         iat: Some(now),
         ..Default::default()
     };
@@ -488,5 +491,30 @@ mod tests {
         };
         assert_eq!(c.expires_at(), None);
         assert_eq!(c.info().unwrap().get(), "{\"a\":1}");
+    }
+
+    #[test]
+    fn not_before_is_checked_and_huge_expiry_is_accepted() {
+        let v = TokenVerifier::hmac("s3cret");
+        let sign = |claims: serde_json::Value| sign_hmac("s3cret", &claims).unwrap();
+        let early = sign(serde_json::json!({"sub": "1", "nbf": unix_now() + 3600}));
+        assert!(matches!(
+            v.verify_connection(&early),
+            Err(TokenError::Invalid(_))
+        ));
+        let started = sign(serde_json::json!({"sub": "1", "nbf": unix_now() - 1}));
+        assert_eq!(v.verify_connection(&started).unwrap().sub, "1");
+        let far = sign(serde_json::json!({"sub": "1", "exp": u64::MAX}));
+        assert_eq!(
+            v.verify_connection(&far).unwrap().expires_at(),
+            Some(u64::MAX)
+        );
+        let early_subscription = sign(serde_json::json!({
+            "sub": "1", "channel": "$c", "nbf": unix_now() + 3600
+        }));
+        assert!(matches!(
+            v.verify_subscription(&early_subscription),
+            Err(TokenError::Invalid(_))
+        ));
     }
 }

@@ -27,6 +27,8 @@ pub struct ChannelOptions {
     pub allow_presence_for_subscriber: bool,
     pub allow_history_for_client: bool,
     pub allow_history_for_subscriber: bool,
+    /// `name#user1,user2` channels are open to the users listed (opt-in, even in development).
+    pub allow_user_limited_channels: bool,
 }
 
 impl ChannelOptions {
@@ -53,6 +55,7 @@ impl ChannelOptions {
             allow_presence_for_subscriber: allow(ns.allow_presence_for_subscriber),
             allow_history_for_client: allow(ns.allow_history_for_client),
             allow_history_for_subscriber: allow(ns.allow_history_for_subscriber),
+            allow_user_limited_channels: ns.allow_user_limited_channels.unwrap_or(false),
         }
     }
 }

@@ -31,7 +31,8 @@ pub struct Config {
     pub ping_interval: u64,
     /// Seconds a client has to answer a ping.
     pub pong_timeout: u64,
-    /// Seconds a new socket has to send `connect`.
+    /// Seconds a new socket has to send `connect`; also what an HTTP/1 connection has to send each
+    /// request's head (and may stay idle between requests).
     pub stale_timeout: u64,
     /// Largest client message (one WebSocket message), in bytes.
     pub max_message_size: usize,
@@ -43,6 +44,13 @@ pub struct Config {
     pub shutdown_timeout: u64,
     /// Send join/leave pushes to a channel's subscribers.
     pub join_leave: bool,
+    /// Subscribe every connection of a known user, server-side, to the user's personal channel
+    /// (`<personal_channel_namespace>:#<user>`) at connect, as Centrifugo's
+    /// `subscribe_to_user_personal_channel` does: the backend reaches all of a user's
+    /// connections with one publication.
+    pub subscribe_to_user_personal_channel: bool,
+    /// Namespace of personal channels (empty: channels outside any namespace, `#<user>`).
+    pub personal_channel_namespace: String,
     /// Track presence (who is subscribed) per channel.
     pub presence: bool,
     /// Where durable state (the SQLite history) lives.
@@ -194,6 +202,10 @@ pub struct Namespace {
     pub proxy_sub_refresh: Option<bool>,
     /// This namespace's own sub_refresh endpoint.
     pub proxy_sub_refresh_endpoint: Option<String>,
+    /// Channels whose name ends in `#user1,user2` are open to the users listed, without a
+    /// subscription token; off (the default, as in Centrifugo), such a channel is refused (103)
+    /// unless a token grants it.
+    pub allow_user_limited_channels: Option<bool>,
 }
 
 impl Default for Config {
@@ -213,6 +225,8 @@ impl Default for Config {
             write_timeout: 10,
             shutdown_timeout: 5,
             join_leave: true,
+            subscribe_to_user_personal_channel: false,
+            personal_channel_namespace: String::new(),
             presence: true,
             data_dir: PathBuf::from("switchboard-data"),
             history_storage: HistoryStorage::Sqlite,
@@ -397,6 +411,18 @@ impl Config {
                     ns.name
                 )));
             }
+        }
+        if self.subscribe_to_user_personal_channel
+            && !self.personal_channel_namespace.is_empty()
+            && !self
+                .namespace
+                .iter()
+                .any(|ns| ns.name == self.personal_channel_namespace)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "personal_channel_namespace {:?} is not a configured [[namespace]]",
+                self.personal_channel_namespace
+            )));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid(
@@ -629,6 +655,9 @@ allow_history_for_subscriber = true
 join_leave = true
 history_size = 200
 history_ttl = 3600
+# "chat:<room>#<user>,<user>" channels open to the users listed after '#' without a token.
+# User-limited channels are off unless a namespace (or [channel]) turns them on.
+# allow_user_limited_channels = true
 
 # Channels named "private:<name>" need a subscription token (no allow_subscribe_* granted).
 [[namespace]]
@@ -662,6 +691,21 @@ mod tests {
         };
         open.validate().unwrap();
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_personal_channel_namespace_must_be_configured() {
+        let mut c = Config {
+            subscribe_to_user_personal_channel: true,
+            personal_channel_namespace: "personal".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        c.namespace.push(Namespace {
+            name: "personal".into(),
+            ..Default::default()
+        });
+        c.validate().unwrap();
     }
 
     #[test]

@@ -74,6 +74,13 @@ struct ServeArgs {
     /// Send join/leave pushes (true/false) [default: true].
     #[arg(long, env = "SWITCHBOARD_JOIN_LEAVE")]
     join_leave: Option<bool>,
+    /// Subscribe each user's connections to its personal channel `<namespace>:#<user>` at connect
+    /// (true/false) [default: false].
+    #[arg(long, env = "SWITCHBOARD_SUBSCRIBE_TO_USER_PERSONAL_CHANNEL")]
+    subscribe_to_user_personal_channel: Option<bool>,
+    /// Namespace of personal channels [default: none, `#<user>`].
+    #[arg(long, env = "SWITCHBOARD_PERSONAL_CHANNEL_NAMESPACE")]
+    personal_channel_namespace: Option<String>,
     /// Directory for durable state (the SQLite history) [default: ./switchboard-data].
     #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -227,6 +234,8 @@ impl ServeArgs {
             max_message_size,
             client_queue_max_bytes,
             join_leave,
+            subscribe_to_user_personal_channel,
+            personal_channel_namespace,
             history_size,
             history_ttl,
             data_dir,

@@ -3,12 +3,21 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use crate::auth::KeyError;
 use crate::config::{Config, ConfigError, HistoryStorage};
@@ -179,6 +188,8 @@ pub async fn run_with(
         tracing::warn!("no API key configured: the server API is open to anyone who can reach it");
     }
     let shutdown_timeout = config.shutdown_timeout();
+    // A new connection has as long to send a request's head as a new WebSocket has to connect.
+    let header_timeout = config.stale_timeout();
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(
             axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
@@ -211,7 +222,7 @@ pub async fn run_with(
     if let Some(api) = listeners.api {
         tracing::info!(address = %api.local_addr()?, "server API listening");
         let router = crate::http::api_routes().with_state(node.clone());
-        servers.spawn(serve_plain(api, router, shutdown.clone()));
+        servers.spawn(serve_plain(api, router, header_timeout, shutdown.clone()));
     }
     let main_addr = listeners.main.local_addr()?;
     let router = app(node.clone(), connections);
@@ -226,14 +237,23 @@ pub async fn run_with(
                 stop.graceful_shutdown(Some(shutdown_timeout));
             });
             let listener = listeners.main.into_std()?;
-            let server = axum_server::from_tcp_rustls(listener, tls)?
-                .handle(handle)
-                .serve(router.into_make_service_with_connect_info::<SocketAddr>());
+            let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
+            server
+                .http_builder()
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let server = server.serve(router.into_make_service_with_connect_info::<SocketAddr>());
             servers.spawn(async move { server.await.map_err(ServerError::from) });
         }
         None => {
             tracing::info!(address = %main_addr, "switchboard listening");
-            servers.spawn(serve_plain(listeners.main, router, shutdown.clone()));
+            servers.spawn(serve_plain(
+                listeners.main,
+                router,
+                header_timeout,
+                shutdown.clone(),
+            ));
         }
     }
     shutdown.cancelled().await;
@@ -259,20 +279,79 @@ pub async fn run_with(
     Ok(())
 }
 
-/// Serves `router` on a plain TCP listener until shutdown.
+/// Serves `router` on a plain TCP listener until shutdown, over HTTP/1.1.
+///
+/// Every connection has `header_timeout` to send each request's head, and no longer to stay idle
+/// between requests: a socket that sends half a request line, or nothing, is closed instead of
+/// holding a file descriptor for ever. A WebSocket is past its request once upgraded, so the
+/// bound no longer applies to it. At shutdown the listener closes and open requests finish.
 async fn serve_plain(
     listener: TcpListener,
     router: Router,
+    header_timeout: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    let listener = listener.tap_io(|tcp| {
+    // HTTP/1 alone: guessing the version first (as a server speaking HTTP/2 too must) would wait
+    // for a silent socket's first bytes without a bound.
+    let mut http1 = http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait for some to be released.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
         let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await?;
+        let service = router
+            .clone()
+            .map_request(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request.map(Body::new)
+            });
+        let connection = http1
+            .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
+            .with_upgrades();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = shutdown.cancelled() => {
+                    // Finish the request in progress, then close.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
     Ok(())
+}
+
+/// Accept errors about one connection (the next accept may well succeed).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
 }

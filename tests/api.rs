@@ -5,7 +5,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn api_key_is_required_when_configured() {
@@ -266,5 +268,209 @@ async fn health_and_metrics() {
     assert!(body.contains("switchboard_connections 1"), "{body}");
     assert!(body.contains("switchboard_subscriptions 1"), "{body}");
     assert!(body.contains("# TYPE switchboard_messages_sent_total counter"));
+    server.stop().await;
+}
+
+/// `{"a":{"a":…1…}}`, `depth` objects deep: deeper than a `serde_json::Value` may be (128).
+fn nested(depth: usize) -> String {
+    format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth))
+}
+
+#[tokio::test]
+async fn deeply_nested_data_is_published_and_read_back() {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        result: HistoryPage,
+    }
+    #[derive(serde::Deserialize)]
+    struct HistoryPage {
+        publications: Vec<Stored>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        data: Box<serde_json::value::RawValue>,
+    }
+    let server = TestServer::start().await;
+    let data = nested(200);
+    let body = format!("{{\"channel\": \"deep\", \"data\": {data}}}");
+    let (status, reply) = api_call(server.addr, "publish", &body, None).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["result"]["offset"], 1);
+    // The answer is read as raw JSON: a `Value` could not hold it either.
+    let request = "{\"channel\": \"deep\", \"limit\": -1}";
+    let request = format!(
+        "POST /api/history HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{request}",
+        request.len()
+    );
+    let (status, body) = http_raw(server.addr, &request).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Answer = serde_json::from_str(&body).expect("a history answer");
+    assert_eq!(answer.result.publications.len(), 1);
+    assert_eq!(answer.result.publications[0].data.get(), data);
+    // The same through a batch.
+    let batch = "{\"commands\": [{\"history\": {\"channel\": \"deep\", \"limit\": -1}}]}";
+    let (status, reply) = api_call(server.addr, "batch", batch, None).await;
+    assert_eq!(status, 200);
+    assert!(reply.as_str().is_some_and(|r| r.contains(&data)), "{reply}");
+    server.stop().await;
+}
+
+/// Writes `head` (and no more) to a new connection and reads one response within two seconds:
+/// status and body (the body as far as its `Content-Length` says).
+async fn answer_before_body(addr: std::net::SocketAddr, head: &str) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let read = async {
+        let mut response = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap_or(0);
+            response.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&response).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if body.len() >= length || n == 0 {
+                    return text;
+                }
+            } else if n == 0 {
+                return text;
+            }
+        }
+    };
+    let text = tokio::time::timeout(Duration::from_secs(2), read)
+        .await
+        .expect("an answer before the body is sent");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_key_and_declared_length_are_checked_before_the_body_is_read() {
+    let server = TestServer::with(|c| c.api_key = Some("k3y".into())).await;
+    // Declares 4 MB and sends one byte: no key, so 401 at once, without waiting for the rest.
+    let head = "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 4000000\r\n\r\n{";
+    let (status, reply) = answer_before_body(server.addr, head).await;
+    assert_eq!(status, 401);
+    assert_eq!(reply["error"]["code"], 101, "{reply}");
+    // With the key, a declared 100 MiB is refused from the header, before any of it arrives.
+    let head = "POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: k3y\r\nContent-Length: 104857600\r\n\r\n";
+    let (status, reply) = answer_before_body(server.addr, head).await;
+    assert_eq!(status, 413);
+    assert_eq!(reply["error"]["code"], 106, "{reply}");
+    // A good request still works.
+    let body = json!({"channel": "c", "data": 1}).to_string();
+    let (status, _) = api_call(server.addr, "publish", &body, Some("k3y")).await;
+    assert_eq!(status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn channel_patterns_are_bounded() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    c.subscribe("chat-one").await;
+    // The battery's pattern: 4 MB, under the body limit.
+    let long = format!("*{}b", "a".repeat(4_000_000));
+    let started = std::time::Instant::now();
+    let (status, reply) = server.api("channels", json!({ "pattern": long })).await;
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["error"]["code"], 107);
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("1024")),
+        "{reply}"
+    );
+    assert!(started.elapsed() < WAIT);
+    let (status, _) = server
+        .api("channels", json!({ "pattern": "*".repeat(1025) }))
+        .await;
+    assert_eq!(status, 400);
+    // At the bound, and a normal pattern: answered.
+    let (status, reply) = server
+        .api("channels", json!({ "pattern": "*".repeat(1024) }))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        reply["result"]["channels"],
+        json!({"chat-one": {"num_clients": 1}})
+    );
+    let (_, reply) = server.api("channels", json!({"pattern": "chat-?ne"})).await;
+    assert_eq!(
+        reply["result"]["channels"],
+        json!({"chat-one": {"num_clients": 1}})
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_holds_at_most_a_thousand_commands() {
+    let server = TestServer::start().await;
+    let batch = |n: usize| {
+        let command = json!({"presence_stats": {"channel": "b"}});
+        json!({ "commands": vec![command; n] })
+    };
+    let (status, reply) = server.api("batch", batch(1001)).await;
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["error"]["code"], 107);
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("1000")),
+        "{reply}"
+    );
+    let (status, reply) = server.api("batch", batch(1000)).await;
+    assert_eq!(status, 200);
+    let replies = reply["replies"].as_array().expect("replies");
+    assert_eq!(replies.len(), 1000);
+    assert_eq!(
+        replies[999],
+        json!({"presence_stats": {"num_clients": 0, "num_users": 0}})
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn idle_and_slow_http_connections_are_closed() {
+    let server = TestServer::with(|c| c.stale_timeout = 1).await;
+    // Reads until the server closes the socket (end of stream or reset), within a bound.
+    async fn closed_by_server(mut stream: TcpStream) {
+        let mut buffer = [0u8; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(n) = stream.read(&mut buffer).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the server closed the connection in time");
+    }
+    let mut half = TcpStream::connect(server.addr).await.unwrap();
+    half.write_all(b"GET /health HT").await.unwrap();
+    let silent = TcpStream::connect(server.addr).await.unwrap();
+    // A WebSocket, once upgraded, is not bound by the request-head timeout.
+    let mut client = server.client().await;
+    closed_by_server(half).await;
+    closed_by_server(silent).await;
+    let reply = client
+        .call("rpc", json!({"method": "echo", "data": 7}))
+        .await;
+    assert_eq!(reply["rpc"]["data"], 7);
+    // Requests still get answers.
+    let (status, _) = server.api("info", json!({})).await;
+    assert_eq!(status, 200);
     server.stop().await;
 }

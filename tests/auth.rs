@@ -225,6 +225,38 @@ async fn token_claims_info_channels_and_expiry() {
 }
 
 #[tokio::test]
+async fn time_claims_far_expiry_connects_and_future_not_before_is_refused() {
+    let server = TestServer::with(|c| {
+        c.token_hmac_secret = Some("s".into());
+        open_channels(c);
+    })
+    .await;
+    // The largest `exp` a token can carry: a connect reply, and the connection lives on.
+    let far = json!({"sub": "uma", "exp": u64::MAX});
+    let (mut c, reply) = connect_with(&server, &sign_hmac("s", &far).unwrap())
+        .await
+        .expect("a connect reply");
+    assert_eq!(reply["connect"]["expires"], true, "{reply}");
+    let ttl = reply["connect"]["ttl"].as_u64().expect("a ttl");
+    assert!(ttl > 0 && ttl <= u64::from(u32::MAX), "{reply}");
+    let r = c.call("rpc", json!({"method": "echo", "data": 1})).await;
+    assert_eq!(r["rpc"]["data"], 1);
+    // Not valid before an hour from now: refused as any invalid token (RFC 7519 §4.1.5).
+    let early = json!({"sub": "uma", "nbf": unix_now() + 3600});
+    assert_eq!(
+        connect_with(&server, &sign_hmac("s", &early).unwrap())
+            .await
+            .err(),
+        Some(3500)
+    );
+    let started = json!({"sub": "uma", "nbf": unix_now() - 5});
+    assert!(connect_with(&server, &sign_hmac("s", &started).unwrap())
+        .await
+        .is_ok());
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn subscription_tokens_open_private_channels() {
     let server = TestServer::with(|c| {
         c.token_hmac_secret = Some("s".into());
@@ -302,13 +334,22 @@ async fn subscription_tokens_open_private_channels() {
 async fn namespace_permissions_and_user_limited_channels() {
     let server = TestServer::with(|c| {
         c.token_hmac_secret = Some("s".into());
-        c.namespace = vec![Namespace {
-            name: "room".into(),
-            allow_subscribe_for_client: Some(true),
-            allow_publish_for_subscriber: Some(true),
-            allow_history_for_subscriber: Some(true),
-            ..Default::default()
-        }];
+        c.namespace = vec![
+            Namespace {
+                name: "room".into(),
+                allow_subscribe_for_client: Some(true),
+                allow_publish_for_subscriber: Some(true),
+                allow_history_for_subscriber: Some(true),
+                allow_user_limited_channels: Some(true),
+                ..Default::default()
+            },
+            // Open to every client, but user-limited channels not turned on.
+            Namespace {
+                name: "hall".into(),
+                allow_subscribe_for_client: Some(true),
+                ..Default::default()
+            },
+        ];
     })
     .await;
     let conn = |user: &str| sign_hmac("s", &json!({"sub": user})).unwrap();
@@ -346,6 +387,16 @@ async fn namespace_permissions_and_user_limited_channels() {
         .call("subscribe", json!({"channel": "room:dm#ann,bo"}))
         .await;
     assert_eq!(r["error"]["code"], 103);
+    // Without allow_user_limited_channels a '#' channel is refused, even to a listed user and
+    // in a namespace open to every client.
+    let r = ann
+        .call("subscribe", json!({"channel": "hall:dm#ann,bo"}))
+        .await;
+    assert_eq!(r["error"]["code"], 103, "{r}");
+    let r = ann
+        .call("subscribe", json!({"channel": "hall:lobby"}))
+        .await;
+    assert!(r.get("subscribe").is_some(), "{r}");
     server.stop().await;
 }
 

@@ -36,6 +36,14 @@ async fn centrifuge_js_sdk_works_against_the_server() {
         config.pong_timeout = 1;
         // An expired connection that did not refresh is closed one second after its token's `exp`.
         config.expired_grace = 1;
+        // Every known user's connections join `personal:#<user>` at connect (the SDK sees a
+        // server-side subscription).
+        config.subscribe_to_user_personal_channel = true;
+        config.personal_channel_namespace = "personal".into();
+        config.namespace.push(switchboard::config::Namespace {
+            name: "personal".into(),
+            ..Default::default()
+        });
     })
     .await;
     let address = server.addr.to_string();

@@ -84,7 +84,7 @@ async fn rpc_echo_and_unknown_method() {
         .await;
     assert_eq!(reply["rpc"]["data"], json!({"x": [1, 2]}));
     let reply = c.call("rpc", json!({"method": "nope", "data": 1})).await;
-    assert_eq!(reply["error"]["code"], 104);
+    assert_eq!(reply["error"]["code"], 108);
     server.stop().await;
 }
 

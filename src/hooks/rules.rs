@@ -4,9 +4,10 @@
 //!   the server-side subscriptions; without a token a client is anonymous, which only a server
 //!   that verifies no token (or is told `insecure`) allows.
 //! - Subscribe: a subscription JWT grants its channel; without one, private channels (`$` after
-//!   the namespace) are closed, user-limited ones (`#user1,user2`) open to the users they list,
-//!   and the rest as the namespace's permissions say.
-//! - Publish: the namespace's permissions. RPC: the `echo` method.
+//!   the namespace) are closed, user-limited ones (`#user1,user2`) open to the users they list
+//!   where the namespace turns them on (closed otherwise), and the rest as the namespace's
+//!   permissions say.
+//! - Publish: the namespace's permissions. RPC: the `echo` method; any other is "not available".
 
 use async_trait::async_trait;
 
@@ -167,7 +168,11 @@ impl Decisions for Rules {
             return Err(denied());
         }
         if let Some((_, users)) = channel.rsplit_once('#') {
-            if !users.split(',').any(|u| !u.is_empty() && u == client.user) {
+            // Opt-in per namespace, as in Centrifugo: an operator who closed a namespace does not
+            // find `name#user` channels open in it.
+            if !options.allow_user_limited_channels
+                || !users.split(',').any(|u| !u.is_empty() && u == client.user)
+            {
                 return Err(denied());
             }
             return Ok(SubscribeDecision::default());
@@ -229,9 +234,11 @@ impl Decisions for Rules {
         method: &str,
         data: Option<Payload>,
     ) -> Result<RpcDecision, Refusal> {
+        // `echo` is built in; any other method has no handler here. Centrifugo answers "not
+        // available" (108) when no RPC proxy is configured, and the SDKs' suites expect it.
         match method {
             "echo" => Ok(RpcDecision { data }),
-            _ => Err(Error::new(error_code::METHOD_NOT_FOUND).into()),
+            _ => Err(Error::new(error_code::NOT_AVAILABLE).into()),
         }
     }
 }
@@ -291,6 +298,7 @@ mod tests {
             allow_presence_for_subscriber: false,
             allow_history_for_client: false,
             allow_history_for_subscriber: false,
+            allow_user_limited_channels: false,
         }
     }
 
@@ -344,7 +352,19 @@ mod tests {
             ..Default::default()
         };
         let rules = rules();
-        let options = closed();
+        // Off by default: even a listed user is refused.
+        let refusal = rules
+            .subscribe(ann(), &subscribe("chat#ann,bob"), &closed())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refusal,
+            Refusal::Error(Error::new(error_code::PERMISSION_DENIED))
+        );
+        let options = ChannelOptions {
+            allow_user_limited_channels: true,
+            ..closed()
+        };
         assert!(rules
             .subscribe(ann(), &subscribe("chat#ann,bob"), &options)
             .await
@@ -404,12 +424,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn rpc_echoes_and_knows_no_other_method() {
+    async fn rpc_echoes_and_answers_not_available_for_other_methods() {
         assert!(rules().rpc(ann(), "echo", None).await.is_ok());
         let refusal = rules().rpc(ann(), "other", None).await.unwrap_err();
         assert_eq!(
             refusal,
-            Refusal::Error(Error::new(error_code::METHOD_NOT_FOUND))
+            Refusal::Error(Error::new(error_code::NOT_AVAILABLE))
         );
     }
 }

@@ -3,20 +3,23 @@
 //!
 //! Answers follow Centrifugo: `200 {"result": …}` on success, `200 {"error": {code, message}}` when
 //! the method itself fails, `400` with a JSON error for a body that is not the method's JSON, `401`
-//! without a valid key, `404` for an unknown method.
+//! without a valid key (checked before the body is read), `413` for a body over the limit, `404`
+//! for an unknown method. Bounds: a body of 4 MiB, a `batch` of [`MAX_BATCH_COMMANDS`] commands,
+//! a `channels` pattern of [`MAX_GLOB_LENGTH`] bytes (each past its bound is refused with a JSON
+//! error).
 
 use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::{constant_time_eq, glob_match, json_error};
+use super::{constant_time_eq, glob_match, json_error, API_BODY_LIMIT, MAX_GLOB_LENGTH};
 use crate::engine::broker::NodeControl;
 use crate::engine::history::HistoryFilter;
 use crate::metrics::Metrics;
@@ -34,6 +37,8 @@ pub enum ApiError {
     MethodNotFound,
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("request body is larger than {} bytes", API_BODY_LIMIT)]
+    TooLarge,
 }
 
 impl IntoResponse for ApiError {
@@ -42,62 +47,117 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, error_code::UNAUTHORIZED),
             ApiError::MethodNotFound => (StatusCode::NOT_FOUND, error_code::METHOD_NOT_FOUND),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, error_code::BAD_REQUEST),
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, error_code::LIMIT_EXCEEDED),
         };
         json_error(status, code, &self.to_string())
     }
 }
 
 /// `POST /api/{method}`.
+///
+/// The key is checked and the declared length compared with the limit before a byte of the body
+/// is read: a caller without the key cannot make the server wait for, or hold, its upload.
 pub async fn call(
     State(node): State<Node>,
     Path(method): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Result<Response, ApiError> {
     Metrics::inc(&node.metrics().api_requests);
-    authorize(&node, &headers, &query)?;
+    authorize(&node, request.headers(), &query)?;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > API_BODY_LIMIT as u64) {
+        return Err(ApiError::TooLarge);
+    }
+    // Reads at most the limit (`DefaultBodyLimit` of the routes), for a body without a length.
+    let body = Bytes::from_request(request, &node)
+        .await
+        .map_err(|rejection| match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
+            _ => ApiError::BadRequest(rejection.body_text()),
+        })?;
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
         &body
     };
     let reply = if method == "batch" {
-        let req: BatchRequest = parse(body)?;
-        let mut replies = Vec::with_capacity(req.commands.len());
-        for command in req.commands {
-            let Some((method, params)) = command.into_iter().next() else {
-                replies.push(json!({"error": Error::new(error_code::BAD_REQUEST)}));
-                continue;
-            };
-            let reply = match dispatch(&node, &method, params.get().as_bytes()).await {
-                Ok(Ok(result)) => json!({ method: result }),
-                Ok(Err(error)) => json!({ "error": error }),
-                Err(ApiError::MethodNotFound) => {
-                    json!({"error": Error::new(error_code::METHOD_NOT_FOUND)})
-                }
-                Err(e) => {
-                    json!({"error": {"code": error_code::BAD_REQUEST, "message": e.to_string()}})
-                }
-            };
-            replies.push(reply);
-        }
-        json!({ "replies": replies })
+        batch(&node, parse(body)?).await
     } else {
         match dispatch(&node, &method, body).await? {
-            Ok(result) => json!({ "result": result }),
-            Err(error) => json!({ "error": error }),
+            Ok(result) => raw(&Keyed("result", result)),
+            Err(error) => raw(&Keyed("error", error)),
         }
     };
-    Ok(axum::Json(reply).into_response())
+    Ok(match reply {
+        Ok(reply) => axum::Json(reply).into_response(),
+        Err(error) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            error.code,
+            &error.message,
+        ),
+    })
+}
+
+/// `batch`: runs the commands in order; each gets a reply, `{method: result}` or `{"error": …}`.
+async fn batch(node: &Node, req: BatchRequest) -> RawResult {
+    let mut replies = Vec::with_capacity(req.commands.len());
+    for command in req.commands {
+        let Some((method, params)) = command.into_iter().next() else {
+            replies.push(raw(&Keyed("error", Error::new(error_code::BAD_REQUEST)))?);
+            continue;
+        };
+        let reply = match dispatch(node, &method, params.get().as_bytes()).await {
+            Ok(Ok(result)) => raw(&Keyed(&method, result)),
+            Ok(Err(error)) => raw(&Keyed("error", error)),
+            Err(ApiError::MethodNotFound) => {
+                raw(&Keyed("error", Error::new(error_code::METHOD_NOT_FOUND)))
+            }
+            Err(e) => raw(&Keyed(
+                "error",
+                Error {
+                    code: error_code::BAD_REQUEST,
+                    message: e.to_string(),
+                    temporary: false,
+                },
+            )),
+        };
+        replies.push(reply?);
+    }
+    raw(&Keyed("replies", replies))
+}
+
+/// A method's result, serialized as soon as it is known. Publication data and client info are
+/// raw JSON of any depth, which a `serde_json::Value` (limited to 128 levels) could not hold:
+/// answers never go through `Value`.
+type RawResult = Result<Box<RawValue>, Error>;
+
+/// Serializes `value` to raw JSON; a failure (a bug, not a client's doing) is an internal error.
+fn raw<T: Serialize + ?Sized>(value: &T) -> RawResult {
+    serde_json::value::to_raw_value(value).map_err(|e| {
+        tracing::error!(error = %e, "cannot serialize an API answer");
+        Error::new(error_code::INTERNAL)
+    })
+}
+
+/// A JSON object with one entry: `{key: value}`.
+struct Keyed<'a, V>(&'a str, V);
+
+impl<V: Serialize> Serialize for Keyed<'_, V> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry(self.0, &self.1)?;
+        map.end()
+    }
 }
 
 /// Runs one API method. The outer error is the call's (400/404), the inner the method's.
-async fn dispatch(
-    node: &Node,
-    method: &str,
-    body: &[u8],
-) -> Result<Result<Value, Error>, ApiError> {
+async fn dispatch(node: &Node, method: &str, body: &[u8]) -> Result<RawResult, ApiError> {
     Ok(match method {
         "publish" => publish(node, parse(body)?).await,
         "broadcast" => broadcast(node, parse(body)?).await,
@@ -108,10 +168,10 @@ async fn dispatch(
         "presence_stats" => presence_stats(node, parse(body)?).await,
         "history" => history(node, parse(body)?).await,
         "history_remove" => history_remove(node, parse(body)?).await,
-        "channels" => channels(node, parse(body)?),
+        "channels" => channels(node, checked_pattern(parse(body)?)?).await,
         "info" => {
             let _: Empty = parse(body)?;
-            Ok(json!({ "nodes": node.nodes().await }))
+            raw(&Keyed("nodes", node.nodes().await))
         }
         _ => return Err(ApiError::MethodNotFound),
     })
@@ -151,12 +211,48 @@ fn authorize(
 #[serde(deny_unknown_fields)]
 struct Empty {}
 
+/// Most commands one `batch` may hold: every command and its reply stay in memory until the batch
+/// ends. More is a 400 naming the bound.
+pub const MAX_BATCH_COMMANDS: usize = 1000;
+
+/// One command of a batch: `{method: params}`.
+type BatchCommand = HashMap<String, Box<RawValue>>;
+
 #[derive(Deserialize)]
 struct BatchRequest {
-    commands: Vec<HashMap<String, Box<RawValue>>>,
+    #[serde(deserialize_with = "at_most_max_batch_commands")]
+    commands: Vec<BatchCommand>,
     #[serde(default)]
     #[allow(dead_code)]
     parallel: bool,
+}
+
+/// Reads a batch's command list, stopping at the first command past [`MAX_BATCH_COMMANDS`].
+fn at_most_max_batch_commands<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<BatchCommand>, D::Error> {
+    struct Bounded;
+    impl<'de> Visitor<'de> for Bounded {
+        type Value = Vec<BatchCommand>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a list of at most {MAX_BATCH_COMMANDS} commands")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut commands = Vec::new();
+            while let Some(command) = seq.next_element()? {
+                if commands.len() == MAX_BATCH_COMMANDS {
+                    return Err(serde::de::Error::custom(format!(
+                        "a batch holds at most {MAX_BATCH_COMMANDS} commands"
+                    )));
+                }
+                commands.push(command);
+            }
+            Ok(commands)
+        }
+    }
+    deserializer.deserialize_seq(Bounded)
 }
 
 #[derive(Deserialize)]
@@ -206,12 +302,12 @@ async fn publish_one(
     )
 }
 
-async fn publish(node: &Node, req: PublishRequest) -> Result<Value, Error> {
+async fn publish(node: &Node, req: PublishRequest) -> RawResult {
     let result = publish_one(node, &req.channel, &req.data, req.tags, req.skip_history).await?;
-    Ok(json!(result))
+    raw(&result)
 }
 
-async fn broadcast(node: &Node, req: BroadcastRequest) -> Result<Value, Error> {
+async fn broadcast(node: &Node, req: BroadcastRequest) -> RawResult {
     if req.channels.is_empty() {
         return Err(Error::new(error_code::BAD_REQUEST));
     }
@@ -227,7 +323,7 @@ async fn broadcast(node: &Node, req: BroadcastRequest) -> Result<Value, Error> {
             Err(error) => json!({ "error": error }),
         })
         .collect();
-    Ok(json!({ "responses": responses }))
+    raw(&Keyed("responses", responses))
 }
 
 #[derive(Deserialize)]
@@ -242,7 +338,7 @@ struct SubscribeRequest {
     data: Option<Box<RawValue>>,
 }
 
-async fn subscribe(node: &Node, req: SubscribeRequest) -> Result<Value, Error> {
+async fn subscribe(node: &Node, req: SubscribeRequest) -> RawResult {
     check_channel(&req.channel)?;
     let compact = |raw: Option<Box<RawValue>>| raw.map(|r| payload_from_raw(&r));
     node.control(NodeControl::Subscribe {
@@ -253,7 +349,7 @@ async fn subscribe(node: &Node, req: SubscribeRequest) -> Result<Value, Error> {
         data: compact(req.data),
     })
     .await?;
-    Ok(json!({}))
+    raw(&json!({}))
 }
 
 #[derive(Deserialize)]
@@ -264,7 +360,7 @@ struct UnsubscribeRequest {
     client: Option<String>,
 }
 
-async fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> Result<Value, Error> {
+async fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> RawResult {
     check_channel(&req.channel)?;
     node.control(NodeControl::Unsubscribe {
         user: req.user,
@@ -272,7 +368,7 @@ async fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> Result<Value, Erro
         client: req.client.filter(|c| !c.is_empty()),
     })
     .await?;
-    Ok(json!({}))
+    raw(&json!({}))
 }
 
 #[derive(Deserialize)]
@@ -293,7 +389,7 @@ struct CustomDisconnect {
     reason: String,
 }
 
-async fn disconnect(node: &Node, req: DisconnectRequest) -> Result<Value, Error> {
+async fn disconnect(node: &Node, req: DisconnectRequest) -> RawResult {
     if req.user.is_empty() {
         return Err(Error::new(error_code::BAD_REQUEST));
     }
@@ -312,7 +408,7 @@ async fn disconnect(node: &Node, req: DisconnectRequest) -> Result<Value, Error>
         reason,
     })
     .await?;
-    Ok(json!({}))
+    raw(&json!({}))
 }
 
 #[derive(Deserialize)]
@@ -320,16 +416,16 @@ struct ChannelRequest {
     channel: String,
 }
 
-async fn presence(node: &Node, req: ChannelRequest) -> Result<Value, Error> {
+async fn presence(node: &Node, req: ChannelRequest) -> RawResult {
     check_channel(&req.channel)?;
     let presence: HashMap<String, ClientInfo> = node.presence(&req.channel).await?;
-    Ok(json!({ "presence": presence }))
+    raw(&Keyed("presence", presence))
 }
 
-async fn presence_stats(node: &Node, req: ChannelRequest) -> Result<Value, Error> {
+async fn presence_stats(node: &Node, req: ChannelRequest) -> RawResult {
     check_channel(&req.channel)?;
     let stats = node.presence_stats(&req.channel).await?;
-    Ok(json!({"num_clients": stats.num_clients, "num_users": stats.num_users}))
+    raw(&json!({"num_clients": stats.num_clients, "num_users": stats.num_users}))
 }
 
 #[derive(Deserialize)]
@@ -350,21 +446,21 @@ struct HistoryResult<'a> {
     epoch: &'a str,
 }
 
-async fn history(node: &Node, req: HistoryRequest) -> Result<Value, Error> {
+async fn history(node: &Node, req: HistoryRequest) -> RawResult {
     check_channel(&req.channel)?;
     let filter = HistoryFilter::from_request(req.limit, req.since, req.reverse)?;
     let page = node.history(&req.channel, filter).await?;
-    Ok(json!(HistoryResult {
+    raw(&HistoryResult {
         publications: page.publications.iter().map(|p| &**p).collect(),
         offset: page.position.offset,
         epoch: &page.position.epoch,
-    }))
+    })
 }
 
-async fn history_remove(node: &Node, req: ChannelRequest) -> Result<Value, Error> {
+async fn history_remove(node: &Node, req: ChannelRequest) -> RawResult {
     check_channel(&req.channel)?;
     node.remove_history(&req.channel).await?;
-    Ok(json!({}))
+    raw(&json!({}))
 }
 
 #[derive(Deserialize)]
@@ -373,15 +469,33 @@ struct ChannelsRequest {
     pattern: String,
 }
 
-fn channels(node: &Node, req: ChannelsRequest) -> Result<Value, Error> {
-    let channels: serde_json::Map<String, Value> = node
-        .hub()
-        .channels()
-        .into_iter()
-        .filter(|(name, _)| req.pattern.is_empty() || glob_match(&req.pattern, name))
-        .map(|(name, count)| (name.to_string(), json!({ "num_clients": count })))
-        .collect();
-    Ok(json!({ "channels": channels }))
+/// Refuses a pattern longer than [`MAX_GLOB_LENGTH`] (a 400): matching costs its length times
+/// each channel name's.
+fn checked_pattern(req: ChannelsRequest) -> Result<ChannelsRequest, ApiError> {
+    if req.pattern.len() > MAX_GLOB_LENGTH {
+        return Err(ApiError::BadRequest(format!(
+            "pattern is longer than {MAX_GLOB_LENGTH} bytes"
+        )));
+    }
+    Ok(req)
+}
+
+async fn channels(node: &Node, req: ChannelsRequest) -> RawResult {
+    let channels = node.hub().channels();
+    let filter = move || {
+        channels
+            .into_iter()
+            .filter(|(name, _)| req.pattern.is_empty() || glob_match(&req.pattern, name))
+            .map(|(name, count)| (name.to_string(), json!({ "num_clients": count })))
+            .collect::<serde_json::Map<String, Value>>()
+    };
+    // Matching every channel against a pattern is CPU work in proportion to the hub's size: off
+    // the runtime's workers.
+    let channels = tokio::task::spawn_blocking(filter).await.map_err(|e| {
+        tracing::error!(error = %e, "channel filter failed");
+        Error::new(error_code::INTERNAL)
+    })?;
+    raw(&Keyed("channels", channels))
 }
 
 /// `GET /health`.

@@ -36,27 +36,42 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Longest glob accepted by [`glob_match`]'s callers: the match costs up to the product of the
+/// pattern's and the name's lengths.
+pub const MAX_GLOB_LENGTH: usize = 1024;
+
 /// Matches `text` against a glob where `*` is any run of characters and `?` any one character.
+///
+/// Two cursors and the position of the last `*` (backtracking only to it), allocating nothing:
+/// at most `pattern.len() × text.len()` steps.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
+    let first = |s: &str, at: usize| s[at..].chars().next();
+    let (mut p, mut t) = (0, 0);
+    // After the last `*` seen: where the pattern resumes, and where in the text it was tried.
+    let mut star: Option<(usize, usize)> = None;
+    while let Some(tc) = first(text, t) {
+        match first(pattern, p) {
+            Some('*') => {
+                p += 1;
+                star = Some((p, t));
+                continue;
+            }
+            Some(pc) if pc == '?' || pc == tc => {
+                p += pc.len_utf8();
+                t += tc.len_utf8();
+                continue;
+            }
+            _ => {}
         }
+        // Mismatch: let the last `*` swallow one more character, or fail without one.
+        let Some((resume, tried)) = star else {
+            return false;
+        };
+        let skipped = first(text, tried).map_or(1, char::len_utf8);
+        star = Some((resume, tried + skipped));
+        (p, t) = (resume, tried + skipped);
     }
-    p[pi..].iter().all(|c| *c == '*')
+    pattern[p..].bytes().all(|b| b == b'*')
 }
 
 #[cfg(test)]
@@ -70,6 +85,21 @@ mod tests {
         assert!(glob_match("a?c", "abc"));
         assert!(!glob_match("chat:*", "news"));
         assert!(glob_match("*:b*", "a:bc"));
+        assert!(glob_match("", ""));
+        assert!(!glob_match("", "a"));
+        assert!(glob_match("**", ""));
+        assert!(!glob_match("?", ""));
+        assert!(
+            glob_match("*b", "*ab"),
+            "a literal * in the name is no special case"
+        );
+        assert!(glob_match("a*b*c", "a-b-b-c"));
+        assert!(!glob_match("a*b*c", "a-c-b"));
+        assert!(
+            glob_match("é?:*", "éü:x"),
+            "? is one character, not one byte"
+        );
+        assert!(!glob_match("é?:*", "é:x"));
     }
 
     #[test]

@@ -252,6 +252,19 @@ impl Node {
         }
     }
 
+    /// `user`'s personal channel when connections are subscribed to it (see
+    /// [`Config::subscribe_to_user_personal_channel`]); `None` for anonymous clients or when off.
+    pub fn personal_channel(&self, user: &str) -> Option<String> {
+        let config = self.config();
+        if !config.subscribe_to_user_personal_channel || user.is_empty() {
+            return None;
+        }
+        Some(match config.personal_channel_namespace.as_str() {
+            "" => format!("#{user}"),
+            namespace => format!("{namespace}:#{user}"),
+        })
+    }
+
     /// [`check_channel`] with the configured length limit: what clients may name.
     pub fn check_channel_name(&self, channel: &str) -> Result<(), Error> {
         check_channel(channel)?;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::{ttl_from, Answer, Identity, Session};
 use crate::hooks::decisions::Connecting;
+use crate::hooks::decisions::ServerSubscription;
 use crate::hooks::events::Event;
 use crate::hub::ClientHandle;
 use crate::node::VERSION;
@@ -58,10 +59,20 @@ impl Session {
         tracing::debug!(client = %identity.client, user = %identity.user, "connected");
         self.identity = Some(identity.clone());
 
-        // Server-side subscriptions; the client may ask to recover them.
+        // Server-side subscriptions; the client may ask to recover them. The user's personal
+        // channel comes last, unless the decision named it already.
+        let mut subscriptions = decision.subscriptions;
+        if let Some(channel) = node.personal_channel(&identity.user) {
+            if !subscriptions.iter().any(|s| s.channel == channel) {
+                subscriptions.push(ServerSubscription {
+                    channel,
+                    ..Default::default()
+                });
+            }
+        }
         let mut subs = HashMap::new();
         let mut joined = Vec::new();
-        for sub in decision.subscriptions {
+        for sub in subscriptions {
             let channel = sub.channel;
             if subs.contains_key(&channel) || node.check_channel_name(&channel).is_err() {
                 continue;
@@ -241,5 +252,39 @@ mod tests {
             .unwrap();
         assert!(reply["connect"]["subs"]["news"].is_object());
         assert_eq!(node.hub().num_subscribers("news"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_known_user_is_subscribed_to_its_personal_channel_anonymous_clients_are_not() {
+        let node = node(|c| {
+            secured(c);
+            c.insecure = true;
+            c.subscribe_to_user_personal_channel = true;
+            c.personal_channel_namespace = "personal".into();
+            c.namespace = vec![crate::config::Namespace {
+                name: "personal".into(),
+                ..Default::default()
+            }];
+        });
+        let mut ann = TestClient::new(&node);
+        let reply = ann
+            .call(1, "connect", json!({"token": token(json!({"sub": "ann"}))}))
+            .await
+            .unwrap();
+        assert!(
+            reply["connect"]["subs"]["personal:#ann"].is_object(),
+            "{reply}"
+        );
+        assert_eq!(node.hub().num_subscribers("personal:#ann"), 1);
+        let mut anonymous = TestClient::new(&node);
+        let reply = anonymous.call(1, "connect", json!({})).await.unwrap();
+        assert!(reply["connect"].get("subs").is_none(), "{reply}");
+        // One publication reaches every connection of the user.
+        let mut again = TestClient::new(&node);
+        again
+            .call(1, "connect", json!({"token": token(json!({"sub": "ann"}))}))
+            .await
+            .unwrap();
+        assert_eq!(node.hub().num_subscribers("personal:#ann"), 2);
     }
 }

@@ -20,6 +20,10 @@ use crate::protocol::{
 /// could not be decided.
 const SERVER_REFRESH_RETRY: Duration = Duration::from_secs(10);
 
+/// The longest a connection sleeps before looking at expiries again; a far expiry (a token may
+/// claim 2^64 − 1) is reached by waking up this often.
+const MAX_EXPIRY_WAIT: Duration = Duration::from_secs(24 * 3600);
+
 impl Session {
     /// Acts on a request from the node (server API actions on this client).
     pub async fn handle_control(&mut self, control: Control) {
@@ -103,29 +107,32 @@ impl Session {
     /// renews itself, without grace) needs checking.
     pub fn expiry_deadline(&self) -> Option<Instant> {
         let grace = self.node.config().expired_grace;
-        let connection = self.expires_at.map(|at| {
-            if self.refreshed_by_server {
+        // Saturating all the way: a far expiry (a token may claim 2^64 - 1) must not overflow
+        // the sum or the `Instant`.
+        let due = |at: u64, by_server: bool| {
+            if by_server {
                 at
             } else {
-                at + grace
+                at.saturating_add(grace)
             }
-        });
+        };
+        let connection = self
+            .expires_at
+            .map(|at| due(at, self.refreshed_by_server));
         let earliest = self
             .subscriptions
             .values()
-            .filter_map(|s| {
-                s.expires_at.map(|at| {
-                    if s.refreshed_by_server {
-                        at
-                    } else {
-                        at + grace
-                    }
-                })
-            })
+            .filter_map(|s| s.expires_at.map(|at| due(at, s.refreshed_by_server)))
             .chain(connection)
             .min()?;
-        let left = earliest.saturating_sub(unix_now());
-        Some(Instant::now() + Duration::from_secs(left))
+        let left = earliest
+            .saturating_sub(unix_now())
+            .min(MAX_EXPIRY_WAIT.as_secs());
+        let now = Instant::now();
+        Some(
+            now.checked_add(Duration::from_secs(left))
+                .unwrap_or(now + MAX_EXPIRY_WAIT),
+        )
     }
 
     /// Acts on expiries that have passed (plus grace): the connection's (disconnect 3005, or a
@@ -140,7 +147,10 @@ impl Session {
                 return Err(reason);
             }
         }
-        if self.expires_at.is_some_and(|at| at + grace <= now) {
+        if self
+            .expires_at
+            .is_some_and(|at| at.saturating_add(grace) <= now)
+        {
             self.closing(&Disconnect::EXPIRED);
             return Err(Disconnect::EXPIRED);
         }
@@ -156,7 +166,10 @@ impl Session {
         let expired: Vec<String> = self
             .subscriptions
             .iter()
-            .filter(|(_, s)| s.expires_at.is_some_and(|at| at + grace <= now))
+            .filter(|(_, s)| {
+                s.expires_at
+                    .is_some_and(|at| at.saturating_add(grace) <= now)
+            })
             .map(|(c, _)| c.clone())
             .collect();
         for channel in expired {
@@ -439,6 +452,22 @@ mod tests {
         let ended = client.session.check_expiry().await.unwrap_err();
         assert_eq!(ended, Disconnect::EXPIRED);
         assert_eq!(decisions.asked.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn the_farthest_expiry_neither_overflows_nor_expires() {
+        let node = node(secured);
+        let mut client = TestClient::new(&node);
+        let connection = token(json!({"sub": "ann", "exp": u64::MAX}));
+        let reply = client
+            .call(1, "connect", json!({"token": connection}))
+            .await
+            .unwrap();
+        assert_eq!(reply["connect"]["expires"], true);
+        assert_eq!(reply["connect"]["ttl"], u32::MAX);
+        let deadline = client.session.expiry_deadline().expect("a deadline");
+        assert!(deadline <= tokio::time::Instant::now() + super::MAX_EXPIRY_WAIT);
+        client.session.check_expiry().await.unwrap();
     }
 
     #[tokio::test]

@@ -150,4 +150,24 @@ mod tests {
             .unwrap();
         assert!(reply["history"].is_object(), "{reply}");
     }
+
+    #[tokio::test]
+    async fn history_answers_with_data_deeper_than_a_json_value_may_be() {
+        let node = node(|_| {});
+        let mut client = TestClient::connected(&node).await;
+        let data = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let publish = format!("{{\"id\":2,\"publish\":{{\"channel\":\"deep\",\"data\":{data}}}}}");
+        client.session.handle_frame(&publish).await.unwrap();
+        while client.session.has_publishes_in_flight() {
+            client.session.finish_publish().await;
+        }
+        let history = "{\"id\":3,\"history\":{\"channel\":\"deep\",\"limit\":-1}}";
+        client.session.handle_frame(history).await.unwrap();
+        let lines = client.raw_lines();
+        let history = lines
+            .iter()
+            .find(|l| l.starts_with("{\"id\":3"))
+            .unwrap_or_else(|| panic!("no history reply in {lines:?}"));
+        assert!(history.contains(&format!("\"data\":{data}")), "{history}");
+    }
 }

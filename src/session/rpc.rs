@@ -5,7 +5,7 @@ use crate::protocol::{ReplyResult, RpcRequest, RpcResult};
 
 impl Session {
     /// `rpc`: answered by the node's decisions (the built-in rules know `echo`; any other method
-    /// is error 104).
+    /// is error 108, "not available", as in Centrifugo without an RPC proxy).
     pub(super) async fn rpc(&self, who: &Identity, req: RpcRequest) -> Answer {
         let RpcRequest { method, data } = req;
         let decision = self
@@ -38,6 +38,6 @@ mod tests {
             .call(3, "rpc", json!({"method": "nope"}))
             .await
             .unwrap();
-        assert_eq!(reply["error"]["code"], 104);
+        assert_eq!(reply["error"]["code"], 108);
     }
 }

@@ -120,6 +120,16 @@ impl TestClient {
         std::mem::take(&mut self.unread)
     }
 
+    /// Every line queued and not read yet, unparsed (for answers a `Value` could not hold).
+    pub fn raw_lines(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Some(Outbound::Frame(frame)) = self.queue.next().now_or_never() {
+            let text = std::str::from_utf8(&frame).expect("frames are UTF-8");
+            lines.extend(text.split('\n').map(str::to_string));
+        }
+        lines
+    }
+
     fn drain(&mut self) {
         while let Some(Outbound::Frame(frame)) = self.queue.next().now_or_never() {
             let text = std::str::from_utf8(&frame).expect("frames are UTF-8");

@@ -272,13 +272,13 @@ await step('tags of an API publication reach the subscriber; client send() is ac
   assert.equal(alice.client.state, 'connected');
 });
 
-await step("rpc('echo') returns its data; an unknown method gives error 104", async () => {
+await step("rpc('echo') returns its data; an unknown method gives error 108 (not available), as Centrifugo without an RPC proxy", async () => {
   const data = { hello: 'world', list: [1, 2, 3], nested: { ok: true } };
   const reply = await within("rpc('echo')", alice.client.rpc('echo', data));
   assert.deepEqual(reply.data, data);
   const number = await within("rpc('echo', 42)", alice.client.rpc('echo', 42));
   assert.equal(number.data, 42);
-  await rejectsWithCode("rpc('no-such-method')", alice.client.rpc('no-such-method', {}), 104);
+  await rejectsWithCode("rpc('no-such-method')", alice.client.rpc('no-such-method', {}), 108);
 });
 
 await step('batched commands (several in one frame) are all answered', async () => {
@@ -646,7 +646,8 @@ await step('server-side subscriptions from the token channels claim are recovere
   gina.client.on('publication', (ctx) => publications.push(ctx));
   gina.client.connect();
   await connected('client G', gina);
-  const first = await until('the server-side subscription of the token', () => subscribed[0]);
+  const inbox = () => subscribed.filter((c) => c.channel === 'inbox-gina');
+  const first = await until('the server-side subscription of the token', () => inbox()[0]);
   assert.equal(first.channel, 'inbox-gina');
   assert.equal(first.recoverable, true);
   assert.ok(first.streamPosition.epoch, 'the server-side subscription has an epoch');
@@ -660,13 +661,30 @@ await step('server-side subscriptions from the token channels claim are recovere
   await sleep(150);
   gina.network.open = true;
   await connected('client G again', gina, 2);
-  const again = await until('the recovered server-side subscription', () => subscribed[1]);
+  const again = await until('the recovered server-side subscription', () => inbox()[1]);
   assert.equal(again.wasRecovering, true, 'the SDK asked to recover it in connect');
   assert.equal(again.recovered, true);
   await until('the missed inbox publication', () => publications.length >= 2);
   await sleep(100);
   assert.deepEqual(publications.map((p) => [p.channel, p.offset, p.data.n]), [['inbox-gina', 1, 1], ['inbox-gina', 2, 2]]);
   gina.client.disconnect();
+});
+
+await step("a known user's connection is subscribed to its personal channel (subscribe_to_user_personal_channel)", async () => {
+  assert.ok(TOKEN_SECRET, 'SWITCHBOARD_TOKEN_SECRET must be set for the token steps');
+  const hal = newClient({ token: hs256({ sub: 'hal' }, TOKEN_SECRET) });
+  const subscribed = [];
+  const publications = [];
+  hal.client.on('subscribed', (ctx) => subscribed.push(ctx));
+  hal.client.on('publication', (ctx) => publications.push(ctx));
+  hal.client.connect();
+  await connected('client H', hal);
+  const personal = await until('the personal channel subscription', () => subscribed.find((c) => c.channel === 'personal:#hal'));
+  assert.ok(personal.streamPosition.epoch, 'the personal channel has an epoch');
+  await api('publish', { channel: 'personal:#hal', data: { note: 'for hal' } });
+  const note = await until('a publication on the personal channel', () => publications.find((p) => p.channel === 'personal:#hal'));
+  assert.deepEqual(note.data, { note: 'for hal' });
+  hal.client.disconnect();
 });
 
 await step('unsubscribe and disconnect release presence', async () => {

@@ -356,9 +356,9 @@ async def main(address):
         data = {"hello": "world", "list": [1, 2, 3]}
         equal((await within("rpc echo", alice.rpc("echo", data))).data, data, "echoed data")
         equal((await within("rpc echo 42", alice.rpc("echo", 42))).data, 42, "echoed number")
-        await fails_with_code("rpc no-such-method", alice.rpc("no-such-method", {}), 104)
+        await fails_with_code("rpc no-such-method", alice.rpc("no-such-method", {}), 108)
 
-    await step("rpc('echo') returns its data; an unknown method gives error 104", rpc)
+    await step("rpc('echo') returns its data; an unknown method gives error 108 (not available), as Centrifugo without an RPC proxy", rpc)
 
     async def presence():
         result = await within("presence()", chat.presence())
@@ -603,7 +603,8 @@ async def main(address):
         gina, gina_log = new_client(token=hs256({"sub": "gina", "channels": ["inbox-gina"]}, TOKEN_SECRET))
         await within("client G connect()", gina.connect())
         await connected("client G", gina, gina_log)
-        first = await until("the token's server-side subscription", lambda: gina_log.subscribed[:1])
+        inbox = lambda: [s for s in gina_log.subscribed if s.channel == "inbox-gina"]
+        first = await until("the token's server-side subscription", lambda: inbox()[:1])
         equal((first[0].channel, first[0].recoverable), ("inbox-gina", True), "server-side subscription")
         check(first[0].stream_position and first[0].stream_position.epoch, "the server-side subscription has an epoch")
         await api(address, "publish", {"channel": "inbox-gina", "data": {"n": 1}})
@@ -615,7 +616,7 @@ async def main(address):
         await asyncio.sleep(0.15)
         relay.open = True
         await connected("client G again", gina, gina_log, 2)
-        again = await until("the recovered server-side subscription", lambda: gina_log.subscribed[1:])
+        again = await until("the recovered server-side subscription", lambda: inbox()[1:])
         equal((again[0].was_recovering, again[0].recovered), (True, True), "was_recovering, recovered")
         await until("the missed inbox publication", lambda: len(gina_log.publications) >= 2)
         await asyncio.sleep(0.1)
@@ -624,6 +625,20 @@ async def main(address):
         await gina.disconnect()
 
     await step("server-side subscriptions from the token channels claim are recovered on reconnect", token_channels)
+
+    async def personal_channel():
+        check(TOKEN_SECRET, "SWITCHBOARD_TOKEN_SECRET must be set for the token steps")
+        hal, hal_log = new_client(token=hs256({"sub": "hal"}, TOKEN_SECRET))
+        await within("client H connect()", hal.connect())
+        await connected("client H", hal, hal_log)
+        personal = await until("the personal channel subscription", lambda: [s for s in hal_log.subscribed if s.channel == "personal:#hal"])
+        check(personal[0].stream_position and personal[0].stream_position.epoch, "the personal channel has an epoch")
+        await api(address, "publish", {"channel": "personal:#hal", "data": {"note": "for hal"}})
+        note = await until("a publication on the personal channel", lambda: [p for p in hal_log.publications if p.channel == "personal:#hal"])
+        equal(note[0].pub.data, {"note": "for hal"}, "personal publication")
+        await hal.disconnect()
+
+    await step("a known user's connection is subscribed to its personal channel (subscribe_to_user_personal_channel)", personal_channel)
 
     async def release():
         await within("unsubscribe()", chat.unsubscribe())
