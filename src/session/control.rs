@@ -116,9 +116,7 @@ impl Session {
                 at.saturating_add(grace)
             }
         };
-        let connection = self
-            .expires_at
-            .map(|at| due(at, self.refreshed_by_server));
+        let connection = self.expires_at.map(|at| due(at, self.refreshed_by_server));
         let earliest = self
             .subscriptions
             .values()
