@@ -85,8 +85,9 @@ pub struct Session {
     /// reached through `&mut self` (`Mutex::get_mut`, never locked): the mutex only makes the
     /// session `Sync`, which its `&self` methods held across awaits need.
     pipeline: Option<Box<Mutex<Pipeline>>>,
-    /// Why the connection ends, once known (see [`Session::closing`]).
-    closing: Option<Disconnect>,
+    /// Why the connection ends, once known (see [`Session::closing`]). Boxed: only a closing
+    /// session needs it, and every idle one pays for its inline size.
+    closing: Option<Box<Disconnect>>,
 }
 
 /// Who the client is, once connected.
@@ -150,7 +151,7 @@ impl Session {
     /// emits; the latest call wins, so the transport, which knows what it finally sent, calls it
     /// last. Never called: the client or the network ended it (3000 "connection closed").
     pub fn closing(&mut self, reason: &Disconnect) {
-        self.closing = Some(reason.clone());
+        self.closing = Some(Box::new(reason.clone()));
     }
 
     /// Keeps the headers of the request that opened the connection (those the configuration
@@ -321,7 +322,7 @@ impl Drop for Session {
         }
         if let Some(who) = &self.identity {
             let closed = CONNECTION_CLOSED;
-            let reason = self.closing.as_ref().unwrap_or(&closed);
+            let reason = self.closing.as_deref().unwrap_or(&closed);
             self.node.emit(Event::Disconnected {
                 client: &who.client,
                 user: &who.user,
