@@ -2,13 +2,15 @@
 //! variables, then command-line flags (the CLI in `main.rs` reads the last two and sets the
 //! fields; nothing here knows the command line).
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
-/// Everything a node needs to run. Durations are whole seconds in files and flags.
+/// Everything a node needs to run. Durations are whole seconds in files and flags (except
+/// `proxy_timeout`, which takes units: `500ms`, `1s`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -114,6 +116,39 @@ pub struct Config {
     /// Most WebSocket connections served at once; further ones are refused with HTTP 503.
     /// `None`: as many as the open-file limit allows, minus headroom (see [`crate::fd_limit`]).
     pub max_connections: Option<usize>,
+    /// The application backend's URL deciding connects of clients without a token (Centrifugo's
+    /// connect proxy). With it, clients with a token are still decided by the token.
+    pub proxy_connect_endpoint: Option<String>,
+    /// The backend's URL renewing connections it let in when they expire (refresh proxy).
+    pub proxy_refresh_endpoint: Option<String>,
+    /// The backend's URL deciding subscriptions (those without a subscription token, outside
+    /// user-limited channels).
+    pub proxy_subscribe_endpoint: Option<String>,
+    /// The backend's URL deciding client publishes (and what is published).
+    pub proxy_publish_endpoint: Option<String>,
+    /// The backend's URL deciding `sub_refresh` of subscriptions.
+    pub proxy_sub_refresh_endpoint: Option<String>,
+    /// The backend's URL answering client RPCs.
+    pub proxy_rpc_endpoint: Option<String>,
+    /// Longest one backend decision may take, waiting for a free slot included; then the
+    /// command fails with the temporary error 100. In files: `"500ms"`, `"1s"` or seconds.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub proxy_timeout: Duration,
+    /// Backend requests in flight per endpoint; further decisions wait (within the timeout).
+    pub proxy_concurrency: usize,
+    /// Headers of the client's connection request forwarded to the backend with every proxy
+    /// request (`Cookie`, `Authorization`, …), by name, case-insensitively.
+    pub proxy_http_headers: Vec<String>,
+    /// Headers the client's SDK emulates in its connect command (`headers`, for browsers that
+    /// cannot set WebSocket headers) forwarded to the backend, by name, case-insensitively. The
+    /// client chooses their values: list only what the backend verifies (a signed token), never
+    /// what it trusts. A real header of the same name wins.
+    pub proxy_emulated_headers: Vec<String>,
+    /// Headers added to every proxy request (those forwarded from the client win).
+    pub proxy_static_headers: BTreeMap<String, String>,
+    /// RPC endpoints by method prefix (`"billing:" = "http://…"`): the longest prefix of the
+    /// method wins over `proxy_rpc_endpoint`.
+    pub proxy_rpc_endpoints: BTreeMap<String, String>,
 }
 
 /// Options of the channels in one namespace (or, as `[channel]`, of channels outside any
@@ -154,6 +189,19 @@ pub struct Namespace {
     pub allow_history_for_client: Option<bool>,
     /// Subscribers may read the channel's history.
     pub allow_history_for_subscriber: Option<bool>,
+    /// Whether the application backend decides subscriptions here (when a subscribe endpoint
+    /// applies); `false`: the built-in rules do. Default: true.
+    pub proxy_subscribe: Option<bool>,
+    /// This namespace's own subscribe endpoint, instead of `proxy_subscribe_endpoint`.
+    pub proxy_subscribe_endpoint: Option<String>,
+    /// As `proxy_subscribe`, for publishes.
+    pub proxy_publish: Option<bool>,
+    /// This namespace's own publish endpoint.
+    pub proxy_publish_endpoint: Option<String>,
+    /// As `proxy_subscribe`, for `sub_refresh`.
+    pub proxy_sub_refresh: Option<bool>,
+    /// This namespace's own sub_refresh endpoint.
+    pub proxy_sub_refresh_endpoint: Option<String>,
     /// Channels whose name ends in `#user1,user2` are open to the users listed, without a
     /// subscription token; off (the default, as in Centrifugo), such a channel is refused (103)
     /// unless a token grants it.
@@ -210,7 +258,69 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             max_connections: None,
+            proxy_connect_endpoint: None,
+            proxy_refresh_endpoint: None,
+            proxy_subscribe_endpoint: None,
+            proxy_publish_endpoint: None,
+            proxy_sub_refresh_endpoint: None,
+            proxy_rpc_endpoint: None,
+            proxy_timeout: Duration::from_secs(1),
+            proxy_concurrency: 64,
+            proxy_http_headers: Vec::new(),
+            proxy_emulated_headers: Vec::new(),
+            proxy_static_headers: BTreeMap::new(),
+            proxy_rpc_endpoints: BTreeMap::new(),
         }
+    }
+}
+
+/// Parses a duration such as `500ms`, `1s`, `2m`, `1h` or `1d`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {text:?} (use e.g. 500ms, 1s, 2m)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => {
+            return Err(format!(
+                "bad duration unit in {text:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("bad duration {text:?}"))
+}
+
+/// A duration in a file: a string with units (see [`parse_duration`]) or a number of seconds.
+fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Seconds(u64),
+        WithUnit(String),
+    }
+    match Text::deserialize(deserializer)? {
+        Text::Seconds(seconds) => Ok(Duration::from_secs(seconds)),
+        Text::WithUnit(text) => parse_duration(&text).map_err(serde::de::Error::custom),
+    }
+}
+
+impl Namespace {
+    /// This namespace's own proxy endpoints, with the decision each is for.
+    pub fn proxy_endpoints(&self) -> [(&'static str, Option<&str>); 3] {
+        [
+            ("subscribe", self.proxy_subscribe_endpoint.as_deref()),
+            ("publish", self.proxy_publish_endpoint.as_deref()),
+            ("sub_refresh", self.proxy_sub_refresh_endpoint.as_deref()),
+        ]
     }
 }
 
@@ -324,11 +434,13 @@ impl Config {
                 "max_connections must be at least 1".into(),
             ));
         }
+        self.validate_proxy()?;
         if !self.address.is_loopback() && !self.insecure {
-            if !self.verifies_tokens() {
+            if !self.verifies_tokens() && self.proxy_connect_endpoint.is_none() {
                 return Err(ConfigError::Invalid(format!(
                     "refusing to accept anonymous clients on public address {}: set --token-hmac-secret \
-                     (or another token key), or pass --insecure to allow it explicitly",
+                     (or another token key, or --proxy-connect-endpoint), or pass --insecure to \
+                     allow it explicitly",
                     self.address
                 )));
             }
@@ -343,6 +455,90 @@ impl Config {
         Ok(())
     }
 
+    /// Checks the proxy settings: URLs, header names and values, bounds.
+    fn validate_proxy(&self) -> Result<(), ConfigError> {
+        let check = |setting: String, endpoint: &str| -> Result<(), ConfigError> {
+            let url = reqwest::Url::parse(endpoint)
+                .map_err(|e| ConfigError::Invalid(format!("{setting} {endpoint:?}: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ConfigError::Invalid(format!(
+                    "{setting} {endpoint:?} must be an http:// or https:// URL"
+                )));
+            }
+            Ok(())
+        };
+        for (name, endpoint) in self.proxy_endpoints() {
+            if let Some(endpoint) = endpoint {
+                check(format!("proxy_{name}_endpoint"), endpoint)?;
+            }
+        }
+        for ns in std::iter::once(&self.channel).chain(&self.namespace) {
+            for (name, endpoint) in ns.proxy_endpoints() {
+                if let Some(endpoint) = endpoint {
+                    check(
+                        format!("namespace {:?}: proxy_{name}_endpoint", ns.name),
+                        endpoint,
+                    )?;
+                }
+            }
+        }
+        for (prefix, endpoint) in &self.proxy_rpc_endpoints {
+            check(format!("proxy_rpc_endpoints {prefix:?}"), endpoint)?;
+        }
+        if self.proxy_concurrency == 0 {
+            return Err(ConfigError::Invalid(
+                "proxy_concurrency must be at least 1".into(),
+            ));
+        }
+        if self.proxy_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "proxy_timeout must be more than zero".into(),
+            ));
+        }
+        for name in self
+            .proxy_http_headers
+            .iter()
+            .chain(&self.proxy_emulated_headers)
+        {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "proxy_http_headers / proxy_emulated_headers: {name:?} is not a header name"
+                )));
+            }
+        }
+        for (name, value) in &self.proxy_static_headers {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || reqwest::header::HeaderValue::from_str(value).is_err()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "proxy_static_headers: {name:?} = {value:?} is not a valid header"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each proxy endpoint setting with the decision it is for.
+    pub fn proxy_endpoints(&self) -> [(&'static str, Option<&str>); 6] {
+        [
+            ("connect", self.proxy_connect_endpoint.as_deref()),
+            ("refresh", self.proxy_refresh_endpoint.as_deref()),
+            ("subscribe", self.proxy_subscribe_endpoint.as_deref()),
+            ("publish", self.proxy_publish_endpoint.as_deref()),
+            ("sub_refresh", self.proxy_sub_refresh_endpoint.as_deref()),
+            ("rpc", self.proxy_rpc_endpoint.as_deref()),
+        ]
+    }
+
+    /// Whether the application backend decides anything (see [`crate::hooks::proxy`]).
+    pub fn uses_proxy(&self) -> bool {
+        self.proxy_endpoints().iter().any(|(_, e)| e.is_some())
+            || !self.proxy_rpc_endpoints.is_empty()
+            || std::iter::once(&self.channel)
+                .chain(&self.namespace)
+                .any(|ns| ns.proxy_endpoints().iter().any(|(_, e)| e.is_some()))
+    }
+
     /// Whether any way of verifying tokens is configured.
     pub fn verifies_tokens(&self) -> bool {
         self.token_hmac_secret.is_some()
@@ -351,10 +547,11 @@ impl Config {
             || self.token_jwks_url.is_some()
     }
 
-    /// Clients may connect without a token: `insecure`, or no way to verify tokens (validation
-    /// allowed that only on loopback).
+    /// Clients may connect without a token, by the built-in rules: `insecure`, or no way to
+    /// verify tokens (validation allowed that only on loopback) and no backend deciding connects
+    /// (with one, clients without a token are the backend's to decide).
     pub fn anonymous_allowed(&self) -> bool {
-        self.insecure || !self.verifies_tokens()
+        self.insecure || (!self.verifies_tokens() && self.proxy_connect_endpoint.is_none())
     }
 
     /// Development mode: permissions not configured are granted.
@@ -432,6 +629,13 @@ user_connection_limit = 0          # 0: no limit
 client_command_rate = 1000         # commands per second per connection (then error 111, 3013)
 client_command_burst = 2000
 connection_rate_per_ip = 50        # new connections per second per IP
+
+# Or let the application backend decide over HTTP, as Centrifugo's proxy asks it (see README):
+# clients without a token connect as the connect endpoint says.
+# proxy_connect_endpoint = "http://127.0.0.1:3000/centrifugo/connect"
+# proxy_subscribe_endpoint = "http://127.0.0.1:3000/centrifugo/subscribe"
+# proxy_timeout = "1s"
+# proxy_http_headers = ["Cookie", "Authorization"]
 
 # Channels outside any namespace. With a token secret set, every permission is closed unless
 # granted here or in a namespace (subscription tokens always work).
@@ -521,5 +725,34 @@ mod tests {
         assert!(!c.join_leave);
         assert_eq!(c.ping_interval, 25);
         assert!(toml::from_str::<Config>("prot = 1").is_err());
+    }
+
+    #[test]
+    fn proxy_settings_parse_and_validate() {
+        let c: Config = toml::from_str(
+            "proxy_connect_endpoint = \"http://127.0.0.1:9000/connect\"\n\
+             proxy_timeout = \"250ms\"\n\
+             proxy_http_headers = [\"Cookie\"]\n\
+             [proxy_static_headers]\n\
+             X-Secret = \"s\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.proxy_timeout, Duration::from_millis(250));
+        assert!(c.uses_proxy());
+        assert!(
+            !c.anonymous_allowed(),
+            "the backend decides clients without a token"
+        );
+        let seconds: Config = toml::from_str("proxy_timeout = 2").unwrap();
+        assert_eq!(seconds.proxy_timeout, Duration::from_secs(2));
+        let bad = Config {
+            proxy_rpc_endpoint: Some("ftp://x".into()),
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("5 parsecs").is_err());
     }
 }

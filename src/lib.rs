@@ -23,8 +23,9 @@
 //!   contracts) with the embedded implementations (memory, SQLite) and the Redis one for several
 //!   nodes.
 //! - [`hooks`]: the seam to the application backend: every decision about a client (connect,
-//!   refresh, subscribe, publish, sub_refresh, rpc) through one `Decisions` trait, with the
-//!   built-in token and permission rules; lifecycle events to one set of sinks.
+//!   refresh, subscribe, publish, sub_refresh, rpc) through one `Decisions` trait, answered by the
+//!   built-in token and permission rules or the backend's HTTP proxy; lifecycle events to one set
+//!   of sinks.
 //! - [`http`]: the server API, health, metrics and the embedded pages (`/chat`, `/dashboard`
 //!   with the [`timeline`] of recent work); [`server`] assembles a node and its routes and runs
 //!   them.

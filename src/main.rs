@@ -149,6 +149,41 @@ struct ServeArgs {
     /// open-file limit minus 256].
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Application backend URL deciding connects of clients without a token (connect proxy).
+    #[arg(long, env = "SWITCHBOARD_PROXY_CONNECT_ENDPOINT")]
+    proxy_connect_endpoint: Option<String>,
+    /// Backend URL renewing the connections it let in when they expire (refresh proxy).
+    #[arg(long, env = "SWITCHBOARD_PROXY_REFRESH_ENDPOINT")]
+    proxy_refresh_endpoint: Option<String>,
+    /// Backend URL deciding subscriptions (subscribe proxy).
+    #[arg(long, env = "SWITCHBOARD_PROXY_SUBSCRIBE_ENDPOINT")]
+    proxy_subscribe_endpoint: Option<String>,
+    /// Backend URL deciding client publishes and what they publish (publish proxy).
+    #[arg(long, env = "SWITCHBOARD_PROXY_PUBLISH_ENDPOINT")]
+    proxy_publish_endpoint: Option<String>,
+    /// Backend URL deciding subscription refreshes (sub_refresh proxy).
+    #[arg(long, env = "SWITCHBOARD_PROXY_SUB_REFRESH_ENDPOINT")]
+    proxy_sub_refresh_endpoint: Option<String>,
+    /// Backend URL answering client RPCs (rpc proxy).
+    #[arg(long, env = "SWITCHBOARD_PROXY_RPC_ENDPOINT")]
+    proxy_rpc_endpoint: Option<String>,
+    /// Longest a backend decision may take, such as 500ms or 1s; then error 100 [default: 1s].
+    #[arg(long, env = "SWITCHBOARD_PROXY_TIMEOUT", value_parser = switchboard::config::parse_duration)]
+    proxy_timeout: Option<std::time::Duration>,
+    /// Backend requests in flight per endpoint; more wait [default: 64].
+    #[arg(long, env = "SWITCHBOARD_PROXY_CONCURRENCY")]
+    proxy_concurrency: Option<usize>,
+    /// Client HTTP headers forwarded to the backend, comma-separated (e.g. Cookie,Authorization).
+    #[arg(long, env = "SWITCHBOARD_PROXY_HTTP_HEADERS", value_delimiter = ',')]
+    proxy_http_headers: Option<Vec<String>>,
+    /// Headers the client SDK emulates in its connect command forwarded to the backend,
+    /// comma-separated; client-chosen values, so only for what the backend verifies.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_PROXY_EMULATED_HEADERS",
+        value_delimiter = ','
+    )]
+    proxy_emulated_headers: Option<Vec<String>>,
 }
 
 #[derive(Args)]
@@ -211,7 +246,11 @@ impl ServeArgs {
             allowed_origins,
             redis,
             redis_prefix,
-            presence_ttl
+            presence_ttl,
+            proxy_timeout,
+            proxy_concurrency,
+            proxy_http_headers,
+            proxy_emulated_headers
         );
         if let Some(storage) = self.history_storage {
             config.history_storage = match storage {
@@ -240,7 +279,13 @@ impl ServeArgs {
             token_ecdsa_public_key,
             token_jwks_url,
             name,
-            max_connections
+            max_connections,
+            proxy_connect_endpoint,
+            proxy_refresh_endpoint,
+            proxy_subscribe_endpoint,
+            proxy_publish_endpoint,
+            proxy_sub_refresh_endpoint,
+            proxy_rpc_endpoint
         );
         config.insecure |= self.insecure;
         Ok(config)

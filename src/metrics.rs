@@ -4,7 +4,8 @@
 //! (connections, channels, subscriptions) are read from it when scraped.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::hooks::events::{Event, EventSink};
 
@@ -37,6 +38,81 @@ pub struct Metrics {
     pub subscribes: AtomicU64,
     /// Subscriptions that ended.
     pub unsubscribes: AtomicU64,
+    /// Calls to the application backend's proxy endpoints.
+    pub proxy: ProxyMetrics,
+}
+
+/// Calls to each proxy endpoint of the application backend (see [`crate::hooks::proxy`]); only
+/// the endpoints in use are rendered.
+#[derive(Debug, Default)]
+pub struct ProxyMetrics {
+    pub connect: BackendCalls,
+    pub refresh: BackendCalls,
+    pub subscribe: BackendCalls,
+    pub publish: BackendCalls,
+    pub sub_refresh: BackendCalls,
+    pub rpc: BackendCalls,
+}
+
+impl ProxyMetrics {
+    /// Each endpoint with the name its metrics are labelled with.
+    fn labelled(&self) -> [(&'static str, &BackendCalls); 6] {
+        [
+            ("connect", &self.connect),
+            ("refresh", &self.refresh),
+            ("subscribe", &self.subscribe),
+            ("publish", &self.publish),
+            ("sub_refresh", &self.sub_refresh),
+            ("rpc", &self.rpc),
+        ]
+    }
+}
+
+/// One counter family of the proxy metrics: name, type, help, and which counter it reads.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&BackendCalls) -> &AtomicU64,
+);
+
+/// Upper bounds (seconds) of the latency histogram buckets of backend calls; the last bucket,
+/// `+Inf`, is implied.
+pub const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// Calls to one backend endpoint.
+#[derive(Debug, Default)]
+pub struct BackendCalls {
+    /// The endpoint is configured: its metrics are rendered.
+    pub enabled: AtomicBool,
+    /// Calls started (each decision asked of the endpoint).
+    pub calls: AtomicU64,
+    /// Calls that failed: no answer in time, refused connection, a status other than 200, a body
+    /// that is not a proxy answer. Answers that refuse the client are not errors.
+    pub errors: AtomicU64,
+    /// Of the errors, the calls that ran out of time (waiting for a slot included).
+    pub timeouts: AtomicU64,
+    /// Requests sent to the backend and not answered yet (a gauge).
+    pub in_flight: AtomicU64,
+    /// Request durations: a count per bucket of [`LATENCY_BUCKETS`] (not cumulative), then the
+    /// overflow.
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of request durations, in microseconds.
+    latency_sum_micros: AtomicU64,
+}
+
+impl BackendCalls {
+    /// Records one request's duration.
+    pub fn observe(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        Metrics::inc(&self.latency_buckets[bucket]);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        Metrics::add(&self.latency_sum_micros, micros);
+    }
 }
 
 /// The node's counters follow its lifecycle events (see [`crate::hooks::events`]).
@@ -185,6 +261,113 @@ impl Metrics {
             "Subscriptions that ended.",
             get(&self.unsubscribes),
         );
+        self.render_proxy(&mut out);
         out
+    }
+
+    /// Appends the proxy endpoints' families, one series per endpoint in use (label `hook`).
+    fn render_proxy(&self, out: &mut String) {
+        let endpoints: Vec<_> = self
+            .proxy
+            .labelled()
+            .into_iter()
+            .filter(|(_, calls)| calls.enabled.load(Ordering::Relaxed))
+            .collect();
+        if endpoints.is_empty() {
+            return;
+        }
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let families: [Family; 4] = [
+            (
+                "proxy_calls_total",
+                "counter",
+                "Calls to the application backend, per proxy endpoint.",
+                |c| &c.calls,
+            ),
+            (
+                "proxy_errors_total",
+                "counter",
+                "Backend calls that failed (timeouts included), per proxy endpoint.",
+                |c| &c.errors,
+            ),
+            (
+                "proxy_timeouts_total",
+                "counter",
+                "Backend calls that ran out of time, per proxy endpoint.",
+                |c| &c.timeouts,
+            ),
+            (
+                "proxy_in_flight",
+                "gauge",
+                "Backend requests awaiting an answer, per proxy endpoint.",
+                |c| &c.in_flight,
+            ),
+        ];
+        for (name, kind, help, counter) in families {
+            let _ = writeln!(out, "# HELP switchboard_{name} {help}");
+            let _ = writeln!(out, "# TYPE switchboard_{name} {kind}");
+            for (hook, calls) in &endpoints {
+                let value = get(counter(calls));
+                let _ = writeln!(out, "switchboard_{name}{{hook=\"{hook}\"}} {value}");
+            }
+        }
+        let name = "switchboard_proxy_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Duration of backend requests, per proxy endpoint."
+        );
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (hook, calls) in &endpoints {
+            let mut cumulative = 0;
+            for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&calls.latency_buckets) {
+                cumulative += get(bucket);
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{hook=\"{hook}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            cumulative += get(&calls.latency_buckets[LATENCY_BUCKETS.len()]);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{hook=\"{hook}\",le=\"+Inf\"}} {cumulative}"
+            );
+            let sum = get(&calls.latency_sum_micros) as f64 / 1e6;
+            let _ = writeln!(out, "{name}_sum{{hook=\"{hook}\"}} {sum}");
+            let _ = writeln!(out, "{name}_count{{hook=\"{hook}\"}} {cumulative}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_metrics_render_only_endpoints_in_use_as_prometheus_families() {
+        let metrics = Metrics::default();
+        assert!(!metrics.render(&Gauges::default()).contains("proxy"));
+        let connect = &metrics.proxy.connect;
+        connect.enabled.store(true, Ordering::Relaxed);
+        Metrics::add(&connect.calls, 3);
+        Metrics::inc(&connect.errors);
+        connect.observe(Duration::from_millis(3));
+        connect.observe(Duration::from_millis(30));
+        connect.observe(Duration::from_secs(9));
+        let text = metrics.render(&Gauges::default());
+        assert!(text.contains("switchboard_proxy_calls_total{hook=\"connect\"} 3"));
+        assert!(text.contains("switchboard_proxy_errors_total{hook=\"connect\"} 1"));
+        assert!(text.contains(
+            "switchboard_proxy_duration_seconds_bucket{hook=\"connect\",le=\"0.005\"} 1"
+        ));
+        assert!(text
+            .contains("switchboard_proxy_duration_seconds_bucket{hook=\"connect\",le=\"0.05\"} 2"));
+        assert!(text
+            .contains("switchboard_proxy_duration_seconds_bucket{hook=\"connect\",le=\"+Inf\"} 3"));
+        assert!(text.contains("switchboard_proxy_duration_seconds_count{hook=\"connect\"} 3"));
+        assert!(!text.contains("hook=\"rpc\""));
+        assert_eq!(
+            text.matches("# TYPE switchboard_proxy_calls_total").count(),
+            1
+        );
     }
 }

@@ -28,7 +28,9 @@ use crate::engine::presence::Presence;
 use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::engine::sqlite::SqliteHistory;
 use crate::fd_limit::raise_fd_limit;
-use crate::node::Node;
+use crate::hooks::proxy::{Proxy, ProxyError};
+use crate::metrics::Metrics;
+use crate::node::{Node, NodeHooks};
 use crate::transport::ConnectionLimit;
 
 /// Why the server could not start or stopped with an error.
@@ -42,6 +44,8 @@ pub enum ServerError {
     Broker(#[from] BrokerError),
     #[error("cannot load token keys: {0}")]
     Keys(#[from] KeyError),
+    #[error("cannot set up the backend proxy: {0}")]
+    Proxy(#[from] ProxyError),
     #[error("cannot listen for the API on {address}: {source}")]
     ApiListener {
         address: SocketAddr,
@@ -55,8 +59,9 @@ pub enum ServerError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// Builds a node with the storages the configuration asks for: Redis when URLs are given,
-/// otherwise in-process fan-out with SQLite (or memory) history.
+/// Builds a node with the storages the configuration asks for (Redis when URLs are given,
+/// otherwise in-process fan-out with SQLite or memory history), deciding about clients by the
+/// built-in rules or, for what proxy endpoints are configured, by the application backend.
 pub async fn build_node(config: Config, shutdown: CancellationToken) -> Result<Node, ServerError> {
     // Every background task of the node (engines, key refresh, connections) is tracked here and
     // waited for, within a bound, at shutdown.
@@ -89,8 +94,16 @@ pub async fn build_node(config: Config, shutdown: CancellationToken) -> Result<N
         (engine.clone(), engine)
     };
     let verifier = crate::auth::TokenVerifier::from_config(&config, &tracker, &shutdown)?;
-    Ok(Node::new(
-        config, broker, presence, verifier, shutdown, tracker,
+    // With any backend endpoint configured, the backend decides what it has endpoints for.
+    let mut hooks = NodeHooks::default();
+    if config.uses_proxy() {
+        let metrics = Arc::new(Metrics::default());
+        let proxy = Proxy::new(&config, verifier.clone(), metrics.clone())?;
+        hooks.decisions = Some(Arc::new(proxy));
+        hooks.metrics = Some(metrics);
+    }
+    Ok(Node::with_hooks(
+        config, broker, presence, verifier, shutdown, tracker, hooks,
     ))
 }
 
@@ -159,8 +172,17 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     config.validate()?;
-    if !config.verifies_tokens() {
+    if !config.verifies_tokens() && config.proxy_connect_endpoint.is_none() {
         tracing::warn!("no token key configured: clients connect anonymously (development mode)");
+    }
+    if config.uses_proxy() {
+        let hooks: Vec<&str> = config
+            .proxy_endpoints()
+            .iter()
+            .filter(|(_, url)| url.is_some())
+            .map(|(hook, _)| *hook)
+            .collect();
+        tracing::info!(?hooks, "the application backend decides through its proxy");
     }
     if config.api_key.is_none() {
         tracing::warn!("no API key configured: the server API is open to anyone who can reach it");

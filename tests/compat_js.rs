@@ -1,7 +1,9 @@
 //! Compatibility with the official JavaScript SDK: `tests/compat/centrifuge_js.mjs` drives a real
 //! server with the npm package `centrifuge` (centrifuge-js, pinned in tests/compat/package-lock.json)
 //! and checks connect, subscribe, publications from the API and from clients, rpc, presence,
-//! history, join/leave and recovery after a dropped connection.
+//! history, join/leave and recovery after a dropped connection; `centrifuge_js_proxy.mjs` checks
+//! the SDK against a server whose decisions an application backend makes (proxy hooks, with the
+//! SDK's headers emulation).
 
 mod common;
 
@@ -57,5 +59,90 @@ async fn centrifuge_js_sdk_works_against_the_server() {
     )
     .await;
     run.assert_success("centrifuge-js compatibility script");
+    server.stop().await;
+}
+
+/// The backend of the proxy script: the user from the emulated `Authorization` header.
+mod backend {
+    use axum::http::HeaderMap;
+    use axum::routing::post;
+    use axum::{Json, Router};
+    use serde_json::{json, Value};
+
+    async fn connect(headers: HeaderMap, Json(_): Json<Value>) -> Json<Value> {
+        let user = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        Json(match user {
+            Some(user) => json!({"result": {"user": user, "data": {"welcome": user}}}),
+            None => json!({"disconnect": {"code": 4501, "reason": "unauthorized"}}),
+        })
+    }
+
+    async fn subscribe(Json(body): Json<Value>) -> Json<Value> {
+        let channel = body["channel"].as_str().unwrap_or("");
+        Json(if channel.starts_with("secret") {
+            json!({"error": {"code": 403, "message": "permission denied"}})
+        } else {
+            json!({"result": {"data": {"granted": channel}}})
+        })
+    }
+
+    async fn publish(Json(body): Json<Value>) -> Json<Value> {
+        Json(json!({"result": {"data": {"by": "backend", "was": body["data"]}}}))
+    }
+
+    async fn rpc(Json(body): Json<Value>) -> Json<Value> {
+        Json(match body["method"].as_str() {
+            Some("price") => json!({"result": {"data": {"answer": 42, "user": body["user"]}}}),
+            _ => json!({"error": {"code": 404, "message": "no such method"}}),
+        })
+    }
+
+    /// Starts the backend on a free port; returns its base URL.
+    pub async fn start() -> String {
+        let router = Router::new()
+            .route("/connect", post(connect))
+            .route("/subscribe", post(subscribe))
+            .route("/publish", post(publish))
+            .route("/rpc", post(rpc));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{addr}")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn centrifuge_js_sdk_works_with_the_proxy_hooks() {
+    let compat = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat");
+    assert!(
+        compat.join("node_modules/centrifuge").is_dir() && compat.join("node_modules/ws").is_dir(),
+        "the npm packages of the JS compatibility test are not installed in {}: run ./test.sh \
+         (it runs `npm ci` there), or `cd tests/compat && npm ci`",
+        compat.display()
+    );
+    let backend = backend::start().await;
+    let server = TestServer::with(|config| {
+        config.proxy_connect_endpoint = Some(format!("{backend}/connect"));
+        config.proxy_subscribe_endpoint = Some(format!("{backend}/subscribe"));
+        config.proxy_publish_endpoint = Some(format!("{backend}/publish"));
+        config.proxy_rpc_endpoint = Some(format!("{backend}/rpc"));
+        config.proxy_emulated_headers = vec!["Authorization".into()];
+        // Presence reads are the namespace's to permit.
+        config.channel.allow_presence_for_subscriber = Some(true);
+    })
+    .await;
+    let address = server.addr.to_string();
+    let run = run_script(
+        "node",
+        &["centrifuge_js_proxy.mjs", &address],
+        &[],
+        &compat,
+        Duration::from_secs(40),
+    )
+    .await;
+    run.assert_success("centrifuge-js proxy compatibility script");
     server.stop().await;
 }

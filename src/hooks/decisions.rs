@@ -6,6 +6,8 @@
 //! Centrifugo-compatible proxy answers each decision with a result, an error or a disconnect,
 //! which map one to one onto a decision, [`Refusal::Error`] and [`Refusal::Disconnect`]).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use crate::channel::ChannelOptions;
@@ -35,6 +37,73 @@ impl From<Disconnect> for Refusal {
     }
 }
 
+/// HTTP headers of the request that opened a connection, kept for the application backend:
+/// only those the configuration forwards (`proxy_http_headers`), so most connections keep none
+/// and pay one pointer.
+#[derive(Debug, Clone, Default)]
+pub struct ClientHeaders(Option<Arc<Vec<(String, String)>>>);
+
+/// No headers.
+static NO_HEADERS: ClientHeaders = ClientHeaders(None);
+
+impl ClientHeaders {
+    /// Headers as (name, value) pairs.
+    pub fn new(pairs: Vec<(String, String)>) -> ClientHeaders {
+        if pairs.is_empty() {
+            ClientHeaders(None)
+        } else {
+            ClientHeaders(Some(Arc::new(pairs)))
+        }
+    }
+
+    /// No headers, for clients that came without any (or tests).
+    pub fn none() -> &'static ClientHeaders {
+        &NO_HEADERS
+    }
+
+    /// These headers, then those of `emulated` (the client's own, from its connect command)
+    /// whose name `allowed` lists (case-insensitively) and that these lack: a real header of
+    /// the request wins over an emulated one.
+    pub fn with_emulated<'a>(
+        &self,
+        emulated: impl IntoIterator<Item = (&'a String, &'a String)>,
+        allowed: &[String],
+    ) -> ClientHeaders {
+        let mut pairs: Vec<(String, String)> = self
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        let real = pairs.len();
+        for (name, value) in emulated {
+            let listed = allowed.iter().any(|a| a.eq_ignore_ascii_case(name));
+            let present = pairs[..real]
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name));
+            if listed && !present {
+                pairs.push((name.clone(), value.clone()));
+            }
+        }
+        ClientHeaders::new(pairs)
+    }
+
+    /// The (name, value) pairs, in the order the request had them.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0
+            .iter()
+            .flat_map(|pairs| pairs.iter())
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+    }
+}
+
+/// A client asking to connect.
+#[derive(Debug, Clone, Copy)]
+pub struct Connecting<'a> {
+    /// The id the connection will have.
+    pub client: &'a str,
+    /// The headers of the request that opened the connection, as far as they are forwarded.
+    pub headers: &'a ClientHeaders,
+}
+
 /// The client a decision is about, once connected.
 #[derive(Debug, Clone, Copy)]
 pub struct Client<'a> {
@@ -44,6 +113,10 @@ pub struct Client<'a> {
     pub user: &'a str,
     /// The connection info others see in presence and publications.
     pub conn_info: Option<&'a Payload>,
+    /// Server-only data attached to the connection at connect (never shown to clients).
+    pub meta: Option<&'a Payload>,
+    /// The headers of the request that opened the connection, as far as they are forwarded.
+    pub headers: &'a ClientHeaders,
 }
 
 /// A client-side subscription the server makes at connect (the token's `channels` and `subs`, or
@@ -70,6 +143,13 @@ pub struct ConnectDecision {
     pub data: Option<Payload>,
     /// Server-side subscriptions, in the order they are made.
     pub subscriptions: Vec<ServerSubscription>,
+    /// Server-only data attached to the connection, handed to later decisions (never shown to
+    /// clients).
+    pub meta: Option<Payload>,
+    /// The server itself renews the connection when it expires (asking [`Decisions::refresh`]
+    /// with an empty token), rather than the client with a new token; the client is then not
+    /// told that its connection expires.
+    pub refreshed_by_server: bool,
 }
 
 /// A connection's new lease of life.
@@ -77,6 +157,8 @@ pub struct ConnectDecision {
 pub struct RefreshDecision {
     /// When the connection now expires (unix seconds), if it does.
     pub expires_at: Option<u64>,
+    /// New connection info, for what the connection does from now on; `None` keeps it.
+    pub info: Option<Payload>,
 }
 
 /// A granted subscription.
@@ -88,6 +170,40 @@ pub struct SubscribeDecision {
     pub expires_at: Option<u64>,
     /// Returned to the client in its subscribe result.
     pub data: Option<Payload>,
+    /// Channel options changed for this subscription only.
+    pub overrides: OptionOverrides,
+    /// The server itself renews the subscription when it expires (asking
+    /// [`Decisions::sub_refresh`] with an empty token), rather than the client with a new token;
+    /// the client is then not told that its subscription expires.
+    pub refreshed_by_server: bool,
+}
+
+/// Channel options a decision changes for one subscription (`None`: as configured).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OptionOverrides {
+    pub presence: Option<bool>,
+    pub join_leave: Option<bool>,
+    pub force_push_join_leave: Option<bool>,
+    pub force_recovery: Option<bool>,
+}
+
+impl OptionOverrides {
+    /// `options` with these overrides applied.
+    pub fn apply(&self, mut options: ChannelOptions) -> ChannelOptions {
+        let set = |field: &mut bool, value: Option<bool>| {
+            if let Some(value) = value {
+                *field = value;
+            }
+        };
+        set(&mut options.presence, self.presence);
+        set(&mut options.join_leave, self.join_leave);
+        set(
+            &mut options.force_push_join_leave,
+            self.force_push_join_leave,
+        );
+        set(&mut options.force_recovery, self.force_recovery);
+        options
+    }
 }
 
 /// A subscription's new lease of life.
@@ -102,6 +218,8 @@ pub struct SubRefreshDecision {
 pub struct PublishDecision {
     /// What to publish: the client's data, or what the decision put in its place.
     pub data: Payload,
+    /// Publish without keeping the publication in the channel's history.
+    pub skip_history: bool,
 }
 
 /// An answered RPC.
@@ -123,11 +241,15 @@ pub struct RpcDecision {
 /// client's own task: it delays that client only, and must bound its own wait.
 #[async_trait]
 pub trait Decisions: Send + Sync + 'static {
-    /// Whether `client` (the id the connection will have) may connect with `req`, and as whom.
-    async fn connect(&self, client: &str, req: &ConnectRequest)
-        -> Result<ConnectDecision, Refusal>;
+    /// Whether `client` may connect with `req`, and as whom.
+    async fn connect(
+        &self,
+        client: Connecting<'_>,
+        req: &ConnectRequest,
+    ) -> Result<ConnectDecision, Refusal>;
 
-    /// Whether a connected client may extend its connection with `req`'s token.
+    /// Whether a connected client may extend its connection with `req`'s token (empty when the
+    /// server renews a connection [`ConnectDecision::refreshed_by_server`]).
     async fn refresh(
         &self,
         client: Client<'_>,
@@ -142,7 +264,8 @@ pub trait Decisions: Send + Sync + 'static {
         options: &ChannelOptions,
     ) -> Result<SubscribeDecision, Refusal>;
 
-    /// Whether a client may extend its subscription to `req.channel` with `req`'s token.
+    /// Whether a client may extend its subscription to `req.channel` with `req`'s token (empty
+    /// when the server renews a subscription [`SubscribeDecision::refreshed_by_server`]).
     async fn sub_refresh(
         &self,
         client: Client<'_>,
@@ -168,4 +291,29 @@ pub trait Decisions: Send + Sync + 'static {
         method: &str,
         data: Option<Payload>,
     ) -> Result<RpcDecision, Refusal>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_headers_win_over_emulated_ones_and_only_listed_ones_are_emulated() {
+        let real = ClientHeaders::new(vec![("cookie".into(), "real".into())]);
+        let emulated: std::collections::HashMap<String, String> = [
+            ("Cookie", "forged"),
+            ("Authorization", "Bearer t"),
+            ("X-Other", "no"),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        let allowed = ["cookie".to_string(), "authorization".to_string()];
+        let merged = real.with_emulated(&emulated, &allowed);
+        let mut pairs: Vec<_> = merged.iter().collect();
+        pairs.sort();
+        assert_eq!(pairs, [("Authorization", "Bearer t"), ("cookie", "real")]);
+        let none = ClientHeaders::default().with_emulated(&emulated, &[]);
+        assert_eq!(none.iter().count(), 0);
+    }
 }

@@ -12,8 +12,8 @@
 use async_trait::async_trait;
 
 use super::decisions::{
-    Client, ConnectDecision, Decisions, PublishDecision, RefreshDecision, Refusal, RpcDecision,
-    ServerSubscription, SubRefreshDecision, SubscribeDecision,
+    Client, ConnectDecision, Connecting, Decisions, PublishDecision, RefreshDecision, Refusal,
+    RpcDecision, ServerSubscription, SubRefreshDecision, SubscribeDecision,
 };
 use crate::auth::{ConnectionClaims, TokenError, TokenVerifier};
 use crate::channel::ChannelOptions;
@@ -49,7 +49,7 @@ fn denied() -> Refusal {
 impl Decisions for Rules {
     async fn connect(
         &self,
-        _client: &str,
+        _client: Connecting<'_>,
         req: &ConnectRequest,
     ) -> Result<ConnectDecision, Refusal> {
         let claims = if req.token.is_empty() {
@@ -95,9 +95,11 @@ impl Decisions for Rules {
         Ok(ConnectDecision {
             expires_at: claims.expires_at(),
             info: claims.info().map(Payload::from),
+            meta: claims.meta.map(Payload::from),
             user: claims.sub,
             data: None,
             subscriptions,
+            refreshed_by_server: false,
         })
     }
 
@@ -120,6 +122,7 @@ impl Decisions for Rules {
         }
         Ok(RefreshDecision {
             expires_at: claims.expires_at(),
+            info: None,
         })
     }
 
@@ -157,7 +160,7 @@ impl Decisions for Rules {
             return Ok(SubscribeDecision {
                 chan_info: claims.info().map(Payload::from),
                 expires_at: claims.expires_at(),
-                data: None,
+                ..Default::default()
             });
         }
         let name = channel.split_once(':').map_or(channel.as_str(), |(_, n)| n);
@@ -219,7 +222,10 @@ impl Decisions for Rules {
             return Err(denied());
         }
         let data = data.ok_or_else(|| Error::new(error_code::BAD_REQUEST))?;
-        Ok(PublishDecision { data })
+        Ok(PublishDecision {
+            data,
+            skip_history: false,
+        })
     }
 
     async fn rpc(
@@ -241,6 +247,7 @@ impl Decisions for Rules {
 mod tests {
     use super::*;
     use crate::auth::sign_hmac;
+    use crate::hooks::decisions::ClientHeaders;
     use serde_json::json;
 
     const SECRET: &str = "rules-test-secret";
@@ -262,6 +269,15 @@ mod tests {
             client: "c1",
             user: "ann",
             conn_info: None,
+            meta: None,
+            headers: ClientHeaders::none(),
+        }
+    }
+
+    fn connecting() -> Connecting<'static> {
+        Connecting {
+            client: "c1",
+            headers: ClientHeaders::none(),
         }
     }
 
@@ -295,7 +311,7 @@ mod tests {
             })),
             ..Default::default()
         };
-        let decision = rules().connect("c1", &req).await.unwrap();
+        let decision = rules().connect(connecting(), &req).await.unwrap();
         assert_eq!(decision.user, "ann");
         assert_eq!(decision.expires_at, Some(4_000_000_000));
         assert_eq!(decision.info.unwrap().get(), r#"{"n":1}"#);
@@ -310,13 +326,13 @@ mod tests {
     #[tokio::test]
     async fn anonymous_and_forged_connections_are_disconnected() {
         let anonymous = ConnectRequest::default();
-        let refusal = rules().connect("c1", &anonymous).await.unwrap_err();
+        let refusal = rules().connect(connecting(), &anonymous).await.unwrap_err();
         assert_eq!(refusal, Refusal::Disconnect(Disconnect::INVALID_TOKEN));
         let forged = ConnectRequest {
             token: sign_hmac("another secret", &json!({"sub": "ann"})).unwrap(),
             ..Default::default()
         };
-        let refusal = rules().connect("c1", &forged).await.unwrap_err();
+        let refusal = rules().connect(connecting(), &forged).await.unwrap_err();
         assert_eq!(refusal, Refusal::Disconnect(Disconnect::INVALID_TOKEN));
     }
 

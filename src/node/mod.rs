@@ -62,6 +62,9 @@ pub struct NodeHooks {
     pub decisions: Option<Arc<dyn Decisions>>,
     /// Who hears of lifecycle events, besides the node's own metrics.
     pub sinks: Vec<Arc<dyn EventSink>>,
+    /// The node's counters; `None`: fresh ones. Hooks built before the node (the backend proxy)
+    /// count into the node's metrics through this.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// A cheap-to-clone handle on the node.
@@ -125,7 +128,7 @@ impl Node {
         hooks: NodeHooks,
     ) -> Node {
         let hub = Arc::new(Hub::default());
-        let metrics = Arc::new(Metrics::default());
+        let metrics = hooks.metrics.unwrap_or_default();
         let timeline = Arc::new(Timeline::default());
         broker.set_handler(Arc::new(Dispatcher {
             hub: hub.clone(),

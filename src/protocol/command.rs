@@ -135,6 +135,8 @@ pub struct ConnectRequest {
     /// Channels to recover server-side subscriptions of: channel → position.
     #[serde(default)]
     pub subs: HashMap<String, SubscribeRequest>,
+    /// Headers the SDK emulates (browsers cannot set WebSocket headers): name → value.
+    pub headers: Option<HashMap<String, String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

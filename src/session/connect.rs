@@ -4,12 +4,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{ttl_from, Answer, Identity, Session};
+use crate::hooks::decisions::Connecting;
 use crate::hooks::decisions::ServerSubscription;
 use crate::hooks::events::Event;
 use crate::hub::ClientHandle;
 use crate::node::VERSION;
 use crate::protocol::{
-    ConnectRequest, ConnectResult, Disconnect, RefreshRequest, RefreshResult, ReplyResult,
+    ConnectRequest, ConnectResult, Disconnect, Payload, RefreshRequest, RefreshResult, ReplyResult,
 };
 
 impl Session {
@@ -19,7 +20,17 @@ impl Session {
         let node = self.node.clone();
         let config = node.config();
         let client: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
-        let decision = node.decisions().connect(&client, &req).await?;
+        // The real headers of the connection request, and those the SDK emulates in `connect`.
+        let emulated = &config.proxy_emulated_headers;
+        let headers = match &req.headers {
+            Some(sent) if !emulated.is_empty() => self.headers.with_emulated(sent, emulated),
+            _ => self.headers.clone(),
+        };
+        let connecting = Connecting {
+            client: &client,
+            headers: &headers,
+        };
+        let decision = node.decisions().connect(connecting, &req).await?;
         let limit = config.user_connection_limit;
         if limit > 0
             && !decision.user.is_empty()
@@ -31,6 +42,8 @@ impl Session {
             client,
             user: Arc::from(decision.user.as_str()),
             conn_info: decision.info,
+            meta: decision.meta,
+            headers,
         };
         node.hub().add_connection(
             self.conn,
@@ -42,6 +55,7 @@ impl Session {
             },
         );
         self.expires_at = decision.expires_at;
+        self.refreshed_by_server = decision.refreshed_by_server;
         tracing::debug!(client = %identity.client, user = %identity.user, "connected");
         self.identity = Some(identity.clone());
 
@@ -83,11 +97,13 @@ impl Session {
                 }
             }
         }
+        // A connection the server renews itself is not the client's to refresh.
+        let client_expiry = self.expires_at.filter(|_| !self.refreshed_by_server);
         let result = ConnectResult {
             client: identity.client.to_string(),
             version: VERSION.to_string(),
-            expires: self.expires_at.is_some(),
-            ttl: self.expires_at.map_or(0, ttl_from),
+            expires: client_expiry.is_some(),
+            ttl: client_expiry.map_or(0, ttl_from),
             data: decision.data,
             ping: config.ping_interval as u32,
             pong: true,
@@ -112,12 +128,23 @@ impl Session {
     pub(super) async fn refresh(&mut self, who: &Identity, req: RefreshRequest) -> Answer {
         let decision = self.node.decisions().refresh(who.as_client(), &req).await?;
         self.expires_at = decision.expires_at;
+        if let Some(info) = decision.info {
+            self.renew_info(info);
+        }
         Ok(Some(ReplyResult::Refresh(RefreshResult {
             client: who.client.to_string(),
             version: VERSION.to_string(),
             expires: self.expires_at.is_some(),
             ttl: self.expires_at.map_or(0, ttl_from),
         })))
+    }
+
+    /// The connection info a refresh decided, for what the connection does from now on
+    /// (subscriptions already made keep the info they were made with).
+    pub(super) fn renew_info(&mut self, info: Payload) {
+        if let Some(identity) = &mut self.identity {
+            identity.conn_info = Some(info);
+        }
     }
 }
 

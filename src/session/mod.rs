@@ -31,7 +31,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::auth::unix_now;
-use crate::hooks::decisions::Client;
+use crate::hooks::decisions::{Client, ClientHeaders};
 use crate::hooks::events::Event;
 use crate::hooks::Refusal;
 use crate::hub::{ConnId, ControlSender};
@@ -55,6 +55,8 @@ struct Subscription {
     join_leave: bool,
     /// When the subscription token expires (unix seconds), if it does.
     expires_at: Option<u64>,
+    /// The server renews the subscription itself when it expires.
+    refreshed_by_server: bool,
 }
 
 /// One connected (or connecting) client.
@@ -71,14 +73,21 @@ pub struct Session {
     ping_sent: Option<Instant>,
     /// When the connection's token expires (unix seconds), if it does.
     expires_at: Option<u64>,
+    /// The server renews the connection itself when it expires (see
+    /// [`ConnectDecision::refreshed_by_server`](crate::hooks::decisions::ConnectDecision)).
+    refreshed_by_server: bool,
+    /// The headers of the request that opened the connection, as far as they are forwarded to
+    /// the application backend.
+    headers: ClientHeaders,
     limiter: RateLimiter,
     /// Publishes in flight, oldest first, with the ids of the commands they answer. Created on
     /// first use (most connections never publish) and boxed to keep idle sessions small. Only
     /// reached through `&mut self` (`Mutex::get_mut`, never locked): the mutex only makes the
     /// session `Sync`, which its `&self` methods held across awaits need.
     pipeline: Option<Box<Mutex<Pipeline>>>,
-    /// Why the connection ends, once known (see [`Session::closing`]).
-    closing: Option<Disconnect>,
+    /// Why the connection ends, once known (see [`Session::closing`]). Boxed: only a closing
+    /// session needs it, and every idle one pays for its inline size.
+    closing: Option<Box<Disconnect>>,
 }
 
 /// Who the client is, once connected.
@@ -87,6 +96,9 @@ struct Identity {
     client: Arc<str>,
     user: Arc<str>,
     conn_info: Option<Payload>,
+    /// Server-only data the connect decision attached.
+    meta: Option<Payload>,
+    headers: ClientHeaders,
 }
 
 impl Identity {
@@ -96,6 +108,8 @@ impl Identity {
             client: &self.client,
             user: &self.user,
             conn_info: self.conn_info.as_ref(),
+            meta: self.meta.as_ref(),
+            headers: &self.headers,
         }
     }
 }
@@ -125,6 +139,8 @@ impl Session {
             subscriptions: VecMap::new(),
             ping_sent: None,
             expires_at: None,
+            refreshed_by_server: false,
+            headers: ClientHeaders::default(),
             limiter,
             pipeline: None,
             closing: None,
@@ -135,7 +151,13 @@ impl Session {
     /// emits; the latest call wins, so the transport, which knows what it finally sent, calls it
     /// last. Never called: the client or the network ended it (3000 "connection closed").
     pub fn closing(&mut self, reason: &Disconnect) {
-        self.closing = Some(reason.clone());
+        self.closing = Some(Box::new(reason.clone()));
+    }
+
+    /// Keeps the headers of the request that opened the connection (those the configuration
+    /// forwards) for the decisions about this client.
+    pub fn forward_headers(&mut self, headers: ClientHeaders) {
+        self.headers = headers;
     }
 
     /// Whether `connect` succeeded.
@@ -300,7 +322,7 @@ impl Drop for Session {
         }
         if let Some(who) = &self.identity {
             let closed = CONNECTION_CLOSED;
-            let reason = self.closing.as_ref().unwrap_or(&closed);
+            let reason = self.closing.as_deref().unwrap_or(&closed);
             self.node.emit(Event::Disconnected {
                 client: &who.client,
                 user: &who.user,

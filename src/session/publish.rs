@@ -113,9 +113,13 @@ impl Session {
                 .get(channel)
                 .and_then(|s| s.info.chan_info.clone()),
         };
-        Ok(self
-            .node
-            .submit_publish(channel, decision.data, Some(info), HashMap::new(), false)?)
+        Ok(self.node.submit_publish(
+            channel,
+            decision.data,
+            Some(info),
+            HashMap::new(),
+            decision.skip_history,
+        )?)
     }
 }
 
@@ -131,8 +135,8 @@ mod tests {
     use super::super::testing::{node, node_with, TestClient};
     use crate::channel::ChannelOptions;
     use crate::hooks::decisions::{
-        Client, ConnectDecision, Decisions, PublishDecision, RefreshDecision, RpcDecision,
-        SubRefreshDecision, SubscribeDecision,
+        Client, ConnectDecision, Connecting, Decisions, PublishDecision, RefreshDecision,
+        RpcDecision, SubRefreshDecision, SubscribeDecision,
     };
     use crate::hooks::rules::Rules;
     use crate::hooks::Refusal;
@@ -223,7 +227,7 @@ mod tests {
     impl Decisions for Stamping {
         async fn connect(
             &self,
-            client: &str,
+            client: Connecting<'_>,
             req: &ConnectRequest,
         ) -> Result<ConnectDecision, Refusal> {
             self.0.connect(client, req).await
@@ -264,6 +268,7 @@ mod tests {
             let stamped = RawValue::from_string(format!(r#"{{"by":"{}"}}"#, client.client));
             Ok(PublishDecision {
                 data: Payload::from(stamped.unwrap()),
+                skip_history: false,
             })
         }
         async fn rpc(

@@ -29,21 +29,30 @@ impl Session {
         let (options, decision) = self.check_subscribe(who, &req).await?;
         let (mut result, after) = self.join(&req, &options).await?;
         let expires_at = decision.expires_at;
-        result.expires = expires_at.is_some();
-        result.ttl = expires_at.map_or(0, ttl_from);
+        // A subscription the server renews itself is not the client's to refresh.
+        let client_expiry = expires_at.filter(|_| !decision.refreshed_by_server);
+        result.expires = client_expiry.is_some();
+        result.ttl = client_expiry.map_or(0, ttl_from);
         result.data = decision.data;
         let reply = Reply::ok(id, ReplyResult::Subscribe(result)).encode();
         Metrics::inc(&self.node.metrics().messages_sent);
         self.node
             .hub()
             .activate(&req.channel, self.conn, Some(Bytes::from(reply)), after);
+        let renewed_by_server = decision.refreshed_by_server.then(|| req.channel.clone());
         self.register(who, req.channel, decision.chan_info, &options, expires_at)
             .await;
+        if let Some(channel) = renewed_by_server {
+            if let Some(subscription) = self.subscriptions.get_mut(&channel) {
+                subscription.refreshed_by_server = true;
+            }
+        }
         Ok(None)
     }
 
     /// What this node decides alone (a valid name, not subscribed yet, under the channel limit, a
-    /// known namespace), then whether the node's decisions grant the subscription.
+    /// known namespace), then whether the node's decisions grant the subscription; the options
+    /// returned are the channel's with the decision's overrides.
     async fn check_subscribe(
         &self,
         who: &Identity,
@@ -63,7 +72,7 @@ impl Session {
             .decisions()
             .subscribe(who.as_client(), req, &options)
             .await?;
-        Ok((options, decision))
+        Ok((decision.overrides.apply(options), decision))
     }
 
     /// `sub_refresh`: the node's decisions extend a subscription's life (the built-in rules want
@@ -144,6 +153,7 @@ impl Session {
                 presence: options.presence,
                 join_leave: options.join_leave,
                 expires_at,
+                refreshed_by_server: false,
             },
         );
         if options.presence {

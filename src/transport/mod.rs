@@ -14,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
 use crate::fd_limit::FdLimit;
+use crate::hooks::decisions::ClientHeaders;
 use crate::http::{glob_match, json_error};
 use crate::metrics::Metrics;
 use crate::node::Node;
@@ -106,6 +107,24 @@ pub fn admit(
     })
 }
 
+/// The headers of a connection request that the application backend is told of: those named in
+/// `proxy_http_headers` (case-insensitively), when a backend proxy is configured. Most
+/// deployments forward none, and their connections keep nothing.
+pub fn forwarded_headers(config: &Config, headers: &HeaderMap) -> ClientHeaders {
+    if config.proxy_http_headers.is_empty() || !config.uses_proxy() {
+        return ClientHeaders::default();
+    }
+    let mut pairs = Vec::new();
+    for name in &config.proxy_http_headers {
+        for value in headers.get_all(name.as_str()) {
+            if let Ok(value) = value.to_str() {
+                pairs.push((name.clone(), value.to_string()));
+            }
+        }
+    }
+    ClientHeaders::new(pairs)
+}
+
 /// The answer to a WebSocket handshake over the connection limit: 503 before the upgrade, with
 /// Centrifugo's disconnect code 3504 in a JSON body. Clients treat a failed handshake as a
 /// transport failure and retry with backoff, which is what a full node wants.
@@ -179,5 +198,19 @@ mod tests {
             &development,
             &headers("http://anything", "x")
         ));
+    }
+
+    #[test]
+    fn only_listed_headers_are_forwarded_and_only_to_a_backend() {
+        let mut request = headers("http://a", "a");
+        request.insert(header::COOKIE, "s=1".parse().unwrap());
+        let mut config = Config {
+            proxy_http_headers: vec!["cookie".into(), "Authorization".into()],
+            ..Config::default()
+        };
+        assert_eq!(forwarded_headers(&config, &request).iter().count(), 0);
+        config.proxy_rpc_endpoint = Some("http://127.0.0.1:1/rpc".into());
+        let kept = forwarded_headers(&config, &request);
+        assert_eq!(kept.iter().collect::<Vec<_>>(), [("cookie", "s=1")]);
     }
 }

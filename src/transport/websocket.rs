@@ -14,6 +14,7 @@ use futures_util::FutureExt;
 
 use super::connection::{drive, Incoming, Wire};
 use super::ConnectionLimit;
+use crate::hooks::decisions::ClientHeaders;
 use crate::hub::ControlInbox;
 use crate::node::Node;
 use crate::protocol::Disconnect;
@@ -36,6 +37,8 @@ pub async fn endpoint(
         Ok(slot) => slot,
         Err(refused) => return refused.into_response(),
     };
+    // Taken now: the request's headers are gone once the connection is upgraded.
+    let forwarded = super::forwarded_headers(node.config(), &headers);
     let limit = node.config().max_message_size;
     // The library's own limit sits above ours so an oversized message still gets a proper close
     // (1009) from the transport rather than a dropped connection.
@@ -51,12 +54,13 @@ pub async fn endpoint(
             // The slot is released when the connection ends (or if the upgrade never completes,
             // when this closure is dropped). `map` rather than an `async` block awaiting `serve`:
             // such a block would store the future twice (as captured value and as awaited one).
-            let serve = serve(node.clone(), socket).map(move |()| drop(slot));
+            let serve = serve(node.clone(), socket, forwarded).map(move |()| drop(slot));
             node.tracker().track_future(serve)
         })
 }
 
-/// Serves one upgraded WebSocket until it closes. Every exit path ends here, where dropping the
+/// Serves one upgraded WebSocket until it closes; `headers` are those of the upgrade request
+/// the application backend is told of. Every exit path ends here, where dropping the
 /// session releases its subscriptions and presence.
 ///
 /// Not an `async fn`: one moves its arguments into the future and then again into locals of its
@@ -64,12 +68,17 @@ pub async fn endpoint(
 /// wrapped before the `async move` block, which keeps each captured value once and lends the
 /// wire from there (wrapping it inside the block costs a second copy: 1.2 KB per connection).
 #[allow(clippy::manual_async_fn)] // see above: an `async fn` would store the socket twice
-pub fn serve(node: Node, socket: WebSocket) -> impl Future<Output = ()> + Send {
+pub fn serve(
+    node: Node,
+    socket: WebSocket,
+    headers: ClientHeaders,
+) -> impl Future<Output = ()> + Send {
     let mut wire = WsWire(socket);
     async move {
         let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
         let control = Arc::new(ControlInbox::new(CONTROL_CAPACITY));
         let mut session = Session::new(node.clone(), queue.clone(), control.clone());
+        session.forward_headers(headers);
         let reason = drive(&node, &mut session, &queue, &mut wire, &control).await;
         if let Some(reason) = &reason {
             // What the client was told is what the `disconnected` event reports.

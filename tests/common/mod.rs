@@ -217,6 +217,25 @@ impl Client {
         }
     }
 
+    /// Opens a client whose upgrade request carries `headers` (name, value).
+    pub async fn open_with_headers(url: &str, headers: &[(&str, &str)]) -> Client {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().unwrap();
+        for (name, value) in headers {
+            let name =
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .unwrap();
+            request.headers_mut().append(name, value.parse().unwrap());
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        Client {
+            ws,
+            pending: VecDeque::new(),
+            next_id: 1,
+            client_id: String::new(),
+        }
+    }
+
     /// Opens a client whose socket has a tiny receive buffer, so that not reading fills the
     /// server's side quickly (a slow client).
     pub async fn open_small_buffer(addr: SocketAddr) -> Client {
