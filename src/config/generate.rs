@@ -1,0 +1,90 @@
+//! `switchboard genconfig`: an annotated production configuration with fresh random secrets.
+
+/// An annotated configuration file with fresh random secrets (`switchboard genconfig`).
+pub fn generate() -> String {
+    let secret = |len: usize| {
+        use rand::distr::{Alphanumeric, SampleString};
+        Alphanumeric.sample_string(&mut rand::rng(), len)
+    };
+    format!(
+        r#"# Switchboard configuration. Flags and SWITCHBOARD_* environment variables override it.
+
+# Where clients connect: ws://<address>:<port>/connection/websocket
+address = "0.0.0.0"
+port = 8000
+
+# Backends call the server API (POST /api/<method>) with this key in the X-API-Key header.
+api_key = "{api_key}"
+# The web dashboard (/dashboard) asks for this password (or the API key).
+admin_password = "{admin_password}"
+# Serve the API on its own port (e.g. bound to a private interface) instead of the main one.
+# api_port = 8001
+# api_address = "10.0.0.5"
+
+# Connection and subscription tokens (JWT). HS256 with this secret; add RS256/ES256 public keys or
+# a JWKS URL if your backend signs with those.
+token_hmac_secret = "{token_secret}"
+# token_rsa_public_key = "/etc/switchboard/rsa.pub.pem"
+# token_ecdsa_public_key = "/etc/switchboard/ec.pub.pem"
+# token_jwks_url = "https://auth.example.com/.well-known/jwks.json"
+
+# TLS without a proxy in front.
+# tls_cert = "/etc/switchboard/cert.pem"
+# tls_key = "/etc/switchboard/key.pem"
+
+# Browsers may connect only from these origins (* wildcards). Empty: the server's own host.
+allowed_origins = []
+
+# Durable history (SQLite) and its retention per channel.
+data_dir = "switchboard-data"
+history_durability = "full"    # "normal" skips fsync: faster, survives process crashes only
+history_size = 1000
+history_ttl = 86400
+
+# Limits.
+max_message_size = 65536
+client_queue_max_bytes = 1048576   # a client that falls this far behind is disconnected (3008)
+client_channel_limit = 128
+user_connection_limit = 0          # 0: no limit
+client_command_rate = 1000         # commands per second per connection (then error 111, 3013)
+client_command_burst = 2000
+connection_rate_per_ip = 50        # new connections per second per IP
+
+# Or let the application backend decide over HTTP, as Centrifugo's proxy asks it (see README):
+# clients without a token connect as the connect endpoint says.
+# proxy_connect_endpoint = "http://127.0.0.1:3000/centrifugo/connect"
+# proxy_subscribe_endpoint = "http://127.0.0.1:3000/centrifugo/subscribe"
+# proxy_timeout = "1s"
+# proxy_http_headers = ["Cookie", "Authorization"]
+
+# Channels outside any namespace. With a token secret set, every permission is closed unless
+# granted here or in a namespace (subscription tokens always work).
+[channel]
+allow_subscribe_for_client = true
+allow_publish_for_subscriber = false
+allow_presence_for_subscriber = true
+allow_history_for_subscriber = true
+
+# Channels named "chat:<room>".
+[[namespace]]
+name = "chat"
+allow_subscribe_for_client = true
+allow_publish_for_subscriber = true
+allow_presence_for_subscriber = true
+allow_history_for_subscriber = true
+join_leave = true
+history_size = 200
+history_ttl = 3600
+# "chat:<room>#<user>,<user>" channels open to the users listed after '#' without a token.
+# User-limited channels are off unless a namespace (or [channel]) turns them on.
+# allow_user_limited_channels = true
+
+# Channels named "private:<name>" need a subscription token (no allow_subscribe_* granted).
+[[namespace]]
+name = "private"
+"#,
+        api_key = secret(32),
+        admin_password = secret(24),
+        token_secret = secret(48),
+    )
+}

@@ -1,0 +1,86 @@
+//! Unit tests of the configuration: defaults, files, validation, the generated file.
+
+use super::*;
+
+#[test]
+fn public_address_needs_secrets_or_insecure() {
+    let mut c = Config {
+        address: "0.0.0.0".parse().unwrap(),
+        ..Config::default()
+    };
+    assert!(c.validate().unwrap_err().to_string().contains("--insecure"));
+    c.token_hmac_secret = Some("s".into());
+    assert!(c.validate().unwrap_err().to_string().contains("--api-key"));
+    c.api_key = Some("k".into());
+    c.validate().unwrap();
+    let open = Config {
+        address: "0.0.0.0".parse().unwrap(),
+        insecure: true,
+        ..Config::default()
+    };
+    open.validate().unwrap();
+    Config::default().validate().unwrap();
+}
+
+#[test]
+fn a_personal_channel_namespace_must_be_configured() {
+    let mut c = Config {
+        subscribe_to_user_personal_channel: true,
+        personal_channel_namespace: "personal".into(),
+        ..Config::default()
+    };
+    assert!(c.validate().is_err());
+    c.namespace.push(Namespace {
+        name: "personal".into(),
+        ..Default::default()
+    });
+    c.validate().unwrap();
+}
+
+#[test]
+fn generated_config_parses_and_validates() {
+    let text = generate();
+    let c: Config = toml::from_str(&text).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.api_key.unwrap().len(), 32);
+    assert_ne!(generate(), text, "fresh secrets each time");
+    assert_eq!(c.namespace.len(), 2);
+}
+
+#[test]
+fn file_values_override_defaults_and_unknown_keys_fail() {
+    let c: Config = toml::from_str("port = 9000\njoin_leave = false").unwrap();
+    assert_eq!(c.port, 9000);
+    assert!(!c.join_leave);
+    assert_eq!(c.ping_interval, 25);
+    assert!(toml::from_str::<Config>("prot = 1").is_err());
+}
+
+#[test]
+fn proxy_settings_parse_and_validate() {
+    let c: Config = toml::from_str(
+        "proxy_connect_endpoint = \"http://127.0.0.1:9000/connect\"\n\
+         proxy_timeout = \"250ms\"\n\
+         proxy_http_headers = [\"Cookie\"]\n\
+         [proxy_static_headers]\n\
+         X-Secret = \"s\"\n",
+    )
+    .unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.proxy_timeout, Duration::from_millis(250));
+    assert!(c.uses_proxy());
+    assert!(
+        !c.anonymous_allowed(),
+        "the backend decides clients without a token"
+    );
+    let seconds: Config = toml::from_str("proxy_timeout = 2").unwrap();
+    assert_eq!(seconds.proxy_timeout, Duration::from_secs(2));
+    let bad = Config {
+        proxy_rpc_endpoint: Some("ftp://x".into()),
+        ..Config::default()
+    };
+    assert!(bad.validate().is_err());
+    assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert!(parse_duration("5 parsecs").is_err());
+}
