@@ -327,7 +327,9 @@ async fn serve_plain(
             .with_upgrades();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
+            // Boxed: the task cell stays small (it lives through the WebSocket handshake of every
+            // connection), and hyper's connection state is freed in one piece when it ends.
+            let mut connection = Box::pin(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
                 _ = shutdown.cancelled() => {
