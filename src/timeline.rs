@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use crate::hooks::events::{Event, EventSink};
+
 /// Slots in the ring: at the admission cap on every lane (800 spans/s), about 20 s of activity.
 pub const CAPACITY: usize = 16 * 1024;
 /// Spans admitted per lane in each 10 ms bucket: at most 200 per second per lane.
@@ -272,6 +274,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Lifecycle events drawn on the timeline, so the dashboard shows connects, disconnects and
+/// subscriptions beside the work they cause. Publications are left out: their append and fan-out
+/// are drawn already, as spans of their own.
+pub struct TimelineEvents(pub Arc<Timeline>);
+
+impl EventSink for TimelineEvents {
+    fn emit(&self, event: &Event<'_>) {
+        let detail = match *event {
+            Event::Published { .. } => return,
+            Event::Connected { client, .. } | Event::Disconnected { client, .. } => client,
+            Event::Subscribed { channel, .. }
+            | Event::Unsubscribed { channel, .. }
+            | Event::ChannelOccupied { channel }
+            | Event::ChannelVacated { channel } => channel,
+        };
+        drop(self.0.span(Lane::Background, event.name(), detail));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,5 +360,24 @@ mod tests {
         assert_eq!(spans[0].seq, 10);
         // Truncation keeps whole characters.
         assert_eq!(spans[0].detail, "é".repeat(12));
+    }
+
+    #[test]
+    fn lifecycle_events_are_drawn_publications_are_not() {
+        let timeline = Arc::new(Timeline::default());
+        let sink = TimelineEvents(timeline.clone());
+        sink.emit(&Event::Connected {
+            client: "c1",
+            user: "u",
+        });
+        sink.emit(&Event::Published {
+            channel: "news",
+            offset: 1,
+            client: None,
+        });
+        sink.emit(&Event::ChannelOccupied { channel: "news" });
+        let (spans, _) = timeline.since(0);
+        let drawn: Vec<(&str, &str)> = spans.iter().map(|s| (s.name, s.detail.as_str())).collect();
+        assert_eq!(drawn, [("connected", "c1"), ("channel_occupied", "news")]);
     }
 }

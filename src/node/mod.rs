@@ -24,7 +24,7 @@ use crate::metrics::{Gauges, Metrics};
 use crate::protocol::{error_code, ClientInfo, Error, Payload, Publication, StreamPosition};
 use crate::queue::ClientQueue;
 use crate::ratelimit::PerIpLimiter;
-use crate::timeline::{Lane, Timeline};
+use crate::timeline::{Lane, Timeline, TimelineEvents};
 
 mod dispatch;
 
@@ -151,10 +151,12 @@ impl Node {
         let decisions = hooks
             .decisions
             .unwrap_or_else(|| Arc::new(Rules::new(&config, verifier.clone())));
-        let events = hooks
-            .sinks
-            .into_iter()
-            .fold(Events::default().with(metrics.clone()), Events::with);
+        let events = hooks.sinks.into_iter().fold(
+            Events::default()
+                .with(metrics.clone())
+                .with(Arc::new(TimelineEvents(timeline.clone()))),
+            Events::with,
+        );
         Node {
             inner: Arc::new(Inner {
                 config,
