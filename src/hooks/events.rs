@@ -3,10 +3,11 @@
 //! Sessions and the node emit an [`Event`] at each step of a client's life (connected,
 //! subscribed, unsubscribed, disconnected with its code) and of a channel's (occupied and vacated
 //! on this node, publication stored). [`Events`] hands each one to every registered
-//! [`EventSink`]: the node's metrics (which the dashboard and `/metrics` read) today, webhooks to
-//! the application backend next. Emitting happens on the path of the event itself, so a sink must
-//! never block or await: one that does I/O copies what it needs into its own bounded queue and
-//! works from there (the seed's `BackgroundTasks`: after the response, never before it).
+//! [`EventSink`]: the node's metrics (which the dashboard and `/metrics` read) and the dashboard's
+//! timeline today, webhooks to the application backend next. Emitting happens on the path of the
+//! event itself, so a sink must never block or await: one that does I/O copies what it needs into
+//! its own bounded queue and works from there (the seed's `BackgroundTasks`: after the response,
+//! never before it).
 
 use std::sync::Arc;
 

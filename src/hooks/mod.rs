@@ -8,8 +8,8 @@
 //! - [`proxy`]: decisions by the application backend over HTTP, asked as Centrifugo's proxy
 //!   asks them, with the rules for whatever no endpoint is configured for.
 //! - [`events`]: every lifecycle event (connected, disconnected, subscribed, unsubscribed, channel
-//!   occupied/vacated, publication) goes to one [`events::Events`] of sinks: the node's metrics,
-//!   which the dashboard reads, today; webhooks next.
+//!   occupied/vacated, publication) goes to one [`events::Events`] of sinks: the node's metrics
+//!   and the dashboard's timeline today; webhooks next.
 
 pub mod decisions;
 pub mod events;
