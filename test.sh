@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test: unit and integration tests (cargo), including the client-SDK compatibility
 # tests, which need the npm packages pinned in tests/compat and the PyPI packages pinned in
-# tests/compat/requirements.txt (installed in tests/compat/.venv), and the browser tests of the web
+# tests/compat/requirements.txt (installed in tests/compat/.venv), the browser tests of the web
 # pages, which need the npm packages pinned in tests/browser and Debian's chromium
-# (/usr/lib/chromium/chromium; .ci/run installs it). Missing npm packages are installed here.
+# (/usr/lib/chromium/chromium), the multi-node tests, which need redis-server, and the deployment
+# test, which needs Debian's nginx (/usr/sbin/nginx).
+#
+# On a fresh Debian machine it installs what is missing first: the system packages through
+# apt-get (as root, or with sudo when that needs no password), then the pinned npm and PyPI
+# packages. Where it cannot, it stops before any test with one message naming what to install:
+# no test is skipped, and none fails halfway for want of a program.
+#
 # With SWITCHBOARD_FUZZ_SECONDS=<n>, each cargo-fuzz target in fuzz/ then runs for n seconds
 # (needs a nightly toolchain and cargo-fuzz; the first build takes about ten minutes, hence
 # opt-in). Whether fuzzing ran, and why not, is always printed.
@@ -14,6 +21,42 @@ if ! [[ "$fuzz_seconds" =~ ^[0-9]+$ ]]; then
   echo "test.sh: SWITCHBOARD_FUZZ_SECONDS must be a number of seconds, not '$fuzz_seconds'" >&2
   exit 2
 fi
+if ! command -v cargo >/dev/null; then
+  echo "test.sh: cargo is missing: install a Rust toolchain (https://rustup.rs), then run ./test.sh again" >&2
+  exit 2
+fi
+
+# The Debian packages the tests need, each with the file or command that shows it is there.
+# SWITCHBOARD_CHROMIUM and SWITCHBOARD_NGINX point the tests at other binaries instead.
+need_apt=()
+command -v node >/dev/null && command -v npm >/dev/null || need_apt+=(nodejs npm)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
+if [ -z "${SWITCHBOARD_CHROMIUM:-}" ]; then
+  [ -x /usr/lib/chromium/chromium ] || need_apt+=(chromium)
+  # The pages' text needs real fonts, or chromium renders empty boxes in the screenshots.
+  [ -d /usr/share/fonts/truetype/liberation ] || need_apt+=(fonts-liberation)
+fi
+[ -n "${SWITCHBOARD_NGINX:-}" ] || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    as_root=()
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    as_root=(sudo)
+  else
+    as_root=(none)
+  fi
+  if [ "${as_root[*]}" = none ] || ! command -v apt-get >/dev/null; then
+    echo "test.sh: missing system packages: ${need_apt[*]}." >&2
+    echo "test.sh: install them (on Debian: sudo apt-get install --no-install-recommends ${need_apt[*]}), then run ./test.sh again" >&2
+    exit 2
+  fi
+  echo "test.sh: installing ${need_apt[*]}"
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y --no-install-recommends "${need_apt[@]}"
+fi
+
 for dir in tests/compat tests/browser; do
   if [ -f "$dir/package-lock.json" ] && [ ! -d "$dir/node_modules" ]; then
     (cd "$dir" && npm ci --no-audit --no-fund)
