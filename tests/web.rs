@@ -132,6 +132,44 @@ async fn pages_and_assets_are_served_from_the_binary() {
 }
 
 #[tokio::test]
+async fn front_page_describes_the_node_without_secrets() {
+    let open = TestServer::start().await;
+    let (status, head, body) = get(open.addr, "/", "").await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(head.contains("content-security-policy: default-src 'none'"));
+    assert!(body.contains("/assets/index.js") && body.contains("href=\"/chat\""));
+    assert_eq!(get(open.addr, "/assets/index.js", "").await.0, 200);
+    let (status, _, body) = get(open.addr, "/front/config", "").await;
+    assert_eq!(status, 200);
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["mode"], "development");
+    assert_eq!(info["anonymous"], true);
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(info["redis_shards"], 0);
+    assert_eq!(info["api_key_required"], false);
+    assert_eq!(info["websocket"], "/connection/websocket");
+    open.stop().await;
+
+    let secure = TestServer::with(|c| {
+        c.token_hmac_secret = Some("front-secret".into());
+        c.api_key = Some("front-api-key".into());
+        c.admin_password = Some("front-password".into());
+    })
+    .await;
+    let (status, _, body) = get(secure.addr, "/front/config", "").await;
+    assert_eq!(status, 200);
+    for secret in ["front-secret", "front-api-key", "front-password"] {
+        assert!(!body.contains(secret), "{body}");
+    }
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["mode"], "production");
+    assert_eq!(info["anonymous"], false);
+    assert_eq!(info["api_key_required"], true);
+    secure.stop().await;
+}
+
+#[tokio::test]
 async fn chat_config_tells_whether_a_token_is_needed() {
     let open = TestServer::start().await;
     let (status, _, body) = get(open.addr, "/chat/config", "").await;

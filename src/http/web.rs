@@ -1,5 +1,6 @@
-//! The embedded web pages: `/chat`, a chat room built on the official `centrifuge` browser SDK,
-//! and `/dashboard`, this node's live view pushed over Server-Sent Events.
+//! The embedded web pages: the front page `/` (what this server is, how to reach it), `/chat`, a
+//! chat room built on the official `centrifuge` browser SDK, and `/dashboard`, this node's live
+//! view pushed over Server-Sent Events.
 //!
 //! Every asset (pages, scripts, the vendored SDK bundle from `web/vendor/`) is compiled into the
 //! binary: a page never fetches anything from elsewhere, and pages forbid it themselves through
@@ -24,9 +25,9 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::Config;
+use crate::config::{Config, HistoryStorage};
 use crate::metrics::Metrics;
-use crate::node::{Node, VERSION};
+use crate::node::{Node, COMMIT, VERSION};
 use crate::timeline::{Lane, Timeline};
 
 /// Dashboards that may stream at once (each costs one snapshot every [`SNAPSHOT_INTERVAL`]).
@@ -59,6 +60,7 @@ macro_rules! asset {
     }};
 }
 
+static FRONT_PAGE: Asset = asset!("index.html", "text/html; charset=utf-8");
 static CHAT_PAGE: Asset = asset!("chat.html", "text/html; charset=utf-8");
 static DASHBOARD_PAGE: Asset = asset!("dashboard.html", "text/html; charset=utf-8");
 static DISABLED_PAGE: Asset = asset!("disabled.html", "text/html; charset=utf-8");
@@ -66,6 +68,10 @@ static DISABLED_PAGE: Asset = asset!("disabled.html", "text/html; charset=utf-8"
 /// `/assets/<name>`.
 static ASSETS: &[(&str, Asset)] = &[
     ("style.css", asset!("style.css", "text/css; charset=utf-8")),
+    (
+        "index.js",
+        asset!("index.js", "text/javascript; charset=utf-8"),
+    ),
     (
         "chat.js",
         asset!("chat.js", "text/javascript; charset=utf-8"),
@@ -102,6 +108,8 @@ const fn fnv1a(bytes: &[u8]) -> u64 {
 pub fn routes() -> Router<Node> {
     let streams = Arc::new(Semaphore::new(MAX_DASHBOARD_STREAMS));
     Router::new()
+        .route("/", get(front))
+        .route("/front/config", get(front_config))
         .route("/chat", get(chat))
         .route("/chat/config", get(chat_config))
         .route("/dashboard", get(dashboard))
@@ -152,6 +160,41 @@ fn serve(asset: &'static Asset, request: &HeaderMap, page: bool) -> Response {
         );
     }
     response
+}
+
+/// `GET /`: the front page.
+async fn front(request: HeaderMap) -> Response {
+    serve(&FRONT_PAGE, &request, true)
+}
+
+/// `GET /front/config`: what the front page tells a visitor about this node. Only what anyone
+/// who can connect learns anyway: never a secret, a Redis URL (it may hold a password) or a path.
+async fn front_config(State(node): State<Node>) -> Response {
+    let config = node.config();
+    let storage = if config.history_size == 0 {
+        "off"
+    } else if !config.redis.is_empty() {
+        "Redis streams, shared by every node"
+    } else {
+        match config.history_storage {
+            HistoryStorage::Sqlite => "SQLite file, durable across restarts",
+            HistoryStorage::Memory => "memory, lost on restart",
+        }
+    };
+    axum::Json(json!({
+        "version": VERSION,
+        "commit": COMMIT,
+        "node": node.info().name,
+        "mode": if config.development() { "development" } else { "production" },
+        "anonymous": config.anonymous_allowed(),
+        "storage": storage,
+        "redis_shards": config.redis.len(),
+        "websocket": "/connection/websocket",
+        "api_prefix": "/api",
+        "api_separate": config.api_port.is_some(),
+        "api_key_required": config.api_key.is_some(),
+    }))
+    .into_response()
 }
 
 /// `GET /chat`.
@@ -449,7 +492,7 @@ mod tests {
     #[test]
     fn every_asset_is_embedded_with_a_distinct_etag() {
         let mut tags: Vec<u64> = ASSETS.iter().map(|(_, a)| a.etag).collect();
-        tags.extend([CHAT_PAGE.etag, DASHBOARD_PAGE.etag, DISABLED_PAGE.etag]);
+        tags.extend([FRONT_PAGE.etag, CHAT_PAGE.etag, DASHBOARD_PAGE.etag, DISABLED_PAGE.etag]);
         let count = tags.len();
         tags.sort_unstable();
         tags.dedup();

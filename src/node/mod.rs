@@ -34,6 +34,9 @@ use dispatch::Dispatcher;
 /// The server version reported to clients and in `/api/info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The git commit the binary was built from (short hash), or `unknown` (see `build.rs`).
+pub const COMMIT: &str = env!("SWITCHBOARD_COMMIT");
+
 /// Longest channel name anyone may use, in bytes (configurations may lower it).
 pub const MAX_CHANNEL_LENGTH: usize = 1024;
 

@@ -9,7 +9,9 @@
 //   SWITCHBOARD_CHROMIUM (default /usr/lib/chromium/chromium).
 // Prints one line per step and ends with "N passed, N failed"; exits non-zero on failure, after
 // saving a screenshot of every open page into the artifacts directory.
+import { execFile } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 
@@ -152,12 +154,90 @@ async function step(name, body) {
   }
 }
 
+/** Runs a shell command as a person pasting it would (with `env` added); returns its stdout. */
+async function shell(command, env = {}) {
+  const { stdout } = await promisify(execFile)('sh', ['-c', command], { env: { ...process.env, ...env }, timeout: WAIT });
+  return stdout;
+}
+
+/** Checks the front page of `base`: what it says, its links, and that its snippets work. */
+async function checkFrontPage(browser, label, base, { mode, key }) {
+  const page = await newPage(browser, label, base, PHONE);
+  await page.goto(`${base}/`);
+  await page.waitForSelector('body[data-ready="true"]', { timeout: WAIT });
+  const info = await api(base, 'info', {}, key);
+  const version = await page.textContent('#version');
+  if (!version.includes(info.nodes[0].version)) throw new Error(`version reads ${JSON.stringify(version)}, /api/info ${info.nodes[0].version}`);
+  if ((await page.textContent('#node-name')) !== info.nodes[0].name) throw new Error('the node name differs from /api/info');
+  if ((await page.getAttribute('#mode', 'data-mode')) !== mode) throw new Error(`mode is not ${mode}`);
+  await fitsWidth(page, `the front page of ${label} on a phone`);
+  const html = await page.content();
+  for (const secret of [API_KEY, ADMIN_PASSWORD, 'browser-test-token-secret']) {
+    if (html.includes(secret)) throw new Error('the front page shows a secret');
+  }
+  // Every link answers.
+  for (const id of ['link-chat', 'link-dashboard', 'link-health', 'link-metrics']) {
+    const href = await page.getAttribute(`#${id}`, 'href');
+    const response = await page.request.get(new URL(href, base).href);
+    if (response.status() !== 200) throw new Error(`${href} answered ${response.status()}`);
+  }
+  // The curl command, pasted into a shell, publishes (with the key from the environment it names).
+  const channel = 'news';
+  const curl = await page.textContent('#curl-snippet');
+  const answer = JSON.parse(await shell(curl, { SWITCHBOARD_API_KEY: key || '' }));
+  if (!answer.result || !answer.result.offset) throw new Error(`the curl snippet answered ${JSON.stringify(answer)}`);
+  const history = await api(base, 'history', { channel, limit: 1, reverse: true }, key);
+  if (JSON.stringify(history.publications[0].data) !== '{"text":"hello"}') throw new Error('the curl publication is not in history');
+  // Following the link to the chat opens it.
+  await page.click('#link-chat');
+  await page.waitForSelector('#join', { timeout: WAIT });
+  await screenshot(page, `front-chat-${label}.png`);
+  await page.goBack();
+  await page.waitForSelector('body[data-ready="true"]', { timeout: WAIT });
+  await screenshot(page, `front-${label}-phone.png`, true);
+  await page.setViewportSize(DESKTOP);
+  await screenshot(page, `front-${label}-desktop.png`, true);
+  return page;
+}
+
 // ---------- the tests ----------
 
 async function main(browser) {
   let ada;
   let bob;
   let cy;
+
+  await step('the front page says what the server is, and its links and curl snippet work', async () => {
+    await checkFrontPage(browser, 'front', OPEN, { mode: 'development' });
+    await checkFrontPage(browser, 'front-secure', SECURE, { mode: 'production', key: API_KEY });
+    const curl = await pages.get('front-secure').textContent('#curl-snippet');
+    if (!curl.includes('X-API-Key: $SWITCHBOARD_API_KEY')) throw new Error(`no key placeholder in ${curl}`);
+  });
+
+  await step('the JS snippet of the front page, run in a page, receives a publication', async () => {
+    const snippet = await pages.get('front').textContent('#js-snippet');
+    // The snippet imports the npm package; a page has the same SDK as window.Centrifuge (the
+    // bundle /chat loads). Inline scripts are refused by the pages' policy, so this context
+    // alone bypasses it.
+    const context = await browser.newContext({ bypassCSP: true });
+    const page = await context.newPage();
+    const seen = [];
+    page.on('console', (message) => {
+      Promise.all(message.args().map((arg) => arg.jsonValue()))
+        .then((values) => seen.push(JSON.stringify(values)))
+        .catch(() => {}); // the page closed meanwhile
+    });
+    await page.goto(`${OPEN}/chat`);
+    await page.waitForFunction(() => typeof window.Centrifuge === 'function', null, { timeout: WAIT });
+    const script = snippet.replace("import { Centrifuge } from 'centrifuge';", 'const { Centrifuge } = window;');
+    if (script === snippet) throw new Error(`unexpected snippet:\n${snippet}`);
+    await page.addScriptTag({ content: `{\n${script}\n}` });
+    await until('the snippet to receive a publication', async () => {
+      await api(OPEN, 'publish', { channel: 'news', data: { text: 'to the snippet' } });
+      return seen.some((line) => line.includes('news:') && line.includes('to the snippet'));
+    });
+    await context.close();
+  });
 
   await step('three pages join the same room and each lists all three as online', async () => {
     ada = await openChat(browser, 'ada', OPEN, { name: 'Ada', room: 'lobby' });
