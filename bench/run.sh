@@ -16,8 +16,9 @@ OUT=${OUT:-$ROOT/target/bench-results}
 SERVERS=${SERVERS:-"switchboard reference"}
 SB_PORT=18000
 # The bench is a load generator: per-client command rate limits would throttle its publishers and
-# rpc clients (--client-command-rate 0), the per-IP connection rate limit would refuse its
-# connection ramp from 127.0.0.1 with 429 (--connection-rate-per-ip 0); join/leave pushes to
+# rpc clients (--client-command-rate 0), a per-IP connection rate limit would refuse its
+# connection ramp from 127.0.0.1 with 429 (--connection-rate-per-ip 0, the default, kept explicit
+# so that the runs compare with those measured before it was); join/leave pushes to
 # 10,000 subscribers of one channel would be 50 million pushes, another benchmark. History is the
 # default: durable SQLite, fsync per commit. Set SB_FLAGS to measure another configuration (for
 # example `--history-storage memory` added).

@@ -139,9 +139,18 @@ struct ServeArgs {
     /// Commands per second per connection (0: no limit) [default: 1000].
     #[arg(long, env = "SWITCHBOARD_CLIENT_COMMAND_RATE")]
     client_command_rate: Option<u32>,
-    /// New connections per second per IP (0: no limit) [default: 50].
+    /// New connections per second per client address (0: no limit) [default: 0].
     #[arg(long, env = "SWITCHBOARD_CONNECTION_RATE_PER_IP")]
     connection_rate_per_ip: Option<u32>,
+    /// Peers (CIDRs, comma-separated) whose X-Forwarded-For / X-Real-IP / Forwarded header names
+    /// the client's address: the proxies in front of this node [default: none].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = switchboard::config::parse_cidr
+    )]
+    trusted_proxies: Option<Vec<switchboard::config::IpNet>>,
     /// Origins browsers may connect from, comma-separated, `*` wildcards.
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Option<Vec<String>>,
@@ -243,6 +252,7 @@ impl ServeArgs {
             client_channel_limit,
             client_command_rate,
             connection_rate_per_ip,
+            trusted_proxies,
             allowed_origins,
             redis,
             redis_prefix,

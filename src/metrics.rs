@@ -28,6 +28,8 @@ pub struct Metrics {
     pub connections_accepted: AtomicU64,
     /// WebSocket connections refused because the connection limit was reached.
     pub connections_refused: AtomicU64,
+    /// WebSocket connections refused by the per-address rate (`connection_rate_per_ip`).
+    pub connections_rate_limited: AtomicU64,
     /// Server API calls.
     pub api_requests: AtomicU64,
     /// Clients that completed `connect`.
@@ -194,6 +196,12 @@ impl Metrics {
             "counter",
             "WebSocket connections refused at the connection limit.",
             get(&self.connections_refused),
+        );
+        line(
+            "connections_rate_limited_total",
+            "counter",
+            "WebSocket connections refused by the per-address rate (connection_rate_per_ip).",
+            get(&self.connections_rate_limited),
         );
         line(
             "messages_received_total",

@@ -48,7 +48,14 @@ client_channel_limit = 128
 user_connection_limit = 0          # 0: no limit
 client_command_rate = 1000         # commands per second per connection (then error 111, 3013)
 client_command_burst = 2000
-connection_rate_per_ip = 50        # new connections per second per IP
+connection_rate_per_ip = 0         # new connections per second per client address (0: no limit;
+                                   # any limit refuses honest clients reconnecting together from
+                                   # one address, such as a NAT: see README)
+
+# Behind nginx or a load balancer: the peers (CIDRs) whose X-Forwarded-For / X-Real-IP /
+# Forwarded header names the client's address (for per-IP limits, logs, proxy hooks). From other
+# peers these headers are ignored.
+# trusted_proxies = ["127.0.0.1/32", "10.0.0.0/8"]
 
 # Or let the application backend decide over HTTP, as Centrifugo's proxy asks it (see README):
 # clients without a token connect as the connect endpoint says.

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
 mod generate;
@@ -98,8 +99,18 @@ pub struct Config {
     pub client_command_rate: u32,
     /// Commands a connection may send at once above its rate.
     pub client_command_burst: u32,
-    /// New WebSocket connections per second accepted from one IP address (0: no limit).
+    /// New WebSocket connections per second accepted from one IP address (0, the default: no
+    /// limit; see README for why).
     pub connection_rate_per_ip: u32,
+
+    // --- Behind a reverse proxy -------------------------------------------------------------
+    /// Peers (CIDRs; a bare address is one host) whose `X-Forwarded-For`, `X-Real-IP` or
+    /// `Forwarded` header names the client's address: a load balancer or nginx in front of the
+    /// node. From any other peer these headers are ignored, so clients cannot choose the address
+    /// that per-IP limits and logs see. Empty (the default): the peer is the client.
+    #[serde(deserialize_with = "deserialize_cidrs")]
+    pub trusted_proxies: Vec<IpNet>,
+    // ------------------------------------------------------------------------------------------
     /// Redis URLs (one per shard): several nodes share broker, history and presence through them.
     pub redis: Vec<String>,
     /// Prefix of Redis keys and topics.
@@ -252,7 +263,8 @@ impl Default for Config {
             channel_max_length: 255,
             client_command_rate: 1000,
             client_command_burst: 2000,
-            connection_rate_per_ip: 50,
+            connection_rate_per_ip: 0,
+            trusted_proxies: Vec::new(),
             allowed_origins: Vec::new(),
             redis: Vec::new(),
             redis_prefix: "switchboard".into(),
@@ -315,6 +327,28 @@ fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Du
         Text::Seconds(seconds) => Ok(Duration::from_secs(seconds)),
         Text::WithUnit(text) => parse_duration(&text).map_err(serde::de::Error::custom),
     }
+}
+
+/// Parses a CIDR such as `10.0.0.0/8` or `::1/128`; a bare address is that one host.
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    match text.parse::<IpAddr>() {
+        Ok(address) => Ok(IpNet::from(address)),
+        Err(_) => Err(format!(
+            "bad CIDR {text:?} in trusted_proxies (use e.g. 10.0.0.0/8, 127.0.0.1/32 or ::1)"
+        )),
+    }
+}
+
+/// `trusted_proxies` in a file: a list of CIDR strings.
+fn deserialize_cidrs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|text| parse_cidr(text).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 impl Namespace {

@@ -84,3 +84,32 @@ fn proxy_settings_parse_and_validate() {
     assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
     assert!(parse_duration("5 parsecs").is_err());
 }
+
+#[test]
+fn trusted_proxies_are_cidrs_and_a_bad_one_is_named() {
+    let c: Config = toml::from_str(
+        r#"trusted_proxies = ["10.0.0.0/8", "127.0.0.1", "::1/128", "10.1.2.3/16"]"#,
+    )
+    .unwrap();
+    let shown: Vec<String> = c.trusted_proxies.iter().map(|n| n.to_string()).collect();
+    assert_eq!(
+        shown,
+        ["10.0.0.0/8", "127.0.0.1/32", "::1/128", "10.1.0.0/16"]
+    );
+    for bad in ["10.0.0.0/33", "nginx", "10.0.0/8", ""] {
+        let text = format!("trusted_proxies = [{bad:?}]");
+        let error = toml::from_str::<Config>(&text).unwrap_err().to_string();
+        assert!(
+            error.contains("bad CIDR") && error.contains("trusted_proxies"),
+            "{error}"
+        );
+    }
+    assert!(parse_cidr("192.168.0.0/24").is_ok());
+    assert!(parse_cidr("192.168.0.0/-1").is_err());
+}
+
+#[test]
+fn no_per_ip_connection_limit_by_default() {
+    assert_eq!(Config::default().connection_rate_per_ip, 0);
+    assert!(Config::default().trusted_proxies.is_empty());
+}

@@ -492,7 +492,12 @@ mod tests {
     #[test]
     fn every_asset_is_embedded_with_a_distinct_etag() {
         let mut tags: Vec<u64> = ASSETS.iter().map(|(_, a)| a.etag).collect();
-        tags.extend([FRONT_PAGE.etag, CHAT_PAGE.etag, DASHBOARD_PAGE.etag, DISABLED_PAGE.etag]);
+        tags.extend([
+            FRONT_PAGE.etag,
+            CHAT_PAGE.etag,
+            DASHBOARD_PAGE.etag,
+            DISABLED_PAGE.etag,
+        ]);
         let count = tags.len();
         tags.sort_unstable();
         tags.dedup();

@@ -2,10 +2,11 @@
 //! A transport knows framing, not commands; what every transport shares (admission of a new
 //! connection, the connection limit) lives here.
 
+pub mod client_addr;
 pub mod connection;
 pub mod websocket;
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::http::{header, HeaderMap, StatusCode};
@@ -86,18 +87,21 @@ impl IntoResponse for Refused {
 }
 
 /// Admits a new client connection, whatever its transport: the origin (browsers), the rate of
-/// new connections from `peer`'s address, and a slot under the connection limit, held for the
-/// connection's whole life.
+/// new connections from the client's address (`client`, as [`client_addr::client_ip`] found
+/// it), and a slot under the connection limit, held for the connection's whole life.
 pub fn admit(
     node: &Node,
     connections: &ConnectionLimit,
-    peer: SocketAddr,
+    client: IpAddr,
     headers: &HeaderMap,
 ) -> Result<OwnedSemaphorePermit, Refused> {
     if !origin_allowed(node.config(), headers) {
+        tracing::debug!(client_addr = %client, "connection refused: origin not allowed");
         return Err(Refused::Origin);
     }
-    if !node.connection_limiter().admit(peer.ip()) {
+    if !node.connection_limiter().admit(client) {
+        Metrics::inc(&node.metrics().connections_rate_limited);
+        tracing::debug!(client_addr = %client, "connection refused: too many new connections from this address");
         return Err(Refused::Rate);
     }
     connections.try_acquire().ok_or_else(|| {
@@ -110,12 +114,53 @@ pub fn admit(
 /// The headers of a connection request that the application backend is told of: those named in
 /// `proxy_http_headers` (case-insensitively), when a backend proxy is configured. Most
 /// deployments forward none, and their connections keep nothing.
-pub fn forwarded_headers(config: &Config, headers: &HeaderMap) -> ClientHeaders {
+///
+/// The headers naming the client's address are the server's word, not the client's: `X-Real-IP`
+/// is the client's address as [`client_addr::client_ip`] found it; `X-Forwarded-For` and
+/// `Forwarded` are extended with the peer, as a proxy does, when the peer is a trusted proxy, and
+/// otherwise name the peer alone (what a client wrote there itself is dropped).
+pub fn forwarded_headers(
+    config: &Config,
+    headers: &HeaderMap,
+    peer: IpAddr,
+    client: IpAddr,
+) -> ClientHeaders {
     if config.proxy_http_headers.is_empty() || !config.uses_proxy() {
         return ClientHeaders::default();
     }
+    let trusted = client_addr::is_trusted(peer, &config.trusted_proxies);
+    let joined = |name: &str| -> Option<String> {
+        let values: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (trusted && !values.is_empty()).then(|| values.join(", "))
+    };
     let mut pairs = Vec::new();
     for name in &config.proxy_http_headers {
+        let address_header = match name.to_ascii_lowercase().as_str() {
+            "x-real-ip" => Some(client.to_string()),
+            "x-forwarded-for" => Some(match joined("x-forwarded-for") {
+                Some(chain) => format!("{chain}, {peer}"),
+                None => peer.to_string(),
+            }),
+            "forwarded" => {
+                let hop = match peer {
+                    IpAddr::V4(v4) => format!("for={v4}"),
+                    IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+                };
+                Some(match joined("forwarded") {
+                    Some(chain) => format!("{chain}, {hop}"),
+                    None => hop,
+                })
+            }
+            _ => None,
+        };
+        if let Some(value) = address_header {
+            pairs.push((name.clone(), value));
+            continue;
+        }
         for value in headers.get_all(name.as_str()) {
             if let Ok(value) = value.to_str() {
                 pairs.push((name.clone(), value.to_string()));
@@ -208,9 +253,55 @@ mod tests {
             proxy_http_headers: vec!["cookie".into(), "Authorization".into()],
             ..Config::default()
         };
-        assert_eq!(forwarded_headers(&config, &request).iter().count(), 0);
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(
+            forwarded_headers(&config, &request, peer, peer)
+                .iter()
+                .count(),
+            0
+        );
         config.proxy_rpc_endpoint = Some("http://127.0.0.1:1/rpc".into());
-        let kept = forwarded_headers(&config, &request);
+        let kept = forwarded_headers(&config, &request, peer, peer);
         assert_eq!(kept.iter().collect::<Vec<_>>(), [("cookie", "s=1")]);
+    }
+
+    #[test]
+    fn address_headers_are_the_servers_word() {
+        let mut request = HeaderMap::new();
+        request.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        request.insert("x-real-ip", "6.6.6.6".parse().unwrap());
+        request.insert("forwarded", "for=6.6.6.6".parse().unwrap());
+        let mut config = Config {
+            proxy_http_headers: vec![
+                "X-Forwarded-For".into(),
+                "X-Real-IP".into(),
+                "Forwarded".into(),
+            ],
+            proxy_rpc_endpoint: Some("http://127.0.0.1:1/rpc".into()),
+            ..Config::default()
+        };
+        let peer: IpAddr = "127.0.0.5".parse().unwrap();
+        // An untrusted peer: what it wrote is dropped, the headers name the peer.
+        let kept = forwarded_headers(&config, &request, peer, peer);
+        assert_eq!(
+            kept.iter().collect::<Vec<_>>(),
+            [
+                ("X-Forwarded-For", "127.0.0.5"),
+                ("X-Real-IP", "127.0.0.5"),
+                ("Forwarded", "for=127.0.0.5")
+            ]
+        );
+        // A trusted proxy: its chain, extended with itself; the client as found.
+        config.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        let client: IpAddr = "6.6.6.6".parse().unwrap();
+        let kept = forwarded_headers(&config, &request, peer, client);
+        assert_eq!(
+            kept.iter().collect::<Vec<_>>(),
+            [
+                ("X-Forwarded-For", "6.6.6.6, 127.0.0.5"),
+                ("X-Real-IP", "6.6.6.6"),
+                ("Forwarded", "for=6.6.6.6, for=127.0.0.5")
+            ]
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! socket for the shared connection loop (see [`super::connection`]).
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::FutureExt;
 
+use super::client_addr::client_ip;
 use super::connection::{drive, Incoming, Wire};
 use super::ConnectionLimit;
 use crate::hooks::decisions::ClientHeaders;
@@ -33,12 +34,13 @@ pub async fn endpoint(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let slot = match super::admit(&node, &connections, peer, &headers) {
+    let client = client_ip(peer.ip(), &headers, &node.config().trusted_proxies);
+    let slot = match super::admit(&node, &connections, client, &headers) {
         Ok(slot) => slot,
         Err(refused) => return refused.into_response(),
     };
     // Taken now: the request's headers are gone once the connection is upgraded.
-    let forwarded = super::forwarded_headers(node.config(), &headers);
+    let forwarded = super::forwarded_headers(node.config(), &headers, peer.ip(), client);
     let limit = node.config().max_message_size;
     // The library's own limit sits above ours so an oversized message still gets a proper close
     // (1009) from the transport rather than a dropped connection.
@@ -54,13 +56,13 @@ pub async fn endpoint(
             // The slot is released when the connection ends (or if the upgrade never completes,
             // when this closure is dropped). `map` rather than an `async` block awaiting `serve`:
             // such a block would store the future twice (as captured value and as awaited one).
-            let serve = serve(node.clone(), socket, forwarded).map(move |()| drop(slot));
+            let serve = serve(node.clone(), socket, forwarded, client).map(move |()| drop(slot));
             node.tracker().track_future(serve)
         })
 }
 
 /// Serves one upgraded WebSocket until it closes; `headers` are those of the upgrade request
-/// the application backend is told of. Every exit path ends here, where dropping the
+/// the application backend is told of, `client` the client's address (for the logs). Every exit path ends here, where dropping the
 /// session releases its subscriptions and presence.
 ///
 /// Not an `async fn`: one moves its arguments into the future and then again into locals of its
@@ -72,6 +74,7 @@ pub fn serve(
     node: Node,
     socket: WebSocket,
     headers: ClientHeaders,
+    client: IpAddr,
 ) -> impl Future<Output = ()> + Send {
     let mut wire = WsWire(socket);
     async move {
@@ -86,6 +89,7 @@ pub fn serve(
         }
         tracing::debug!(
             client = session.client_id().unwrap_or("-"),
+            client_addr = %client,
             code = reason.as_ref().map(|r| r.code),
             reason = reason.as_ref().map(|r| r.reason.as_ref()),
             "connection closed"

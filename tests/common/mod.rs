@@ -236,6 +236,23 @@ impl Client {
         }
     }
 
+    /// Opens a client over `stream`, already connected (from a chosen source address, say),
+    /// with `request`'s URL and headers.
+    pub async fn from_stream(
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+        stream: TcpStream,
+    ) -> Client {
+        let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+        Client {
+            ws,
+            pending: VecDeque::new(),
+            next_id: 1,
+            client_id: String::new(),
+        }
+    }
+
     /// Opens a client whose socket has a tiny receive buffer, so that not reading fills the
     /// server's side quickly (a slow client).
     pub async fn open_small_buffer(addr: SocketAddr) -> Client {
