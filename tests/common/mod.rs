@@ -2,6 +2,7 @@
 //! and a minimal HTTP client for the server API.
 #![allow(dead_code)]
 
+pub mod redis_server;
 pub mod script;
 
 use std::collections::VecDeque;
@@ -228,6 +229,16 @@ impl Client {
             request.headers_mut().append(name, value.parse().unwrap());
         }
         let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        Client {
+            ws,
+            pending: VecDeque::new(),
+            next_id: 1,
+            client_id: String::new(),
+        }
+    }
+
+    /// A client over a WebSocket opened elsewhere.
+    pub fn from_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
         Client {
             ws,
             pending: VecDeque::new(),
