@@ -9,7 +9,8 @@
 //!
 //! - [`protocol`]: wire types and the frame codec, named error, disconnect and unsubscribe codes;
 //!   pure, no I/O.
-//! - [`transport`]: how a client's bytes reach its session: admission of new connections, the
+//! - [`transport`]: how a client's bytes reach its session: admission of new connections (and
+//!   the client's address behind trusted proxies, [`transport::client_addr`]), the
 //!   connection loop every transport shares ([`transport::connection`]) and the WebSocket
 //!   ([`transport::websocket`]).
 //! - [`session`]: one client's state and command handling, one file per command family; its

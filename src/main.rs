@@ -9,8 +9,20 @@ use switchboard::config::{Durability, HistoryStorage};
 use switchboard::Config;
 use tokio_util::sync::CancellationToken;
 
+/// `switchboard --version`: the version and the git commit it was built from.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SWITCHBOARD_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
-#[command(name = "switchboard", version, about = "A real-time messaging server")]
+#[command(
+    name = "switchboard",
+    version = LONG_VERSION,
+    about = "A real-time messaging server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,6 +38,35 @@ enum Command {
     Genconfig(GenconfigArgs),
     /// Load-test a server speaking the protocol (this one or any compatible one).
     Bench(Box<switchboard_bench::BenchArgs>),
+    /// Check a config file as `serve --config FILE` would read it (with the same environment
+    /// and flags), and print the effective settings, secrets masked. Exits non-zero on error.
+    CheckConfig(Box<CheckConfigArgs>),
+    /// Print a shell completion script: `source <(switchboard completions bash)`.
+    Completions(CompletionsArgs),
+}
+
+#[derive(Args)]
+struct CheckConfigArgs {
+    /// The TOML config file.
+    file: PathBuf,
+    #[command(flatten)]
+    settings: ServeArgs,
+}
+
+#[derive(Args)]
+struct CompletionsArgs {
+    /// The shell: bash, zsh, fish (also elvish, powershell).
+    shell: clap_complete::Shell,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Default, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (for journald, Loki, Elasticsearch …).
+    Json,
 }
 
 #[derive(Args)]
@@ -38,6 +79,10 @@ struct GenconfigArgs {
 /// Flags win over `SWITCHBOARD_*` variables, which win over the config file.
 #[derive(Args)]
 struct ServeArgs {
+    /// Log lines as text or as one JSON object per line [default: text]; the level comes from
+    /// RUST_LOG (default info).
+    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
     /// TOML config file.
     #[arg(long, env = "SWITCHBOARD_CONFIG")]
     config: Option<PathBuf>,
@@ -345,13 +390,42 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => switchboard_bench::run(*args),
+        Command::CheckConfig(args) => {
+            let CheckConfigArgs { file, mut settings } = *args;
+            settings.config = Some(file.clone());
+            let config = settings.into_config()?;
+            config
+                .validate()
+                .with_context(|| format!("{} is not a valid configuration", file.display()))?;
+            let shown = switchboard::config::effective_settings(&config)
+                .map_err(|e| anyhow::anyhow!("cannot show the settings: {e}"))?;
+            println!(
+                "# {} is valid. The settings `switchboard serve --config {}` runs with\n\
+                 # (file, then SWITCHBOARD_* variables, then flags), secrets masked:\n",
+                file.display(),
+                file.display()
+            );
+            print!("{shown}");
+            Ok(())
+        }
+        Command::Completions(args) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            // Into memory first: writing to a closed pipe (`| head`) is an error, not a panic.
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut command, "switchboard", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)
+                .context("cannot write the completion script")
+        }
         Command::Serve(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .init();
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into());
+            match args.log_format.unwrap_or_default() {
+                LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+                LogFormat::Json => tracing_subscriber::fmt()
+                    .json()
+                    .with_env_filter(filter)
+                    .init(),
+            }
             let config = args.into_config()?;
             config.validate()?;
             let runtime = tokio::runtime::Runtime::new()?;

@@ -219,6 +219,11 @@ pub async fn run_with(
     let node = build_node(config, shutdown.clone()).await?;
     node.tracker().spawn(node.clone().announce_forever());
     let mut servers = tokio::task::JoinSet::new();
+    let api_addr = match &listeners.api {
+        Some(api) => Some(api.local_addr()?),
+        None => None,
+    };
+    announce_urls(listeners.main.local_addr()?, api_addr, tls.is_some());
     if let Some(api) = listeners.api {
         tracing::info!(address = %api.local_addr()?, "server API listening");
         let router = crate::http::api_routes().with_state(node.clone());
@@ -277,6 +282,38 @@ pub async fn run_with(
     }
     tracing::info!("switchboard stopped");
     Ok(())
+}
+
+/// Logs the URLs a person opens, one line each: the front page, the chat, the dashboard, the
+/// WebSocket endpoint and the server API. A wildcard address (`0.0.0.0`, `::`) is shown as the
+/// loopback address, which reaches it from this machine.
+fn announce_urls(main: SocketAddr, api: Option<SocketAddr>, tls: bool) {
+    let reachable = |address: SocketAddr| {
+        let ip = match address.ip() {
+            ip if ip.is_unspecified() && ip.is_ipv4() => std::net::IpAddr::from([127, 0, 0, 1]),
+            ip if ip.is_unspecified() => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        SocketAddr::new(ip, address.port())
+    };
+    let (http, ws) = if tls {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
+    let main = reachable(main);
+    tracing::info!(url = %format!("{http}://{main}/"), "front page");
+    tracing::info!(url = %format!("{http}://{main}/chat"), "chat");
+    tracing::info!(url = %format!("{http}://{main}/dashboard"), "dashboard");
+    tracing::info!(url = %format!("{ws}://{main}/connection/websocket"), "WebSocket endpoint");
+    // The separate API listener is plain HTTP (TLS applies to the main one).
+    let api = match api {
+        Some(api) => format!("http://{}", reachable(api)),
+        None => format!("{http}://{main}"),
+    };
+    tracing::info!(url = %format!("{api}/api/<method>"), "server API (POST)");
+    tracing::info!(url = %format!("{api}/health"), "health");
+    tracing::info!(url = %format!("{api}/metrics"), "metrics");
 }
 
 /// Serves `router` on a plain TCP listener until shutdown, over HTTP/1.1.

@@ -8,15 +8,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use ipnet::IpNet;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 mod generate;
+mod show;
+mod trusted_proxies;
 
 pub use generate::generate;
+pub use show::effective_settings;
+use trusted_proxies::deserialize_cidrs;
+pub use trusted_proxies::parse_cidr;
 
 /// Everything a node needs to run. Durations are whole seconds in files and flags (except
 /// `proxy_timeout`, which takes units: `500ms`, `1s`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address to listen on.
@@ -147,7 +152,10 @@ pub struct Config {
     pub proxy_rpc_endpoint: Option<String>,
     /// Longest one backend decision may take, waiting for a free slot included; then the
     /// command fails with the temporary error 100. In files: `"500ms"`, `"1s"` or seconds.
-    #[serde(deserialize_with = "deserialize_duration")]
+    #[serde(
+        deserialize_with = "deserialize_duration",
+        serialize_with = "show::serialize_duration"
+    )]
     pub proxy_timeout: Duration,
     /// Backend requests in flight per endpoint; further decisions wait (within the timeout).
     pub proxy_concurrency: usize,
@@ -169,7 +177,7 @@ pub struct Config {
 /// Options of the channels in one namespace (or, as `[channel]`, of channels outside any
 /// namespace). What is left out takes the server-wide value; permissions left out are granted in
 /// development mode (no token verification configured, or `insecure`) and refused otherwise.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Namespace {
     /// The prefix before `:` in channel names (empty for `[channel]`).
@@ -329,28 +337,6 @@ fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Du
     }
 }
 
-/// Parses a CIDR such as `10.0.0.0/8` or `::1/128`; a bare address is that one host.
-pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
-    let text = text.trim();
-    if let Ok(net) = text.parse::<IpNet>() {
-        return Ok(net.trunc());
-    }
-    match text.parse::<IpAddr>() {
-        Ok(address) => Ok(IpNet::from(address)),
-        Err(_) => Err(format!(
-            "bad CIDR {text:?} in trusted_proxies (use e.g. 10.0.0.0/8, 127.0.0.1/32 or ::1)"
-        )),
-    }
-}
-
-/// `trusted_proxies` in a file: a list of CIDR strings.
-fn deserialize_cidrs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
-    Vec::<String>::deserialize(deserializer)?
-        .iter()
-        .map(|text| parse_cidr(text).map_err(serde::de::Error::custom))
-        .collect()
-}
-
 impl Namespace {
     /// This namespace's own proxy endpoints, with the decision each is for.
     pub fn proxy_endpoints(&self) -> [(&'static str, Option<&str>); 3] {
@@ -363,7 +349,7 @@ impl Namespace {
 }
 
 /// How hard a commit tries to reach the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// `fsync` on every commit (batch): an acknowledged publication survives power loss.
@@ -373,7 +359,7 @@ pub enum Durability {
 }
 
 /// Where channel history is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HistoryStorage {
     /// An SQLite file in `data_dir`: survives restarts.
