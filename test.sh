@@ -31,6 +31,8 @@ fi
 need_apt=()
 command -v node >/dev/null && command -v npm >/dev/null || need_apt+=(nodejs npm)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# The browser test pastes the front page's curl command into a shell.
+command -v curl >/dev/null || need_apt+=(curl)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 if [ -z "${SWITCHBOARD_CHROMIUM:-}" ]; then
   [ -x /usr/lib/chromium/chromium ] || need_apt+=(chromium)

@@ -232,7 +232,8 @@
       $('v-drops-rate').textContent = `${fmt(rate('queue_drops'))} / s`;
     }
 
-    renderChannels(s.top_channels, s.channels);
+    renderTable('channel-rows', 'channels-empty', s.top_channels, s.channels, 'No channel has subscribers.');
+    renderTable('address-rows', 'addresses-empty', s.client_addresses || [], s.addresses || 0, 'No client is connected.');
 
     if (s.now < serverNow) for (const list of spans) list.length = 0; // a restarted server
     for (const [lane, name, detail, start, dur, count] of s.spans) {
@@ -250,8 +251,9 @@
     drawCharts();
   }
 
-  function renderChannels(top, total) {
-    const rows = $('channel-rows');
+  /** Fills a table of `[name, count]` rows (the top of `total`), with a bar per count. */
+  function renderTable(rowsId, emptyId, top, total, emptyText) {
+    const rows = $(rowsId);
     const max = Math.max(1, ...top.map(([, n]) => n));
     rows.replaceChildren(
       ...top.map(([name, count]) => {
@@ -266,10 +268,10 @@
         return tr;
       }),
     );
-    const empty = $('channels-empty');
+    const empty = $(emptyId);
     empty.hidden = top.length > 0 && total <= top.length;
     if (top.length > 0 && total > top.length) empty.textContent = `…and ${fmt(total - top.length)} more`;
-    else empty.textContent = 'No channel has subscribers.';
+    else empty.textContent = emptyText;
   }
 
   // ---------- drawing ----------

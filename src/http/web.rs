@@ -34,7 +34,7 @@ use crate::timeline::{Lane, Timeline};
 const MAX_DASHBOARD_STREAMS: usize = 16;
 /// How often a dashboard receives a snapshot.
 const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(500);
-/// Channels listed in a snapshot (the busiest ones).
+/// Channels (the busiest ones) and client addresses listed in a snapshot.
 const TOP_CHANNELS: usize = 12;
 /// Spans older than this are not sent to a dashboard that just connected.
 const TIMELINE_BACKLOG_MICROS: u64 = 12_000_000;
@@ -375,6 +375,10 @@ struct Snapshot {
     counters: Counters,
     /// The busiest channels: name and local subscribers.
     top_channels: Vec<(String, usize)>,
+    /// The client addresses with the most connections (as `trusted_proxies` resolve them), and
+    /// how many addresses are connected in all.
+    client_addresses: Vec<(String, u32)>,
+    addresses: usize,
     lanes: [&'static str; 4],
     /// New spans: `[lane, name, detail, start µs, duration µs, count]`.
     spans: Vec<(u8, &'static str, String, u64, u64, u64)>,
@@ -427,6 +431,7 @@ impl Watch {
             channels.truncate(TOP_CHANNELS);
         }
         channels.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let (client_addresses, addresses) = node.client_addresses().top(TOP_CHANNELS);
         let metrics: &Metrics = node.metrics();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let snapshot = Snapshot {
@@ -449,6 +454,8 @@ impl Watch {
                 connections_accepted: get(&metrics.connections_accepted),
             },
             top_channels: channels,
+            client_addresses,
+            addresses,
             lanes: Lane::ALL.map(Lane::name),
             spans,
         };

@@ -26,7 +26,10 @@ use crate::queue::ClientQueue;
 use crate::ratelimit::PerIpLimiter;
 use crate::timeline::{Lane, Timeline, TimelineEvents};
 
+pub mod addresses;
 mod dispatch;
+
+use addresses::ClientAddresses;
 
 use crate::channel::ChannelOptions;
 use dispatch::Dispatcher;
@@ -95,6 +98,7 @@ struct Inner {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     connection_limiter: PerIpLimiter,
+    client_addresses: Arc<ClientAddresses>,
 }
 
 impl Node {
@@ -180,6 +184,7 @@ impl Node {
                 shutdown,
                 tracker,
                 connection_limiter: PerIpLimiter::new(connection_rate),
+                client_addresses: Arc::default(),
             }),
         }
     }
@@ -236,6 +241,11 @@ impl Node {
     /// New-connection rate limits per client address.
     pub fn connection_limiter(&self) -> &PerIpLimiter {
         &self.inner.connection_limiter
+    }
+
+    /// Open connections per client address (the dashboard lists them).
+    pub fn client_addresses(&self) -> &Arc<ClientAddresses> {
+        &self.inner.client_addresses
     }
 
     /// A fresh connection number.

@@ -39,6 +39,8 @@ pub async fn endpoint(
         Ok(slot) => slot,
         Err(refused) => return refused.into_response(),
     };
+    // Counted from here to the end of the connection (or of a handshake that never completes).
+    let address = node.client_addresses().open(client);
     // Taken now: the request's headers are gone once the connection is upgraded.
     let forwarded = super::forwarded_headers(node.config(), &headers, peer.ip(), client);
     let limit = node.config().max_message_size;
@@ -53,10 +55,13 @@ pub async fn endpoint(
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| {
-            // The slot is released when the connection ends (or if the upgrade never completes,
+            // The slot (and the address's count) is released when the connection ends (or if the upgrade never completes,
             // when this closure is dropped). `map` rather than an `async` block awaiting `serve`:
             // such a block would store the future twice (as captured value and as awaited one).
-            let serve = serve(node.clone(), socket, forwarded, client).map(move |()| drop(slot));
+            let serve = serve(node.clone(), socket, forwarded, client).map(move |()| {
+                drop(slot);
+                drop(address);
+            });
             node.tracker().track_future(serve)
         })
 }

@@ -412,6 +412,12 @@ async function main(browser) {
     await dash.goto(`${OPEN}/dashboard`);
     await dash.waitForSelector('#board:not([hidden])', { timeout: WAIT });
     await until('Ada and Bob counted as connections', async () => Number(await dash.textContent('#v-connections')) >= 2);
+    // Every page connects from this machine: one address holding them all.
+    await until('the client address listed', async () => {
+      const rows = await dash.$$eval('#address-rows tr', (trs) => trs.map((tr) => [tr.querySelector('.name').textContent, Number(tr.querySelector('.count').textContent)]));
+      return rows.length === 1 && rows[0][0] === '127.0.0.1' && rows[0][1] >= 2 && rows;
+    });
+    await screenshot(dash, 'dashboard-addresses.png', true);
     if (await dash.isVisible('#login-screen')) throw new Error('a login form on an open dashboard');
   });
 }
