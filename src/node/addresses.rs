@@ -45,6 +45,13 @@ impl ClientAddresses {
     }
 }
 
+impl AddressGuard {
+    /// The client's address.
+    pub fn address(&self) -> IpAddr {
+        self.address
+    }
+}
+
 impl Drop for AddressGuard {
     fn drop(&mut self) {
         let mut counts = self

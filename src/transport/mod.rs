@@ -101,7 +101,10 @@ pub fn admit(
     }
     if !node.connection_limiter().admit(client) {
         Metrics::inc(&node.metrics().connections_rate_limited);
-        tracing::debug!(client_addr = %client, "connection refused: too many new connections from this address");
+        tracing::debug!(
+            client_addr = %client,
+            "connection refused: too many new connections from this address"
+        );
         return Err(Refused::Rate);
     }
     connections.try_acquire().ok_or_else(|| {

@@ -2,7 +2,7 @@
 //! socket for the shared connection loop (see [`super::connection`]).
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -17,6 +17,7 @@ use super::connection::{drive, Incoming, Wire};
 use super::ConnectionLimit;
 use crate::hooks::decisions::ClientHeaders;
 use crate::hub::ControlInbox;
+use crate::node::addresses::AddressGuard;
 use crate::node::Node;
 use crate::protocol::Disconnect;
 use crate::queue::ClientQueue;
@@ -55,20 +56,18 @@ pub async fn endpoint(
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| {
-            // The slot (and the address's count) is released when the connection ends (or if the upgrade never completes,
+            // The slot is released when the connection ends (or if the upgrade never completes,
             // when this closure is dropped). `map` rather than an `async` block awaiting `serve`:
             // such a block would store the future twice (as captured value and as awaited one).
-            let serve = serve(node.clone(), socket, forwarded, client).map(move |()| {
-                drop(slot);
-                drop(address);
-            });
+            let serve = serve(node.clone(), socket, forwarded, address).map(move |()| drop(slot));
             node.tracker().track_future(serve)
         })
 }
 
 /// Serves one upgraded WebSocket until it closes; `headers` are those of the upgrade request
-/// the application backend is told of, `client` the client's address (for the logs). Every exit path ends here, where dropping the
-/// session releases its subscriptions and presence.
+/// the application backend is told of, `address` the client's address, counted until the end.
+/// Every exit path ends here, where dropping the session releases its subscriptions and
+/// presence.
 ///
 /// Not an `async fn`: one moves its arguments into the future and then again into locals of its
 /// body, so the socket would be stored twice in every idle connection's task. The socket is
@@ -79,7 +78,7 @@ pub fn serve(
     node: Node,
     socket: WebSocket,
     headers: ClientHeaders,
-    client: IpAddr,
+    address: AddressGuard,
 ) -> impl Future<Output = ()> + Send {
     let mut wire = WsWire(socket);
     async move {
@@ -94,7 +93,7 @@ pub fn serve(
         }
         tracing::debug!(
             client = session.client_id().unwrap_or("-"),
-            client_addr = %client,
+            client_addr = %address.address(),
             code = reason.as_ref().map(|r| r.code),
             reason = reason.as_ref().map(|r| r.reason.as_ref()),
             "connection closed"
