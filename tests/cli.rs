@@ -139,20 +139,35 @@ fn completions_for_bash_zsh_and_fish() {
     assert_eq!(output.status.code(), Some(2));
 }
 
+/// The server process, killed if the test fails before it stops it.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[tokio::test]
 async fn serve_logs_json_lines_with_the_urls_to_open() {
     let port = common::redis_server::free_port();
     let dir = temp_dir();
-    let mut child = Command::new(BINARY)
-        .args(["serve", "--port", &port.to_string(), "--log-format", "json"])
-        .arg("--data-dir")
-        .arg(&dir)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut server = Server(
+        Command::new(BINARY)
+            .args(["serve", "--port", &port.to_string(), "--log-format", "json"])
+            .arg("--data-dir")
+            .arg(&dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut server.0;
     // A thread reads the log (on standard output), a line at a time, until the server closes it.
     let stdout = child.stdout.take().unwrap();
     let (sender, lines) = std::sync::mpsc::channel();
