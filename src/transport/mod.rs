@@ -271,9 +271,9 @@ mod tests {
     #[test]
     fn address_headers_are_the_servers_word() {
         let mut request = HeaderMap::new();
-        request.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
-        request.insert("x-real-ip", "6.6.6.6".parse().unwrap());
-        request.insert("forwarded", "for=6.6.6.6".parse().unwrap());
+        request.insert("x-forwarded-for", "203.0.113.6".parse().unwrap());
+        request.insert("x-real-ip", "203.0.113.6".parse().unwrap());
+        request.insert("forwarded", "for=203.0.113.6".parse().unwrap());
         let mut config = Config {
             proxy_http_headers: vec![
                 "X-Forwarded-For".into(),
@@ -296,14 +296,14 @@ mod tests {
         );
         // A trusted proxy: its chain, extended with itself; the client as found.
         config.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
-        let client: IpAddr = "6.6.6.6".parse().unwrap();
+        let client: IpAddr = "203.0.113.6".parse().unwrap();
         let kept = forwarded_headers(&config, &request, peer, client);
         assert_eq!(
             kept.iter().collect::<Vec<_>>(),
             [
-                ("X-Forwarded-For", "6.6.6.6, 127.0.0.5"),
-                ("X-Real-IP", "6.6.6.6"),
-                ("Forwarded", "for=6.6.6.6, for=127.0.0.5")
+                ("X-Forwarded-For", "203.0.113.6, 127.0.0.5"),
+                ("X-Real-IP", "203.0.113.6"),
+                ("Forwarded", "for=203.0.113.6, for=127.0.0.5")
             ]
         );
     }
