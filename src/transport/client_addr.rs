@@ -169,11 +169,11 @@ mod tests {
     #[test]
     fn the_nearest_untrusted_hop_is_the_client() {
         let trusted = nets(&["10.0.0.0/8"]);
-        // The client wrote "1.1.1.1" itself; the proxy appended what it saw.
-        let h = headers(&[("x-forwarded-for", "1.1.1.1, 203.0.113.9, 10.0.0.2")]);
+        // The client wrote "198.51.100.1" itself; the proxy appended what it saw.
+        let h = headers(&[("x-forwarded-for", "198.51.100.1, 203.0.113.9, 10.0.0.2")]);
         assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("203.0.113.9"));
         let h = headers(&[
-            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "198.51.100.1"),
             ("x-forwarded-for", "203.0.113.9"),
         ]);
         assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("203.0.113.9"));
