@@ -65,6 +65,9 @@ pub struct NodeHooks {
     /// The node's counters; `None`: fresh ones. Hooks built before the node (the backend proxy)
     /// count into the node's metrics through this.
     pub metrics: Option<Arc<Metrics>>,
+    /// The dashboard's timeline; `None`: a fresh one. Hooks built before the node (webhooks)
+    /// draw their work on it through this.
+    pub timeline: Option<Arc<Timeline>>,
 }
 
 /// A cheap-to-clone handle on the node.
@@ -129,7 +132,7 @@ impl Node {
     ) -> Node {
         let hub = Arc::new(Hub::default());
         let metrics = hooks.metrics.unwrap_or_default();
-        let timeline = Arc::new(Timeline::default());
+        let timeline = hooks.timeline.unwrap_or_default();
         broker.set_handler(Arc::new(Dispatcher {
             hub: hub.clone(),
             metrics: metrics.clone(),
@@ -311,14 +314,20 @@ impl Node {
         let span = history.map(|_| self.timeline().span(Lane::History, "append", channel));
         let node = self.clone();
         let name = channel.to_string();
-        let client = publication.info.as_ref().map(|i| i.client.clone());
+        let publisher = publication
+            .info
+            .as_ref()
+            .map(|i| (i.client.clone(), i.user.clone()));
+        let data = publication.data.clone();
         let finish = move |result: Result<Option<StreamPosition>, BrokerError>| {
             drop(span);
             let position = result.map_err(|e| broker_error(&name, e))?;
             node.emit(Event::Published {
                 channel: &name,
                 offset: position.as_ref().map_or(0, |p| p.offset),
-                client: client.as_deref(),
+                client: publisher.as_ref().map(|(client, _)| client.as_str()),
+                user: publisher.as_ref().map(|(_, user)| user.as_str()),
+                data: &data,
             });
             Ok(position)
         };
