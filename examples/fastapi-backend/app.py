@@ -89,8 +89,9 @@ class Login(BaseModel):
 
 # --- Talking to Switchboard's server API ----------------------------------------------------
 
-# At most this many calls to Switchboard's API in flight: further ones wait for a free slot
-# (the guide's "two ovens"), so a burst of /announce requests cannot open a burst of connections.
+# At most this many calls to Switchboard's API in flight: further ones wait for a free slot (the
+# guide's ovens: a fixed number, whoever is hungry), so a burst of /announce requests cannot
+# become a burst of connections to Switchboard.
 api_slots = asyncio.Semaphore(8)
 
 
@@ -114,9 +115,12 @@ def switchboard_api(request: Request) -> httpx.AsyncClient:
 
 async def publish(api: httpx.AsyncClient, channel: str, data: Any) -> dict:
     """Publishes `data` to `channel` through `POST /api/publish`; returns Switchboard's result."""
-    async with api_slots:
-        response = await api.post("/api/publish", json={"channel": channel, "data": data})
-    reply = response.json()
+    try:
+        async with api_slots:
+            response = await api.post("/api/publish", json={"channel": channel, "data": data})
+        reply = response.json()
+    except (httpx.HTTPError, ValueError) as e:
+        raise HTTPException(502, f"Switchboard did not answer: {e!r}") from None
     if response.status_code != 200 or "error" in reply:
         raise HTTPException(502, f"Switchboard refused the publication: {reply}")
     return reply["result"]

@@ -226,6 +226,9 @@ async def main(switchboard, backend_url):
         check("offset" in response.json(), f"/announce returns Switchboard's publish result: {response.text}")
         publication = await until("the announcement to reach the subscriber", lambda: news_log.publications)
         equal(publication[0].data, {"text": "hello from FastAPI", "from": "alice"}, "announcement data")
+        # A channel of an undeclared namespace: Switchboard's API refuses it (102), FastAPI says 502.
+        response = await http.post("/announce", json={"channel": "nowhere:x", "text": "lost"})
+        equal(response.status_code, 502, f"POST /announce to a refused channel ({response.text})")
 
     await step("POST /announce publishes through the server API (httpx) and reaches the SDK's subscription", announce)
 
