@@ -110,7 +110,7 @@ pub async fn build_node(config: Config, shutdown: CancellationToken) -> Result<B
         let proxy = Proxy::new(&config, verifier.clone(), metrics.clone())?;
         hooks.decisions = Some(Arc::new(proxy));
     }
-    let webhooks = Webhooks::start(&config, metrics, timeline)?;
+    let webhooks = Webhooks::start(&config, metrics, timeline).await?;
     if let Some(webhooks) = &webhooks {
         hooks.sinks.push(webhooks.clone());
     }

@@ -33,7 +33,7 @@ pub(super) struct Sender {
     pub timeout: Duration,
     pub batch_size: usize,
     pub batch_delay: Duration,
-    pub outbox: Outbox,
+    pub outbox: Arc<Outbox>,
     /// One waker per lane, notified by the outbox when it queues events there.
     pub wake: Arc<[Notify]>,
     pub metrics: Arc<Metrics>,
