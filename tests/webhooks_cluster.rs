@@ -144,3 +144,83 @@ async fn a_killed_nodes_connections_are_reported_by_a_live_node() {
     let _ = std::fs::remove_dir_all(dir);
     survivor.stop().await;
 }
+
+/// Events waiting in the shared queue in Redis, over every lane.
+async fn queued_in_redis(redis: &RedisServer, prefix: &str) -> usize {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut total = 0;
+    for lane in 0..16 {
+        let len: usize = redis::cmd("XLEN")
+            .arg(format!("{prefix}.webhook.queue.{lane}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        total += len;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_a_killed_node_queued_in_redis_are_delivered_by_another() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix();
+    let receiver = Receiver::start().await;
+    // The backend is down while the doomed node runs.
+    receiver
+        .state
+        .fail_first
+        .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    // The doomed node starts first and so holds the shared lanes.
+    let port = free_port();
+    let dir = temp_dir();
+    let mut doomed = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--port", &port.to_string()])
+        .args(["--redis", &redis.url(), "--redis-prefix", &prefix])
+        .args(["--presence-ttl", "2", "--data-dir"])
+        .arg(&dir)
+        .args(["--webhook-endpoint", &receiver.url()])
+        .args(["--webhook-secret", SECRET, "--webhook-batch-delay", "5ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(eventually(|| async move { tokio::net::TcpStream::connect(addr).await.is_ok() }).await);
+    let survivor = node(&redis, &prefix, &receiver).await;
+    let mut ids = Vec::new();
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let mut client = Client::open(&format!("ws://{addr}/connection/websocket")).await;
+        client.connect(json!({})).await;
+        client.subscribe("hall").await;
+        ids.push(client.client_id.clone());
+        sockets.push(client);
+    }
+    // Three connects, three subscribes, one occupied: all in Redis, none delivered.
+    assert!(eventually(|| async { queued_in_redis(&redis, &prefix).await == 7 }).await);
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    drop(sockets);
+    // Its disk is gone too: only Redis remembers.
+    std::fs::remove_dir_all(&dir).unwrap();
+    receiver
+        .state
+        .fail_first
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        eventually(|| async { receiver.of("disconnect").len() == 3 }).await,
+        "{:#?}",
+        receiver.events()
+    );
+    let events = receiver.events();
+    for id in &ids {
+        assert!(position(&events, "connect", id) < position(&events, "subscribe", id));
+        assert!(position(&events, "subscribe", id) < position(&events, "unsubscribe", id));
+        assert!(position(&events, "unsubscribe", id) < position(&events, "disconnect", id));
+    }
+    assert!(eventually(|| async { receiver.of("channel_vacated").len() == 1 }).await);
+    assert_eq!(receiver.of("channel_occupied").len(), 1);
+    assert!(eventually(|| async { queued_in_redis(&redis, &prefix).await == 0 }).await);
+    survivor.stop().await;
+}

@@ -370,3 +370,118 @@ impl Cluster {
         }
     }
 }
+
+/// Takes (or renews) lane KEYS[1] for node ARGV[1] for ARGV[2] ms; 1 when this node holds it.
+const OWN_LANE_SCRIPT: &str = r#"
+local owner = redis.call('get', KEYS[1])
+if owner == ARGV[1] then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+  return 1
+end
+if not owner then
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// Gives lane KEYS[1] up if node ARGV[1] holds it.
+const RELEASE_LANE_SCRIPT: &str = r#"
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('del', KEYS[1])
+end
+return 0
+"#;
+
+/// The shared queue: with several nodes, events go from each node's outbox to one Redis stream
+/// per lane, and the node holding a lane delivers it. A node that dies with events queued in
+/// Redis loses none: another takes its lanes once their hold runs out.
+impl Cluster {
+    fn lane_key(&self, lane: u32) -> String {
+        self.key("queue", &lane.to_string())
+    }
+
+    /// Appends events (JSON objects) to lane `lane`'s stream, in order, in one round trip.
+    pub async fn enqueue<'a>(
+        &self,
+        lane: u32,
+        events: impl Iterator<Item = &'a str>,
+    ) -> redis::RedisResult<()> {
+        let key = self.lane_key(lane);
+        let mut pipe = redis::pipe();
+        for event in events {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("*")
+                .arg("e")
+                .arg(event)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.redis.clone()).await
+    }
+
+    /// Takes or renews lane `lane` for this node; true when this node holds it.
+    pub async fn own_lane(&self, lane: u32) -> redis::RedisResult<bool> {
+        let held: i64 = redis::cmd("EVAL")
+            .arg(OWN_LANE_SCRIPT)
+            .arg(1)
+            .arg(self.key("lane", &lane.to_string()))
+            .arg(&self.uid)
+            .arg(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(held == 1)
+    }
+
+    /// Gives lane `lane` up, so another node takes it at once.
+    pub async fn release_lane(&self, lane: u32) {
+        let released: redis::RedisResult<i64> = redis::cmd("EVAL")
+            .arg(RELEASE_LANE_SCRIPT)
+            .arg(1)
+            .arg(self.key("lane", &lane.to_string()))
+            .arg(&self.uid)
+            .query_async(&mut self.redis.clone())
+            .await;
+        if let Err(e) = released {
+            tracing::debug!(lane, error = %e, "releasing a webhook lane failed");
+        }
+    }
+
+    /// The oldest events of lane `lane`: (stream id, JSON object), at most `limit`.
+    pub async fn read_lane(
+        &self,
+        lane: u32,
+        limit: usize,
+    ) -> redis::RedisResult<Vec<(String, String)>> {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.lane_key(lane))
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .filter_map(|entry| {
+                let body: String = entry.get("e")?;
+                Some((entry.id, body))
+            })
+            .collect())
+    }
+
+    /// Removes delivered events from lane `lane`.
+    pub async fn remove(&self, lane: u32, ids: &[String]) -> redis::RedisResult<()> {
+        redis::cmd("XDEL")
+            .arg(self.lane_key(lane))
+            .arg(ids)
+            .query_async::<()>(&mut self.redis.clone())
+            .await
+    }
+
+    /// How long a lane is held without renewal.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+}

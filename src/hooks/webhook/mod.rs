@@ -191,6 +191,9 @@ impl Webhooks {
             }
             None => None,
         };
+        let shared_wake: Arc<[Notify]> = (0..config.webhook_concurrency)
+            .map(|_| Notify::new())
+            .collect();
         let sender = Arc::new(delivery::Sender {
             http,
             url,
@@ -206,9 +209,20 @@ impl Webhooks {
             metrics,
             timeline,
             draining: AtomicBool::new(false),
+            shared: cluster.as_ref().map(|(cluster, _)| cluster.clone()),
+            shared_wake,
         });
         for lane in 0..wake.len() {
             lanes.spawn(sender.clone().run_lane(lane as u32, stop.clone()));
+        }
+        if let Some((cluster, _)) = &cluster {
+            for lane in 0..wake.len() {
+                let run =
+                    sender
+                        .clone()
+                        .run_shared_lane(cluster.clone(), lane as u32, stop.clone());
+                lanes.spawn(run);
+            }
         }
         lanes.close();
         let namespaces = config.namespace.iter();
