@@ -7,7 +7,7 @@
 //! for an unknown method. Bounds: a body of 4 MiB, a `batch` of [`MAX_BATCH_COMMANDS`] commands,
 //! a `channels` pattern of [`MAX_GLOB_LENGTH`] bytes, an `idempotency_key` of
 //! [`MAX_KEY_LENGTH`](crate::engine::idempotency::MAX_KEY_LENGTH) bytes (each past its bound is
-//! refused with a JSON error). `publish` and `broadcast` live in [`super::publish`].
+//! refused with a JSON error). `publish` and `broadcast` live in `publish.rs`.
 
 use std::collections::HashMap;
 
