@@ -125,8 +125,10 @@ pub trait Broker: Send + Sync + 'static {
     /// [`publish`](Broker::publish) unless `key` was used for `channel` within its window: then
     /// nothing is published or stored, and the answer is [`Idempotent::Repeated`] with the
     /// position the first publish answered. Checking and remembering the key are atomic with the
-    /// publish, so concurrent retries (from any node) publish once. A failed publish remembers
-    /// nothing. Publishes without a key never pay for this: they call `publish`.
+    /// publish, so concurrent retries (from any node) publish once. The key is remembered exactly
+    /// when the publication went out: a publish refused before that remembers nothing, and one
+    /// whose answer was lost on the way back (a dropped connection) is answered to its retry.
+    /// Publishes without a key never pay for this: they call `publish`.
     async fn publish_idempotent(
         &self,
         channel: &str,
