@@ -3,98 +3,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::redis_server::*;
 use common::*;
 use serde_json::{json, Value};
-
-/// A redis-server process of this test, with append-only persistence in its own directory.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl RedisServer {
-    async fn start() -> RedisServer {
-        let port = free_port();
-        let mut server = RedisServer {
-            child: None,
-            port,
-            dir: temp_dir(),
-        };
-        server.launch().await;
-        server
-    }
-
-    async fn launch(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        self.child = Some(child);
-        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
-        assert!(
-            eventually(|| async move { tokio::net::TcpStream::connect(addr).await.is_ok() }).await,
-            "redis-server listens"
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Runs a redis-cli-like command through the crate's client.
-    async fn command(&self, args: &[&str]) {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        let _: redis::Value = cmd.query_async(&mut conn).await.unwrap();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn unique_prefix() -> String {
-    format!("test-{}", uuid::Uuid::new_v4().simple())
-}
 
 async fn node(redis: &RedisServer, prefix: &str, name: &str) -> TestServer {
     let (url, prefix, name) = (redis.url(), prefix.to_string(), name.to_string());

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 mod duration;
 mod generate;
+mod webhook;
 
 use duration::deserialize_duration;
 pub use duration::parse_duration;
@@ -161,6 +162,27 @@ pub struct Config {
     /// RPC endpoints by method prefix (`"billing:" = "http://…"`): the longest prefix of the
     /// method wins over `proxy_rpc_endpoint`.
     pub proxy_rpc_endpoints: BTreeMap<String, String>,
+    /// The application backend's URL receiving webhooks: lifecycle events, batched, after the
+    /// fact, durably queued in the data directory (see [`crate::hooks::webhook`]).
+    pub webhook_endpoint: Option<String>,
+    /// Secret signing every webhook body: `X-Switchboard-Signature: sha256=<hex HMAC-SHA256 of
+    /// the raw body>`.
+    pub webhook_secret: Option<String>,
+    /// Which events are sent: any of `connect`, `disconnect`, `subscribe`, `unsubscribe`,
+    /// `channel_occupied`, `channel_vacated`, `publication` (the last only for namespaces with
+    /// `webhook_publication`). Default: all.
+    pub webhook_events: Vec<String>,
+    /// Longest one webhook request may take before it is retried. In files: `"5s"` or seconds.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub webhook_timeout: Duration,
+    /// Webhook requests in flight at most; events are spread over this many ordered lanes (each
+    /// connection's events stay in order on one lane).
+    pub webhook_concurrency: usize,
+    /// Most events in one webhook request.
+    pub webhook_batch_size: usize,
+    /// How long a lane waits to fill a batch that is not full (0: send at once).
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub webhook_batch_delay: Duration,
 }
 
 /// Options of the channels in one namespace (or, as `[channel]`, of channels outside any
@@ -218,6 +240,8 @@ pub struct Namespace {
     /// subscription token; off (the default, as in Centrifugo), such a channel is refused (103)
     /// unless a token grants it.
     pub allow_user_limited_channels: Option<bool>,
+    /// Every publication here is sent to the webhook endpoint as a `publication` event.
+    pub webhook_publication: Option<bool>,
 }
 
 impl Default for Config {
@@ -283,9 +307,39 @@ impl Default for Config {
             proxy_emulated_headers: Vec::new(),
             proxy_static_headers: BTreeMap::new(),
             proxy_rpc_endpoints: BTreeMap::new(),
+            webhook_endpoint: None,
+            webhook_secret: None,
+            webhook_events: WEBHOOK_EVENTS.iter().map(|e| e.to_string()).collect(),
+            webhook_timeout: Duration::from_secs(5),
+            webhook_concurrency: 16,
+            webhook_batch_size: 100,
+            webhook_batch_delay: Duration::from_millis(20),
         }
     }
 }
+
+/// Checks that `endpoint`, the value of `setting`, is an http(s) URL.
+fn check_url(setting: &str, endpoint: &str) -> Result<(), ConfigError> {
+    let url = reqwest::Url::parse(endpoint)
+        .map_err(|e| ConfigError::Invalid(format!("{setting} {endpoint:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::Invalid(format!(
+            "{setting} {endpoint:?} must be an http:// or https:// URL"
+        )));
+    }
+    Ok(())
+}
+
+/// Every webhook event type, as `webhook_events` names them.
+pub const WEBHOOK_EVENTS: [&str; 7] = [
+    "connect",
+    "disconnect",
+    "subscribe",
+    "unsubscribe",
+    "channel_occupied",
+    "channel_vacated",
+    "publication",
+];
 
 impl Namespace {
     /// This namespace's own proxy endpoints, with the decision each is for.
@@ -414,6 +468,7 @@ impl Config {
             ));
         }
         self.validate_proxy()?;
+        self.validate_webhooks()?;
         if !self.address.is_loopback() && !self.insecure {
             if !self.verifies_tokens() && self.proxy_connect_endpoint.is_none() {
                 return Err(ConfigError::Invalid(format!(
@@ -436,16 +491,7 @@ impl Config {
 
     /// Checks the proxy settings: URLs, header names and values, bounds.
     fn validate_proxy(&self) -> Result<(), ConfigError> {
-        let check = |setting: String, endpoint: &str| -> Result<(), ConfigError> {
-            let url = reqwest::Url::parse(endpoint)
-                .map_err(|e| ConfigError::Invalid(format!("{setting} {endpoint:?}: {e}")))?;
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(ConfigError::Invalid(format!(
-                    "{setting} {endpoint:?} must be an http:// or https:// URL"
-                )));
-            }
-            Ok(())
-        };
+        let check = |setting: String, endpoint: &str| check_url(&setting, endpoint);
         for (name, endpoint) in self.proxy_endpoints() {
             if let Some(endpoint) = endpoint {
                 check(format!("proxy_{name}_endpoint"), endpoint)?;

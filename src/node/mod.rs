@@ -57,6 +57,9 @@ pub struct NodeHooks {
     /// The node's counters; `None`: fresh ones. Hooks built before the node (the backend proxy)
     /// count into the node's metrics through this.
     pub metrics: Option<Arc<Metrics>>,
+    /// The dashboard's timeline; `None`: a fresh one. Hooks built before the node (webhooks)
+    /// draw their work on it through this.
+    pub timeline: Option<Arc<Timeline>>,
 }
 
 /// A cheap-to-clone handle on the node.
@@ -121,7 +124,7 @@ impl Node {
     ) -> Node {
         let hub = Arc::new(Hub::default());
         let metrics = hooks.metrics.unwrap_or_default();
-        let timeline = Arc::new(Timeline::default());
+        let timeline = hooks.timeline.unwrap_or_default();
         broker.set_handler(Arc::new(Dispatcher {
             hub: hub.clone(),
             metrics: metrics.clone(),

@@ -69,14 +69,20 @@ impl Node {
         let span = history.map(|_| self.timeline().span(Lane::History, "append", channel));
         let node = self.clone();
         let name = channel.to_string();
-        let client = publication.info.as_ref().map(|i| i.client.clone());
+        let publisher = publication
+            .info
+            .as_ref()
+            .map(|i| (i.client.clone(), i.user.clone()));
+        let data = publication.data.clone();
         let finish = move |result: Result<Option<StreamPosition>, BrokerError>| {
             drop(span);
             let position = result.map_err(|e| broker_error(&name, e))?;
             node.emit(Event::Published {
                 channel: &name,
                 offset: position.as_ref().map_or(0, |p| p.offset),
-                client: client.as_deref(),
+                client: publisher.as_ref().map(|(client, _)| client.as_str()),
+                user: publisher.as_ref().map(|(_, user)| user.as_str()),
+                data: &data,
             });
             Ok(position)
         };
@@ -108,7 +114,8 @@ impl Node {
     ) -> Result<Option<StreamPosition>, Error> {
         let options = self.channel_options(channel)?;
         let history = if skip_history { None } else { options.history };
-        let client = info.as_ref().map(|i| i.client.clone());
+        let publisher = info.as_ref().map(|i| (i.client.clone(), i.user.clone()));
+        let published = data.clone();
         let publication = Publication {
             data,
             info,
@@ -130,7 +137,9 @@ impl Node {
                 self.emit(Event::Published {
                     channel,
                     offset: position.as_ref().map_or(0, |p| p.offset),
-                    client: client.as_deref(),
+                    client: publisher.as_ref().map(|(client, _)| client.as_str()),
+                    user: publisher.as_ref().map(|(_, user)| user.as_str()),
+                    data: &published,
                 });
                 Ok(position)
             }

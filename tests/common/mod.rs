@@ -2,7 +2,9 @@
 //! and a minimal HTTP client for the server API.
 #![allow(dead_code)]
 
+pub mod redis_server;
 pub mod script;
+pub mod webhook_receiver;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
