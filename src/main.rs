@@ -106,6 +106,10 @@ struct ServeArgs {
     /// Seconds a presence entry lives in Redis without a refresh [default: 60].
     #[arg(long, env = "SWITCHBOARD_PRESENCE_TTL")]
     presence_ttl: Option<u64>,
+    /// How long a server API publish's idempotency_key is remembered per channel, such as 30s or
+    /// 5m [default: 5m].
+    #[arg(long, env = "SWITCHBOARD_IDEMPOTENCY_WINDOW", value_parser = switchboard::config::parse_duration)]
+    idempotency_window: Option<std::time::Duration>,
     /// Node name in /api/info [default: host name].
     #[arg(long, env = "SWITCHBOARD_NAME")]
     name: Option<String>,
@@ -271,6 +275,7 @@ impl ServeArgs {
             redis,
             redis_prefix,
             presence_ttl,
+            idempotency_window,
             proxy_timeout,
             proxy_concurrency,
             proxy_http_headers,

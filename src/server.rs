@@ -33,6 +33,7 @@ use crate::hooks::webhook::{WebhookError, Webhooks};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeHooks};
 use crate::timeline::Timeline;
+use crate::transport::linger::LingeringTcp;
 use crate::transport::ConnectionLimit;
 
 /// Why the server could not start or stopped with an error.
@@ -110,7 +111,7 @@ pub async fn build_node(config: Config, shutdown: CancellationToken) -> Result<B
         let proxy = Proxy::new(&config, verifier.clone(), metrics.clone())?;
         hooks.decisions = Some(Arc::new(proxy));
     }
-    let webhooks = Webhooks::start(&config, metrics, timeline)?;
+    let webhooks = Webhooks::start(&config, metrics, timeline).await?;
     if let Some(webhooks) = &webhooks {
         hooks.sinks.push(webhooks.clone());
     }
@@ -344,7 +345,10 @@ async fn serve_plain(
                 request.map(Body::new)
             });
         let connection = http1
-            .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
+            .serve_connection(
+                TokioIo::new(LingeringTcp::new(tcp)),
+                TowerToHyperService::new(service),
+            )
             .with_upgrades();
         let shutdown = shutdown.clone();
         connections.spawn(async move {

@@ -3,98 +3,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::redis_server::*;
 use common::*;
 use serde_json::{json, Value};
-
-/// A redis-server process of this test, with append-only persistence in its own directory.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl RedisServer {
-    async fn start() -> RedisServer {
-        let port = free_port();
-        let mut server = RedisServer {
-            child: None,
-            port,
-            dir: temp_dir(),
-        };
-        server.launch().await;
-        server
-    }
-
-    async fn launch(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        self.child = Some(child);
-        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
-        assert!(
-            eventually(|| async move { tokio::net::TcpStream::connect(addr).await.is_ok() }).await,
-            "redis-server listens"
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Runs a redis-cli-like command through the crate's client.
-    async fn command(&self, args: &[&str]) {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        let _: redis::Value = cmd.query_async(&mut conn).await.unwrap();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn unique_prefix() -> String {
-    format!("test-{}", uuid::Uuid::new_v4().simple())
-}
 
 async fn node(redis: &RedisServer, prefix: &str, name: &str) -> TestServer {
     let (url, prefix, name) = (redis.url(), prefix.to_string(), name.to_string());
@@ -475,4 +389,60 @@ async fn pipelined_publishes_keep_their_order_through_redis() {
         assert_eq!(push["pub"]["data"]["n"], n);
     }
     server.stop().await;
+}
+
+/// A backend retries a publish on another node with the same `idempotency_key`: one
+/// publication, stored once, and both nodes answer the same position; a new key publishes. The
+/// same for a publication without history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_holds_across_nodes() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix();
+    let a = node(&redis, &prefix, "a").await;
+    let b = node(&redis, &prefix, "b").await;
+    let mut subscriber = a.client().await;
+    subscriber.subscribe("news").await;
+    assert!(listening(&redis, &prefix, "news").await, "node a listens");
+    let keyed =
+        |n: u64, key: &str| json!({"channel": "news", "data": {"n": n}, "idempotency_key": key});
+    let (_, first) = a.api("publish", keyed(1, "k1")).await;
+    assert_eq!(first["result"]["offset"], 1, "{first}");
+    let (_, retry) = b.api("publish", keyed(1, "k1")).await;
+    assert_eq!(retry, first, "node b answers what node a published");
+    let (_, other) = b.api("publish", keyed(2, "k2")).await;
+    assert_eq!(other["result"]["offset"], 2, "{other}");
+    let live = json!({"channel": "news", "data": {"n": 0}, "skip_history": true, "idempotency_key": "live"});
+    for node in [&a, &b] {
+        let (_, reply) = node.api("publish", live.clone()).await;
+        assert_eq!(reply["result"], json!({}), "{reply}");
+    }
+    let (_, marker) = a
+        .api("publish", json!({"channel": "news", "data": {"n": 3}}))
+        .await;
+    assert_eq!(
+        marker["result"]["offset"], 3,
+        "nothing else was stored: {marker}"
+    );
+    // Delivered: 1, 2, the live one once, then the marker.
+    let mut delivered = Vec::new();
+    for _ in 0..4 {
+        let push = subscriber.next_publication().await;
+        delivered.push((
+            push["pub"]["offset"].as_u64().unwrap_or(0),
+            push["pub"]["data"]["n"].clone(),
+        ));
+    }
+    assert_eq!(
+        delivered,
+        vec![(1, json!(1)), (2, json!(2)), (0, json!(0)), (3, json!(3))]
+    );
+    let (_, history) = b
+        .api("history", json!({"channel": "news", "limit": -1}))
+        .await;
+    assert_eq!(
+        offsets_and_numbers(&history["result"]["publications"]),
+        vec![(1, 1), (2, 2), (3, 3)]
+    );
+    a.stop().await;
+    b.stop().await;
 }

@@ -40,6 +40,8 @@ data_dir = "switchboard-data"
 history_durability = "full"    # "normal" skips fsync: faster, survives process crashes only
 history_size = 1000
 history_ttl = 86400
+# A server API publish repeating an idempotency_key within this window publishes nothing.
+idempotency_window = "5m"
 
 # Limits.
 max_message_size = 65536

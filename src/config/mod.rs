@@ -7,15 +7,18 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
+mod duration;
 mod generate;
 mod webhook;
 
+use duration::deserialize_duration;
+pub use duration::parse_duration;
 pub use generate::generate;
 
 /// Everything a node needs to run. Durations are whole seconds in files and flags (except
-/// `proxy_timeout`, which takes units: `500ms`, `1s`).
+/// `proxy_timeout` and `idempotency_window`, which take units: `500ms`, `1s`, `5m`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -107,6 +110,11 @@ pub struct Config {
     pub redis_prefix: String,
     /// Seconds a presence entry lives in Redis without a refresh by its node.
     pub presence_ttl: u64,
+    /// How long a server API publish's `idempotency_key` is remembered per channel: a publish
+    /// repeating it within this window publishes nothing and answers the first result. In
+    /// files: `"5m"`, `"30s"` or seconds.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub idempotency_window: Duration,
     /// Serve the server API (and health, metrics) on this port instead of the main one.
     pub api_port: Option<u16>,
     /// Address of the separate API listener [default: `address`].
@@ -281,6 +289,7 @@ impl Default for Config {
             redis: Vec::new(),
             redis_prefix: "switchboard".into(),
             presence_ttl: 60,
+            idempotency_window: Duration::from_secs(5 * 60),
             api_port: None,
             api_address: None,
             tls_cert: None,
@@ -331,45 +340,6 @@ pub const WEBHOOK_EVENTS: [&str; 7] = [
     "channel_vacated",
     "publication",
 ];
-
-/// Parses a duration such as `500ms`, `1s`, `2m`, `1h` or `1d`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("bad duration {text:?} (use e.g. 500ms, 1s, 2m)"))?;
-    let seconds = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        _ => {
-            return Err(format!(
-                "bad duration unit in {text:?} (use ms, s, m, h or d)"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("bad duration {text:?}"))
-}
-
-/// A duration in a file: a string with units (see [`parse_duration`]) or a number of seconds.
-fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Text {
-        Seconds(u64),
-        WithUnit(String),
-    }
-    match Text::deserialize(deserializer)? {
-        Text::Seconds(seconds) => Ok(Duration::from_secs(seconds)),
-        Text::WithUnit(text) => parse_duration(&text).map_err(serde::de::Error::custom),
-    }
-}
 
 impl Namespace {
     /// This namespace's own proxy endpoints, with the decision each is for.
@@ -485,6 +455,11 @@ impl Config {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid(
                 "TLS needs both tls_cert and tls_key".into(),
+            ));
+        }
+        if self.idempotency_window.is_zero() {
+            return Err(ConfigError::Invalid(
+                "idempotency_window must be more than zero".into(),
             ));
         }
         if self.max_connections == Some(0) {

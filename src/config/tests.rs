@@ -84,3 +84,25 @@ fn proxy_settings_parse_and_validate() {
     assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
     assert!(parse_duration("5 parsecs").is_err());
 }
+
+#[test]
+fn idempotency_window_parses_with_units_and_must_be_positive() {
+    assert_eq!(
+        Config::default().idempotency_window,
+        Duration::from_secs(300)
+    );
+    let c: Config = toml::from_str("idempotency_window = \"30s\"").unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.idempotency_window, Duration::from_secs(30));
+    let minutes: Config = toml::from_str("idempotency_window = \"2m\"").unwrap();
+    assert_eq!(minutes.idempotency_window, Duration::from_secs(120));
+    let seconds: Config = toml::from_str("idempotency_window = 10").unwrap();
+    assert_eq!(seconds.idempotency_window, Duration::from_secs(10));
+    let zero = Config {
+        idempotency_window: Duration::ZERO,
+        ..Config::default()
+    };
+    assert!(zero.validate().is_err());
+    let generated: Config = toml::from_str(&super::generate()).unwrap();
+    assert_eq!(generated.idempotency_window, Duration::from_secs(300));
+}

@@ -101,16 +101,16 @@ pub async fn drive<W: Wire>(
                     return Some(reason);
                 }
             },
-            incoming = wire.recv() => {
+            // Once closing, nothing more is read: the close frame goes out after what is queued
+            // (a read could only find the end of a stream the transport gave up on, and end the
+            // connection before it), and the socket lingers afterwards (`transport::linger`).
+            incoming = wire.recv(), if !queue.is_closed() => {
                 let text = match incoming {
                     Incoming::Frame(text) => text,
                     Incoming::Skip => continue,
                     Incoming::Invalid(reason) => { queue.close(reason); continue; }
                     Incoming::Gone => return None,
                 };
-                if queue.is_closed() {
-                    continue;
-                }
                 session.frame_received();
                 if text.len() > config.max_message_size {
                     queue.close(Disconnect::MESSAGE_TOO_BIG);
@@ -357,7 +357,7 @@ mod tests {
         let data = crate::protocol::payload_from_raw(
             &serde_json::value::RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap(),
         );
-        node.publish("news", data, None, Default::default(), false)
+        node.publish("news", data, None, Default::default(), false, None)
             .await
             .unwrap();
         let push = next_frame(&mut from_server).await;

@@ -3,6 +3,7 @@
 //! connection, the connection limit) lives here.
 
 pub mod connection;
+pub mod linger;
 pub mod websocket;
 
 use std::net::SocketAddr;

@@ -109,7 +109,8 @@ impl Wire for WsWire {
 
     async fn recv(&mut self) -> Incoming<Utf8Bytes> {
         match self.0.recv().await {
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Incoming::Gone,
+            None | Some(Ok(Message::Close(_))) => Incoming::Gone,
+            Some(Err(e)) => read_error(e),
             Some(Ok(Message::Text(text))) => Incoming::Frame(text),
             Some(Ok(Message::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
                 Ok(text) => Incoming::Frame(text),
@@ -128,6 +129,23 @@ impl Wire for WsWire {
     }
 
     async fn close(&mut self, reason: &Disconnect) {
+        // The socket then lingers (see `transport::linger`), so the close frame is read before
+        // the connection ends, even if the client was still sending.
         let _ = self.0.send(Message::Close(Some(close_frame(reason)))).await;
+    }
+}
+
+/// What a read error means for the client: a frame over the size limit closes with 1009 and
+/// text that is not UTF-8 with 1007 (both with a close frame the client receives); anything else
+/// means the socket is gone.
+fn read_error(error: axum::Error) -> Incoming<Utf8Bytes> {
+    use tungstenite::error::{CapacityError, Error};
+    let inner = error.into_inner();
+    match inner.downcast_ref::<Error>() {
+        Some(Error::Capacity(CapacityError::MessageTooLong { .. })) => {
+            Incoming::Invalid(Disconnect::MESSAGE_TOO_BIG)
+        }
+        Some(Error::Utf8(_)) => Incoming::Invalid(Disconnect::INVALID_UTF8),
+        _ => Incoming::Gone,
     }
 }

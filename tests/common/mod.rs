@@ -2,7 +2,9 @@
 //! and a minimal HTTP client for the server API.
 #![allow(dead_code)]
 
+pub mod redis_server;
 pub mod script;
+pub mod webhook_receiver;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -94,10 +96,28 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// Stops the server and waits for it, leaving its data directory for a restart.
+    pub async fn stop_keeping_data(mut self) -> std::path::PathBuf {
+        let data_dir = std::mem::take(&mut self.data_dir);
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("server stops in time")
+                .unwrap()
+                .unwrap();
+        }
+        data_dir
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        if !self.data_dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 

@@ -13,7 +13,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::outbox::Outbox;
+use super::cluster::Cluster;
+use super::outbox::{Outbox, Stored};
 use crate::metrics::{InFlight, Metrics};
 use crate::timeline::{Lane, Timeline};
 
@@ -33,14 +34,23 @@ pub(super) struct Sender {
     pub timeout: Duration,
     pub batch_size: usize,
     pub batch_delay: Duration,
-    pub outbox: Outbox,
+    pub outbox: Arc<Outbox>,
     /// One waker per lane, notified by the outbox when it queues events there.
     pub wake: Arc<[Notify]>,
     pub metrics: Arc<Metrics>,
     pub timeline: Arc<Timeline>,
     /// Set at shutdown: lanes deliver what is queued, then stop instead of waiting for more.
     pub draining: AtomicBool,
+    /// With several nodes on Redis: the outbox's lanes forward to the shared queue there, and
+    /// the lanes this node holds are delivered from it (see [`Sender::run_shared_lane`]).
+    pub shared: Option<Arc<Cluster>>,
+    /// One waker per shared lane, notified when this node forwarded events to it.
+    pub shared_wake: Arc<[Notify]>,
 }
+
+/// How often a held shared lane with nothing in it is read again (events forwarded by this
+/// node wake it at once; those of other nodes are found this way).
+const SHARED_POLL: Duration = Duration::from_millis(100);
 
 /// How the backend took one request.
 enum Outcome {
@@ -92,21 +102,14 @@ impl Sender {
             let Some(last) = batch.last().map(|event| event.id) else {
                 continue;
             };
-            let mut body = String::with_capacity(
-                16 + batch
-                    .iter()
-                    .map(|event| event.body.len() + 1)
-                    .sum::<usize>(),
-            );
-            body.push_str("{\"events\":[");
-            for (i, event) in batch.iter().enumerate() {
-                if i > 0 {
-                    body.push(',');
+            let done = match &self.shared {
+                Some(cluster) => self.forward(cluster, lane, &batch, &stop).await,
+                None => {
+                    let body = batch_body(batch.iter().map(|event| event.body.as_str()));
+                    self.deliver(lane, body, batch.len(), &stop).await
                 }
-                body.push_str(&event.body);
-            }
-            body.push_str("]}");
-            if !self.deliver(lane, body, batch.len(), &stop).await {
+            };
+            if !done {
                 return;
             }
             self.outbox.ack(lane, last);
@@ -116,6 +119,94 @@ impl Sender {
     /// Wakes every lane (a lane not waiting keeps the permit for its next wait).
     pub fn wake_all(&self) {
         self.wake.iter().for_each(Notify::notify_one);
+        self.shared_wake.iter().for_each(Notify::notify_one);
+    }
+
+    /// Moves a batch from the outbox to the shared queue in Redis, retrying until it is there.
+    /// False when stopped first (the batch stays in the outbox).
+    async fn forward(
+        &self,
+        cluster: &Cluster,
+        lane: u32,
+        batch: &[Stored],
+        stop: &CancellationToken,
+    ) -> bool {
+        let mut attempt = 0u32;
+        loop {
+            let events = batch.iter().map(|event| event.body.as_str());
+            match cluster.enqueue(lane, events).await {
+                Ok(()) => {
+                    self.shared_wake[lane as usize].notify_one();
+                    return true;
+                }
+                Err(e) => {
+                    attempt = attempt.saturating_add(1);
+                    let wait = backoff(attempt);
+                    tracing::warn!(lane, attempt, error = %e, ?wait, "moving webhook events to Redis failed, retrying");
+                    if pause(stop, wait).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Delivers shared lane `lane` from Redis whenever this node holds it, until `stop` (or,
+    /// once draining, until the lane is empty); then gives it up.
+    pub async fn run_shared_lane(
+        self: Arc<Self>,
+        cluster: Arc<Cluster>,
+        lane: u32,
+        stop: CancellationToken,
+    ) {
+        let wake = &self.shared_wake[lane as usize];
+        loop {
+            let held = match cluster.own_lane(lane).await {
+                Ok(held) => held,
+                Err(e) => {
+                    tracing::warn!(lane, error = %e, "taking a webhook lane in Redis failed");
+                    false
+                }
+            };
+            if !held {
+                if self.draining.load(Ordering::Acquire) || pause(&stop, cluster.lease() / 3).await
+                {
+                    return;
+                }
+                continue;
+            }
+            let entries = match cluster.read_lane(lane, self.batch_size).await {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::warn!(lane, error = %e, "reading a webhook lane in Redis failed");
+                    if pause(&stop, Duration::from_secs(1)).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if entries.is_empty() {
+                if self.draining.load(Ordering::Acquire) {
+                    break;
+                }
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(SHARED_POLL) => {}
+                    _ = stop.cancelled() => break,
+                }
+                continue;
+            }
+            let body = batch_body(entries.iter().map(|(_, body)| body.as_str()));
+            if !self.deliver(lane, body, entries.len(), &stop).await {
+                break;
+            }
+            let ids: Vec<String> = entries.into_iter().map(|(id, _)| id).collect();
+            if let Err(e) = cluster.remove(lane, &ids).await {
+                // They go out again: at least once.
+                tracing::warn!(lane, error = %e, "removing delivered webhook events from Redis failed");
+            }
+        }
+        cluster.release_lane(lane).await;
     }
 
     /// Posts one batch until the backend takes or refuses it. False when stopped first (the
@@ -217,6 +308,20 @@ impl Sender {
         }
         outcome
     }
+}
+
+/// `{"events":[…]}` of JSON objects.
+fn batch_body<'a>(events: impl Iterator<Item = &'a str>) -> String {
+    let mut body = String::with_capacity(4096);
+    body.push_str("{\"events\":[");
+    for (i, event) in events.enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(event);
+    }
+    body.push_str("]}");
+    body
 }
 
 /// `sha256=<hex HMAC-SHA256 of body keyed with secret>`.

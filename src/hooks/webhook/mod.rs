@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::protocol::Payload;
 use crate::timeline::Timeline;
 
+mod cluster;
 mod delivery;
 mod outbox;
 
@@ -92,6 +93,9 @@ pub(super) struct Record {
     reason: String,
     offset: u64,
     data: Option<Payload>,
+    /// A disconnect's duration when known beforehand (a lost node's connection); otherwise the
+    /// outbox takes it from the connect it recorded.
+    duration_ms: Option<u64>,
 }
 
 impl Record {
@@ -106,6 +110,7 @@ impl Record {
             reason: String::new(),
             offset: 0,
             data: None,
+            duration_ms: None,
         }
     }
 }
@@ -118,6 +123,8 @@ pub struct Webhooks {
     /// Namespaces whose publications are sent.
     publication_namespaces: HashSet<String>,
     sends_publications: bool,
+    /// With Redis: where connections, subscriptions and occupancy are tracked for the cluster.
+    cluster: Option<(Arc<cluster::Cluster>, mpsc::UnboundedSender<cluster::Track>)>,
     lanes: TaskTracker,
     stop: CancellationToken,
 }
@@ -125,7 +132,7 @@ pub struct Webhooks {
 impl Webhooks {
     /// Opens the outbox in the data directory (queuing the events of connections a killed run
     /// left behind) and starts the delivery lanes. `None` without a `webhook_endpoint`.
-    pub fn start(
+    pub async fn start(
         config: &Config,
         metrics: Arc<Metrics>,
         timeline: Arc<Timeline>,
@@ -150,8 +157,10 @@ impl Webhooks {
         let wake: Arc<[Notify]> = (0..config.webhook_concurrency)
             .map(|_| Notify::new())
             .collect();
+        let clustered = !config.redis.is_empty();
         let (outbox, lost) = outbox::Outbox::open(
             &config.data_dir,
+            !clustered,
             wake.clone(),
             move |kind| sent.contains(&kind),
             metrics.clone(),
@@ -163,6 +172,28 @@ impl Webhooks {
                  disconnect events are queued with code {NODE_LOST}"
             );
         }
+        let outbox = Arc::new(outbox);
+        let stop = CancellationToken::new();
+        let lanes = TaskTracker::new();
+        let cluster = match config.redis.first() {
+            Some(url) => {
+                let lease = Duration::from_secs(config.presence_ttl.max(1));
+                let cluster =
+                    cluster::Cluster::connect(url, &config.redis_prefix, lease, outbox.clone())
+                        .await
+                        .map_err(|e| WebhookError::Storage(format!("Redis: {e}")))?;
+                let cluster = Arc::new(cluster);
+                let (tracks, received) = mpsc::unbounded_channel();
+                // Not on `lanes`: these run until `stop`, after the lanes drained.
+                tokio::spawn(cluster.clone().track(received, stop.clone()));
+                tokio::spawn(cluster.clone().lease_and_sweep(stop.clone()));
+                Some((cluster, tracks))
+            }
+            None => None,
+        };
+        let shared_wake: Arc<[Notify]> = (0..config.webhook_concurrency)
+            .map(|_| Notify::new())
+            .collect();
         let sender = Arc::new(delivery::Sender {
             http,
             url,
@@ -178,11 +209,20 @@ impl Webhooks {
             metrics,
             timeline,
             draining: AtomicBool::new(false),
+            shared: cluster.as_ref().map(|(cluster, _)| cluster.clone()),
+            shared_wake,
         });
-        let lanes = TaskTracker::new();
-        let stop = CancellationToken::new();
         for lane in 0..wake.len() {
             lanes.spawn(sender.clone().run_lane(lane as u32, stop.clone()));
+        }
+        if let Some((cluster, _)) = &cluster {
+            for lane in 0..wake.len() {
+                let run =
+                    sender
+                        .clone()
+                        .run_shared_lane(cluster.clone(), lane as u32, stop.clone());
+                lanes.spawn(run);
+            }
         }
         lanes.close();
         let namespaces = config.namespace.iter();
@@ -194,6 +234,7 @@ impl Webhooks {
                 .map(|ns| ns.name.clone())
                 .collect(),
             sends_publications: config.webhook_sends("publication"),
+            cluster,
             lanes,
             stop,
         })))
@@ -203,6 +244,13 @@ impl Webhooks {
     /// until `within` to deliver what is queued, then stops them. What is left stays queued for
     /// the next start.
     pub async fn finish(&self, within: Duration) {
+        if let Some((cluster, tracks)) = &self.cluster {
+            let (done, flushed) = oneshot::channel();
+            if tracks.send(cluster::Track::Flush(done)).is_ok() {
+                let _ = flushed.await;
+            }
+            cluster.leave().await;
+        }
         self.sender.outbox.flush().await;
         self.sender.draining.store(true, Ordering::Release);
         // Lanes waiting for events wake, find their lane empty and stop.
@@ -295,8 +343,46 @@ impl EventSink for Webhooks {
                 }
             }
         };
+        if let Some((_, tracks)) = &self.cluster {
+            if let Some(track) = cluster_track(&record) {
+                let occupancy = matches!(track, cluster::Track::Occupancy { .. });
+                let _ = tracks.send(track);
+                if occupancy {
+                    // The cluster decides whether the channel changed for everyone.
+                    return;
+                }
+            }
+        }
         self.sender.outbox.record(record);
     }
+}
+
+/// What a record changes of the node's state in the cluster.
+fn cluster_track(record: &Record) -> Option<cluster::Track> {
+    let client = || record.client.clone().unwrap_or_default();
+    let channel = || record.channel.clone().unwrap_or_default();
+    Some(match record.kind {
+        Kind::Connect => cluster::Track::Connect {
+            client: client(),
+            user: record.user.clone().unwrap_or_default(),
+            time_ms: record.time_ms,
+        },
+        Kind::Disconnect => cluster::Track::Disconnect { client: client() },
+        Kind::Subscribe => cluster::Track::Subscribe {
+            client: client(),
+            channel: channel(),
+        },
+        Kind::Unsubscribe => cluster::Track::Unsubscribe {
+            client: client(),
+            channel: channel(),
+        },
+        Kind::ChannelOccupied | Kind::ChannelVacated => cluster::Track::Occupancy {
+            channel: channel(),
+            occupied: record.kind == Kind::ChannelOccupied,
+            time_ms: record.time_ms,
+        },
+        Kind::Publication => return None,
+    })
 }
 
 /// Milliseconds since the Unix epoch.

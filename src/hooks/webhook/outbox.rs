@@ -59,10 +59,12 @@ pub(super) struct Outbox {
 
 impl Outbox {
     /// Opens (creating if needed) the outbox in `data_dir`, queues the events of connections a
-    /// previous run left behind, and starts the thread. `lanes` wakers, one per lane. Returns
-    /// the handle and how many connections were found left behind.
+    /// previous run left behind, and starts the thread; `track`: this node's connections are
+    /// tracked here. `lanes` wakers, one per lane. Returns the handle and how many connections
+    /// were found left behind.
     pub fn open(
         data_dir: &Path,
+        track: bool,
         lanes: Arc<[Notify]>,
         sends: impl Fn(Kind) -> bool + Send + 'static,
         metrics: Arc<Metrics>,
@@ -96,6 +98,7 @@ impl Outbox {
             sends: Box::new(sends),
             woken: vec![false; lanes.len()],
             queued: 0,
+            track,
         };
         let tx = conn.transaction()?;
         spread_over_lanes(&tx, lane_count)?;
@@ -152,6 +155,9 @@ struct State {
     woken: Vec<bool>,
     /// Events queued in the transaction being written.
     queued: u64,
+    /// This node's connections, subscriptions and channels are tracked here (one node); with
+    /// Redis they are tracked there instead (see `cluster`).
+    track: bool,
 }
 
 /// The JSON of one event, as the backend receives it.
@@ -198,7 +204,8 @@ impl Body<'_> {
 }
 
 impl State {
-    /// Applies one record to the tracking tables and queues its event if that type is sent.
+    /// Applies one record to the tracking tables (when tracking here) and queues its event if
+    /// that type is sent.
     fn apply(&mut self, tx: &Transaction<'_>, record: &Record) -> rusqlite::Result<()> {
         let client = record.client.as_deref();
         let channel = record.channel.as_deref();
@@ -206,52 +213,20 @@ impl State {
         body.user = record.user.as_deref();
         body.client = client;
         body.channel = channel;
+        let connected_ms = if self.track { track(tx, record)? } else { None };
         match record.kind {
-            Kind::Connect => {
-                tx.execute(
-                    "INSERT OR REPLACE INTO connections (client, user, connected_ms)
-                     VALUES (?1, ?2, ?3)",
-                    params![client, record.user.as_deref().unwrap_or(""), record.time_ms],
-                )?;
-            }
             Kind::Disconnect => {
-                let connected: Option<u64> = tx
-                    .query_row(
-                        "DELETE FROM connections WHERE client = ?1 RETURNING connected_ms",
-                        [client],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                tx.execute("DELETE FROM subscriptions WHERE client = ?1", [client])?;
                 body.code = Some(record.code);
                 body.reason = Some(&record.reason);
-                body.duration_ms = connected.map(|at| record.time_ms.saturating_sub(at));
-            }
-            Kind::Subscribe => {
-                tx.execute(
-                    "INSERT OR IGNORE INTO subscriptions (client, channel) VALUES (?1, ?2)",
-                    params![client, channel],
-                )?;
-            }
-            Kind::Unsubscribe => {
-                tx.execute(
-                    "DELETE FROM subscriptions WHERE client = ?1 AND channel = ?2",
-                    params![client, channel],
-                )?;
-            }
-            Kind::ChannelOccupied => {
-                tx.execute(
-                    "INSERT OR IGNORE INTO channels (channel) VALUES (?1)",
-                    [channel],
-                )?;
-            }
-            Kind::ChannelVacated => {
-                tx.execute("DELETE FROM channels WHERE channel = ?1", [channel])?;
+                body.duration_ms = record
+                    .duration_ms
+                    .or(connected_ms.map(|at| record.time_ms.saturating_sub(at)));
             }
             Kind::Publication => {
                 body.offset = Some(record.offset);
                 body.data = record.data.as_ref();
             }
+            _ => {}
         }
         if (self.sends)(record.kind) {
             self.queue(tx, client.or(channel).unwrap_or(""), &body)?;
@@ -321,6 +296,56 @@ impl State {
         )?;
         Ok(connections.len())
     }
+}
+
+/// Records what `record` changes of the node's connections, subscriptions and channels; for a
+/// disconnect, returns when the connection was made.
+fn track(tx: &Transaction<'_>, record: &Record) -> rusqlite::Result<Option<u64>> {
+    let client = record.client.as_deref();
+    let channel = record.channel.as_deref();
+    match record.kind {
+        Kind::Connect => {
+            tx.execute(
+                "INSERT OR REPLACE INTO connections (client, user, connected_ms)
+                 VALUES (?1, ?2, ?3)",
+                params![client, record.user.as_deref().unwrap_or(""), record.time_ms],
+            )?;
+        }
+        Kind::Disconnect => {
+            let connected = tx
+                .query_row(
+                    "DELETE FROM connections WHERE client = ?1 RETURNING connected_ms",
+                    [client],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            tx.execute("DELETE FROM subscriptions WHERE client = ?1", [client])?;
+            return Ok(connected);
+        }
+        Kind::Subscribe => {
+            tx.execute(
+                "INSERT OR IGNORE INTO subscriptions (client, channel) VALUES (?1, ?2)",
+                params![client, channel],
+            )?;
+        }
+        Kind::Unsubscribe => {
+            tx.execute(
+                "DELETE FROM subscriptions WHERE client = ?1 AND channel = ?2",
+                params![client, channel],
+            )?;
+        }
+        Kind::ChannelOccupied => {
+            tx.execute(
+                "INSERT OR IGNORE INTO channels (channel) VALUES (?1)",
+                [channel],
+            )?;
+        }
+        Kind::ChannelVacated => {
+            tx.execute("DELETE FROM channels WHERE channel = ?1", [channel])?;
+        }
+        Kind::Publication => {}
+    }
+    Ok(None)
 }
 
 /// Re-spreads queued events when the number of lanes changed since they were queued (each key
