@@ -38,10 +38,22 @@ pub struct Metrics {
     pub subscribes: AtomicU64,
     /// Subscriptions that ended.
     pub unsubscribes: AtomicU64,
+    /// Open connections per transport.
+    pub transports: TransportConnections,
     /// Calls to the application backend's proxy endpoints.
     pub proxy: ProxyMetrics,
     /// Webhook deliveries to the application backend.
     pub webhooks: WebhookMetrics,
+}
+
+/// Open connections per transport (gauges), counted from the request that opened each one until
+/// it ends, connected or not.
+#[derive(Debug, Default)]
+pub struct TransportConnections {
+    pub websocket: AtomicU64,
+    pub uni_websocket: AtomicU64,
+    pub uni_sse: AtomicU64,
+    pub uni_http_stream: AtomicU64,
 }
 
 /// Webhook deliveries (see [`crate::hooks::webhook`]); rendered once webhooks are on.
@@ -217,6 +229,29 @@ impl Metrics {
             "Seconds since start.",
             gauges.uptime_seconds,
         );
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_transport_connections Open connections by transport."
+        );
+        let _ = writeln!(out, "# TYPE switchboard_transport_connections gauge");
+        let t = &self.transports;
+        for (name, gauge) in [
+            ("websocket", &t.websocket),
+            ("uni_websocket", &t.uni_websocket),
+            ("uni_sse", &t.uni_sse),
+            ("uni_http_stream", &t.uni_http_stream),
+        ] {
+            let _ = writeln!(
+                out,
+                "switchboard_transport_connections{{transport=\"{name}\"}} {}",
+                get(gauge)
+            );
+        }
+        let mut line = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP switchboard_{name} {help}");
+            let _ = writeln!(out, "# TYPE switchboard_{name} {kind}");
+            let _ = writeln!(out, "switchboard_{name} {value}");
+        };
         line(
             "connections_accepted_total",
             "counter",

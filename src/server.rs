@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::Request;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -134,6 +134,18 @@ pub fn app(node: Node, limit: ConnectionLimit) -> Router {
         .route(
             "/connection/websocket",
             get(crate::transport::websocket::endpoint),
+        )
+        .route(
+            "/connection/uni_websocket",
+            get(crate::transport::uni_websocket::endpoint),
+        )
+        .route(
+            "/connection/uni_sse",
+            get(crate::transport::uni::sse_endpoint).post(crate::transport::uni::sse_endpoint),
+        )
+        .route(
+            "/connection/uni_http_stream",
+            post(crate::transport::uni::http_stream_endpoint),
         )
         .layer(axum::Extension(limit));
     let router = router.merge(crate::http::web::routes());

@@ -3,20 +3,52 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{ttl_from, Answer, Identity, Session};
+use super::{ttl_from, Answer, Identity, Outcome, Session};
 use crate::hooks::decisions::Connecting;
 use crate::hooks::decisions::ServerSubscription;
 use crate::hooks::events::Event;
+use crate::hooks::Refusal;
 use crate::hub::ClientHandle;
 use crate::node::VERSION;
 use crate::protocol::{
-    ConnectRequest, ConnectResult, Disconnect, Payload, RefreshRequest, RefreshResult, ReplyResult,
+    error_code, ConnectRequest, ConnectResult, Disconnect, Error, Payload, Push, PushBody,
+    RefreshRequest, RefreshResult, Reply, ReplyResult, SubscribeRequest,
 };
+
+/// How the result of a connect reaches the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectAnswer {
+    /// A reply to the `connect` command with this id (bidirectional transports).
+    Reply(u32),
+    /// A `connect` push: a unidirectional client sends no command to reply to, and no pong.
+    Push,
+}
 
 impl Session {
     /// `connect`: asks the node's decisions who the client is, registers it, replies, then makes
     /// the server-side subscriptions decided for it take effect. Replies itself.
     pub(super) async fn connect(&mut self, id: u32, req: ConnectRequest) -> Answer {
+        self.connect_as(req, ConnectAnswer::Reply(id)).await
+    }
+
+    /// Connects the client of a unidirectional transport (Centrifugo's `uni_*`), whose only
+    /// message is this request: the result goes out as a `connect` push, and the channels the
+    /// client lists in `subs` are subscribed where the channel's permissions let it subscribe
+    /// (as well as the server-side subscriptions decided for it). A refusal becomes the
+    /// disconnect Centrifugo sends such clients, also recorded as the reason the connection ends.
+    pub async fn connect_unidirectional(&mut self, req: ConnectRequest) -> Outcome {
+        let outcome = match self.connect_as(req, ConnectAnswer::Push).await {
+            Ok(_) => Ok(()),
+            Err(Refusal::Disconnect(reason)) => Err(reason),
+            Err(Refusal::Error(error)) => Err(unidirectional_disconnect(&error)),
+        };
+        if let Err(reason) = &outcome {
+            self.closing(reason);
+        }
+        outcome
+    }
+
+    async fn connect_as(&mut self, req: ConnectRequest, answer: ConnectAnswer) -> Answer {
         let node = self.node.clone();
         let config = node.config();
         let client: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
@@ -70,6 +102,10 @@ impl Session {
                 });
             }
         }
+        if answer == ConnectAnswer::Push {
+            self.permitted_client_channels(&identity, &req, &mut subscriptions)
+                .await;
+        }
         let mut subs = HashMap::new();
         let mut joined = Vec::new();
         for sub in subscriptions {
@@ -106,11 +142,20 @@ impl Session {
             ttl: client_expiry.map_or(0, ttl_from),
             data: decision.data,
             ping: config.ping_interval as u32,
-            pong: true,
+            pong: answer != ConnectAnswer::Push,
             subs,
             ..Default::default()
         };
-        self.reply(id, Ok(ReplyResult::Connect(result)));
+        match answer {
+            ConnectAnswer::Reply(id) => self.reply(id, Ok(ReplyResult::Connect(result))),
+            ConnectAnswer::Push => self.send(
+                Reply::push(Push {
+                    channel: String::new(),
+                    body: PushBody::Connect(result),
+                })
+                .encode(),
+            ),
+        }
         node.emit(Event::Connected {
             client: &identity.client,
             user: &identity.user,
@@ -121,6 +166,53 @@ impl Session {
                 .await;
         }
         Ok(None)
+    }
+
+    /// Adds to `subscriptions` the channels a unidirectional client lists in its `subs` that it
+    /// may subscribe to as a bidirectional client could (public channels, namespaces that allow
+    /// it), in name order. As in Centrifugo, channels that need a subscription token are left
+    /// out, and so is every channel when a backend decides subscriptions (its subscribe proxy
+    /// answers subscribe commands, which a unidirectional client never sends).
+    async fn permitted_client_channels(
+        &self,
+        who: &Identity,
+        req: &ConnectRequest,
+        subscriptions: &mut Vec<ServerSubscription>,
+    ) {
+        if self.node.config().proxy_subscribe_endpoint.is_some() {
+            return;
+        }
+        let mut wanted: Vec<&String> = req
+            .subs
+            .keys()
+            .filter(|channel| !subscriptions.iter().any(|s| &s.channel == *channel))
+            .collect();
+        wanted.sort();
+        for channel in wanted {
+            if self.node.check_channel_name(channel).is_err() {
+                continue;
+            }
+            let Ok(options) = self.node.channel_options(channel) else {
+                continue;
+            };
+            let request = SubscribeRequest {
+                channel: channel.clone(),
+                ..Default::default()
+            };
+            match self
+                .node
+                .decisions()
+                .subscribe(who.as_client(), &request, &options)
+                .await
+            {
+                Ok(decision) => subscriptions.push(ServerSubscription {
+                    channel: channel.clone(),
+                    chan_info: decision.chan_info,
+                    data: decision.data,
+                }),
+                Err(_) => tracing::debug!(channel, "unidirectional client may not subscribe"),
+            }
+        }
     }
 
     /// `refresh`: the node's decisions extend the connection's life (the built-in rules want a
@@ -145,6 +237,19 @@ impl Session {
         if let Some(identity) = &mut self.identity {
             identity.conn_info = Some(info);
         }
+    }
+}
+
+/// The disconnect a unidirectional client gets for a connect refused with `error` (it has no
+/// command to get an error reply to), as Centrifugo maps them: an expired token is an expired
+/// connection (reconnect with a new one), rate and permission refusals keep their meaning,
+/// anything else is a server error.
+fn unidirectional_disconnect(error: &Error) -> Disconnect {
+    match error.code {
+        error_code::TOKEN_EXPIRED | error_code::EXPIRED => Disconnect::EXPIRED,
+        error_code::TOO_MANY_REQUESTS => Disconnect::TOO_MANY_REQUESTS,
+        error_code::PERMISSION_DENIED => Disconnect::PERMISSION_DENIED,
+        _ => Disconnect::INTERNAL,
     }
 }
 

@@ -35,6 +35,10 @@ pub trait Wire: Send {
     /// A received frame's text.
     type Frame: std::ops::Deref<Target = str> + Send;
 
+    /// The client only receives (Centrifugo's unidirectional transports): its session is
+    /// connected before the loop starts, and the server's pings expect no pong.
+    const UNIDIRECTIONAL: bool = false;
+
     /// The next thing from the client. Cancel-safe: the loop drops it when something else is
     /// ready first and calls again.
     fn recv(&mut self) -> impl Future<Output = Incoming<Self::Frame>> + Send;
@@ -59,7 +63,10 @@ pub async fn drive<W: Wire>(
     let config = node.config();
     let shutdown = node.shutdown_token().clone();
     let stale_deadline = Instant::now() + config.stale_timeout();
-    let mut next_ping: Option<Instant> = None;
+    // A unidirectional transport connects the session before the loop starts.
+    let mut next_ping = session
+        .is_connected()
+        .then(|| first_ping(config.ping_interval()));
     // The shutdown signal and the timer live across iterations: re-creating them on every
     // wake-up (every frame written) would register and cancel a timer entry and a waiter each
     // time, a visible share of the cost of a delivery.
@@ -139,7 +146,9 @@ pub async fn drive<W: Wire>(
                     queue.close(reason);
                 } else if next_ping.is_some_and(|at| now >= at) {
                     let _ = queue.push_from_consumer(bytes::Bytes::from_static(PING));
-                    session.ping_sent(now);
+                    if !W::UNIDIRECTIONAL {
+                        session.ping_sent(now);
+                    }
                     next_ping = Some(now + config.ping_interval());
                 }
             }

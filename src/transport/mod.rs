@@ -4,6 +4,8 @@
 
 pub mod connection;
 pub mod linger;
+pub mod uni;
+pub mod uni_websocket;
 pub mod websocket;
 
 use std::net::SocketAddr;
@@ -20,6 +22,48 @@ use crate::http::{glob_match, json_error};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::protocol::{error_code, Disconnect};
+
+/// The transports a client connects over, as `/metrics` labels them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    UniWebSocket,
+    UniSse,
+    UniHttpStream,
+}
+
+impl Transport {
+    /// The transport's name, as Centrifugo names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::UniWebSocket => "uni_websocket",
+            Transport::UniSse => "uni_sse",
+            Transport::UniHttpStream => "uni_http_stream",
+        }
+    }
+
+    fn gauge(self, node: &Node) -> &std::sync::atomic::AtomicU64 {
+        let open = &node.metrics().transports;
+        match self {
+            Transport::WebSocket => &open.websocket,
+            Transport::UniWebSocket => &open.uni_websocket,
+            Transport::UniSse => &open.uni_sse,
+            Transport::UniHttpStream => &open.uni_http_stream,
+        }
+    }
+
+    /// Counts a connection of this transport as open.
+    pub fn opened(self, node: &Node) {
+        Metrics::inc(self.gauge(node));
+    }
+
+    /// Counts a connection of this transport as ended.
+    pub fn closed(self, node: &Node) {
+        self.gauge(node)
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// Bounds the WebSocket connections served at once. Every connection holds a file descriptor, so
 /// without a bound the process would run out of them and fail to accept *anyone* (API calls and

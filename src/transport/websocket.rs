@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 
 use super::connection::{drive, Incoming, Wire};
-use super::ConnectionLimit;
+use super::{ConnectionLimit, Transport};
 use crate::hooks::decisions::ClientHeaders;
 use crate::hub::ControlInbox;
 use crate::node::Node;
@@ -75,6 +75,7 @@ pub fn serve(
 ) -> impl Future<Output = ()> + Send {
     let mut wire = WsWire(socket);
     async move {
+        Transport::WebSocket.opened(&node);
         let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
         let control = Arc::new(ControlInbox::new(CONTROL_CAPACITY));
         let mut session = Session::new(node.clone(), queue.clone(), control.clone());
@@ -90,6 +91,8 @@ pub fn serve(
             reason = reason.as_ref().map(|r| r.reason.as_ref()),
             "connection closed"
         );
+        drop(session);
+        Transport::WebSocket.closed(&node);
     }
 }
 
