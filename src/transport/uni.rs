@@ -53,25 +53,36 @@ pub struct UniQuery {
     pub cf_connect: Option<String>,
 }
 
+/// Why a connect request was refused before the connection started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadConnect {
+    /// Not a JSON connect request (400).
+    Malformed,
+    /// Over [`MAX_CONNECT_REQUEST`] (413).
+    TooLarge,
+}
+
+impl IntoResponse for BadConnect {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            BadConnect::Malformed => (StatusCode::BAD_REQUEST, "malformed connect request"),
+            BadConnect::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "connect request too large"),
+        };
+        json_error(status, error_code::BAD_REQUEST, message)
+    }
+}
+
 /// Decodes a connect request; an empty one (no body, no parameter) is `{}`.
-pub fn parse_connect(text: &[u8]) -> Result<ConnectRequest, Response> {
+pub fn parse_connect(text: &[u8]) -> Result<ConnectRequest, BadConnect> {
     if text.iter().all(u8::is_ascii_whitespace) {
         return Ok(ConnectRequest::default());
     }
     if text.len() > MAX_CONNECT_REQUEST {
-        return Err(json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            error_code::BAD_REQUEST,
-            "connect request too large",
-        ));
+        return Err(BadConnect::TooLarge);
     }
     serde_json::from_slice(text).map_err(|e| {
         tracing::debug!(error = %e, "malformed unidirectional connect request");
-        json_error(
-            StatusCode::BAD_REQUEST,
-            error_code::BAD_REQUEST,
-            "malformed connect request",
-        )
+        BadConnect::Malformed
     })
 }
 
@@ -124,14 +135,10 @@ pub async fn http_stream_endpoint(
 }
 
 /// Reads a request body holding a connect request, within [`MAX_CONNECT_REQUEST`].
-async fn read_connect_body(body: Body) -> Result<ConnectRequest, Response> {
+async fn read_connect_body(body: Body) -> Result<ConnectRequest, BadConnect> {
     match axum::body::to_bytes(body, MAX_CONNECT_REQUEST).await {
         Ok(bytes) => parse_connect(&bytes),
-        Err(_) => Err(json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            error_code::BAD_REQUEST,
-            "connect request too large",
-        )),
+        Err(_) => Err(BadConnect::TooLarge),
     }
 }
 
@@ -142,12 +149,12 @@ async fn stream_endpoint(
     axum::Extension(connections): axum::Extension<ConnectionLimit>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    request: Result<ConnectRequest, Response>,
+    request: Result<ConnectRequest, BadConnect>,
     transport: Transport,
 ) -> Response {
     let request = match request {
         Ok(request) => request,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let slot = match super::admit(&node, &connections, peer, &headers) {
         Ok(slot) => slot,
@@ -344,16 +351,14 @@ mod tests {
         assert_eq!(request.subs["news"].offset, 3);
         assert!(parse_connect(b"").unwrap().subs.is_empty());
         let refused = parse_connect(b"{not json").unwrap_err();
-        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(refused, BadConnect::Malformed);
+        assert_eq!(refused.into_response().status(), StatusCode::BAD_REQUEST);
         let huge = vec![b' '; MAX_CONNECT_REQUEST + 1];
         assert!(parse_connect(&huge).is_ok(), "blank is an empty request");
         let mut long = b"{\"token\":\"".to_vec();
         long.extend(std::iter::repeat_n(b'a', MAX_CONNECT_REQUEST));
         long.extend(b"\"}");
-        assert_eq!(
-            parse_connect(&long).unwrap_err().status(),
-            StatusCode::PAYLOAD_TOO_LARGE
-        );
+        assert_eq!(parse_connect(&long).unwrap_err(), BadConnect::TooLarge);
     }
 
     #[test]

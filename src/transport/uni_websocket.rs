@@ -35,7 +35,7 @@ pub async fn endpoint(
     let given = match query.cf_connect {
         Some(text) => match parse_connect(text.as_bytes()) {
             Ok(request) => Some(request),
-            Err(refusal) => return refusal,
+            Err(refusal) => return refusal.into_response(),
         },
         None => None,
     };
