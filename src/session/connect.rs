@@ -392,4 +392,66 @@ mod tests {
             .unwrap();
         assert_eq!(node.hub().num_subscribers("personal:#ann"), 2);
     }
+
+    /// Connects `client` as a unidirectional transport does, with `request`.
+    async fn connect_uni(
+        client: &mut TestClient,
+        request: serde_json::Value,
+    ) -> Result<serde_json::Value, crate::protocol::Disconnect> {
+        let request = serde_json::from_value(request).unwrap();
+        client.session.connect_unidirectional(request).await?;
+        let messages = client.messages();
+        Ok(messages.into_iter().next().expect("a connect push"))
+    }
+
+    #[tokio::test]
+    async fn a_unidirectional_connect_is_pushed_and_expects_no_pong() {
+        let node = node(|_| {});
+        let mut client = TestClient::new(&node);
+        let push = connect_uni(&mut client, json!({})).await.unwrap();
+        let result = &push["push"]["connect"];
+        assert!(result["client"].is_string(), "{push}");
+        assert!(push.get("id").is_none(), "{push}");
+        assert!(result.get("pong").is_none(), "{push}");
+        assert!(client.session.is_connected());
+    }
+
+    #[tokio::test]
+    async fn a_unidirectional_client_gets_the_channels_it_lists_that_it_may_subscribe_to() {
+        let node = node(|c| {
+            secured(c);
+            c.channel.allow_subscribe_for_client = Some(true);
+            c.namespace = vec![crate::config::Namespace {
+                name: "closed".into(),
+                ..Default::default()
+            }];
+        });
+        let mut client = TestClient::new(&node);
+        let request = json!({
+            "token": token(json!({"sub": "ann", "channels": ["news"]})),
+            "subs": {"sport": {}, "closed:room": {}, "$private": {}, "news": {}},
+        });
+        let push = connect_uni(&mut client, request).await.unwrap();
+        let subs = push["push"]["connect"]["subs"].as_object().unwrap();
+        let mut channels: Vec<&String> = subs.keys().collect();
+        channels.sort();
+        assert_eq!(channels, ["news", "sport"], "{push}");
+        assert_eq!(node.hub().num_subscribers("sport"), 1);
+        assert_eq!(node.hub().num_subscribers("closed:room"), 0);
+    }
+
+    #[tokio::test]
+    async fn refused_unidirectional_connects_become_centrifugos_disconnects() {
+        let node = node(secured);
+        let mut client = TestClient::new(&node);
+        let expired = token(json!({"sub": "ann", "exp": 1}));
+        let outcome = connect_uni(&mut client, json!({"token": expired})).await;
+        assert_eq!(outcome.unwrap_err().code, 3005);
+        let mut client = TestClient::new(&node);
+        let outcome = connect_uni(&mut client, json!({"token": "nonsense"})).await;
+        assert_eq!(outcome.unwrap_err().code, 3500);
+        let mut client = TestClient::new(&node);
+        let outcome = connect_uni(&mut client, json!({})).await;
+        assert_eq!(outcome.unwrap_err().code, 3500);
+    }
 }

@@ -395,4 +395,57 @@ mod tests {
         assert_eq!(from_server.recv().await, Some(Err(Disconnect::BAD_REQUEST)));
         assert_eq!(task.await.unwrap(), Some(Disconnect::BAD_REQUEST));
     }
+
+    /// A [`ChannelWire`] of a client that only receives.
+    struct UniChannelWire(ChannelWire);
+
+    impl Wire for UniChannelWire {
+        type Frame = String;
+
+        const UNIDIRECTIONAL: bool = true;
+
+        async fn recv(&mut self) -> Incoming<String> {
+            self.0.recv().await
+        }
+
+        async fn send(&mut self, frame: Bytes) -> Result<(), ()> {
+            self.0.send(frame).await
+        }
+
+        async fn close(&mut self, reason: &Disconnect) {
+            self.0.close(reason).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_unidirectional_client_is_pinged_without_awaiting_pongs() {
+        let node = node(Config::default());
+        let (_to_server, incoming) = mpsc::channel::<String>(16);
+        let (outgoing, mut from_server) = mpsc::channel(16);
+        let loop_node = node.clone();
+        let task = tokio::spawn(async move {
+            let node = loop_node;
+            let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
+            let control = Arc::new(ControlInbox::new(8));
+            let mut session = Session::new(node.clone(), queue.clone(), control.clone());
+            session
+                .connect_unidirectional(Default::default())
+                .await
+                .unwrap();
+            let mut wire = UniChannelWire(ChannelWire { incoming, outgoing });
+            drive(&node, &mut session, &queue, &mut wire, &control).await
+        });
+        let connect = next_frame(&mut from_server).await;
+        assert!(connect.contains(r#""connect""#), "{connect}");
+        // Many ping intervals, each longer than the pong timeout: pings keep coming, and the
+        // client, which cannot answer, stays connected.
+        let config = node.config();
+        assert!(config.ping_interval() > config.pong_timeout());
+        for _ in 0..5 {
+            assert_eq!(next_frame(&mut from_server).await, "{}");
+        }
+        node.shutdown_token().cancel();
+        assert_eq!(from_server.recv().await, Some(Err(Disconnect::SHUTDOWN)));
+        assert_eq!(task.await.unwrap(), Some(Disconnect::SHUTDOWN));
+    }
 }
