@@ -436,3 +436,98 @@ async fn curl_reads_publications_from_the_http_stream() {
     child.kill().await.unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
 }
+
+#[tokio::test]
+async fn the_connect_request_may_come_in_the_url_on_websocket_and_as_a_body_on_sse() {
+    let server = TestServer::start().await;
+    let addr = server.addr;
+    let request = json!({ "subs": { "alt": {} } });
+    let url = format!(
+        "ws://{addr}/connection/uni_websocket?cf_connect={}",
+        urlencode(&request.to_string())
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut by_url = UniClient::Ws(ws);
+    let body = request.to_string();
+    let head = format!(
+        "POST /connection/uni_sse HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut by_post = UniClient::http(addr, head, true).await;
+    for client in [&mut by_url, &mut by_post] {
+        let connect = client.push().await;
+        assert!(connect["connect"]["subs"]["alt"].is_object(), "{connect}");
+    }
+    subscribers(&server, "alt", 2).await;
+    publish(&server, "alt", json!("both")).await;
+    for client in [&mut by_url, &mut by_post] {
+        assert_eq!(client.publication().await["pub"]["data"], "both");
+    }
+}
+
+#[tokio::test]
+async fn the_connection_limit_refuses_unidirectional_clients_too() {
+    let server = TestServer::with(|c| c.max_connections = Some(1)).await;
+    let mut first = UniClient::open(server.addr, Kind::HttpStream, &json!({})).await;
+    assert!(first.push().await.get("connect").is_some());
+    let addr = server.addr;
+    let post = format!(
+        "POST /connection/uni_http_stream HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    let (status, body) = common::http_raw(addr, &post).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("3504"), "{body}");
+    let sse =
+        format!("GET /connection/uni_sse HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    assert_eq!(common::http_raw(addr, &sse).await.0, 503);
+}
+
+#[tokio::test]
+async fn a_unidirectional_client_that_stops_reading_is_disconnected_as_slow() {
+    let server = TestServer::with(|c| {
+        c.client_queue_max_bytes = 256 * 1024;
+        c.max_message_size = 256 * 1024;
+        c.client_command_rate = 0;
+        c.history_size = 0;
+    })
+    .await;
+    // A reader with a tiny receive buffer that takes the connect push, then stops reading.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(server.addr).await.unwrap();
+    let body = r#"{"subs":{"feed":{}}}"#;
+    let head = format!(
+        "POST /connection/uni_http_stream HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut first = [0u8; 512];
+    let n = tokio::time::timeout(WAIT, stream.read(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).contains(" 200 "));
+    subscribers(&server, "feed", 1).await;
+    // 8 MB of publications, more than socket buffers hold.
+    let mut publisher = server.client().await;
+    let payload = "p".repeat(8000);
+    for batch in 0..100u32 {
+        let frame: Vec<String> = (1..=10)
+            .map(|i| {
+                let n = batch * 10 + i;
+                json!({"id": n, "publish": {"channel": "feed", "data": {"n": n, "pad": payload}}})
+                    .to_string()
+            })
+            .collect();
+        publisher.send_raw(&frame.join("\n")).await;
+        publisher.reply_to(batch * 10 + 10).await;
+    }
+    subscribers(&server, "feed", 0).await;
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("switchboard_slow_disconnects_total 1"),
+        "{metrics}"
+    );
+    drop(stream);
+}
