@@ -26,7 +26,7 @@ pub struct Metrics {
     pub slow_disconnects: AtomicU64,
     /// Connections accepted since start.
     pub connections_accepted: AtomicU64,
-    /// WebSocket connections refused because the connection limit was reached.
+    /// Client connections refused because the connection limit was reached.
     pub connections_refused: AtomicU64,
     /// Server API calls.
     pub api_requests: AtomicU64,
@@ -261,7 +261,7 @@ impl Metrics {
         line(
             "connections_refused_total",
             "counter",
-            "WebSocket connections refused at the connection limit.",
+            "Client connections refused at the connection limit.",
             get(&self.connections_refused),
         );
         line(

@@ -371,12 +371,14 @@ async fn metrics_count_open_connections_by_transport() {
         client.push().await;
         clients.push(client);
     }
+    let bidirectional = server.client().await;
     let metrics = server.metrics().await;
-    for name in ["uni_websocket", "uni_sse", "uni_http_stream"] {
+    for name in ["websocket", "uni_websocket", "uni_sse", "uni_http_stream"] {
         let line = format!("switchboard_transport_connections{{transport=\"{name}\"}} 1");
         assert!(metrics.contains(&line), "no `{line}` in:\n{metrics}");
     }
     drop(clients);
+    drop(bidirectional);
     let gone = common::eventually(|| async {
         server
             .metrics()

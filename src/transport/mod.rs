@@ -65,10 +65,11 @@ impl Transport {
     }
 }
 
-/// Bounds the WebSocket connections served at once. Every connection holds a file descriptor, so
-/// without a bound the process would run out of them and fail to accept *anyone* (API calls and
-/// health checks included); with it, a client over the limit gets a clear, immediate refusal it
-/// can act on (reconnect later or elsewhere), and the connections already open are unaffected.
+/// Bounds the client connections (of every transport) served at once. Every connection holds a
+/// file descriptor, so without a bound the process would run out of them and fail to accept
+/// *anyone* (API calls and health checks included); with it, a client over the limit gets a
+/// clear, immediate refusal it can act on (reconnect later or elsewhere), and the connections
+/// already open are unaffected.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimit {
     permits: Arc<Semaphore>,
@@ -170,7 +171,8 @@ pub fn forwarded_headers(config: &Config, headers: &HeaderMap) -> ClientHeaders 
     ClientHeaders::new(pairs)
 }
 
-/// The answer to a WebSocket handshake over the connection limit: 503 before the upgrade, with
+/// The answer to a connection request (a WebSocket handshake, a unidirectional stream) over the
+/// connection limit: 503 before the upgrade or the stream, with
 /// Centrifugo's disconnect code 3504 in a JSON body. Clients treat a failed handshake as a
 /// transport failure and retry with backoff, which is what a full node wants.
 fn connection_limit_response() -> Response {
