@@ -171,7 +171,7 @@ impl Session {
     /// Adds to `subscriptions` the channels a unidirectional client lists in its `subs` that it
     /// may subscribe to as a bidirectional client could (public channels, namespaces that allow
     /// it), in name order. As in Centrifugo, channels that need a subscription token are left
-    /// out, and so is every channel when a backend decides subscriptions (its subscribe proxy
+    /// out, and so are channels whose subscriptions a backend decides (its subscribe proxy
     /// answers subscribe commands, which a unidirectional client never sends).
     async fn permitted_client_channels(
         &self,
@@ -179,9 +179,6 @@ impl Session {
         req: &ConnectRequest,
         subscriptions: &mut Vec<ServerSubscription>,
     ) {
-        if self.node.config().proxy_subscribe_endpoint.is_some() {
-            return;
-        }
         let mut wanted: Vec<&String> = req
             .subs
             .keys()
@@ -189,7 +186,8 @@ impl Session {
             .collect();
         wanted.sort();
         for channel in wanted {
-            if self.node.check_channel_name(channel).is_err() {
+            let config = self.node.config();
+            if config.subscribe_proxied(channel) || self.node.check_channel_name(channel).is_err() {
                 continue;
             }
             let Ok(options) = self.node.channel_options(channel) else {
@@ -453,5 +451,21 @@ mod tests {
         let mut client = TestClient::new(&node);
         let outcome = connect_uni(&mut client, json!({})).await;
         assert_eq!(outcome.unwrap_err().code, 3500);
+    }
+
+    #[tokio::test]
+    async fn channels_a_backend_decides_are_not_subscribed_from_the_connect_request() {
+        let node = node(|c| {
+            c.namespace = vec![crate::config::Namespace {
+                name: "backend".into(),
+                proxy_subscribe_endpoint: Some("http://127.0.0.1:9/subscribe".into()),
+                ..Default::default()
+            }];
+        });
+        let mut client = TestClient::new(&node);
+        let request = json!({"subs": {"backend:room": {}, "news": {}}});
+        let push = connect_uni(&mut client, request).await.unwrap();
+        let subs = push["push"]["connect"]["subs"].as_object().unwrap();
+        assert_eq!(subs.keys().collect::<Vec<_>>(), ["news"], "{push}");
     }
 }
