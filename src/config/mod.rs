@@ -584,20 +584,6 @@ impl Config {
         self.anonymous_allowed()
     }
 
-    /// Whether the application backend decides subscriptions to `channel` (a subscribe proxy
-    /// endpoint for its namespace, its own or the server-wide one, not switched off there).
-    pub fn subscribe_proxied(&self, channel: &str) -> bool {
-        let namespace = match channel.split_once(':') {
-            Some((name, _)) => self.namespace.iter().find(|ns| ns.name == name),
-            None => Some(&self.channel),
-        };
-        match namespace {
-            Some(ns) if ns.proxy_subscribe == Some(false) => false,
-            Some(ns) if ns.proxy_subscribe_endpoint.is_some() => true,
-            _ => self.proxy_subscribe_endpoint.is_some(),
-        }
-    }
-
     pub fn ping_interval(&self) -> Duration {
         Duration::from_secs(self.ping_interval)
     }

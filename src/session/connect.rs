@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{ttl_from, Answer, Identity, Outcome, Session};
+use crate::config::Config;
 use crate::hooks::decisions::Connecting;
 use crate::hooks::decisions::ServerSubscription;
 use crate::hooks::events::Event;
@@ -186,8 +187,9 @@ impl Session {
             .collect();
         wanted.sort();
         for channel in wanted {
-            let config = self.node.config();
-            if config.subscribe_proxied(channel) || self.node.check_channel_name(channel).is_err() {
+            if subscribe_proxied(self.node.config(), channel)
+                || self.node.check_channel_name(channel).is_err()
+            {
                 continue;
             }
             let Ok(options) = self.node.channel_options(channel) else {
@@ -235,6 +237,20 @@ impl Session {
         if let Some(identity) = &mut self.identity {
             identity.conn_info = Some(info);
         }
+    }
+}
+
+/// Whether the application backend decides subscriptions to `channel`: a subscribe proxy
+/// endpoint for its namespace (its own, or the server-wide one), not switched off there.
+fn subscribe_proxied(config: &Config, channel: &str) -> bool {
+    let namespace = match channel.split_once(':') {
+        Some((name, _)) => config.namespace.iter().find(|ns| ns.name == name),
+        None => Some(&config.channel),
+    };
+    match namespace {
+        Some(ns) if ns.proxy_subscribe == Some(false) => false,
+        Some(ns) if ns.proxy_subscribe_endpoint.is_some() => true,
+        _ => config.proxy_subscribe_endpoint.is_some(),
     }
 }
 
