@@ -226,6 +226,9 @@ async fn malformed_tokens() {
     server.stop().await;
 }
 
+/// What, method, body, API key, expected HTTP status, expected error code in the body.
+type ApiCase<'a> = (&'a str, &'a str, String, Option<&'a str>, u16, Option<u64>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_api_requests() {
     let server = server().await;
@@ -236,7 +239,7 @@ async fn malformed_api_requests() {
         .collect();
     // HTTP errors (401, 404, 400) carry a JSON error body; a well-formed request whose command
     // fails is answered 200 with the command's error, as Centrifugo's API does.
-    let cases: Vec<(&str, &str, String, Option<&str>, u16, Option<u64>)> = vec![
+    let cases: Vec<ApiCase> = vec![
         (
             "no API key",
             "publish",
