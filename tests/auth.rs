@@ -675,3 +675,35 @@ async fn a_tls_client_silent_after_the_handshake_is_closed() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_users_new_connection_closes_its_others_in_single_connection_mode() {
+    let server = TestServer::with(|c| {
+        c.token_hmac_secret = Some("s".into());
+        c.subscribe_to_user_personal_channel = true;
+        c.personal_channel_namespace = "personal".into();
+        c.personal_single_connection = true;
+        c.namespace = vec![Namespace {
+            name: "personal".into(),
+            ..Default::default()
+        }];
+    })
+    .await;
+    let ann_token = sign_hmac("s", &json!({"sub": "ann"})).unwrap();
+    let bob_token = sign_hmac("s", &json!({"sub": "bob"})).unwrap();
+    let (mut first, _) = connect_with(&server, &ann_token).await.unwrap();
+    let (mut bob, _) = connect_with(&server, &bob_token).await.unwrap();
+    let (mut second, _) = connect_with(&server, &ann_token).await.unwrap();
+    assert_eq!(first.closed().await, (3504, "connection limit".into()));
+    // The new connection, and other users, carry on.
+    let r = second
+        .call("presence_stats", json!({"channel": "personal:#ann"}))
+        .await;
+    assert!(r.get("error").is_none() || r["error"]["code"] == 103, "{r}");
+    let (_, stats) = server
+        .api("presence_stats", json!({"channel": "personal:#ann"}))
+        .await;
+    assert_eq!(stats["result"]["num_clients"], 1, "{stats}");
+    assert!(bob.call("rpc", json!({"method": "echo", "data": 1})).await["rpc"].is_object());
+    server.stop().await;
+}
