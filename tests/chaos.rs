@@ -29,6 +29,8 @@ use tokio::sync::watch;
 const PASS: u8 = 0;
 /// Accepts and holds connections, forwards nothing.
 const BLACKHOLE: u8 = 1;
+/// Forwards each chunk 50 ms late.
+const DELAY: u8 = 2;
 
 /// A TCP proxy to `target` whose faults the test switches: pass, blackhole, or reset every
 /// connection open now.
@@ -93,6 +95,9 @@ async fn pipe(
         while mode.load(Ordering::SeqCst) == BLACKHOLE {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if mode.load(Ordering::SeqCst) == DELAY {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         if to.write_all(&buffer[..n]).await.is_err() {
             return;
         }
@@ -109,6 +114,9 @@ struct Follower {
     seen: Vec<u64>,
     /// Times it was told its stream broke and recovered.
     recoveries: usize,
+    /// A socket that ends without a close frame is a network fault to reconnect after (when the
+    /// network between it and the server is the thing under test).
+    reconnects_on_drop: bool,
 }
 
 impl Follower {
@@ -123,6 +131,7 @@ impl Follower {
             last: r["subscribe"]["offset"].as_u64().unwrap_or(0),
             seen: Vec::new(),
             recoveries: 0,
+            reconnects_on_drop: false,
         }
     }
 
@@ -152,6 +161,13 @@ impl Follower {
         }
     }
 
+    /// Opens a new connection and resubscribes from the position (an SDK's reconnect).
+    async fn reconnect(&mut self, channel: &str) {
+        self.client = Client::open(&self.url).await;
+        self.client.connect(json!({})).await;
+        self.resubscribe(channel).await;
+    }
+
     /// Follows until it has seen offset `until`.
     async fn follow(&mut self, channel: &str, until: u64) {
         while self.last < until {
@@ -164,11 +180,8 @@ impl Follower {
                         self.resubscribe(channel).await;
                     }
                 }
-                Event::Closed(code, _) if code < 3500 => {
-                    self.client = Client::open(&self.url).await;
-                    self.client.connect(json!({})).await;
-                    self.resubscribe(channel).await;
-                }
+                Event::Closed(code, _) if code < 3500 => self.reconnect(channel).await,
+                Event::Dropped if self.reconnects_on_drop => self.reconnect(channel).await,
                 other => panic!("the subscriber was dropped: {other:?}"),
             }
         }
@@ -288,4 +301,97 @@ async fn redis_faults_on_one_node_lose_and_repeat_nothing() {
     assert_eq!(late.next_publication().await["pub"]["data"], 1);
     faulty.stop().await;
     steady.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_network_faults_lose_and_repeat_nothing() {
+    // Pings every second, a pong due within one: a half-open connection is found quickly.
+    let server = TestServer::with(|c| {
+        c.ping_interval = 1;
+        c.pong_timeout = 1;
+    })
+    .await;
+    let proxy = FaultProxy::start(server.addr).await;
+    let url = format!("ws://{}/connection/websocket", proxy.addr);
+    let mut followers = Vec::new();
+    for _ in 0..3 {
+        let mut follower = Follower::start(&url, "ledger").await;
+        follower.reconnects_on_drop = true;
+        followers.push(follower);
+    }
+    let acked: Arc<std::sync::Mutex<BTreeMap<u64, u64>>> = Arc::default();
+    let publishing = {
+        let (addr, acked) = (server.addr, acked.clone());
+        tokio::spawn(async move {
+            for n in 1..=250u64 {
+                let body = json!({"channel": "ledger", "data": {"n": n}}).to_string();
+                let (status, reply) = api_call(addr, "publish", &body, None).await;
+                assert_eq!(status, 200, "{reply}");
+                acked
+                    .lock()
+                    .unwrap()
+                    .insert(reply["result"]["offset"].as_u64().unwrap(), n);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    // The followers read while the network misbehaves: they run on their own tasks.
+    let top = 250;
+    let running: Vec<_> = followers
+        .into_iter()
+        .map(|mut follower| {
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(40), follower.follow("ledger", top))
+                    .await
+                    .unwrap_or_else(|_| panic!("reached offset {} of {top}", follower.last));
+                follower
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.set(DELAY);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    proxy.set(PASS);
+    proxy.reset_all(); // cut: every client connection ends without a close frame
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    proxy.set(BLACKHOLE); // half-open: sockets stay, nothing flows; pings go unanswered
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    proxy.set(PASS);
+    publishing.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(*acked.keys().last().unwrap(), top);
+    let mut told = 0;
+    let mut alive = Vec::new();
+    for running in running {
+        let follower = running.await.unwrap();
+        assert!(
+            follower.seen.windows(2).all(|w| w[0] < w[1]),
+            "ordered, once"
+        );
+        let missing: Vec<_> = acked
+            .keys()
+            .filter(|o| !follower.seen.contains(o))
+            .collect();
+        assert!(missing.is_empty(), "missing {missing:?}");
+        told += follower.recoveries;
+        alive.push(follower);
+    }
+    assert!(
+        told >= 3,
+        "every follower reconnected and recovered at least once ({told})"
+    );
+    // No ghost connections: the server ends with the followers' live connections only.
+    assert!(
+        eventually(|| async {
+            server
+                .metrics()
+                .await
+                .contains("switchboard_connections 3\n")
+        })
+        .await,
+        "{}",
+        server.metrics().await
+    );
+    drop(alive);
+    server.stop().await;
 }
