@@ -81,6 +81,10 @@ struct ServeArgs {
     /// Namespace of personal channels [default: none, `#<user>`].
     #[arg(long, env = "SWITCHBOARD_PERSONAL_CHANNEL_NAMESPACE")]
     personal_channel_namespace: Option<String>,
+    /// One connection per user: a new one closes the user's others with 3504 (true/false; needs
+    /// personal channels with presence) [default: false].
+    #[arg(long, env = "SWITCHBOARD_PERSONAL_SINGLE_CONNECTION")]
+    personal_single_connection: Option<bool>,
     /// Directory for durable state (the SQLite history) [default: ./switchboard-data].
     #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -264,6 +268,7 @@ impl ServeArgs {
             join_leave,
             subscribe_to_user_personal_channel,
             personal_channel_namespace,
+            personal_single_connection,
             history_size,
             history_ttl,
             data_dir,

@@ -184,6 +184,9 @@ pub struct Gauges {
     pub channels: u64,
     pub subscriptions: u64,
     pub uptime_seconds: u64,
+    /// Tasks alive on the runtime (connections, their cleanups, background work): a leak shows
+    /// as a count that keeps growing at a steady load.
+    pub runtime_tasks: u64,
 }
 
 impl Metrics {
@@ -252,6 +255,12 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE switchboard_{name} {kind}");
             let _ = writeln!(out, "switchboard_{name} {value}");
         };
+        line(
+            "runtime_tasks",
+            "gauge",
+            "Tasks alive on the async runtime.",
+            gauges.runtime_tasks,
+        );
         line(
             "connections_accepted_total",
             "counter",

@@ -268,7 +268,11 @@ pub async fn run_with(
                 stop.graceful_shutdown(Some(shutdown_timeout));
             });
             let listener = listeners.main.into_std()?;
-            let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
+            // A client that completes the handshake and sends nothing is closed after the same
+            // bound as a plain one (the HTTP version is guessed from the first bytes).
+            let mut server = axum_server::from_tcp_rustls(listener, tls)?
+                .handle(handle)
+                .first_request_timeout(header_timeout);
             server
                 .http_builder()
                 .http1()

@@ -446,3 +446,32 @@ async fn an_idempotency_key_holds_across_nodes() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A live node renews its members' presence (one round trip per shard and chunk), so they outlive
+/// several TTLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_members_outlive_the_presence_ttl() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix();
+    let (url, p) = (redis.url(), prefix.clone());
+    let server = TestServer::with(move |c| {
+        c.redis = vec![url];
+        c.redis_prefix = p;
+        c.presence_ttl = 1;
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..30 {
+        let mut c = server.client().await;
+        c.subscribe("lasting").await;
+        clients.push(c);
+    }
+    // Four TTLs pass: without renewal every entry would have expired.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, stats) = server
+        .api("presence_stats", json!({"channel": "lasting"}))
+        .await;
+    assert_eq!(stats["result"]["num_clients"], 30, "{stats}");
+    drop(clients);
+    server.stop().await;
+}

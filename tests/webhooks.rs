@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -251,7 +251,7 @@ async fn queued_events_survive_a_restart() {
 }
 
 /// Starts the real binary with webhooks to `receiver` on `data_dir`.
-async fn start_binary(data_dir: &std::path::Path, receiver: &Receiver) -> (Child, SocketAddr) {
+async fn start_binary(data_dir: &std::path::Path, receiver: &Receiver) -> (KillOnDrop, SocketAddr) {
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().port()
@@ -267,6 +267,7 @@ async fn start_binary(data_dir: &std::path::Path, receiver: &Receiver) -> (Child
         .stderr(Stdio::null())
         .spawn()
         .expect("binary starts");
+    let child = KillOnDrop(child);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let up = eventually(|| async move { tokio::net::TcpStream::connect(addr).await.is_ok() }).await;
     assert!(up, "server listens on {addr}");
@@ -288,8 +289,7 @@ async fn connections_of_a_killed_node_get_their_disconnect_after_restart() {
         clients.push(client);
     }
     assert!(eventually(|| async { receiver.of("subscribe").len() == 5 }).await);
-    child.kill().unwrap(); // SIGKILL: no session ends, no event is emitted
-    child.wait().unwrap();
+    child.kill(); // SIGKILL: no session ends, no event is emitted
     drop(clients);
     assert!(receiver.of("disconnect").is_empty());
 
@@ -312,7 +312,6 @@ async fn connections_of_a_killed_node_get_their_disconnect_after_restart() {
         assert_eq!(unsubscribe["channel"], format!("room{room}"));
     }
     assert_eq!(receiver.state.bad_signatures.load(Ordering::SeqCst), 0);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -80,17 +80,19 @@ async fn a_killed_nodes_connections_are_reported_by_a_live_node() {
     // The doomed node is the real binary, so it can be killed with SIGKILL.
     let port = free_port();
     let dir = temp_dir();
-    let mut doomed = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["serve", "--port", &port.to_string()])
-        .args(["--redis", &redis.url(), "--redis-prefix", &prefix])
-        .args(["--presence-ttl", "2", "--data-dir"])
-        .arg(&dir)
-        .args(["--webhook-endpoint", &receiver.url()])
-        .args(["--webhook-secret", SECRET, "--webhook-batch-delay", "5ms"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut doomed = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["serve", "--port", &port.to_string()])
+            .args(["--redis", &redis.url(), "--redis-prefix", &prefix])
+            .args(["--presence-ttl", "2", "--data-dir"])
+            .arg(&dir)
+            .args(["--webhook-endpoint", &receiver.url()])
+            .args(["--webhook-secret", SECRET, "--webhook-batch-delay", "5ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(eventually(|| async move { tokio::net::TcpStream::connect(addr).await.is_ok() }).await);
     let mut ghosts = Vec::new();
@@ -105,8 +107,7 @@ async fn a_killed_nodes_connections_are_reported_by_a_live_node() {
     }
     assert!(eventually(|| async { receiver.of("subscribe").len() == 7 }).await);
     assert!(eventually(|| async { occupying_nodes(&redis, &prefix, "solo").await == 1 }).await);
-    doomed.kill().unwrap(); // SIGKILL: no session ends, no event is emitted
-    doomed.wait().unwrap();
+    doomed.kill(); // SIGKILL: no session ends, no event is emitted
     drop(sockets);
     assert!(
         eventually(|| async { receiver.of("disconnect").len() == 3 }).await,
@@ -174,17 +175,19 @@ async fn events_a_killed_node_queued_in_redis_are_delivered_by_another() {
     // The doomed node starts first and so holds the shared lanes.
     let port = free_port();
     let dir = temp_dir();
-    let mut doomed = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["serve", "--port", &port.to_string()])
-        .args(["--redis", &redis.url(), "--redis-prefix", &prefix])
-        .args(["--presence-ttl", "2", "--data-dir"])
-        .arg(&dir)
-        .args(["--webhook-endpoint", &receiver.url()])
-        .args(["--webhook-secret", SECRET, "--webhook-batch-delay", "5ms"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut doomed = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["serve", "--port", &port.to_string()])
+            .args(["--redis", &redis.url(), "--redis-prefix", &prefix])
+            .args(["--presence-ttl", "2", "--data-dir"])
+            .arg(&dir)
+            .args(["--webhook-endpoint", &receiver.url()])
+            .args(["--webhook-secret", SECRET, "--webhook-batch-delay", "5ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(eventually(|| async move { tokio::net::TcpStream::connect(addr).await.is_ok() }).await);
     let survivor = node(&redis, &prefix, &receiver).await;
@@ -199,8 +202,7 @@ async fn events_a_killed_node_queued_in_redis_are_delivered_by_another() {
     }
     // Three connects, three subscribes, one occupied: all in Redis, none delivered.
     assert!(eventually(|| async { queued_in_redis(&redis, &prefix).await == 7 }).await);
-    doomed.kill().unwrap();
-    doomed.wait().unwrap();
+    doomed.kill();
     drop(sockets);
     // Its disk is gone too: only Redis remembers.
     std::fs::remove_dir_all(&dir).unwrap();

@@ -59,6 +59,10 @@ pub struct Config {
     pub subscribe_to_user_personal_channel: bool,
     /// Namespace of personal channels (empty: channels outside any namespace, `#<user>`).
     pub personal_channel_namespace: String,
+    /// With personal channels: one connection per user — a new connection closes the user's
+    /// others with 3504 (Centrifugo's `single_connection`; needs presence in the personal
+    /// channel's namespace).
+    pub personal_single_connection: bool,
     /// Track presence (who is subscribed) per channel.
     pub presence: bool,
     /// Where durable state (the SQLite history) lives.
@@ -263,6 +267,7 @@ impl Default for Config {
             join_leave: true,
             subscribe_to_user_personal_channel: false,
             personal_channel_namespace: String::new(),
+            personal_single_connection: false,
             presence: true,
             data_dir: PathBuf::from("switchboard-data"),
             history_storage: HistoryStorage::Sqlite,
@@ -451,6 +456,24 @@ impl Config {
                 "personal_channel_namespace {:?} is not a configured [[namespace]]",
                 self.personal_channel_namespace
             )));
+        }
+        if self.personal_single_connection {
+            let presence = if self.personal_channel_namespace.is_empty() {
+                self.channel.presence.unwrap_or(self.presence)
+            } else {
+                self.namespace
+                    .iter()
+                    .find(|ns| ns.name == self.personal_channel_namespace)
+                    .and_then(|ns| ns.presence)
+                    .unwrap_or(self.presence)
+            };
+            if !self.subscribe_to_user_personal_channel || !presence {
+                return Err(ConfigError::Invalid(
+                    "personal_single_connection needs subscribe_to_user_personal_channel and \
+                     presence in the personal channel's namespace"
+                        .into(),
+                ));
+            }
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid(

@@ -106,3 +106,16 @@ fn idempotency_window_parses_with_units_and_must_be_positive() {
     let generated: Config = toml::from_str(&super::generate()).unwrap();
     assert_eq!(generated.idempotency_window, Duration::from_secs(300));
 }
+
+#[test]
+fn single_connection_needs_personal_channels_with_presence() {
+    let mut config = Config {
+        personal_single_connection: true,
+        ..Config::default()
+    };
+    assert!(config.validate().is_err(), "without personal channels");
+    config.subscribe_to_user_personal_channel = true;
+    assert!(config.validate().is_ok());
+    config.presence = false;
+    assert!(config.validate().is_err(), "without presence");
+}

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -119,21 +120,32 @@ pub(super) async fn publish(node: &Node, req: PublishRequest) -> RawResult {
     raw(&result)
 }
 
+/// Publications of one `broadcast` in flight at once.
+const BROADCAST_CONCURRENCY: usize = 64;
+
 pub(super) async fn broadcast(node: &Node, req: BroadcastRequest) -> RawResult {
     if req.channels.is_empty() {
         return Err(Error::new(error_code::BAD_REQUEST));
     }
-    let publishes = req.channels.iter().map(|channel| {
-        publish_one(
-            node,
-            channel,
-            &req.data,
-            req.tags.clone(),
-            req.skip_history,
-            req.idempotency_key.as_deref(),
-        )
-    });
-    let responses: Vec<Value> = futures_util::future::join_all(publishes)
+    let publishes: Vec<_> = req
+        .channels
+        .iter()
+        .map(|channel| {
+            publish_one(
+                node,
+                channel,
+                &req.data,
+                req.tags.clone(),
+                req.skip_history,
+                req.idempotency_key.as_deref(),
+            )
+        })
+        .collect();
+    // In order, at most BROADCAST_CONCURRENCY at once: a broadcast to many channels neither
+    // floods the engine nor holds every publication in memory at once.
+    let responses: Vec<Value> = futures_util::stream::iter(publishes)
+        .buffered(BROADCAST_CONCURRENCY)
+        .collect::<Vec<_>>()
         .await
         .into_iter()
         .map(|r| match r {

@@ -459,6 +459,8 @@ impl Node {
             channels: info.num_channels,
             subscriptions: info.num_subs,
             uptime_seconds: info.uptime,
+            runtime_tasks: tokio::runtime::Handle::try_current()
+                .map_or(0, |runtime| runtime.metrics().num_alive_tasks() as u64),
         })
     }
 }

@@ -166,6 +166,9 @@ impl Session {
             self.register(&identity, channel, chan_info, &options, None)
                 .await;
         }
+        if config.personal_single_connection {
+            single_connection(&node, &identity).await;
+        }
         Ok(None)
     }
 
@@ -264,6 +267,33 @@ fn unidirectional_disconnect(error: &Error) -> Disconnect {
         error_code::TOO_MANY_REQUESTS => Disconnect::TOO_MANY_REQUESTS,
         error_code::PERMISSION_DENIED => Disconnect::PERMISSION_DENIED,
         _ => Disconnect::INTERNAL,
+    }
+}
+
+/// With `personal_single_connection`: a user's new connection closes the user's others, on every
+/// node, with 3504 "connection limit" (Centrifugo's single-connection mode). Whether there are
+/// others is read from the presence of the user's personal channel, which this connection has
+/// just joined.
+async fn single_connection(node: &crate::node::Node, identity: &Identity) {
+    let Some(channel) = node.personal_channel(&identity.user) else {
+        return;
+    };
+    match node.presence_storage().stats(&channel).await {
+        Ok(stats) if stats.num_clients >= 2 => {
+            let others = crate::engine::broker::NodeControl::Disconnect {
+                user: identity.user.to_string(),
+                client: None,
+                whitelist: vec![identity.client.to_string()],
+                reason: Disconnect::CONNECTION_LIMIT,
+            };
+            if node.control(others).await.is_err() {
+                tracing::warn!(user = %identity.user, "single connection: others not disconnected");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(user = %identity.user, error = %e.0, "single connection: presence read failed")
+        }
     }
 }
 

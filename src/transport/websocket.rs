@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::HeaderMap;
@@ -31,8 +32,19 @@ pub async fn endpoint(
     axum::Extension(connections): axum::Extension<ConnectionLimit>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // Not a WebSocket handshake (a plain GET, a missing header): said in JSON, like every refusal.
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            return crate::http::json_error(
+                rejection.status(),
+                crate::protocol::error_code::BAD_REQUEST,
+                &rejection.body_text(),
+            )
+        }
+    };
     let slot = match super::admit(&node, &connections, peer, &headers) {
         Ok(slot) => slot,
         Err(refused) => return refused.into_response(),

@@ -453,3 +453,21 @@ where
     }
     false
 }
+
+/// A child process killed (SIGKILL) and reaped when dropped, so a failing test leaves no server
+/// running behind it.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// Kills the process now (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -22,6 +22,7 @@ pub mod idle;
 pub mod publish;
 pub mod report;
 pub mod rpc;
+pub mod soak;
 pub mod worker;
 
 use std::time::Duration;
@@ -51,6 +52,9 @@ pub enum Scenario {
     Rpc(rpc::RpcArgs),
     /// A connection storm: WebSocket handshakes + `connect` per second, and failures.
     Connect(connect::ConnectArgs),
+    /// A long steady mixed load (subscribers, a publisher, connection churn) while the
+    /// server's memory, open files and tasks are sampled; then the server settles.
+    Soak(soak::SoakArgs),
     /// Not a load: a minimal application backend (connect and rpc proxy, webhook receiver) to
     /// measure the server with its hooks on.
     Backend(backend::BackendArgs),
@@ -115,6 +119,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Idle(a) => &a.common,
         Scenario::Rpc(a) => &a.common,
         Scenario::Connect(a) => &a.common,
+        Scenario::Soak(a) => &a.common,
         Scenario::Backend(_) => return Ok(()),
     }
     .clone();
@@ -136,6 +141,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Idle(a) => idle::run(a, env).await,
             Scenario::Rpc(a) => rpc::run(a, env).await,
             Scenario::Connect(a) => connect::run(a, env).await,
+            Scenario::Soak(a) => soak::run(a, env).await,
             Scenario::Backend(_) => Ok(()),
         }
     })
