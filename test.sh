@@ -64,6 +64,7 @@ for dir in tests/compat tests/browser; do
     (cd "$dir" && npm ci --no-audit --no-fund)
   fi
 done
+# The list includes the FastAPI example backend's pins (examples/fastapi-backend/requirements.txt).
 if [ -f tests/compat/requirements.txt ]; then
   [ -x tests/compat/.venv/bin/python ] || python3 -m venv tests/compat/.venv
   # A no-op when the pinned versions are already there.

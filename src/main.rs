@@ -126,6 +126,10 @@ struct ServeArgs {
     /// Namespace of personal channels [default: none, `#<user>`].
     #[arg(long, env = "SWITCHBOARD_PERSONAL_CHANNEL_NAMESPACE")]
     personal_channel_namespace: Option<String>,
+    /// One connection per user: a new one closes the user's others with 3504 (true/false; needs
+    /// personal channels with presence) [default: false].
+    #[arg(long, env = "SWITCHBOARD_PERSONAL_SINGLE_CONNECTION")]
+    personal_single_connection: Option<bool>,
     /// Directory for durable state (the SQLite history) [default: ./switchboard-data].
     #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -151,6 +155,10 @@ struct ServeArgs {
     /// Seconds a presence entry lives in Redis without a refresh [default: 60].
     #[arg(long, env = "SWITCHBOARD_PRESENCE_TTL")]
     presence_ttl: Option<u64>,
+    /// How long a server API publish's idempotency_key is remembered per channel, such as 30s or
+    /// 5m [default: 5m].
+    #[arg(long, env = "SWITCHBOARD_IDEMPOTENCY_WINDOW", value_parser = switchboard::config::parse_duration)]
+    idempotency_window: Option<std::time::Duration>,
     /// Node name in /api/info [default: host name].
     #[arg(long, env = "SWITCHBOARD_NAME")]
     name: Option<String>,
@@ -238,6 +246,30 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     proxy_emulated_headers: Option<Vec<String>>,
+    /// Application backend URL receiving webhooks: lifecycle events, after the fact, at least
+    /// once.
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_ENDPOINT")]
+    webhook_endpoint: Option<String>,
+    /// Secret signing webhook bodies (header X-Switchboard-Signature: sha256=<hex HMAC>).
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Webhook events sent, comma-separated: connect, disconnect, subscribe, unsubscribe,
+    /// channel_occupied, channel_vacated, publication [default: all].
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_EVENTS", value_delimiter = ',')]
+    webhook_events: Option<Vec<String>>,
+    /// Longest one webhook request may take before it is retried [default: 5s].
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_TIMEOUT", value_parser = switchboard::config::parse_duration)]
+    webhook_timeout: Option<std::time::Duration>,
+    /// Webhook requests in flight at most (ordered lanes) [default: 16].
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_CONCURRENCY")]
+    webhook_concurrency: Option<usize>,
+    /// Most events in one webhook request [default: 100].
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_BATCH_SIZE")]
+    webhook_batch_size: Option<usize>,
+    /// How long a lane waits to fill a webhook batch, such as 20ms; 0 sends at once [default:
+    /// 20ms].
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_BATCH_DELAY", value_parser = switchboard::config::parse_duration)]
+    webhook_batch_delay: Option<std::time::Duration>,
 }
 
 #[derive(Args)]
@@ -290,6 +322,7 @@ impl ServeArgs {
             join_leave,
             subscribe_to_user_personal_channel,
             personal_channel_namespace,
+            personal_single_connection,
             history_size,
             history_ttl,
             data_dir,
@@ -302,10 +335,16 @@ impl ServeArgs {
             redis,
             redis_prefix,
             presence_ttl,
+            idempotency_window,
             proxy_timeout,
             proxy_concurrency,
             proxy_http_headers,
-            proxy_emulated_headers
+            proxy_emulated_headers,
+            webhook_events,
+            webhook_timeout,
+            webhook_concurrency,
+            webhook_batch_size,
+            webhook_batch_delay
         );
         if let Some(storage) = self.history_storage {
             config.history_storage = match storage {
@@ -340,7 +379,9 @@ impl ServeArgs {
             proxy_subscribe_endpoint,
             proxy_publish_endpoint,
             proxy_sub_refresh_endpoint,
-            proxy_rpc_endpoint
+            proxy_rpc_endpoint,
+            webhook_endpoint,
+            webhook_secret
         );
         config.insecure |= self.insecure;
         Ok(config)

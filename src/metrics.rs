@@ -26,7 +26,7 @@ pub struct Metrics {
     pub slow_disconnects: AtomicU64,
     /// Connections accepted since start.
     pub connections_accepted: AtomicU64,
-    /// WebSocket connections refused because the connection limit was reached.
+    /// Client connections refused because the connection limit was reached.
     pub connections_refused: AtomicU64,
     /// WebSocket connections refused by the per-address rate (`connection_rate_per_ip`).
     pub connections_rate_limited: AtomicU64,
@@ -40,8 +40,54 @@ pub struct Metrics {
     pub subscribes: AtomicU64,
     /// Subscriptions that ended.
     pub unsubscribes: AtomicU64,
+    /// Open connections per transport.
+    pub transports: TransportConnections,
     /// Calls to the application backend's proxy endpoints.
     pub proxy: ProxyMetrics,
+    /// Webhook deliveries to the application backend.
+    pub webhooks: WebhookMetrics,
+}
+
+/// Open connections per transport (gauges), counted from the request that opened each one until
+/// it ends, connected or not.
+#[derive(Debug, Default)]
+pub struct TransportConnections {
+    pub websocket: AtomicU64,
+    pub uni_websocket: AtomicU64,
+    pub uni_sse: AtomicU64,
+    pub uni_http_stream: AtomicU64,
+}
+
+/// Webhook deliveries (see [`crate::hooks::webhook`]); rendered once webhooks are on.
+#[derive(Debug, Default)]
+pub struct WebhookMetrics {
+    pub enabled: AtomicBool,
+    /// Events queued in the outbox, not delivered yet (a gauge).
+    pub pending: AtomicU64,
+    /// Events the backend took.
+    pub events_delivered: AtomicU64,
+    /// Events the backend refused with a 4xx other than 408 and 429 (logged, not retried).
+    pub events_dropped: AtomicU64,
+    /// Requests sent again after a failure.
+    pub retries: AtomicU64,
+    /// The requests: count, failures, timeouts, in flight, durations.
+    pub requests: BackendCalls,
+}
+
+/// Counts a request in flight until dropped, however the call ends (a timeout drops it).
+pub struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    pub fn start(gauge: &'a AtomicU64) -> InFlight<'a> {
+        Metrics::inc(gauge);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Calls to each proxy endpoint of the application backend (see [`crate::hooks::proxy`]); only
@@ -140,6 +186,9 @@ pub struct Gauges {
     pub channels: u64,
     pub subscriptions: u64,
     pub uptime_seconds: u64,
+    /// Tasks alive on the runtime (connections, their cleanups, background work): a leak shows
+    /// as a count that keeps growing at a steady load.
+    pub runtime_tasks: u64,
 }
 
 impl Metrics {
@@ -185,6 +234,35 @@ impl Metrics {
             "Seconds since start.",
             gauges.uptime_seconds,
         );
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_transport_connections Open connections by transport."
+        );
+        let _ = writeln!(out, "# TYPE switchboard_transport_connections gauge");
+        let t = &self.transports;
+        for (name, gauge) in [
+            ("websocket", &t.websocket),
+            ("uni_websocket", &t.uni_websocket),
+            ("uni_sse", &t.uni_sse),
+            ("uni_http_stream", &t.uni_http_stream),
+        ] {
+            let _ = writeln!(
+                out,
+                "switchboard_transport_connections{{transport=\"{name}\"}} {}",
+                get(gauge)
+            );
+        }
+        let mut line = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP switchboard_{name} {help}");
+            let _ = writeln!(out, "# TYPE switchboard_{name} {kind}");
+            let _ = writeln!(out, "switchboard_{name} {value}");
+        };
+        line(
+            "runtime_tasks",
+            "gauge",
+            "Tasks alive on the async runtime.",
+            gauges.runtime_tasks,
+        );
         line(
             "connections_accepted_total",
             "counter",
@@ -194,7 +272,7 @@ impl Metrics {
         line(
             "connections_refused_total",
             "counter",
-            "WebSocket connections refused at the connection limit.",
+            "Client connections refused at the connection limit.",
             get(&self.connections_refused),
         );
         line(
@@ -270,6 +348,7 @@ impl Metrics {
             get(&self.unsubscribes),
         );
         self.render_proxy(&mut out);
+        self.render_webhooks(&mut out);
         out
     }
 
@@ -326,24 +405,60 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE {name} histogram");
         for (hook, calls) in &endpoints {
-            let mut cumulative = 0;
-            for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&calls.latency_buckets) {
-                cumulative += get(bucket);
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{hook=\"{hook}\",le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            cumulative += get(&calls.latency_buckets[LATENCY_BUCKETS.len()]);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{hook=\"{hook}\",le=\"+Inf\"}} {cumulative}"
-            );
-            let sum = get(&calls.latency_sum_micros) as f64 / 1e6;
-            let _ = writeln!(out, "{name}_sum{{hook=\"{hook}\"}} {sum}");
-            let _ = writeln!(out, "{name}_count{{hook=\"{hook}\"}} {cumulative}");
+            histogram(out, name, &format!("hook=\"{hook}\","), calls);
         }
     }
+
+    /// Appends the webhook families, once webhooks are on.
+    fn render_webhooks(&self, out: &mut String) {
+        let webhooks = &self.webhooks;
+        if !webhooks.enabled.load(Ordering::Relaxed) {
+            return;
+        }
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let requests = &webhooks.requests;
+        let families = [
+            ("webhook_queue_depth", "gauge", "Webhook events queued, not delivered yet.", get(&webhooks.pending)),
+            ("webhook_events_delivered_total", "counter", "Webhook events the backend took.", get(&webhooks.events_delivered)),
+            ("webhook_events_dropped_total", "counter", "Webhook events the backend refused with a 4xx (not retried).", get(&webhooks.events_dropped)),
+            ("webhook_requests_total", "counter", "Webhook requests sent.", get(&requests.calls)),
+            ("webhook_failures_total", "counter", "Webhook requests that failed (timeouts, connection errors, status other than 2xx).", get(&requests.errors)),
+            ("webhook_timeouts_total", "counter", "Webhook requests without an answer in time.", get(&requests.timeouts)),
+            ("webhook_retries_total", "counter", "Webhook requests sent again after a failure.", get(&webhooks.retries)),
+            ("webhook_in_flight", "gauge", "Webhook requests awaiting an answer.", get(&requests.in_flight)),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(out, "# HELP switchboard_{name} {help}");
+            let _ = writeln!(out, "# TYPE switchboard_{name} {kind}");
+            let _ = writeln!(out, "switchboard_{name} {value}");
+        }
+        let name = "switchboard_webhook_duration_seconds";
+        let _ = writeln!(out, "# HELP {name} Duration of webhook requests.");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        histogram(out, name, "", requests);
+    }
+}
+
+/// Appends the buckets, sum and count of `calls`' latency histogram; `labels` (empty, or ending
+/// with a comma) come before `le`.
+fn histogram(out: &mut String, name: &str, labels: &str, calls: &BackendCalls) {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let mut cumulative = 0;
+    for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&calls.latency_buckets) {
+        cumulative += get(bucket);
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
+    }
+    cumulative += get(&calls.latency_buckets[LATENCY_BUCKETS.len()]);
+    let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}");
+    let sum = get(&calls.latency_sum_micros) as f64 / 1e6;
+    let plain = labels.trim_end_matches(',');
+    let braces = if plain.is_empty() {
+        String::new()
+    } else {
+        format!("{{{plain}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {sum}");
+    let _ = writeln!(out, "{name}_count{braces} {cumulative}");
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::Request;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -29,8 +29,11 @@ use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::engine::sqlite::SqliteHistory;
 use crate::fd_limit::raise_fd_limit;
 use crate::hooks::proxy::{Proxy, ProxyError};
+use crate::hooks::webhook::{WebhookError, Webhooks};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeHooks};
+use crate::timeline::Timeline;
+use crate::transport::linger::LingeringTcp;
 use crate::transport::ConnectionLimit;
 
 /// Why the server could not start or stopped with an error.
@@ -46,6 +49,8 @@ pub enum ServerError {
     Keys(#[from] KeyError),
     #[error("cannot set up the backend proxy: {0}")]
     Proxy(#[from] ProxyError),
+    #[error("cannot start webhooks: {0}")]
+    Webhooks(#[from] WebhookError),
     #[error("cannot listen for the API on {address}: {source}")]
     ApiListener {
         address: SocketAddr,
@@ -62,7 +67,7 @@ pub enum ServerError {
 /// Builds a node with the storages the configuration asks for (Redis when URLs are given,
 /// otherwise in-process fan-out with SQLite or memory history), deciding about clients by the
 /// built-in rules or, for what proxy endpoints are configured, by the application backend.
-pub async fn build_node(config: Config, shutdown: CancellationToken) -> Result<Node, ServerError> {
+pub async fn build_node(config: Config, shutdown: CancellationToken) -> Result<Built, ServerError> {
     // Every background task of the node (engines, key refresh, connections) is tracked here and
     // waited for, within a bound, at shutdown.
     let tracker = TaskTracker::new();
@@ -95,16 +100,30 @@ pub async fn build_node(config: Config, shutdown: CancellationToken) -> Result<N
     };
     let verifier = crate::auth::TokenVerifier::from_config(&config, &tracker, &shutdown)?;
     // With any backend endpoint configured, the backend decides what it has endpoints for.
-    let mut hooks = NodeHooks::default();
+    let metrics = Arc::new(Metrics::default());
+    let timeline = Arc::new(Timeline::default());
+    let mut hooks = NodeHooks {
+        metrics: Some(metrics.clone()),
+        timeline: Some(timeline.clone()),
+        ..NodeHooks::default()
+    };
     if config.uses_proxy() {
-        let metrics = Arc::new(Metrics::default());
         let proxy = Proxy::new(&config, verifier.clone(), metrics.clone())?;
         hooks.decisions = Some(Arc::new(proxy));
-        hooks.metrics = Some(metrics);
     }
-    Ok(Node::with_hooks(
-        config, broker, presence, verifier, shutdown, tracker, hooks,
-    ))
+    let webhooks = Webhooks::start(&config, metrics, timeline).await?;
+    if let Some(webhooks) = &webhooks {
+        hooks.sinks.push(webhooks.clone());
+    }
+    let node = Node::with_hooks(config, broker, presence, verifier, shutdown, tracker, hooks);
+    Ok(Built { node, webhooks })
+}
+
+/// A node, and what must be finished after it at shutdown.
+pub struct Built {
+    pub node: Node,
+    /// Delivers what the node's last connections did (see [`Webhooks::finish`]).
+    pub webhooks: Option<Arc<Webhooks>>,
 }
 
 /// Every route of the server, sharing `limit` (so the caller can observe it): the WebSocket
@@ -115,6 +134,18 @@ pub fn app(node: Node, limit: ConnectionLimit) -> Router {
         .route(
             "/connection/websocket",
             get(crate::transport::websocket::endpoint),
+        )
+        .route(
+            "/connection/uni_websocket",
+            get(crate::transport::uni_websocket::endpoint),
+        )
+        .route(
+            "/connection/uni_sse",
+            get(crate::transport::uni::sse_endpoint).post(crate::transport::uni::sse_endpoint),
+        )
+        .route(
+            "/connection/uni_http_stream",
+            post(crate::transport::uni::http_stream_endpoint),
         )
         .layer(axum::Extension(limit));
     let router = router.merge(crate::http::web::routes());
@@ -216,7 +247,7 @@ pub async fn run_with(
              the limit is reached; raise the hard limit (ulimit -Hn, LimitNOFILE=)"
         );
     }
-    let node = build_node(config, shutdown.clone()).await?;
+    let Built { node, webhooks } = build_node(config, shutdown.clone()).await?;
     node.tracker().spawn(node.clone().announce_forever());
     let mut servers = tokio::task::JoinSet::new();
     let api_addr = match &listeners.api {
@@ -242,7 +273,11 @@ pub async fn run_with(
                 stop.graceful_shutdown(Some(shutdown_timeout));
             });
             let listener = listeners.main.into_std()?;
-            let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
+            // A client that completes the handshake and sends nothing is closed after the same
+            // bound as a plain one (the HTTP version is guessed from the first bytes).
+            let mut server = axum_server::from_tcp_rustls(listener, tls)?
+                .handle(handle)
+                .first_request_timeout(header_timeout);
             server
                 .http_builder()
                 .http1()
@@ -268,6 +303,9 @@ pub async fn run_with(
         .is_err()
     {
         tracing::warn!("shutdown timed out with connection tasks still running");
+    }
+    if let Some(webhooks) = webhooks {
+        webhooks.finish(shutdown_timeout).await;
     }
     let finished = tokio::time::timeout(shutdown_timeout, async {
         while let Some(result) = servers.join_next().await {
@@ -360,7 +398,10 @@ async fn serve_plain(
                 request.map(Body::new)
             });
         let connection = http1
-            .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
+            .serve_connection(
+                TokioIo::new(LingeringTcp::new(tcp)),
+                TowerToHyperService::new(service),
+            )
             .with_upgrades();
         let shutdown = shutdown.clone();
         connections.spawn(async move {

@@ -370,10 +370,15 @@ mod tests {
             client: "c1",
             user: "u",
         });
+        let data: crate::protocol::Payload = serde_json::value::RawValue::from_string("1".into())
+            .unwrap()
+            .into();
         sink.emit(&Event::Published {
             channel: "news",
             offset: 1,
             client: None,
+            user: None,
+            data: &data,
         });
         sink.emit(&Event::ChannelOccupied { channel: "news" });
         let (spans, _) = timeline.since(0);

@@ -474,3 +474,24 @@ async fn idle_and_slow_http_connections_are_closed() {
     assert_eq!(status, 200);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_broadcast_to_many_channels_answers_each_in_order() {
+    let server = TestServer::start().await;
+    let mut last = server.client().await;
+    last.subscribe("many-499").await;
+    let channels: Vec<String> = (0..500).map(|i| format!("many-{i}")).collect();
+    let (status, reply) = server
+        .api("broadcast", json!({"channels": channels, "data": {"n": 1}}))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    let responses = reply["result"]["responses"].as_array().unwrap();
+    assert_eq!(responses.len(), 500);
+    // One answer per channel (each its first publication), at most 64 published at once.
+    assert!(
+        responses.iter().all(|r| r["result"]["offset"] == 1),
+        "{reply}"
+    );
+    assert_eq!(last.next_publication().await["pub"]["data"]["n"], 1);
+    server.stop().await;
+}

@@ -642,3 +642,68 @@ async fn anonymous_users_get_only_what_is_granted_to_them() {
     assert_eq!(anon.next_publication().await["pub"]["data"], 2);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_tls_client_silent_after_the_handshake_is_closed() {
+    let server = TestServer::with(|c| {
+        c.tls_cert = Some(fixture("tls_cert.pem"));
+        c.tls_key = Some(fixture("tls_key.pem"));
+        c.stale_timeout = 1;
+    })
+    .await;
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    let pem = std::fs::read(fixture("tls_cert.pem")).unwrap();
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    for cert in tokio_rustls::rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let tls = tokio_rustls::rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, tcp).await.expect("TLS handshake");
+    // Nothing is sent: the server ends the connection (stale_timeout, 1 s) within the wait.
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 64];
+    let ended = tokio::time::timeout(WAIT, stream.read(&mut buffer)).await;
+    assert!(
+        matches!(ended, Ok(Ok(0)) | Ok(Err(_))),
+        "the silent connection is closed, got {ended:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_users_new_connection_closes_its_others_in_single_connection_mode() {
+    let server = TestServer::with(|c| {
+        c.token_hmac_secret = Some("s".into());
+        c.subscribe_to_user_personal_channel = true;
+        c.personal_channel_namespace = "personal".into();
+        c.personal_single_connection = true;
+        c.namespace = vec![Namespace {
+            name: "personal".into(),
+            ..Default::default()
+        }];
+    })
+    .await;
+    let ann_token = sign_hmac("s", &json!({"sub": "ann"})).unwrap();
+    let bob_token = sign_hmac("s", &json!({"sub": "bob"})).unwrap();
+    let (mut first, _) = connect_with(&server, &ann_token).await.unwrap();
+    let (mut bob, _) = connect_with(&server, &bob_token).await.unwrap();
+    let (mut second, _) = connect_with(&server, &ann_token).await.unwrap();
+    assert_eq!(first.closed().await, (3504, "connection limit".into()));
+    // The new connection, and other users, carry on.
+    let r = second
+        .call("presence_stats", json!({"channel": "personal:#ann"}))
+        .await;
+    assert!(r.get("error").is_none() || r["error"]["code"] == 103, "{r}");
+    let (_, stats) = server
+        .api("presence_stats", json!({"channel": "personal:#ann"}))
+        .await;
+    assert_eq!(stats["result"]["num_clients"], 1, "{stats}");
+    assert!(bob.call("rpc", json!({"method": "echo", "data": 1})).await["rpc"].is_object());
+    server.stop().await;
+}

@@ -1,6 +1,7 @@
 //! The embedded pages in a real browser: runs `tests/browser/pages.test.mjs` (playwright-core
 //! driving Debian's chromium) against two servers started here, one anonymous and one with a
-//! token secret, an API key and an admin password. Screenshots go to `test-artifacts/`.
+//! token secret, an API key and an admin password. Screenshots go to `test-artifacts/`. The same
+//! run checks the browser's own `EventSource` on the unidirectional SSE transport (`uni_sse`).
 //!
 //! Needs `node`, `tests/browser/node_modules` (`npm ci` there; `./test.sh` does it) and chromium at
 //! `/usr/lib/chromium/chromium` (or `SWITCHBOARD_CHROMIUM`); without them the test fails and says

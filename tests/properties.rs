@@ -10,6 +10,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use switchboard::auth::{sign_hmac, unix_now, TokenError, TokenVerifier};
+use switchboard::engine::idempotency::MAX_KEY_LENGTH;
 use switchboard::http::api::{parse_batch, parse_call, ApiCall, ApiError, MAX_BATCH_COMMANDS};
 use switchboard::http::MAX_GLOB_LENGTH;
 use switchboard::protocol::{decode_frame, Request};
@@ -511,13 +512,19 @@ fn method() -> impl Strategy<Value = &'static str> {
 fn valid_body(method: &'static str) -> BoxedStrategy<Value> {
     let s = any::<String>;
     match method {
-        "publish" => (s(), json_value(), any::<bool>())
-            .prop_map(|(channel, data, skip_history)| {
-                json!({ "channel": channel, "data": data, "skip_history": skip_history })
+        // Idempotency keys of up to 64 characters: at most 256 bytes.
+        "publish" => (s(), json_value(), any::<bool>(), prop::option::of("\\PC{0,64}"))
+            .prop_map(|(channel, data, skip_history, key)| {
+                json!({
+                    "channel": channel, "data": data, "skip_history": skip_history,
+                    "idempotency_key": key,
+                })
             })
             .boxed(),
-        "broadcast" => (prop::collection::vec(s(), 0..4), json_value())
-            .prop_map(|(channels, data)| json!({ "channels": channels, "data": data }))
+        "broadcast" => (prop::collection::vec(s(), 0..4), json_value(), prop::option::of("\\PC{0,64}"))
+            .prop_map(|(channels, data, key)| {
+                json!({ "channels": channels, "data": data, "idempotency_key": key })
+            })
             .boxed(),
         "subscribe" => (s(), s(), prop::option::of(json_value()))
             .prop_map(|(user, channel, info)| json!({ "user": user, "channel": channel, "info": info }))
@@ -619,13 +626,22 @@ proptest! {
     }
 
     #[test]
-    fn bounds_are_refused_as_bad_requests(extra in 1usize..50, pattern_extra in 1usize..50) {
+    fn bounds_are_refused_as_bad_requests(
+        extra in 1usize..50,
+        pattern_extra in 1usize..50,
+        key_extra in 1usize..50,
+    ) {
         let commands = vec![json!({ "info": {} }); MAX_BATCH_COMMANDS + extra];
         let batch = text(&json!({ "commands": commands }));
         prop_assert!(matches!(parse_batch(batch.as_bytes()), Err(ApiError::BadRequest(_))));
         let pattern = "*".repeat(MAX_GLOB_LENGTH + pattern_extra);
         let body = text(&json!({ "pattern": pattern }));
         prop_assert!(matches!(parse_call("channels", body.as_bytes()), Err(ApiError::BadRequest(_))));
+        let key = "k".repeat(MAX_KEY_LENGTH + key_extra);
+        let body = text(&json!({ "channel": "c", "data": 1, "idempotency_key": key }));
+        prop_assert!(matches!(parse_call("publish", body.as_bytes()), Err(ApiError::BadRequest(_))));
+        let body = text(&json!({ "channels": ["c"], "data": 1, "idempotency_key": key }));
+        prop_assert!(matches!(parse_call("broadcast", body.as_bytes()), Err(ApiError::BadRequest(_))));
     }
 
     #[test]

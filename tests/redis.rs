@@ -390,3 +390,88 @@ async fn pipelined_publishes_keep_their_order_through_redis() {
     }
     server.stop().await;
 }
+
+/// A backend retries a publish on another node with the same `idempotency_key`: one
+/// publication, stored once, and both nodes answer the same position; a new key publishes. The
+/// same for a publication without history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_holds_across_nodes() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix();
+    let a = node(&redis, &prefix, "a").await;
+    let b = node(&redis, &prefix, "b").await;
+    let mut subscriber = a.client().await;
+    subscriber.subscribe("news").await;
+    assert!(listening(&redis, &prefix, "news").await, "node a listens");
+    let keyed =
+        |n: u64, key: &str| json!({"channel": "news", "data": {"n": n}, "idempotency_key": key});
+    let (_, first) = a.api("publish", keyed(1, "k1")).await;
+    assert_eq!(first["result"]["offset"], 1, "{first}");
+    let (_, retry) = b.api("publish", keyed(1, "k1")).await;
+    assert_eq!(retry, first, "node b answers what node a published");
+    let (_, other) = b.api("publish", keyed(2, "k2")).await;
+    assert_eq!(other["result"]["offset"], 2, "{other}");
+    let live = json!({"channel": "news", "data": {"n": 0}, "skip_history": true, "idempotency_key": "live"});
+    for node in [&a, &b] {
+        let (_, reply) = node.api("publish", live.clone()).await;
+        assert_eq!(reply["result"], json!({}), "{reply}");
+    }
+    let (_, marker) = a
+        .api("publish", json!({"channel": "news", "data": {"n": 3}}))
+        .await;
+    assert_eq!(
+        marker["result"]["offset"], 3,
+        "nothing else was stored: {marker}"
+    );
+    // Delivered: 1, 2, the live one once, then the marker.
+    let mut delivered = Vec::new();
+    for _ in 0..4 {
+        let push = subscriber.next_publication().await;
+        delivered.push((
+            push["pub"]["offset"].as_u64().unwrap_or(0),
+            push["pub"]["data"]["n"].clone(),
+        ));
+    }
+    assert_eq!(
+        delivered,
+        vec![(1, json!(1)), (2, json!(2)), (0, json!(0)), (3, json!(3))]
+    );
+    let (_, history) = b
+        .api("history", json!({"channel": "news", "limit": -1}))
+        .await;
+    assert_eq!(
+        offsets_and_numbers(&history["result"]["publications"]),
+        vec![(1, 1), (2, 2), (3, 3)]
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A live node renews its members' presence (one round trip per shard and chunk), so they outlive
+/// several TTLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_members_outlive_the_presence_ttl() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix();
+    let (url, p) = (redis.url(), prefix.clone());
+    let server = TestServer::with(move |c| {
+        c.redis = vec![url];
+        c.redis_prefix = p;
+        c.presence_ttl = 1;
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..30 {
+        let mut c = server.client().await;
+        c.subscribe("lasting").await;
+        clients.push(c);
+    }
+    // Four TTLs pass: without renewal every entry would have expired.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, stats) = server
+        .api("presence_stats", json!({"channel": "lasting"}))
+        .await;
+    assert_eq!(stats["result"]["num_clients"], 30, "{stats}");
+    drop(clients);
+    server.stop().await;
+}

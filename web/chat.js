@@ -402,6 +402,9 @@
   // ---------- start ----------
 
   async function start() {
+    // Join is enabled once the form is handled here: a submit before that would reload the page
+    // and lose what was typed.
+    let joinable = true;
     try {
       const response = await fetch('/chat/config', { cache: 'no-store' });
       if (response.ok) config = Object.assign(config, await response.json());
@@ -424,11 +427,12 @@
         el('code', '', 'switchboard token --user NAME'),
         '.',
       );
-      $('join').disabled = true;
+      joinable = false;
     }
+    // What the person typed while the configuration loaded stays.
     const stored = localStorage.getItem(NAME_KEY) || '';
-    $('name').value = stored || tokenSubject(jwt);
-    $('room').value = fragment().get('room') || 'lobby';
+    $('name').value ||= stored || tokenSubject(jwt);
+    $('room').value ||= fragment().get('room') || 'lobby';
     $('join-form').addEventListener('submit', (event) => {
       event.preventDefault();
       const name = cleanName($('name').value);
@@ -458,8 +462,9 @@
     $('messages').addEventListener('click', () => $('people').classList.remove('open'));
     if (typeof window.Centrifuge !== 'function') {
       $('join-error').textContent = 'The client SDK did not load.';
-      $('join').disabled = true;
+      joinable = false;
     }
+    $('join').disabled = !joinable;
   }
 
   start();

@@ -40,6 +40,8 @@ data_dir = "switchboard-data"
 history_durability = "full"    # "normal" skips fsync: faster, survives process crashes only
 history_size = 1000
 history_ttl = 86400
+# A server API publish repeating an idempotency_key within this window publishes nothing.
+idempotency_window = "5m"
 
 # Limits.
 max_message_size = 65536
@@ -64,6 +66,12 @@ connection_rate_per_ip = 0         # new connections per second per client addre
 # proxy_timeout = "1s"
 # proxy_http_headers = ["Cookie", "Authorization"]
 
+# Tell the backend what happened (connect, disconnect, subscribe, ...) after the fact, durably,
+# signed with this secret (header X-Switchboard-Signature: sha256=<hex HMAC-SHA256 of the body>).
+# webhook_endpoint = "http://127.0.0.1:3000/switchboard/events"
+webhook_secret = "{webhook_secret}"
+# webhook_events = ["connect", "disconnect", "channel_occupied", "channel_vacated"]
+
 # Channels outside any namespace. With a token secret set, every permission is closed unless
 # granted here or in a namespace (subscription tokens always work).
 [channel]
@@ -85,6 +93,8 @@ history_ttl = 3600
 # "chat:<room>#<user>,<user>" channels open to the users listed after '#' without a token.
 # User-limited channels are off unless a namespace (or [channel]) turns them on.
 # allow_user_limited_channels = true
+# Send every publication here to the webhook endpoint too.
+# webhook_publication = true
 
 # Channels named "private:<name>" need a subscription token (no allow_subscribe_* granted).
 [[namespace]]
@@ -93,5 +103,6 @@ name = "private"
         api_key = secret(32),
         admin_password = secret(24),
         token_secret = secret(48),
+        webhook_secret = secret(32),
     )
 }

@@ -8,19 +8,23 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use ipnet::IpNet;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
+mod duration;
 mod generate;
 mod show;
 mod trusted_proxies;
+mod webhook;
 
+use duration::deserialize_duration;
+pub use duration::parse_duration;
 pub use generate::generate;
 pub use show::effective_settings;
 use trusted_proxies::deserialize_cidrs;
 pub use trusted_proxies::parse_cidr;
 
 /// Everything a node needs to run. Durations are whole seconds in files and flags (except
-/// `proxy_timeout`, which takes units: `500ms`, `1s`).
+/// `proxy_timeout` and `idempotency_window`, which take units: `500ms`, `1s`, `5m`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -61,6 +65,10 @@ pub struct Config {
     pub subscribe_to_user_personal_channel: bool,
     /// Namespace of personal channels (empty: channels outside any namespace, `#<user>`).
     pub personal_channel_namespace: String,
+    /// With personal channels: one connection per user — a new connection closes the user's
+    /// others with 3504 (Centrifugo's `single_connection`; needs presence in the personal
+    /// channel's namespace).
+    pub personal_single_connection: bool,
     /// Track presence (who is subscribed) per channel.
     pub presence: bool,
     /// Where durable state (the SQLite history) lives.
@@ -122,6 +130,14 @@ pub struct Config {
     pub redis_prefix: String,
     /// Seconds a presence entry lives in Redis without a refresh by its node.
     pub presence_ttl: u64,
+    /// How long a server API publish's `idempotency_key` is remembered per channel: a publish
+    /// repeating it within this window publishes nothing and answers the first result. In
+    /// files: `"5m"`, `"30s"` or seconds.
+    #[serde(
+        deserialize_with = "deserialize_duration",
+        serialize_with = "show::serialize_duration"
+    )]
+    pub idempotency_window: Duration,
     /// Serve the server API (and health, metrics) on this port instead of the main one.
     pub api_port: Option<u16>,
     /// Address of the separate API listener [default: `address`].
@@ -172,6 +188,33 @@ pub struct Config {
     /// RPC endpoints by method prefix (`"billing:" = "http://…"`): the longest prefix of the
     /// method wins over `proxy_rpc_endpoint`.
     pub proxy_rpc_endpoints: BTreeMap<String, String>,
+    /// The application backend's URL receiving webhooks: lifecycle events, batched, after the
+    /// fact, durably queued in the data directory (see [`crate::hooks::webhook`]).
+    pub webhook_endpoint: Option<String>,
+    /// Secret signing every webhook body: `X-Switchboard-Signature: sha256=<hex HMAC-SHA256 of
+    /// the raw body>`.
+    pub webhook_secret: Option<String>,
+    /// Which events are sent: any of `connect`, `disconnect`, `subscribe`, `unsubscribe`,
+    /// `channel_occupied`, `channel_vacated`, `publication` (the last only for namespaces with
+    /// `webhook_publication`). Default: all.
+    pub webhook_events: Vec<String>,
+    /// Longest one webhook request may take before it is retried. In files: `"5s"` or seconds.
+    #[serde(
+        deserialize_with = "deserialize_duration",
+        serialize_with = "show::serialize_duration"
+    )]
+    pub webhook_timeout: Duration,
+    /// Webhook requests in flight at most; events are spread over this many ordered lanes (each
+    /// connection's events stay in order on one lane).
+    pub webhook_concurrency: usize,
+    /// Most events in one webhook request.
+    pub webhook_batch_size: usize,
+    /// How long a lane waits to fill a batch that is not full (0: send at once).
+    #[serde(
+        deserialize_with = "deserialize_duration",
+        serialize_with = "show::serialize_duration"
+    )]
+    pub webhook_batch_delay: Duration,
 }
 
 /// Options of the channels in one namespace (or, as `[channel]`, of channels outside any
@@ -229,6 +272,8 @@ pub struct Namespace {
     /// subscription token; off (the default, as in Centrifugo), such a channel is refused (103)
     /// unless a token grants it.
     pub allow_user_limited_channels: Option<bool>,
+    /// Every publication here is sent to the webhook endpoint as a `publication` event.
+    pub webhook_publication: Option<bool>,
 }
 
 impl Default for Config {
@@ -250,6 +295,7 @@ impl Default for Config {
             join_leave: true,
             subscribe_to_user_personal_channel: false,
             personal_channel_namespace: String::new(),
+            personal_single_connection: false,
             presence: true,
             data_dir: PathBuf::from("switchboard-data"),
             history_storage: HistoryStorage::Sqlite,
@@ -277,6 +323,7 @@ impl Default for Config {
             redis: Vec::new(),
             redis_prefix: "switchboard".into(),
             presence_ttl: 60,
+            idempotency_window: Duration::from_secs(5 * 60),
             api_port: None,
             api_address: None,
             tls_cert: None,
@@ -294,48 +341,39 @@ impl Default for Config {
             proxy_emulated_headers: Vec::new(),
             proxy_static_headers: BTreeMap::new(),
             proxy_rpc_endpoints: BTreeMap::new(),
+            webhook_endpoint: None,
+            webhook_secret: None,
+            webhook_events: WEBHOOK_EVENTS.iter().map(|e| e.to_string()).collect(),
+            webhook_timeout: Duration::from_secs(5),
+            webhook_concurrency: 16,
+            webhook_batch_size: 100,
+            webhook_batch_delay: Duration::from_millis(20),
         }
     }
 }
 
-/// Parses a duration such as `500ms`, `1s`, `2m`, `1h` or `1d`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("bad duration {text:?} (use e.g. 500ms, 1s, 2m)"))?;
-    let seconds = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        _ => {
-            return Err(format!(
-                "bad duration unit in {text:?} (use ms, s, m, h or d)"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("bad duration {text:?}"))
+/// Checks that `endpoint`, the value of `setting`, is an http(s) URL.
+fn check_url(setting: &str, endpoint: &str) -> Result<(), ConfigError> {
+    let url = reqwest::Url::parse(endpoint)
+        .map_err(|e| ConfigError::Invalid(format!("{setting} {endpoint:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::Invalid(format!(
+            "{setting} {endpoint:?} must be an http:// or https:// URL"
+        )));
+    }
+    Ok(())
 }
 
-/// A duration in a file: a string with units (see [`parse_duration`]) or a number of seconds.
-fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Text {
-        Seconds(u64),
-        WithUnit(String),
-    }
-    match Text::deserialize(deserializer)? {
-        Text::Seconds(seconds) => Ok(Duration::from_secs(seconds)),
-        Text::WithUnit(text) => parse_duration(&text).map_err(serde::de::Error::custom),
-    }
-}
+/// Every webhook event type, as `webhook_events` names them.
+pub const WEBHOOK_EVENTS: [&str; 7] = [
+    "connect",
+    "disconnect",
+    "subscribe",
+    "unsubscribe",
+    "channel_occupied",
+    "channel_vacated",
+    "publication",
+];
 
 impl Namespace {
     /// This namespace's own proxy endpoints, with the decision each is for.
@@ -448,9 +486,32 @@ impl Config {
                 self.personal_channel_namespace
             )));
         }
+        if self.personal_single_connection {
+            let presence = if self.personal_channel_namespace.is_empty() {
+                self.channel.presence.unwrap_or(self.presence)
+            } else {
+                self.namespace
+                    .iter()
+                    .find(|ns| ns.name == self.personal_channel_namespace)
+                    .and_then(|ns| ns.presence)
+                    .unwrap_or(self.presence)
+            };
+            if !self.subscribe_to_user_personal_channel || !presence {
+                return Err(ConfigError::Invalid(
+                    "personal_single_connection needs subscribe_to_user_personal_channel and \
+                     presence in the personal channel's namespace"
+                        .into(),
+                ));
+            }
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid(
                 "TLS needs both tls_cert and tls_key".into(),
+            ));
+        }
+        if self.idempotency_window.is_zero() {
+            return Err(ConfigError::Invalid(
+                "idempotency_window must be more than zero".into(),
             ));
         }
         if self.max_connections == Some(0) {
@@ -459,6 +520,7 @@ impl Config {
             ));
         }
         self.validate_proxy()?;
+        self.validate_webhooks()?;
         if !self.address.is_loopback() && !self.insecure {
             if !self.verifies_tokens() && self.proxy_connect_endpoint.is_none() {
                 return Err(ConfigError::Invalid(format!(
@@ -481,16 +543,7 @@ impl Config {
 
     /// Checks the proxy settings: URLs, header names and values, bounds.
     fn validate_proxy(&self) -> Result<(), ConfigError> {
-        let check = |setting: String, endpoint: &str| -> Result<(), ConfigError> {
-            let url = reqwest::Url::parse(endpoint)
-                .map_err(|e| ConfigError::Invalid(format!("{setting} {endpoint:?}: {e}")))?;
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(ConfigError::Invalid(format!(
-                    "{setting} {endpoint:?} must be an http:// or https:// URL"
-                )));
-            }
-            Ok(())
-        };
+        let check = |setting: String, endpoint: &str| check_url(&setting, endpoint);
         for (name, endpoint) in self.proxy_endpoints() {
             if let Some(endpoint) = endpoint {
                 check(format!("proxy_{name}_endpoint"), endpoint)?;

@@ -11,7 +11,12 @@ use super::Config;
 const MASK: &str = "********";
 
 /// Settings whose values are secrets.
-const SECRET_KEYS: &[&str] = &["api_key", "admin_password", "token_hmac_secret"];
+const SECRET_KEYS: &[&str] = &[
+    "api_key",
+    "admin_password",
+    "token_hmac_secret",
+    "webhook_secret",
+];
 
 /// Settings holding URLs, whose password (`redis://:password@host`) is masked.
 fn is_url_setting(key: &str) -> bool {

@@ -113,3 +113,38 @@ fn no_per_ip_connection_limit_by_default() {
     assert_eq!(Config::default().connection_rate_per_ip, 0);
     assert!(Config::default().trusted_proxies.is_empty());
 }
+
+#[test]
+fn idempotency_window_parses_with_units_and_must_be_positive() {
+    assert_eq!(
+        Config::default().idempotency_window,
+        Duration::from_secs(300)
+    );
+    let c: Config = toml::from_str("idempotency_window = \"30s\"").unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.idempotency_window, Duration::from_secs(30));
+    let minutes: Config = toml::from_str("idempotency_window = \"2m\"").unwrap();
+    assert_eq!(minutes.idempotency_window, Duration::from_secs(120));
+    let seconds: Config = toml::from_str("idempotency_window = 10").unwrap();
+    assert_eq!(seconds.idempotency_window, Duration::from_secs(10));
+    let zero = Config {
+        idempotency_window: Duration::ZERO,
+        ..Config::default()
+    };
+    assert!(zero.validate().is_err());
+    let generated: Config = toml::from_str(&super::generate()).unwrap();
+    assert_eq!(generated.idempotency_window, Duration::from_secs(300));
+}
+
+#[test]
+fn single_connection_needs_personal_channels_with_presence() {
+    let mut config = Config {
+        personal_single_connection: true,
+        ..Config::default()
+    };
+    assert!(config.validate().is_err(), "without personal channels");
+    config.subscribe_to_user_personal_channel = true;
+    assert!(config.validate().is_ok());
+    config.presence = false;
+    assert!(config.validate().is_err(), "without presence");
+}

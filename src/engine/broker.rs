@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 
 use crate::engine::history::{HistoryError, HistoryFilter, HistoryPage, Retention};
+use crate::engine::idempotency::{IdempotencyKey, Idempotent};
 use crate::protocol::{ClientInfo, Disconnect, Payload, Publication, StreamPosition};
 
 /// A node-wide action that must reach the node holding the target connections (it travels
@@ -93,6 +94,8 @@ pub enum BrokerError {
 /// its offset) and delivers it to every node's subscribers, in offset order per channel; it returns
 /// the stream position once the publication is stored. Without a retention the publication is
 /// delivered without offset and not stored. A failed `publish` delivered nothing.
+/// `publish_idempotent` does the same once per idempotency key and channel within the key's
+/// window, on every node that shares the broker.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Sets who receives this node's events; called once, before any other method.
@@ -118,6 +121,21 @@ pub trait Broker: Send + Sync + 'static {
     ) -> Result<Publishing, Box<Publication>> {
         Err(Box::new(publication))
     }
+
+    /// [`publish`](Broker::publish) unless `key` was used for `channel` within its window: then
+    /// nothing is published or stored, and the answer is [`Idempotent::Repeated`] with the
+    /// position the first publish answered. Checking and remembering the key are atomic with the
+    /// publish, so concurrent retries (from any node) publish once. The key is remembered exactly
+    /// when the publication went out: a publish refused before that remembers nothing, and one
+    /// whose answer was lost on the way back (a dropped connection) is answered to its retry.
+    /// Publishes without a key never pay for this: they call `publish`.
+    async fn publish_idempotent(
+        &self,
+        channel: &str,
+        publication: Publication,
+        history: Option<Retention>,
+        key: IdempotencyKey,
+    ) -> Result<Idempotent, BrokerError>;
 
     async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError>;
     async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError>;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 
+use crate::engine::idempotency::{IdempotencyKey, Idempotent};
 use crate::protocol::{error_code, Error, Publication, StreamPosition};
 
 /// How much of a channel's stream is kept.
@@ -82,6 +83,9 @@ pub type OnStored = Box<dyn FnOnce(Arc<Publication>) + Send>;
 /// An append under way: resolves with the publication's position once it is stored.
 pub type Appending = BoxFuture<'static, Result<StreamPosition, HistoryError>>;
 
+/// An idempotent append under way (see [`History::append_once`]).
+pub type AppendingOnce = BoxFuture<'static, Result<Idempotent, HistoryError>>;
+
 /// Storage of channel streams.
 ///
 /// Contract: `append` gives the publication the next offset of the channel's stream; `on_stored`
@@ -91,6 +95,10 @@ pub type Appending = BoxFuture<'static, Result<StreamPosition, HistoryError>>;
 /// is polled: successive calls from one task append in call order, which lets a caller keep several
 /// appends in flight. The future resolves after `on_stored` ran. A failed append stores nothing and
 /// calls nothing.
+///
+/// The storage also remembers idempotency keys (see [`append_once`](History::append_once)),
+/// as durably as it keeps streams, so that a publish with a key happens once per channel
+/// within the key's window.
 #[async_trait]
 pub trait History: Send + Sync + 'static {
     /// Appends `publication` to `channel`'s stream, trimming the stream to `retention`.
@@ -101,6 +109,22 @@ pub trait History: Send + Sync + 'static {
         retention: Retention,
         on_stored: OnStored,
     ) -> Appending;
+
+    /// [`append`](History::append), once per `key` and `channel` within the key's window:
+    /// checking the key, appending and remembering the key are one atomic step. A key already
+    /// remembered for the channel appends nothing, calls nothing and resolves to
+    /// [`Idempotent::Repeated`] with what the first call resolved to. Otherwise the publication
+    /// is appended (when `retention` is given; without one it is not stored, only the key) and
+    /// `on_stored` runs as for `append` — with offset 0 when not stored — before the future
+    /// resolves to [`Idempotent::Published`]. A failed call remembers nothing.
+    fn append_once(
+        &self,
+        channel: &str,
+        publication: Publication,
+        retention: Option<Retention>,
+        key: IdempotencyKey,
+        on_stored: OnStored,
+    ) -> AppendingOnce;
 
     /// Reads publications per `filter`, oldest first unless `filter.reverse`. A stream that does not
     /// exist yet is created (a fresh epoch, top 0): every position a reader gets names an epoch.

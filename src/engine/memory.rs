@@ -10,9 +10,10 @@ use async_trait::async_trait;
 
 use super::broker::{Broker, BrokerError, BrokerEventHandler, NodeControl, NodeRecord, Publishing};
 use super::history::{
-    new_epoch, select, Appending, History, HistoryError, HistoryFilter, HistoryPage, OnStored,
-    Retention,
+    new_epoch, select, Appending, AppendingOnce, History, HistoryError, HistoryFilter, HistoryPage,
+    OnStored, Retention,
 };
+use super::idempotency::{IdempotencyKey, Idempotent, RememberedKeys};
 use super::presence::{Presence, PresenceError, PresenceStats};
 use crate::protocol::{ClientInfo, Publication, StreamPosition};
 
@@ -92,6 +93,24 @@ impl Broker for LocalBroker {
         Ok(self.start_publish(channel, publication, history))
     }
 
+    /// The history storage checks and remembers the key with the append, so the key lasts as
+    /// long as the storage's streams (across restarts with SQLite).
+    async fn publish_idempotent(
+        &self,
+        channel: &str,
+        publication: Publication,
+        history: Option<Retention>,
+        key: IdempotencyKey,
+    ) -> Result<Idempotent, BrokerError> {
+        let handler = self.handler()?.clone();
+        let name = channel.to_string();
+        let on_stored: OnStored = Box::new(move |p| handler.handle_publication(&name, p));
+        Ok(self
+            .history
+            .append_once(channel, publication, history, key, on_stored)
+            .await?)
+    }
+
     async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
         self.handler()?.handle_join(channel, info);
         Ok(())
@@ -147,6 +166,8 @@ impl Broker for LocalBroker {
 #[derive(Default)]
 pub struct MemoryHistory {
     streams: Mutex<HashMap<String, MemoryStream>>,
+    /// Idempotency keys; locked after `streams` when both are.
+    keys: Mutex<RememberedKeys>,
 }
 
 struct MemoryStream {
@@ -199,23 +220,45 @@ impl History for MemoryHistory {
     fn append(
         &self,
         channel: &str,
-        mut publication: Publication,
+        publication: Publication,
         retention: Retention,
         on_stored: OnStored,
     ) -> Appending {
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        let stream = MemoryStream::of(&mut streams, channel);
-        stream.top += 1;
-        publication.offset = stream.top;
-        let publication = Arc::new(publication);
-        stream
-            .items
-            .push_back((Instant::now(), publication.clone()));
-        stream.trim(Some(retention));
-        let position = stream.position();
-        // Called under the lock: per-channel calls are ordered and never concurrent.
-        on_stored(publication);
+        let position = append_locked(&mut streams, channel, publication, retention, on_stored);
         Box::pin(std::future::ready(Ok(position)))
+    }
+
+    fn append_once(
+        &self,
+        channel: &str,
+        publication: Publication,
+        retention: Option<Retention>,
+        key: IdempotencyKey,
+        on_stored: OnStored,
+    ) -> AppendingOnce {
+        // Both locks are held from the check to the remembering: one atomic step.
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if let Some(first) = keys.get(channel, &key.key, now) {
+            return Box::pin(std::future::ready(Ok(Idempotent::Repeated(first))));
+        }
+        let position = match retention {
+            Some(retention) => Some(append_locked(
+                &mut streams,
+                channel,
+                publication,
+                retention,
+                on_stored,
+            )),
+            None => {
+                on_stored(Arc::new(publication));
+                None
+            }
+        };
+        keys.remember(channel, &key, position.clone(), now);
+        Box::pin(std::future::ready(Ok(Idempotent::Published(position))))
     }
 
     async fn read(
@@ -244,6 +287,28 @@ impl History for MemoryHistory {
         }
         Ok(())
     }
+}
+
+/// Appends to `channel`'s stream, under the streams' lock; runs `on_stored` under it too, so
+/// per-channel calls are ordered and never concurrent.
+fn append_locked(
+    streams: &mut HashMap<String, MemoryStream>,
+    channel: &str,
+    mut publication: Publication,
+    retention: Retention,
+    on_stored: OnStored,
+) -> StreamPosition {
+    let stream = MemoryStream::of(streams, channel);
+    stream.top += 1;
+    publication.offset = stream.top;
+    let publication = Arc::new(publication);
+    stream
+        .items
+        .push_back((Instant::now(), publication.clone()));
+    stream.trim(Some(retention));
+    let position = stream.position();
+    on_stored(publication);
+    position
 }
 
 /// Presence of this node's clients, in memory.
@@ -358,5 +423,56 @@ mod tests {
         let page = h.read("c", HistoryFilter::default()).await.unwrap();
         assert!(page.publications.is_empty());
         assert_eq!(page.position.offset, 5);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_key_appends_and_delivers_once_per_channel() {
+        let h = MemoryHistory::default();
+        let r = Retention {
+            size: 10,
+            ttl: Duration::from_secs(60),
+        };
+        let key = |k: &str| IdempotencyKey {
+            key: k.into(),
+            window: Duration::from_secs(60),
+        };
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let counting = |channel: &'static str| -> OnStored {
+            let delivered = delivered.clone();
+            Box::new(move |p| delivered.lock().unwrap().push((channel, p.offset)))
+        };
+        let once = |channel: &'static str, k: &str, retention| {
+            h.append_once(channel, publication(), retention, key(k), counting(channel))
+        };
+        let first = once("c", "k", Some(r)).await.unwrap();
+        let Idempotent::Published(Some(position)) = first else {
+            panic!("first publish: {first:?}");
+        };
+        assert_eq!(position.offset, 1);
+        assert_eq!(
+            once("c", "k", Some(r)).await.unwrap(),
+            Idempotent::Repeated(Some(position.clone()))
+        );
+        // Another key, another channel, or a key first used without history: each its own.
+        assert!(matches!(
+            once("c", "other", Some(r)).await.unwrap(),
+            Idempotent::Published(Some(StreamPosition { offset: 2, .. }))
+        ));
+        assert!(matches!(
+            once("d", "k", Some(r)).await.unwrap(),
+            Idempotent::Published(Some(_))
+        ));
+        assert_eq!(
+            once("e", "live", None).await.unwrap(),
+            Idempotent::Published(None)
+        );
+        assert_eq!(
+            once("e", "live", Some(r)).await.unwrap(),
+            Idempotent::Repeated(None)
+        );
+        let delivered = delivered.lock().unwrap().clone();
+        assert_eq!(delivered, vec![("c", 1), ("c", 2), ("d", 1), ("e", 0)]);
+        let page = h.read("c", HistoryFilter::default()).await.unwrap();
+        assert_eq!(page.publications.len(), 2);
     }
 }

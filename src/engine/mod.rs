@@ -6,10 +6,13 @@
 //! - [`sqlite`]: durable history in an embedded SQLite file (the default);
 //! - [`redis`]: several nodes sharing fan-out, history and presence through Redis.
 //!
+//! [`idempotency`] holds what every engine shares to publish a key's publication once.
+//!
 //! Sessions and the HTTP API never call an engine directly: they go through [`crate::node`].
 
 pub mod broker;
 pub mod history;
+pub mod idempotency;
 pub mod memory;
 pub mod presence;
 pub mod redis;

@@ -4,15 +4,17 @@
 //! subscribed, unsubscribed, disconnected with its code) and of a channel's (occupied and vacated
 //! on this node, publication stored). [`Events`] hands each one to every registered
 //! [`EventSink`]: the node's metrics (which the dashboard and `/metrics` read) and the dashboard's
-//! timeline today, webhooks to the application backend next. Emitting happens on the path of the
+//! timeline, and the application backend's webhooks ([`crate::hooks::webhook`]). Emitting happens on the path of the
 //! event itself, so a sink must never block or await: one that does I/O copies what it needs into
 //! its own bounded queue and works from there (the seed's `BackgroundTasks`: after the response,
 //! never before it).
 
 use std::sync::Arc;
 
+use crate::protocol::Payload;
+
 /// Something that happened. Borrowed, so that emitting costs nothing when no sink wants a copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum Event<'a> {
     /// A client completed `connect`.
     Connected { client: &'a str, user: &'a str },
@@ -42,11 +44,13 @@ pub enum Event<'a> {
     /// `channel` lost its last subscriber on this node.
     ChannelVacated { channel: &'a str },
     /// A publication to `channel` was accepted (stored, when the channel keeps history, at
-    /// `offset`); `client` is the publishing client, `None` for the server API.
+    /// `offset`); `client` and `user` are the publisher's, `None` for the server API.
     Published {
         channel: &'a str,
         offset: u64,
         client: Option<&'a str>,
+        user: Option<&'a str>,
+        data: &'a Payload,
     },
 }
 
@@ -138,7 +142,11 @@ mod tests {
             Event::Published {
                 channel: "c",
                 offset: 1,
-                client: None
+                client: None,
+                user: None,
+                data: &serde_json::value::RawValue::from_string("1".into())
+                    .unwrap()
+                    .into(),
             }
             .name(),
             "published"

@@ -8,12 +8,15 @@
 //! - [`proxy`]: decisions by the application backend over HTTP, asked as Centrifugo's proxy
 //!   asks them, with the rules for whatever no endpoint is configured for.
 //! - [`events`]: every lifecycle event (connected, disconnected, subscribed, unsubscribed, channel
-//!   occupied/vacated, publication) goes to one [`events::Events`] of sinks: the node's metrics
-//!   and the dashboard's timeline today; webhooks next.
+//!   occupied/vacated, publication) goes to one [`events::Events`] of sinks: the node's metrics,
+//!   the dashboard's timeline, and [`webhook`].
+//! - [`webhook`]: events told to the application backend after the fact, durably queued and
+//!   delivered at least once.
 
 pub mod decisions;
 pub mod events;
 pub mod proxy;
 pub mod rules;
+pub mod webhook;
 
 pub use decisions::Refusal;

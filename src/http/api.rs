@@ -5,8 +5,9 @@
 //! the method itself fails, `400` with a JSON error for a body that is not the method's JSON, `401`
 //! without a valid key (checked before the body is read), `413` for a body over the limit, `404`
 //! for an unknown method. Bounds: a body of 4 MiB, a `batch` of [`MAX_BATCH_COMMANDS`] commands,
-//! a `channels` pattern of [`MAX_GLOB_LENGTH`] bytes (each past its bound is refused with a JSON
-//! error).
+//! a `channels` pattern of [`MAX_GLOB_LENGTH`] bytes, an `idempotency_key` of
+//! [`MAX_KEY_LENGTH`](crate::engine::idempotency::MAX_KEY_LENGTH) bytes (each past its bound is
+//! refused with a JSON error). `publish` and `broadcast` live in `publish.rs`.
 
 use std::collections::HashMap;
 
@@ -19,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use super::publish::{broadcast, checked_key, publish};
+pub use super::publish::{BroadcastRequest, PublishRequest};
 use super::{constant_time_eq, glob_match, json_error, API_BODY_LIMIT, MAX_GLOB_LENGTH};
 use crate::engine::broker::NodeControl;
 use crate::engine::history::HistoryFilter;
@@ -136,10 +139,10 @@ async fn batch(node: &Node, req: BatchRequest) -> RawResult {
 /// A method's result, serialized as soon as it is known. Publication data and client info are
 /// raw JSON of any depth, which a `serde_json::Value` (limited to 128 levels) could not hold:
 /// answers never go through `Value`.
-type RawResult = Result<Box<RawValue>, Error>;
+pub(super) type RawResult = Result<Box<RawValue>, Error>;
 
 /// Serializes `value` to raw JSON; a failure (a bug, not a client's doing) is an internal error.
-fn raw<T: Serialize + ?Sized>(value: &T) -> RawResult {
+pub(super) fn raw<T: Serialize + ?Sized>(value: &T) -> RawResult {
     serde_json::value::to_raw_value(value).map_err(|e| {
         tracing::error!(error = %e, "cannot serialize an API answer");
         Error::new(error_code::INTERNAL)
@@ -147,7 +150,7 @@ fn raw<T: Serialize + ?Sized>(value: &T) -> RawResult {
 }
 
 /// A JSON object with one entry: `{key: value}`.
-struct Keyed<'a, V>(&'a str, V);
+pub(super) struct Keyed<'a, V>(pub(super) &'a str, pub(super) V);
 
 impl<V: Serialize> Serialize for Keyed<'_, V> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -180,8 +183,8 @@ pub enum ApiCall {
 /// target call it as the handler does.
 pub fn parse_call(method: &str, body: &[u8]) -> Result<ApiCall, ApiError> {
     Ok(match method {
-        "publish" => ApiCall::Publish(parse(body)?),
-        "broadcast" => ApiCall::Broadcast(parse(body)?),
+        "publish" => ApiCall::Publish(checked_key(parse(body)?)?),
+        "broadcast" => ApiCall::Broadcast(checked_key(parse(body)?)?),
         "subscribe" => ApiCall::Subscribe(parse(body)?),
         "unsubscribe" => ApiCall::Unsubscribe(parse(body)?),
         "disconnect" => ApiCall::Disconnect(parse(body)?),
@@ -311,79 +314,6 @@ fn at_most_max_batch_commands<'de, D: Deserializer<'de>>(
         }
     }
     deserializer.deserialize_seq(Bounded)
-}
-
-/// The body of `publish`.
-#[derive(Deserialize)]
-pub struct PublishRequest {
-    channel: String,
-    data: Box<RawValue>,
-    #[serde(default)]
-    skip_history: bool,
-    #[serde(default)]
-    tags: HashMap<String, String>,
-}
-
-/// The body of `broadcast`: one publication to several channels.
-#[derive(Deserialize)]
-pub struct BroadcastRequest {
-    channels: Vec<String>,
-    data: Box<RawValue>,
-    #[serde(default)]
-    skip_history: bool,
-    #[serde(default)]
-    tags: HashMap<String, String>,
-}
-
-#[derive(Serialize, Default)]
-struct PublishResult {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    offset: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    epoch: Option<String>,
-}
-
-async fn publish_one(
-    node: &Node,
-    channel: &str,
-    data: &RawValue,
-    tags: HashMap<String, String>,
-    skip_history: bool,
-) -> Result<PublishResult, Error> {
-    check_channel(channel)?;
-    let position = node
-        .publish(channel, payload_from_raw(data), None, tags, skip_history)
-        .await?;
-    Ok(
-        position.map_or_else(PublishResult::default, |p| PublishResult {
-            offset: Some(p.offset),
-            epoch: Some(p.epoch),
-        }),
-    )
-}
-
-async fn publish(node: &Node, req: PublishRequest) -> RawResult {
-    let result = publish_one(node, &req.channel, &req.data, req.tags, req.skip_history).await?;
-    raw(&result)
-}
-
-async fn broadcast(node: &Node, req: BroadcastRequest) -> RawResult {
-    if req.channels.is_empty() {
-        return Err(Error::new(error_code::BAD_REQUEST));
-    }
-    let publishes = req
-        .channels
-        .iter()
-        .map(|channel| publish_one(node, channel, &req.data, req.tags.clone(), req.skip_history));
-    let responses: Vec<Value> = futures_util::future::join_all(publishes)
-        .await
-        .into_iter()
-        .map(|r| match r {
-            Ok(result) => json!({ "result": result }),
-            Err(error) => json!({ "error": error }),
-        })
-        .collect();
-    raw(&Keyed("responses", responses))
 }
 
 /// The body of `subscribe`: a server-side subscription of a user's connections.

@@ -1,7 +1,9 @@
-//! Everything served over plain HTTP: the server API ([`api`]), the embedded web pages ([`web`]),
+//! Everything served over plain HTTP: the server API ([`api`], its publishing methods in
+//! `publish`), the embedded web pages ([`web`]),
 //! and the helpers every HTTP answer of the server shares.
 
 pub mod api;
+mod publish;
 pub mod web;
 
 use axum::extract::DefaultBodyLimit;

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,18 +20,20 @@ use crate::hooks::events::{Event, EventSink, Events};
 use crate::hooks::rules::Rules;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::{Gauges, Metrics};
-use crate::protocol::{error_code, ClientInfo, Error, Payload, Publication, StreamPosition};
+use crate::protocol::{error_code, ClientInfo, Error};
 use crate::queue::ClientQueue;
 use crate::ratelimit::PerIpLimiter;
-use crate::timeline::{Lane, Timeline, TimelineEvents};
+use crate::timeline::{Timeline, TimelineEvents};
 
 pub mod addresses;
 mod dispatch;
+mod publish;
 
 use addresses::ClientAddresses;
 
 use crate::channel::ChannelOptions;
 use dispatch::Dispatcher;
+pub use publish::Submitted;
 
 /// The server version reported to clients and in `/api/info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -52,15 +53,6 @@ pub fn check_channel(channel: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// A publish started by [`Node::submit_publish`]; the future resolves as [`Node::publish`] does.
-pub enum Submitted {
-    /// Its place in the channel's order is already fixed: the next publish may start at once.
-    InFlight(BoxFuture<'static, Result<Option<StreamPosition>, Error>>),
-    /// Its order is fixed only while it runs: await it before starting the next from the same
-    /// client, or the two may swap.
-    Sequential(BoxFuture<'static, Result<Option<StreamPosition>, Error>>),
-}
-
 /// What the application plugs into a node.
 #[derive(Clone, Default)]
 pub struct NodeHooks {
@@ -71,6 +63,9 @@ pub struct NodeHooks {
     /// The node's counters; `None`: fresh ones. Hooks built before the node (the backend proxy)
     /// count into the node's metrics through this.
     pub metrics: Option<Arc<Metrics>>,
+    /// The dashboard's timeline; `None`: a fresh one. Hooks built before the node (webhooks)
+    /// draw their work on it through this.
+    pub timeline: Option<Arc<Timeline>>,
 }
 
 /// A cheap-to-clone handle on the node.
@@ -136,7 +131,7 @@ impl Node {
     ) -> Node {
         let hub = Arc::new(Hub::default());
         let metrics = hooks.metrics.unwrap_or_default();
-        let timeline = Arc::new(Timeline::default());
+        let timeline = hooks.timeline.unwrap_or_default();
         broker.set_handler(Arc::new(Dispatcher {
             hub: hub.clone(),
             metrics: metrics.clone(),
@@ -287,68 +282,6 @@ impl Node {
             return Err(Error::new(error_code::BAD_REQUEST));
         }
         Ok(())
-    }
-
-    /// Publishes `data` to `channel` on every node. Returns the stream position when the channel
-    /// keeps history (and `skip_history` is false).
-    pub async fn publish(
-        &self,
-        channel: &str,
-        data: Payload,
-        info: Option<ClientInfo>,
-        tags: HashMap<String, String>,
-        skip_history: bool,
-    ) -> Result<Option<StreamPosition>, Error> {
-        match self.submit_publish(channel, data, info, tags, skip_history)? {
-            Submitted::InFlight(publishing) | Submitted::Sequential(publishing) => publishing.await,
-        }
-    }
-
-    /// Starts publishing, as [`Node::publish`]; see [`Submitted`] for when the next may start.
-    pub fn submit_publish(
-        &self,
-        channel: &str,
-        data: Payload,
-        info: Option<ClientInfo>,
-        tags: HashMap<String, String>,
-        skip_history: bool,
-    ) -> Result<Submitted, Error> {
-        let options = self.channel_options(channel)?;
-        let history = if skip_history { None } else { options.history };
-        let publication = Publication {
-            data,
-            info,
-            offset: 0,
-            tags,
-        };
-        let span = history.map(|_| self.timeline().span(Lane::History, "append", channel));
-        let node = self.clone();
-        let name = channel.to_string();
-        let client = publication.info.as_ref().map(|i| i.client.clone());
-        let finish = move |result: Result<Option<StreamPosition>, BrokerError>| {
-            drop(span);
-            let position = result.map_err(|e| broker_error(&name, e))?;
-            node.emit(Event::Published {
-                channel: &name,
-                offset: position.as_ref().map_or(0, |p| p.offset),
-                client: client.as_deref(),
-            });
-            Ok(position)
-        };
-        Ok(
-            match self.broker().submit_publish(channel, publication, history) {
-                Ok(publishing) => {
-                    Submitted::InFlight(Box::pin(async move { finish(publishing.await) }))
-                }
-                Err(publication) => {
-                    let node = self.clone();
-                    let channel = channel.to_string();
-                    Submitted::Sequential(Box::pin(async move {
-                        finish(node.broker().publish(&channel, *publication, history).await)
-                    }))
-                }
-            },
-        )
     }
 
     /// Reads a channel's history.
@@ -539,6 +472,8 @@ impl Node {
             channels: info.num_channels,
             subscriptions: info.num_subs,
             uptime_seconds: info.uptime,
+            runtime_tasks: tokio::runtime::Handle::try_current()
+                .map_or(0, |runtime| runtime.metrics().num_alive_tasks() as u64),
         })
     }
 }

@@ -93,6 +93,8 @@ impl Disconnect {
     pub const TOO_MANY_ERRORS: Disconnect = Disconnect::new(3509, "too many errors");
     /// A message larger than the configured limit (WebSocket's own code, terminal for clients).
     pub const MESSAGE_TOO_BIG: Disconnect = Disconnect::new(1009, "message too big");
+    /// A text frame that is not UTF-8 (WebSocket's own code).
+    pub const INVALID_UTF8: Disconnect = Disconnect::new(1007, "invalid UTF-8");
 
     pub const fn new(code: u16, reason: &'static str) -> Self {
         Disconnect {

@@ -216,6 +216,14 @@ pub enum PushBody {
     Message {
         data: Payload,
     },
+    /// The connect result, pushed to a client of a unidirectional transport (which sends no
+    /// command to reply to).
+    Connect(ConnectResult),
+    /// Why the server closes a unidirectional connection, pushed just before it does.
+    Disconnect {
+        code: u32,
+        reason: String,
+    },
 }
 
 impl PushBody {
@@ -228,6 +236,8 @@ impl PushBody {
             PushBody::Unsubscribe { .. } => "unsubscribe",
             PushBody::Subscribe(_) => "subscribe",
             PushBody::Message { .. } => "message",
+            PushBody::Connect(_) => "connect",
+            PushBody::Disconnect { .. } => "disconnect",
         }
     }
 }

@@ -35,6 +35,10 @@ pub trait Wire: Send {
     /// A received frame's text.
     type Frame: std::ops::Deref<Target = str> + Send;
 
+    /// The client only receives (Centrifugo's unidirectional transports): its session is
+    /// connected before the loop starts, and the server's pings expect no pong.
+    const UNIDIRECTIONAL: bool = false;
+
     /// The next thing from the client. Cancel-safe: the loop drops it when something else is
     /// ready first and calls again.
     fn recv(&mut self) -> impl Future<Output = Incoming<Self::Frame>> + Send;
@@ -59,7 +63,10 @@ pub async fn drive<W: Wire>(
     let config = node.config();
     let shutdown = node.shutdown_token().clone();
     let stale_deadline = Instant::now() + config.stale_timeout();
-    let mut next_ping: Option<Instant> = None;
+    // A unidirectional transport connects the session before the loop starts.
+    let mut next_ping = session
+        .is_connected()
+        .then(|| first_ping(config.ping_interval()));
     // The shutdown signal and the timer live across iterations: re-creating them on every
     // wake-up (every frame written) would register and cancel a timer entry and a waiter each
     // time, a visible share of the cost of a delivery.
@@ -101,16 +108,16 @@ pub async fn drive<W: Wire>(
                     return Some(reason);
                 }
             },
-            incoming = wire.recv() => {
+            // Once closing, nothing more is read: the close frame goes out after what is queued
+            // (a read could only find the end of a stream the transport gave up on, and end the
+            // connection before it), and the socket lingers afterwards (`transport::linger`).
+            incoming = wire.recv(), if !queue.is_closed() => {
                 let text = match incoming {
                     Incoming::Frame(text) => text,
                     Incoming::Skip => continue,
                     Incoming::Invalid(reason) => { queue.close(reason); continue; }
                     Incoming::Gone => return None,
                 };
-                if queue.is_closed() {
-                    continue;
-                }
                 session.frame_received();
                 if text.len() > config.max_message_size {
                     queue.close(Disconnect::MESSAGE_TOO_BIG);
@@ -139,7 +146,9 @@ pub async fn drive<W: Wire>(
                     queue.close(reason);
                 } else if next_ping.is_some_and(|at| now >= at) {
                     let _ = queue.push_from_consumer(bytes::Bytes::from_static(PING));
-                    session.ping_sent(now);
+                    if !W::UNIDIRECTIONAL {
+                        session.ping_sent(now);
+                    }
                     next_ping = Some(now + config.ping_interval());
                 }
             }
@@ -357,7 +366,7 @@ mod tests {
         let data = crate::protocol::payload_from_raw(
             &serde_json::value::RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap(),
         );
-        node.publish("news", data, None, Default::default(), false)
+        node.publish("news", data, None, Default::default(), false, None)
             .await
             .unwrap();
         let push = next_frame(&mut from_server).await;
@@ -385,5 +394,58 @@ mod tests {
         to_server.send("not json".into()).await.unwrap();
         assert_eq!(from_server.recv().await, Some(Err(Disconnect::BAD_REQUEST)));
         assert_eq!(task.await.unwrap(), Some(Disconnect::BAD_REQUEST));
+    }
+
+    /// A [`ChannelWire`] of a client that only receives.
+    struct UniChannelWire(ChannelWire);
+
+    impl Wire for UniChannelWire {
+        type Frame = String;
+
+        const UNIDIRECTIONAL: bool = true;
+
+        async fn recv(&mut self) -> Incoming<String> {
+            self.0.recv().await
+        }
+
+        async fn send(&mut self, frame: Bytes) -> Result<(), ()> {
+            self.0.send(frame).await
+        }
+
+        async fn close(&mut self, reason: &Disconnect) {
+            self.0.close(reason).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_unidirectional_client_is_pinged_without_awaiting_pongs() {
+        let node = node(Config::default());
+        let (_to_server, incoming) = mpsc::channel::<String>(16);
+        let (outgoing, mut from_server) = mpsc::channel(16);
+        let loop_node = node.clone();
+        let task = tokio::spawn(async move {
+            let node = loop_node;
+            let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
+            let control = Arc::new(ControlInbox::new(8));
+            let mut session = Session::new(node.clone(), queue.clone(), control.clone());
+            session
+                .connect_unidirectional(Default::default())
+                .await
+                .unwrap();
+            let mut wire = UniChannelWire(ChannelWire { incoming, outgoing });
+            drive(&node, &mut session, &queue, &mut wire, &control).await
+        });
+        let connect = next_frame(&mut from_server).await;
+        assert!(connect.contains(r#""connect""#), "{connect}");
+        // Many ping intervals, each longer than the pong timeout: pings keep coming, and the
+        // client, which cannot answer, stays connected.
+        let config = node.config();
+        assert!(config.ping_interval() > config.pong_timeout());
+        for _ in 0..5 {
+            assert_eq!(next_frame(&mut from_server).await, "{}");
+        }
+        node.shutdown_token().cancel();
+        assert_eq!(from_server.recv().await, Some(Err(Disconnect::SHUTDOWN)));
+        assert_eq!(task.await.unwrap(), Some(Disconnect::SHUTDOWN));
     }
 }

@@ -4,6 +4,9 @@
 
 pub mod client_addr;
 pub mod connection;
+pub mod linger;
+pub mod uni;
+pub mod uni_websocket;
 pub mod websocket;
 
 use std::net::IpAddr;
@@ -21,10 +24,53 @@ use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::protocol::{error_code, Disconnect};
 
-/// Bounds the WebSocket connections served at once. Every connection holds a file descriptor, so
-/// without a bound the process would run out of them and fail to accept *anyone* (API calls and
-/// health checks included); with it, a client over the limit gets a clear, immediate refusal it
-/// can act on (reconnect later or elsewhere), and the connections already open are unaffected.
+/// The transports a client connects over, as `/metrics` labels them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    UniWebSocket,
+    UniSse,
+    UniHttpStream,
+}
+
+impl Transport {
+    /// The transport's name, as Centrifugo names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::UniWebSocket => "uni_websocket",
+            Transport::UniSse => "uni_sse",
+            Transport::UniHttpStream => "uni_http_stream",
+        }
+    }
+
+    fn gauge(self, node: &Node) -> &std::sync::atomic::AtomicU64 {
+        let open = &node.metrics().transports;
+        match self {
+            Transport::WebSocket => &open.websocket,
+            Transport::UniWebSocket => &open.uni_websocket,
+            Transport::UniSse => &open.uni_sse,
+            Transport::UniHttpStream => &open.uni_http_stream,
+        }
+    }
+
+    /// Counts a connection of this transport as open.
+    pub fn opened(self, node: &Node) {
+        Metrics::inc(self.gauge(node));
+    }
+
+    /// Counts a connection of this transport as ended.
+    pub fn closed(self, node: &Node) {
+        self.gauge(node)
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Bounds the client connections (of every transport) served at once. Every connection holds a
+/// file descriptor, so without a bound the process would run out of them and fail to accept
+/// *anyone* (API calls and health checks included); with it, a client over the limit gets a
+/// clear, immediate refusal it can act on (reconnect later or elsewhere), and the connections
+/// already open are unaffected.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimit {
     permits: Arc<Semaphore>,
@@ -173,7 +219,8 @@ pub fn forwarded_headers(
     ClientHeaders::new(pairs)
 }
 
-/// The answer to a WebSocket handshake over the connection limit: 503 before the upgrade, with
+/// The answer to a connection request (a WebSocket handshake, a unidirectional stream) over the
+/// connection limit: 503 before the upgrade or the stream, with
 /// Centrifugo's disconnect code 3504 in a JSON body. Clients treat a failed handshake as a
 /// transport failure and retry with backoff, which is what a full node wants.
 fn connection_limit_response() -> Response {

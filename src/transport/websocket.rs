@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::HeaderMap;
@@ -14,7 +15,7 @@ use futures_util::FutureExt;
 
 use super::client_addr::client_ip;
 use super::connection::{drive, Incoming, Wire};
-use super::ConnectionLimit;
+use super::{ConnectionLimit, Transport};
 use crate::hooks::decisions::ClientHeaders;
 use crate::hub::ControlInbox;
 use crate::node::addresses::AddressGuard;
@@ -33,8 +34,19 @@ pub async fn endpoint(
     axum::Extension(connections): axum::Extension<ConnectionLimit>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // Not a WebSocket handshake (a plain GET, a missing header): said in JSON, like every refusal.
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            return crate::http::json_error(
+                rejection.status(),
+                crate::protocol::error_code::BAD_REQUEST,
+                &rejection.body_text(),
+            )
+        }
+    };
     let client = client_ip(peer.ip(), &headers, &node.config().trusted_proxies);
     let slot = match super::admit(&node, &connections, client, &headers) {
         Ok(slot) => slot,
@@ -82,6 +94,7 @@ pub fn serve(
 ) -> impl Future<Output = ()> + Send {
     let mut wire = WsWire(socket);
     async move {
+        Transport::WebSocket.opened(&node);
         let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
         let control = Arc::new(ControlInbox::new(CONTROL_CAPACITY));
         let mut session = Session::new(node.clone(), queue.clone(), control.clone());
@@ -98,6 +111,8 @@ pub fn serve(
             reason = reason.as_ref().map(|r| r.reason.as_ref()),
             "connection closed"
         );
+        drop(session);
+        Transport::WebSocket.closed(&node);
     }
 }
 
@@ -117,7 +132,8 @@ impl Wire for WsWire {
 
     async fn recv(&mut self) -> Incoming<Utf8Bytes> {
         match self.0.recv().await {
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Incoming::Gone,
+            None | Some(Ok(Message::Close(_))) => Incoming::Gone,
+            Some(Err(e)) => read_error(e),
             Some(Ok(Message::Text(text))) => Incoming::Frame(text),
             Some(Ok(Message::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
                 Ok(text) => Incoming::Frame(text),
@@ -136,6 +152,23 @@ impl Wire for WsWire {
     }
 
     async fn close(&mut self, reason: &Disconnect) {
+        // The socket then lingers (see `transport::linger`), so the close frame is read before
+        // the connection ends, even if the client was still sending.
         let _ = self.0.send(Message::Close(Some(close_frame(reason)))).await;
+    }
+}
+
+/// What a read error means for the client: a frame over the size limit closes with 1009 and
+/// text that is not UTF-8 with 1007 (both with a close frame the client receives); anything else
+/// means the socket is gone.
+fn read_error(error: axum::Error) -> Incoming<Utf8Bytes> {
+    use tungstenite::error::{CapacityError, Error};
+    let inner = error.into_inner();
+    match inner.downcast_ref::<Error>() {
+        Some(Error::Capacity(CapacityError::MessageTooLong { .. })) => {
+            Incoming::Invalid(Disconnect::MESSAGE_TOO_BIG)
+        }
+        Some(Error::Utf8(_)) => Incoming::Invalid(Disconnect::INVALID_UTF8),
+        _ => Incoming::Gone,
     }
 }

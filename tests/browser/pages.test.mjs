@@ -200,6 +200,27 @@ async function checkFrontPage(browser, label, base, { mode, key }) {
   return page;
 }
 
+/**
+ * Opens an `EventSource` on `base`'s `/connection/uni_sse` from a page of that origin (so the
+ * page's Content-Security-Policy, `connect-src 'self'`, applies), with `connect` as the
+ * `cf_connect` parameter. The pushes it receives collect in the page's `window.uniPushes`.
+ */
+async function openEventSource(page, base, connect) {
+  await page.goto(`${base}/chat`);
+  await page.evaluate((request) => {
+    window.uniPushes = [];
+    const url = new URL('/connection/uni_sse', window.location.origin);
+    url.searchParams.set('cf_connect', JSON.stringify(request));
+    window.uniSource = new EventSource(url);
+    window.uniSource.onmessage = (event) => window.uniPushes.push(JSON.parse(event.data));
+  }, connect);
+  await until('the connect push', async () => (await page.evaluate(() => window.uniPushes)).some((p) => p.connect));
+}
+
+/** The data of the publications `page`'s EventSource received on `channel`, in order. */
+const uniPublications = (page, channel) =>
+  page.evaluate((ch) => window.uniPushes.filter((p) => p.pub && p.channel === ch).map((p) => p.pub.data), channel);
+
 // ---------- the tests ----------
 
 async function main(browser) {
@@ -405,6 +426,39 @@ async function main(browser) {
       clearInterval(talker);
       await talking;
     }
+  });
+
+  await step('EventSource receives publications on uni_sse, anonymously and with a token', async () => {
+    const open = await newPage(browser, 'event-source', OPEN, DESKTOP);
+    await openEventSource(open, OPEN, { subs: { 'sse-news': {} } });
+    const secure = await newPage(browser, 'event-source-token', SECURE, DESKTOP);
+    await openEventSource(secure, SECURE, { token: TOKEN, subs: { 'chat:sse': {} } });
+    const connect = (await secure.evaluate(() => window.uniPushes)).find((p) => p.connect).connect;
+    if (!connect.subs || !connect.subs['chat:sse']) throw new Error(`no chat:sse in ${JSON.stringify(connect)}`);
+    // The subscriptions take effect just after the connect push: publish until one arrives, then
+    // the rest must follow in order.
+    await until('a first publication on sse-news', async () => {
+      await api(OPEN, 'publish', { channel: 'sse-news', data: { n: 0 } });
+      return (await uniPublications(open, 'sse-news')).length > 0;
+    });
+    await until('a first publication on chat:sse', async () => {
+      await api(SECURE, 'publish', { channel: 'chat:sse', data: { n: 0 } }, API_KEY);
+      return (await uniPublications(secure, 'chat:sse')).length > 0;
+    });
+    for (let n = 1; n <= 3; n += 1) {
+      await api(OPEN, 'publish', { channel: 'sse-news', data: { n } });
+      await api(SECURE, 'publish', { channel: 'chat:sse', data: { n } }, API_KEY);
+    }
+    for (const [page, channel] of [[open, 'sse-news'], [secure, 'chat:sse']]) {
+      await until(`publications 1 to 3 in order on ${channel}`, async () => {
+        const numbers = (await uniPublications(page, channel)).map((d) => d.n).filter((n) => n > 0);
+        return numbers.join(',') === '1,2,3' && numbers;
+      });
+      await page.evaluate(() => window.uniSource.close());
+      await page.context().close();
+    }
+    pages.delete('event-source');
+    pages.delete('event-source-token');
   });
 
   await step('on a loopback server without secrets the dashboard is open', async () => {

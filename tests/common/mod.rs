@@ -4,6 +4,7 @@
 
 pub mod redis_server;
 pub mod script;
+pub mod webhook_receiver;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -95,10 +96,28 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// Stops the server and waits for it, leaving its data directory for a restart.
+    pub async fn stop_keeping_data(mut self) -> std::path::PathBuf {
+        let data_dir = std::mem::take(&mut self.data_dir);
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("server stops in time")
+                .unwrap()
+                .unwrap();
+        }
+        data_dir
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        if !self.data_dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 
@@ -460,4 +479,22 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, so a failing test leaves no server
+/// running behind it.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// Kills the process now (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

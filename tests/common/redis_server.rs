@@ -10,7 +10,7 @@ use super::{eventually, temp_dir};
 /// A redis-server process of one test, with append-only persistence in its own directory.
 pub struct RedisServer {
     child: Option<Child>,
-    port: u16,
+    pub port: u16,
     dir: PathBuf,
 }
 

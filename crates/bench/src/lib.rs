@@ -14,6 +14,7 @@
 //! The bench runs on one thread by default: pinned to its own core, it should be cheaper than
 //! the server it measures, and the report says how busy it was so a saturated bench is visible.
 
+pub mod backend;
 pub mod connect;
 pub mod fanout;
 pub mod group;
@@ -21,6 +22,7 @@ pub mod idle;
 pub mod publish;
 pub mod report;
 pub mod rpc;
+pub mod soak;
 pub mod worker;
 
 use std::time::Duration;
@@ -50,6 +52,12 @@ pub enum Scenario {
     Rpc(rpc::RpcArgs),
     /// A connection storm: WebSocket handshakes + `connect` per second, and failures.
     Connect(connect::ConnectArgs),
+    /// A long steady mixed load (subscribers, a publisher, connection churn) while the
+    /// server's memory, open files and tasks are sampled; then the server settles.
+    Soak(soak::SoakArgs),
+    /// Not a load: a minimal application backend (connect and rpc proxy, webhook receiver) to
+    /// measure the server with its hooks on.
+    Backend(backend::BackendArgs),
 }
 
 /// Options every scenario has.
@@ -100,11 +108,19 @@ pub enum Via {
 /// `--workers` re-executes the current program with the same arguments, so the binary that calls
 /// this must accept them as given (the `switchboard` binary does: `switchboard bench …`).
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Scenario::Backend(backend) = args.scenario {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(backend::run(backend));
+    }
     let common = match &args.scenario {
         Scenario::Fanout(a) => &a.common,
         Scenario::Idle(a) => &a.common,
         Scenario::Rpc(a) => &a.common,
         Scenario::Connect(a) => &a.common,
+        Scenario::Soak(a) => &a.common,
+        Scenario::Backend(_) => return Ok(()),
     }
     .clone();
     let fd_limit = raise_fd_limit();
@@ -125,6 +141,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Idle(a) => idle::run(a, env).await,
             Scenario::Rpc(a) => rpc::run(a, env).await,
             Scenario::Connect(a) => connect::run(a, env).await,
+            Scenario::Soak(a) => soak::run(a, env).await,
+            Scenario::Backend(_) => Ok(()),
         }
     })
 }

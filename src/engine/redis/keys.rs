@@ -2,6 +2,7 @@
 //! Lua scripts that keep a channel's offsets, history and delivery in one order.
 
 use crate::engine::history::{new_epoch, Retention};
+use crate::engine::idempotency::IdempotencyKey;
 
 /// How long stream metadata (epoch, top offset) outlives the last publication.
 const META_TTL_SECS: u64 = 30 * 24 * 3600;
@@ -10,6 +11,13 @@ const META_TTL_SECS: u64 = 30 * 24 * 3600;
 /// key and topic of a channel is named here.
 pub(super) fn key(prefix: &str, kind: &str, channel: &str) -> String {
     format!("{prefix}.{kind}.{channel}")
+}
+
+/// The hash remembering the first answer of a publish with idempotency key `idempotency` in
+/// `channel` (`o`: offset, `e`: epoch; both empty without history). The channel's length
+/// keeps any channel and key apart, whatever dots they hold.
+pub(super) fn idempotency_key(prefix: &str, channel: &str, idempotency: &str) -> String {
+    format!("{prefix}.idem.{}.{channel}.{idempotency}", channel.len())
 }
 
 /// The topic of node-wide control messages.
@@ -33,9 +41,27 @@ pub fn shard_index(channel: &str, shards: usize) -> usize {
 }
 
 /// Appends to a channel's stream and publishes, atomically.
-/// KEYS: stream, meta. ARGV: publication JSON, max length, stream TTL (s), topic, fresh epoch,
-/// meta TTL (s). Returns {offset, epoch}.
+/// KEYS: stream, meta[, idempotency]. ARGV: publication JSON, max length, stream TTL (s), topic,
+/// fresh epoch, meta TTL (s)[, idempotency window (ms)]. Returns {offset, epoch}.
+///
+/// With an idempotency key it returns {offset, epoch, repeated (0/1)}: a key seen within its
+/// window publishes nothing and returns the first answer; a new one is remembered. A max length
+/// of 0 then publishes without storing (offset 0, empty epoch). One script serves every stored
+/// or idempotent publish, so a batch finds it loaded for all its calls or for none (see
+/// `publisher.rs`).
 pub(super) const PUBLISH_SCRIPT: &str = r#"
+if KEYS[3] then
+  local first = redis.call('hmget', KEYS[3], 'o', 'e')
+  if first[1] then
+    return {tonumber(first[1]), first[2], 1}
+  end
+  if ARGV[2] == '0' then
+    redis.call('publish', ARGV[4], 'p0::' .. ARGV[1])
+    redis.call('hset', KEYS[3], 'o', 0, 'e', '')
+    redis.call('pexpire', KEYS[3], ARGV[7])
+    return {0, '', 0}
+  end
+end
 local epoch = redis.call('hget', KEYS[2], 'e')
 if not epoch then
   epoch = ARGV[5]
@@ -46,6 +72,11 @@ redis.call('expire', KEYS[2], ARGV[6])
 redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-1', 'd', ARGV[1])
 redis.call('expire', KEYS[1], ARGV[3])
 redis.call('publish', ARGV[4], 'p' .. offset .. ':' .. epoch .. ':' .. ARGV[1])
+if KEYS[3] then
+  redis.call('hset', KEYS[3], 'o', offset, 'e', epoch)
+  redis.call('pexpire', KEYS[3], ARGV[7])
+  return {offset, epoch, 0}
+end
 return {offset, epoch}
 "#;
 
@@ -58,12 +89,8 @@ pub(super) fn publish_call(
     json: &str,
     retention: Retention,
 ) -> redis::Cmd {
-    let mut command = redis::cmd("EVALSHA");
+    let mut command = script_call(script_hash, prefix, channel, None);
     command
-        .arg(script_hash)
-        .arg(2)
-        .arg(key(prefix, "stream", channel))
-        .arg(key(prefix, "meta", channel))
         .arg(json)
         .arg(retention.size)
         .arg(retention.ttl.as_secs().max(1))
@@ -71,6 +98,52 @@ pub(super) fn publish_call(
         .arg(new_epoch())
         .arg(META_TTL_SECS);
     command
+}
+
+/// A call of [`PUBLISH_SCRIPT`] publishing `json` in `channel` once per `idempotency` key within
+/// its window: stored with a `retention`, only published without one.
+pub(super) fn publish_once_call(
+    script_hash: &str,
+    prefix: &str,
+    channel: &str,
+    json: &str,
+    retention: Option<Retention>,
+    idempotency: &IdempotencyKey,
+) -> redis::Cmd {
+    let mut command = script_call(script_hash, prefix, channel, Some(idempotency));
+    command
+        .arg(json)
+        .arg(retention.map_or(0, |r| r.size))
+        .arg(retention.map_or(1, |r| r.ttl.as_secs().max(1)))
+        .arg(key(prefix, "pub", channel))
+        .arg(new_epoch())
+        .arg(META_TTL_SECS)
+        .arg(window_ms(idempotency));
+    command
+}
+
+/// `EVALSHA` of the publish script with `channel`'s keys (and its idempotency key's).
+fn script_call(
+    script_hash: &str,
+    prefix: &str,
+    channel: &str,
+    idempotency: Option<&IdempotencyKey>,
+) -> redis::Cmd {
+    let mut command = redis::cmd("EVALSHA");
+    command
+        .arg(script_hash)
+        .arg(if idempotency.is_some() { 3 } else { 2 })
+        .arg(key(prefix, "stream", channel))
+        .arg(key(prefix, "meta", channel));
+    if let Some(idempotency) = idempotency {
+        command.arg(idempotency_key(prefix, channel, &idempotency.key));
+    }
+    command
+}
+
+/// A key's window in whole milliseconds, at least one (`PEXPIRE` refuses zero).
+fn window_ms(idempotency: &IdempotencyKey) -> u64 {
+    (idempotency.window.as_millis() as u64).max(1)
 }
 
 /// A `PUBLISH` of `json` to `channel`'s subscribers without storing it (no offset).
@@ -144,5 +217,10 @@ mod tests {
         assert_eq!(key("sb", "stream", "chat:1"), "sb.stream.chat:1");
         assert_eq!(control_topic("sb"), "sb.control");
         assert_eq!(nodes_key("sb"), "sb.nodes");
+        assert_eq!(idempotency_key("sb", "a.b", "c"), "sb.idem.3.a.b.c");
+        assert_ne!(
+            idempotency_key("sb", "a", "b.c"),
+            idempotency_key("sb", "a.b", "c")
+        );
     }
 }

@@ -8,6 +8,11 @@
 //!   task sends everything queued in one round trip. Its order is fixed when it is queued, so a
 //!   client keeps many publishes in flight, as on one node; the server API and clients share the
 //!   queue, so one node and many run the same path.
+//! - **Idempotency keys**: a publish with a key runs the publish script with one more key, the
+//!   key's hash beside the channel's: a key seen within its window publishes nothing and answers
+//!   the first position, a new one is remembered (`PEXPIRE`d after the window) by the same
+//!   script run, so concurrent retries on any nodes publish once. A publish without a key costs
+//!   what it did (one check in the script; a plain `PUBLISH` stays a plain `PUBLISH`).
 //! - **Epoch** lives in a per-channel meta hash beside the top offset; a wiped Redis loses it, a new
 //!   one is made, and clients recovering with the old epoch are told they cannot.
 //! - **Pub/sub**: a node subscribes to a channel's topic only while it has local subscribers, and
@@ -49,13 +54,14 @@ use crate::engine::broker::{
     Broker, BrokerError, BrokerEventHandler, NodeControl, NodeRecord, Publishing,
 };
 use crate::engine::history::{new_epoch, HistoryError, HistoryFilter, HistoryPage, Retention};
+use crate::engine::idempotency::{IdempotencyKey, Idempotent};
 use crate::protocol::{ClientInfo, Publication, StreamPosition};
 pub use keys::shard_index;
 use keys::{
-    control_topic, key, live_publish, nodes_key, publish_call, HISTORY_SCRIPT, PRESENCE_SCRIPT,
-    PUBLISH_SCRIPT,
+    control_topic, key, live_publish, nodes_key, publish_call, publish_once_call, HISTORY_SCRIPT,
+    PRESENCE_SCRIPT, PUBLISH_SCRIPT,
 };
-use publisher::{PublishAnswer, PublishRequest, Publisher, PUBLISH_QUEUE};
+use publisher::{PublishAnswer, PublishRequest, Publisher, Reply, PUBLISH_QUEUE};
 use pubsub::{ListenedChannels, PubSubSupervisor, TopicRequest, TOPIC_QUEUE};
 
 /// Longest a single Redis call may take before the caller gets "not available".
@@ -145,7 +151,6 @@ impl RedisEngine {
             let (publishes, queue) = mpsc::channel(PUBLISH_QUEUE);
             let publisher = Publisher {
                 commands: commands.clone(),
-                script: Script::new(PUBLISH_SCRIPT),
                 shutdown: shutdown.clone(),
             };
             tracker.spawn(publisher.run(queue));
@@ -183,24 +188,44 @@ impl RedisEngine {
     }
 
     /// The queue entry that stores (with a retention) and publishes `publication`: a call of the
-    /// publish script, or a plain `PUBLISH` for a channel without history.
+    /// publish script, or a plain `PUBLISH` for a channel without history; with an idempotency
+    /// key, the scripts that publish once per key.
     fn publish_request(
         &self,
         channel: &str,
         publication: &Publication,
         history: Option<Retention>,
+        idempotency: Option<&IdempotencyKey>,
     ) -> Result<(PublishRequest, PublishAnswer), BrokerError> {
         self.handler()?;
         let json = serde_json::to_string(publication)
             .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let prefix = &self.settings.prefix;
-        Ok(match history {
-            Some(retention) => PublishRequest::new(
-                publish_call(self.publish.get_hash(), prefix, channel, &json, retention),
-                true,
+        let hash = self.publish.get_hash();
+        Ok(match (history, idempotency) {
+            (Some(retention), None) => PublishRequest::new(
+                publish_call(hash, prefix, channel, &json, retention),
+                Reply::Stored,
             ),
-            None => PublishRequest::new(live_publish(prefix, channel, &json), false),
+            (None, None) => PublishRequest::new(live_publish(prefix, channel, &json), Reply::Live),
+            (retention, Some(key)) => PublishRequest::new(
+                publish_once_call(hash, prefix, channel, &json, retention, key),
+                Reply::Once,
+            ),
         })
+    }
+
+    /// Queues `request` on `channel`'s shard, waiting for room until its deadline.
+    async fn enqueue(&self, channel: &str, request: PublishRequest) -> Result<(), BrokerError> {
+        let deadline = request.deadline();
+        let queue = &self.shard(channel).publishes;
+        match tokio::time::timeout_at(deadline, queue.send(request)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(BrokerError::Unavailable("shutting down".into())),
+            Err(_) => Err(BrokerError::Unavailable(
+                "Redis publish queue stayed full".into(),
+            )),
+        }
     }
 
     fn handler(&self) -> Result<&Arc<dyn BrokerEventHandler>, BrokerError> {
@@ -251,17 +276,10 @@ impl Broker for RedisEngine {
         publication: Publication,
         history: Option<Retention>,
     ) -> Result<Option<StreamPosition>, BrokerError> {
-        let (request, answer) = self.publish_request(channel, &publication, history)?;
+        let (request, answer) = self.publish_request(channel, &publication, history, None)?;
         // Waiting for room in a full queue counts against the same deadline as the publish.
-        let deadline = request.deadline();
-        let queue = &self.shard(channel).publishes;
-        match tokio::time::timeout_at(deadline, queue.send(request)).await {
-            Ok(Ok(())) => answer.outcome().await,
-            Ok(Err(_)) => Err(BrokerError::Unavailable("shutting down".into())),
-            Err(_) => Err(BrokerError::Unavailable(
-                "Redis publish queue stayed full".into(),
-            )),
-        }
+        self.enqueue(channel, request).await?;
+        answer.outcome().await
     }
 
     /// Queues the publication without waiting: its order is fixed once queued. A full queue
@@ -273,7 +291,7 @@ impl Broker for RedisEngine {
         publication: Publication,
         history: Option<Retention>,
     ) -> Result<Publishing, Box<Publication>> {
-        let (request, answer) = match self.publish_request(channel, &publication, history) {
+        let (request, answer) = match self.publish_request(channel, &publication, history, None) {
             Ok(queued) => queued,
             Err(e) => return Ok(Box::pin(std::future::ready(Err(e)))),
         };
@@ -284,6 +302,18 @@ impl Broker for RedisEngine {
                 BrokerError::Unavailable("shutting down".into()),
             )))),
         }
+    }
+
+    async fn publish_idempotent(
+        &self,
+        channel: &str,
+        publication: Publication,
+        history: Option<Retention>,
+        key: IdempotencyKey,
+    ) -> Result<Idempotent, BrokerError> {
+        let (request, answer) = self.publish_request(channel, &publication, history, Some(&key))?;
+        self.enqueue(channel, request).await?;
+        answer.once().await
     }
 
     async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {

@@ -67,12 +67,25 @@ impl Presence for RedisEngine {
 impl RedisEngine {
     /// Writes (or renews) one member of `channel`, with its expiry `presence_ttl` from now.
     async fn write_presence(&self, channel: &str, info: &ClientInfo) -> Result<(), PresenceError> {
+        let mut conn = self.shard(channel).commands.clone();
+        let mut pipe = redis::pipe();
+        self.presence_commands(&mut pipe, channel, info)?;
+        call(pipe.query_async::<()>(&mut conn))
+            .await
+            .map_err(|e| PresenceError(e.to_string()))
+    }
+
+    /// Adds to `pipe` the commands writing one member of `channel` with its expiry.
+    fn presence_commands(
+        &self,
+        pipe: &mut redis::Pipeline,
+        channel: &str,
+        info: &ClientInfo,
+    ) -> Result<(), PresenceError> {
         let json = serde_json::to_string(info).map_err(|e| PresenceError(e.to_string()))?;
         let ttl = self.settings.presence_ttl.as_secs().max(1);
         let hash = self.key("presence", channel);
         let zset = self.key("presence.expire", channel);
-        let mut conn = self.shard(channel).commands.clone();
-        let mut pipe = redis::pipe();
         pipe.hset(&hash, &info.client, json)
             .ignore()
             .zadd(&zset, &info.client, now_secs() + ttl)
@@ -81,11 +94,12 @@ impl RedisEngine {
             .ignore()
             .expire(&zset, (ttl * 2) as i64)
             .ignore();
-        call(pipe.query_async::<()>(&mut conn))
-            .await
-            .map_err(|e| PresenceError(e.to_string()))
+        Ok(())
     }
 }
+
+/// Presence entries renewed in one round trip.
+const REFRESH_CHUNK: usize = 500;
 
 /// Re-announces this node's presence entries before they expire. Holds the engine weakly, so it
 /// ends when the engine is dropped as well as on shutdown.
@@ -111,10 +125,25 @@ pub(super) async fn refresh_presence(engine: Weak<RedisEngine>) {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // One round trip per shard and chunk of entries, not one per entry.
+        let mut by_shard: HashMap<usize, Vec<(String, ClientInfo)>> = HashMap::new();
         for ((channel, _), info) in entries {
-            if let Err(e) = engine.write_presence(&channel, &info).await {
-                tracing::debug!(error = %e.0, "presence refresh failed");
-                break;
+            let shard = super::shard_index(&channel, engine.shards.len());
+            by_shard.entry(shard).or_default().push((channel, info));
+        }
+        'shards: for (shard, entries) in by_shard {
+            let mut conn = engine.shards[shard].commands.clone();
+            for chunk in entries.chunks(REFRESH_CHUNK) {
+                let mut pipe = redis::pipe();
+                for (channel, info) in chunk {
+                    if engine.presence_commands(&mut pipe, channel, info).is_err() {
+                        continue;
+                    }
+                }
+                if let Err(e) = call(pipe.query_async::<()>(&mut conn)).await {
+                    tracing::debug!(error = %e, "presence refresh failed");
+                    continue 'shards;
+                }
             }
         }
     }

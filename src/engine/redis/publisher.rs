@@ -12,6 +12,9 @@
 //! operator flush the script cache, at any moment). A `NOSCRIPT` batch therefore executed nothing
 //! and is sent again whole after loading the script, keeping its order. A batch lost with its
 //! connection likewise ran completely or not at all.
+//!
+//! Publishes with an idempotency key travel the same queue (their scripts check and remember the
+//! key), so they keep their place in the channel's order too.
 
 use redis::aio::ConnectionManager;
 use redis::{Cmd, Script, Value};
@@ -19,8 +22,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::keys::PUBLISH_SCRIPT;
 use super::CALL_TIMEOUT;
 use crate::engine::broker::BrokerError;
+use crate::engine::idempotency::Idempotent;
 use crate::protocol::StreamPosition;
 
 /// Most publications queued for one shard. Beyond it, `submit` refuses (the caller awaits
@@ -29,15 +34,26 @@ pub(super) const PUBLISH_QUEUE: usize = 1024;
 /// Most publications in one batch, so one transaction holds Redis for a few milliseconds at most.
 const MAX_BATCH: usize = 256;
 
-/// What a publish resolves to.
-type Outcome = Result<Option<StreamPosition>, BrokerError>;
+/// What a publish resolves to (without an idempotency key, always `Published`).
+type Outcome = Result<Idempotent, BrokerError>;
+
+/// What the command of a publish replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reply {
+    /// Nothing to read (a plain `PUBLISH`: not stored).
+    Live,
+    /// `{offset, epoch}`: the publication's place in its stream.
+    Stored,
+    /// `{offset, epoch, repeated}` of an idempotent publish; an empty epoch: not stored.
+    Once,
+}
 
 /// A publication waiting for its shard's next batch.
 pub(super) struct PublishRequest {
     /// The command that stores and publishes it (a publish script call or a plain `PUBLISH`).
     command: Cmd,
-    /// Whether it is stored in history (its reply is the stream position).
-    stored: bool,
+    /// How to read its reply.
+    reply_kind: Reply,
     /// When its caller stops waiting: past it, the publication is refused instead of sent.
     deadline: Instant,
     reply: oneshot::Sender<Outcome>,
@@ -47,13 +63,13 @@ pub(super) struct PublishRequest {
 pub(super) struct PublishAnswer(oneshot::Receiver<Outcome>);
 
 impl PublishRequest {
-    /// A request to run `command`; `stored` when it is a publish script call. Its caller waits at
-    /// most the engine's call timeout from now.
-    pub(super) fn new(command: Cmd, stored: bool) -> (PublishRequest, PublishAnswer) {
+    /// A request to run `command`, whose reply reads as `reply_kind`. Its caller waits at most
+    /// the engine's call timeout from now.
+    pub(super) fn new(command: Cmd, reply_kind: Reply) -> (PublishRequest, PublishAnswer) {
         let (reply, answer) = oneshot::channel();
         let request = PublishRequest {
             command,
-            stored,
+            reply_kind,
             deadline: Instant::now() + CALL_TIMEOUT,
             reply,
         };
@@ -67,9 +83,14 @@ impl PublishRequest {
 }
 
 impl PublishAnswer {
-    /// Waits for the batch holding this publication. Always ends: the task answers every request
-    /// by its deadline, or drops it on shutdown.
-    pub(super) async fn outcome(self) -> Outcome {
+    /// Waits for the batch holding this publication; its stream position, if stored. Always
+    /// ends: the task answers every request by its deadline, or drops it on shutdown.
+    pub(super) async fn outcome(self) -> Result<Option<StreamPosition>, BrokerError> {
+        self.once().await.map(Idempotent::into_position)
+    }
+
+    /// [`outcome`](Self::outcome), telling a repeated idempotency key from a new one.
+    pub(super) async fn once(self) -> Outcome {
         self.0.await.unwrap_or_else(|_| {
             Err(BrokerError::Unavailable(
                 "Redis publisher stopped (shutting down)".into(),
@@ -81,7 +102,6 @@ impl PublishAnswer {
 /// Sends one shard's queued publications, a batch per round trip, until shutdown.
 pub(super) struct Publisher {
     pub(super) commands: ConnectionManager,
-    pub(super) script: Script,
     pub(super) shutdown: CancellationToken,
 }
 
@@ -128,12 +148,12 @@ impl Publisher {
         let mut waiting = Vec::with_capacity(live.len());
         for request in live {
             pipe.add_command(request.command);
-            waiting.push((request.stored, request.reply));
+            waiting.push((request.reply_kind, request.reply));
         }
         match self.execute(&pipe, waiting.len(), deadline).await {
             Ok(values) => {
-                for ((stored, reply), value) in waiting.into_iter().zip(values) {
-                    let _ = reply.send(outcome(stored, value));
+                for ((reply_kind, reply), value) in waiting.into_iter().zip(values) {
+                    let _ = reply.send(outcome(reply_kind, value));
                 }
             }
             Err(reason) => {
@@ -167,9 +187,9 @@ impl Publisher {
             }
             tracing::info!("Redis lost the publish script (restart or flush); loading it");
             let mut load = redis::cmd("SCRIPT");
-            load.arg("LOAD").arg(super::keys::PUBLISH_SCRIPT);
+            load.arg("LOAD").arg(PUBLISH_SCRIPT);
             let hash: String = within(deadline, load.query_async(&mut self.commands)).await?;
-            if hash != self.script.get_hash() {
+            if hash != Script::new(PUBLISH_SCRIPT).get_hash() {
                 return Err("Redis loaded the publish script under another hash".into());
             }
             loaded = true;
@@ -194,16 +214,33 @@ fn is_noscript(value: &Value) -> bool {
 }
 
 /// What one command's reply means for its publish.
-fn outcome(stored: bool, value: Value) -> Outcome {
+fn outcome(reply_kind: Reply, value: Value) -> Outcome {
     if let Value::ServerError(e) = &value {
         return Err(BrokerError::Unavailable(format!("Redis: {e}")));
     }
-    if !stored {
-        return Ok(None);
+    let unexpected =
+        |e: redis::ParsingError| BrokerError::Unavailable(format!("unexpected publish reply: {e}"));
+    match reply_kind {
+        Reply::Live => Ok(Idempotent::Published(None)),
+        Reply::Stored => {
+            let (offset, epoch): (u64, String) =
+                redis::from_redis_value(value).map_err(unexpected)?;
+            Ok(Idempotent::Published(Some(StreamPosition {
+                offset,
+                epoch,
+            })))
+        }
+        Reply::Once => {
+            let (offset, epoch, repeated): (u64, String, u8) =
+                redis::from_redis_value(value).map_err(unexpected)?;
+            let position = (!epoch.is_empty()).then_some(StreamPosition { offset, epoch });
+            Ok(if repeated == 1 {
+                Idempotent::Repeated(position)
+            } else {
+                Idempotent::Published(position)
+            })
+        }
     }
-    let (offset, epoch): (u64, String) = redis::from_redis_value(value)
-        .map_err(|e| BrokerError::Unavailable(format!("unexpected publish reply: {e}")))?;
-    Ok(Some(StreamPosition { offset, epoch }))
 }
 
 #[cfg(test)]
@@ -213,7 +250,8 @@ mod tests {
 
     use super::*;
     use crate::engine::history::Retention;
-    use crate::engine::redis::keys::{live_publish, publish_call, PUBLISH_SCRIPT};
+    use crate::engine::idempotency::IdempotencyKey;
+    use crate::engine::redis::keys::{live_publish, publish_call, publish_once_call};
 
     /// A throwaway redis-server on a free loopback port, killed on drop.
     struct Server {
@@ -276,7 +314,6 @@ mod tests {
         let (queue, requests) = mpsc::channel(PUBLISH_QUEUE);
         let publisher = Publisher {
             commands: server.connection().await,
-            script: Script::new(PUBLISH_SCRIPT),
             shutdown: shutdown.clone(),
         };
         tokio::spawn(publisher.run(requests));
@@ -293,7 +330,7 @@ mod tests {
         (0..count)
             .map(|n| {
                 let call = publish_call(&hash, "t", channel, &format!("{{\"n\":{n}}}"), RETENTION);
-                let (request, answer) = PublishRequest::new(call, true);
+                let (request, answer) = PublishRequest::new(call, Reply::Stored);
                 assert!(queue.try_send(request).is_ok(), "room in the queue");
                 answer
             })
@@ -338,13 +375,15 @@ mod tests {
     async fn live_and_expired_publications() {
         let server = Server::start().await;
         let (queue, shutdown) = publisher(&server).await;
-        let (live, answer) = PublishRequest::new(live_publish("t", "feed", "{}"), false);
+        let (live, answer) = PublishRequest::new(live_publish("t", "feed", "{}"), Reply::Live);
         assert!(queue.try_send(live).is_ok(), "room");
         assert!(matches!(answer.outcome().await, Ok(None)));
         // A caller that already gave up is refused, and nothing is stored for it.
         let hash = Script::new(PUBLISH_SCRIPT).get_hash().to_string();
-        let (mut late, answer) =
-            PublishRequest::new(publish_call(&hash, "t", "feed", "{}", RETENTION), true);
+        let (mut late, answer) = PublishRequest::new(
+            publish_call(&hash, "t", "feed", "{}", RETENTION),
+            Reply::Stored,
+        );
         late.deadline = Instant::now() - Duration::from_millis(1);
         assert!(queue.try_send(late).is_ok(), "room");
         assert!(matches!(
@@ -370,9 +409,67 @@ mod tests {
         }
         shutdown.cancel();
         // After shutdown a publication is refused at the queue, or answered: never left hanging.
-        let (request, answer) = PublishRequest::new(live_publish("t", "feed", "{}"), false);
+        let (request, answer) = PublishRequest::new(live_publish("t", "feed", "{}"), Reply::Live);
         if queue.try_send(request).is_ok() {
             assert!(answer.outcome().await.is_err());
         }
+    }
+
+    #[tokio::test]
+    async fn a_repeated_idempotency_key_publishes_once_even_in_one_batch() {
+        let server = Server::start().await;
+        let (queue, shutdown) = publisher(&server).await;
+        let hash = Script::new(PUBLISH_SCRIPT).get_hash().to_string();
+        let key = IdempotencyKey {
+            key: "k".into(),
+            window: Duration::from_secs(60),
+        };
+        let submit = |command| {
+            let (request, answer) = PublishRequest::new(command, Reply::Once);
+            assert!(queue.try_send(request).is_ok(), "room in the queue");
+            answer
+        };
+        let once =
+            |channel, retention| publish_once_call(&hash, "t", channel, "{}", retention, &key);
+        // Neither script is loaded yet: the batch finds NOSCRIPT, loads both, runs again.
+        let answers = [
+            submit(once("feed", Some(RETENTION))),
+            submit(once("feed", Some(RETENTION))),
+            submit(once("live", None)),
+            submit(once("live", Some(RETENTION))),
+            submit(once("other", Some(RETENTION))),
+        ];
+        let mut outcomes = Vec::new();
+        for answer in answers {
+            outcomes.push(answer.once().await.expect("answered"));
+        }
+        let at = |offset| {
+            Some(StreamPosition {
+                offset,
+                epoch: outcomes[0].clone().into_position().unwrap().epoch,
+            })
+        };
+        assert_eq!(outcomes[0], Idempotent::Published(at(1)));
+        assert_eq!(outcomes[1], Idempotent::Repeated(at(1)));
+        assert_eq!(outcomes[2], Idempotent::Published(None));
+        assert_eq!(outcomes[3], Idempotent::Repeated(None));
+        assert!(matches!(&outcomes[4], Idempotent::Published(Some(p)) if p.offset == 1));
+        let mut conn = server.connection().await;
+        let stored: u64 = redis::cmd("XLEN")
+            .arg("t.stream.feed")
+            .query_async(&mut conn)
+            .await
+            .expect("a stream");
+        assert_eq!(stored, 1);
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg("t.idem.4.feed.k")
+            .query_async(&mut conn)
+            .await
+            .expect("a key");
+        assert!(
+            ttl > 0 && ttl <= 60_000,
+            "the key expires with its window: {ttl}"
+        );
+        shutdown.cancel();
     }
 }

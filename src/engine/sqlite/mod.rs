@@ -9,6 +9,10 @@
 //! still acknowledged only once it is durable. After the commit it runs the `on_stored` callbacks
 //! in the order offsets were assigned, which is what lets the broker deliver in order without a
 //! lock around the disk write.
+//!
+//! Idempotency keys live in a table of the same file: the writer checks and records a key in the
+//! transaction that appends its publication, so a key is remembered exactly when its publication
+//! is stored, across restarts too; it deletes expired keys with expired publications.
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
@@ -20,8 +24,10 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::history::{
-    Appending, History, HistoryError, HistoryFilter, HistoryPage, OnStored, Retention,
+    Appending, AppendingOnce, History, HistoryError, HistoryFilter, HistoryPage, OnStored,
+    Retention,
 };
+use super::idempotency::{IdempotencyKey, Idempotent};
 use crate::config::Durability;
 use crate::protocol::{Publication, StreamPosition};
 
@@ -52,6 +58,15 @@ pub(super) enum WriteRequest {
         retention: Retention,
         on_stored: OnStored,
         reply: oneshot::Sender<Result<StreamPosition, HistoryError>>,
+    },
+    /// An append (or, without a retention, only a delivery) once per idempotency key.
+    AppendOnce {
+        channel: String,
+        publication: Publication,
+        retention: Option<Retention>,
+        key: IdempotencyKey,
+        on_stored: OnStored,
+        reply: oneshot::Sender<Result<Idempotent, HistoryError>>,
     },
     Remove {
         channel: String,
@@ -89,7 +104,17 @@ impl SqliteHistory {
                  tags TEXT,
                  PRIMARY KEY (channel, offset)
              ) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS publications_expiry ON publications (expires_at);",
+             CREATE INDEX IF NOT EXISTS publications_expiry ON publications (expires_at);
+             CREATE TABLE IF NOT EXISTS idempotency_keys (
+                 channel TEXT NOT NULL,
+                 key TEXT NOT NULL,
+                 expires_at INTEGER NOT NULL,
+                 offset INTEGER,
+                 epoch TEXT,
+                 PRIMARY KEY (channel, key)
+             ) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS idempotency_keys_expiry
+                 ON idempotency_keys (expires_at);",
         )
         .map_err(storage)?;
         let synchronous = match durability {
@@ -193,6 +218,30 @@ impl History for SqliteHistory {
             channel: channel.to_string(),
             publication,
             retention,
+            on_stored,
+            reply,
+        });
+        Box::pin(async move {
+            sent?;
+            result.await.map_err(writer_stopped)?
+        })
+    }
+
+    fn append_once(
+        &self,
+        channel: &str,
+        publication: Publication,
+        retention: Option<Retention>,
+        key: IdempotencyKey,
+        on_stored: OnStored,
+    ) -> AppendingOnce {
+        let (reply, result) = oneshot::channel();
+        // Queued now, like `append`: the key's check happens in stream order.
+        let sent = self.send(WriteRequest::AppendOnce {
+            channel: channel.to_string(),
+            publication,
+            retention,
+            key,
             on_stored,
             reply,
         });
@@ -404,6 +453,63 @@ mod tests {
             h.read("other", since_elsewhere).await,
             Err(HistoryError::UnrecoverablePosition)
         ));
+        drop(h);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_survive_reopen_and_repeat_within_one_batch() {
+        let dir = tempdir();
+        let key = |k: &str| IdempotencyKey {
+            key: k.into(),
+            window: Duration::from_secs(60),
+        };
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let counting = || -> OnStored {
+            let delivered = delivered.clone();
+            Box::new(move |p| delivered.lock().unwrap().push(p.offset))
+        };
+        let first;
+        {
+            let h = SqliteHistory::open(&dir, Durability::Normal).unwrap();
+            // Both queued before either is answered: the writer may well take them in one
+            // transaction, where the second must see the first's uncommitted key.
+            let a = h.append_once("c", publication(1), Some(RETENTION), key("k"), counting());
+            let b = h.append_once("c", publication(2), Some(RETENTION), key("k"), counting());
+            let (a, b) = (a.await.unwrap(), b.await.unwrap());
+            let Idempotent::Published(Some(position)) = a else {
+                panic!("first publish: {a:?}");
+            };
+            assert_eq!(b, Idempotent::Repeated(Some(position.clone())));
+            first = position;
+            let live = h.append_once("d", publication(3), None, key("k"), counting());
+            assert_eq!(live.await.unwrap(), Idempotent::Published(None));
+        }
+        let h = SqliteHistory::open(&dir, Durability::Normal).unwrap();
+        let again = h.append_once("c", publication(4), Some(RETENTION), key("k"), counting());
+        assert_eq!(again.await.unwrap(), Idempotent::Repeated(Some(first)));
+        let live = h.append_once("d", publication(5), Some(RETENTION), key("k"), counting());
+        assert_eq!(live.await.unwrap(), Idempotent::Repeated(None));
+        assert_eq!(*delivered.lock().unwrap(), vec![1, 0]);
+        let page = h.read("c", HistoryFilter::default()).await.unwrap();
+        assert_eq!(page.publications.len(), 1);
+        // A short window ends: the key publishes again.
+        let brief = IdempotencyKey {
+            key: "brief".into(),
+            window: Duration::from_millis(50),
+        };
+        let once = || {
+            h.append_once(
+                "c",
+                publication(6),
+                Some(RETENTION),
+                brief.clone(),
+                counting(),
+            )
+        };
+        assert!(matches!(once().await.unwrap(), Idempotent::Published(_)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(matches!(once().await.unwrap(), Idempotent::Published(_)));
         drop(h);
         std::fs::remove_dir_all(dir).unwrap();
     }

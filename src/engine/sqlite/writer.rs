@@ -9,7 +9,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{now_ms, WriteRequest};
-use crate::engine::history::{new_epoch, HistoryError, OnStored};
+use crate::engine::history::{new_epoch, HistoryError, OnStored, Retention};
+use crate::engine::idempotency::{IdempotencyKey, Idempotent};
 use crate::protocol::{Publication, StreamPosition};
 
 /// Most requests committed in one transaction.
@@ -36,6 +37,12 @@ enum Done {
         publication: Arc<Publication>,
         position: StreamPosition,
         reply: oneshot::Sender<Result<StreamPosition, HistoryError>>,
+    },
+    /// An idempotent append: delivered (`delivery`) unless its key was a repeat.
+    Once {
+        delivery: Option<(OnStored, Arc<Publication>)>,
+        outcome: Idempotent,
+        reply: oneshot::Sender<Result<Idempotent, HistoryError>>,
     },
     /// A removal or a stream creation: nothing to report but success.
     Acked(oneshot::Sender<Result<(), HistoryError>>),
@@ -91,6 +98,16 @@ impl Writer {
                             on_stored(publication);
                             let _ = reply.send(Ok(position));
                         }
+                        Done::Once {
+                            delivery,
+                            outcome,
+                            reply,
+                        } => {
+                            if let Some((on_stored, publication)) = delivery {
+                                on_stored(publication);
+                            }
+                            let _ = reply.send(Ok(outcome));
+                        }
                         Done::Acked(reply) => {
                             let _ = reply.send(Ok(()));
                         }
@@ -105,6 +122,9 @@ impl Writer {
                 for reply in replies {
                     match reply {
                         Done::Appended { reply, .. } => {
+                            let _ = reply.send(Err(HistoryError::Storage(error.clone())));
+                        }
+                        Done::Once { reply, .. } => {
                             let _ = reply.send(Err(HistoryError::Storage(error.clone())));
                         }
                         Done::Acked(reply) => {
@@ -185,6 +205,17 @@ impl Writer {
             }
             Err(e) => tracing::warn!(error = %e, "stream metadata expiry failed"),
         }
+        // Idempotency keys past their window.
+        let result = self.conn.execute(
+            "DELETE FROM idempotency_keys WHERE (channel, key) IN
+               (SELECT channel, key FROM idempotency_keys WHERE expires_at <= ?1 LIMIT ?2)",
+            params![now_ms(), EXPIRY_CHUNK as i64],
+        );
+        match result {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "expired idempotency keys removed"),
+            Err(e) => tracing::warn!(error = %e, "idempotency key expiry failed"),
+        }
         // The cache of stream tops is only a cache: keep it bounded.
         if self.streams.len() > MAX_CACHED_STREAMS {
             self.streams.clear();
@@ -204,6 +235,11 @@ fn pending_reply(request: WriteRequest) -> Done {
             on_stored,
             publication: Arc::new(publication),
             position: StreamPosition::default(),
+            reply,
+        },
+        WriteRequest::AppendOnce { reply, .. } => Done::Once {
+            delivery: None,
+            outcome: Idempotent::Published(None),
             reply,
         },
         WriteRequest::Remove { reply, .. } | WriteRequest::Create { reply, .. } => {
@@ -227,34 +263,7 @@ fn apply(
             on_stored,
             reply,
         } => {
-            let result = (|| -> rusqlite::Result<StreamPosition> {
-                let (epoch, top) = stream_top(tx, streams, &channel)?;
-                let offset = top + 1;
-                publication.offset = offset;
-                let info = publication
-                    .info
-                    .as_ref()
-                    .map(|i| serde_json::to_string(i).unwrap_or_default());
-                let tags = (!publication.tags.is_empty())
-                    .then(|| serde_json::to_string(&publication.tags).unwrap_or_default());
-                let expires_at = now_ms().saturating_add(retention.ttl.as_millis() as i64);
-                tx.prepare_cached(
-                    "INSERT INTO publications (channel, offset, expires_at, data, info, tags)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![
-                    channel,
-                    offset as i64,
-                    expires_at,
-                    publication.data.get(),
-                    info,
-                    tags
-                ])?;
-                // The stream's top and its trim are written once per channel per batch.
-                tops.insert(channel.clone(), (offset, retention.size));
-                streams.insert(channel.clone(), (epoch.clone(), offset));
-                Ok(StreamPosition { offset, epoch })
-            })();
+            let result = insert(tx, streams, tops, &channel, &mut publication, retention);
             match result {
                 Ok(position) => Ok(Done::Appended {
                     on_stored,
@@ -273,6 +282,49 @@ fn apply(
                 )),
             }
         }
+        WriteRequest::AppendOnce {
+            channel,
+            mut publication,
+            retention,
+            key,
+            on_stored,
+            reply,
+        } => {
+            let result = (|| -> rusqlite::Result<Idempotent> {
+                if let Some(first) = remembered(tx, &channel, &key.key)? {
+                    return Ok(Idempotent::Repeated(first));
+                }
+                let position = match retention {
+                    Some(retention) => Some(insert(
+                        tx,
+                        streams,
+                        tops,
+                        &channel,
+                        &mut publication,
+                        retention,
+                    )?),
+                    None => None,
+                };
+                remember(tx, &channel, &key, position.as_ref())?;
+                Ok(Idempotent::Published(position))
+            })();
+            match result {
+                Ok(outcome) => Ok(Done::Once {
+                    delivery: matches!(outcome, Idempotent::Published(_))
+                        .then(|| (on_stored, Arc::new(publication))),
+                    outcome,
+                    reply,
+                }),
+                Err(e) => Err((
+                    e.to_string(),
+                    Done::Once {
+                        delivery: None,
+                        outcome: Idempotent::Published(None),
+                        reply,
+                    },
+                )),
+            }
+        }
         WriteRequest::Remove { channel, reply } => {
             match tx.execute("DELETE FROM publications WHERE channel = ?1", [&channel]) {
                 Ok(_) => Ok(Done::Acked(reply)),
@@ -284,6 +336,88 @@ fn apply(
             Err(e) => Err((e.to_string(), Done::Acked(reply))),
         },
     }
+}
+
+/// Inserts `publication` as the next of `channel`'s stream, giving it its offset.
+fn insert(
+    tx: &rusqlite::Transaction<'_>,
+    streams: &mut HashMap<String, (String, u64)>,
+    tops: &mut HashMap<String, (u64, usize)>,
+    channel: &str,
+    publication: &mut Publication,
+    retention: Retention,
+) -> rusqlite::Result<StreamPosition> {
+    let (epoch, top) = stream_top(tx, streams, channel)?;
+    let offset = top + 1;
+    publication.offset = offset;
+    let info = publication
+        .info
+        .as_ref()
+        .map(|i| serde_json::to_string(i).unwrap_or_default());
+    let tags = (!publication.tags.is_empty())
+        .then(|| serde_json::to_string(&publication.tags).unwrap_or_default());
+    let expires_at = now_ms().saturating_add(retention.ttl.as_millis() as i64);
+    tx.prepare_cached(
+        "INSERT INTO publications (channel, offset, expires_at, data, info, tags)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        channel,
+        offset as i64,
+        expires_at,
+        publication.data.get(),
+        info,
+        tags
+    ])?;
+    // The stream's top and its trim are written once per channel per batch.
+    tops.insert(channel.to_string(), (offset, retention.size));
+    streams.insert(channel.to_string(), (epoch.clone(), offset));
+    Ok(StreamPosition { offset, epoch })
+}
+
+/// The position the first publish with `key` in `channel` answered, while the key's window
+/// lasts. Keys written earlier in the same transaction are seen too.
+fn remembered(
+    tx: &rusqlite::Transaction<'_>,
+    channel: &str,
+    key: &str,
+) -> rusqlite::Result<Option<Option<StreamPosition>>> {
+    tx.prepare_cached(
+        "SELECT offset, epoch FROM idempotency_keys
+         WHERE channel = ?1 AND key = ?2 AND expires_at > ?3",
+    )?
+    .query_row(params![channel, key, now_ms()], |row| {
+        let offset: Option<i64> = row.get(0)?;
+        let epoch: Option<String> = row.get(1)?;
+        Ok(offset.zip(epoch).map(|(offset, epoch)| StreamPosition {
+            offset: offset as u64,
+            epoch,
+        }))
+    })
+    .optional()
+}
+
+/// Records that the publish with `key` in `channel` answered `position` (replacing an expired
+/// record of the same key).
+fn remember(
+    tx: &rusqlite::Transaction<'_>,
+    channel: &str,
+    key: &IdempotencyKey,
+    position: Option<&StreamPosition>,
+) -> rusqlite::Result<()> {
+    let expires_at = now_ms().saturating_add(key.window.as_millis() as i64);
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO idempotency_keys (channel, key, expires_at, offset, epoch)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        channel,
+        key.key,
+        expires_at,
+        position.map(|p| p.offset as i64),
+        position.map(|p| p.epoch.as_str())
+    ])?;
+    Ok(())
 }
 
 /// Records each appended-to stream's new top and trims it to its retention size.

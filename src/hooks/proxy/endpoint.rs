@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::wire::Answer;
 use crate::hooks::decisions::ClientHeaders;
-use crate::metrics::{BackendCalls, Metrics, ProxyMetrics};
+use crate::metrics::{BackendCalls, InFlight, Metrics, ProxyMetrics};
 
 /// Largest answer read from the backend, in bytes.
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
@@ -174,22 +174,6 @@ async fn read_answer(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-/// Counts a request in flight until dropped, however the call ends (a timeout drops it).
-struct InFlight<'a>(&'a std::sync::atomic::AtomicU64);
-
-impl<'a> InFlight<'a> {
-    fn start(gauge: &'a std::sync::atomic::AtomicU64) -> InFlight<'a> {
-        Metrics::inc(gauge);
-        InFlight(gauge)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 #[cfg(test)]

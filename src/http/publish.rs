@@ -1,0 +1,157 @@
+//! The server API's `publish` and `broadcast`: one publication to one channel, or the same to
+//! several. Both take Centrifugo's optional `idempotency_key`, which acts per channel: a publish
+//! repeating a key used for its channel within the configured window publishes nothing and
+//! answers the first result (for `broadcast`, channel by channel).
+
+use std::collections::HashMap;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::api::{raw, ApiError, Keyed, RawResult};
+use crate::engine::idempotency::MAX_KEY_LENGTH;
+use crate::node::{check_channel, Node};
+use crate::protocol::{error_code, payload_from_raw, Error};
+
+/// The body of `publish`.
+#[derive(Deserialize)]
+pub struct PublishRequest {
+    channel: String,
+    data: Box<RawValue>,
+    #[serde(default)]
+    skip_history: bool,
+    #[serde(default)]
+    tags: HashMap<String, String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// The body of `broadcast`: one publication to several channels.
+#[derive(Deserialize)]
+pub struct BroadcastRequest {
+    channels: Vec<String>,
+    data: Box<RawValue>,
+    #[serde(default)]
+    skip_history: bool,
+    #[serde(default)]
+    tags: HashMap<String, String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// A request that may carry an idempotency key.
+pub(super) trait WithIdempotencyKey {
+    fn idempotency_key(&self) -> Option<&str>;
+}
+
+impl WithIdempotencyKey for PublishRequest {
+    fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+}
+
+impl WithIdempotencyKey for BroadcastRequest {
+    fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+}
+
+/// Refuses an idempotency key longer than [`MAX_KEY_LENGTH`] bytes (a 400): every key is stored
+/// for the whole window. (A key that is not a string fails to parse: a 400 too.)
+pub(super) fn checked_key<R: WithIdempotencyKey>(req: R) -> Result<R, ApiError> {
+    if req
+        .idempotency_key()
+        .is_some_and(|k| k.len() > MAX_KEY_LENGTH)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "idempotency_key is longer than {MAX_KEY_LENGTH} bytes"
+        )));
+    }
+    Ok(req)
+}
+
+#[derive(Serialize, Default)]
+struct PublishResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<String>,
+}
+
+async fn publish_one(
+    node: &Node,
+    channel: &str,
+    data: &RawValue,
+    tags: HashMap<String, String>,
+    skip_history: bool,
+    idempotency_key: Option<&str>,
+) -> Result<PublishResult, Error> {
+    check_channel(channel)?;
+    let position = node
+        .publish(
+            channel,
+            payload_from_raw(data),
+            None,
+            tags,
+            skip_history,
+            idempotency_key,
+        )
+        .await?;
+    Ok(
+        position.map_or_else(PublishResult::default, |p| PublishResult {
+            offset: Some(p.offset),
+            epoch: Some(p.epoch),
+        }),
+    )
+}
+
+pub(super) async fn publish(node: &Node, req: PublishRequest) -> RawResult {
+    let result = publish_one(
+        node,
+        &req.channel,
+        &req.data,
+        req.tags,
+        req.skip_history,
+        req.idempotency_key.as_deref(),
+    )
+    .await?;
+    raw(&result)
+}
+
+/// Publications of one `broadcast` in flight at once.
+const BROADCAST_CONCURRENCY: usize = 64;
+
+pub(super) async fn broadcast(node: &Node, req: BroadcastRequest) -> RawResult {
+    if req.channels.is_empty() {
+        return Err(Error::new(error_code::BAD_REQUEST));
+    }
+    let publishes: Vec<_> = req
+        .channels
+        .iter()
+        .map(|channel| {
+            publish_one(
+                node,
+                channel,
+                &req.data,
+                req.tags.clone(),
+                req.skip_history,
+                req.idempotency_key.as_deref(),
+            )
+        })
+        .collect();
+    // In order, at most BROADCAST_CONCURRENCY at once: a broadcast to many channels neither
+    // floods the engine nor holds every publication in memory at once.
+    let responses: Vec<Value> = futures_util::stream::iter(publishes)
+        .buffered(BROADCAST_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .map(|r| match r {
+            Ok(result) => json!({ "result": result }),
+            Err(error) => json!({ "error": error }),
+        })
+        .collect();
+    raw(&Keyed("responses", responses))
+}

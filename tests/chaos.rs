@@ -1,0 +1,397 @@
+//! Chaos: two nodes on one real redis-server, one of them reaching Redis through a fault-injecting
+//! TCP proxy made here (connections reset, traffic blackholed, then restored) while publications
+//! flow. Named invariants, checked after the faults:
+//!
+//! - **durable**: every publication the API acknowledged is in the channel's history, once, in
+//!   offset order, with its data;
+//! - **ordered**: no subscriber receives a publication twice or out of order;
+//! - **told, not lost**: a subscriber of the faulty node that follows the protocol (on the
+//!   unsubscribe push 2500 or a reconnect-with-recovery close, it resubscribes with its position)
+//!   ends with every acknowledged publication;
+//! - **alive**: both nodes answer `/health`, and serve clients afterwards.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis_server::*;
+use common::*;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// What the proxy does with traffic.
+const PASS: u8 = 0;
+/// Accepts and holds connections, forwards nothing.
+const BLACKHOLE: u8 = 1;
+/// Forwards each chunk 50 ms late.
+const DELAY: u8 = 2;
+
+/// A TCP proxy to `target` whose faults the test switches: pass, blackhole, or reset every
+/// connection open now.
+struct FaultProxy {
+    addr: SocketAddr,
+    mode: Arc<AtomicU8>,
+    /// Bumped to reset every open connection.
+    resets: watch::Sender<u64>,
+}
+
+impl FaultProxy {
+    async fn start(target: SocketAddr) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mode = Arc::new(AtomicU8::new(PASS));
+        let (resets, _) = watch::channel(0u64);
+        let (m, r) = (mode.clone(), resets.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (mode, mut reset) = (m.clone(), r.subscribe());
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = pipe(&mut cr, &mut sw, &mode);
+                    let down = pipe(&mut sr, &mut cw, &mode);
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                        _ = reset.changed() => {}
+                    }
+                    // Dropping both halves ends the connection for both sides.
+                });
+            }
+        });
+        FaultProxy { addr, mode, resets }
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    fn reset_all(&self) {
+        self.resets.send_modify(|n| *n += 1);
+    }
+}
+
+/// Copies `from` to `to` while the mode lets it; in blackhole mode, holds what it read.
+async fn pipe(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    mode: &AtomicU8,
+) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let n = match tokio::io::AsyncReadExt::read(from, &mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while mode.load(Ordering::SeqCst) == BLACKHOLE {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if mode.load(Ordering::SeqCst) == DELAY {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A subscriber that follows the protocol: it records offsets and, when told its stream broke,
+/// resubscribes (or reconnects) from its position and takes the recovered publications.
+struct Follower {
+    url: String,
+    client: Client,
+    epoch: String,
+    last: u64,
+    seen: Vec<u64>,
+    /// Times it was told its stream broke and recovered.
+    recoveries: usize,
+    /// A socket that ends without a close frame is a network fault to reconnect after (when the
+    /// network between it and the server is the thing under test).
+    reconnects_on_drop: bool,
+}
+
+impl Follower {
+    async fn start(url: &str, channel: &str) -> Follower {
+        let mut client = Client::open(url).await;
+        client.connect(json!({})).await;
+        let r = client.subscribe(channel).await;
+        Follower {
+            url: url.to_string(),
+            client,
+            epoch: r["subscribe"]["epoch"].as_str().unwrap().to_string(),
+            last: r["subscribe"]["offset"].as_u64().unwrap_or(0),
+            seen: Vec::new(),
+            recoveries: 0,
+            reconnects_on_drop: false,
+        }
+    }
+
+    fn take(&mut self, publication: &Value) {
+        let offset = publication["offset"].as_u64().unwrap();
+        self.seen.push(offset);
+        self.last = self.last.max(offset);
+    }
+
+    async fn resubscribe(&mut self, channel: &str) {
+        let r = self
+            .client
+            .call(
+                "subscribe",
+                json!({"channel": channel, "recover": true, "offset": self.last, "epoch": self.epoch}),
+            )
+            .await;
+        assert!(r.get("error").is_none(), "resubscribe: {r}");
+        assert_eq!(r["subscribe"]["recovered"], true, "recovered: {r}");
+        self.recoveries += 1;
+        for p in r["subscribe"]["publications"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            self.take(&p);
+        }
+    }
+
+    /// Opens a new connection and resubscribes from the position (an SDK's reconnect).
+    async fn reconnect(&mut self, channel: &str) {
+        self.client = Client::open(&self.url).await;
+        self.client.connect(json!({})).await;
+        self.resubscribe(channel).await;
+    }
+
+    /// Follows until it has seen offset `until`.
+    async fn follow(&mut self, channel: &str, until: u64) {
+        while self.last < until {
+            match self.client.next_event().await {
+                Event::Message(m) => {
+                    let push = &m["push"];
+                    if push.get("pub").is_some() {
+                        self.take(&push["pub"]);
+                    } else if push["unsubscribe"]["code"] == 2500 {
+                        self.resubscribe(channel).await;
+                    }
+                }
+                Event::Closed(code, _) if code < 3500 => self.reconnect(channel).await,
+                Event::Dropped if self.reconnects_on_drop => self.reconnect(channel).await,
+                other => panic!("the subscriber was dropped: {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_faults_on_one_node_lose_and_repeat_nothing() {
+    let redis = RedisServer::start().await;
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
+    let prefix = unique_prefix();
+    let node = |url: String| {
+        let prefix = prefix.clone();
+        move |c: &mut switchboard::Config| {
+            c.redis = vec![url];
+            c.redis_prefix = prefix;
+            c.presence_ttl = 2;
+        }
+    };
+    let faulty = TestServer::with(node(format!("redis://{}", proxy.addr))).await;
+    let steady = TestServer::with(node(redis.url())).await;
+    let mut on_faulty = Follower::start(&faulty.ws_url(), "ledger").await;
+    let mut on_steady = Follower::start(&steady.ws_url(), "ledger").await;
+
+    // 300 numbered publications through the steady node's API, while the faulty node's Redis
+    // connections are reset, then blackholed, then restored.
+    let acked: Arc<std::sync::Mutex<BTreeMap<u64, u64>>> = Arc::default();
+    let publishing = {
+        let (addr, acked) = (steady.addr, acked.clone());
+        tokio::spawn(async move {
+            for n in 1..=300u64 {
+                let body = json!({"channel": "ledger", "data": {"n": n}}).to_string();
+                let (status, reply) = api_call(addr, "publish", &body, None).await;
+                assert_eq!(status, 200, "{reply}");
+                let offset = reply["result"]["offset"].as_u64().unwrap();
+                acked.lock().unwrap().insert(offset, n);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.reset_all();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    proxy.set(BLACKHOLE);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.set(PASS);
+    proxy.reset_all();
+    publishing.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 300);
+    let top = *acked.keys().last().unwrap();
+
+    // durable: the history holds every acknowledged publication, once, in order.
+    let (_, history) = steady
+        .api("history", json!({"channel": "ledger", "limit": -1}))
+        .await;
+    let stored: Vec<(u64, u64)> = history["result"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["offset"].as_u64().unwrap(),
+                p["data"]["n"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(u64, u64)> = acked.iter().map(|(o, n)| (*o, *n)).collect();
+    assert_eq!(stored, expected, "durable");
+
+    // told, not lost; ordered.
+    for (name, follower) in [("faulty", &mut on_faulty), ("steady", &mut on_steady)] {
+        tokio::time::timeout(Duration::from_secs(30), follower.follow("ledger", top))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: reached offset {} of {top}", follower.last));
+        let mut sorted = follower.seen.clone();
+        sorted.dedup();
+        assert_eq!(
+            sorted.len(),
+            follower.seen.len(),
+            "{name}: a publication came twice"
+        );
+        assert!(
+            follower.seen.windows(2).all(|w| w[0] < w[1]),
+            "{name}: out of order: {:?}",
+            follower.seen
+        );
+        let missing: Vec<_> = acked
+            .keys()
+            .filter(|o| !follower.seen.contains(o))
+            .collect();
+        assert!(missing.is_empty(), "{name}: missing {missing:?}");
+    }
+
+    // The faults did break the faulty node's stream (or there was nothing to check).
+    assert!(
+        on_faulty.recoveries >= 1,
+        "the faulty node's subscriber was never told"
+    );
+    // alive.
+    for server in [&faulty, &steady] {
+        let (status, _) = http_raw(
+            server.addr,
+            &format!(
+                "GET /health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                server.addr
+            ),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let mut late = faulty.client().await;
+    late.subscribe("after").await;
+    steady
+        .api("publish", json!({"channel": "after", "data": 1}))
+        .await;
+    assert_eq!(late.next_publication().await["pub"]["data"], 1);
+    faulty.stop().await;
+    steady.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_network_faults_lose_and_repeat_nothing() {
+    // Pings every second, a pong due within one: a half-open connection is found quickly.
+    let server = TestServer::with(|c| {
+        c.ping_interval = 1;
+        c.pong_timeout = 1;
+    })
+    .await;
+    let proxy = FaultProxy::start(server.addr).await;
+    let url = format!("ws://{}/connection/websocket", proxy.addr);
+    let mut followers = Vec::new();
+    for _ in 0..3 {
+        let mut follower = Follower::start(&url, "ledger").await;
+        follower.reconnects_on_drop = true;
+        followers.push(follower);
+    }
+    let acked: Arc<std::sync::Mutex<BTreeMap<u64, u64>>> = Arc::default();
+    let publishing = {
+        let (addr, acked) = (server.addr, acked.clone());
+        tokio::spawn(async move {
+            for n in 1..=250u64 {
+                let body = json!({"channel": "ledger", "data": {"n": n}}).to_string();
+                let (status, reply) = api_call(addr, "publish", &body, None).await;
+                assert_eq!(status, 200, "{reply}");
+                acked
+                    .lock()
+                    .unwrap()
+                    .insert(reply["result"]["offset"].as_u64().unwrap(), n);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    // The followers read while the network misbehaves: they run on their own tasks.
+    let top = 250;
+    let running: Vec<_> = followers
+        .into_iter()
+        .map(|mut follower| {
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(40), follower.follow("ledger", top))
+                    .await
+                    .unwrap_or_else(|_| panic!("reached offset {} of {top}", follower.last));
+                follower
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.set(DELAY);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    proxy.set(PASS);
+    proxy.reset_all(); // cut: every client connection ends without a close frame
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    proxy.set(BLACKHOLE); // half-open: sockets stay, nothing flows; pings go unanswered
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    proxy.set(PASS);
+    publishing.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(*acked.keys().last().unwrap(), top);
+    let mut told = 0;
+    let mut alive = Vec::new();
+    for running in running {
+        let follower = running.await.unwrap();
+        assert!(
+            follower.seen.windows(2).all(|w| w[0] < w[1]),
+            "ordered, once"
+        );
+        let missing: Vec<_> = acked
+            .keys()
+            .filter(|o| !follower.seen.contains(o))
+            .collect();
+        assert!(missing.is_empty(), "missing {missing:?}");
+        told += follower.recoveries;
+        alive.push(follower);
+    }
+    assert!(
+        told >= 3,
+        "every follower reconnected and recovered at least once ({told})"
+    );
+    // No ghost connections: the server ends with the followers' live connections only.
+    assert!(
+        eventually(|| async {
+            server
+                .metrics()
+                .await
+                .contains("switchboard_connections 3\n")
+        })
+        .await,
+        "{}",
+        server.metrics().await
+    );
+    drop(alive);
+    server.stop().await;
+}
