@@ -12,8 +12,9 @@
 # no test is skipped, and none fails halfway for want of a program.
 #
 # With SWITCHBOARD_FUZZ_SECONDS=<n>, each cargo-fuzz target in fuzz/ then runs for n seconds
-# (needs a nightly toolchain and cargo-fuzz; the first build takes about ten minutes, hence
-# opt-in). Whether fuzzing ran, and why not, is always printed.
+# (needs the nightly toolchain; cargo-fuzz is installed if missing; the first build takes about
+# ten minutes, hence opt-in here and on in CI). Whether fuzzing ran, and why not, is always
+# printed.
 set -euo pipefail
 cd "$(dirname "$0")"
 fuzz_seconds="${SWITCHBOARD_FUZZ_SECONDS:-0}"
@@ -73,12 +74,18 @@ fi
 cargo test --workspace --all-targets "$@"
 
 # Bounded fuzzing: new inputs go to a temporary directory, the committed seeds are only read.
+# cargo-fuzz is installed when fuzzing is asked for and the nightly toolchain is there.
+if [ "$fuzz_seconds" != 0 ] && cargo +nightly --version >/dev/null 2>&1 \
+  && ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  echo "test.sh: installing cargo-fuzz for the fuzzing step"
+  cargo install --locked cargo-fuzz || echo "test.sh: cargo install cargo-fuzz failed"
+fi
 if [ "$fuzz_seconds" = 0 ]; then
-  echo "test.sh: fuzzing skipped: SWITCHBOARD_FUZZ_SECONDS is unset or 0 (30 runs each target for 30 s)"
+  echo "test.sh: fuzzing skipped: SWITCHBOARD_FUZZ_SECONDS is unset or 0 (SWITCHBOARD_FUZZ_SECONDS=60 runs each target for 60 s, as CI does)"
 elif ! cargo +nightly --version >/dev/null 2>&1; then
   echo "test.sh: fuzzing skipped: no nightly toolchain (rustup toolchain install nightly)"
 elif ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-  echo "test.sh: fuzzing skipped: cargo-fuzz is not installed (cargo install cargo-fuzz)"
+  echo "test.sh: fuzzing skipped: cargo-fuzz could not be installed"
 else
   fuzz_corpus="$(mktemp -d)"
   trap 'rm -rf "$fuzz_corpus"' EXIT
