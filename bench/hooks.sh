@@ -35,6 +35,9 @@ wait_port() { # $1 = host:port
 server_pid=""
 start_server() { # extra flags...
   rm -rf "$OUT/data"
+  restart_server "$@"
+}
+restart_server() { # extra flags... (keeps the data directory)
   # shellcheck disable=SC2086
   taskset -c 0 "$SB" serve --port $PORT $FLAGS --data-dir "$OUT/data" "$@" >"$OUT/server.log" 2>&1 &
   server_pid=$!; pids+=("$server_pid")
@@ -67,10 +70,14 @@ for mode in plain proxy; do
 done
 stop_backend
 
-# Webhooks: connects and disconnects queue while the backend is down, then it comes back.
+# Webhooks: the connects and disconnects of a connection storm queue in the outbox while the
+# backend is down; the node stops (they stay queued), the backend comes up, and the node starts
+# again and drains its outbox from the start (no lane waits out a retry backoff).
 start_server --webhook-endpoint "http://$BACKEND/events"
 bench webhook-load connect -c "$CONNECTIONS" -m 200
+stop_server
 start_backend
+restart_server --webhook-endpoint "http://$BACKEND/events"
 expected=$((2 * CONNECTIONS))
 for _ in $(seq 600); do
   got=$(curl -s "http://$BACKEND/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["events"])')
