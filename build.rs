@@ -27,8 +27,12 @@ fn main() {
             watched.push(branch);
         }
         for name in watched {
+            // A watched file that does not exist would make cargo run this script, and rebuild
+            // the crate, on every build.
             if let Some(path) = git(&["rev-parse", "--git-path", &name]) {
-                println!("cargo:rerun-if-changed={path}");
+                if std::path::Path::new(&path).exists() {
+                    println!("cargo:rerun-if-changed={path}");
+                }
             }
         }
     }
