@@ -256,10 +256,8 @@ async fn history_survives_a_restart_in_process() {
     let server = TestServer::with(move |c| c.data_dir = d).await;
     let first = publish(&server, "keep", json!("a")).await;
     publish(&server, "keep", json!("b")).await;
-    // Stop without removing the data directory.
-    let server = std::mem::ManuallyDrop::new(server);
-    server.shutdown.cancel();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Stop (waiting for the server to end) without removing the data directory.
+    server.stop_keeping_data().await;
     let d = dir.clone();
     let again = TestServer::with(move |c| c.data_dir = d).await;
     let (_, r) = again

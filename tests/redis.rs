@@ -39,7 +39,6 @@ async fn three_nodes_share_delivery_history_presence_and_recovery() {
     on_a.subscribe("news").await;
     let mut on_b = b.client().await;
     on_b.subscribe("news").await;
-    // Give node A's pub/sub subscription a moment to be active (it is asynchronous).
     assert!(
         eventually(|| async {
             let (_, p) = c.api("presence_stats", json!({"channel": "news"})).await;
@@ -48,7 +47,10 @@ async fn three_nodes_share_delivery_history_presence_and_recovery() {
         .await,
         "presence agrees across nodes"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        topic_listeners(&redis, &format!("{prefix}.pub.news"), 2).await,
+        "nodes a and b listen to the channel"
+    );
     let r = on_b
         .call(
             "publish",
@@ -174,7 +176,7 @@ async fn redis_outage_is_answered_and_survived() {
     let b = node(&redis, &prefix, "b").await;
     let mut sub = a.client().await;
     sub.subscribe("ticker").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(listening(&redis, &prefix, "ticker").await, "node a listens");
     let mut acked = Vec::new();
     for n in 1..=5 {
         let r = publish(&b, "ticker", json!(n)).await;
@@ -283,8 +285,8 @@ async fn server_api_user_actions_reach_other_nodes() {
     let token = switchboard::auth::make_hmac_token("s", "zed", 0).unwrap();
     let mut zed = Client::open(&a.ws_url()).await;
     zed.connect(json!({"token": token})).await;
-    // Give the control topic subscription a moment.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both nodes listen to the control topic (subscribed asynchronously at start).
+    assert!(topic_listeners(&redis, &format!("{prefix}.control"), 2).await);
     let (_, r) = b
         .api("subscribe", json!({"user": "zed", "channel": "inbox"}))
         .await;
@@ -299,21 +301,25 @@ async fn server_api_user_actions_reach_other_nodes() {
     b.stop().await;
 }
 
-/// Waits until this node listens to `channel`'s topic (its pub/sub subscription is asynchronous).
+/// Waits until a node listens to `channel`'s topic (its pub/sub subscription is asynchronous).
 async fn listening(redis: &RedisServer, prefix: &str, channel: &str) -> bool {
+    topic_listeners(redis, &format!("{prefix}.pub.{channel}"), 1).await
+}
+
+/// Waits until at least `nodes` connections are subscribed to pub/sub `topic`.
+async fn topic_listeners(redis: &RedisServer, topic: &str, nodes: u64) -> bool {
     let client = redis::Client::open(redis.url()).unwrap();
     let conn = client.get_multiplexed_async_connection().await.unwrap();
-    let topic = format!("{prefix}.pub.{channel}");
     eventually(|| {
-        let (mut conn, topic) = (conn.clone(), topic.clone());
+        let mut conn = conn.clone();
         async move {
             let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
                 .arg("NUMSUB")
-                .arg(&topic)
+                .arg(topic)
                 .query_async(&mut conn)
                 .await
                 .unwrap_or_default();
-            counts.first().is_some_and(|(_, n)| *n > 0)
+            counts.first().is_some_and(|(_, n)| *n >= nodes)
         }
     })
     .await
