@@ -556,13 +556,10 @@ async fn api_on_its_own_listener() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[tokio::test]
-async fn tls_listener_serves_wss() {
-    let server = TestServer::with(|c| {
-        c.tls_cert = Some(fixture("tls_cert.pem"));
-        c.tls_key = Some(fixture("tls_key.pem"));
-    })
-    .await;
+/// A TLS connection to `server`, trusting the test certificate, handshake done.
+async fn tls_connect(
+    server: &TestServer,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
     let pem = std::fs::read(fixture("tls_cert.pem")).unwrap();
@@ -576,7 +573,17 @@ async fn tls_listener_serves_wss() {
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let stream = connector.connect(name, tcp).await.expect("TLS handshake");
+    connector.connect(name, tcp).await.expect("TLS handshake")
+}
+
+#[tokio::test]
+async fn tls_listener_serves_wss() {
+    let server = TestServer::with(|c| {
+        c.tls_cert = Some(fixture("tls_cert.pem"));
+        c.tls_key = Some(fixture("tls_key.pem"));
+    })
+    .await;
+    let stream = tls_connect(&server).await;
     let url = format!(
         "wss://localhost:{}/connection/websocket",
         server.addr.port()
@@ -651,20 +658,7 @@ async fn a_tls_client_silent_after_the_handshake_is_closed() {
         c.stale_timeout = 1;
     })
     .await;
-    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
-    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    let pem = std::fs::read(fixture("tls_cert.pem")).unwrap();
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    for cert in tokio_rustls::rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let tls = tokio_rustls::rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut stream = connector.connect(name, tcp).await.expect("TLS handshake");
+    let mut stream = tls_connect(&server).await;
     // Nothing is sent: the server ends the connection (stale_timeout, 1 s) within the wait.
     use tokio::io::AsyncReadExt;
     let mut buffer = [0u8; 64];

@@ -26,6 +26,33 @@ async fn node(redis: &RedisServer, prefix: &str, receiver: &Receiver) -> TestSer
     .await
 }
 
+/// Starts the real binary (so it can be killed with SIGKILL) as a node on `redis` with webhooks
+/// to `receiver` and its data in `dir`.
+async fn start_binary(
+    redis: &RedisServer,
+    prefix: &str,
+    receiver: &Receiver,
+    dir: &std::path::Path,
+) -> (KillOnDrop, SocketAddr) {
+    let port = free_port();
+    let child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["serve", "--port", &port.to_string()])
+            .args(["--redis", &redis.url(), "--redis-prefix", prefix])
+            .args(["--presence-ttl", "2", "--data-dir"])
+            .arg(dir)
+            .args(["--webhook-endpoint", &receiver.url()])
+            .args(["--webhook-secret", SECRET, "--webhook-batch-delay", "5ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(eventually(|| async move { tokio::net::TcpStream::connect(addr).await.is_ok() }).await);
+    (child, addr)
+}
+
 /// Members of a channel's set of occupying nodes in Redis.
 async fn occupying_nodes(redis: &RedisServer, prefix: &str, channel: &str) -> usize {
     let client = redis::Client::open(redis.url()).unwrap();
@@ -78,23 +105,8 @@ async fn a_killed_nodes_connections_are_reported_by_a_live_node() {
     let mut alive = survivor.client().await;
     alive.subscribe("hall").await;
     // The doomed node is the real binary, so it can be killed with SIGKILL.
-    let port = free_port();
     let dir = temp_dir();
-    let mut doomed = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["serve", "--port", &port.to_string()])
-            .args(["--redis", &redis.url(), "--redis-prefix", &prefix])
-            .args(["--presence-ttl", "2", "--data-dir"])
-            .arg(&dir)
-            .args(["--webhook-endpoint", &receiver.url()])
-            .args(["--webhook-secret", SECRET, "--webhook-batch-delay", "5ms"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(eventually(|| async move { tokio::net::TcpStream::connect(addr).await.is_ok() }).await);
+    let (mut doomed, addr) = start_binary(&redis, &prefix, &receiver, &dir).await;
     let mut ghosts = Vec::new();
     let mut sockets = Vec::new();
     for _ in 0..3 {
@@ -173,23 +185,8 @@ async fn events_a_killed_node_queued_in_redis_are_delivered_by_another() {
         .fail_first
         .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
     // The doomed node starts first and so holds the shared lanes.
-    let port = free_port();
     let dir = temp_dir();
-    let mut doomed = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["serve", "--port", &port.to_string()])
-            .args(["--redis", &redis.url(), "--redis-prefix", &prefix])
-            .args(["--presence-ttl", "2", "--data-dir"])
-            .arg(&dir)
-            .args(["--webhook-endpoint", &receiver.url()])
-            .args(["--webhook-secret", SECRET, "--webhook-batch-delay", "5ms"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(eventually(|| async move { tokio::net::TcpStream::connect(addr).await.is_ok() }).await);
+    let (mut doomed, addr) = start_binary(&redis, &prefix, &receiver, &dir).await;
     let survivor = node(&redis, &prefix, &receiver).await;
     let mut ids = Vec::new();
     let mut sockets = Vec::new();
