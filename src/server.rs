@@ -33,7 +33,7 @@ use crate::hooks::webhook::{WebhookError, Webhooks};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeHooks};
 use crate::timeline::Timeline;
-use crate::transport::linger::LingeringTcp;
+use crate::transport::linger::{LingeringAcceptor, LingeringTcp};
 use crate::transport::ConnectionLimit;
 
 /// Why the server could not start or stopped with an error.
@@ -276,6 +276,7 @@ pub async fn run_with(
             // A client that completes the handshake and sends nothing is closed after the same
             // bound as a plain one (the HTTP version is guessed from the first bytes).
             let mut server = axum_server::from_tcp_rustls(listener, tls)?
+                .map(|rustls| rustls.acceptor(LingeringAcceptor))
                 .handle(handle)
                 .first_request_timeout(header_timeout);
             server

@@ -701,3 +701,50 @@ async fn a_users_new_connection_closes_its_others_in_single_connection_mode() {
     assert!(bob.call("rpc", json!({"method": "echo", "data": 1})).await["rpc"].is_object());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_keeps_sending_still_reads_its_close_frame() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let server = TestServer::with(|c| {
+        c.tls_cert = Some(fixture("tls_cert.pem"));
+        c.tls_key = Some(fixture("tls_key.pem"));
+    })
+    .await;
+    for _ in 0..10 {
+        let stream = tls_connect(&server).await;
+        let url = format!(
+            "wss://localhost:{}/connection/websocket",
+            server.addr.port()
+        );
+        let (ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+        let (mut sink, mut stream) = ws.split();
+        sink.send(Message::text(r#"{"id":1,"connect":{}}"#))
+            .await
+            .unwrap();
+        // Over the transport's hard limit (128 KiB), then frames the server will not read.
+        let writer = tokio::spawn(async move {
+            let _ = sink.send(Message::text("x".repeat(200 * 1024))).await;
+            for _ in 0..2000 {
+                if sink.send(Message::text("f".repeat(500))).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let code = tokio::time::timeout(WAIT, async {
+            while let Some(message) = stream.next().await {
+                match message {
+                    Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                    Ok(_) => continue,
+                    Err(_) => return None,
+                }
+            }
+            None
+        })
+        .await
+        .expect("the connection ends in time");
+        assert_eq!(code, Some(1009));
+        let _ = writer.await;
+    }
+    server.stop().await;
+}

@@ -105,3 +105,19 @@ impl AsyncWrite for LingeringTcp {
         self.0.as_ref().is_some_and(|s| s.is_write_vectored())
     }
 }
+
+/// The TLS listener's accept step (axum-server): each socket is a [`LingeringTcp`] under TLS, so
+/// its connections linger as the plain listener's do.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LingeringAcceptor;
+
+impl<S> axum_server::accept::Accept<TcpStream, S> for LingeringAcceptor {
+    type Stream = LingeringTcp;
+    type Service = S;
+    type Future = std::future::Ready<io::Result<(LingeringTcp, S)>>;
+
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        let _ = stream.set_nodelay(true);
+        std::future::ready(Ok((LingeringTcp::new(stream), service)))
+    }
+}
