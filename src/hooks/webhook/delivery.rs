@@ -106,7 +106,7 @@ impl Sender {
                 Some(cluster) => self.forward(cluster, lane, &batch, &stop).await,
                 None => {
                     let body = batch_body(batch.iter().map(|event| event.body.as_str()));
-                    self.deliver(lane, body, batch.len(), &stop).await
+                    self.deliver(lane, body, batch.len(), &stop, None).await
                 }
             };
             if !done {
@@ -197,8 +197,15 @@ impl Sender {
                 continue;
             }
             let body = batch_body(entries.iter().map(|(_, body)| body.as_str()));
-            if !self.deliver(lane, body, entries.len(), &stop).await {
-                break;
+            if !self
+                .deliver(lane, body, entries.len(), &stop, Some(&cluster))
+                .await
+            {
+                if stop.is_cancelled() {
+                    break;
+                }
+                // Another node holds the lane now: wait for it back.
+                continue;
             }
             let ids: Vec<String> = entries.into_iter().map(|(id, _)| id).collect();
             if let Err(e) = cluster.remove(lane, &ids).await {
@@ -209,14 +216,17 @@ impl Sender {
         cluster.release_lane(lane).await;
     }
 
-    /// Posts one batch until the backend takes or refuses it. False when stopped first (the
-    /// batch stays queued).
+    /// Posts one batch until the backend takes or refuses it. False when stopped first, or when
+    /// the shared lane was taken by another node meanwhile (the batch stays queued).
+    /// `held`: the batch comes from a shared lane of this Redis cluster, whose hold is renewed
+    /// between retries (given up when another node took the lane meanwhile: it delivers it).
     async fn deliver(
         &self,
         lane: u32,
         body: String,
         events: usize,
         stop: &CancellationToken,
+        held: Option<&Cluster>,
     ) -> bool {
         let webhooks = &self.metrics.webhooks;
         let _span = self.timeline.span(
@@ -257,6 +267,12 @@ impl Sender {
                     tracing::warn!(lane, attempt, error = %why, ?wait, "webhook delivery failed, retrying");
                     if pause(stop, wait).await {
                         return false;
+                    }
+                    if let Some(cluster) = held {
+                        if matches!(cluster.own_lane(lane).await, Ok(false)) {
+                            tracing::info!(lane, "webhook lane taken by another node");
+                            return false;
+                        }
                     }
                 }
             }
