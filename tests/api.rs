@@ -476,7 +476,7 @@ async fn idle_and_slow_http_connections_are_closed() {
 }
 
 #[tokio::test]
-async fn a_broadcast_to_many_channels_answers_each_in_order() {
+async fn a_broadcast_to_many_channels_answers_every_channel() {
     let server = TestServer::start().await;
     let mut last = server.client().await;
     last.subscribe("many-499").await;

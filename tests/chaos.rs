@@ -360,7 +360,6 @@ async fn client_network_faults_lose_and_repeat_nothing() {
     publishing.await.unwrap();
     let acked = acked.lock().unwrap().clone();
     assert_eq!(*acked.keys().last().unwrap(), top);
-    let mut told = 0;
     let mut alive = Vec::new();
     for running in running {
         let follower = running.await.unwrap();
@@ -373,13 +372,10 @@ async fn client_network_faults_lose_and_repeat_nothing() {
             .filter(|o| !follower.seen.contains(o))
             .collect();
         assert!(missing.is_empty(), "missing {missing:?}");
-        told += follower.recoveries;
+        // The cut ended every connection: each follower reconnected and recovered.
+        assert!(follower.recoveries >= 1, "a follower was never told");
         alive.push(follower);
     }
-    assert!(
-        told >= 3,
-        "every follower reconnected and recovered at least once ({told})"
-    );
     // No ghost connections: the server ends with the followers' live connections only.
     assert!(
         eventually(|| async {

@@ -132,6 +132,33 @@ impl IntoResponse for Refused {
     }
 }
 
+/// A client connection let in: its place under the connection limit and its address counted (both
+/// held for the connection's whole life), and the headers the application backend is told of.
+pub struct Admitted {
+    pub slot: OwnedSemaphorePermit,
+    pub address: crate::node::addresses::AddressGuard,
+    pub headers: ClientHeaders,
+}
+
+/// Admits a connection request from `peer`, whatever its transport: finds the client's address
+/// (behind trusted proxies), checks it with [`admit`], counts it, and takes the headers to
+/// forward.
+pub fn admit_request(
+    node: &Node,
+    connections: &ConnectionLimit,
+    peer: std::net::SocketAddr,
+    headers: &HeaderMap,
+) -> Result<Admitted, Refused> {
+    let client = client_addr::client_ip(peer.ip(), headers, &node.config().trusted_proxies);
+    let slot = admit(node, connections, client, headers)?;
+    Ok(Admitted {
+        slot,
+        address: node.client_addresses().open(client),
+        // Taken now: the request's headers are gone once the connection is upgraded.
+        headers: forwarded_headers(node.config(), headers, peer.ip(), client),
+    })
+}
+
 /// Admits a new client connection, whatever its transport: the origin (browsers), the rate of
 /// new connections from the client's address (`client`, as [`client_addr::client_ip`] found
 /// it), and a slot under the connection limit, held for the connection's whole life.

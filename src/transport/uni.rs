@@ -156,14 +156,16 @@ async fn stream_endpoint(
         Ok(request) => request,
         Err(refusal) => return refusal.into_response(),
     };
-    let client = super::client_addr::client_ip(peer.ip(), &headers, &node.config().trusted_proxies);
-    let slot = match super::admit(&node, &connections, client, &headers) {
-        Ok(slot) => slot,
+    let super::Admitted {
+        slot,
+        address,
+        headers: forwarded,
+    } = match super::admit_request(&node, &connections, peer, &headers) {
+        Ok(admitted) => admitted,
         Err(refused) => return refused.into_response(),
     };
     // The slot and the address count are held for the connection's whole life.
-    let slot = (slot, node.client_addresses().open(client));
-    let forwarded = super::forwarded_headers(node.config(), &headers, peer.ip(), client);
+    let slot = (slot, address);
     // One chunk in flight: the body's demand is the client's reading pace.
     let (chunks, receiver) = mpsc::channel::<Bytes>(1);
     let wire = StreamWire {

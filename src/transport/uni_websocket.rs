@@ -39,14 +39,16 @@ pub async fn endpoint(
         },
         None => None,
     };
-    let client = super::client_addr::client_ip(peer.ip(), &headers, &node.config().trusted_proxies);
-    let slot = match super::admit(&node, &connections, client, &headers) {
-        Ok(slot) => slot,
+    let super::Admitted {
+        slot,
+        address,
+        headers: forwarded,
+    } = match super::admit_request(&node, &connections, peer, &headers) {
+        Ok(admitted) => admitted,
         Err(refused) => return refused.into_response(),
     };
     // The slot and the address count are held for the connection's whole life.
-    let slot = (slot, node.client_addresses().open(client));
-    let forwarded = super::forwarded_headers(node.config(), &headers, peer.ip(), client);
+    let slot = (slot, address);
     upgrade
         .read_buffer_size(256)
         .write_buffer_size(0)

@@ -13,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::FutureExt;
 
-use super::client_addr::client_ip;
 use super::connection::{drive, Incoming, Wire};
 use super::{ConnectionLimit, Transport};
 use crate::hooks::decisions::ClientHeaders;
@@ -47,15 +46,14 @@ pub async fn endpoint(
             )
         }
     };
-    let client = client_ip(peer.ip(), &headers, &node.config().trusted_proxies);
-    let slot = match super::admit(&node, &connections, client, &headers) {
-        Ok(slot) => slot,
+    let super::Admitted {
+        slot,
+        address,
+        headers: forwarded,
+    } = match super::admit_request(&node, &connections, peer, &headers) {
+        Ok(admitted) => admitted,
         Err(refused) => return refused.into_response(),
     };
-    // Counted from here to the end of the connection (or of a handshake that never completes).
-    let address = node.client_addresses().open(client);
-    // Taken now: the request's headers are gone once the connection is upgraded.
-    let forwarded = super::forwarded_headers(node.config(), &headers, peer.ip(), client);
     let limit = node.config().max_message_size;
     // The library's own limit sits above ours so an oversized message still gets a proper close
     // (1009) from the transport rather than a dropped connection.

@@ -99,6 +99,16 @@ pub(super) struct Record {
 }
 
 impl Record {
+    /// A record of `kind` about `client` of `user` (and `channel`), happening now.
+    fn about(kind: Kind, client: &str, user: &str, channel: Option<&str>) -> Record {
+        Record {
+            client: Some(client.into()),
+            user: Some(user.into()),
+            channel: channel.map(Into::into),
+            ..Record::new(kind)
+        }
+    }
+
     fn new(kind: Kind) -> Record {
         Record {
             kind,
@@ -278,43 +288,27 @@ impl Webhooks {
 impl EventSink for Webhooks {
     fn emit(&self, event: &Event<'_>) {
         let record = match *event {
-            Event::Connected { client, user } => Record {
-                client: Some(client.into()),
-                user: Some(user.into()),
-                ..Record::new(Kind::Connect)
-            },
+            Event::Connected { client, user } => Record::about(Kind::Connect, client, user, None),
             Event::Disconnected {
                 client,
                 user,
                 code,
                 reason,
             } => Record {
-                client: Some(client.into()),
-                user: Some(user.into()),
                 code,
                 reason: reason.into(),
-                ..Record::new(Kind::Disconnect)
+                ..Record::about(Kind::Disconnect, client, user, None)
             },
             Event::Subscribed {
                 client,
                 user,
                 channel,
-            } => Record {
-                client: Some(client.into()),
-                user: Some(user.into()),
-                channel: Some(channel.into()),
-                ..Record::new(Kind::Subscribe)
-            },
+            } => Record::about(Kind::Subscribe, client, user, Some(channel)),
             Event::Unsubscribed {
                 client,
                 user,
                 channel,
-            } => Record {
-                client: Some(client.into()),
-                user: Some(user.into()),
-                channel: Some(channel.into()),
-                ..Record::new(Kind::Unsubscribe)
-            },
+            } => Record::about(Kind::Unsubscribe, client, user, Some(channel)),
             Event::ChannelOccupied { channel } => Record {
                 channel: Some(channel.into()),
                 ..Record::new(Kind::ChannelOccupied)
