@@ -3,7 +3,8 @@
 # tests, which need the npm packages pinned in tests/compat and the PyPI packages pinned in
 # tests/compat/requirements.txt (installed in tests/compat/.venv), the browser tests of the web
 # pages, which need the npm packages pinned in tests/browser and Debian's chromium
-# (/usr/lib/chromium/chromium), the multi-node tests, which need redis-server, the deployment
+# (/usr/lib/chromium/chromium), the multi-node tests, which need redis-server and
+# redis-sentinel, the deployment
 # test, which needs Debian's nginx (/usr/sbin/nginx), and the lossy-link test, which needs
 # iproute2 and nftables (and root, or sudo without a password, for a network namespace).
 #
@@ -33,6 +34,9 @@ fi
 need_apt=()
 command -v node >/dev/null && command -v npm >/dev/null || need_apt+=(nodejs npm)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# The Sentinel failover test runs three redis-sentinels (redis-cli comes with redis-tools).
+command -v redis-sentinel >/dev/null || need_apt+=(redis-sentinel)
+command -v redis-cli >/dev/null || need_apt+=(redis-tools)
 # The browser test pastes the front page's curl command into a shell.
 command -v curl >/dev/null || need_apt+=(curl)
 # The lossy-link test makes a network namespace (iproute2) and drops packets in it (nftables).

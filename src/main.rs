@@ -149,6 +149,30 @@ struct ServeArgs {
     /// sharing broker, history and presence.
     #[arg(long, env = "SWITCHBOARD_REDIS", value_delimiter = ',')]
     redis: Option<Vec<String>>,
+    /// Redis Sentinels instead of --redis (host:port, or redis://:password@host:port with the
+    /// Sentinels' own password, rediss:// for TLS; repeat or comma-separate): the nodes use the
+    /// master they name and follow its failovers.
+    #[arg(long, env = "SWITCHBOARD_REDIS_SENTINEL", value_delimiter = ',')]
+    redis_sentinel: Option<Vec<String>>,
+    /// The name the Sentinels monitor the master under.
+    #[arg(long, env = "SWITCHBOARD_REDIS_SENTINEL_MASTER")]
+    redis_sentinel_master: Option<String>,
+    /// User of the master found through Sentinel [default: default].
+    #[arg(long, env = "SWITCHBOARD_REDIS_MASTER_USERNAME")]
+    redis_master_username: Option<String>,
+    /// Password of the master found through Sentinel (the Sentinels' own goes in their URLs).
+    #[arg(long, env = "SWITCHBOARD_REDIS_MASTER_PASSWORD")]
+    redis_master_password: Option<String>,
+    /// Connect to the master found through Sentinel over TLS.
+    #[arg(long, env = "SWITCHBOARD_REDIS_MASTER_TLS")]
+    redis_master_tls: bool,
+    /// Replicas that must hold a publication before it is acknowledged (Redis WAIT), so a
+    /// failover keeps it [default: 0].
+    #[arg(long, env = "SWITCHBOARD_REDIS_WAIT_REPLICAS")]
+    redis_wait_replicas: Option<u32>,
+    /// How long a publication waits for those replicas, such as 500ms [default: 1s].
+    #[arg(long, env = "SWITCHBOARD_REDIS_WAIT_TIMEOUT", value_parser = switchboard::config::parse_duration)]
+    redis_wait_timeout: Option<std::time::Duration>,
     /// Prefix of Redis keys [default: switchboard].
     #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX")]
     redis_prefix: Option<String>,
@@ -333,6 +357,9 @@ impl ServeArgs {
             trusted_proxies,
             allowed_origins,
             redis,
+            redis_sentinel,
+            redis_wait_replicas,
+            redis_wait_timeout,
             redis_prefix,
             presence_ttl,
             idempotency_window,
@@ -381,9 +408,13 @@ impl ServeArgs {
             proxy_sub_refresh_endpoint,
             proxy_rpc_endpoint,
             webhook_endpoint,
-            webhook_secret
+            webhook_secret,
+            redis_sentinel_master,
+            redis_master_username,
+            redis_master_password
         );
         config.insecure |= self.insecure;
+        config.redis_master_tls |= self.redis_master_tls;
         Ok(config)
     }
 }

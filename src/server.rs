@@ -25,7 +25,7 @@ use crate::engine::broker::{Broker, BrokerError};
 use crate::engine::history::{History, HistoryError};
 use crate::engine::memory::{LocalBroker, MemoryHistory, MemoryPresence};
 use crate::engine::presence::Presence;
-use crate::engine::redis::{RedisEngine, RedisSettings};
+use crate::engine::redis::{RedisEngine, RedisSettings, SentinelSettings};
 use crate::engine::sqlite::SqliteHistory;
 use crate::fd_limit::raise_fd_limit;
 use crate::hooks::proxy::{Proxy, ProxyError};
@@ -73,7 +73,7 @@ pub async fn build_node(config: Config, shutdown: CancellationToken) -> Result<B
     let tracker = TaskTracker::new();
     // TLS (served and fetched) uses the ring provider; installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (broker, presence): (Arc<dyn Broker>, Arc<dyn Presence>) = if config.redis.is_empty() {
+    let (broker, presence): (Arc<dyn Broker>, Arc<dyn Presence>) = if !config.uses_redis() {
         let history: Arc<dyn History> = match config.history_storage {
             HistoryStorage::Sqlite => Arc::new(SqliteHistory::open(
                 &config.data_dir,
@@ -88,9 +88,24 @@ pub async fn build_node(config: Config, shutdown: CancellationToken) -> Result<B
     } else {
         let engine = RedisEngine::connect(
             RedisSettings {
-                urls: config.redis.clone(),
-                prefix: config.redis_prefix.clone(),
-                presence_ttl: std::time::Duration::from_secs(config.presence_ttl.max(1)),
+                sentinel: config
+                    .redis_sentinel_master
+                    .clone()
+                    .filter(|_| !config.redis_sentinel.is_empty())
+                    .map(|master_name| SentinelSettings {
+                        sentinels: config.redis_sentinel.clone(),
+                        master_name,
+                        master_username: config.redis_master_username.clone(),
+                        master_password: config.redis_master_password.clone(),
+                        master_tls: config.redis_master_tls,
+                    }),
+                wait_replicas: config.redis_wait_replicas,
+                wait_timeout: config.redis_wait_timeout,
+                ..RedisSettings::new(
+                    config.redis.clone(),
+                    config.redis_prefix.clone(),
+                    std::time::Duration::from_secs(config.presence_ttl.max(1)),
+                )
             },
             shutdown.clone(),
             tracker.clone(),

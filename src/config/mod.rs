@@ -126,6 +126,28 @@ pub struct Config {
     // ------------------------------------------------------------------------------------------
     /// Redis URLs (one per shard): several nodes share broker, history and presence through them.
     pub redis: Vec<String>,
+    /// Instead of `redis`: the Sentinels (`host:port`, or `redis://[[user]:password@]host:port`
+    /// carrying the Sentinels' own credentials, `rediss://` for TLS) that name the master.
+    pub redis_sentinel: Vec<String>,
+    /// The name the Sentinels monitor the master under (needed with `redis_sentinel`).
+    pub redis_sentinel_master: Option<String>,
+    /// User of the master (and replicas) found through Sentinel, if not `default`.
+    pub redis_master_username: Option<String>,
+    /// Password of the master found through Sentinel (may differ from the Sentinels').
+    pub redis_master_password: Option<String>,
+    /// Connect to the master found through Sentinel over TLS.
+    pub redis_master_tls: bool,
+    /// Replicas that must hold a publication before it is acknowledged (Redis `WAIT`; 0, the
+    /// default: none). Redis replicates asynchronously: without it, a failover may lose
+    /// publications already acknowledged.
+    pub redis_wait_replicas: u32,
+    /// How long a publication waits for `redis_wait_replicas` before it is answered "not
+    /// available" (error 108). In files: `"500ms"`, `"1s"` or seconds.
+    #[serde(
+        deserialize_with = "deserialize_duration",
+        serialize_with = "show::serialize_duration"
+    )]
+    pub redis_wait_timeout: Duration,
     /// Prefix of Redis keys and topics.
     pub redis_prefix: String,
     /// Seconds a presence entry lives in Redis without a refresh by its node.
@@ -321,6 +343,13 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             allowed_origins: Vec::new(),
             redis: Vec::new(),
+            redis_sentinel: Vec::new(),
+            redis_sentinel_master: None,
+            redis_master_username: None,
+            redis_master_password: None,
+            redis_master_tls: false,
+            redis_wait_replicas: 0,
+            redis_wait_timeout: Duration::from_secs(1),
             redis_prefix: "switchboard".into(),
             presence_ttl: 60,
             idempotency_window: Duration::from_secs(5 * 60),
@@ -514,6 +543,24 @@ impl Config {
                 "idempotency_window must be more than zero".into(),
             ));
         }
+        if !self.redis.is_empty() && !self.redis_sentinel.is_empty() {
+            return Err(ConfigError::Invalid(
+                "redis and redis_sentinel are exclusive: give one".into(),
+            ));
+        }
+        if !self.redis_sentinel.is_empty() && self.redis_sentinel_master.is_none() {
+            return Err(ConfigError::Invalid(
+                "redis_sentinel needs redis_sentinel_master, the name the Sentinels monitor".into(),
+            ));
+        }
+        if self.redis_wait_replicas > 0
+            && (self.redis_wait_timeout.is_zero()
+                || self.redis_wait_timeout >= Duration::from_secs(3))
+        {
+            return Err(ConfigError::Invalid(
+                "redis_wait_timeout must be more than zero and less than 3s".into(),
+            ));
+        }
         if self.max_connections == Some(0) {
             return Err(ConfigError::Invalid(
                 "max_connections must be at least 1".into(),
@@ -605,6 +652,11 @@ impl Config {
             ("sub_refresh", self.proxy_sub_refresh_endpoint.as_deref()),
             ("rpc", self.proxy_rpc_endpoint.as_deref()),
         ]
+    }
+
+    /// Whether nodes share Redis (plain URLs or Sentinel).
+    pub fn uses_redis(&self) -> bool {
+        !self.redis.is_empty() || !self.redis_sentinel.is_empty()
     }
 
     /// Whether the application backend decides anything (see [`crate::hooks::proxy`]).

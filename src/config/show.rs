@@ -16,11 +16,13 @@ const SECRET_KEYS: &[&str] = &[
     "admin_password",
     "token_hmac_secret",
     "webhook_secret",
+    "redis_master_password",
 ];
 
 /// Settings holding URLs, whose password (`redis://:password@host`) is masked.
 fn is_url_setting(key: &str) -> bool {
     key == "redis"
+        || key == "redis_sentinel"
         || key == "token_jwks_url"
         || key.ends_with("_endpoint")
         || key == "proxy_rpc_endpoints"
@@ -100,6 +102,8 @@ mod tests {
             admin_password: Some("the-password".into()),
             token_hmac_secret: Some("the-secret".into()),
             redis: vec!["redis://:redis-pass@127.0.0.1:6379/0".into()],
+            redis_sentinel: vec!["redis://:sentinel-pass@127.0.0.1:26379".into()],
+            redis_master_password: Some("master-pass".into()),
             proxy_connect_endpoint: Some("http://user:endpoint-pass@127.0.0.1:3000/connect".into()),
             proxy_static_headers: [("X-Internal-Key".to_string(), "internal".to_string())].into(),
             trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
@@ -116,6 +120,8 @@ mod tests {
             "the-password",
             "the-secret",
             "redis-pass",
+            "sentinel-pass",
+            "master-pass",
             "endpoint-pass",
             "internal",
         ] {
@@ -127,6 +133,9 @@ mod tests {
             "proxy_timeout = \"1s\"",
             "trusted_proxies = [\"10.0.0.0/8\"]",
             "redis = [\"redis://:********@127.0.0.1:6379/0\"]",
+            "redis_sentinel = [\"redis://:********@127.0.0.1:26379\"]",
+            "redis_master_password = \"********\"",
+            "redis_wait_timeout = \"1s\"",
             "name = \"chat\"",
             "history_size = 100",
         ] {

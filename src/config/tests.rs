@@ -148,3 +148,33 @@ fn single_connection_needs_personal_channels_with_presence() {
     config.presence = false;
     assert!(config.validate().is_err(), "without presence");
 }
+
+#[test]
+fn sentinel_needs_its_master_name_and_excludes_plain_urls() {
+    let mut c = Config {
+        redis_sentinel: vec!["127.0.0.1:26379".into()],
+        ..Config::default()
+    };
+    assert!(c
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("redis_sentinel_master"));
+    c.redis_sentinel_master = Some("main".into());
+    c.validate().unwrap();
+    assert!(c.uses_redis());
+    c.redis = vec!["redis://127.0.0.1:6379".into()];
+    assert!(c.validate().unwrap_err().to_string().contains("exclusive"));
+    let waiting: Config = toml::from_str(
+        "redis = [\"redis://127.0.0.1\"]\nredis_wait_replicas = 1\nredis_wait_timeout = \"250ms\"",
+    )
+    .unwrap();
+    assert_eq!(waiting.redis_wait_timeout, Duration::from_millis(250));
+    waiting.validate().unwrap();
+    let too_long = Config {
+        redis_wait_replicas: 1,
+        redis_wait_timeout: Duration::from_secs(5),
+        ..Config::default()
+    };
+    assert!(too_long.validate().is_err());
+}

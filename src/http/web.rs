@@ -173,7 +173,7 @@ async fn front_config(State(node): State<Node>) -> Response {
     let config = node.config();
     let storage = if config.history_size == 0 {
         "off"
-    } else if !config.redis.is_empty() {
+    } else if config.uses_redis() {
         "Redis streams, shared by every node"
     } else {
         match config.history_storage {

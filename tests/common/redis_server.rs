@@ -12,15 +12,32 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    /// More arguments (a replica's `--replicaof`).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// A replica of the server on `master_port`, syncing at once (no diskless-sync delay).
+    pub async fn start_replica_of(master_port: u16) -> RedisServer {
+        Self::start_with(vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master_port.to_string(),
+        ])
+        .await
+    }
+
+    async fn start_with(extra: Vec<String>) -> RedisServer {
         let port = free_port();
         let mut server = RedisServer {
             child: None,
             port,
             dir: temp_dir(),
+            extra,
         };
         server.launch().await;
         server
@@ -37,8 +54,10 @@ impl RedisServer {
                 "--appendfsync",
                 "always",
             ])
+            .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -64,13 +83,121 @@ impl RedisServer {
 
     /// Runs a redis-cli-like command through the crate's client.
     pub async fn command(&self, args: &[&str]) {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
+        let _ = query(self.port, args).await.unwrap();
+    }
+}
+
+/// Sends one command to the server (or Sentinel) on `port`; its reply, or why there is none.
+pub async fn query(port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(&mut conn).await
+}
+
+/// Three `redis-sentinel`s watching the master on `master_port` under the name `main`, quick to
+/// decide (1 s without an answer is down), each with its own config file and directory.
+pub struct Sentinels {
+    children: Vec<super::KillOnDrop>,
+    pub ports: Vec<u16>,
+    dirs: Vec<PathBuf>,
+}
+
+/// The name the test Sentinels monitor their master under.
+pub const SENTINEL_MASTER: &str = "main";
+
+impl Sentinels {
+    pub async fn start(master_port: u16) -> Sentinels {
+        let mut sentinels = Sentinels {
+            children: Vec::new(),
+            ports: Vec::new(),
+            dirs: Vec::new(),
+        };
+        for _ in 0..3 {
+            let port = free_port();
+            let dir = temp_dir();
+            let config = dir.join("sentinel.conf");
+            std::fs::write(
+                &config,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                     sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} 2\n\
+                     sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                     sentinel failover-timeout {SENTINEL_MASTER} 4000\n\
+                     sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
+                    dir = dir.display()
+                ),
+            )
+            .unwrap();
+            let child = Command::new("redis-sentinel")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-sentinel must be installed (apt-get install redis-sentinel)");
+            sentinels.children.push(super::KillOnDrop(child));
+            sentinels.ports.push(port);
+            sentinels.dirs.push(dir);
         }
-        let _: redis::Value = cmd.query_async(&mut conn).await.unwrap();
+        sentinels
+    }
+
+    /// The Sentinels' addresses, as `--redis-sentinel` takes them.
+    pub fn addresses(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// The master's port as the Sentinel on `ports[index]` names it now.
+    pub async fn master_port(&self, index: usize) -> Option<u16> {
+        let reply = query(
+            self.ports[index],
+            &["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER],
+        )
+        .await
+        .ok()?;
+        let (_, port): (String, String) = redis::from_redis_value(reply).ok()?;
+        port.parse().ok()
+    }
+
+    /// Whether every Sentinel knows the other two and `replicas` replicas of the master, so a
+    /// failover can be agreed on.
+    pub async fn ready(&self, replicas: usize) -> bool {
+        for port in &self.ports {
+            let Ok(reply) = query(*port, &["SENTINEL", "master", SENTINEL_MASTER]).await else {
+                return false;
+            };
+            let Ok(fields) = redis::from_redis_value::<Vec<String>>(reply) else {
+                return false;
+            };
+            let field = |name: &str| {
+                fields
+                    .chunks(2)
+                    .find(|pair| pair[0] == name)
+                    .and_then(|pair| pair.get(1))
+                    .and_then(|v| v.parse::<usize>().ok())
+            };
+            if field("num-slaves") != Some(replicas) || field("num-other-sentinels") != Some(2) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+impl Drop for Sentinels {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            child.kill();
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

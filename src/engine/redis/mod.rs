@@ -24,6 +24,14 @@
 //!   refreshes the entries of its own clients, so a dead node's members vanish after the TTL.
 //! - **Nodes** announce themselves in a hash every few seconds for `/api/info`.
 //! - **Sharding**: several Redis URLs spread channels over shards by a stable hash of the name.
+//! - **Sentinel** (`link.rs`): instead of a URL, the master a set of Sentinels names; a failover
+//!   is an outage (error 108 while no master answers) after which the node follows the new
+//!   master, resubscribes, and checks every listened channel for a gap. A stream that went
+//!   *back* (the new master missed writes the old one acknowledged, Redis replicating
+//!   asynchronously) gets a new epoch, so its subscribers are told they cannot recover rather
+//!   than handed reused offsets.
+//! - **Replica wait**: with `wait_replicas` set, a publication is acknowledged only once that
+//!   many replicas hold it (`WAIT` after each batch), so a failover to one of them keeps it.
 //!
 //! Commands use a multiplexed, auto-reconnecting connection per shard, and every call is bounded by
 //! a timeout, so an unreachable Redis answers "not available" instead of hanging. Every queue is
@@ -34,6 +42,7 @@
 //! `presence.rs` the [`Presence`](crate::engine::presence::Presence) side.
 
 mod keys;
+mod link;
 mod presence;
 mod publisher;
 mod pubsub;
@@ -43,7 +52,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -63,6 +71,8 @@ use keys::{
     control_topic, key, live_publish, nodes_key, publish_call, publish_once_call, HISTORY_SCRIPT,
     PRESENCE_SCRIPT, PUBLISH_SCRIPT,
 };
+use link::Link;
+pub use link::SentinelSettings;
 use publisher::{PublishAnswer, PublishRequest, Publisher, Reply, PUBLISH_QUEUE};
 use pubsub::{ListenedChannels, PubSubSupervisor, TopicRequest, TOPIC_QUEUE};
 
@@ -80,11 +90,31 @@ pub struct RedisSettings {
     pub prefix: String,
     /// How long a presence entry lives without a refresh.
     pub presence_ttl: Duration,
+    /// Instead of `urls`: one Redis whose master Sentinel names, followed through failovers.
+    pub sentinel: Option<SentinelSettings>,
+    /// Replicas that must hold a publication before it is acknowledged (0: none, the default).
+    pub wait_replicas: u32,
+    /// How long a publication waits for them before it is answered "not available".
+    pub wait_timeout: Duration,
+}
+
+impl RedisSettings {
+    /// Settings for the Redis servers at `urls` (one per shard), without a replica wait.
+    pub fn new(urls: Vec<String>, prefix: String, presence_ttl: Duration) -> RedisSettings {
+        RedisSettings {
+            urls,
+            prefix,
+            presence_ttl,
+            sentinel: None,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
+        }
+    }
 }
 
 /// One Redis server of the shard set.
 struct Shard {
-    commands: ConnectionManager,
+    commands: Link,
     /// Requests to (un)subscribe topics, served by the shard's pub/sub supervisor.
     topics: mpsc::Sender<TopicRequest>,
     /// Publications in their channel's order, sent by the shard's publisher task.
@@ -115,44 +145,56 @@ impl RedisEngine {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Result<Arc<RedisEngine>, BrokerError> {
-        if settings.urls.is_empty() {
+        if settings.urls.is_empty() && settings.sentinel.is_none() {
             return Err(BrokerError::Unavailable("no Redis URL".into()));
         }
+        if !settings.urls.is_empty() && settings.sentinel.is_some() {
+            return Err(BrokerError::Unavailable(
+                "Redis URLs and Sentinel are exclusive".into(),
+            ));
+        }
+        if settings.wait_replicas > 0 && settings.wait_timeout >= CALL_TIMEOUT {
+            return Err(BrokerError::Unavailable(format!(
+                "the replica wait must be shorter than {CALL_TIMEOUT:?}"
+            )));
+        }
+        let mut links = Vec::new();
+        match &settings.sentinel {
+            Some(sentinel) => {
+                let link = Link::sentinel(sentinel).await?;
+                tracker.spawn(link.clone().watch_master(shutdown.clone()));
+                links.push(link);
+            }
+            None => {
+                for url in &settings.urls {
+                    links.push(Link::fixed(url).await?);
+                }
+            }
+        }
+        let shard_count = links.len();
+        let wait =
+            (settings.wait_replicas > 0).then_some((settings.wait_replicas, settings.wait_timeout));
         let handler: Arc<OnceLock<Arc<dyn BrokerEventHandler>>> = Arc::new(OnceLock::new());
         let channels = ListenedChannels::default();
         let mut shards = Vec::new();
-        for (index, url) in settings.urls.iter().enumerate() {
-            let client = redis::Client::open(url.as_str())
-                .map_err(|e| BrokerError::Unavailable(format!("bad Redis URL {url}: {e}")))?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(CALL_TIMEOUT))
-                .set_response_timeout(Some(CALL_TIMEOUT))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_secs(2));
-            let commands = tokio::time::timeout(
-                CALL_TIMEOUT * 2,
-                client.get_connection_manager_with_config(config),
-            )
-            .await
-            .map_err(|_| BrokerError::Unavailable(format!("Redis {url} did not answer")))?
-            .map_err(|e| BrokerError::Unavailable(format!("Redis {url}: {e}")))?;
+        for (index, commands) in links.into_iter().enumerate() {
             let (topics, requests) = mpsc::channel(TOPIC_QUEUE);
             let supervisor = PubSubSupervisor {
                 shard: index,
-                client,
                 commands: commands.clone(),
                 prefix: settings.prefix.clone(),
                 pub_topic_prefix: key(&settings.prefix, "pub", ""),
                 control_topic: (index == 0).then(|| control_topic(&settings.prefix)),
                 handler: handler.clone(),
                 channels: channels.clone(),
-                shard_count: settings.urls.len(),
+                shard_count,
                 shutdown: shutdown.clone(),
             };
             tracker.spawn(supervisor.run(requests));
             let (publishes, queue) = mpsc::channel(PUBLISH_QUEUE);
             let publisher = Publisher {
                 commands: commands.clone(),
+                wait,
                 shutdown: shutdown.clone(),
             };
             tracker.spawn(publisher.run(queue));

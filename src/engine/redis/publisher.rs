@@ -15,14 +15,22 @@
 //!
 //! Publishes with an idempotency key travel the same queue (their scripts check and remember the
 //! key), so they keep their place in the channel's order too.
+//!
+//! With a replica wait, each answered batch is followed by `WAIT <replicas> <timeout>` on the
+//! same connection: its publications are acknowledged only once that many replicas hold them,
+//! and answered "not available" otherwise (they may still have been delivered and may survive:
+//! the caller retries, with an idempotency key if a repeat matters). One more round trip per
+//! batch, not per publication.
 
-use redis::aio::ConnectionManager;
+use std::time::Duration;
+
 use redis::{Cmd, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::keys::PUBLISH_SCRIPT;
+use super::link::Link;
 use super::CALL_TIMEOUT;
 use crate::engine::broker::BrokerError;
 use crate::engine::idempotency::Idempotent;
@@ -101,7 +109,9 @@ impl PublishAnswer {
 
 /// Sends one shard's queued publications, a batch per round trip, until shutdown.
 pub(super) struct Publisher {
-    pub(super) commands: ConnectionManager,
+    pub(super) commands: Link,
+    /// Replicas that must hold a batch before it is acknowledged, and how long to wait for them.
+    pub(super) wait: Option<(u32, Duration)>,
     pub(super) shutdown: CancellationToken,
 }
 
@@ -150,7 +160,13 @@ impl Publisher {
             pipe.add_command(request.command);
             waiting.push((request.reply_kind, request.reply));
         }
-        match self.execute(&pipe, waiting.len(), deadline).await {
+        let mut executed = self.execute(&pipe, waiting.len(), deadline).await;
+        if let (Ok(_), Some((replicas, timeout))) = (&executed, self.wait) {
+            if let Err(reason) = self.wait_for_replicas(replicas, timeout, deadline).await {
+                executed = Err(reason);
+            }
+        }
+        match executed {
             Ok(values) => {
                 for ((reply_kind, reply), value) in waiting.into_iter().zip(values) {
                     let _ = reply.send(outcome(reply_kind, value));
@@ -162,6 +178,25 @@ impl Publisher {
                 }
             }
         }
+    }
+
+    /// Waits (until `timeout`, and at most until `deadline`) for `replicas` replicas to hold
+    /// everything this connection wrote.
+    async fn wait_for_replicas(
+        &mut self,
+        replicas: u32,
+        timeout: Duration,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout.as_millis().max(1) as u64);
+        let acknowledged: u32 = within(deadline, wait.query_async(&mut self.commands)).await?;
+        if acknowledged < replicas {
+            return Err(format!(
+                "only {acknowledged} of {replicas} Redis replicas confirmed the publication in time"
+            ));
+        }
+        Ok(())
     }
 
     /// Runs the transaction by `deadline`, loading the script once if Redis lost it (then the
@@ -287,12 +322,8 @@ mod tests {
             }
         }
 
-        async fn connection(&self) -> ConnectionManager {
-            let client = redis::Client::open(self.url.as_str()).expect("a valid URL");
-            client
-                .get_connection_manager()
-                .await
-                .expect("redis-server answers")
+        async fn connection(&self) -> Link {
+            Link::fixed(&self.url).await.expect("redis-server answers")
         }
     }
 
@@ -314,6 +345,7 @@ mod tests {
         let (queue, requests) = mpsc::channel(PUBLISH_QUEUE);
         let publisher = Publisher {
             commands: server.connection().await,
+            wait: None,
             shutdown: shutdown.clone(),
         };
         tokio::spawn(publisher.run(requests));
@@ -368,6 +400,29 @@ mod tests {
             .await
             .expect("a stream");
         assert_eq!(stored, 900);
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_publication_no_replica_confirms_is_not_acknowledged() {
+        let server = Server::start().await;
+        let shutdown = CancellationToken::new();
+        let (queue, requests) = mpsc::channel(PUBLISH_QUEUE);
+        let publisher = Publisher {
+            commands: server.connection().await,
+            wait: Some((1, Duration::from_millis(50))),
+            shutdown: shutdown.clone(),
+        };
+        tokio::spawn(publisher.run(requests));
+        // A lone server has no replica: WAIT answers 0 after its timeout.
+        for answer in submit_many(&queue, "feed", 3) {
+            match answer.outcome().await {
+                Err(BrokerError::Unavailable(reason)) => {
+                    assert!(reason.contains("replicas"), "{reason}")
+                }
+                other => panic!("acknowledged without a replica: {other:?}"),
+            }
+        }
         shutdown.cancel();
     }
 

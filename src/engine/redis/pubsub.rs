@@ -1,21 +1,23 @@
 //! Pub/sub on Redis: one supervisor task per shard owns the shard's pub/sub connection. It
 //! subscribes the topics of channels with local subscribers on request, dispatches what arrives
 //! to the node, and after a lost connection reconnects with backoff, resubscribes everything, and
-//! flags channels whose stream moved meanwhile, so a gap is never silent.
+//! flags channels whose stream moved meanwhile, so a gap is never silent. Under Sentinel, a new
+//! master is handled the same way: the supervisor reconnects to it and checks for gaps.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::keys::{key, shard_index};
+use super::link::Link;
 use super::{call, CALL_TIMEOUT};
 use crate::engine::broker::{BrokerEventHandler, NodeControl};
+use crate::engine::history::new_epoch;
 use crate::protocol::{ClientInfo, Publication, StreamPosition};
 
 /// Most (un)subscribe requests queued for one shard's supervisor. A request is one Redis round
@@ -29,6 +31,15 @@ pub(super) const TOPIC_QUEUE: usize = 1024;
 /// Channels with local subscribers, with the last position delivered (to spot gaps).
 pub(super) type ListenedChannels = Arc<Mutex<HashMap<String, Option<StreamPosition>>>>;
 
+/// Replaces a stream's epoch if it is still the one given (other nodes may have replaced it).
+/// KEYS: meta. ARGV: expected epoch, new epoch.
+const RENEW_EPOCH_SCRIPT: &str = r#"
+if redis.call('hget', KEYS[1], 'e') == ARGV[1] then
+  redis.call('hset', KEYS[1], 'e', ARGV[2])
+end
+return 1
+"#;
+
 /// A change to the topics a shard's pub/sub connection listens to.
 pub(super) enum TopicRequest {
     Subscribe(String),
@@ -39,8 +50,8 @@ pub(super) enum TopicRequest {
 /// after a lost connection reconnects, resubscribes, and flags channels that may have a gap.
 pub(super) struct PubSubSupervisor {
     pub(super) shard: usize,
-    pub(super) client: redis::Client,
-    pub(super) commands: ConnectionManager,
+    /// The shard's commands link; it also says where the shard's server is now.
+    pub(super) commands: Link,
     pub(super) prefix: String,
     /// `<prefix>.pub.`, which every channel's topic starts with (built once, not per message).
     pub(super) pub_topic_prefix: String,
@@ -57,11 +68,16 @@ impl PubSubSupervisor {
     pub(super) async fn run(self, mut requests: mpsc::Receiver<TopicRequest>) {
         let mut backoff = Duration::from_millis(100);
         let mut was_down = false;
+        let mut master = self.commands.master_changes();
         loop {
             if self.shutdown.is_cancelled() {
                 return;
             }
-            let pubsub = tokio::time::timeout(CALL_TIMEOUT, self.client.get_async_pubsub()).await;
+            master.mark_unchanged();
+            let pubsub = tokio::time::timeout(CALL_TIMEOUT, async {
+                self.commands.client().await?.get_async_pubsub().await
+            })
+            .await;
             let pubsub = match pubsub {
                 Ok(Ok(pubsub)) => pubsub,
                 Ok(Err(e)) => {
@@ -121,6 +137,8 @@ impl PubSubSupervisor {
                         None => break,
                         Some(message) => self.dispatch(message),
                     },
+                    // A failover: what this connection hears is the old master's.
+                    changed = master.changed() => if changed.is_ok() { break },
                 }
             }
             self.down(&mut was_down, "connection lost");
@@ -180,6 +198,39 @@ impl PubSubSupervisor {
                 epoch: m.get("e").cloned().unwrap_or_default(),
             });
             let moved = match (&known, &current) {
+                // The stream went back: a new master lacks publications the old one sent out.
+                // Its offsets would be given again to other publications, so the stream gets a
+                // new epoch, and its subscribers are told they cannot recover.
+                (Some(known), Some(current))
+                    if known.epoch == current.epoch && current.offset < known.offset =>
+                {
+                    tracing::warn!(
+                        channel,
+                        delivered = known.offset,
+                        stored = current.offset,
+                        "stream went back after a failover; starting a new epoch"
+                    );
+                    let mut conn = self.commands.clone();
+                    let script = redis::Script::new(RENEW_EPOCH_SCRIPT);
+                    let mut renew = script.prepare_invoke();
+                    renew
+                        .key(key(&self.prefix, "meta", channel))
+                        .arg(&current.epoch)
+                        .arg(new_epoch());
+                    if let Err(e) = call(renew.invoke_async::<()>(&mut conn)).await {
+                        tracing::warn!(channel, error = %e, "could not start a new epoch");
+                    }
+                    // The next publication starts the new epoch's record of what was delivered.
+                    if let Some(entry) = self
+                        .channels
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_mut(channel.as_str())
+                    {
+                        *entry = None;
+                    }
+                    true
+                }
                 (Some(known), Some(current)) => known != current,
                 // Nothing delivered before: a publication may still have been missed if the
                 // stream exists at all.

@@ -167,7 +167,7 @@ impl Webhooks {
         let wake: Arc<[Notify]> = (0..config.webhook_concurrency)
             .map(|_| Notify::new())
             .collect();
-        let clustered = !config.redis.is_empty();
+        let clustered = config.uses_redis();
         let (outbox, lost) = outbox::Outbox::open(
             &config.data_dir,
             !clustered,

@@ -1,0 +1,337 @@
+//! A shard's way to its Redis: a fixed address, or the master a set of Sentinels names,
+//! followed through failovers.
+//!
+//! [`Link`] is what every command of the engine goes through (it is a
+//! [`ConnectionLike`](redis::aio::ConnectionLike), so scripts, pipelines and commands take it as
+//! they took the connection manager). With Sentinel, one watcher task per link asks the Sentinels
+//! for the master every second, and at once when a call fails (the master died, or was demoted and
+//! refuses writes with `READONLY`): when the address changed, it connects to the new master, swaps
+//! the connection every later call uses, and tells the pub/sub supervisor, which reconnects and
+//! checks every listened channel for a gap, as after any outage. Calls made while no master is
+//! reachable fail like any Redis outage ("not available", error 108 to clients).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{Cmd, ConnectionAddr, IntoConnectionInfo, RedisFuture, Value};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::CALL_TIMEOUT;
+use crate::engine::broker::BrokerError;
+
+/// How often the watcher asks the Sentinels who the master is, failures or not.
+const SENTINEL_POLL: Duration = Duration::from_secs(1);
+/// Least time between two master look-ups, however many calls fail meanwhile.
+const SENTINEL_MIN_GAP: Duration = Duration::from_millis(200);
+
+/// Where the master of a Sentinel-managed Redis is found, and how to log in to it.
+#[derive(Debug, Clone, Default)]
+pub struct SentinelSettings {
+    /// The Sentinels: `host:port`, or `redis://[[user]:password@]host:port` (`rediss://` for
+    /// TLS) carrying the Sentinels' own credentials (the first one that has them applies to all).
+    pub sentinels: Vec<String>,
+    /// The name the Sentinels monitor the master under.
+    pub master_name: String,
+    /// The master's (and replicas') user, when it differs from `default`.
+    pub master_username: Option<String>,
+    /// The master's password (may differ from the Sentinels').
+    pub master_password: Option<String>,
+    /// Connect to the master over TLS.
+    pub master_tls: bool,
+}
+
+/// How a link finds its server.
+enum Source {
+    Fixed(redis::Client),
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+struct LinkState {
+    source: Source,
+    /// The commands connection to the current server (swapped on a failover).
+    current: Mutex<ConnectionManager>,
+    /// The current server's address; changes when Sentinel names a new master.
+    master: watch::Sender<String>,
+    /// Woken by a failed call: look the master up now rather than at the next poll.
+    suspect: Notify,
+}
+
+/// A shard's commands connection, following the master through failovers under Sentinel.
+#[derive(Clone)]
+pub(super) struct Link(Arc<LinkState>);
+
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CALL_TIMEOUT))
+        .set_response_timeout(Some(CALL_TIMEOUT))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2))
+}
+
+async fn connect_manager(client: &redis::Client) -> Result<ConnectionManager, BrokerError> {
+    let address = client.get_connection_info().addr().to_string();
+    tokio::time::timeout(
+        CALL_TIMEOUT * 2,
+        client.get_connection_manager_with_config(manager_config()),
+    )
+    .await
+    .map_err(|_| BrokerError::Unavailable(format!("Redis {address} did not answer")))?
+    .map_err(|e| BrokerError::Unavailable(format!("Redis {address}: {e}")))
+}
+
+impl Link {
+    /// A link to the server at `url`.
+    pub(super) async fn fixed(url: &str) -> Result<Link, BrokerError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| BrokerError::Unavailable(format!("bad Redis URL {url}: {e}")))?;
+        let manager = connect_manager(&client).await?;
+        let address = client.get_connection_info().addr().to_string();
+        Ok(Link::new(Source::Fixed(client), manager, address))
+    }
+
+    /// A link to the master `settings` name, found through its Sentinels. Following failovers
+    /// needs [`Link::watch_master`] running.
+    pub(super) async fn sentinel(settings: &SentinelSettings) -> Result<Link, BrokerError> {
+        let mut sentinel = sentinel_client(settings)?;
+        let client = tokio::time::timeout(CALL_TIMEOUT * 2, sentinel.async_get_client())
+            .await
+            .map_err(|_| BrokerError::Unavailable("no Sentinel answered".into()))?
+            .map_err(|e| {
+                BrokerError::Unavailable(format!(
+                    "Sentinel found no master {:?}: {e}",
+                    settings.master_name
+                ))
+            })?;
+        let manager = connect_manager(&client).await?;
+        let address = client.get_connection_info().addr().to_string();
+        tracing::info!(master = %address, name = %settings.master_name, "Redis master found through Sentinel");
+        Ok(Link::new(
+            Source::Sentinel(tokio::sync::Mutex::new(sentinel)),
+            manager,
+            address,
+        ))
+    }
+
+    fn new(source: Source, manager: ConnectionManager, address: String) -> Link {
+        Link(Arc::new(LinkState {
+            source,
+            current: Mutex::new(manager),
+            master: watch::channel(address).0,
+            suspect: Notify::new(),
+        }))
+    }
+
+    /// Whether the server is found through Sentinel (and may change).
+    pub(super) fn follows_sentinel(&self) -> bool {
+        matches!(self.0.source, Source::Sentinel(_))
+    }
+
+    /// A client for the current server, to open a pub/sub connection with: under Sentinel, the
+    /// master as the Sentinels name it now.
+    pub(super) async fn client(&self) -> redis::RedisResult<redis::Client> {
+        match &self.0.source {
+            Source::Fixed(client) => Ok(client.clone()),
+            Source::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await,
+        }
+    }
+
+    /// Changes of the current server's address.
+    pub(super) fn master_changes(&self) -> watch::Receiver<String> {
+        self.0.master.subscribe()
+    }
+
+    fn manager(&self) -> ConnectionManager {
+        self.0
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// After a failed call: under Sentinel, the master may have moved.
+    fn suspect(&self) {
+        if self.follows_sentinel() {
+            self.0.suspect.notify_one();
+        }
+    }
+
+    /// Follows the master Sentinel names until `shutdown`: asks every second, and soon after a
+    /// failed call; on a new address, connects to it and swaps the connection.
+    pub(super) async fn watch_master(self, shutdown: CancellationToken) {
+        let Source::Sentinel(sentinel) = &self.0.source else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(SENTINEL_POLL) => {}
+                _ = self.0.suspect.notified() => {}
+            }
+            let found = tokio::time::timeout(CALL_TIMEOUT, async {
+                sentinel.lock().await.async_get_client().await
+            })
+            .await;
+            let client = match found {
+                Ok(Ok(client)) => client,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "Sentinel names no reachable master yet");
+                    tokio::time::sleep(SENTINEL_MIN_GAP).await;
+                    continue;
+                }
+                Err(_) => {
+                    tracing::debug!("no Sentinel answered in time");
+                    continue;
+                }
+            };
+            let address = client.get_connection_info().addr().to_string();
+            if *self.0.master.borrow() != address {
+                match connect_manager(&client).await {
+                    Ok(manager) => {
+                        *self.0.current.lock().unwrap_or_else(|e| e.into_inner()) = manager;
+                        tracing::warn!(master = %address, "Redis master changed (Sentinel failover)");
+                        self.0.master.send_replace(address);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "new Redis master not reachable yet"),
+                }
+            }
+            tokio::time::sleep(SENTINEL_MIN_GAP).await;
+        }
+    }
+}
+
+/// Whether a reply says the server is no longer the one to write to.
+fn demoted(value: &Value) -> bool {
+    match value {
+        Value::ServerError(e) => matches!(e.code(), "READONLY" | "EXECABORT" | "MASTERDOWN"),
+        Value::Array(items) => items.iter().any(demoted),
+        _ => false,
+    }
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let mut manager = self.manager();
+            let result = manager.req_packed_command(cmd).await;
+            match &result {
+                Ok(value) if demoted(value) => self.suspect(),
+                Err(_) => self.suspect(),
+                Ok(_) => {}
+            }
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let mut manager = self.manager();
+            let result = manager.req_packed_commands(pipeline, offset, count).await;
+            match &result {
+                Ok(values) if values.iter().any(demoted) => self.suspect(),
+                Err(_) => self.suspect(),
+                Ok(_) => {}
+            }
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.manager().get_db()
+    }
+}
+
+/// Builds the Sentinel client of `settings`.
+fn sentinel_client(settings: &SentinelSettings) -> Result<SentinelClient, BrokerError> {
+    let bad = |what: String| BrokerError::Unavailable(format!("Sentinel settings: {what}"));
+    if settings.sentinels.is_empty() {
+        return Err(bad("no Sentinel address".into()));
+    }
+    if settings.master_name.is_empty() {
+        return Err(bad("no master name (redis_sentinel_master)".into()));
+    }
+    let mut addresses = Vec::new();
+    let mut credentials = None;
+    let mut sentinel_tls = false;
+    for entry in &settings.sentinels {
+        let url = if entry.contains("://") {
+            entry.clone()
+        } else {
+            format!("redis://{entry}")
+        };
+        let info = url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| bad(format!("{entry}: {e}")))?;
+        let redis = info.redis_settings();
+        if credentials.is_none() && redis.password().is_some() {
+            credentials = Some((
+                redis.username().map(str::to_string),
+                redis.password().map(str::to_string),
+            ));
+        }
+        if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+            sentinel_tls = true;
+        }
+        addresses.push(info.addr().clone());
+    }
+    let mut builder =
+        SentinelClientBuilder::new(addresses, &settings.master_name, SentinelServerType::Master)
+            .map_err(|e| bad(e.to_string()))?;
+    if let Some((username, password)) = credentials {
+        if let Some(username) = username {
+            builder = builder.set_client_to_sentinel_username(username);
+        }
+        if let Some(password) = password {
+            builder = builder.set_client_to_sentinel_password(password);
+        }
+    }
+    if sentinel_tls {
+        builder = builder.set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+    }
+    if let Some(username) = &settings.master_username {
+        builder = builder.set_client_to_redis_username(username);
+    }
+    if let Some(password) = &settings.master_password {
+        builder = builder.set_client_to_redis_password(password);
+    }
+    if settings.master_tls {
+        builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+    }
+    builder.build().map_err(|e| bad(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentinel_settings_are_checked() {
+        let settings = SentinelSettings {
+            sentinels: vec![
+                "127.0.0.1:26379".into(),
+                "redis://:pw@127.0.0.1:26380".into(),
+            ],
+            master_name: "main".into(),
+            ..SentinelSettings::default()
+        };
+        assert!(sentinel_client(&settings).is_ok());
+        let unnamed = SentinelSettings {
+            master_name: String::new(),
+            ..settings.clone()
+        };
+        assert!(sentinel_client(&unnamed).is_err());
+        let none = SentinelSettings {
+            sentinels: Vec::new(),
+            ..settings
+        };
+        assert!(sentinel_client(&none).is_err());
+    }
+}
