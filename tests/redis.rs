@@ -481,3 +481,68 @@ async fn live_members_outlive_the_presence_ttl() {
     drop(clients);
     server.stop().await;
 }
+
+/// Connects with `token`; the connect reply, or the close code that refused it.
+async fn connect_or_code(server: &TestServer, token: &str) -> Result<Client, u16> {
+    let mut c = Client::open(&server.ws_url()).await;
+    c.send("connect", json!({"token": token})).await;
+    match c.next_event().await {
+        Event::Message(m) if m.get("connect").is_some() => Ok(c),
+        Event::Message(m) => panic!("unexpected answer to connect: {m}"),
+        Event::Closed(code, _) => Err(code),
+        Event::Dropped => Err(0),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_connection_limit_holds_across_nodes() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix();
+    let limited = || {
+        let (url, prefix) = (redis.url(), prefix.clone());
+        move |c: &mut switchboard::Config| {
+            c.redis = vec![url];
+            c.redis_prefix = prefix;
+            c.presence_ttl = 2;
+            c.token_hmac_secret = Some("s".into());
+            c.user_connection_limit = 2;
+        }
+    };
+    let a = TestServer::with(limited()).await;
+    let b = TestServer::with(limited()).await;
+    let token = switchboard::auth::make_hmac_token("s", "dee", 0).unwrap();
+    let first = connect_or_code(&a, &token).await.expect("first admitted");
+    let _second = connect_or_code(&b, &token).await.expect("second admitted");
+    // Two open, one on each node: a third is refused on either node.
+    assert_eq!(connect_or_code(&a, &token).await.err(), Some(3504));
+    assert_eq!(connect_or_code(&b, &token).await.err(), Some(3504));
+    // Another user is not affected.
+    let other = switchboard::auth::make_hmac_token("s", "eve", 0).unwrap();
+    assert!(connect_or_code(&b, &other).await.is_ok());
+    // A connection that ends is uncounted: one more is admitted, on the other node.
+    first.drop_tcp();
+    let mut admitted = None;
+    for _ in 0..100 {
+        if let Ok(client) = connect_or_code(&b, &token).await {
+            admitted = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(admitted.is_some(), "the freed place was not given again");
+    // The counts outlive the presence TTL while the connections live (each node refreshes its
+    // own), and a stopped node's connections no longer count.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(connect_or_code(&a, &token).await.err(), Some(3504));
+    b.stop().await;
+    let mut freed = false;
+    for _ in 0..100 {
+        if connect_or_code(&a, &token).await.is_ok() {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "a stopped node's connections were never uncounted");
+    a.stop().await;
+}

@@ -29,4 +29,27 @@ pub trait Presence: Send + Sync + 'static {
     async fn remove(&self, channel: &str, client_id: &str) -> Result<(), PresenceError>;
     async fn get(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, PresenceError>;
     async fn stats(&self, channel: &str) -> Result<PresenceStats, PresenceError>;
+
+    /// Counts connection `client` of `user` against `limit` connections per user across every
+    /// node sharing this storage: registers it and answers true if the user had fewer, answers
+    /// false (registering nothing) if not. Check and registration are one atomic step, so nodes
+    /// admitting the same user at once never exceed the limit together. A storage of one node
+    /// admits everything (the hub counts that node's connections).
+    async fn admit_user_connection(
+        &self,
+        _user: &str,
+        _client: &str,
+        _limit: usize,
+    ) -> Result<bool, PresenceError> {
+        Ok(true)
+    }
+
+    /// Forgets connection `client` of `user` admitted by `admit_user_connection` (idempotent).
+    async fn release_user_connection(
+        &self,
+        _user: &str,
+        _client: &str,
+    ) -> Result<(), PresenceError> {
+        Ok(())
+    }
 }

@@ -65,11 +65,23 @@ impl Session {
         };
         let decision = node.decisions().connect(connecting, &req).await?;
         let limit = config.user_connection_limit;
-        if limit > 0
-            && !decision.user.is_empty()
-            && node.hub().user_connection_count(&decision.user) >= limit
-        {
-            return Err(Disconnect::CONNECTION_LIMIT.into());
+        if limit > 0 && !decision.user.is_empty() {
+            // This node's count first (no I/O), then the count across nodes, which also
+            // registers the connection (released by the session's drop).
+            if node.hub().user_connection_count(&decision.user) >= limit {
+                return Err(Disconnect::CONNECTION_LIMIT.into());
+            }
+            match node
+                .presence_storage()
+                .admit_user_connection(&decision.user, &client, limit)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return Err(Disconnect::CONNECTION_LIMIT.into()),
+                // A shared storage that is down does not refuse every connection: the limit
+                // holds per node meanwhile.
+                Err(e) => tracing::warn!(error = %e, "user connection limit counted per node only"),
+            }
         }
         let identity = Identity {
             client,

@@ -343,7 +343,13 @@ impl Drop for Session {
                 reason: &reason.reason,
             });
         }
-        if subscriptions.is_empty() {
+        // A connection counted against its user's limit across nodes is uncounted.
+        let counted = self
+            .identity
+            .as_ref()
+            .filter(|who| self.node.config().user_connection_limit > 0 && !who.user.is_empty())
+            .map(|who| (who.user.clone(), who.client.clone()));
+        if subscriptions.is_empty() && counted.is_none() {
             return;
         }
         let node = self.node.clone();
@@ -351,6 +357,15 @@ impl Drop for Session {
             let _span = node
                 .timeline()
                 .span(Lane::Background, "session cleanup", "");
+            if let Some((user, client)) = counted {
+                if let Err(e) = node
+                    .presence_storage()
+                    .release_user_connection(&user, &client)
+                    .await
+                {
+                    tracing::debug!(error = %e, "user connection not uncounted (it expires)");
+                }
+            }
             for (channel, subscription) in subscriptions {
                 subscribe::release_shared(&node, &channel, &subscription).await;
             }

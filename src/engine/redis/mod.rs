@@ -22,6 +22,7 @@
 //!   moved meanwhile to recover (unsubscribe push 2500), so a gap is never silent.
 //! - **Presence**: a hash of members plus a sorted set of expiry times per channel; each node
 //!   refreshes the entries of its own clients, so a dead node's members vanish after the TTL.
+//!   The per-user connection limit counts each user's connections across nodes the same way.
 //! - **Nodes** announce themselves in a hash every few seconds for `/api/info`.
 //! - **Sharding**: several Redis URLs spread channels over shards by a stable hash of the name.
 //! - **Sentinel** (`link.rs`): instead of a URL, the master a set of Sentinels names; a failover
@@ -134,6 +135,10 @@ pub struct RedisEngine {
     channels: ListenedChannels,
     /// This node's presence entries, re-announced periodically.
     local_presence: Mutex<HashMap<(String, String), ClientInfo>>,
+    /// This node's connections counted against the per-user limit, (user, client), re-announced
+    /// with presence.
+    local_users: Mutex<std::collections::HashSet<(String, String)>>,
+    admit_script: Script,
     shutdown: CancellationToken,
 }
 
@@ -213,6 +218,8 @@ impl RedisEngine {
             handler,
             channels,
             local_presence: Mutex::new(HashMap::new()),
+            local_users: Mutex::new(Default::default()),
+            admit_script: Script::new(presence::ADMIT_SCRIPT),
             shutdown,
         });
         tracker.spawn(presence::refresh_presence(Arc::downgrade(&engine)));

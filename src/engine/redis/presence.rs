@@ -1,5 +1,9 @@
 //! Presence on Redis: a hash of members plus a sorted set of expiry times per channel. Each node
 //! refreshes the entries of its own clients, so a dead node's members vanish after the TTL.
+//!
+//! The per-user connection limit counts across nodes the same way: a hash of a user's
+//! connections plus a sorted set of their expiry times, admitted by one script (expire, count,
+//! add) and refreshed by the node that holds the connection.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Weak;
@@ -62,7 +66,72 @@ impl Presence for RedisEngine {
             num_users: users.len() as u64,
         })
     }
+
+    async fn admit_user_connection(
+        &self,
+        user: &str,
+        client: &str,
+        limit: usize,
+    ) -> Result<bool, PresenceError> {
+        let ttl = self.settings.presence_ttl.as_secs().max(1);
+        let now = now_secs();
+        let mut conn = self.shard(user).commands.clone();
+        let mut invocation = self.admit_script.prepare_invoke();
+        invocation
+            .key(self.key("user", user))
+            .key(self.key("user.expire", user))
+            .arg(now)
+            .arg(client)
+            .arg(now + ttl)
+            .arg(limit)
+            .arg(ttl * 2);
+        let admitted: u8 = call(invocation.invoke_async(&mut conn))
+            .await
+            .map_err(|e| PresenceError(e.to_string()))?;
+        if admitted == 1 {
+            self.local_users
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((user.to_string(), client.to_string()));
+        }
+        Ok(admitted == 1)
+    }
+
+    async fn release_user_connection(&self, user: &str, client: &str) -> Result<(), PresenceError> {
+        self.local_users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(user.to_string(), client.to_string()));
+        let mut conn = self.shard(user).commands.clone();
+        let mut pipe = redis::pipe();
+        pipe.hdel(self.key("user", user), client)
+            .ignore()
+            .zrem(self.key("user.expire", user), client)
+            .ignore();
+        call(pipe.query_async::<()>(&mut conn))
+            .await
+            .map_err(|e| PresenceError(e.to_string()))
+    }
 }
+
+/// Admits a user's connection if the user has fewer than a limit, expiring entries first.
+/// KEYS: hash, zset. ARGV: now (s), client, expiry (s), limit, key TTL (s). Returns 1 or 0.
+pub(super) const ADMIT_SCRIPT: &str = r#"
+local expired = redis.call('zrangebyscore', KEYS[2], '0', ARGV[1])
+if #expired > 0 then
+  redis.call('hdel', KEYS[1], unpack(expired))
+  redis.call('zremrangebyscore', KEYS[2], '0', ARGV[1])
+end
+if redis.call('hexists', KEYS[1], ARGV[2]) == 0
+    and redis.call('hlen', KEYS[1]) >= tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('hset', KEYS[1], ARGV[2], '1')
+redis.call('zadd', KEYS[2], ARGV[3], ARGV[2])
+redis.call('expire', KEYS[1], ARGV[5])
+redis.call('expire', KEYS[2], ARGV[5])
+return 1
+"#;
 
 impl RedisEngine {
     /// Writes (or renews) one member of `channel`, with its expiry `presence_ttl` from now.
@@ -125,6 +194,14 @@ pub(super) async fn refresh_presence(engine: Weak<RedisEngine>) {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let users: Vec<(String, String)> = engine
+            .local_users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        refresh_users(&engine, users).await;
         // One round trip per shard and chunk of entries, not one per entry.
         let mut by_shard: HashMap<usize, Vec<(String, ClientInfo)>> = HashMap::new();
         for ((channel, _), info) in entries {
@@ -144,6 +221,38 @@ pub(super) async fn refresh_presence(engine: Weak<RedisEngine>) {
                     tracing::debug!(error = %e, "presence refresh failed");
                     continue 'shards;
                 }
+            }
+        }
+    }
+}
+
+/// Renews this node's entries of the per-user connection count: one round trip per shard and
+/// chunk.
+async fn refresh_users(engine: &RedisEngine, users: Vec<(String, String)>) {
+    let ttl = engine.settings.presence_ttl.as_secs().max(1);
+    let mut by_shard: HashMap<usize, Vec<(String, String)>> = HashMap::new();
+    for (user, client) in users {
+        let shard = super::shard_index(&user, engine.shards.len());
+        by_shard.entry(shard).or_default().push((user, client));
+    }
+    for (shard, entries) in by_shard {
+        let mut conn = engine.shards[shard].commands.clone();
+        for chunk in entries.chunks(REFRESH_CHUNK) {
+            let mut pipe = redis::pipe();
+            for (user, client) in chunk {
+                let (hash, zset) = (engine.key("user", user), engine.key("user.expire", user));
+                pipe.hset(&hash, client, "1")
+                    .ignore()
+                    .zadd(&zset, client, now_secs() + ttl)
+                    .ignore()
+                    .expire(&hash, (ttl * 2) as i64)
+                    .ignore()
+                    .expire(&zset, (ttl * 2) as i64)
+                    .ignore();
+            }
+            if let Err(e) = call(pipe.query_async::<()>(&mut conn)).await {
+                tracing::debug!(error = %e, "user connection refresh failed");
+                break;
             }
         }
     }
