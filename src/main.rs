@@ -207,7 +207,7 @@ struct ServeArgs {
     /// JWKS URL for token keys.
     #[arg(long, env = "SWITCHBOARD_TOKEN_JWKS_URL")]
     token_jwks_url: Option<String>,
-    /// Most connections per user on this node (0: no limit) [default: 0].
+    /// Most connections per user, across every node on Redis (0: no limit) [default: 0].
     #[arg(long, env = "SWITCHBOARD_USER_CONNECTION_LIMIT")]
     user_connection_limit: Option<usize>,
     /// Most channels per client [default: 128].

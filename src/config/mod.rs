@@ -101,7 +101,8 @@ pub struct Config {
     pub token_audience: Option<String>,
     /// Required `iss` claim of tokens, if set.
     pub token_issuer: Option<String>,
-    /// Most connections one user may hold on this node (0: no limit).
+    /// Most connections one user may hold (0: no limit): on this node, or across every node
+    /// sharing Redis (per node while Redis is unreachable).
     pub user_connection_limit: usize,
     /// Most channels one client may subscribe to.
     pub client_channel_limit: usize,
