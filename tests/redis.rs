@@ -546,3 +546,45 @@ async fn the_user_connection_limit_holds_across_nodes() {
     assert!(freed, "a stopped node's connections were never uncounted");
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_are_counted_across_nodes() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix();
+    let a = node(&redis, &prefix, "a").await;
+    let b = node(&redis, &prefix, "b").await;
+    let mut on_a = a.client().await;
+    on_a.subscribe("news").await;
+    let mut on_b = b.client().await;
+    on_b.subscribe("news").await;
+    let mut also_on_b = b.client().await;
+    also_on_b.subscribe("sport").await;
+    let expected = json!({"result": {"channels": {
+        "news": {"num_clients": 2},
+        "sport": {"num_clients": 1},
+    }}});
+    // Each node counts every node once both have announced themselves (at start).
+    for server in [&a, &b] {
+        assert!(
+            eventually(|| async { server.api("channels", json!({})).await.1 == expected }).await,
+            "{}",
+            server.api("channels", json!({})).await.1
+        );
+    }
+    let (_, filtered) = a.api("channels", json!({"pattern": "sp*"})).await;
+    assert_eq!(
+        filtered,
+        json!({"result": {"channels": {"sport": {"num_clients": 1}}}})
+    );
+    // The answers are not left behind in Redis.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}.channels.*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    a.stop().await;
+    b.stop().await;
+}

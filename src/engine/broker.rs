@@ -40,6 +40,9 @@ pub enum NodeControl {
         whitelist: Vec<String>,
         reason: Disconnect,
     },
+    /// Report this node's channels under `request` (for `/api/channels` across nodes; the
+    /// broker that asked collects the answers).
+    Channels { request: String },
 }
 
 /// A publish under way (see [`Broker::submit_publish`]).
@@ -55,6 +58,9 @@ pub trait BrokerEventHandler: Send + Sync + 'static {
     /// Publications of `channel` may have been lost on their way to this node: its local
     /// subscribers must recover from history.
     fn handle_insufficient_state(&self, channel: &str);
+    /// This node's channels with their local subscriber counts, for a broker answering
+    /// [`NodeControl::Channels`].
+    fn local_channels(&self) -> Vec<(Arc<str>, usize)>;
 }
 
 /// A node's entry in `/api/info`.
@@ -157,4 +163,11 @@ pub trait Broker: Send + Sync + 'static {
     async fn announce(&self, record: NodeRecord) -> Result<(), BrokerError>;
     /// Every live node's latest announcement.
     async fn nodes(&self) -> Result<Vec<NodeRecord>, BrokerError>;
+
+    /// Every channel with subscribers on any node, with its subscribers summed over the nodes
+    /// that answered within a second; `None` from a broker of one node (its hub knows). A node
+    /// that does not answer in time is left out (and logged).
+    async fn channels_everywhere(&self) -> Result<Option<Vec<(String, u64)>>, BrokerError> {
+        Ok(None)
+    }
 }

@@ -488,13 +488,26 @@ fn checked_pattern(req: ChannelsRequest) -> Result<ChannelsRequest, ApiError> {
     Ok(req)
 }
 
+/// Channels with subscribers on any node (across nodes on Redis), with their subscriber counts.
 async fn channels(node: &Node, req: ChannelsRequest) -> RawResult {
-    let channels = node.hub().channels();
+    let channels: Vec<(String, u64)> = match node.broker().channels_everywhere().await {
+        Ok(Some(everywhere)) => everywhere,
+        Ok(None) => node
+            .hub()
+            .channels()
+            .into_iter()
+            .map(|(name, count)| (name.to_string(), count as u64))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list channels across nodes");
+            return Err(Error::new(error_code::NOT_AVAILABLE));
+        }
+    };
     let filter = move || {
         channels
             .into_iter()
             .filter(|(name, _)| req.pattern.is_empty() || glob_match(&req.pattern, name))
-            .map(|(name, count)| (name.to_string(), json!({ "num_clients": count })))
+            .map(|(name, count)| (name, json!({ "num_clients": count })))
             .collect::<serde_json::Map<String, Value>>()
     };
     // Matching every channel against a pattern is CPU work in proportion to the hub's size: off

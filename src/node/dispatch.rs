@@ -141,6 +141,12 @@ impl BrokerEventHandler for Dispatcher {
                     }
                 }
             }
+            // Answered by the broker itself, which asks `local_channels`.
+            NodeControl::Channels { .. } => {}
         }
+    }
+
+    fn local_channels(&self) -> Vec<(Arc<str>, usize)> {
+        self.hub.channels()
     }
 }

@@ -25,6 +25,11 @@ pub(super) fn control_topic(prefix: &str) -> String {
     format!("{prefix}.control")
 }
 
+/// The hash collecting the nodes' answers to channel-listing request `request`.
+pub(super) fn channels_answers_key(prefix: &str, request: &str) -> String {
+    format!("{prefix}.channels.{request}")
+}
+
 /// The hash of node announcements.
 pub(super) fn nodes_key(prefix: &str) -> String {
     format!("{prefix}.nodes")

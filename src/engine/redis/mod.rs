@@ -69,8 +69,8 @@ use crate::engine::idempotency::{IdempotencyKey, Idempotent};
 use crate::protocol::{ClientInfo, Publication, StreamPosition};
 pub use keys::shard_index;
 use keys::{
-    control_topic, key, live_publish, nodes_key, publish_call, publish_once_call, HISTORY_SCRIPT,
-    PRESENCE_SCRIPT, PUBLISH_SCRIPT,
+    channels_answers_key, control_topic, key, live_publish, nodes_key, publish_call,
+    publish_once_call, HISTORY_SCRIPT, PRESENCE_SCRIPT, PUBLISH_SCRIPT,
 };
 use link::Link;
 pub use link::SentinelSettings;
@@ -79,6 +79,8 @@ use pubsub::{ListenedChannels, PubSubSupervisor, TopicRequest, TOPIC_QUEUE};
 
 /// Longest a single Redis call may take before the caller gets "not available".
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest `/api/channels` waits for the other nodes' answers.
+const CHANNELS_WAIT: Duration = Duration::from_secs(1);
 /// Node announcements older than this are dropped from `/api/info`.
 const NODE_TTL_SECS: u64 = 15;
 
@@ -194,6 +196,7 @@ impl RedisEngine {
                 channels: channels.clone(),
                 shard_count,
                 shutdown: shutdown.clone(),
+                tracker: tracker.clone(),
             };
             tracker.spawn(supervisor.run(requests));
             let (publishes, queue) = mpsc::channel(PUBLISH_QUEUE);
@@ -478,6 +481,47 @@ impl Broker for RedisEngine {
         let mut conn = self.shards[0].commands.clone();
         call(conn.hset::<_, _, _, ()>(nodes_key(&self.settings.prefix), &record.info.uid, json))
             .await
+    }
+
+    /// Asks every node (this one too) over the control topic; each writes its channels into one
+    /// hash, read once every live node has answered or after [`CHANNELS_WAIT`].
+    async fn channels_everywhere(&self) -> Result<Option<Vec<(String, u64)>>, BrokerError> {
+        let expected = self.nodes().await?.len().max(1);
+        let request = uuid::Uuid::new_v4().simple().to_string();
+        let answers = channels_answers_key(&self.settings.prefix, &request);
+        self.publish_control(NodeControl::Channels {
+            request: request.clone(),
+        })
+        .await?;
+        let mut conn = self.shards[0].commands.clone();
+        let deadline = tokio::time::Instant::now() + CHANNELS_WAIT;
+        loop {
+            let answered: usize = call(conn.hlen(&answers)).await?;
+            if answered >= expected {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    answered,
+                    expected,
+                    "not every node listed its channels in time; counting those that did"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let all: HashMap<String, String> = call(conn.hgetall(&answers)).await?;
+        let _ = call(conn.del::<_, ()>(&answers)).await;
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        for json in all.values() {
+            let Ok(channels) = serde_json::from_str::<Vec<(String, u64)>>(json) else {
+                continue;
+            };
+            for (channel, subscribers) in channels {
+                *counts.entry(channel).or_default() += subscribers;
+            }
+        }
+        Ok(Some(counts.into_iter().collect()))
     }
 
     async fn nodes(&self) -> Result<Vec<NodeRecord>, BrokerError> {

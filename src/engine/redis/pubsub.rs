@@ -12,8 +12,9 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::keys::{key, shard_index};
+use super::keys::{channels_answers_key, key, shard_index};
 use super::link::Link;
 use super::{call, CALL_TIMEOUT};
 use crate::engine::broker::{BrokerEventHandler, NodeControl};
@@ -27,6 +28,9 @@ use crate::protocol::{ClientInfo, Publication, StreamPosition};
 /// connection is down the supervisor discards requests (it resubscribes from the channel map on
 /// reconnect), so a caller never waits on an outage.
 pub(super) const TOPIC_QUEUE: usize = 1024;
+
+/// How long the answers to a channel-listing request stay in Redis if their asker is gone.
+const ANSWERS_TTL_SECS: i64 = 10;
 
 /// Channels with local subscribers, with the last position delivered (to spot gaps).
 pub(super) type ListenedChannels = Arc<Mutex<HashMap<String, Option<StreamPosition>>>>;
@@ -60,6 +64,8 @@ pub(super) struct PubSubSupervisor {
     pub(super) channels: ListenedChannels,
     pub(super) shard_count: usize,
     pub(super) shutdown: CancellationToken,
+    /// Where the answers to channel-listing requests run.
+    pub(super) tracker: TaskTracker,
 }
 
 impl PubSubSupervisor {
@@ -247,6 +253,26 @@ impl PubSubSupervisor {
         }
     }
 
+    /// Writes this node's channels beside the other nodes' answers to `request`.
+    fn answer_channels(&self, handler: &Arc<dyn BrokerEventHandler>, request: String) {
+        let channels: Vec<(Arc<str>, usize)> = handler.local_channels();
+        let mut conn = self.commands.clone();
+        let key = channels_answers_key(&self.prefix, &request);
+        self.tracker.spawn(async move {
+            let Ok(json) = serde_json::to_string(&channels) else {
+                return;
+            };
+            let mut pipe = redis::pipe();
+            pipe.hset(&key, uuid::Uuid::new_v4().simple().to_string(), json)
+                .ignore()
+                .expire(&key, ANSWERS_TTL_SECS)
+                .ignore();
+            if let Err(e) = call(pipe.query_async::<()>(&mut conn)).await {
+                tracing::debug!(error = %e, "channels answer not written");
+            }
+        });
+    }
+
     fn dispatch(&self, message: redis::Msg) {
         let Some(handler) = self.handler.get() else {
             return;
@@ -255,6 +281,7 @@ impl PubSubSupervisor {
         let payload = message.get_payload_bytes();
         if Some(topic) == self.control_topic.as_deref() {
             match serde_json::from_slice::<NodeControl>(payload) {
+                Ok(NodeControl::Channels { request }) => self.answer_channels(handler, request),
                 Ok(control) => handler.handle_control(control),
                 Err(e) => tracing::warn!(error = %e, "bad control message"),
             }
