@@ -588,3 +588,59 @@ async fn channels_are_counted_across_nodes() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_went_back_gets_a_new_epoch() {
+    // What a failover without the replica wait can do: the new master lacks publications the
+    // old one delivered. Here the stream's top offset is set back by hand, then the node's
+    // pub/sub connection is cut, as a failover cuts it.
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix();
+    let a = node(&redis, &prefix, "a").await;
+    let mut sub = a.client().await;
+    let subscribed = sub.subscribe("ledger").await;
+    let epoch = subscribed["subscribe"]["epoch"].clone();
+    assert!(listening(&redis, &prefix, "ledger").await, "node a listens");
+    for n in 1..=5 {
+        publish(&a, "ledger", json!(n)).await;
+    }
+    for n in 1..=5 {
+        assert_eq!(sub.next_publication().await["pub"]["data"], n);
+    }
+    // A master that never got offsets 3 to 5: its stream ends at 2.
+    let (meta, stream) = (
+        format!("{prefix}.meta.ledger"),
+        format!("{prefix}.stream.ledger"),
+    );
+    redis.command(&["DEL", &stream]).await;
+    for id in ["1-1", "2-1"] {
+        redis.command(&["XADD", &stream, id, "d", "{}"]).await;
+    }
+    redis.command(&["HSET", &meta, "s", "2"]).await;
+    redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    // Told to recover, the subscriber learns it cannot: offsets 3 to 5 would be given again.
+    let unsubscribe = loop {
+        let push = sub.next_push().await;
+        if let Some(u) = push.get("unsubscribe") {
+            break u.clone();
+        }
+    };
+    assert_eq!(unsubscribe["code"], 2500);
+    let r = sub
+        .call(
+            "subscribe",
+            json!({"channel": "ledger", "recover": true, "offset": 5, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(r["subscribe"]["was_recovering"], true, "{r}");
+    assert!(
+        r["subscribe"].get("recovered").is_none(),
+        "not recovered: {r}"
+    );
+    assert_ne!(r["subscribe"]["epoch"], epoch);
+    // Publications go on in the new epoch.
+    let next = publish(&a, "ledger", json!(6)).await;
+    assert_eq!(next["result"]["epoch"], r["subscribe"]["epoch"], "{next}");
+    assert_eq!(sub.next_publication().await["pub"]["data"], 6);
+    a.stop().await;
+}
