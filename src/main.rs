@@ -149,6 +149,10 @@ struct ServeArgs {
     /// sharing broker, history and presence.
     #[arg(long, env = "SWITCHBOARD_REDIS", value_delimiter = ',')]
     redis: Option<Vec<String>>,
+    /// Redis Cluster instead of --redis: seed nodes (host:port, or redis://:password@host:port,
+    /// rediss:// for TLS; repeat or comma-separate).
+    #[arg(long, env = "SWITCHBOARD_REDIS_CLUSTER", value_delimiter = ',')]
+    redis_cluster: Option<Vec<String>>,
     /// Redis Sentinels instead of --redis (host:port, or redis://:password@host:port with the
     /// Sentinels' own password, rediss:// for TLS; repeat or comma-separate): the nodes use the
     /// master they name and follow its failovers.
@@ -358,6 +362,7 @@ impl ServeArgs {
             allowed_origins,
             redis,
             redis_sentinel,
+            redis_cluster,
             redis_wait_replicas,
             redis_wait_timeout,
             redis_prefix,

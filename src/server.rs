@@ -99,6 +99,7 @@ pub async fn build_node(config: Config, shutdown: CancellationToken) -> Result<B
                         master_password: config.redis_master_password.clone(),
                         master_tls: config.redis_master_tls,
                     }),
+                cluster: config.redis_cluster.clone(),
                 wait_replicas: config.redis_wait_replicas,
                 wait_timeout: config.redis_wait_timeout,
                 ..RedisSettings::new(

@@ -127,6 +127,9 @@ pub struct Config {
     // ------------------------------------------------------------------------------------------
     /// Redis URLs (one per shard): several nodes share broker, history and presence through them.
     pub redis: Vec<String>,
+    /// Instead of `redis`: seed nodes of a Redis Cluster (`host:port`, or URLs with a password,
+    /// `rediss://` for TLS); channels spread over its masters by slot.
+    pub redis_cluster: Vec<String>,
     /// Instead of `redis`: the Sentinels (`host:port`, or `redis://[[user]:password@]host:port`
     /// carrying the Sentinels' own credentials, `rediss://` for TLS) that name the master.
     pub redis_sentinel: Vec<String>,
@@ -344,6 +347,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             allowed_origins: Vec::new(),
             redis: Vec::new(),
+            redis_cluster: Vec::new(),
             redis_sentinel: Vec::new(),
             redis_sentinel_master: None,
             redis_master_username: None,
@@ -544,9 +548,24 @@ impl Config {
                 "idempotency_window must be more than zero".into(),
             ));
         }
-        if !self.redis.is_empty() && !self.redis_sentinel.is_empty() {
+        let targets = [
+            !self.redis.is_empty(),
+            !self.redis_sentinel.is_empty(),
+            !self.redis_cluster.is_empty(),
+        ];
+        if targets.iter().filter(|t| **t).count() > 1 {
             return Err(ConfigError::Invalid(
-                "redis and redis_sentinel are exclusive: give one".into(),
+                "redis, redis_sentinel and redis_cluster are exclusive: give one".into(),
+            ));
+        }
+        if !self.redis_cluster.is_empty() && self.redis_wait_replicas > 0 {
+            return Err(ConfigError::Invalid(
+                "redis_wait_replicas is not available with redis_cluster".into(),
+            ));
+        }
+        if !self.redis_cluster.is_empty() && self.redis_prefix.contains(['{', '}']) {
+            return Err(ConfigError::Invalid(
+                "with redis_cluster, redis_prefix may not hold braces (they make hash tags)".into(),
             ));
         }
         if !self.redis_sentinel.is_empty() && self.redis_sentinel_master.is_none() {
@@ -655,9 +674,9 @@ impl Config {
         ]
     }
 
-    /// Whether nodes share Redis (plain URLs or Sentinel).
+    /// Whether nodes share Redis (plain URLs, Sentinel or Cluster).
     pub fn uses_redis(&self) -> bool {
-        !self.redis.is_empty() || !self.redis_sentinel.is_empty()
+        !self.redis.is_empty() || !self.redis_sentinel.is_empty() || !self.redis_cluster.is_empty()
     }
 
     /// Whether the application backend decides anything (see [`crate::hooks::proxy`]).

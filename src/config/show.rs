@@ -23,6 +23,7 @@ const SECRET_KEYS: &[&str] = &[
 fn is_url_setting(key: &str) -> bool {
     key == "redis"
         || key == "redis_sentinel"
+        || key == "redis_cluster"
         || key == "token_jwks_url"
         || key.ends_with("_endpoint")
         || key == "proxy_rpc_endpoints"

@@ -165,6 +165,22 @@ fn sentinel_needs_its_master_name_and_excludes_plain_urls() {
     assert!(c.uses_redis());
     c.redis = vec!["redis://127.0.0.1:6379".into()];
     assert!(c.validate().unwrap_err().to_string().contains("exclusive"));
+    let cluster = Config {
+        redis_cluster: vec!["127.0.0.1:7000".into()],
+        ..Config::default()
+    };
+    cluster.validate().unwrap();
+    assert!(cluster.uses_redis());
+    let braced = Config {
+        redis_prefix: "{sb}".into(),
+        ..cluster.clone()
+    };
+    assert!(braced.validate().is_err());
+    let waiting = Config {
+        redis_wait_replicas: 1,
+        ..cluster
+    };
+    assert!(waiting.validate().is_err());
     let waiting: Config = toml::from_str(
         "redis = [\"redis://127.0.0.1\"]\nredis_wait_replicas = 1\nredis_wait_timeout = \"250ms\"",
     )

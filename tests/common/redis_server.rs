@@ -32,7 +32,10 @@ impl RedisServer {
     }
 
     async fn start_with(extra: Vec<String>) -> RedisServer {
-        let port = free_port();
+        Self::start_on(free_port(), extra).await
+    }
+
+    async fn start_on(port: u16, extra: Vec<String>) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port,
@@ -218,4 +221,108 @@ pub fn free_port() -> u16 {
 
 pub fn unique_prefix() -> String {
     format!("test-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A Redis Cluster on free loopback ports: `masters` masters with `replicas` replicas each
+/// (`redis-server --cluster-enabled yes`, joined by `redis-cli --cluster create`), quick to fail
+/// over (1 s without an answer is down).
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start(masters: usize, replicas: usize) -> RedisCluster {
+        let mut nodes = Vec::new();
+        for _ in 0..masters * (1 + replicas) {
+            let args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+            ];
+            let args = args.iter().map(|a| a.to_string()).collect();
+            nodes.push(RedisServer::start_on(cluster_port(), args).await);
+        }
+        let status = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli must be installed (apt-get install redis-tools)");
+        assert!(status.success(), "redis-cli --cluster create");
+        let cluster = RedisCluster { nodes };
+        let mut ok = false;
+        for _ in 0..3 {
+            if super::eventually(|| cluster.healthy()).await {
+                ok = true;
+                break;
+            }
+        }
+        assert!(ok, "the cluster formed");
+        cluster
+    }
+
+    /// The seed nodes, as `--redis-cluster` takes them.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// Whether every running node reports the cluster OK, with every slot served.
+    pub async fn healthy(&self) -> bool {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let Ok(info) = query(node.port, &["CLUSTER", "INFO"]).await else {
+                return false;
+            };
+            let Ok(info) = redis::from_redis_value::<String>(info) else {
+                return false;
+            };
+            if !info.contains("cluster_state:ok") || !info.contains("cluster_slots_ok:16384") {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The index of the running master that holds a key containing `fragment`, if one does.
+    pub async fn master_holding(&self, fragment: &str) -> Option<usize> {
+        for (index, node) in self.nodes.iter().enumerate() {
+            if node.child.is_none() {
+                continue;
+            }
+            let Ok(role) = query(node.port, &["ROLE"]).await else {
+                continue;
+            };
+            let Ok(role) = redis::from_redis_value::<Vec<redis::Value>>(role) else {
+                continue;
+            };
+            if role.first() != Some(&redis::Value::BulkString(b"master".to_vec())) {
+                continue;
+            }
+            let pattern = format!("*{fragment}*");
+            if let Ok(keys) = query(node.port, &["KEYS", &pattern]).await {
+                if redis::from_redis_value::<Vec<String>>(keys).is_ok_and(|k| !k.is_empty()) {
+                    return Some(index);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// A free port whose cluster bus port (10000 above) is free too.
+fn cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55000 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
 }

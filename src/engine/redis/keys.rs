@@ -37,12 +37,26 @@ pub(super) fn nodes_key(prefix: &str) -> String {
 
 /// The shard of `channel`: a stable FNV-1a hash, the same on every node.
 pub fn shard_index(channel: &str, shards: usize) -> usize {
+    (fnv(channel) % shards.max(1) as u64) as usize
+}
+
+fn fnv(text: &str) -> u64 {
     let mut hash: u64 = 0xcbf29ce484222325;
-    for byte in channel.as_bytes() {
+    for byte in text.as_bytes() {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x100000001b3);
     }
-    (hash % shards.max(1) as u64) as usize
+    hash
+}
+
+/// Length of the hash tag [`cluster_name`] puts before a name: `{` 16 hex digits `}`.
+pub(super) const TAG_LEN: usize = 18;
+
+/// How a channel (or user) is named in keys and topics on Redis Cluster: behind a hash tag of
+/// its own hash, so that all its keys and its topic share one slot (a Lua script may only touch
+/// keys of one slot) whatever braces the name holds.
+pub(super) fn cluster_name(name: &str) -> String {
+    format!("{{{:016x}}}{name}", fnv(name))
 }
 
 /// Appends to a channel's stream and publishes, atomically.
@@ -85,16 +99,30 @@ end
 return {offset, epoch}
 "#;
 
-/// A call of [`PUBLISH_SCRIPT`] (loaded under `script_hash`) storing and publishing `json` in
-/// `channel`.
+/// How a publish script is called: by its hash (`EVALSHA`, loaded once: one Redis), or with its
+/// body (`EVAL`: on Redis Cluster, where every master would need it loaded and a batch is not one
+/// transaction, see `publisher.rs`).
+#[derive(Clone, Copy)]
+pub(super) enum ScriptRef<'a> {
+    Sha(&'a str),
+    Body(&'a str),
+}
+
+/// The publish script for Redis Cluster: the same, publishing to the channel's shard
+/// (`SPUBLISH`), so a publication travels only to the shard that owns its channel.
+pub(super) fn cluster_publish_script() -> String {
+    PUBLISH_SCRIPT.replace("'publish'", "'spublish'")
+}
+
+/// A call of [`PUBLISH_SCRIPT`] storing and publishing `json` in `channel`.
 pub(super) fn publish_call(
-    script_hash: &str,
+    script: ScriptRef,
     prefix: &str,
     channel: &str,
     json: &str,
     retention: Retention,
 ) -> redis::Cmd {
-    let mut command = script_call(script_hash, prefix, channel, None);
+    let mut command = script_call(script, prefix, channel, None);
     command
         .arg(json)
         .arg(retention.size)
@@ -108,14 +136,14 @@ pub(super) fn publish_call(
 /// A call of [`PUBLISH_SCRIPT`] publishing `json` in `channel` once per `idempotency` key within
 /// its window: stored with a `retention`, only published without one.
 pub(super) fn publish_once_call(
-    script_hash: &str,
+    script: ScriptRef,
     prefix: &str,
     channel: &str,
     json: &str,
     retention: Option<Retention>,
     idempotency: &IdempotencyKey,
 ) -> redis::Cmd {
-    let mut command = script_call(script_hash, prefix, channel, Some(idempotency));
+    let mut command = script_call(script, prefix, channel, Some(idempotency));
     command
         .arg(json)
         .arg(retention.map_or(0, |r| r.size))
@@ -129,14 +157,24 @@ pub(super) fn publish_once_call(
 
 /// `EVALSHA` of the publish script with `channel`'s keys (and its idempotency key's).
 fn script_call(
-    script_hash: &str,
+    script: ScriptRef,
     prefix: &str,
     channel: &str,
     idempotency: Option<&IdempotencyKey>,
 ) -> redis::Cmd {
-    let mut command = redis::cmd("EVALSHA");
+    let mut command = match script {
+        ScriptRef::Sha(hash) => {
+            let mut command = redis::cmd("EVALSHA");
+            command.arg(hash);
+            command
+        }
+        ScriptRef::Body(body) => {
+            let mut command = redis::cmd("EVAL");
+            command.arg(body);
+            command
+        }
+    };
     command
-        .arg(script_hash)
         .arg(if idempotency.is_some() { 3 } else { 2 })
         .arg(key(prefix, "stream", channel))
         .arg(key(prefix, "meta", channel));
@@ -151,9 +189,10 @@ fn window_ms(idempotency: &IdempotencyKey) -> u64 {
     (idempotency.window.as_millis() as u64).max(1)
 }
 
-/// A `PUBLISH` of `json` to `channel`'s subscribers without storing it (no offset).
-pub(super) fn live_publish(prefix: &str, channel: &str, json: &str) -> redis::Cmd {
-    let mut command = redis::cmd("PUBLISH");
+/// A `PUBLISH` of `json` to `channel`'s subscribers without storing it (no offset); `SPUBLISH`
+/// on Redis Cluster.
+pub(super) fn live_publish(prefix: &str, channel: &str, json: &str, sharded: bool) -> redis::Cmd {
+    let mut command = redis::cmd(if sharded { "SPUBLISH" } else { "PUBLISH" });
     command
         .arg(key(prefix, "pub", channel))
         .arg(format!("p0::{json}"));

@@ -1,5 +1,6 @@
-//! A shard's way to its Redis: a fixed address, or the master a set of Sentinels names,
-//! followed through failovers.
+//! A shard's way to its Redis: a fixed address, the master a set of Sentinels names (followed
+//! through failovers), or a Redis Cluster (whose client routes each command to the master of its
+//! key's slot, and learns the new slot map after a failover or resharding).
 //!
 //! [`Link`] is what every command of the engine goes through (it is a
 //! [`ConnectionLike`](redis::aio::ConnectionLike), so scripts, pipelines and commands take it as
@@ -14,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{Cmd, ConnectionAddr, IntoConnectionInfo, RedisFuture, Value};
 use tokio::sync::{watch, Notify};
@@ -47,12 +50,21 @@ pub struct SentinelSettings {
 enum Source {
     Fixed(redis::Client),
     Sentinel(tokio::sync::Mutex<SentinelClient>),
+    /// The cluster's seed nodes, as URLs.
+    Cluster(Vec<String>),
+}
+
+/// A commands connection: to one server, or to a cluster.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
 }
 
 struct LinkState {
     source: Source,
     /// The commands connection to the current server (swapped on a failover).
-    current: Mutex<ConnectionManager>,
+    current: Mutex<Connection>,
     /// The current server's address; changes when Sentinel names a new master.
     master: watch::Sender<String>,
     /// Woken by a failed call: look the master up now rather than at the next poll.
@@ -115,10 +127,37 @@ impl Link {
         ))
     }
 
+    /// A link to the Redis Cluster the seed `nodes` (`host:port` or URLs) belong to.
+    pub(super) async fn cluster(nodes: &[String]) -> Result<Link, BrokerError> {
+        let urls = cluster_urls(nodes);
+        let client = cluster_builder(&urls)
+            .build()
+            .map_err(|e| BrokerError::Unavailable(format!("Redis Cluster settings: {e}")))?;
+        let connection = tokio::time::timeout(CALL_TIMEOUT * 2, client.get_async_connection())
+            .await
+            .map_err(|_| BrokerError::Unavailable("no Redis Cluster node answered".into()))?
+            .map_err(|e| BrokerError::Unavailable(format!("Redis Cluster: {e}")))?;
+        tracing::info!(nodes = urls.len(), "connected to Redis Cluster");
+        Ok(Link(Arc::new(LinkState {
+            source: Source::Cluster(urls),
+            current: Mutex::new(Connection::Cluster(connection)),
+            master: watch::channel("cluster".to_string()).0,
+            suspect: Notify::new(),
+        })))
+    }
+
+    /// The seed nodes' URLs, on Redis Cluster.
+    pub(super) fn cluster_nodes(&self) -> Option<&[String]> {
+        match &self.0.source {
+            Source::Cluster(urls) => Some(urls),
+            _ => None,
+        }
+    }
+
     fn new(source: Source, manager: ConnectionManager, address: String) -> Link {
         Link(Arc::new(LinkState {
             source,
-            current: Mutex::new(manager),
+            current: Mutex::new(Connection::Single(manager)),
             master: watch::channel(address).0,
             suspect: Notify::new(),
         }))
@@ -135,6 +174,10 @@ impl Link {
         match &self.0.source {
             Source::Fixed(client) => Ok(client.clone()),
             Source::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await,
+            Source::Cluster(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a cluster has no single server",
+            ))),
         }
     }
 
@@ -143,7 +186,7 @@ impl Link {
         self.0.master.subscribe()
     }
 
-    fn manager(&self) -> ConnectionManager {
+    fn manager(&self) -> Connection {
         self.0
             .current
             .lock()
@@ -190,7 +233,8 @@ impl Link {
             if *self.0.master.borrow() != address {
                 match connect_manager(&client).await {
                     Ok(manager) => {
-                        *self.0.current.lock().unwrap_or_else(|e| e.into_inner()) = manager;
+                        *self.0.current.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Connection::Single(manager);
                         tracing::warn!(master = %address, "Redis master changed (Sentinel failover)");
                         self.0.master.send_replace(address);
                     }
@@ -246,6 +290,58 @@ impl ConnectionLike for Link {
     fn get_db(&self) -> i64 {
         self.manager().get_db()
     }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// `host:port` entries as URLs; URLs as given.
+fn cluster_urls(nodes: &[String]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|n| {
+            if n.contains("://") {
+                n.clone()
+            } else {
+                format!("redis://{n}")
+            }
+        })
+        .collect()
+}
+
+/// A cluster client's settings: calls bounded like every Redis call, and no retry of a failed
+/// call (a command is never sent twice, so a publication is never stored twice; the caller
+/// hears "not available", as in any outage, and the client refreshes its slot map meanwhile).
+pub(super) fn cluster_builder(urls: &[String]) -> ClusterClientBuilder {
+    ClusterClientBuilder::new(urls.to_vec())
+        .retries(0)
+        .connection_timeout(CALL_TIMEOUT)
+        .response_timeout(CALL_TIMEOUT)
 }
 
 /// Builds the Sentinel client of `settings`.

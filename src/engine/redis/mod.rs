@@ -69,8 +69,9 @@ use crate::engine::idempotency::{IdempotencyKey, Idempotent};
 use crate::protocol::{ClientInfo, Publication, StreamPosition};
 pub use keys::shard_index;
 use keys::{
-    channels_answers_key, control_topic, key, live_publish, nodes_key, publish_call,
-    publish_once_call, HISTORY_SCRIPT, PRESENCE_SCRIPT, PUBLISH_SCRIPT,
+    channels_answers_key, cluster_name, cluster_publish_script, control_topic, key, live_publish,
+    nodes_key, publish_call, publish_once_call, ScriptRef, HISTORY_SCRIPT, PRESENCE_SCRIPT,
+    PUBLISH_SCRIPT,
 };
 use link::Link;
 pub use link::SentinelSettings;
@@ -95,6 +96,8 @@ pub struct RedisSettings {
     pub presence_ttl: Duration,
     /// Instead of `urls`: one Redis whose master Sentinel names, followed through failovers.
     pub sentinel: Option<SentinelSettings>,
+    /// Instead of `urls`: the seed nodes (`host:port` or URLs) of a Redis Cluster.
+    pub cluster: Vec<String>,
     /// Replicas that must hold a publication before it is acknowledged (0: none, the default).
     pub wait_replicas: u32,
     /// How long a publication waits for them before it is answered "not available".
@@ -109,6 +112,7 @@ impl RedisSettings {
             prefix,
             presence_ttl,
             sentinel: None,
+            cluster: Vec::new(),
             wait_replicas: 0,
             wait_timeout: Duration::from_secs(1),
         }
@@ -129,6 +133,8 @@ pub struct RedisEngine {
     settings: RedisSettings,
     shards: Vec<Shard>,
     publish: Script,
+    /// On Redis Cluster, the publish script's body (sent with each call, see `publisher.rs`).
+    cluster_script: Option<String>,
     history: Script,
     presence_script: Script,
     handler: Arc<OnceLock<Arc<dyn BrokerEventHandler>>>,
@@ -152,12 +158,29 @@ impl RedisEngine {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Result<Arc<RedisEngine>, BrokerError> {
-        if settings.urls.is_empty() && settings.sentinel.is_none() {
-            return Err(BrokerError::Unavailable("no Redis URL".into()));
+        let targets = [
+            !settings.urls.is_empty(),
+            settings.sentinel.is_some(),
+            !settings.cluster.is_empty(),
+        ];
+        match targets.iter().filter(|t| **t).count() {
+            0 => return Err(BrokerError::Unavailable("no Redis URL".into())),
+            1 => {}
+            _ => {
+                return Err(BrokerError::Unavailable(
+                    "Redis URLs, Sentinel and Cluster are exclusive".into(),
+                ))
+            }
         }
-        if !settings.urls.is_empty() && settings.sentinel.is_some() {
+        let cluster = !settings.cluster.is_empty();
+        if cluster && settings.wait_replicas > 0 {
             return Err(BrokerError::Unavailable(
-                "Redis URLs and Sentinel are exclusive".into(),
+                "the replica wait is not available on Redis Cluster".into(),
+            ));
+        }
+        if cluster && settings.prefix.contains(['{', '}']) {
+            return Err(BrokerError::Unavailable(
+                "on Redis Cluster the key prefix may not hold braces".into(),
             ));
         }
         if settings.wait_replicas > 0 && settings.wait_timeout >= CALL_TIMEOUT {
@@ -172,6 +195,7 @@ impl RedisEngine {
                 tracker.spawn(link.clone().watch_master(shutdown.clone()));
                 links.push(link);
             }
+            None if cluster => links.push(Link::cluster(&settings.cluster).await?),
             None => {
                 for url in &settings.urls {
                     links.push(Link::fixed(url).await?);
@@ -198,7 +222,11 @@ impl RedisEngine {
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
             };
-            tracker.spawn(supervisor.run(requests));
+            if cluster {
+                tracker.spawn(supervisor.run_cluster(requests));
+            } else {
+                tracker.spawn(supervisor.run(requests));
+            }
             let (publishes, queue) = mpsc::channel(PUBLISH_QUEUE);
             let publisher = Publisher {
                 commands: commands.clone(),
@@ -216,6 +244,7 @@ impl RedisEngine {
             settings,
             shards,
             publish: Script::new(PUBLISH_SCRIPT),
+            cluster_script: cluster.then(cluster_publish_script),
             history: Script::new(HISTORY_SCRIPT),
             presence_script: Script::new(PRESENCE_SCRIPT),
             handler,
@@ -238,7 +267,28 @@ impl RedisEngine {
     }
 
     fn key(&self, kind: &str, channel: &str) -> String {
-        key(&self.settings.prefix, kind, channel)
+        key(&self.settings.prefix, kind, &self.name(channel))
+    }
+
+    /// How `channel` (or a user) is named in keys and topics: as is, or behind its hash tag on
+    /// Redis Cluster.
+    fn name<'a>(&self, channel: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.cluster_script.is_some() {
+            std::borrow::Cow::Owned(cluster_name(channel))
+        } else {
+            std::borrow::Cow::Borrowed(channel)
+        }
+    }
+
+    /// A `PUBLISH` (`SPUBLISH` on Redis Cluster) of `message` to `channel`'s topic.
+    fn publish_topic(&self, channel: &str, message: String) -> redis::Cmd {
+        let mut command = redis::cmd(if self.cluster_script.is_some() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        });
+        command.arg(self.key("pub", channel)).arg(message);
+        command
     }
 
     /// The queue entry that stores (with a retention) and publishes `publication`: a call of the
@@ -255,18 +305,30 @@ impl RedisEngine {
         let json = serde_json::to_string(publication)
             .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let prefix = &self.settings.prefix;
-        let hash = self.publish.get_hash();
-        Ok(match (history, idempotency) {
+        let script = match &self.cluster_script {
+            Some(body) => ScriptRef::Body(body),
+            None => ScriptRef::Sha(self.publish.get_hash()),
+        };
+        let name = self.name(channel);
+        let sharded = self.cluster_script.is_some();
+        let (request, answer) = match (history, idempotency) {
             (Some(retention), None) => PublishRequest::new(
-                publish_call(hash, prefix, channel, &json, retention),
+                publish_call(script, prefix, &name, &json, retention),
                 Reply::Stored,
             ),
-            (None, None) => PublishRequest::new(live_publish(prefix, channel, &json), Reply::Live),
+            (None, None) => {
+                PublishRequest::new(live_publish(prefix, &name, &json, sharded), Reply::Live)
+            }
             (retention, Some(key)) => PublishRequest::new(
-                publish_once_call(hash, prefix, channel, &json, retention, key),
+                publish_once_call(script, prefix, &name, &json, retention, key),
                 Reply::Once,
             ),
-        })
+        };
+        // On Redis Cluster a batch is sent as one pipeline per channel (one slot each).
+        Ok((
+            request.in_group(sharded.then(|| channel.to_string())),
+            answer,
+        ))
     }
 
     /// Queues `request` on `channel`'s shard, waiting for room until its deadline.
@@ -374,14 +436,22 @@ impl Broker for RedisEngine {
         let json =
             serde_json::to_string(info).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let mut conn = self.shard(channel).commands.clone();
-        call(conn.publish::<_, _, ()>(self.key("pub", channel), format!("j{json}"))).await
+        call(
+            self.publish_topic(channel, format!("j{json}"))
+                .query_async::<()>(&mut conn),
+        )
+        .await
     }
 
     async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
         let json =
             serde_json::to_string(info).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let mut conn = self.shard(channel).commands.clone();
-        call(conn.publish::<_, _, ()>(self.key("pub", channel), format!("l{json}"))).await
+        call(
+            self.publish_topic(channel, format!("l{json}"))
+                .query_async::<()>(&mut conn),
+        )
+        .await
     }
 
     async fn publish_control(&self, control: NodeControl) -> Result<(), BrokerError> {

@@ -134,6 +134,29 @@ return 1
 "#;
 
 impl RedisEngine {
+    /// `entries` in round trips: chunks of [`REFRESH_CHUNK`]; on Redis Cluster, where one
+    /// pipeline goes to one slot's master, one per channel (or user) named by `name_of`.
+    fn refresh_batches<T>(&self, mut entries: Vec<T>, name_of: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+        let mut batches: Vec<Vec<T>> = Vec::new();
+        if self.cluster_script.is_some() {
+            entries.sort_by(|a, b| name_of(a).cmp(name_of(b)));
+            for entry in entries {
+                match batches.last_mut() {
+                    Some(batch) if batch.first().map(&name_of) == Some(name_of(&entry)) => {
+                        batch.push(entry)
+                    }
+                    _ => batches.push(vec![entry]),
+                }
+            }
+        } else {
+            while !entries.is_empty() {
+                let rest = entries.split_off(entries.len().min(REFRESH_CHUNK));
+                batches.push(std::mem::replace(&mut entries, rest));
+            }
+        }
+        batches
+    }
+
     /// Writes (or renews) one member of `channel`, with its expiry `presence_ttl` from now.
     async fn write_presence(&self, channel: &str, info: &ClientInfo) -> Result<(), PresenceError> {
         let mut conn = self.shard(channel).commands.clone();
@@ -210,9 +233,9 @@ pub(super) async fn refresh_presence(engine: Weak<RedisEngine>) {
         }
         'shards: for (shard, entries) in by_shard {
             let mut conn = engine.shards[shard].commands.clone();
-            for chunk in entries.chunks(REFRESH_CHUNK) {
+            for chunk in engine.refresh_batches(entries, |(channel, _)| channel.as_str()) {
                 let mut pipe = redis::pipe();
-                for (channel, info) in chunk {
+                for (channel, info) in &chunk {
                     if engine.presence_commands(&mut pipe, channel, info).is_err() {
                         continue;
                     }
@@ -237,9 +260,9 @@ async fn refresh_users(engine: &RedisEngine, users: Vec<(String, String)>) {
     }
     for (shard, entries) in by_shard {
         let mut conn = engine.shards[shard].commands.clone();
-        for chunk in entries.chunks(REFRESH_CHUNK) {
+        for chunk in engine.refresh_batches(entries, |(user, _)| user.as_str()) {
             let mut pipe = redis::pipe();
-            for (user, client) in chunk {
+            for (user, client) in &chunk {
                 let (hash, zset) = (engine.key("user", user), engine.key("user.expire", user));
                 pipe.hset(&hash, client, "1")
                     .ignore()

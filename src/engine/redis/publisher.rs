@@ -16,6 +16,12 @@
 //! Publishes with an idempotency key travel the same queue (their scripts check and remember the
 //! key), so they keep their place in the channel's order too.
 //!
+//! On Redis Cluster a batch cannot be one transaction (its channels live on different masters):
+//! it is sent as one pipeline per channel, all at once, each to the master of the channel's
+//! slot, and the next batch waits for all of them, so each channel keeps its order. The script
+//! travels with each call (`EVAL`), so no master can lack it, and the cluster client never
+//! resends a call, so a publication lost with its connection was stored once or not at all.
+//!
 //! With a replica wait, each answered batch is followed by `WAIT <replicas> <timeout>` on the
 //! same connection: its publications are acknowledged only once that many replicas hold them,
 //! and answered "not available" otherwise (they may still have been delivered and may survive:
@@ -65,6 +71,8 @@ pub(super) struct PublishRequest {
     /// When its caller stops waiting: past it, the publication is refused instead of sent.
     deadline: Instant,
     reply: oneshot::Sender<Outcome>,
+    /// On Redis Cluster, its channel: requests of one channel are sent in one pipeline.
+    group: Option<String>,
 }
 
 /// The result of a publish request, once its batch is answered.
@@ -80,8 +88,15 @@ impl PublishRequest {
             reply_kind,
             deadline: Instant::now() + CALL_TIMEOUT,
             reply,
+            group: None,
         };
         (request, PublishAnswer(answer))
+    }
+
+    /// The request, sent in the pipeline of `group` (on Redis Cluster: its channel).
+    pub(super) fn in_group(mut self, group: Option<String>) -> PublishRequest {
+        self.group = group;
+        self
     }
 
     /// When the caller stops waiting.
@@ -153,6 +168,10 @@ impl Publisher {
         let Some(deadline) = live.iter().map(|r| r.deadline).min() else {
             return;
         };
+        if live.iter().any(|r| r.group.is_some()) {
+            self.send_grouped(live, deadline).await;
+            return;
+        }
         let mut pipe = redis::pipe();
         pipe.atomic().ignore_errors();
         let mut waiting = Vec::with_capacity(live.len());
@@ -178,6 +197,55 @@ impl Publisher {
                 }
             }
         }
+    }
+
+    /// Sends `requests` as one pipeline per group (on Redis Cluster: per channel, so per slot),
+    /// all at once, and answers each request.
+    async fn send_grouped(&mut self, requests: Vec<PublishRequest>, deadline: Instant) {
+        let mut groups: Vec<Vec<PublishRequest>> = Vec::new();
+        let mut index: std::collections::HashMap<Option<String>, usize> = Default::default();
+        for request in requests {
+            let at = *index.entry(request.group.clone()).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[at].push(request);
+        }
+        let sends = groups.into_iter().map(|group| {
+            let mut conn = self.commands.clone();
+            async move {
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors();
+                let mut waiting = Vec::with_capacity(group.len());
+                for request in group {
+                    pipe.add_command(request.command);
+                    waiting.push((request.reply_kind, request.reply));
+                }
+                match within(deadline, pipe.query_async::<Vec<Value>>(&mut conn)).await {
+                    Ok(values) if values.len() == waiting.len() => {
+                        for ((reply_kind, reply), value) in waiting.into_iter().zip(values) {
+                            let _ = reply.send(outcome(reply_kind, value));
+                        }
+                    }
+                    Ok(values) => {
+                        let reason = format!(
+                            "Redis answered {} of {} publications",
+                            values.len(),
+                            waiting.len()
+                        );
+                        for (_, reply) in waiting {
+                            let _ = reply.send(Err(BrokerError::Unavailable(reason.clone())));
+                        }
+                    }
+                    Err(reason) => {
+                        for (_, reply) in waiting {
+                            let _ = reply.send(Err(BrokerError::Unavailable(reason.clone())));
+                        }
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(sends).await;
     }
 
     /// Waits (until `timeout`, and at most until `deadline`) for `replicas` replicas to hold
@@ -286,7 +354,7 @@ mod tests {
     use super::*;
     use crate::engine::history::Retention;
     use crate::engine::idempotency::IdempotencyKey;
-    use crate::engine::redis::keys::{live_publish, publish_call, publish_once_call};
+    use crate::engine::redis::keys::{live_publish, publish_call, publish_once_call, ScriptRef};
 
     /// A throwaway redis-server on a free loopback port, killed on drop.
     struct Server {
@@ -361,7 +429,13 @@ mod tests {
         let hash = Script::new(PUBLISH_SCRIPT).get_hash().to_string();
         (0..count)
             .map(|n| {
-                let call = publish_call(&hash, "t", channel, &format!("{{\"n\":{n}}}"), RETENTION);
+                let call = publish_call(
+                    ScriptRef::Sha(&hash),
+                    "t",
+                    channel,
+                    &format!("{{\"n\":{n}}}"),
+                    RETENTION,
+                );
                 let (request, answer) = PublishRequest::new(call, Reply::Stored);
                 assert!(queue.try_send(request).is_ok(), "room in the queue");
                 answer
@@ -430,13 +504,14 @@ mod tests {
     async fn live_and_expired_publications() {
         let server = Server::start().await;
         let (queue, shutdown) = publisher(&server).await;
-        let (live, answer) = PublishRequest::new(live_publish("t", "feed", "{}"), Reply::Live);
+        let (live, answer) =
+            PublishRequest::new(live_publish("t", "feed", "{}", false), Reply::Live);
         assert!(queue.try_send(live).is_ok(), "room");
         assert!(matches!(answer.outcome().await, Ok(None)));
         // A caller that already gave up is refused, and nothing is stored for it.
         let hash = Script::new(PUBLISH_SCRIPT).get_hash().to_string();
         let (mut late, answer) = PublishRequest::new(
-            publish_call(&hash, "t", "feed", "{}", RETENTION),
+            publish_call(ScriptRef::Sha(&hash), "t", "feed", "{}", RETENTION),
             Reply::Stored,
         );
         late.deadline = Instant::now() - Duration::from_millis(1);
@@ -464,7 +539,8 @@ mod tests {
         }
         shutdown.cancel();
         // After shutdown a publication is refused at the queue, or answered: never left hanging.
-        let (request, answer) = PublishRequest::new(live_publish("t", "feed", "{}"), Reply::Live);
+        let (request, answer) =
+            PublishRequest::new(live_publish("t", "feed", "{}", false), Reply::Live);
         if queue.try_send(request).is_ok() {
             assert!(answer.outcome().await.is_err());
         }
@@ -484,8 +560,9 @@ mod tests {
             assert!(queue.try_send(request).is_ok(), "room in the queue");
             answer
         };
-        let once =
-            |channel, retention| publish_once_call(&hash, "t", channel, "{}", retention, &key);
+        let once = |channel, retention| {
+            publish_once_call(ScriptRef::Sha(&hash), "t", channel, "{}", retention, &key)
+        };
         // Neither script is loaded yet: the batch finds NOSCRIPT, loads both, runs again.
         let answers = [
             submit(once("feed", Some(RETENTION))),

@@ -4,18 +4,19 @@
 //! flags channels whose stream moved meanwhile, so a gap is never silent. Under Sentinel, a new
 //! master is handled the same way: the supervisor reconnects to it and checks for gaps.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::AsyncCommands;
+use redis::{AsyncCommands, PushInfo, PushKind};
+use tokio::sync::broadcast;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::keys::{channels_answers_key, key, shard_index};
-use super::link::Link;
+use super::keys::{channels_answers_key, cluster_name, key, shard_index, TAG_LEN};
+use super::link::{cluster_builder, Link};
 use super::{call, CALL_TIMEOUT};
 use crate::engine::broker::{BrokerEventHandler, NodeControl};
 use crate::engine::history::new_epoch;
@@ -28,6 +29,52 @@ use crate::protocol::{ClientInfo, Publication, StreamPosition};
 /// connection is down the supervisor discards requests (it resubscribes from the channel map on
 /// reconnect), so a caller never waits on an outage.
 pub(super) const TOPIC_QUEUE: usize = 1024;
+
+/// The cluster connection's topic confirmations: those this node asked for (each `SSUBSCRIBE`
+/// is confirmed once, even of a topic already subscribed), and those it did not: the cluster
+/// client resubscribing after a lost connection or a failover.
+#[derive(Default)]
+struct Confirmations {
+    /// Confirmations still due for this node's own `SSUBSCRIBE`s, per topic.
+    expected: HashMap<String, usize>,
+    /// Topics confirmed at least once.
+    confirmed: HashSet<String>,
+}
+
+impl Confirmations {
+    fn expect(&mut self, topic: &str) {
+        *self.expected.entry(topic.to_string()).or_default() += 1;
+    }
+
+    fn forget(&mut self, topic: &str) {
+        self.confirmed.remove(topic);
+    }
+
+    /// Records a confirmation of `topic`; whether it is a resubscription nobody asked for.
+    fn resubscribed(&mut self, topic: String) -> bool {
+        if let Some(due) = self.expected.get_mut(&topic) {
+            *due -= 1;
+            if *due == 0 {
+                self.expected.remove(&topic);
+            }
+            self.confirmed.insert(topic);
+            return false;
+        }
+        !self.confirmed.insert(topic)
+    }
+}
+
+/// Most messages of the cluster connection waiting to be dispatched; past it the oldest are
+/// dropped, and every channel is checked for a gap.
+const PUSH_QUEUE: usize = 16 * 1024;
+
+/// An (un)subscribe on the cluster connection within the call bound; whether it succeeded.
+async fn within(subscribe: impl std::future::Future<Output = redis::RedisResult<()>>) -> bool {
+    matches!(
+        tokio::time::timeout(CALL_TIMEOUT, subscribe).await,
+        Ok(Ok(()))
+    )
+}
 
 /// How long the answers to a channel-listing request stay in Redis if their asker is gone.
 const ANSWERS_TTL_SECS: i64 = 10;
@@ -141,13 +188,175 @@ impl PubSubSupervisor {
                     },
                     message = stream.next() => match message {
                         None => break,
-                        Some(message) => self.dispatch(message),
+                        Some(message) => {
+                            self.dispatch(message.get_channel_name(), message.get_payload_bytes())
+                        }
                     },
                     // A failover: what this connection hears is the old master's.
                     changed = master.changed() => if changed.is_ok() { break },
                 }
             }
             self.down(&mut was_down, "connection lost");
+        }
+    }
+
+    /// On Redis Cluster: one RESP3 cluster connection, whose pushes carry every message. A
+    /// channel's topic is sharded (`SSUBSCRIBE`, served by the master of the channel's slot).
+    /// A lost node connection or a failed (un)subscribe starts a new connection (and client, so
+    /// the old one's late messages are not delivered twice), which subscribes everything where
+    /// the slot map says (retrying with backoff while a slot has no master) and checks every
+    /// channel for a gap. A topic confirmed again without being asked (the cluster client
+    /// resubscribing by itself) is checked too.
+    pub(super) async fn run_cluster(self, mut requests: mpsc::Receiver<TopicRequest>) {
+        let Some(urls) = self.commands.cluster_nodes().map(<[String]>::to_vec) else {
+            return;
+        };
+        let mut backoff = Duration::from_millis(100);
+        let mut was_down = false;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            let (pushes, mut received) = broadcast::channel::<PushInfo>(PUSH_QUEUE);
+            let client = match cluster_builder(&urls)
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(pushes)
+                .build()
+            {
+                Ok(client) => client,
+                Err(e) => {
+                    tracing::error!(error = %e, "Redis Cluster pub/sub settings refused");
+                    return;
+                }
+            };
+            let connected = tokio::time::timeout(CALL_TIMEOUT, client.get_async_connection()).await;
+            let mut conn = match connected {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => {
+                    self.down(&mut was_down, &e.to_string());
+                    self.wait(&mut backoff, &mut requests).await;
+                    continue;
+                }
+                Err(_) => {
+                    self.down(&mut was_down, "connect timed out");
+                    self.wait(&mut backoff, &mut requests).await;
+                    continue;
+                }
+            };
+            let local: Vec<String> = self
+                .channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned()
+                .collect();
+            let mut ok = match &self.control_topic {
+                Some(control) => within(conn.subscribe(control)).await,
+                None => true,
+            };
+            let mut confirmations = Confirmations::default();
+            for channel in &local {
+                if !ok {
+                    break;
+                }
+                let topic = self.key("pub", channel);
+                confirmations.expect(&topic);
+                ok = within(conn.ssubscribe(topic)).await;
+            }
+            if !ok {
+                self.down(&mut was_down, "subscribe failed");
+                self.wait(&mut backoff, &mut requests).await;
+                continue;
+            }
+            backoff = Duration::from_millis(100);
+            if was_down {
+                was_down = false;
+                tracing::info!("Redis Cluster pub/sub connection restored");
+                self.flag_gaps(&local).await;
+            }
+            loop {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    request = requests.recv() => match request {
+                        None => return,
+                        Some(TopicRequest::Subscribe(topic)) => {
+                            confirmations.expect(&topic);
+                            if !within(conn.ssubscribe(&topic)).await { break; }
+                        }
+                        Some(TopicRequest::Unsubscribe(topic)) => {
+                            confirmations.forget(&topic);
+                            if !within(conn.sunsubscribe(&topic)).await { break; }
+                        }
+                    },
+                    push = received.recv() => match push {
+                        // A node's connection dropped: its slots' topics may be on a new master
+                        // once the cluster fails over; a new connection subscribes everything
+                        // where the slot map says and checks every channel for a gap.
+                        Ok(push) if push.kind == PushKind::Disconnection => break,
+                        Ok(push) => self.on_push(push, &mut confirmations).await,
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::warn!(missed, "Redis Cluster messages overflowed; subscribers will recover");
+                            let local: Vec<String> = self
+                                .channels
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .keys()
+                                .cloned()
+                                .collect();
+                            self.flag_gaps(&local).await;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                }
+            }
+            self.down(&mut was_down, "a subscription failed");
+        }
+    }
+
+    /// One push of the cluster connection: a message to deliver, or a confirmation of a topic.
+    async fn on_push(&self, push: PushInfo, confirmations: &mut Confirmations) {
+        let text = |value: &redis::Value| match value {
+            redis::Value::BulkString(bytes) => Some(bytes.clone()),
+            redis::Value::SimpleString(text) => Some(text.clone().into_bytes()),
+            _ => None,
+        };
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => {
+                if let [topic, payload, ..] = push.data.as_slice() {
+                    if let (Some(topic), Some(payload)) = (text(topic), text(payload)) {
+                        if let Ok(topic) = std::str::from_utf8(&topic) {
+                            self.dispatch(topic, &payload);
+                        }
+                    }
+                }
+            }
+            PushKind::SSubscribe => {
+                let Some(topic) = push.data.first().and_then(text) else {
+                    return;
+                };
+                let Ok(topic) = String::from_utf8(topic) else {
+                    return;
+                };
+                if confirmations.resubscribed(topic.clone()) {
+                    // Resubscribed by the client (a lost connection, or the slot's new master).
+                    if let Some(channel) = self.channel_of(&topic) {
+                        let channel = channel.to_string();
+                        tracing::info!(channel, "resubscribed after a cluster change");
+                        self.flag_gaps(&[channel]).await;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The channel whose topic is `topic`.
+    fn channel_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        let channel = topic.strip_prefix(&self.pub_topic_prefix)?;
+        if self.commands.cluster_nodes().is_some() {
+            channel.get(TAG_LEN..)
+        } else {
+            Some(channel)
         }
     }
 
@@ -195,7 +404,7 @@ impl PubSubSupervisor {
                 .flatten();
             let meta: Result<HashMap<String, String>, _> = call({
                 let mut conn = self.commands.clone();
-                let meta_key = key(&self.prefix, "meta", channel);
+                let meta_key = self.key("meta", channel);
                 async move { conn.hgetall(meta_key).await }
             })
             .await;
@@ -220,7 +429,7 @@ impl PubSubSupervisor {
                     let script = redis::Script::new(RENEW_EPOCH_SCRIPT);
                     let mut renew = script.prepare_invoke();
                     renew
-                        .key(key(&self.prefix, "meta", channel))
+                        .key(self.key("meta", channel))
                         .arg(&current.epoch)
                         .arg(new_epoch());
                     if let Err(e) = call(renew.invoke_async::<()>(&mut conn)).await {
@@ -273,12 +482,20 @@ impl PubSubSupervisor {
         });
     }
 
-    fn dispatch(&self, message: redis::Msg) {
+    /// The key (or topic) of `kind` for `channel`, behind its hash tag on Redis Cluster.
+    fn key(&self, kind: &str, channel: &str) -> String {
+        if self.commands.cluster_nodes().is_some() {
+            key(&self.prefix, kind, &cluster_name(channel))
+        } else {
+            key(&self.prefix, kind, channel)
+        }
+    }
+
+    /// Delivers what arrived on `topic` to the node.
+    fn dispatch(&self, topic: &str, payload: &[u8]) {
         let Some(handler) = self.handler.get() else {
             return;
         };
-        let topic = message.get_channel_name();
-        let payload = message.get_payload_bytes();
         if Some(topic) == self.control_topic.as_deref() {
             match serde_json::from_slice::<NodeControl>(payload) {
                 Ok(NodeControl::Channels { request }) => self.answer_channels(handler, request),
@@ -287,7 +504,7 @@ impl PubSubSupervisor {
             }
             return;
         }
-        let Some(channel) = topic.strip_prefix(&self.pub_topic_prefix) else {
+        let Some(channel) = self.channel_of(topic) else {
             return;
         };
         let Ok(text) = std::str::from_utf8(payload) else {

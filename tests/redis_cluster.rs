@@ -1,0 +1,267 @@
+//! Redis Cluster: nodes on a real 3-master cluster (started here on free loopback ports, joined
+//! by `redis-cli --cluster create`). Each channel's keys and topic share one slot (its hash tag),
+//! so the publish script runs on the channel's master; publications travel by sharded pub/sub
+//! (`SPUBLISH`/`SSUBSCRIBE`) to that master only; a master's death is an outage for its
+//! channels until its replica takes over, after which subscribers are told to recover.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::follower::Follower;
+use common::redis_server::*;
+use common::*;
+use serde_json::{json, Value};
+
+fn on_cluster(cluster: &RedisCluster, prefix: &str) -> impl FnOnce(&mut switchboard::Config) {
+    let (seeds, prefix) = (cluster.seeds(), prefix.to_string());
+    move |c| {
+        c.redis_cluster = seeds;
+        c.redis_prefix = prefix;
+        c.presence_ttl = 2;
+    }
+}
+
+async fn publish(server: &TestServer, channel: &str, data: Value) -> Value {
+    server
+        .api("publish", json!({"channel": channel, "data": data}))
+        .await
+        .1
+}
+
+/// The values of a reply that is a list of strings (empty if it is not one).
+async fn strings(port: u16, args: &[&str]) -> Vec<String> {
+    match query(port, args).await {
+        Ok(value) => redis::from_redis_value(value).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_a_three_master_cluster() {
+    let cluster = RedisCluster::start(3, 0).await;
+    let prefix = unique_prefix();
+    let a = TestServer::with(on_cluster(&cluster, &prefix)).await;
+    let b = TestServer::with(on_cluster(&cluster, &prefix)).await;
+    let channels: Vec<String> = (0..12).map(|i| format!("room{i}")).collect();
+    let mut sub = a.client().await;
+    let mut epochs = BTreeMap::new();
+    for channel in &channels {
+        let r = sub.subscribe(channel).await;
+        epochs.insert(channel.clone(), r["subscribe"]["epoch"].clone());
+    }
+    // Node a listens to every channel's shard topic (sharded pub/sub, nothing global).
+    let listening = || async {
+        let mut topics = 0;
+        for node in &cluster.nodes {
+            topics += strings(
+                node.port,
+                &["PUBSUB", "SHARDCHANNELS", &format!("{prefix}.pub.*")],
+            )
+            .await
+            .len();
+        }
+        topics == channels.len()
+    };
+    assert!(
+        eventually(listening).await,
+        "node a listens to every shard topic"
+    );
+    for node in &cluster.nodes {
+        let global = strings(
+            node.port,
+            &["PUBSUB", "CHANNELS", &format!("{prefix}.pub.*")],
+        )
+        .await;
+        assert!(global.is_empty(), "no global topic: {global:?}");
+    }
+    // Published on node b, delivered on node a, every channel.
+    for (n, channel) in channels.iter().enumerate() {
+        let r = publish(&b, channel, json!(n)).await;
+        assert_eq!(r["result"]["offset"], 1, "{channel}: {r}");
+    }
+    let mut got = HashSet::new();
+    while got.len() < channels.len() {
+        let push = sub.next_publication().await;
+        got.insert(push["channel"].as_str().unwrap().to_string());
+    }
+    // The channels' keys spread over the masters, and each channel's keys live together.
+    let mut masters_used = 0;
+    let mut holders: BTreeMap<&str, usize> = BTreeMap::new();
+    for node in &cluster.nodes {
+        let keys = strings(node.port, &["KEYS", &format!("{prefix}.*")]).await;
+        masters_used += usize::from(!keys.is_empty());
+        for channel in &channels {
+            if keys.iter().any(|k| k.ends_with(&format!("}}{channel}"))) {
+                *holders.entry(channel).or_default() += 1;
+            }
+        }
+    }
+    assert!(masters_used >= 2, "channels spread over the masters");
+    for channel in &channels {
+        assert_eq!(
+            holders.get(channel.as_str()),
+            Some(&1),
+            "{channel}: one master"
+        );
+    }
+    // History and recovery through another node.
+    let (_, history) = a
+        .api("history", json!({"channel": "room0", "limit": -1}))
+        .await;
+    assert_eq!(history["result"]["publications"][0]["data"], 0, "{history}");
+    drop(sub);
+    for n in 1..=3 {
+        publish(&b, "room0", json!(n)).await;
+    }
+    let mut back = a.client().await;
+    let r = back
+        .call(
+            "subscribe",
+            json!({"channel": "room0", "recover": true, "offset": 1, "epoch": epochs["room0"]}),
+        )
+        .await;
+    assert_eq!(r["subscribe"]["recovered"], true, "{r}");
+    let data: Vec<Value> = r["subscribe"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["data"].clone())
+        .collect();
+    assert_eq!(data, vec![json!(1), json!(2), json!(3)]);
+    // Presence and the cluster-wide channel count.
+    assert!(
+        eventually(|| async {
+            let (_, presence) = b.api("presence_stats", json!({"channel": "room0"})).await;
+            presence["result"]["num_clients"] == 1
+        })
+        .await,
+        "presence across nodes"
+    );
+    assert!(
+        eventually(|| async {
+            b.api("channels", json!({"pattern": "room0"})).await.1
+                == json!({"result": {"channels": {"room0": {"num_clients": 1}}}})
+        })
+        .await,
+        "channels across nodes"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_failover_loses_and_repeats_nothing() {
+    let mut cluster = RedisCluster::start(3, 1).await;
+    let prefix = unique_prefix();
+    let publishing_node = TestServer::with(on_cluster(&cluster, &prefix)).await;
+    let other_node = TestServer::with(on_cluster(&cluster, &prefix)).await;
+    let mut followers = [
+        Follower::start(&publishing_node.ws_url(), "ledger").await,
+        Follower::start(&other_node.ws_url(), "ledger").await,
+    ];
+    let total = 200u64;
+    let acked: Arc<std::sync::Mutex<BTreeMap<u64, u64>>> = Arc::default();
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publishing = {
+        let (addr, acked, refused) = (publishing_node.addr, acked.clone(), refused.clone());
+        tokio::spawn(async move {
+            for n in 1..=total {
+                let body = json!({"channel": "ledger", "data": {"n": n}}).to_string();
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    assert!(attempts < 300, "publication {n} never acknowledged");
+                    let (status, reply) = api_call(addr, "publish", &body, None).await;
+                    if status == 200 && reply.get("error").is_none() {
+                        let offset = reply["result"]["offset"].as_u64().unwrap();
+                        acked.lock().unwrap().insert(offset, n);
+                        break;
+                    }
+                    refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    assert!(
+        eventually(|| async { acked.lock().unwrap().len() >= 60 }).await,
+        "publishing started"
+    );
+    // Kill the master that owns the channel's slot; its replica takes over.
+    let owner = cluster
+        .master_holding("}ledger")
+        .await
+        .expect("a master holds the channel");
+    cluster.nodes[owner].stop();
+    let mut healed = false;
+    for _ in 0..3 {
+        if eventually(|| cluster.healthy()).await {
+            healed = true;
+            break;
+        }
+    }
+    assert!(healed, "the replica took over");
+    tokio::time::timeout(Duration::from_secs(90), publishing)
+        .await
+        .expect("publishing ended")
+        .unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), total as usize);
+    assert!(
+        refused.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the failover was felt (publications refused while the slot had no master)"
+    );
+    let top = *acked.keys().last().unwrap();
+    // The other node reads the channel from the new master too (its first call there may find
+    // the old slot map: 108, as in any outage, and the client learns the new one).
+    let read = || async {
+        other_node
+            .api("history", json!({"channel": "ledger", "limit": -1}))
+            .await
+            .1
+    };
+    assert!(
+        eventually(|| async { read().await.get("error").is_none() }).await,
+        "the other node reads from the new master: {}",
+        read().await
+    );
+    let history = read().await;
+    let stored: BTreeMap<u64, u64> = history["result"]["publications"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a history: {history}"))
+        .iter()
+        .map(|p| {
+            (
+                p["offset"].as_u64().unwrap(),
+                p["data"]["n"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for (offset, n) in &acked {
+        assert_eq!(stored.get(offset), Some(n), "durable: offset {offset}");
+    }
+    for (name, follower) in ["publishing node", "other node"]
+        .into_iter()
+        .zip(followers.iter_mut())
+    {
+        tokio::time::timeout(Duration::from_secs(30), follower.follow("ledger", top))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: reached offset {} of {top}", follower.last));
+        assert!(
+            follower.seen.windows(2).all(|w| w[0] < w[1]),
+            "{name}: twice or out of order: {:?}",
+            follower.seen
+        );
+        let missing: Vec<_> = acked
+            .keys()
+            .filter(|o| !follower.seen.contains(o))
+            .collect();
+        assert!(missing.is_empty(), "{name}: missing {missing:?}");
+    }
+    publishing_node.stop().await;
+    other_node.stop().await;
+}
