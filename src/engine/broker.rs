@@ -43,6 +43,13 @@ pub enum NodeControl {
     /// Report this node's channels under `request` (for `/api/channels` across nodes; the
     /// broker that asked collects the answers).
     Channels { request: String },
+    /// Commands a client sent over HTTP emulation to another node, for its `session` on `node`
+    /// (the node's uid); other nodes ignore it.
+    Emulation {
+        node: String,
+        session: String,
+        commands: String,
+    },
 }
 
 /// A publish under way (see [`Broker::submit_publish`]).
