@@ -1,5 +1,6 @@
 //! Redis Sentinel: two nodes find the master through three real `redis-sentinel`s (a master and
-//! two replicas, all started here on free loopback ports), and the master is killed while
+//! two replicas, all started here on free loopback ports; the Sentinels' password differs from
+//! the servers'), and the master is killed while
 //! publications flow. With the replica wait on (`redis_wait_replicas = 1`), the invariants of
 //! the chaos tests hold through the failover:
 //!
@@ -24,12 +25,14 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_failover_loses_and_repeats_nothing_acknowledged() {
-    let mut master = RedisServer::start().await;
+    // The Sentinels and the Redis servers have passwords of their own.
+    let (master_password, sentinel_password) = ("master-secret", "sentinel-secret");
+    let mut master = RedisServer::start_with_password(master_password).await;
     let replicas = [
-        RedisServer::start_replica_of(master.port).await,
-        RedisServer::start_replica_of(master.port).await,
+        RedisServer::start_replica_of(master.port, master_password).await,
+        RedisServer::start_replica_of(master.port, master_password).await,
     ];
-    let sentinels = Sentinels::start(master.port).await;
+    let sentinels = Sentinels::start(master.port, master_password, sentinel_password).await;
     let mut ready = false;
     for _ in 0..6 {
         if eventually(|| sentinels.ready(2)).await {
@@ -45,6 +48,7 @@ async fn a_master_failover_loses_and_repeats_nothing_acknowledged() {
         move |c: &mut switchboard::Config| {
             c.redis_sentinel = addresses;
             c.redis_sentinel_master = Some(SENTINEL_MASTER.into());
+            c.redis_master_password = Some(master_password.into());
             c.redis_wait_replicas = 1;
             c.redis_wait_timeout = Duration::from_millis(500);
             c.redis_prefix = prefix;

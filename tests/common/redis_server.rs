@@ -21,14 +21,21 @@ impl RedisServer {
         Self::start_with(Vec::new()).await
     }
 
-    /// A replica of the server on `master_port`, syncing at once (no diskless-sync delay).
-    pub async fn start_replica_of(master_port: u16) -> RedisServer {
-        Self::start_with(vec![
+    /// A server whose clients (and replicas) must give `password`.
+    pub async fn start_with_password(password: &str) -> RedisServer {
+        Self::start_with(auth_args(password)).await
+    }
+
+    /// A replica of the server on `master_port` (which wants `password`), syncing at once (no
+    /// diskless-sync delay), wanting the same password.
+    pub async fn start_replica_of(master_port: u16, password: &str) -> RedisServer {
+        let mut args = auth_args(password);
+        args.extend([
             "--replicaof".into(),
             "127.0.0.1".into(),
             master_port.to_string(),
-        ])
-        .await
+        ]);
+        Self::start_with(args).await
     }
 
     async fn start_with(extra: Vec<String>) -> RedisServer {
@@ -90,9 +97,26 @@ impl RedisServer {
     }
 }
 
+fn auth_args(password: &str) -> Vec<String> {
+    ["--requirepass", password, "--masterauth", password]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+}
+
 /// Sends one command to the server (or Sentinel) on `port`; its reply, or why there is none.
 pub async fn query(port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    query_with_password(port, None, args).await
+}
+
+/// [`query`] to a server that wants `password`.
+pub async fn query_with_password(
+    port: u16,
+    password: Option<&str>,
+    args: &[&str],
+) -> redis::RedisResult<redis::Value> {
+    let auth = password.map_or(String::new(), |p| format!(":{p}@"));
+    let client = redis::Client::open(format!("redis://{auth}127.0.0.1:{port}"))?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let mut cmd = redis::cmd(args[0]);
     for a in &args[1..] {
@@ -107,17 +131,20 @@ pub struct Sentinels {
     children: Vec<super::KillOnDrop>,
     pub ports: Vec<u16>,
     dirs: Vec<PathBuf>,
+    /// The Sentinels' own password (the master's differs).
+    password: String,
 }
 
 /// The name the test Sentinels monitor their master under.
 pub const SENTINEL_MASTER: &str = "main";
 
 impl Sentinels {
-    pub async fn start(master_port: u16) -> Sentinels {
+    pub async fn start(master_port: u16, master_password: &str, password: &str) -> Sentinels {
         let mut sentinels = Sentinels {
             children: Vec::new(),
             ports: Vec::new(),
             dirs: Vec::new(),
+            password: password.to_string(),
         };
         for _ in 0..3 {
             let port = free_port();
@@ -130,7 +157,9 @@ impl Sentinels {
                      sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} 2\n\
                      sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
                      sentinel failover-timeout {SENTINEL_MASTER} 4000\n\
-                     sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
+                     sentinel parallel-syncs {SENTINEL_MASTER} 1\n\
+                     sentinel auth-pass {SENTINEL_MASTER} {master_password}\n\
+                     requirepass {password}\nsentinel sentinel-pass {password}\n",
                     dir = dir.display()
                 ),
             )
@@ -152,14 +181,15 @@ impl Sentinels {
     pub fn addresses(&self) -> Vec<String> {
         self.ports
             .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
+            .map(|p| format!("redis://:{}@127.0.0.1:{p}", self.password))
             .collect()
     }
 
     /// The master's port as the Sentinel on `ports[index]` names it now.
     pub async fn master_port(&self, index: usize) -> Option<u16> {
-        let reply = query(
+        let reply = query_with_password(
             self.ports[index],
+            Some(&self.password),
             &["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER],
         )
         .await
@@ -172,7 +202,8 @@ impl Sentinels {
     /// failover can be agreed on.
     pub async fn ready(&self, replicas: usize) -> bool {
         for port in &self.ports {
-            let Ok(reply) = query(*port, &["SENTINEL", "master", SENTINEL_MASTER]).await else {
+            let args = ["SENTINEL", "master", SENTINEL_MASTER];
+            let Ok(reply) = query_with_password(*port, Some(&self.password), &args).await else {
                 return false;
             };
             let Ok(fields) = redis::from_redis_value::<Vec<String>>(reply) else {
