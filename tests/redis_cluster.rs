@@ -152,9 +152,27 @@ async fn nodes_share_a_three_master_cluster() {
     b.stop().await;
 }
 
+/// What happens to the master of the test channel's slot mid-traffic.
+enum Fault {
+    /// Killed: its replica takes over.
+    KillMaster,
+    /// Its slot moves to another master (resharding).
+    MoveSlot,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_failover_loses_and_repeats_nothing() {
-    let mut cluster = RedisCluster::start(3, 1).await;
+    channel_through(RedisCluster::start(3, 1).await, Fault::KillMaster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resharded_slot_loses_and_repeats_nothing() {
+    channel_through(RedisCluster::start(3, 0).await, Fault::MoveSlot).await;
+}
+
+/// Two nodes, a subscriber on each, numbered publications through one node's API (a refused one
+/// is sent again), and `fault` to the channel's master mid-traffic; then the chaos invariants.
+async fn channel_through(mut cluster: RedisCluster, fault: Fault) {
     let prefix = unique_prefix();
     let publishing_node = TestServer::with(on_cluster(&cluster, &prefix)).await;
     let other_node = TestServer::with(on_cluster(&cluster, &prefix)).await;
@@ -191,12 +209,19 @@ async fn a_master_failover_loses_and_repeats_nothing() {
         eventually(|| async { acked.lock().unwrap().len() >= 60 }).await,
         "publishing started"
     );
-    // Kill the master that owns the channel's slot; its replica takes over.
     let owner = cluster
         .master_holding("}ledger")
         .await
         .expect("a master holds the channel");
-    cluster.nodes[owner].stop();
+    match fault {
+        Fault::KillMaster => cluster.nodes[owner].stop(),
+        Fault::MoveSlot => {
+            let key = strings(cluster.nodes[owner].port, &["KEYS", "*}ledger"]).await;
+            let to = (owner + 1) % cluster.nodes.len();
+            cluster.move_slot_of(&key[0], owner, to).await;
+            assert_eq!(cluster.master_holding("}ledger").await, Some(to), "moved");
+        }
+    }
     let mut healed = false;
     for _ in 0..3 {
         if eventually(|| cluster.healthy()).await {
@@ -204,7 +229,7 @@ async fn a_master_failover_loses_and_repeats_nothing() {
             break;
         }
     }
-    assert!(healed, "the replica took over");
+    assert!(healed, "every slot served again");
     tokio::time::timeout(Duration::from_secs(90), publishing)
         .await
         .expect("publishing ended")
@@ -213,7 +238,7 @@ async fn a_master_failover_loses_and_repeats_nothing() {
     assert_eq!(acked.len(), total as usize);
     assert!(
         refused.load(std::sync::atomic::Ordering::SeqCst) > 0,
-        "the failover was felt (publications refused while the slot had no master)"
+        "the fault was felt (publications refused while the slot had no master, or moved)"
     );
     let top = *acked.keys().last().unwrap();
     // The other node reads the channel from the new master too (its first call there may find

@@ -348,6 +348,75 @@ impl RedisCluster {
     }
 }
 
+impl RedisCluster {
+    /// Moves the slot of `key` from the master on node `from` to the master on node `to`, keys
+    /// and all (`CLUSTER SETSLOT … IMPORTING/MIGRATING`, `MIGRATE`, `CLUSTER SETSLOT … NODE`):
+    /// what `redis-cli --cluster reshard` does, for one slot.
+    pub async fn move_slot_of(&self, key: &str, from: usize, to: usize) {
+        let (source, target) = (self.nodes[from].port, self.nodes[to].port);
+        let slot: i64 =
+            redis::from_redis_value(query(source, &["CLUSTER", "KEYSLOT", key]).await.unwrap())
+                .unwrap();
+        let slot = slot.to_string();
+        let id = |port| async move {
+            redis::from_redis_value::<String>(query(port, &["CLUSTER", "MYID"]).await.unwrap())
+                .unwrap()
+        };
+        let (source_id, target_id) = (id(source).await, id(target).await);
+        query(
+            target,
+            &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id],
+        )
+        .await
+        .unwrap();
+        query(
+            source,
+            &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id],
+        )
+        .await
+        .unwrap();
+        loop {
+            let keys = strings_of(
+                query(source, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"])
+                    .await
+                    .unwrap(),
+            );
+            if keys.is_empty() {
+                break;
+            }
+            let target_port = target.to_string();
+            let mut args = vec![
+                "MIGRATE",
+                "127.0.0.1",
+                &target_port,
+                "",
+                "0",
+                "5000",
+                "KEYS",
+            ];
+            args.extend(keys.iter().map(String::as_str));
+            query(source, &args).await.unwrap();
+        }
+        // The new owner first, then the old one, then the rest.
+        let mut ports = vec![target, source];
+        ports.extend(
+            self.nodes
+                .iter()
+                .filter(|n| n.child.is_some() && n.port != source && n.port != target)
+                .map(|n| n.port),
+        );
+        for port in ports {
+            query(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &target_id])
+                .await
+                .unwrap();
+        }
+    }
+}
+
+fn strings_of(value: redis::Value) -> Vec<String> {
+    redis::from_redis_value(value).unwrap_or_default()
+}
+
 /// A free port whose cluster bus port (10000 above) is free too.
 fn cluster_port() -> u16 {
     loop {

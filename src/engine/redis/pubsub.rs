@@ -39,6 +39,8 @@ struct Confirmations {
     expected: HashMap<String, usize>,
     /// Topics confirmed at least once.
     confirmed: HashSet<String>,
+    /// Confirmations still due for this node's own `SUNSUBSCRIBE`s, per topic.
+    leaving: HashMap<String, usize>,
 }
 
 impl Confirmations {
@@ -48,6 +50,31 @@ impl Confirmations {
 
     fn forget(&mut self, topic: &str) {
         self.confirmed.remove(topic);
+    }
+
+    fn expect_unsubscribe(&mut self, topic: &str) {
+        *self.leaving.entry(topic.to_string()).or_default() += 1;
+    }
+
+    /// Whether an `SUnsubscribe` push confirms this node's own `SUNSUBSCRIBE` (rather than the
+    /// server dropping the topic).
+    fn unsubscribed(&mut self, push: &PushInfo) -> bool {
+        let Some(redis::Value::BulkString(topic)) = push.data.first() else {
+            return false;
+        };
+        let Ok(topic) = std::str::from_utf8(topic) else {
+            return false;
+        };
+        match self.leaving.get_mut(topic) {
+            Some(due) => {
+                *due -= 1;
+                if *due == 0 {
+                    self.leaving.remove(topic);
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     /// Records a confirmation of `topic`; whether it is a resubscription nobody asked for.
@@ -285,6 +312,7 @@ impl PubSubSupervisor {
                         }
                         Some(TopicRequest::Unsubscribe(topic)) => {
                             confirmations.forget(&topic);
+                            confirmations.expect_unsubscribe(&topic);
                             if !within(conn.sunsubscribe(&topic)).await { break; }
                         }
                     },
@@ -293,6 +321,13 @@ impl PubSubSupervisor {
                         // once the cluster fails over; a new connection subscribes everything
                         // where the slot map says and checks every channel for a gap.
                         Ok(push) if push.kind == PushKind::Disconnection => break,
+                        // The server dropped a topic this node still wants (its slot moved to
+                        // another master): the same.
+                        Ok(push) if push.kind == PushKind::SUnsubscribe => {
+                            if !confirmations.unsubscribed(&push) && self.still_wanted(&push) {
+                                break;
+                            }
+                        }
                         Ok(push) => self.on_push(push, &mut confirmations).await,
                         Err(broadcast::error::RecvError::Lagged(missed)) => {
                             tracing::warn!(missed, "Redis Cluster messages overflowed; subscribers will recover");
@@ -348,6 +383,23 @@ impl PubSubSupervisor {
             }
             _ => {}
         }
+    }
+
+    /// Whether the topic a push names belongs to a channel this node still has subscribers of.
+    fn still_wanted(&self, push: &PushInfo) -> bool {
+        let Some(redis::Value::BulkString(topic)) = push.data.first() else {
+            return false;
+        };
+        let Some(channel) = std::str::from_utf8(topic)
+            .ok()
+            .and_then(|t| self.channel_of(t))
+        else {
+            return false;
+        };
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(channel)
     }
 
     /// The channel whose topic is `topic`.
