@@ -646,3 +646,34 @@ async fn a_stream_that_went_back_gets_a_new_epoch() {
     assert_eq!(sub.next_publication().await["pub"]["data"], 6);
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_is_told_before_the_publication_that_revealed_it() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix();
+    let a = node(&redis, &prefix, "a").await;
+    let mut sub = a.client().await;
+    let epoch = sub.subscribe("ledger").await["subscribe"]["epoch"].clone();
+    assert!(listening(&redis, &prefix, "ledger").await, "node a listens");
+    publish(&a, "ledger", json!(1)).await;
+    assert_eq!(sub.next_publication().await["pub"]["offset"], 1);
+    // Offset 2 never reaches this node (here it is never published: a hole no history fills).
+    redis
+        .command(&["HINCRBY", &format!("{prefix}.meta.ledger"), "s", "1"])
+        .await;
+    publish(&a, "ledger", json!(3)).await;
+    // First the unsubscribe push, not offset 3: a subscriber that took 3 first would recover
+    // from past the gap.
+    let push = sub.next_push().await;
+    assert_eq!(push["unsubscribe"]["code"], 2500, "{push}");
+    let r = sub
+        .call(
+            "subscribe",
+            json!({"channel": "ledger", "recover": true, "offset": 1, "epoch": epoch}),
+        )
+        .await;
+    // Offset 2 is in no history: the subscriber learns it cannot recover.
+    assert_eq!(r["subscribe"]["was_recovering"], true, "{r}");
+    assert!(r["subscribe"].get("recovered").is_none(), "{r}");
+    a.stop().await;
+}

@@ -285,7 +285,12 @@ async fn channel_through(mut cluster: RedisCluster, fault: Fault) {
             .keys()
             .filter(|o| !follower.seen.contains(o))
             .collect();
-        assert!(missing.is_empty(), "{name}: missing {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "{name}: missing {missing:?}; received first {:?}, recovered {} times",
+            &follower.seen[..follower.seen.len().min(8)],
+            follower.recoveries
+        );
     }
     publishing_node.stop().await;
     other_node.stop().await;

@@ -595,7 +595,13 @@ impl PubSubSupervisor {
                         gap
                     };
                     if gap {
+                        // The subscribers are told to recover, and their recovery brings this
+                        // publication (it is stored) after the missed ones. Delivered now, it
+                        // could reach a subscriber before the unsubscribe push (which travels
+                        // through its session), and the subscriber would then recover from past
+                        // it and never get the missed ones.
                         handler.handle_insufficient_state(channel);
+                        return;
                     }
                 }
                 handler.handle_publication(channel, Arc::new(publication));
