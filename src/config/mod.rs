@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 mod duration;
 mod generate;
+mod map;
 mod show;
 mod trusted_proxies;
 mod webhook;
@@ -19,6 +20,7 @@ mod webhook;
 use duration::deserialize_duration;
 pub use duration::parse_duration;
 pub use generate::generate;
+pub use map::{ClientKey, MapMode, MapNamespace};
 pub use show::effective_settings;
 use trusted_proxies::deserialize_cidrs;
 pub use trusted_proxies::parse_cidr;
@@ -274,6 +276,11 @@ pub struct Namespace {
     pub allow_user_limited_channels: Option<bool>,
     /// Every publication here is sent to the webhook endpoint as a `publication` event.
     pub webhook_publication: Option<bool>,
+    /// `"stream"` (default: publications, history, recovery) or `"map"` (a key/value state per
+    /// channel, options in `map`), as Centrifugo names them.
+    pub subscription_type: Option<String>,
+    /// The options of a `"map"` namespace.
+    pub map: Option<MapNamespace>,
 }
 
 impl Default for Config {
@@ -460,7 +467,9 @@ impl Config {
             ));
         }
         let mut seen = std::collections::HashSet::new();
+        self.channel.validate_type("[channel]")?;
         for ns in &self.namespace {
+            ns.validate_type(&ns.name)?;
             if ns.name.is_empty() || ns.name.contains(':') {
                 return Err(ConfigError::Invalid(format!(
                     "namespace name {:?} must be non-empty and contain no ':'",

@@ -3,6 +3,7 @@
 //! and the helpers every HTTP answer of the server shares.
 
 pub mod api;
+mod map;
 mod publish;
 pub mod web;
 

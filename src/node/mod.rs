@@ -27,12 +27,14 @@ use crate::timeline::{Timeline, TimelineEvents};
 
 pub mod addresses;
 mod dispatch;
+mod map;
 mod publish;
 
 use addresses::ClientAddresses;
 
 use crate::channel::ChannelOptions;
 use dispatch::Dispatcher;
+pub use map::MAX_KEY_LENGTH;
 pub use publish::Submitted;
 
 /// The server version reported to clients and in `/api/info`.
@@ -483,6 +485,7 @@ fn broker_error(channel: &str, error: BrokerError) -> Error {
         BrokerError::History(HistoryError::UnrecoverablePosition) => {
             Error::new(error_code::UNRECOVERABLE_POSITION)
         }
+        BrokerError::History(HistoryError::TooManyKeys) => Error::new(error_code::LIMIT_EXCEEDED),
         // Temporary: the same publish may succeed a moment later.
         BrokerError::History(HistoryError::Busy) => {
             tracing::warn!(channel, "history storage busy");

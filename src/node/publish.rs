@@ -65,6 +65,8 @@ impl Node {
             info,
             offset: 0,
             tags,
+            key: String::new(),
+            removed: false,
         };
         let span = history.map(|_| self.timeline().span(Lane::History, "append", channel));
         let node = self.clone();
@@ -121,6 +123,8 @@ impl Node {
             info,
             offset: 0,
             tags,
+            key: String::new(),
+            removed: false,
         };
         let key = IdempotencyKey {
             key: key.to_string(),

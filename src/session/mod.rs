@@ -21,6 +21,7 @@ mod limiter;
 mod publish;
 mod query;
 mod rpc;
+mod map;
 mod subscribe;
 #[cfg(test)]
 mod testing;
@@ -57,6 +58,8 @@ struct Subscription {
     expires_at: Option<u64>,
     /// The server renews the subscription itself when it expires.
     refreshed_by_server: bool,
+    /// A map channel removing the key named by the client id when the client leaves.
+    remove_map_key: bool,
 }
 
 /// One connected (or connecting) client.
