@@ -34,8 +34,12 @@ fn map_namespace(name: &str, mode: &str, key_ttl: Option<u64>) -> Namespace {
 
 /// The usual namespaces: `board` (persistent), `cursors` (durable, 1 s TTL).
 fn maps(config: &mut Config) {
-    config.namespace.push(map_namespace("board", "persistent", None));
-    config.namespace.push(map_namespace("cursors", "durable", Some(1)));
+    config
+        .namespace
+        .push(map_namespace("board", "persistent", None));
+    config
+        .namespace
+        .push(map_namespace("cursors", "durable", Some(1)));
 }
 
 async fn map_publish(server: &TestServer, channel: &str, key: &str, data: Value) -> Value {
@@ -76,9 +80,15 @@ async fn map_subscribe(client: &mut Client, channel: &str, page: i32) -> Subscri
         assert!(result.is_object(), "state page: {reply}");
         assert_eq!(result["phase"], 2);
         let state = result["state"].as_array().cloned().unwrap_or_default();
-        assert!(state.len() <= page as usize, "a page holds at most the limit");
+        assert!(
+            state.len() <= page as usize,
+            "a page holds at most the limit"
+        );
         for entry in state {
-            entries.push((entry["key"].as_str().unwrap().to_string(), entry["data"].clone()));
+            entries.push((
+                entry["key"].as_str().unwrap().to_string(),
+                entry["data"].clone(),
+            ));
         }
         if position.is_none() {
             let offset = result["offset"].as_u64().unwrap_or(0);
@@ -135,18 +145,27 @@ async fn a_subscriber_reads_the_state_page_by_page_then_follows_changes() {
     assert_eq!(subscribed.live["type"], 1);
     assert_eq!(subscribed.live["recoverable"], true);
     assert_eq!(subscribed.live["offset"], 7);
-    assert!(subscribed.live.get("recovered").is_none(), "a fresh map gets sync");
+    assert!(
+        subscribed.live.get("recovered").is_none(),
+        "a fresh map gets sync"
+    );
 
     map_publish(&server, "board:1", "k2", json!({"n": 20})).await;
     let change = next_change(&mut client, "board:1").await;
-    assert_eq!((change["key"].clone(), change["data"].clone()), (json!("k2"), json!({"n": 20})));
+    assert_eq!(
+        (change["key"].clone(), change["data"].clone()),
+        (json!("k2"), json!({"n": 20}))
+    );
     assert_eq!(change["offset"], 8);
     let (_, removed) = server
         .api("map_remove", json!({"channel": "board:1", "key": "k2"}))
         .await;
     assert_eq!(removed["result"]["offset"], 9);
     let change = next_change(&mut client, "board:1").await;
-    assert_eq!((change["key"].clone(), change["removed"].clone()), (json!("k2"), json!(true)));
+    assert_eq!(
+        (change["key"].clone(), change["removed"].clone()),
+        (json!("k2"), json!(true))
+    );
     // Removing an absent key changes nothing and publishes nothing.
     let (_, again) = server
         .api("map_remove", json!({"channel": "board:1", "key": "k2"}))
@@ -204,7 +223,10 @@ async fn keys_expire_after_their_ttl_and_subscribers_see_the_removal() {
     assert_eq!(set["key"], "ann");
     // The sweep runs every second; the wait is bounded, not timed.
     let gone = next_change(&mut client, "cursors:1").await;
-    assert_eq!((gone["key"].clone(), gone["removed"].clone()), (json!("ann"), json!(true)));
+    assert_eq!(
+        (gone["key"].clone(), gone["removed"].clone()),
+        (json!("ann"), json!(true))
+    );
     let (_, stats) = server
         .api("map_stats", json!({"channel": "cursors:1"}))
         .await;
@@ -226,10 +248,18 @@ async fn the_server_api_reads_counts_clears_and_bounds_maps() {
         map_publish(&server, "board:api", key, json!({"k": key})).await;
     }
     let (_, state) = server
-        .api("map_read_state", json!({"channel": "board:api", "limit": 2}))
+        .api(
+            "map_read_state",
+            json!({"channel": "board:api", "limit": 2}),
+        )
         .await;
     let result = &state["result"];
-    let keys: Vec<_> = result["entries"].as_array().unwrap().iter().map(|e| e["key"].clone()).collect();
+    let keys: Vec<_> = result["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].clone())
+        .collect();
     assert_eq!(keys, [json!("a"), json!("b")]);
     assert_eq!(result["cursor"], "b");
     assert_eq!(result["offset"], 3);
@@ -247,25 +277,60 @@ async fn the_server_api_reads_counts_clears_and_bounds_maps() {
             json!({"channel": "board:api", "limit": 10, "since_offset": 1}),
         )
         .await;
-    let offsets: Vec<_> = stream["result"]["entries"].as_array().unwrap().iter().map(|e| e["offset"].clone()).collect();
+    let offsets: Vec<_> = stream["result"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["offset"].clone())
+        .collect();
     assert_eq!(offsets, [json!(2), json!(3)]);
-    let (_, stats) = server.api("map_stats", json!({"channel": "board:api"})).await;
+    let (_, stats) = server
+        .api("map_stats", json!({"channel": "board:api"}))
+        .await;
     assert_eq!(stats["result"]["num_keys"], 3);
-    let (_, cleared) = server.api("map_clear", json!({"channel": "board:api"})).await;
+    let (_, cleared) = server
+        .api("map_clear", json!({"channel": "board:api"}))
+        .await;
     assert_eq!(cleared["result"], json!({}));
-    let (_, stats) = server.api("map_stats", json!({"channel": "board:api"})).await;
+    let (_, stats) = server
+        .api("map_stats", json!({"channel": "board:api"}))
+        .await;
     assert_eq!(stats["result"]["num_keys"], 0);
 
     // Bounds and refusals, with Centrifugo's codes.
     map_publish(&server, "small:x", "a", json!(1)).await;
     map_publish(&server, "small:x", "b", json!(2)).await;
     let cases = [
-        ("map_publish", json!({"channel": "small:x", "key": "c", "data": 3}), 106),
-        ("map_publish", json!({"channel": "small:x", "key": "a", "data": "a value longer than 16"}), 107),
-        ("map_publish", json!({"channel": "small:x", "key": "", "data": 1}), 107),
-        ("map_publish", json!({"channel": "small:x", "key": "x".repeat(300), "data": 1}), 107),
-        ("map_publish", json!({"channel": "news", "key": "a", "data": 1}), 107),
-        ("map_publish", json!({"channel": "nowhere:x", "key": "a", "data": 1}), 102),
+        (
+            "map_publish",
+            json!({"channel": "small:x", "key": "c", "data": 3}),
+            106,
+        ),
+        (
+            "map_publish",
+            json!({"channel": "small:x", "key": "a", "data": "a value longer than 16"}),
+            107,
+        ),
+        (
+            "map_publish",
+            json!({"channel": "small:x", "key": "", "data": 1}),
+            107,
+        ),
+        (
+            "map_publish",
+            json!({"channel": "small:x", "key": "x".repeat(300), "data": 1}),
+            107,
+        ),
+        (
+            "map_publish",
+            json!({"channel": "news", "key": "a", "data": 1}),
+            107,
+        ),
+        (
+            "map_publish",
+            json!({"channel": "nowhere:x", "key": "a", "data": 1}),
+            102,
+        ),
         ("map_read_state", json!({"channel": "news"}), 107),
     ];
     for (method, body, code) in cases {
@@ -297,7 +362,10 @@ async fn clients_publish_and_remove_only_where_the_namespace_allows() {
             json!({"channel": "room:1", "type": 1, "key": "k", "data": {"x": 1}}),
         )
         .await;
-    assert_eq!(refused["error"]["code"], 103, "not subscribed yet: {refused}");
+    assert_eq!(
+        refused["error"]["code"], 103,
+        "not subscribed yet: {refused}"
+    );
     map_subscribe(&mut client, "room:1", 10).await;
     let ok = client
         .call(
@@ -307,7 +375,11 @@ async fn clients_publish_and_remove_only_where_the_namespace_allows() {
         .await;
     assert_eq!(ok["publish"], json!({}), "{ok}");
     let change = next_change(&mut client, "room:1").await;
-    assert_eq!(change["key"], client.client_id.as_str(), "client_key = client_id");
+    assert_eq!(
+        change["key"],
+        client.client_id.as_str(),
+        "client_key = client_id"
+    );
     assert_eq!(change["info"]["client"], client.client_id.as_str());
     let refused = client
         .call(
@@ -315,7 +387,10 @@ async fn clients_publish_and_remove_only_where_the_namespace_allows() {
             json!({"channel": "room:1", "type": 1, "key": "k", "removed": true}),
         )
         .await;
-    assert_eq!(refused["error"]["code"], 103, "no remove permission: {refused}");
+    assert_eq!(
+        refused["error"]["code"], 103,
+        "no remove permission: {refused}"
+    );
     // A stream publish or subscribe to a map channel is refused.
     let stream = client
         .call("publish", json!({"channel": "room:1", "data": {"x": 1}}))
@@ -374,7 +449,12 @@ async fn a_reconnecting_subscriber_catches_up_or_is_told_to_read_the_state_again
     let result = &recovered["subscribe"];
     assert_eq!(result["recovered"], true, "{recovered}");
     assert_eq!(result["was_recovering"], true);
-    let keys: Vec<_> = result["publications"].as_array().unwrap().iter().map(|p| p["key"].clone()).collect();
+    let keys: Vec<_> = result["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["key"].clone())
+        .collect();
     assert_eq!(keys, [json!("k1"), json!("k0"), json!("k7")]);
     // Its stream keeps 2 changes: 3 were missed, so the client must read the state again.
     let lost = again
@@ -431,9 +511,15 @@ async fn a_map_survives_a_restart_on_sqlite() {
     let after = map_subscribe(&mut client, "board:keep", 10).await;
     assert_eq!(
         after.entries,
-        [("a".to_string(), json!({"v": 1})), ("b".to_string(), json!({"v": 2}))]
+        [
+            ("a".to_string(), json!({"v": 1})),
+            ("b".to_string(), json!({"v": 2}))
+        ]
     );
-    assert_eq!(after.live["epoch"], before["epoch"], "the stream's epoch is kept");
+    assert_eq!(
+        after.live["epoch"], before["epoch"],
+        "the stream's epoch is kept"
+    );
     map_publish(&server, "board:keep", "c", json!({"v": 3})).await;
     assert_eq!(next_change(&mut client, "board:keep").await["offset"], 3);
     let mut late = server.client().await;
@@ -489,19 +575,27 @@ async fn on_redis_nodes_share_a_map_that_outlives_them() {
     assert_eq!(subscribed.entries.len(), 5);
     map_publish(&a, "board:r", "k1", json!("from a")).await;
     let change = next_change(&mut on_b, "board:r").await;
-    assert_eq!((change["key"].clone(), change["offset"].clone()), (json!("k1"), json!(6)));
+    assert_eq!(
+        (change["key"].clone(), change["offset"].clone()),
+        (json!("k1"), json!(6))
+    );
     // TTL on Redis: both nodes sweep, the key expires once.
     let mut cursors = b.client().await;
     map_subscribe(&mut cursors, "cursors:r", 10).await;
     map_publish(&a, "cursors:r", "ann", json!({"x": 1})).await;
     assert_eq!(next_change(&mut cursors, "cursors:r").await["key"], "ann");
     let gone = next_change(&mut cursors, "cursors:r").await;
-    assert_eq!((gone["removed"].clone(), gone["offset"].clone()), (json!(true), json!(2)));
-    assert!(cursors.silent_for(Duration::from_millis(1500)).await || {
-        // Only pings may follow, never a second removal.
-        let next = cursors.next_message().await;
-        next.get("push").is_none()
-    });
+    assert_eq!(
+        (gone["removed"].clone(), gone["offset"].clone()),
+        (json!(true), json!(2))
+    );
+    assert!(
+        cursors.silent_for(Duration::from_millis(1500)).await || {
+            // Only pings may follow, never a second removal.
+            let next = cursors.next_message().await;
+            next.get("push").is_none()
+        }
+    );
     let live = subscribed.live;
     drop(on_b);
     drop(cursors);

@@ -113,7 +113,9 @@ impl MapNamespace {
         self.client_key().map_err(|e| invalid(&e.to_string()))?;
         match (mode, self.key_ttl) {
             (MapMode::Ephemeral | MapMode::Durable, None) => {
-                return Err(invalid("map.key_ttl is required in ephemeral and durable modes"))
+                return Err(invalid(
+                    "map.key_ttl is required in ephemeral and durable modes",
+                ))
             }
             (MapMode::Persistent, Some(_)) => {
                 return Err(invalid("map.key_ttl does not apply in persistent mode"))

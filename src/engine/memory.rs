@@ -13,9 +13,9 @@ use super::history::{
     new_epoch, select, Appending, AppendingOnce, History, HistoryError, HistoryFilter, HistoryPage,
     OnStored, Retention, Updating,
 };
+use super::idempotency::{IdempotencyKey, Idempotent, RememberedKeys};
 use super::map::{Deliver, MapUpdate, StatePage};
 use super::memory_map::{self, MemoryMap};
-use super::idempotency::{IdempotencyKey, Idempotent, RememberedKeys};
 use super::presence::{Presence, PresenceError, PresenceStats};
 use crate::protocol::{ClientInfo, Publication, StreamPosition};
 
@@ -279,9 +279,9 @@ impl History for MemoryHistory {
             return Box::pin(std::future::ready(Ok(Idempotent::Repeated(first))));
         }
         let position = match retention {
-            Some(retention) => Some(
-                append_locked(&mut streams, channel, publication, retention, on_stored).0,
-            ),
+            Some(retention) => {
+                Some(append_locked(&mut streams, channel, publication, retention, on_stored).0)
+            }
             None => {
                 on_stored(Arc::new(publication));
                 None
@@ -346,7 +346,13 @@ impl History for MemoryHistory {
     ) -> Result<StatePage, HistoryError> {
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
         let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(memory_map::state(&mut streams, &maps, channel, after, limit))
+        Ok(memory_map::state(
+            &mut streams,
+            &maps,
+            channel,
+            after,
+            limit,
+        ))
     }
 
     async fn map_expire(&self, deliver: Deliver) -> Result<usize, HistoryError> {

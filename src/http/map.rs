@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use serde_json::json;
+use serde_json::value::RawValue;
 
 use super::api::{raw, RawResult};
 use crate::engine::history::HistoryFilter;
@@ -21,6 +21,20 @@ pub enum MapCall {
     ReadStream(MapReadStreamRequest),
     Stats(MapChannelRequest),
     Clear(MapChannelRequest),
+}
+
+impl MapCall {
+    /// The API method's name.
+    pub fn method(&self) -> &'static str {
+        match self {
+            MapCall::Publish(_) => "map_publish",
+            MapCall::Remove(_) => "map_remove",
+            MapCall::ReadState(_) => "map_read_state",
+            MapCall::ReadStream(_) => "map_read_stream",
+            MapCall::Stats(_) => "map_stats",
+            MapCall::Clear(_) => "map_clear",
+        }
+    }
 }
 
 /// The body of `map_publish`.
@@ -129,7 +143,10 @@ pub(super) async fn dispatch(node: &Node, call: MapCall) -> RawResult {
             let publications: Vec<_> = if req.key.is_empty() {
                 page.entries
             } else {
-                page.entries.into_iter().filter(|e| e.key == req.key).collect()
+                page.entries
+                    .into_iter()
+                    .filter(|e| e.key == req.key)
+                    .collect()
             };
             raw(&json!({
                 "entries": entries(&publications),
@@ -141,12 +158,11 @@ pub(super) async fn dispatch(node: &Node, call: MapCall) -> RawResult {
         MapCall::ReadStream(req) => {
             check_channel(&req.channel)?;
             let options = node.map_options(&req.channel)?;
-            let since = (req.since_offset > 0 || !req.since_epoch.is_empty()).then(|| {
-                StreamPosition {
+            let since =
+                (req.since_offset > 0 || !req.since_epoch.is_empty()).then(|| StreamPosition {
                     offset: req.since_offset,
                     epoch: req.since_epoch.clone(),
-                }
-            });
+                });
             // A negative limit reads all that is kept, bounded by the page size.
             let limit = match req.limit {
                 0 => 0,

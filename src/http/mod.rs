@@ -3,7 +3,7 @@
 //! and the helpers every HTTP answer of the server shares.
 
 pub mod api;
-mod map;
+pub mod map;
 mod publish;
 pub mod web;
 

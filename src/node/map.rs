@@ -105,9 +105,7 @@ impl Node {
         let mut removed = 0;
         loop {
             // Always from the first key: what is removed no longer shows.
-            let page = self
-                .map_state(channel, "", options.max_page_size)
-                .await?;
+            let page = self.map_state(channel, "", options.max_page_size).await?;
             if page.entries.is_empty() {
                 return Ok(removed);
             }

@@ -179,7 +179,9 @@ impl Session {
                 node.map_remove(&channel, &key, None).await
             }));
         }
-        let data = req.data.ok_or_else(|| Error::new(error_code::BAD_REQUEST))?;
+        let data = req
+            .data
+            .ok_or_else(|| Error::new(error_code::BAD_REQUEST))?;
         let info = ClientInfo {
             user: who.user.to_string(),
             client: who.client.to_string(),

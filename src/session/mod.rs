@@ -18,10 +18,10 @@
 mod connect;
 mod control;
 mod limiter;
+mod map;
 mod publish;
 mod query;
 mod rpc;
-mod map;
 mod subscribe;
 #[cfg(test)]
 mod testing;

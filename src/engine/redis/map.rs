@@ -147,7 +147,11 @@ impl RedisEngine {
             .arg(key(prefix, "pub", channel))
             .arg(new_epoch())
             .arg(META_TTL_SECS)
-            .arg(update.and_then(|u| u.key_ttl).map_or(0, |t| t.as_millis() as u64))
+            .arg(
+                update
+                    .and_then(|u| u.key_ttl)
+                    .map_or(0, |t| t.as_millis() as u64),
+            )
             .arg(update.map_or(usize::MAX, |u| u.max_keys))
             .arg(now_ms())
             .arg(format!("{channel}\n{}", publication.key))
@@ -201,7 +205,8 @@ impl RedisEngine {
         for (key, value) in keys.into_iter().zip(values).take(limit) {
             let Some(value) = value else { continue };
             let mut parts = value.splitn(3, ':');
-            let (Some(offset), Some(expires), Some(json)) = (parts.next(), parts.next(), parts.next())
+            let (Some(offset), Some(expires), Some(json)) =
+                (parts.next(), parts.next(), parts.next())
             else {
                 continue;
             };
@@ -250,7 +255,11 @@ impl RedisEngine {
                 let Some((channel, key)) = member.split_once('\n') else {
                     continue;
                 };
-                if self.run_update(channel, &removal(key), None).await?.is_some() {
+                if self
+                    .run_update(channel, &removal(key), None)
+                    .await?
+                    .is_some()
+                {
                     removed += 1;
                 }
             }
