@@ -332,6 +332,7 @@ async fn the_server_api_reads_counts_clears_and_bounds_maps() {
             102,
         ),
         ("map_read_state", json!({"channel": "news"}), 107),
+        ("publish", json!({"channel": "small:x", "data": 1}), 107),
     ];
     for (method, body, code) in cases {
         let (_, reply) = server.api(method, body.clone()).await;
