@@ -48,6 +48,49 @@ fn generated_config_parses_and_validates() {
 }
 
 #[test]
+fn the_generated_map_namespace_parses_and_bad_map_options_are_refused() {
+    // The commented map example of the generated file, uncommented.
+    let text = generate();
+    let start = text.find("# [[namespace]]\n# name = \"cursors\"").unwrap();
+    let example: String = text[start..]
+        .lines()
+        .map(|line| line.strip_prefix("# ").unwrap_or(line))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let with_map = format!("{}\n{example}", &text[..start]);
+    let c: Config = toml::from_str(&with_map).unwrap();
+    c.validate().unwrap();
+    let board = c.namespace.iter().find(|ns| ns.name == "cursors").unwrap();
+    assert_eq!(board.subscription_type.as_deref(), Some("map"));
+    assert_eq!(board.map.as_ref().unwrap().max_keys, Some(10000));
+
+    let refused = |toml: &str| {
+        let c: Config = toml::from_str(toml).unwrap();
+        c.validate().unwrap_err().to_string()
+    };
+    let map = |options: &str| {
+        format!(
+            "[[namespace]]\nname = \"m\"\nsubscription_type = \"map\"\n[namespace.map]\n{options}"
+        )
+    };
+    assert!(refused(&map("")).contains("map.mode"));
+    assert!(refused(&map("mode = \"durable\"")).contains("key_ttl"));
+    assert!(refused(&map("mode = \"persistent\"\nkey_ttl = \"1m\"")).contains("key_ttl"));
+    assert!(refused(&map("mode = \"persistent\"\nclient_key = \"x\"")).contains("client_key"));
+    assert!(refused(&map("mode = \"persistent\"\nmax_keys = 0")).contains("at least 1"));
+    assert!(
+        refused("[[namespace]]\nname = \"p\"\nsubscription_type = \"map_clients\"")
+            .contains("not supported")
+    );
+    assert!(
+        refused("[[namespace]]\nname = \"p\"\n[namespace.map]\nmode = \"persistent\"")
+            .contains("subscription_type")
+    );
+    let ok: Config = toml::from_str(&map("mode = \"ephemeral\"\nkey_ttl = \"30s\"")).unwrap();
+    ok.validate().unwrap();
+}
+
+#[test]
 fn file_values_override_defaults_and_unknown_keys_fail() {
     let c: Config = toml::from_str("port = 9000\njoin_leave = false").unwrap();
     assert_eq!(c.port, 9000);

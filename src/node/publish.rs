@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use futures_util::future::BoxFuture;
 
 use super::{broker_error, Node};
+use crate::channel::ChannelOptions;
 use crate::engine::broker::BrokerError;
 use crate::engine::idempotency::{IdempotencyKey, Idempotent};
 use crate::hooks::events::Event;
-use crate::channel::ChannelOptions;
 use crate::protocol::{error_code, ClientInfo, Error, Payload, Publication, StreamPosition};
 use crate::timeline::Lane;
 
