@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::config::{ClientKey, Config, MapMode, Namespace};
+use crate::config::{ClientKey, Config, MapMode, Namespace, PRESENCE_KEY_TTL};
 use crate::engine::history::Retention;
 use crate::engine::map::MapUpdate;
 
@@ -34,9 +34,18 @@ pub struct ChannelOptions {
     pub map: Option<MapOptions>,
 }
 
+/// `type` of a map subscription: a map the application writes.
+pub const MAP: i32 = 1;
+/// `type` of a map presence subscription by client (Centrifugo's `map_clients`).
+pub const MAP_CLIENTS: i32 = 2;
+/// `type` of a map presence subscription by user (Centrifugo's `map_users`).
+pub const MAP_USERS: i32 = 3;
+
 /// How a map channel behaves (see [`crate::engine::map`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapOptions {
+    /// The subscription type of the namespace: [`MAP`], [`MAP_CLIENTS`] or [`MAP_USERS`].
+    pub kind: i32,
     pub mode: MapMode,
     /// How each change is stored: the stream's retention, the key TTL, the key bound.
     pub update: MapUpdate,
@@ -97,11 +106,19 @@ impl ChannelOptions {
     /// A map namespace's options (validated by the configuration): its stream is the channel's
     /// history, recoverable unless the mode is ephemeral.
     fn with_map(mut self, ns: &Namespace, dev: bool) -> ChannelOptions {
-        if ns.subscription_type.as_deref() != Some("map") {
-            return self;
+        let kind = match ns.subscription_type.as_deref() {
+            Some("map") => MAP,
+            Some("map_clients") => MAP_CLIENTS,
+            Some("map_users") => MAP_USERS,
+            _ => return self,
+        };
+        let mut map = ns.map.clone().unwrap_or_default();
+        // Map presence is the server's to write, and its entries need a TTL.
+        let presence = kind != MAP;
+        if presence {
+            map.key_ttl = Some(map.key_ttl.unwrap_or(PRESENCE_KEY_TTL));
         }
-        let map = ns.map.clone().unwrap_or_default();
-        let allow = |own: Option<bool>| own.unwrap_or(dev);
+        let allow = |own: Option<bool>| !presence && own.unwrap_or(dev);
         let mode = map.mode().unwrap_or(MapMode::Persistent);
         let stream = Retention {
             size: map.stream_size.unwrap_or(100),
@@ -110,11 +127,13 @@ impl ChannelOptions {
         self.history = Some(stream);
         self.force_recovery = mode != MapMode::Ephemeral;
         self.map = Some(MapOptions {
+            kind,
             mode,
             update: MapUpdate {
                 stream,
                 key_ttl: map.key_ttl,
                 max_keys: map.max_keys.unwrap_or(10_000),
+                keep_alive: false,
             },
             allow_publish_for_client: allow(map.allow_publish_for_client),
             allow_publish_for_subscriber: allow(map.allow_publish_for_subscriber),

@@ -184,6 +184,27 @@ fn map_namespaces(config: &mut switchboard::Config) {
             ..Default::default()
         },
     ));
+    config.namespace.push(Namespace {
+        name: "game".into(),
+        allow_subscribe_for_client: Some(true),
+        allow_subscribe_for_anonymous: Some(true),
+        map_clients_presence_channel_prefix: Some("clients:".into()),
+        map_users_presence_channel_prefix: Some("users:".into()),
+        ..Default::default()
+    });
+    for (name, kind) in [("clients", "map_clients"), ("users", "map_users")] {
+        config.namespace.push(Namespace {
+            subscription_type: Some(kind.into()),
+            ..namespace(
+                name,
+                MapNamespace {
+                    mode: Some("durable".into()),
+                    key_ttl: Some(Duration::from_secs(1)),
+                    ..Default::default()
+                },
+            )
+        });
+    }
     let mut readonly = namespace("readonly", persistent());
     if let Some(map) = readonly.map.as_mut() {
         map.allow_publish_for_client = Some(false);
@@ -203,14 +224,22 @@ async fn centrifuge_js_sdk_drives_map_subscriptions() {
     );
     let server = TestServer::with(|config| {
         config.api_key = Some(API_KEY.into());
+        // Carol's token names her user for map presence; anonymous clients are accepted too.
+        config.token_hmac_secret = Some(TOKEN_SECRET.into());
+        config.insecure = true;
         map_namespaces(config);
     })
     .await;
     let address = server.addr.to_string();
+    let carol = switchboard::auth::sign_hmac(TOKEN_SECRET, &serde_json::json!({"sub": "carol"}))
+        .expect("a token");
     let run = run_script(
         "node",
         &["centrifuge_js_maps.mjs", &address],
-        &[("SWITCHBOARD_API_KEY", API_KEY)],
+        &[
+            ("SWITCHBOARD_API_KEY", API_KEY),
+            ("SWITCHBOARD_CAROL_TOKEN", &carol),
+        ],
         &compat,
         Duration::from_secs(60),
     )

@@ -1,6 +1,7 @@
 //! Map subscriptions over real WebSockets and the server API: the state snapshot page by page,
 //! the stream catch-up and the live phase, key TTL, removal, permissions, recovery after a
-//! reconnect, and a map surviving a restart on SQLite and on Redis.
+//! reconnect, a map surviving a restart on SQLite and on Redis, and map presence
+//! (`map_clients`, `map_users`).
 
 mod common;
 
@@ -619,4 +620,120 @@ async fn on_redis_nodes_share_a_map_that_outlives_them() {
         .await;
     assert_eq!(recovered["subscribe"]["recovered"], true, "{recovered}");
     assert_eq!(recovered["subscribe"]["publications"][0]["key"], "k1");
+}
+
+/// `game:<id>` (a stream namespace) lists its subscribers in `clients:game:<id>` (map_clients)
+/// and `users:game:<id>` (map_users), both with a 1 s key TTL.
+fn map_presence(config: &mut Config) {
+    config.token_hmac_secret = Some(SECRET.into());
+    config.insecure = true;
+    config.namespace.push(Namespace {
+        name: "game".into(),
+        allow_subscribe_for_client: Some(true),
+        map_clients_presence_channel_prefix: Some("clients:".into()),
+        map_users_presence_channel_prefix: Some("users:".into()),
+        ..Default::default()
+    });
+    for (name, kind) in [("clients", "map_clients"), ("users", "map_users")] {
+        let mut ns = map_namespace(name, "durable", Some(1));
+        ns.subscription_type = Some(kind.into());
+        config.namespace.push(ns);
+    }
+}
+
+const SECRET: &str = "map-presence-secret";
+
+async fn user_client(server: &TestServer, user: &str) -> Client {
+    let token = switchboard::auth::sign_hmac(SECRET, &json!({"sub": user})).unwrap();
+    let mut client = Client::open(&server.ws_url()).await;
+    let reply = client.connect(json!({"token": token})).await;
+    assert!(reply["connect"].is_object(), "{reply}");
+    client
+}
+
+/// Subscribes with map presence `kind` (2 clients, 3 users) in one state page.
+async fn presence_subscribe(client: &mut Client, channel: &str, kind: i32) -> Vec<Value> {
+    let state = client
+        .call(
+            "subscribe",
+            json!({"channel": channel, "type": kind, "phase": 2, "limit": 100}),
+        )
+        .await;
+    let result = &state["subscribe"];
+    assert_eq!(result["type"], kind, "{state}");
+    let live = client
+        .call(
+            "subscribe",
+            json!({"channel": channel, "type": kind, "phase": 1,
+                   "offset": result["offset"], "epoch": result["epoch"]}),
+        )
+        .await;
+    assert_eq!(live["subscribe"]["type"], kind, "{live}");
+    result["state"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn subscribers_are_listed_in_map_presence_channels() {
+    let server = TestServer::with(map_presence).await;
+    let mut ann = user_client(&server, "ann").await;
+    ann.subscribe("game:1").await;
+    let mut watcher = user_client(&server, "watcher").await;
+    let clients = presence_subscribe(&mut watcher, "clients:game:1", 2).await;
+    assert_eq!(clients.len(), 1);
+    assert_eq!(clients[0]["key"], ann.client_id.as_str());
+    assert_eq!(clients[0]["info"]["user"], "ann");
+    assert_eq!(clients[0]["data"]["user"], "ann");
+    let users = presence_subscribe(&mut watcher, "users:game:1", 3).await;
+    let keys: Vec<_> = users.iter().map(|u| u["key"].clone()).collect();
+    assert_eq!(keys, [json!("ann")]);
+
+    // A client of another user joins: both maps get it.
+    let mut bob = user_client(&server, "bob").await;
+    bob.subscribe("game:1").await;
+    let joined = next_change(&mut watcher, "clients:game:1").await;
+    assert_eq!(joined["key"], bob.client_id.as_str());
+    assert_eq!(
+        next_change(&mut watcher, "users:game:1").await["key"],
+        "bob"
+    );
+
+    // Entries outlive their TTL while their client stays (kept alive, nothing published).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, state) = server
+        .api("map_read_state", json!({"channel": "clients:game:1"}))
+        .await;
+    assert_eq!(
+        state["result"]["entries"].as_array().unwrap().len(),
+        2,
+        "{state}"
+    );
+
+    // Bob leaves: his client entry goes at once, his user entry when its TTL runs out.
+    bob.call("unsubscribe", json!({"channel": "game:1"})).await;
+    let left = next_change(&mut watcher, "clients:game:1").await;
+    assert_eq!(
+        (left["key"].clone(), left["removed"].clone()),
+        (json!(bob.client_id), json!(true))
+    );
+    let gone = next_change(&mut watcher, "users:game:1").await;
+    assert_eq!(
+        (gone["key"].clone(), gone["removed"].clone()),
+        (json!("bob"), json!(true))
+    );
+    // Presence channels are the server's: clients cannot write them.
+    let refused = watcher
+        .call(
+            "publish",
+            json!({"channel": "clients:game:1", "type": 1, "key": "x", "data": {}}),
+        )
+        .await;
+    assert_eq!(refused["error"]["code"], 107);
+    let mut other = user_client(&server, "carol").await;
+    let wrong_type = other
+        .call(
+            "subscribe",
+            json!({"channel": "users:game:1", "type": 2, "phase": 2}),
+        )
+        .await;
+    assert_eq!(wrong_type["error"]["code"], 107, "{wrong_type}");
 }

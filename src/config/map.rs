@@ -188,15 +188,65 @@ impl super::Namespace {
                 Ok(())
             }
             Some("map") => self.map.clone().unwrap_or_default().validate(name),
-            Some(other @ ("map_clients" | "map_users" | "shared_poll")) => {
-                Err(ConfigError::Invalid(format!(
-                    "namespace {name:?}: subscription_type {other:?} is not supported by \
-                     Switchboard (see README, protocol section)"
-                )))
+            Some("map_clients" | "map_users") => {
+                let map = self.map.clone().unwrap_or_default();
+                if map.mode()? == MapMode::Persistent {
+                    return Err(ConfigError::Invalid(format!(
+                        "namespace {name:?}: map presence needs mode \"ephemeral\" or \"durable\""
+                    )));
+                }
+                // The key TTL is what removes a vanished client's entry: 60 s by default.
+                MapNamespace {
+                    key_ttl: Some(map.key_ttl.unwrap_or(PRESENCE_KEY_TTL)),
+                    ..map
+                }
+                .validate(name)
             }
+            Some(other @ "shared_poll") => Err(ConfigError::Invalid(format!(
+                "namespace {name:?}: subscription_type {other:?} is not supported by \
+                     Switchboard (see README, protocol section)"
+            ))),
             Some(other) => Err(ConfigError::Invalid(format!(
-                "namespace {name:?}: subscription_type {other:?} must be \"stream\" or \"map\""
+                "namespace {name:?}: subscription_type {other:?} must be \"stream\", \"map\", \
+                 \"map_clients\" or \"map_users\""
             ))),
         }
     }
+
+    /// Checks that each map presence prefix names a namespace of the right type.
+    pub(super) fn validate_presence_prefixes(
+        &self,
+        name: &str,
+        namespaces: &[super::Namespace],
+    ) -> Result<(), ConfigError> {
+        let prefixes = [
+            (
+                "map_clients_presence_channel_prefix",
+                &self.map_clients_presence_channel_prefix,
+                "map_clients",
+            ),
+            (
+                "map_users_presence_channel_prefix",
+                &self.map_users_presence_channel_prefix,
+                "map_users",
+            ),
+        ];
+        for (option, prefix, kind) in prefixes {
+            let Some(prefix) = prefix else { continue };
+            let target = prefix.split_once(':').map(|(ns, _)| ns);
+            let found = namespaces
+                .iter()
+                .find(|ns| Some(ns.name.as_str()) == target);
+            if found.and_then(|ns| ns.subscription_type.as_deref()) != Some(kind) {
+                return Err(ConfigError::Invalid(format!(
+                    "namespace {name:?}: {option} {prefix:?} must start with \"<namespace>:\" \
+                     naming a namespace whose subscription_type is {kind:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
+
+/// The key TTL of map presence entries when the namespace does not say (Centrifugo's default).
+pub const PRESENCE_KEY_TTL: Duration = Duration::from_secs(60);

@@ -10,7 +10,8 @@
 //! Contract of a map update (see [`MapUpdate`]): setting a key stores its value (with an
 //! expiry, when the namespace gives keys a TTL) and appends the publication; removing a key
 //! that is present deletes it and appends a removal; removing an absent key changes nothing and
-//! appends nothing. A new key beyond the map's `max_keys` is refused
+//! appends nothing; a keep-alive of a present key only restarts its TTL (see
+//! [`MapUpdate::keep_alive`]). A new key beyond the map's `max_keys` is refused
 //! ([`HistoryError::TooManyKeys`](super::history::HistoryError::TooManyKeys)) and nothing
 //! changes. Delivery to subscribers follows the stream's order, as for any publication.
 //!
@@ -33,6 +34,10 @@ pub struct MapUpdate {
     pub key_ttl: Option<Duration>,
     /// Most keys the map holds; a new key beyond it is refused.
     pub max_keys: usize,
+    /// A keep-alive: when the key is present, only its TTL starts again (nothing is appended or
+    /// delivered, and the update answers `None`); when absent, it is set as usual. Map presence
+    /// entries are kept alive this way while their client stays.
+    pub keep_alive: bool,
 }
 
 /// A page of a map's state, in key order, with the stream position it is consistent with.

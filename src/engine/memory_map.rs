@@ -50,6 +50,12 @@ pub(super) fn update(
         let (position, _) = append_locked(streams, channel, publication, update.stream, on_stored);
         return Ok(Some(position));
     }
+    if update.keep_alive {
+        if let Some(entry) = map.entries.get_mut(&key) {
+            entry.expires = update.key_ttl.map(|ttl| Instant::now() + ttl);
+            return Ok(None);
+        }
+    }
     if !map.entries.contains_key(&key) && map.entries.len() >= update.max_keys {
         return Err(HistoryError::TooManyKeys);
     }

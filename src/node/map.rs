@@ -37,7 +37,25 @@ impl Node {
         info: Option<ClientInfo>,
         tags: HashMap<String, String>,
     ) -> Result<StreamPosition, Error> {
-        let options = self.map_options(channel)?;
+        Ok(self
+            .map_set(channel, key, data, info, tags, false)
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// [`Node::map_publish`], or with `keep_alive` only the key's TTL restarted when it is
+    /// present (`None`: nothing published).
+    pub(super) async fn map_set(
+        &self,
+        channel: &str,
+        key: &str,
+        data: Payload,
+        info: Option<ClientInfo>,
+        tags: HashMap<String, String>,
+        keep_alive: bool,
+    ) -> Result<Option<StreamPosition>, Error> {
+        let mut options = self.map_options(channel)?;
+        options.update.keep_alive = keep_alive;
         check_key(key)?;
         if data.get().len() > options.max_value_size {
             return Err(Error::new(error_code::BAD_REQUEST));
@@ -56,15 +74,16 @@ impl Node {
             .broker()
             .map_update(channel, publication, options.update)
             .await
-            .map_err(|e| broker_error(channel, e))?
-            .unwrap_or_default();
-        self.emit(Event::Published {
-            channel,
-            offset: position.offset,
-            client: publisher.as_ref().map(|(client, _)| client.as_str()),
-            user: publisher.as_ref().map(|(_, user)| user.as_str()),
-            data: &published,
-        });
+            .map_err(|e| broker_error(channel, e))?;
+        if let Some(position) = &position {
+            self.emit(Event::Published {
+                channel,
+                offset: position.offset,
+                client: publisher.as_ref().map(|(client, _)| client.as_str()),
+                user: publisher.as_ref().map(|(_, user)| user.as_str()),
+                data: &published,
+            });
+        }
         Ok(position)
     }
 
@@ -124,7 +143,12 @@ impl Node {
             .namespace
             .iter()
             .chain(std::iter::once(&config.channel))
-            .any(|ns| ns.subscription_type.as_deref() == Some("map"));
+            .any(|ns| {
+                matches!(
+                    ns.subscription_type.as_deref(),
+                    Some("map" | "map_clients" | "map_users")
+                )
+            });
         if !any_map {
             return;
         }
@@ -134,6 +158,7 @@ impl Node {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(EXPIRY_INTERVAL) => {}
             }
+            self.refresh_map_presence().await;
             // A full batch means more may be waiting: sweep again at once.
             loop {
                 match self.broker().map_expire().await {

@@ -28,6 +28,7 @@ use crate::timeline::{Timeline, TimelineEvents};
 pub mod addresses;
 mod dispatch;
 mod map;
+mod map_presence;
 mod publish;
 
 use addresses::ClientAddresses;
@@ -96,6 +97,7 @@ struct Inner {
     tracker: TaskTracker,
     connection_limiter: PerIpLimiter,
     client_addresses: Arc<ClientAddresses>,
+    map_presence: map_presence::MapPresence,
 }
 
 impl Node {
@@ -147,6 +149,7 @@ impl Node {
         });
         let connection_rate = config.connection_rate_per_ip;
         let default_options = ChannelOptions::resolve(&config, &config.channel);
+        let map_presence = map_presence::MapPresence::new(&config);
         let namespaces = config
             .namespace
             .iter()
@@ -182,6 +185,7 @@ impl Node {
                 tracker,
                 connection_limiter: PerIpLimiter::new(connection_rate),
                 client_addresses: Arc::default(),
+                map_presence,
             }),
         }
     }

@@ -27,8 +27,8 @@ use crate::protocol::{
     SubscribeRequest, SubscribeResult,
 };
 
-/// `type` of a map subscription (2 and 3, map presence, are not served).
-const TYPE_MAP: i32 = 1;
+/// `type` of a map subscription (2 and 3 are map presence, see [`crate::channel`]).
+const TYPE_MAP: i32 = crate::channel::MAP;
 /// Phases of a map subscription.
 const PHASE_LIVE: i32 = 0;
 const PHASE_STREAM: i32 = 1;
@@ -47,9 +47,10 @@ impl Session {
     ) -> Answer {
         // A stream subscriber of a map channel, or a map subscriber of a stream channel, would
         // misread what it receives.
-        let Some(map) = options.map.filter(|_| req.kind == TYPE_MAP) else {
+        let Some(map) = options.map.filter(|m| req.kind == m.kind) else {
             return Err(Error::new(error_code::BAD_REQUEST).into());
         };
+        let kind = map.kind;
         match req.phase {
             PHASE_STATE => self.map_state_page(&req, &map).await,
             PHASE_STREAM | PHASE_LIVE => {
@@ -67,7 +68,7 @@ impl Session {
                     ..req
                 };
                 self.subscribe_now(id, who, live, options, decision, move |result| {
-                    result.kind = TYPE_MAP;
+                    result.kind = kind;
                     result.phase = PHASE_LIVE;
                     // A fresh subscription gets `sync` from the SDK, a recovery `update`s.
                     result.recovered = recovering;
@@ -88,7 +89,7 @@ impl Session {
             .map_state(&req.channel, &req.cursor, map.page_size(req.limit))
             .await?;
         Ok(Some(ReplyResult::Subscribe(SubscribeResult {
-            kind: TYPE_MAP,
+            kind: map.kind,
             phase: PHASE_STATE,
             epoch: page.position.epoch,
             offset: page.position.offset,
@@ -129,7 +130,7 @@ impl Session {
         }
         let last = page.publications.last().map_or(req.offset, |p| p.offset);
         Ok(Some(SubscribeResult {
-            kind: TYPE_MAP,
+            kind: req.kind,
             phase: PHASE_STREAM,
             epoch: page.position.epoch,
             offset: last,
@@ -146,7 +147,11 @@ impl Session {
         req: PublishRequest,
         options: &ChannelOptions,
     ) -> Result<BoxFuture<'static, Result<Option<StreamPosition>, Error>>, Refusal> {
-        let Some(map) = options.map.filter(|_| req.kind == TYPE_MAP) else {
+        // Map presence channels are written by the server only.
+        let Some(map) = options
+            .map
+            .filter(|m| req.kind == TYPE_MAP && m.kind == TYPE_MAP)
+        else {
             return Err(Error::new(error_code::BAD_REQUEST).into());
         };
         let subscribed = self.subscriptions.contains_key(&req.channel);

@@ -60,6 +60,8 @@ struct Subscription {
     refreshed_by_server: bool,
     /// A map channel removing the key named by the client id when the client leaves.
     remove_map_key: bool,
+    /// The subscriber is listed in map presence channels (see [`Node::map_presence_join`]).
+    map_presence: bool,
 }
 
 /// One connected (or connecting) client.

@@ -174,8 +174,12 @@ impl Session {
                 expires_at,
                 refreshed_by_server: false,
                 remove_map_key: options.map.is_some_and(|m| m.remove_client_on_unsubscribe),
+                map_presence: self.node.has_map_presence(&channel),
             },
         );
+        if self.node.has_map_presence(&channel) {
+            self.node.map_presence_join(&channel, &info).await;
+        }
         if options.presence {
             self.node.add_presence(&channel, info.clone()).await;
         }
@@ -263,8 +267,8 @@ pub(super) fn emit_unsubscribed(node: &Node, channel: &str, subscription: &Subsc
     });
 }
 
-/// The part of releasing a subscription that other nodes see: presence, the leave notice, and
-/// the client's own map key when the namespace removes it on unsubscribe.
+/// The part of releasing a subscription that other nodes see: presence (and map presence), the
+/// leave notice, and the client's own map key when the namespace removes it on unsubscribe.
 pub(super) async fn release_shared(node: &Node, channel: &str, subscription: &Subscription) {
     if subscription.presence {
         node.remove_presence(channel, &subscription.info.client)
@@ -272,6 +276,9 @@ pub(super) async fn release_shared(node: &Node, channel: &str, subscription: &Su
     }
     if subscription.join_leave {
         node.publish_leave(channel, &subscription.info).await;
+    }
+    if subscription.map_presence {
+        node.map_presence_leave(channel, &subscription.info).await;
     }
     if subscription.remove_map_key {
         if let Err(error) = node

@@ -2,15 +2,18 @@
 // centrifuge-js SDK (npm `centrifuge` 5.8, its `newMapSubscription`), through its public API only,
 // and checks what an application sees: the `sync` of the whole state (read page by page), live
 // `update`s from the server API and from clients, removals, key TTL, a refused publish, recovery
-// after a dropped connection (missed changes as updates, no new sync), and a fresh sync when the
-// stream no longer holds what was missed.
+// after a dropped connection (missed changes as updates, no new sync), a fresh sync when the
+// stream no longer holds what was missed, and map presence (newMapClientsSubscription,
+// newMapUsersSubscription).
 //
 // Usage: node centrifuge_js_maps.mjs HOST:PORT
-//   SWITCHBOARD_API_KEY  key for the server API (sent as X-API-Key), if the server has one
+//   SWITCHBOARD_API_KEY      key for the server API (sent as X-API-Key), if the server has one
+//   SWITCHBOARD_CAROL_TOKEN  a connection token of user `carol` (for map presence by user)
 //
 // The server must have these map namespaces, open to anonymous clients (see tests/compat_js.rs):
 // `board` (persistent), `short` (persistent, stream_size 2), `cursors` (durable, key_ttl 1s),
-// `readonly` (persistent, no client publish). Every wait is bounded; the first failed check
+// `readonly` (persistent, no client publish), and `game` (stream) listing its subscribers in
+// `clients:` (map_clients) and `users:` (map_users, key_ttl 1s). Every wait is bounded; the first failed check
 // prints what was expected and exits 1.
 
 import assert from 'node:assert/strict';
@@ -309,6 +312,32 @@ await step('key TTL: an entry set with a TTL disappears with a removal update', 
   await until('the cursor to expire', () => !cursorsMirror.state.has('ann'), 5000);
   assert.equal(cursorsMirror.log.update.at(-1).removed, true);
   cursors.unsubscribe();
+});
+
+await step('map presence: newMapClientsSubscription and newMapUsersSubscription list subscribers', async () => {
+  const clients = alice.client.newMapClientsSubscription('clients:game:js');
+  const users = alice.client.newMapUsersSubscription('users:game:js');
+  const clientsMirror = mirror(clients);
+  const usersMirror = mirror(users);
+  clients.subscribe();
+  users.subscribe();
+  await until('both presence syncs', () => clientsMirror.log.sync.length === 1 && usersMirror.log.sync.length === 1);
+  assert.equal(clientsMirror.state.size, 0, 'nobody in game:js yet');
+  const carol = newClient({ token: process.env.SWITCHBOARD_CAROL_TOKEN });
+  carol.client.connect();
+  const ctx = await connected('client C (user carol)', carol);
+  const game = carol.client.newSubscription('game:js');
+  game.subscribe();
+  await until('carol listed by client id', () => clientsMirror.state.has(ctx.client));
+  const entry = clientsMirror.log.update.at(-1);
+  assert.equal(entry.info?.user, 'carol', 'the client entry carries the client info');
+  await until('carol listed by user id', () => usersMirror.state.has('carol'));
+  game.unsubscribe();
+  await until('carol\'s client entry removed', () => !clientsMirror.state.has(ctx.client));
+  await until('carol\'s user entry expired', () => !usersMirror.state.has('carol'), 5000);
+  carol.client.disconnect();
+  clients.unsubscribe();
+  users.unsubscribe();
 });
 
 await step('unsubscribe ends the map subscription', async () => {

@@ -26,7 +26,7 @@ const META_TTL_SECS: u64 = 30 * 24 * 3600;
 /// KEYS: stream, meta, entries, keys, expiring. ARGV: publication JSON, key, removed (0/1),
 /// stream max length (0: the one last recorded in meta), stream TTL (s), topic, fresh epoch,
 /// meta TTL (s), key TTL (ms, 0: none), max keys, now (ms), expiring member, only if expired
-/// (0/1). Returns {offset, epoch}, or {-1, ''} when nothing changed, {-2, ''} when the map is
+/// (0/1), keep-alive (0/1: a present key only gets its TTL again). Returns {offset, epoch}, or {-1, ''} when nothing changed, {-2, ''} when the map is
 /// full.
 const UPDATE_SCRIPT: &str = r#"
 local exists = redis.call('hexists', KEYS[3], ARGV[2]) == 1
@@ -36,6 +36,17 @@ if ARGV[13] == '1' then
     if not exists then redis.call('zrem', KEYS[5], ARGV[12]) end
     return {-1, ''}
   end
+end
+if ARGV[14] == '1' and exists then
+  local value = redis.call('hget', KEYS[3], ARGV[2])
+  local offset, rest = string.match(value, '^(%d+):%d+:(.*)$')
+  local expires = 0
+  if ARGV[9] ~= '0' then
+    expires = tonumber(ARGV[11]) + tonumber(ARGV[9])
+    redis.call('zadd', KEYS[5], expires, ARGV[12])
+  end
+  redis.call('hset', KEYS[3], ARGV[2], offset .. ':' .. expires .. ':' .. rest)
+  return {-1, ''}
 end
 if ARGV[3] == '1' then
   if not exists then return {-1, ''} end
@@ -155,7 +166,12 @@ impl RedisEngine {
             .arg(update.map_or(usize::MAX, |u| u.max_keys))
             .arg(now_ms())
             .arg(format!("{channel}\n{}", publication.key))
-            .arg(if update.is_none() { 1 } else { 0 });
+            .arg(if update.is_none() { 1 } else { 0 })
+            .arg(if update.is_some_and(|u| u.keep_alive) {
+                1
+            } else {
+                0
+            });
         let mut conn = self.shard(channel).commands.clone();
         let (offset, epoch): (i64, String) = call(invocation.invoke_async(&mut conn)).await?;
         match offset {

@@ -73,6 +73,14 @@ pub(super) fn update(
         let position = insert(tx, streams, tops, channel, publication, update.stream)?;
         return Ok(Ok(Some(position)));
     }
+    if exists && update.keep_alive {
+        let expires_at = update
+            .key_ttl
+            .map(|ttl| now_ms().saturating_add(ttl.as_millis() as i64));
+        tx.prepare_cached("UPDATE map_state SET expires_at = ?3 WHERE channel = ?1 AND key = ?2")?
+            .execute(params![channel, publication.key, expires_at])?;
+        return Ok(Ok(None));
+    }
     if !exists {
         let count: i64 = tx
             .prepare_cached("SELECT COUNT(*) FROM map_state WHERE channel = ?1")?
