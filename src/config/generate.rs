@@ -119,6 +119,16 @@ name = "private"
 # max_page_size = 1000
 # max_keys = 10000                   # a new key beyond it is refused (106)
 # max_value_size = 65536
+# Map presence: subscribers of "chat:<room>" listed by client id in "who:chat:<room>". Add to the
+# chat namespace above: map_clients_presence_channel_prefix = "who:" (or, with a namespace of
+# subscription_type "map_users", map_users_presence_channel_prefix, to list them by user id).
+# [[namespace]]
+# name = "who"
+# subscription_type = "map_clients"
+# allow_subscribe_for_client = true
+# [namespace.map]
+# mode = "durable"
+# key_ttl = "60s"
 "#,
         api_key = secret(32),
         admin_password = secret(24),

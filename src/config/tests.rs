@@ -54,7 +54,18 @@ fn the_generated_map_namespace_parses_and_bad_map_options_are_refused() {
     let start = text.find("# [[namespace]]\n# name = \"cursors\"").unwrap();
     let example: String = text[start..]
         .lines()
-        .map(|line| line.strip_prefix("# ").unwrap_or(line))
+        .map(|line| match line.strip_prefix("# ") {
+            // Settings and tables, not the prose around them.
+            Some(setting)
+                if setting.starts_with('[')
+                    || setting.split_once(" = ").is_some_and(|(k, _)| {
+                        k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+            {
+                setting
+            }
+            _ => line,
+        })
         .collect::<Vec<_>>()
         .join("\n");
     let with_map = format!("{}\n{example}", &text[..start]);
@@ -63,6 +74,8 @@ fn the_generated_map_namespace_parses_and_bad_map_options_are_refused() {
     let board = c.namespace.iter().find(|ns| ns.name == "cursors").unwrap();
     assert_eq!(board.subscription_type.as_deref(), Some("map"));
     assert_eq!(board.map.as_ref().unwrap().max_keys, Some(10000));
+    let who = c.namespace.iter().find(|ns| ns.name == "who").unwrap();
+    assert_eq!(who.subscription_type.as_deref(), Some("map_clients"));
 
     let refused = |toml: &str| {
         let c: Config = toml::from_str(toml).unwrap();
@@ -79,8 +92,22 @@ fn the_generated_map_namespace_parses_and_bad_map_options_are_refused() {
     assert!(refused(&map("mode = \"persistent\"\nclient_key = \"x\"")).contains("client_key"));
     assert!(refused(&map("mode = \"persistent\"\nmax_keys = 0")).contains("at least 1"));
     assert!(
-        refused("[[namespace]]\nname = \"p\"\nsubscription_type = \"map_clients\"")
+        refused("[[namespace]]\nname = \"p\"\nsubscription_type = \"shared_poll\"")
             .contains("not supported")
+    );
+    // Map presence: the prefix must name a namespace of the right type.
+    let presence = |kind: &str| {
+        format!(
+            "[[namespace]]\nname = \"game\"\nmap_clients_presence_channel_prefix = \"clients:\"\n\
+             [[namespace]]\nname = \"clients\"\nsubscription_type = \"{kind}\"\n\
+             [namespace.map]\nmode = \"durable\""
+        )
+    };
+    let ok: Config = toml::from_str(&presence("map_clients")).unwrap();
+    ok.validate().unwrap();
+    assert!(refused(&presence("map_users")).contains("map_clients_presence_channel_prefix"));
+    assert!(
+        refused(&presence("map_clients").replace("durable", "persistent")).contains("ephemeral")
     );
     assert!(
         refused("[[namespace]]\nname = \"p\"\n[namespace.map]\nmode = \"persistent\"")
