@@ -737,3 +737,41 @@ async fn subscribers_are_listed_in_map_presence_channels() {
         .await;
     assert_eq!(wrong_type["error"]["code"], 107, "{wrong_type}");
 }
+
+#[tokio::test]
+async fn state_pages_shrink_to_what_one_answer_may_hold() {
+    // Answers of at most 4 KiB (half the queue bound): 20 values of 1 KB take several pages
+    // even when the client asks for 100 entries a page.
+    let server = TestServer::with(|c| {
+        maps(c);
+        c.max_message_size = 8192;
+        c.client_queue_max_bytes = 8192;
+    })
+    .await;
+    let value = "v".repeat(1000);
+    for i in 0..20 {
+        map_publish(&server, "board:big", &format!("k{i:02}"), json!(value)).await;
+    }
+    let mut client = server.client().await;
+    let id = client
+        .send(
+            "subscribe",
+            json!({"channel": "board:big", "type": 1, "phase": 2, "limit": 100}),
+        )
+        .await;
+    let first = client.reply_to(id).await;
+    let entries = first["subscribe"]["state"].as_array().unwrap().len();
+    assert!(
+        (1..20).contains(&entries),
+        "a shorter first page: {entries}"
+    );
+    drop(client);
+    let mut client = server.client().await;
+    let subscribed = map_subscribe(&mut client, "board:big", 100).await;
+    let keys: Vec<_> = subscribed.entries.iter().map(|(k, _)| k.clone()).collect();
+    let expected: Vec<_> = (0..20).map(|i| format!("k{i:02}")).collect();
+    assert_eq!(
+        keys, expected,
+        "every key once, in order, across the shorter pages"
+    );
+}

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::api::{raw, RawResult};
+use super::api::{raw, RawResult, MAX_ANSWER_BYTES};
 use crate::engine::history::HistoryFilter;
 use crate::node::{check_channel, Node};
 use crate::protocol::{payload_from_raw, Publication, StreamPosition};
@@ -139,7 +139,9 @@ pub(super) async fn dispatch(node: &Node, call: MapCall) -> RawResult {
             check_channel(&req.channel)?;
             let options = node.map_options(&req.channel)?;
             let limit = options.page_size(req.limit);
-            let page = node.map_state(&req.channel, &req.cursor, limit).await?;
+            let page = node
+                .map_state(&req.channel, &req.cursor, limit, MAX_ANSWER_BYTES / 2)
+                .await?;
             let publications: Vec<_> = if req.key.is_empty() {
                 page.entries
             } else {
@@ -168,7 +170,10 @@ pub(super) async fn dispatch(node: &Node, call: MapCall) -> RawResult {
                 0 => 0,
                 l => options.page_size(l),
             };
-            let filter = HistoryFilter::from_request(limit as i32, since, req.reverse)?;
+            let filter = HistoryFilter {
+                max_bytes: Some(MAX_ANSWER_BYTES / 2),
+                ..HistoryFilter::from_request(limit as i32, since, req.reverse)?
+            };
             let page = node.history(&req.channel, filter).await?;
             raw(&json!({
                 "entries": entries(&page.publications),
@@ -178,7 +183,7 @@ pub(super) async fn dispatch(node: &Node, call: MapCall) -> RawResult {
         }
         MapCall::Stats(req) => {
             check_channel(&req.channel)?;
-            let page = node.map_state(&req.channel, "", 0).await?;
+            let page = node.map_state(&req.channel, "", 0, usize::MAX).await?;
             raw(&json!({ "num_keys": page.num_keys }))
         }
         MapCall::Clear(req) => {

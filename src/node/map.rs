@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::{broker_error, Node};
 use crate::channel::MapOptions;
+use crate::engine::history::publication_size;
 use crate::engine::map::{removal, StatePage, EXPIRY_BATCH};
 use crate::hooks::events::Event;
 use crate::protocol::{error_code, ClientInfo, Error, Payload, Publication, StreamPosition};
@@ -104,18 +105,41 @@ impl Node {
             .map_err(|e| broker_error(channel, e))
     }
 
-    /// A page of map `channel`'s state: up to `limit` entries after key `after`.
+    /// A page of map `channel`'s state: up to `limit` entries after key `after`, and no more
+    /// than fit in `max_bytes` (a shorter page then, whose cursor continues after its last key;
+    /// always at least one entry, so the walk advances).
     pub async fn map_state(
         &self,
         channel: &str,
         after: &str,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<StatePage, Error> {
         self.map_options(channel)?;
-        self.broker()
+        let mut page = self
+            .broker()
             .map_state(channel, after, limit)
             .await
-            .map_err(|e| broker_error(channel, e))
+            .map_err(|e| broker_error(channel, e))?;
+        let mut used = 0usize;
+        let fitting = page
+            .entries
+            .iter()
+            .take_while(|entry| {
+                used = used.saturating_add(publication_size(entry) + entry.key.len());
+                used <= max_bytes
+            })
+            .count()
+            .max(1);
+        if fitting < page.entries.len() {
+            page.entries.truncate(fitting);
+            page.cursor = page
+                .entries
+                .last()
+                .map(|e| e.key.clone())
+                .unwrap_or_default();
+        }
+        Ok(page)
     }
 
     /// Removes every key of map `channel`, each as a removal subscribers see; returns how many.
@@ -124,7 +148,9 @@ impl Node {
         let mut removed = 0;
         loop {
             // Always from the first key: what is removed no longer shows.
-            let page = self.map_state(channel, "", options.max_page_size).await?;
+            let page = self
+                .map_state(channel, "", options.max_page_size, usize::MAX)
+                .await?;
             if page.entries.is_empty() {
                 return Ok(removed);
             }

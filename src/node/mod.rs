@@ -490,6 +490,9 @@ fn broker_error(channel: &str, error: BrokerError) -> Error {
             Error::new(error_code::UNRECOVERABLE_POSITION)
         }
         BrokerError::History(HistoryError::TooManyKeys) => Error::new(error_code::LIMIT_EXCEEDED),
+        BrokerError::History(HistoryError::TooLarge(max_bytes)) => {
+            Error::too_large("history page", max_bytes)
+        }
         // Temporary: the same publish may succeed a moment later.
         BrokerError::History(HistoryError::Busy) => {
             tracing::warn!(channel, "history storage busy");

@@ -84,9 +84,11 @@ impl Session {
 
     /// A state page; its position is the stream's when it was read.
     async fn map_state_page(&self, req: &SubscribeRequest, map: &MapOptions) -> Answer {
+        // Room for the reply's own fields beside the entries.
+        let budget = self.max_answer_bytes().saturating_sub(1024);
         let page = self
             .node
-            .map_state(&req.channel, &req.cursor, map.page_size(req.limit))
+            .map_state(&req.channel, &req.cursor, map.page_size(req.limit), budget)
             .await?;
         Ok(Some(ReplyResult::Subscribe(SubscribeResult {
             kind: map.kind,
@@ -100,21 +102,29 @@ impl Session {
     }
 
     /// A stream page when the client is more than `limit` changes behind; `None` when it may go
-    /// live. A position the stream no longer continues is error 112.
+    /// live. A position the stream no longer continues is error 112. A page whose changes would
+    /// not fit in one answer is read again, shorter.
     async fn map_stream_page(
         &self,
         req: &SubscribeRequest,
         limit: usize,
     ) -> Result<Option<SubscribeResult>, Error> {
-        let filter = HistoryFilter {
-            since: Some(StreamPosition {
-                offset: req.offset,
-                epoch: req.epoch.clone(),
-            }),
-            limit: Some(limit),
-            reverse: false,
+        let mut read = limit;
+        let page = loop {
+            let filter = HistoryFilter {
+                since: Some(StreamPosition {
+                    offset: req.offset,
+                    epoch: req.epoch.clone(),
+                }),
+                limit: Some(read),
+                reverse: false,
+                max_bytes: Some(self.max_answer_bytes().saturating_sub(1024)),
+            };
+            match self.node.history(&req.channel, filter).await {
+                Err(error) if error.code == error_code::LIMIT_EXCEEDED && read > 1 => read /= 2,
+                other => break other?,
+            }
         };
-        let page = self.node.history(&req.channel, filter).await?;
         let top = page.position.offset;
         let continues = req.offset <= top
             && (top == req.offset
@@ -125,7 +135,7 @@ impl Session {
         if !continues {
             return Err(Error::new(error_code::UNRECOVERABLE_POSITION));
         }
-        if top - req.offset <= limit as u64 {
+        if top - req.offset <= read as u64 && read == limit {
             return Ok(None);
         }
         let last = page.publications.last().map_or(req.offset, |p| p.offset);
