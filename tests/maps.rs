@@ -54,6 +54,15 @@ async fn map_publish(server: &TestServer, channel: &str, key: &str, data: Value)
     reply
 }
 
+/// The values `map_read_state` finds for one `key`.
+async fn read_key(server: &TestServer, channel: &str, key: &str) -> Value {
+    let (_, reply) = server
+        .api("map_read_state", json!({"channel": channel, "key": key}))
+        .await;
+    let entries = reply["result"]["entries"].as_array().expect("entries");
+    Value::Array(entries.iter().map(|e| e["data"].clone()).collect())
+}
+
 /// What a map subscriber ends with: the entries (key → data) after walking the state pages,
 /// and the live reply.
 struct Subscribed {
@@ -272,6 +281,11 @@ async fn the_server_api_reads_counts_clears_and_bounds_maps() {
         .await;
     assert_eq!(rest["result"]["entries"][0]["key"], "c");
     assert_eq!(rest["result"]["cursor"], "");
+    assert_eq!(
+        read_key(&server, "board:api", "b").await,
+        json!([{"k": "b"}])
+    );
+    assert_eq!(read_key(&server, "board:api", "bb").await, json!([]));
     let (_, stream) = server
         .api(
             "map_read_stream",
@@ -549,6 +563,7 @@ async fn maps_work_on_the_memory_history_too() {
     let mut client = server.client().await;
     let subscribed = map_subscribe(&mut client, "board:m", 10).await;
     assert_eq!(subscribed.entries, [("a".to_string(), json!(1))]);
+    assert_eq!(read_key(&server, "board:m", "a").await, json!([1]));
     map_subscribe(&mut client, "cursors:m", 10).await;
     let gone = next_change(&mut client, "cursors:m").await;
     assert_eq!(gone["removed"], true);
@@ -575,6 +590,7 @@ async fn on_redis_nodes_share_a_map_that_outlives_them() {
     let mut on_b = b.client().await;
     let subscribed = map_subscribe(&mut on_b, "board:r", 2).await;
     assert_eq!(subscribed.entries.len(), 5);
+    assert_eq!(read_key(&b, "board:r", "k3").await, json!([3]));
     map_publish(&a, "board:r", "k1", json!("from a")).await;
     let change = next_change(&mut on_b, "board:r").await;
     assert_eq!(

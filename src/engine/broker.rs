@@ -160,11 +160,13 @@ pub trait Broker: Send + Sync + 'static {
         update: MapUpdate,
     ) -> Result<Option<StreamPosition>, BrokerError>;
 
-    /// A page of `channel`'s map state after key `after`, with its consistent stream position.
+    /// A page of `channel`'s map state after key `after` (from it, when `inclusive`), with its
+    /// consistent stream position.
     async fn map_state(
         &self,
         channel: &str,
         after: &str,
+        inclusive: bool,
         limit: usize,
     ) -> Result<StatePage, BrokerError>;
 

@@ -206,13 +206,14 @@ pub trait History: Send + Sync + 'static {
         on_stored: OnStored,
     ) -> Updating;
 
-    /// Reads up to `limit` entries of `channel`'s map whose keys come after `after` (all from
-    /// the first with an empty `after`), with the stream position they are consistent with (the
-    /// stream is created if new, as for `read`).
+    /// Reads up to `limit` entries of `channel`'s map whose keys come after `after` (from
+    /// `after` itself when `inclusive`; all from the first with an empty `after`), with the
+    /// stream position they are consistent with (the stream is created if new, as for `read`).
     async fn map_state(
         &self,
         channel: &str,
         after: &str,
+        inclusive: bool,
         limit: usize,
     ) -> Result<StatePage, HistoryError>;
 

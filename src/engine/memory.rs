@@ -132,9 +132,13 @@ impl Broker for LocalBroker {
         &self,
         channel: &str,
         after: &str,
+        inclusive: bool,
         limit: usize,
     ) -> Result<StatePage, BrokerError> {
-        Ok(self.history.map_state(channel, after, limit).await?)
+        Ok(self
+            .history
+            .map_state(channel, after, inclusive, limit)
+            .await?)
     }
 
     async fn map_expire(&self) -> Result<usize, BrokerError> {
@@ -342,6 +346,7 @@ impl History for MemoryHistory {
         &self,
         channel: &str,
         after: &str,
+        inclusive: bool,
         limit: usize,
     ) -> Result<StatePage, HistoryError> {
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
@@ -350,7 +355,7 @@ impl History for MemoryHistory {
             &mut streams,
             &maps,
             channel,
-            after,
+            (after, inclusive),
             limit,
         ))
     }

@@ -76,7 +76,7 @@ pub(super) fn state(
     streams: &mut HashMap<String, MemoryStream>,
     maps: &HashMap<String, MemoryMap>,
     channel: &str,
-    after: &str,
+    (after, inclusive): (&str, bool),
     limit: usize,
 ) -> StatePage {
     let position = MemoryStream::of(streams, channel).position();
@@ -87,10 +87,10 @@ pub(super) fn state(
         };
     };
     let now = Instant::now();
-    let start = if after.is_empty() {
-        Bound::Unbounded
-    } else {
-        Bound::Excluded(after.to_string())
+    let start = match (after.is_empty(), inclusive) {
+        (true, _) => Bound::Unbounded,
+        (false, true) => Bound::Included(after.to_string()),
+        (false, false) => Bound::Excluded(after.to_string()),
     };
     let mut entries = Vec::new();
     let mut more = false;

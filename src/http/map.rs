@@ -139,17 +139,13 @@ pub(super) async fn dispatch(node: &Node, call: MapCall) -> RawResult {
             check_channel(&req.channel)?;
             let options = node.map_options(&req.channel)?;
             let limit = options.page_size(req.limit);
-            let page = node
-                .map_state(&req.channel, &req.cursor, limit, MAX_ANSWER_BYTES / 2)
-                .await?;
-            let publications: Vec<_> = if req.key.is_empty() {
-                page.entries
+            let page = if req.key.is_empty() {
+                node.map_state(&req.channel, &req.cursor, limit, MAX_ANSWER_BYTES / 2)
+                    .await?
             } else {
-                page.entries
-                    .into_iter()
-                    .filter(|e| e.key == req.key)
-                    .collect()
+                node.map_get(&req.channel, &req.key).await?
             };
+            let publications = page.entries;
             raw(&json!({
                 "entries": entries(&publications),
                 "offset": page.position.offset,

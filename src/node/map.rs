@@ -118,7 +118,7 @@ impl Node {
         self.map_options(channel)?;
         let mut page = self
             .broker()
-            .map_state(channel, after, limit)
+            .map_state(channel, after, false, limit)
             .await
             .map_err(|e| broker_error(channel, e))?;
         let mut used = 0usize;
@@ -139,6 +139,20 @@ impl Node {
                 .map(|e| e.key.clone())
                 .unwrap_or_default();
         }
+        Ok(page)
+    }
+
+    /// The entry of `key` in map `channel`, if present, with the stream position.
+    pub async fn map_get(&self, channel: &str, key: &str) -> Result<StatePage, Error> {
+        self.map_options(channel)?;
+        check_key(key)?;
+        let mut page = self
+            .broker()
+            .map_state(channel, key, true, 1)
+            .await
+            .map_err(|e| broker_error(channel, e))?;
+        page.entries.retain(|entry| entry.key == key);
+        page.cursor.clear();
         Ok(page)
     }
 

@@ -89,7 +89,8 @@ return {offset, epoch}
 "#;
 
 /// Reads a page of entries after a key, with the stream position and the number of keys.
-/// KEYS: meta, entries, keys. ARGV: after key ('' for the first page), limit, fresh epoch.
+/// KEYS: meta, entries, keys. ARGV: after key ('' for the first page), limit, fresh epoch,
+/// inclusive (0/1: from the key itself).
 const STATE_SCRIPT: &str = r#"
 local epoch = redis.call('hget', KEYS[1], 'e')
 if not epoch then
@@ -99,7 +100,9 @@ if not epoch then
 end
 local top = tonumber(redis.call('hget', KEYS[1], 's') or '0')
 local min = '-'
-if ARGV[1] ~= '' then min = '(' .. ARGV[1] end
+if ARGV[1] ~= '' then
+  if ARGV[4] == '1' then min = '[' .. ARGV[1] else min = '(' .. ARGV[1] end
+end
 local keys = redis.call('zrangebylex', KEYS[3], min, '+', 'LIMIT', 0, tonumber(ARGV[2]) + 1)
 local values = {}
 if #keys > 0 then values = redis.call('hmget', KEYS[2], unpack(keys)) end
@@ -200,6 +203,7 @@ impl RedisEngine {
         &self,
         channel: &str,
         after: &str,
+        inclusive: bool,
         limit: usize,
     ) -> Result<StatePage, BrokerError> {
         let prefix = &self.settings.prefix;
@@ -210,7 +214,8 @@ impl RedisEngine {
             .key(key(prefix, "mapkeys", channel))
             .arg(after)
             .arg(limit)
-            .arg(new_epoch());
+            .arg(new_epoch())
+            .arg(if inclusive { 1 } else { 0 });
         let mut conn = self.shard(channel).commands.clone();
         type State = (u64, String, u64, Vec<String>, Vec<Option<String>>);
         let (top, epoch, num_keys, keys, values): State =

@@ -423,9 +423,10 @@ impl Broker for RedisEngine {
         &self,
         channel: &str,
         after: &str,
+        inclusive: bool,
         limit: usize,
     ) -> Result<StatePage, BrokerError> {
-        self.read_map_state(channel, after, limit).await
+        self.read_map_state(channel, after, inclusive, limit).await
     }
 
     async fn map_expire(&self) -> Result<usize, BrokerError> {

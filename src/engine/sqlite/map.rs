@@ -153,7 +153,7 @@ pub(super) fn expire(
 pub(super) fn read_state(
     conn: &Connection,
     channel: &str,
-    after: &str,
+    (after, inclusive): (&str, bool),
     limit: usize,
 ) -> Result<Option<StatePage>, HistoryError> {
     // One read transaction, so the position and the entries agree.
@@ -181,13 +181,16 @@ pub(super) fn read_state(
             |row| row.get(0),
         )
         .map_err(storage)?;
-    let mut statement = tx
-        .prepare_cached(
-            "SELECT key, offset, data, info, tags FROM map_state
-             WHERE channel = ?1 AND key > ?2 AND (expires_at IS NULL OR expires_at > ?3)
-             ORDER BY key LIMIT ?4",
-        )
-        .map_err(storage)?;
+    let sql = if inclusive {
+        "SELECT key, offset, data, info, tags FROM map_state
+         WHERE channel = ?1 AND key >= ?2 AND (expires_at IS NULL OR expires_at > ?3)
+         ORDER BY key LIMIT ?4"
+    } else {
+        "SELECT key, offset, data, info, tags FROM map_state
+         WHERE channel = ?1 AND key > ?2 AND (expires_at IS NULL OR expires_at > ?3)
+         ORDER BY key LIMIT ?4"
+    };
+    let mut statement = tx.prepare_cached(sql).map_err(storage)?;
     let rows = statement
         .query_map(
             params![channel, after, now_ms(), (limit as i64).saturating_add(1)],

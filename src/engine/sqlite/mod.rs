@@ -193,11 +193,12 @@ impl SqliteHistory {
         &self,
         channel: &str,
         after: &str,
+        inclusive: bool,
         limit: usize,
     ) -> Result<Option<StatePage>, HistoryError> {
         let channel = channel.to_string();
         let after = after.to_string();
-        self.on_reader(move |conn| map::read_state(conn, &channel, &after, limit))
+        self.on_reader(move |conn| map::read_state(conn, &channel, (&after, inclusive), limit))
             .await
     }
 
@@ -344,9 +345,10 @@ impl History for SqliteHistory {
         &self,
         channel: &str,
         after: &str,
+        inclusive: bool,
         limit: usize,
     ) -> Result<StatePage, HistoryError> {
-        if let Some(page) = self.read_state(channel, after, limit).await? {
+        if let Some(page) = self.read_state(channel, after, inclusive, limit).await? {
             return Ok(page);
         }
         // As for `read`: the position a reader gets names an epoch.
@@ -355,7 +357,7 @@ impl History for SqliteHistory {
             reply,
         })
         .await?;
-        self.read_state(channel, after, limit)
+        self.read_state(channel, after, inclusive, limit)
             .await?
             .ok_or_else(|| HistoryError::Storage("stream missing after its creation".into()))
     }
