@@ -58,17 +58,21 @@ pub struct MapOptions {
     pub client_key: ClientKey,
     pub remove_client_on_unsubscribe: bool,
     pub default_page_size: usize,
+    pub min_page_size: usize,
     pub max_page_size: usize,
     pub max_value_size: usize,
 }
 
 impl MapOptions {
-    /// The entries per page for a client that asked for `limit` (0 or less: the default).
+    /// The entries per page for a client that asked for `limit` (0 or less: the default),
+    /// within the namespace's minimum and maximum.
     pub fn page_size(&self, limit: i32) -> usize {
         if limit <= 0 {
             self.default_page_size
         } else {
-            (limit as usize).min(self.max_page_size)
+            (limit as usize)
+                .max(self.min_page_size)
+                .min(self.max_page_size)
         }
     }
 }
@@ -144,6 +148,7 @@ impl ChannelOptions {
             client_key: map.client_key().unwrap_or(ClientKey::Sent),
             remove_client_on_unsubscribe: map.remove_client_on_unsubscribe.unwrap_or(false),
             default_page_size: map.default_page_size.unwrap_or(100),
+            min_page_size: map.min_page_size.unwrap_or(100),
             max_page_size: map.max_page_size.unwrap_or(1000),
             max_value_size: map.max_value_size.unwrap_or(65536),
         });

@@ -160,6 +160,8 @@ fn map_namespaces(config: &mut switchboard::Config) {
             allow_publish_for_anonymous: Some(true),
             allow_remove_for_client: Some(true),
             allow_remove_for_anonymous: Some(true),
+            // The script reads the state in pages of 2.
+            min_page_size: Some(1),
             ..map
         }),
         ..Default::default()

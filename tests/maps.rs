@@ -27,6 +27,8 @@ fn map_namespace(name: &str, mode: &str, key_ttl: Option<u64>) -> Namespace {
             allow_publish_for_anonymous: Some(true),
             allow_remove_for_client: Some(true),
             allow_remove_for_anonymous: Some(true),
+            // Small pages in these tests.
+            min_page_size: Some(1),
             ..Default::default()
         }),
         ..Default::default()
@@ -252,6 +254,9 @@ async fn the_server_api_reads_counts_clears_and_bounds_maps() {
         map.max_keys = Some(2);
         map.max_value_size = Some(16);
         c.namespace.push(small);
+        let mut plain = map_namespace("plain", "persistent", None);
+        plain.map.as_mut().unwrap().min_page_size = None;
+        c.namespace.push(plain);
     })
     .await;
     for key in ["b", "a", "c"] {
@@ -303,6 +308,17 @@ async fn the_server_api_reads_counts_clears_and_bounds_maps() {
         .api("map_stats", json!({"channel": "board:api"}))
         .await;
     assert_eq!(stats["result"]["num_keys"], 3);
+    // Without min_page_size set, a page holds at least 100 entries, whatever the limit asked.
+    for key in ["b", "a", "c"] {
+        map_publish(&server, "plain:api", key, json!(1)).await;
+    }
+    let (_, raised) = server
+        .api(
+            "map_read_state",
+            json!({"channel": "plain:api", "limit": 2}),
+        )
+        .await;
+    assert_eq!(raised["result"]["entries"].as_array().unwrap().len(), 3);
     let (_, cleared) = server
         .api("map_clear", json!({"channel": "board:api"}))
         .await;

@@ -116,6 +116,7 @@ name = "private"
 # client_key = ""                    # "client_id" / "user_id": the key of a client's writes
 # remove_client_on_unsubscribe = false
 # default_page_size = 100
+# min_page_size = 100                # a client's smaller page size is raised to it
 # max_page_size = 1000
 # max_keys = 10000                   # a new key beyond it is refused (106)
 # max_value_size = 65536

@@ -50,6 +50,8 @@ pub struct MapNamespace {
     pub remove_client_on_unsubscribe: Option<bool>,
     /// State entries per page when the client does not say (default 100).
     pub default_page_size: Option<usize>,
+    /// Fewest entries per page: a smaller `limit` from a client is raised to it (default 100).
+    pub min_page_size: Option<usize>,
     /// Most state entries or stream changes per page (default 1000).
     pub max_page_size: Option<usize>,
     /// Most keys a map holds; a new key beyond it is refused with 106 (default 10000).
@@ -128,6 +130,7 @@ impl MapNamespace {
         let zero = |v: Option<usize>| v == Some(0);
         if zero(self.stream_size)
             || zero(self.default_page_size)
+            || zero(self.min_page_size)
             || zero(self.max_page_size)
             || zero(self.max_keys)
             || zero(self.max_value_size)
@@ -137,9 +140,10 @@ impl MapNamespace {
                 "map sizes must be at least 1 and map.stream_ttl at least 1s",
             ));
         }
-        if self.default_page_size.unwrap_or(100) > self.max_page_size.unwrap_or(1000) {
+        let max = self.max_page_size.unwrap_or(1000);
+        if self.default_page_size.unwrap_or(100) > max || self.min_page_size.unwrap_or(100) > max {
             return Err(invalid(
-                "map.default_page_size must not exceed map.max_page_size",
+                "map.default_page_size and map.min_page_size must not exceed map.max_page_size",
             ));
         }
         Ok(())
