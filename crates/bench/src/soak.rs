@@ -14,7 +14,9 @@ use std::time::Duration;
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
-use switchboard_client::raw::{expect_reply, lines, pong, push_publish, push_rpc, subscribe, Target};
+use switchboard_client::raw::{
+    expect_reply, lines, pong, push_publish, push_rpc, subscribe, Target,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;

@@ -1343,11 +1343,14 @@ fn subscribed_from(result: &SubscribeResult) -> Subscribed {
     }
 }
 
-/// When to refresh something that expires in `ttl` seconds: a little before it does (a tenth of
-/// the time left, at most 10 s early), so a token is renewed before the server's deadline.
+/// When to refresh something that expires in `ttl` seconds: early enough to beat the server's
+/// deadline, which counts whole seconds (a tenth of the time left, from 1 s to 10 s early, and at
+/// most half of it).
 fn refresh_time(ttl: u32) -> Instant {
     let ttl = Duration::from_secs(u64::from(ttl));
-    let early = (ttl / 10).min(Duration::from_secs(10));
+    let early = (ttl / 10)
+        .clamp(Duration::from_secs(1), Duration::from_secs(10))
+        .min(ttl / 2);
     Instant::now() + ttl - early
 }
 
