@@ -20,9 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
-use switchboard_client::{
-    Client, ClientBuilder, Events, Publication, SubscriptionEvent,
-};
+use switchboard_client::{Client, ClientBuilder, Events, Publication, SubscriptionEvent};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

@@ -26,8 +26,7 @@ async fn run() -> anyhow::Result<()> {
         client.connect();
         // Each client listens on its own inbox and on the shared `notifications` channel.
         let inbox = client.new_subscription(format!("inbox-{name}"), SubscriptionOptions::new())?;
-        let notifications =
-            client.new_subscription("notifications", SubscriptionOptions::new())?;
+        let notifications = client.new_subscription("notifications", SubscriptionOptions::new())?;
         let (inbox_events, notification_events) = (inbox.events(), notifications.events());
         inbox.subscribe();
         notifications.subscribe();

@@ -101,30 +101,45 @@ async fn run() -> anyhow::Result<()> {
             ids.push(info.client);
         }
     }
-    let phone_id = ids
-        .into_iter()
-        .find(|id| *id != tab_id)
-        .unwrap_or_default();
+    let phone_id = ids.into_iter().find(|id| *id != tab_id).unwrap_or_default();
     let present = room.presence().await?;
-    println!("+{:>4} ms  presence in room: {} clients (watcher, tab, phone)", ms_since(start), present.len());
+    println!(
+        "+{:>4} ms  presence in room: {} clients (watcher, tab, phone)",
+        ms_since(start),
+        present.len()
+    );
     anyhow::ensure!(present.len() == 3);
 
     tab.disconnect();
-    println!("+{:>4} ms  tab: closed (clean WebSocket close)", ms_since(start));
+    println!(
+        "+{:>4} ms  tab: closed (clean WebSocket close)",
+        ms_since(start)
+    );
     drop(phone);
-    println!("+{:>4} ms  phone: network gone (the socket ends, no close frame)", ms_since(start));
+    println!(
+        "+{:>4} ms  phone: network gone (the socket ends, no close frame)",
+        ms_since(start)
+    );
 
     let mut left = Vec::new();
     while left.len() < 2 {
         let (what, info) = next_membership(&mut members).await?;
         if what == "left" {
-            let who = if info.client == tab_id { "tab" } else { "phone" };
+            let who = if info.client == tab_id {
+                "tab"
+            } else {
+                "phone"
+            };
             println!("+{:>4} ms  watcher: saw {who} leave", ms_since(start));
             left.push(info.client);
         }
     }
     let present = room.presence().await?;
-    println!("+{:>4} ms  presence in room: {} client (watcher)", ms_since(start), present.len());
+    println!(
+        "+{:>4} ms  presence in room: {} client (watcher)",
+        ms_since(start),
+        present.len()
+    );
     anyhow::ensure!(present.len() == 1, "presence still lists {present:?}");
 
     let disconnects = within("the webhooks", async {
@@ -145,7 +160,11 @@ async fn run() -> anyhow::Result<()> {
     })
     .await?;
     for event in &disconnects {
-        let who = if event["client"] == tab_id.as_str() { "tab" } else { "phone" };
+        let who = if event["client"] == tab_id.as_str() {
+            "tab"
+        } else {
+            "phone"
+        };
         println!(
             "+{:>4} ms  backend webhook: {who} disconnected (code {}, \"{}\", connected {} ms)",
             ms_since(start),

@@ -35,7 +35,10 @@ async fn run() -> anyhow::Result<()> {
             answer["text"].as_str().unwrap_or("?"),
             sent.elapsed().as_micros()
         );
-        anyhow::ensure!(answer == json!({ "text": text }), "echo changed the message: {answer}");
+        anyhow::ensure!(
+            answer == json!({ "text": text }),
+            "echo changed the message: {answer}"
+        );
     }
     client.disconnect();
     server.stop().await;

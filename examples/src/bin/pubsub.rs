@@ -63,9 +63,17 @@ async fn run() -> anyhow::Result<()> {
             let publication = next_publication(events).await?;
             println!("{name} got on {topic}: {}", publication.data["text"]);
             anyhow::ensure!(
-                publication.data["from"] == if *topic == "sports" { "stadium" } else { "meteo" }
+                publication.data["from"]
+                    == if *topic == "sports" {
+                        "stadium"
+                    } else {
+                        "meteo"
+                    }
             );
-            anyhow::ensure!(events.try_next().is_none(), "{name} got another topic on {topic}");
+            anyhow::ensure!(
+                events.try_next().is_none(),
+                "{name} got another topic on {topic}"
+            );
         }
     }
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -50,7 +50,10 @@ async fn run() -> anyhow::Result<()> {
     for room in ["room-kitchen", "room-garden"] {
         server
             .api
-            .call("publish", json!({"channel": room, "data": {"from": "host", "text": "closing"}}))
+            .call(
+                "publish",
+                json!({"channel": room, "data": {"from": "host", "text": "closing"}}),
+            )
             .await?;
     }
     for (name, room, _, events) in &mut people {
@@ -59,7 +62,11 @@ async fn run() -> anyhow::Result<()> {
             "{name} ({room}) heard {}: {}",
             first.data["from"], first.data["text"]
         );
-        let expected = if *room == "room-kitchen" { "alice" } else { "carol" };
+        let expected = if *room == "room-kitchen" {
+            "alice"
+        } else {
+            "carol"
+        };
         anyhow::ensure!(
             first.data["from"] == expected,
             "{name} heard a message from another room"
