@@ -465,6 +465,8 @@ impl Driver {
         if self.connected() {
             self.send_call(call);
         } else if self.wanted {
+            // Callers that gave up (timed out, cancelled) leave nothing behind.
+            self.queued.retain(|queued| !queued.reply.is_closed());
             self.queued.push(call);
         } else {
             let _ = call.reply.send(Err(self.disconnected_error()));
