@@ -3,8 +3,9 @@
 # tests, which need the npm packages pinned in tests/compat and the PyPI packages pinned in
 # tests/compat/requirements.txt (installed in tests/compat/.venv), the browser tests of the web
 # pages, which need the npm packages pinned in tests/browser and Debian's chromium
-# (/usr/lib/chromium/chromium), the multi-node tests, which need redis-server, and the deployment
-# test, which needs Debian's nginx (/usr/sbin/nginx).
+# (/usr/lib/chromium/chromium), the multi-node tests, which need redis-server, the deployment
+# test, which needs Debian's nginx (/usr/sbin/nginx), and the lossy-link test, which needs
+# iproute2 and nftables (and root, or sudo without a password, for a network namespace).
 #
 # On a fresh Debian machine it installs what is missing first: the system packages through
 # apt-get (as root, or with sudo when that needs no password), then the pinned npm and PyPI
@@ -34,6 +35,9 @@ command -v node >/dev/null && command -v npm >/dev/null || need_apt+=(nodejs npm
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 # The browser test pastes the front page's curl command into a shell.
 command -v curl >/dev/null || need_apt+=(curl)
+# The lossy-link test makes a network namespace (iproute2) and drops packets in it (nftables).
+command -v ip >/dev/null || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need_apt+=(iproute2)
+command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need_apt+=(nftables)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 if [ -z "${SWITCHBOARD_CHROMIUM:-}" ]; then
   [ -x /usr/lib/chromium/chromium ] || need_apt+=(chromium)

@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::follower::Follower;
 use common::redis_server::*;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -100,90 +101,6 @@ async fn pipe(
         }
         if to.write_all(&buffer[..n]).await.is_err() {
             return;
-        }
-    }
-}
-
-/// A subscriber that follows the protocol: it records offsets and, when told its stream broke,
-/// resubscribes (or reconnects) from its position and takes the recovered publications.
-struct Follower {
-    url: String,
-    client: Client,
-    epoch: String,
-    last: u64,
-    seen: Vec<u64>,
-    /// Times it was told its stream broke and recovered.
-    recoveries: usize,
-    /// A socket that ends without a close frame is a network fault to reconnect after (when the
-    /// network between it and the server is the thing under test).
-    reconnects_on_drop: bool,
-}
-
-impl Follower {
-    async fn start(url: &str, channel: &str) -> Follower {
-        let mut client = Client::open(url).await;
-        client.connect(json!({})).await;
-        let r = client.subscribe(channel).await;
-        Follower {
-            url: url.to_string(),
-            client,
-            epoch: r["subscribe"]["epoch"].as_str().unwrap().to_string(),
-            last: r["subscribe"]["offset"].as_u64().unwrap_or(0),
-            seen: Vec::new(),
-            recoveries: 0,
-            reconnects_on_drop: false,
-        }
-    }
-
-    fn take(&mut self, publication: &Value) {
-        let offset = publication["offset"].as_u64().unwrap();
-        self.seen.push(offset);
-        self.last = self.last.max(offset);
-    }
-
-    async fn resubscribe(&mut self, channel: &str) {
-        let r = self
-            .client
-            .call(
-                "subscribe",
-                json!({"channel": channel, "recover": true, "offset": self.last, "epoch": self.epoch}),
-            )
-            .await;
-        assert!(r.get("error").is_none(), "resubscribe: {r}");
-        assert_eq!(r["subscribe"]["recovered"], true, "recovered: {r}");
-        self.recoveries += 1;
-        for p in r["subscribe"]["publications"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-        {
-            self.take(&p);
-        }
-    }
-
-    /// Opens a new connection and resubscribes from the position (an SDK's reconnect).
-    async fn reconnect(&mut self, channel: &str) {
-        self.client = Client::open(&self.url).await;
-        self.client.connect(json!({})).await;
-        self.resubscribe(channel).await;
-    }
-
-    /// Follows until it has seen offset `until`.
-    async fn follow(&mut self, channel: &str, until: u64) {
-        while self.last < until {
-            match self.client.next_event().await {
-                Event::Message(m) => {
-                    let push = &m["push"];
-                    if push.get("pub").is_some() {
-                        self.take(&push["pub"]);
-                    } else if push["unsubscribe"]["code"] == 2500 {
-                        self.resubscribe(channel).await;
-                    }
-                }
-                Event::Closed(code, _) if code < 3500 => self.reconnect(channel).await,
-                Event::Dropped if self.reconnects_on_drop => self.reconnect(channel).await,
-                other => panic!("the subscriber was dropped: {other:?}"),
-            }
         }
     }
 }

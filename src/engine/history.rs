@@ -31,6 +31,10 @@ pub struct HistoryFilter {
     pub limit: Option<usize>,
     /// Newest first.
     pub reverse: bool,
+    /// Most bytes of publication data, info and tags the page may hold (see [`PageBudget`]); a
+    /// page that would hold more fails with [`HistoryError::TooLarge`] instead, so an answer that
+    /// could not be delivered is never built. `None`: no bound beyond `limit`.
+    pub max_bytes: Option<usize>,
 }
 
 impl HistoryFilter {
@@ -52,6 +56,7 @@ impl HistoryFilter {
             since,
             limit,
             reverse,
+            max_bytes: None,
         })
     }
 }
@@ -75,6 +80,53 @@ pub enum HistoryError {
     /// The storage has more writes waiting than it takes; this one was refused, not stored.
     #[error("history storage busy")]
     Busy,
+    /// The page would hold more than the filter's `max_bytes`.
+    #[error("history page over {0} bytes")]
+    TooLarge(usize),
+}
+
+/// Counts a page's bytes as it is read, against [`HistoryFilter::max_bytes`]: storages stop
+/// reading at the publication that goes over.
+#[derive(Debug, Clone, Copy)]
+pub struct PageBudget {
+    max: Option<usize>,
+    used: usize,
+}
+
+impl PageBudget {
+    /// The budget of one read with `filter`.
+    pub fn new(filter: &HistoryFilter) -> PageBudget {
+        PageBudget {
+            max: filter.max_bytes,
+            used: 0,
+        }
+    }
+
+    /// Counts `bytes` more; fails once the page would hold more than the budget.
+    pub fn take(&mut self, bytes: usize) -> Result<(), HistoryError> {
+        self.used = self.used.saturating_add(bytes);
+        match self.max {
+            Some(max) if self.used > max => Err(HistoryError::TooLarge(max)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The bytes a publication brings to a page: its data, info and tags as JSON (near enough to
+/// what its encoding takes; the storages measure their stored form the same way).
+pub fn publication_size(publication: &Publication) -> usize {
+    let info = publication.info.as_ref().map_or(0, |i| {
+        i.user.len()
+            + i.client.len()
+            + i.conn_info.as_ref().map_or(0, |c| c.get().len())
+            + i.chan_info.as_ref().map_or(0, |c| c.get().len())
+    });
+    let tags: usize = publication
+        .tags
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    publication.data.get().len() + info + tags
 }
 
 /// Called with each appended publication, in offset order per channel, once it is stored.
@@ -165,9 +217,11 @@ pub fn select<'a>(
         return Ok(Vec::new());
     }
     let kept = kept.filter(|p| p.offset > after);
-    Ok(if filter.reverse {
-        kept.rev().take(limit).cloned().collect()
+    let mut budget = PageBudget::new(filter);
+    let counted = |p: &Arc<Publication>| budget.take(publication_size(p)).map(|()| p.clone());
+    if filter.reverse {
+        kept.rev().take(limit).map(counted).collect()
     } else {
-        kept.take(limit).cloned().collect()
-    })
+        kept.take(limit).map(counted).collect()
+    }
 }

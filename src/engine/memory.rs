@@ -404,7 +404,7 @@ mod tests {
                 epoch: epoch.clone(),
             }),
             limit: Some(1),
-            reverse: false,
+            ..Default::default()
         };
         let page = h.read("c", since).await.unwrap();
         assert_eq!(page.publications[0].offset, 4);

@@ -143,11 +143,19 @@ pub(super) type RawResult = Result<Box<RawValue>, Error>;
 
 /// Serializes `value` to raw JSON; a failure (a bug, not a client's doing) is an internal error.
 pub(super) fn raw<T: Serialize + ?Sized>(value: &T) -> RawResult {
-    serde_json::value::to_raw_value(value).map_err(|e| {
+    let raw = serde_json::value::to_raw_value(value).map_err(|e| {
         tracing::error!(error = %e, "cannot serialize an API answer");
         Error::new(error_code::INTERNAL)
-    })
+    })?;
+    if raw.get().len() > MAX_ANSWER_BYTES {
+        return Err(Error::too_large("answer", MAX_ANSWER_BYTES));
+    }
+    Ok(raw)
 }
+
+/// The largest result one server API command answers with; a history page is read against it
+/// (no bigger page is built), and a bigger result is error 106 (limit exceeded) instead.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 /// A JSON object with one entry: `{key: value}`.
 pub(super) struct Keyed<'a, V>(pub(super) &'a str, pub(super) V);
@@ -444,7 +452,10 @@ struct HistoryResult<'a> {
 
 async fn history(node: &Node, req: HistoryRequest) -> RawResult {
     check_channel(&req.channel)?;
-    let filter = HistoryFilter::from_request(req.limit, req.since, req.reverse)?;
+    let filter = HistoryFilter {
+        max_bytes: Some(MAX_ANSWER_BYTES),
+        ..HistoryFilter::from_request(req.limit, req.since, req.reverse)?
+    };
     let page = node.history(&req.channel, filter).await?;
     raw(&HistoryResult {
         publications: page.publications.iter().map(|p| &**p).collect(),

@@ -483,6 +483,9 @@ fn broker_error(channel: &str, error: BrokerError) -> Error {
         BrokerError::History(HistoryError::UnrecoverablePosition) => {
             Error::new(error_code::UNRECOVERABLE_POSITION)
         }
+        BrokerError::History(HistoryError::TooLarge(max_bytes)) => {
+            Error::too_large("history page", max_bytes)
+        }
         // Temporary: the same publish may succeed a moment later.
         BrokerError::History(HistoryError::Busy) => {
             tracing::warn!(channel, "history storage busy");

@@ -33,6 +33,14 @@ pub struct Error {
 
 impl Error {
     /// An error with the message Centrifugo uses for that code.
+    /// Error 106 (limit exceeded) saying which limit: an answer or a page over `max_bytes`.
+    pub fn too_large(what: &str, max_bytes: usize) -> Self {
+        Error {
+            message: format!("limit exceeded: {what} over {max_bytes} bytes, ask for less"),
+            ..Error::new(error_code::LIMIT_EXCEEDED)
+        }
+    }
+
     pub fn new(code: u32) -> Self {
         use error_code::*;
         let (message, temporary) = match code {

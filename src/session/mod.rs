@@ -287,7 +287,20 @@ impl Session {
             Ok(result) => Reply::ok(id, result),
             Err(error) => Reply::error(id, error),
         };
-        self.send(reply.encode());
+        let mut encoded = reply.encode();
+        let max = self.max_answer_bytes();
+        if encoded.len() > max {
+            // Queued, it would close the client as slow; refused, the client asks for less.
+            encoded = Reply::error(id, Error::too_large("answer", max)).encode();
+        }
+        self.send(encoded);
+    }
+
+    /// The largest answer this client gets: half its queue bound, so an answer fits beside what
+    /// is already queued. A history page or a recovery is read against it (no page that could
+    /// not be sent is built), and any bigger answer is error 106 instead.
+    pub(crate) fn max_answer_bytes(&self) -> usize {
+        self.node.config().client_queue_max_bytes / 2
     }
 
     /// Queues one encoded message to this client. Only the connection's task calls this, and it

@@ -56,7 +56,10 @@ impl Session {
         self.permit(&req.channel, |o| {
             (o.allow_history_for_client, o.allow_history_for_subscriber)
         })?;
-        let filter = HistoryFilter::from_request(req.limit, req.since, req.reverse)?;
+        let filter = HistoryFilter {
+            max_bytes: Some(self.max_answer_bytes()),
+            ..HistoryFilter::from_request(req.limit, req.since, req.reverse)?
+        };
         let page = self.node.history(&req.channel, filter).await?;
         Ok(Some(ReplyResult::History(HistoryResult {
             publications: page.publications,

@@ -184,6 +184,7 @@ impl Session {
                 }),
                 limit: Some(max),
                 reverse: false,
+                max_bytes: Some(self.max_answer_bytes()),
             }
         } else {
             HistoryFilter {
@@ -191,7 +192,18 @@ impl Session {
                 ..Default::default()
             }
         };
-        let page = self.node.history(channel, filter).await?;
+        let page = match self.node.history(channel, filter).await {
+            // More to recover than one answer holds: the position alone, and the subscription
+            // is not recovered (as with more than `recovery_max_publications`).
+            Err(error) if error.code == error_code::LIMIT_EXCEEDED => {
+                let position_only = HistoryFilter {
+                    limit: Some(0),
+                    ..Default::default()
+                };
+                self.node.history(channel, position_only).await?
+            }
+            other => other?,
+        };
         let top = page.position.offset;
         let mut result = SubscribeResult {
             recoverable: true,

@@ -2,6 +2,7 @@
 //! and a minimal HTTP client for the server API.
 #![allow(dead_code)]
 
+pub mod follower;
 pub mod redis_server;
 pub mod script;
 pub mod webhook_receiver;
@@ -324,18 +325,49 @@ impl Client {
 
     /// Waits for the reply with `id`.
     pub async fn reply_to(&mut self, id: u32) -> Value {
+        match self.try_reply_to(id).await {
+            Ok(reply) => reply,
+            Err(other) => panic!("expected reply {id}, got {other:?}"),
+        }
+    }
+
+    /// Sends a command and waits for its reply, or for the end of the connection (a client
+    /// that expects its connection to be cut).
+    pub async fn try_call(&mut self, key: &str, body: Value) -> Result<Value, Event> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut command = json!({ "id": id });
+        command[key] = body;
+        if self
+            .ws
+            .send(Message::text(command.to_string()))
+            .await
+            .is_err()
+        {
+            return Err(Event::Dropped);
+        }
+        self.try_reply_to(id).await
+    }
+
+    /// Waits for the reply with `id`, or for the end of the connection.
+    pub async fn try_reply_to(&mut self, id: u32) -> Result<Value, Event> {
         loop {
             if let Some(i) = self.pending.iter().position(|m| m["id"] == id) {
-                return self.pending.remove(i).unwrap();
+                return Ok(self.pending.remove(i).unwrap());
             }
             // Read from the socket (not the pending list) until the reply shows up.
             let ended = tokio::time::timeout(WAIT, self.read_frame())
                 .await
                 .expect("server answered in time");
             if let Some(other) = ended {
-                panic!("expected reply {id}, got {other:?}");
+                return Err(other);
             }
         }
+    }
+
+    /// Answers a server ping (an empty message); false if the connection is gone.
+    pub async fn pong(&mut self) -> bool {
+        self.ws.send(Message::text("{}")).await.is_ok()
     }
 
     /// `connect` with `body`; stores the client id.

@@ -53,7 +53,9 @@ use tokio_util::task::TaskTracker;
 use crate::engine::broker::{
     Broker, BrokerError, BrokerEventHandler, NodeControl, NodeRecord, Publishing,
 };
-use crate::engine::history::{new_epoch, HistoryError, HistoryFilter, HistoryPage, Retention};
+use crate::engine::history::{
+    new_epoch, HistoryError, HistoryFilter, HistoryPage, PageBudget, Retention,
+};
 use crate::engine::idempotency::{IdempotencyKey, Idempotent};
 use crate::protocol::{ClientInfo, Publication, StreamPosition};
 pub use keys::shard_index;
@@ -373,6 +375,9 @@ impl Broker for RedisEngine {
             }
         }
         let mut publications = Vec::with_capacity(entries.len());
+        // The page is measured as it is decoded (Redis has already sent it whole: it holds at
+        // most the channel's `history_size` entries).
+        let mut budget = PageBudget::new(&filter);
         for (id, fields) in entries {
             let offset: u64 = id
                 .split('-')
@@ -382,6 +387,7 @@ impl Broker for RedisEngine {
             let Some((_, json)) = fields.into_iter().find(|(k, _)| k == "d") else {
                 continue;
             };
+            budget.take(json.len())?;
             let mut publication: Publication = serde_json::from_str(&json).map_err(|e| {
                 BrokerError::History(HistoryError::Storage(format!("corrupt stream entry: {e}")))
             })?;

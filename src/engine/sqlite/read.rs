@@ -6,7 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::value::RawValue;
 
 use super::{now_ms, storage};
-use crate::engine::history::{HistoryError, HistoryFilter, HistoryPage};
+use crate::engine::history::{HistoryError, HistoryFilter, HistoryPage, PageBudget};
 use crate::protocol::{ClientInfo, Publication, StreamPosition};
 
 /// Reads a page of `channel`'s stream on a read connection; `None` if the stream does not exist.
@@ -68,8 +68,14 @@ pub(super) fn read(
         })
         .map_err(storage)?;
     let mut publications = Vec::new();
+    let mut budget = PageBudget::new(filter);
     for row in rows {
         let (offset, data, info, tags) = row.map_err(storage)?;
+        budget.take(
+            data.len()
+                + info.as_ref().map_or(0, String::len)
+                + tags.as_ref().map_or(0, String::len),
+        )?;
         publications.push(Arc::new(decode_row(offset, data, info, tags)?));
     }
     Ok(Some(HistoryPage {
