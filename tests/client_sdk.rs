@@ -240,6 +240,40 @@ async fn every_command_works_against_the_server() {
 }
 
 #[tokio::test]
+async fn a_subscription_starts_from_a_saved_position() {
+    let server = TestServer::start().await;
+    let mut epoch = String::new();
+    for n in 1..=4 {
+        let (_, body) = server
+            .api("publish", json!({"channel": "saved", "data": {"n": n}}))
+            .await;
+        epoch = body["result"]["epoch"].as_str().unwrap().to_string();
+    }
+    let sdk = client(&server.ws_url()).build();
+    sdk.connect();
+    let saved = sdk
+        .new_subscription(
+            "saved",
+            SubscriptionOptions::new().since(StreamPosition { offset: 2, epoch }),
+        )
+        .unwrap();
+    let mut events = saved.events();
+    saved.subscribe();
+    let subscribed = saved.ready().await.unwrap();
+    assert!(
+        subscribed.was_recovering && subscribed.recovered,
+        "{subscribed:?}"
+    );
+    for n in 3..=4 {
+        assert_eq!(
+            next_matching(&mut events, publication_data).await,
+            json!({"n": n})
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn server_side_subscriptions_and_their_publications_are_client_events() {
     let server = TestServer::with(|c| {
         c.token_hmac_secret = Some(SECRET.into());
@@ -670,6 +704,47 @@ async fn pongs_keep_the_connection_open() {
             "{event:?}"
         );
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn wss_with_a_private_root_certificate() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let server = TestServer::with(|c| {
+        c.tls_cert = Some(fixtures.join("tls_cert.pem"));
+        c.tls_key = Some(fixtures.join("tls_key.pem"));
+    })
+    .await;
+    let url = format!(
+        "wss://localhost:{}/connection/websocket",
+        server.addr.port()
+    );
+    let pem = std::fs::read(fixtures.join("tls_cert.pem")).unwrap();
+    let sdk = client(&url)
+        .add_root_certificates_pem(&pem)
+        .unwrap()
+        .build();
+    sdk.connect();
+    sdk.ready().await.unwrap();
+    assert_eq!(
+        sdk.rpc("echo", json!("over TLS")).await.unwrap(),
+        json!("over TLS")
+    );
+
+    // Without trusting the certificate, the handshake fails and the client keeps retrying.
+    let untrusting = client(&url).build();
+    let mut events = untrusting.events();
+    untrusting.connect();
+    let error = next_client_matching(&mut events, |e| match e {
+        ClientEvent::Error(Error::Transport(e)) => Some(e),
+        _ => None,
+    })
+    .await;
+    assert!(error.contains("TLS"), "{error}");
+    assert_eq!(untrusting.state(), State::Connecting);
+    assert!(Client::builder(&url)
+        .add_root_certificates_pem(b"not a certificate")
+        .is_err());
     server.stop().await;
 }
 

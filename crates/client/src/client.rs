@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use crate::codec::{Codec, JsonCodec};
 use crate::driver::{Call, Control, Driver};
@@ -43,6 +45,10 @@ pub(crate) struct Config {
     pub event_capacity: usize,
     pub max_frame_bytes: usize,
     pub codec: Arc<dyn Codec>,
+    /// Certificates trusted for `wss://` besides the system's roots.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// TLS settings, made at the first `wss://` connect (reading the system's roots).
+    pub tls: tokio::sync::OnceCell<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 /// Builds a [`Client`]: the URL, then optional settings.
@@ -145,6 +151,20 @@ impl ClientBuilder {
         self
     }
 
+    /// Trusts the certificates in `pem` (PEM text) for `wss://` URLs, besides the system's root
+    /// certificates: a private CA, or a self-signed development certificate.
+    pub fn add_root_certificates_pem(mut self, pem: &[u8]) -> Result<Self, Error> {
+        let before = self.config.extra_roots.len();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| Error::Config(format!("a PEM certificate: {e}")))?;
+            self.config.extra_roots.push(cert);
+        }
+        if self.config.extra_roots.len() == before {
+            return Err(Error::Config("no certificate in the PEM text".into()));
+        }
+        Ok(self)
+    }
+
     /// The encoding (JSON by default).
     pub fn codec(mut self, codec: impl Codec) -> Self {
         self.config.codec = Arc::new(codec);
@@ -228,6 +248,7 @@ pub struct SubscriptionOptions {
     pub(crate) get_token: Option<SubscriptionTokenFn>,
     pub(crate) data: Option<Value>,
     pub(crate) join_leave: bool,
+    pub(crate) since: Option<StreamPosition>,
 }
 
 impl fmt::Debug for SubscriptionOptions {
@@ -237,6 +258,7 @@ impl fmt::Debug for SubscriptionOptions {
             .field("get_token", &self.get_token.is_some())
             .field("data", &self.data)
             .field("join_leave", &self.join_leave)
+            .field("since", &self.since)
             .finish()
     }
 }
@@ -280,6 +302,14 @@ impl SubscriptionOptions {
         self.join_leave = on;
         self
     }
+
+    /// Start from a position saved earlier (the offset of the last publication the application
+    /// handled, and the stream's epoch): the first subscribe recovers what came after it, as a
+    /// resubscribe after a reconnect does.
+    pub fn since(mut self, position: StreamPosition) -> Self {
+        self.since = Some(position);
+        self
+    }
 }
 
 /// Options of [`Client::history`].
@@ -299,7 +329,7 @@ pub struct PublishResult {}
 
 impl Client {
     /// A builder for a client of the WebSocket endpoint at `url`
-    /// (`ws://host:port/connection/websocket`).
+    /// (`ws://host:port/connection/websocket`, or `wss://` for TLS).
     pub fn builder(url: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
             config: Config {
@@ -317,6 +347,8 @@ impl Client {
                 event_capacity: 1024,
                 max_frame_bytes: 60_000,
                 codec: Arc::new(JsonCodec),
+                extra_roots: Vec::new(),
+                tls: tokio::sync::OnceCell::new(),
             },
         }
     }

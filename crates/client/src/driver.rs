@@ -17,12 +17,14 @@ use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::client::{ClientStatus, Config, SubscriptionShared, SubscriptionStatus};
 use crate::codec::Outgoing;
@@ -34,7 +36,11 @@ use crate::protocol::{
 };
 use crate::Error;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A byte stream a WebSocket runs over: TCP, or TLS over TCP.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = WebSocketStream<Box<dyn Io>>;
 
 /// A request from a handle that changes state (no reply).
 pub(crate) enum Control {
@@ -409,10 +415,10 @@ impl Driver {
                     channel,
                     SubscriptionEntry {
                         token: shared.options.token.clone(),
+                        position: shared.options.since.clone(),
+                        recoverable: shared.options.since.is_some(),
                         shared,
                         state: SubState::Unsubscribed,
-                        position: None,
-                        recoverable: false,
                         in_flight: false,
                         attempts: 0,
                         resubscribe_at: None,
@@ -1250,10 +1256,14 @@ async fn dial(
             http.headers_mut()
                 .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(protocol));
         }
-        let ws_config = WebSocketConfig::default().max_message_size(Some(64 << 20));
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(http, Some(ws_config), true)
+        let stream = open_stream(config, http.uri())
             .await
-            .map_err(|e| DialError::Transport(e.to_string()))?;
+            .map_err(DialError::Transport)?;
+        let ws_config = WebSocketConfig::default().max_message_size(Some(64 << 20));
+        let (mut ws, _) =
+            tokio_tungstenite::client_async_with_config(http, stream, Some(ws_config))
+                .await
+                .map_err(|e| DialError::Transport(e.to_string()))?;
         let mut frame = Vec::new();
         let connect = Outgoing::Command(Command {
             id: 1,
@@ -1313,6 +1323,74 @@ async fn dial(
         token,
         leftovers,
     })
+}
+
+/// Opens the TCP connection to the URL's host, with TLS for `wss://`.
+async fn open_stream(
+    config: &Config,
+    uri: &tokio_tungstenite::tungstenite::http::Uri,
+) -> Result<Box<dyn Io>, String> {
+    let tls = match uri.scheme_str() {
+        Some("wss") => true,
+        Some("ws") => false,
+        other => return Err(format!("the URL's scheme must be ws or wss, not {other:?}")),
+    };
+    let host = uri
+        .host()
+        .ok_or("the URL has no host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    if !tls {
+        return Ok(Box::new(tcp));
+    }
+    let name =
+        ServerName::try_from(host.clone()).map_err(|e| format!("server name {host}: {e}"))?;
+    let tls = config
+        .tls
+        .get_or_try_init(|| {
+            // Reading the system's certificates is file I/O: off the runtime's workers.
+            let extra = config.extra_roots.clone();
+            async move {
+                tokio::task::spawn_blocking(move || tls_config(extra))
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        })
+        .await?;
+    let connector = tokio_rustls::TlsConnector::from(tls.clone());
+    let stream = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS with {host}: {e}"))?;
+    Ok(Box::new(stream))
+}
+
+/// TLS settings: the system's root certificates and the application's own, the ring provider.
+fn tls_config(
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    for cert in extra_roots {
+        roots
+            .add(cert)
+            .map_err(|e| format!("a root certificate: {e}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(tls))
 }
 
 /// The code and reason of a close frame (1005, "no status", when there is none).
