@@ -748,6 +748,70 @@ async fn wss_with_a_private_root_certificate() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn connect_data_name_version_and_emulated_headers_reach_the_connect_proxy() {
+    use axum::routing::post;
+    type Seen = Arc<std::sync::Mutex<Vec<(Value, Option<String>)>>>;
+    let seen = Seen::default();
+    let recorded = seen.clone();
+    let app = axum::Router::new().route(
+        "/connect",
+        post(
+            move |headers: axum::http::HeaderMap, axum::Json(body): axum::Json<Value>| {
+                let recorded = recorded.clone();
+                async move {
+                    let token = headers
+                        .get("x-session")
+                        .and_then(|v| v.to_str().ok())
+                        .map(String::from);
+                    recorded.lock().unwrap().push((body, token.clone()));
+                    axum::Json(match token {
+                        Some(user) => json!({"result": {"user": user, "data": {"welcome": true}}}),
+                        None => json!({"disconnect": {"code": 4501, "reason": "who are you"}}),
+                    })
+                }
+            },
+        ),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = TestServer::with(move |c| {
+        c.proxy_connect_endpoint = Some(format!("http://{backend}/connect"));
+        c.proxy_emulated_headers = vec!["X-Session".into()];
+    })
+    .await;
+    let sdk = client(&server.ws_url())
+        .name("sdk-test")
+        .version("9.9")
+        .data(json!({"hello": 1}))
+        .header("X-Session", "carol")
+        .build();
+    let mut events = sdk.events();
+    sdk.connect();
+    sdk.ready().await.unwrap();
+    let data = next_client_matching(&mut events, |e| match e {
+        ClientEvent::Connected { data, .. } => Some(data),
+        _ => None,
+    })
+    .await;
+    assert_eq!(data, Some(json!({"welcome": true})));
+    let (body, header) = seen.lock().unwrap()[0].clone();
+    assert_eq!(header.as_deref(), Some("carol"));
+    assert_eq!(body["name"], "sdk-test");
+    assert_eq!(body["version"], "9.9");
+    assert_eq!(body["data"], json!({"hello": 1}));
+
+    // Without the header the backend refuses with 4501: terminal.
+    let stranger = client(&server.ws_url()).build();
+    stranger.connect();
+    assert!(matches!(
+        stranger.ready().await,
+        Err(Error::Disconnected { code: 4501, .. })
+    ));
+    server.stop().await;
+}
+
 /// A fake server on a free port: each connection is handed to `script`.
 async fn fake_server<F, Fut>(script: F) -> String
 where

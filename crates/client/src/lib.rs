@@ -66,3 +66,27 @@ pub use events::{
     ClientEvent, Events, Lagging, State, Subscribed, SubscriptionEvent, SubscriptionState,
 };
 pub use protocol::{ClientInfo, HistoryResult, PresenceStats, Publication, StreamPosition};
+
+/// Compile-time checks: every handle and every future of the API is `Send` (and the handles
+/// `Sync`), so they can move between tasks and threads.
+#[allow(dead_code)]
+fn _send_and_sync(client: &Client, subscription: &Subscription) {
+    fn send<T: Send>(_: T) {}
+    fn sync<T: Send + Sync>(_: &T) {}
+    sync(client);
+    sync(subscription);
+    let data = serde_json::Value::Null;
+    send(client.ready());
+    send(client.rpc("m", data.clone()));
+    send(client.publish("c", data.clone()));
+    send(client.send(data.clone()));
+    send(client.presence("c"));
+    send(client.presence_stats("c"));
+    send(client.history("c", HistoryOptions::default()));
+    send(client.events().into_stream());
+    send(subscription.ready());
+    send(subscription.publish(data));
+    send(subscription.history(HistoryOptions::default()));
+    let mut events = subscription.events();
+    send(events.next());
+}
