@@ -926,6 +926,76 @@ async fn commands_written_in_one_tick_share_one_frame_and_garbage_never_panics()
 }
 
 #[tokio::test]
+async fn odd_but_well_formed_server_messages_never_break_the_client() {
+    // After connect, the fake server sends thousands of messages a server may not send at that
+    // moment (replies to no command, pushes for unknown channels, unsubscribes and subscribes
+    // of every code, nulls), then answers rpcs normally.
+    let url = fake_server(|mut ws| async move {
+        if let Some(Ok(Message::Text(_))) = ws.next().await {
+            let _ = ws
+                .send(Message::text(
+                    r#"{"id":1,"connect":{"client":"c1","subs":{"srv":{"recoverable":true,"epoch":"e","offset":3}}}}"#,
+                ))
+                .await;
+        }
+        let shapes = [
+            r#"{"id":N,"subscribe":{"recoverable":true,"offset":N,"publications":null}}"#,
+            r#"{"id":N,"error":{"code":109,"message":null,"temporary":true}}"#,
+            r#"{"id":N}"#,
+            r#"{"push":{"channel":"chat","unsubscribe":{"code":N,"reason":null}}}"#,
+            r#"{"push":{"channel":"chat","pub":{"data":N,"offset":N}}}"#,
+            r#"{"push":{"channel":"srv","pub":{"data":null,"offset":N,"tags":null}}}"#,
+            r#"{"push":{"channel":"srv","subscribe":{"epoch":null}}}"#,
+            r#"{"push":{"channel":"chat","join":{"info":{"user":null,"client":"x"}}}}"#,
+            r#"{"push":{"channel":"","message":{"data":{"n":N}}}}"#,
+            r#"{"push":{"channel":"gone","unsubscribe":{}}}"#,
+            r#"{"id":N,"history":{"publications":null,"epoch":null}}"#,
+            r#"{"id":N,"refresh":{"expires":true,"ttl":N}}"#,
+            r#"{"push":{}}"#,
+        ];
+        let mut frame = String::new();
+        for n in 0..3000u64 {
+            let line = shapes[(n as usize * 7) % shapes.len()].replace('N', &(n % 4000).to_string());
+            frame.push_str(&line);
+            frame.push('\n');
+            if n % 50 == 49 {
+                let _ = ws.send(Message::text(std::mem::take(&mut frame))).await;
+            }
+        }
+        while let Some(Ok(message)) = ws.next().await {
+            let Message::Text(text) = message else { continue };
+            for line in text.split('\n') {
+                let v: Value = serde_json::from_str(line).unwrap_or_default();
+                if v.get("rpc").is_some() {
+                    let answer = format!("{{\"id\":{},\"rpc\":{{\"data\":\"alive\"}}}}", v["id"]);
+                    let _ = ws.send(Message::text(answer)).await;
+                }
+            }
+        }
+    })
+    .await;
+    let sdk = client(&url).event_capacity(64).build();
+    let chat = sdk
+        .new_subscription("chat", SubscriptionOptions::new())
+        .unwrap();
+    chat.subscribe();
+    sdk.connect();
+    sdk.ready().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = tokio::time::timeout(WAIT, async {
+        loop {
+            match sdk.rpc("echo", json!(1)).await {
+                Ok(answer) => return answer,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await
+    .expect("the client still works");
+    assert_eq!(answer, json!("alive"));
+}
+
+#[tokio::test]
 async fn a_call_times_out_and_the_client_stays_usable() {
     let url = fake_server(|mut ws| async move {
         if let Some(Ok(Message::Text(_))) = ws.next().await {
