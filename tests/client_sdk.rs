@@ -996,6 +996,46 @@ async fn odd_but_well_formed_server_messages_never_break_the_client() {
 }
 
 #[tokio::test]
+async fn a_server_that_drops_every_connection_is_retried_with_capped_backoff() {
+    // Accepts TCP and closes at once: every attempt fails before the WebSocket handshake.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let attempts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = attempts.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            seen.lock().unwrap().push(std::time::Instant::now());
+            drop(socket);
+        }
+    });
+    let (min, max) = (Duration::from_millis(100), Duration::from_millis(400));
+    let sdk = Client::builder(format!("ws://{addr}/connection/websocket"))
+        .reconnect_delay(min, max)
+        .build();
+    sdk.connect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sdk.state(), State::Connecting, "still trying");
+    sdk.disconnect();
+    let attempts = attempts.lock().unwrap().clone();
+    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.len() >= 5, "{gaps:?}");
+    for gap in &gaps {
+        assert!(
+            *gap >= min.mul_f64(0.9),
+            "never sooner than the minimum: {gaps:?}"
+        );
+        assert!(
+            *gap <= max + Duration::from_millis(250),
+            "never later than the cap: {gaps:?}"
+        );
+    }
+    // Full jitter: the delays are not all the same.
+    let distinct: std::collections::HashSet<u128> =
+        gaps.iter().map(|g| g.as_millis() / 10).collect();
+    assert!(distinct.len() > 1, "{gaps:?}");
+}
+
+#[tokio::test]
 async fn a_call_times_out_and_the_client_stays_usable() {
     let url = fake_server(|mut ws| async move {
         if let Some(Ok(Message::Text(_))) = ws.next().await {

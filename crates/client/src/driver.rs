@@ -401,6 +401,9 @@ impl Driver {
                 self.dial();
             }
             Control::Disconnect => {
+                if !self.wanted && self.connection.is_none() {
+                    return; // Already disconnected: nothing to tell anyone.
+                }
                 if let Some(dialing) = self.dialing.take() {
                     dialing.abort();
                 }
