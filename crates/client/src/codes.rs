@@ -8,8 +8,15 @@
 //!
 //! Unsubscribe codes (an `unsubscribe` push): below 2500 the subscription ends; 2500 and above it
 //! resubscribes (recovering what it missed).
+//!
+//! A WebSocket close is read as centrifuge-js reads it ([`close_outcome`]): a terminal code is
+//! terminal only when the close carries a reason (Centrifugo and Switchboard always send one), a
+//! reason that is JSON is the protocol v1 "advice" `{"reason", "reconnect"}`, and every code below
+//! 3000 is reported as [`TRANSPORT_CLOSED`] (or [`MESSAGE_SIZE_LIMIT`] for 1009).
 
 use std::time::Duration;
+
+use serde_json::Value;
 
 /// Client-side reason: [`crate::Client::disconnect`] was called.
 pub const DISCONNECT_CALLED: u32 = 0;
@@ -57,6 +64,70 @@ pub fn disconnect_reconnects(code: u32) -> bool {
     }
 }
 
+/// What a closed connection means to the client: the code and reason it reports, and whether
+/// it reconnects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseOutcome {
+    /// The code reported (the close code, or a client-side code for closes below 3000).
+    pub code: u32,
+    /// The reason reported.
+    pub reason: String,
+    /// Whether the client reconnects.
+    pub reconnect: bool,
+}
+
+/// Reads a WebSocket close (its code, if any, and its reason) as centrifuge-js does.
+pub fn close_outcome(code: Option<u16>, reason: &str) -> CloseOutcome {
+    let mut code = u32::from(code.unwrap_or(0));
+    let mut reported = String::from("connection closed");
+    let mut reconnect = true;
+    if !reason.is_empty() {
+        match serde_json::from_str::<Value>(reason) {
+            Ok(Value::Null) | Err(_) => {
+                reported = reason.to_string();
+                if !disconnect_reconnects(code) && code >= 3000 {
+                    reconnect = false;
+                }
+            }
+            // Protocol v1's advice, still honoured by centrifuge-js.
+            Ok(advice) => {
+                reported = advice
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                reconnect = advice.get("reconnect").is_some_and(truthy);
+            }
+        }
+    }
+    if code < 3000 {
+        if code == 1009 {
+            code = MESSAGE_SIZE_LIMIT;
+            reported = "message size limit exceeded".into();
+            reconnect = false;
+        } else {
+            code = TRANSPORT_CLOSED;
+            reported = "transport closed".into();
+        }
+    }
+    CloseOutcome {
+        code,
+        reason: reported,
+        reconnect,
+    }
+}
+
+/// JavaScript's truthiness of a JSON value.
+fn truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|n| n != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(_) | Value::Object(_) => true,
+    }
+}
+
 /// Whether a subscription resubscribes after an `unsubscribe` push with `code`.
 pub fn unsubscribe_resubscribes(code: u32) -> bool {
     code >= 2500
@@ -97,6 +168,64 @@ mod tests {
         assert!(unsubscribe_resubscribes(2500));
         assert!(error_retries(109, false) && error_retries(100, true) && error_retries(2, false));
         assert!(!error_retries(103, false));
+    }
+
+    #[test]
+    fn closes_are_read_as_centrifuge_js_reads_them() {
+        let outcome = |code, reason| {
+            let o = close_outcome(code, reason);
+            (o.code, o.reason, o.reconnect)
+        };
+        assert_eq!(
+            outcome(Some(3503), "force disconnect"),
+            (3503, "force disconnect".into(), false)
+        );
+        assert_eq!(
+            outcome(Some(3001), "shutdown"),
+            (3001, "shutdown".into(), true)
+        );
+        assert_eq!(
+            outcome(Some(4501), "banned"),
+            (4501, "banned".into(), false)
+        );
+        assert_eq!(outcome(Some(4000), "again"), (4000, "again".into(), true));
+        // Without a reason, even a terminal code reconnects (centrifuge-js only checks the
+        // range when a reason is there).
+        assert_eq!(
+            outcome(Some(3503), ""),
+            (3503, "connection closed".into(), true)
+        );
+        // Protocol v1 advice in the reason.
+        assert_eq!(
+            outcome(Some(3001), r#"{"reason":"bye","reconnect":false}"#),
+            (3001, "bye".into(), false)
+        );
+        assert_eq!(
+            outcome(Some(3503), r#"{"reason":"back soon","reconnect":true}"#),
+            (3503, "back soon".into(), true)
+        );
+        assert_eq!(outcome(Some(3503), "null"), (3503, "null".into(), false));
+        // Below 3000: a transport close, except 1009.
+        assert_eq!(
+            outcome(Some(1006), ""),
+            (TRANSPORT_CLOSED, "transport closed".into(), true)
+        );
+        assert_eq!(
+            outcome(None, ""),
+            (TRANSPORT_CLOSED, "transport closed".into(), true)
+        );
+        assert_eq!(
+            outcome(Some(1000), "bye"),
+            (TRANSPORT_CLOSED, "transport closed".into(), true)
+        );
+        assert_eq!(
+            outcome(Some(1009), "too big"),
+            (
+                MESSAGE_SIZE_LIMIT,
+                "message size limit exceeded".into(),
+                false
+            )
+        );
     }
 
     #[test]

@@ -28,7 +28,9 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::client::{ClientStatus, Config, SubscriptionShared, SubscriptionStatus};
 use crate::codec::Outgoing;
-use crate::codes::{self, backoff, disconnect_reconnects, error_retries};
+use crate::codes::{
+    self, backoff, close_outcome, disconnect_reconnects, error_retries, CloseOutcome,
+};
 use crate::events::{ClientEvent, Subscribed, SubscriptionEvent};
 use crate::protocol::{
     Command, ConnectRequest, ConnectResult, Publication, Push, Reply, Request, StreamPosition,
@@ -90,7 +92,7 @@ enum DialError {
     Token(String),
     Unauthorized,
     Transport(String),
-    Closed { code: u32, reason: String },
+    Closed(CloseOutcome),
     Server(Error),
 }
 
@@ -363,7 +365,7 @@ impl Driver {
             };
             if let Err(e) = connection.sink.send(message).await {
                 tracing::debug!(error = %e, "write failed");
-                self.connection_lost(codes::TRANSPORT_CLOSED, "transport closed");
+                self.connection_lost(transport_closed());
                 return;
             }
         }
@@ -586,12 +588,15 @@ impl Driver {
                 self.schedule_reconnect();
                 return;
             }
-            Err(DialError::Closed { code, reason }) => {
-                if disconnect_reconnects(code) {
-                    self.emit(ClientEvent::Connecting { code, reason });
+            Err(DialError::Closed(outcome)) => {
+                if outcome.reconnect {
+                    self.emit(ClientEvent::Connecting {
+                        code: outcome.code,
+                        reason: outcome.reason,
+                    });
                     self.schedule_reconnect();
                 } else {
-                    self.go_disconnected(code, &reason);
+                    self.go_disconnected(outcome.code, &outcome.reason);
                 }
                 return;
             }
@@ -695,13 +700,19 @@ impl Driver {
         }
     }
 
-    /// The connection closed with `code`: reconnect or stop, by the rules of [`codes`].
-    fn connection_lost(&mut self, code: u32, reason: &str) {
+    /// The connection closed: reconnect or stop, as `outcome` says (see [`codes`]).
+    fn connection_lost(&mut self, outcome: CloseOutcome) {
+        let CloseOutcome {
+            code,
+            reason,
+            reconnect,
+        } = outcome;
+        let reason = reason.as_str();
         self.after_connection(code, reason);
         if !self.wanted {
             return;
         }
-        if disconnect_reconnects(code) {
+        if reconnect {
             self.state.send_replace(ClientStatus::Connecting);
             self.emit(ClientEvent::Connecting {
                 code,
@@ -748,7 +759,11 @@ impl Driver {
             if connection.ping_deadline.is_some_and(|at| at <= now) {
                 tracing::debug!("no ping from the server in time");
                 self.connection = None;
-                self.connection_lost(codes::NO_PING, "no ping");
+                self.connection_lost(CloseOutcome {
+                    code: codes::NO_PING,
+                    reason: "no ping".into(),
+                    reconnect: true,
+                });
                 return;
             }
         }
@@ -1096,21 +1111,22 @@ impl Driver {
             Some(Ok(message)) => message,
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "read failed");
-                let code = match e {
-                    tokio_tungstenite::tungstenite::Error::Capacity(_) => 1009,
-                    _ => codes::TRANSPORT_CLOSED,
+                let outcome = match e {
+                    tokio_tungstenite::tungstenite::Error::Capacity(_) => {
+                        close_outcome(Some(1009), "")
+                    }
+                    _ => transport_closed(),
                 };
-                self.connection_lost(code, "transport closed");
+                self.connection_lost(outcome);
                 return;
             }
             None => {
-                self.connection_lost(codes::TRANSPORT_CLOSED, "transport closed");
+                self.connection_lost(transport_closed());
                 return;
             }
         };
         if let Message::Close(frame) = &message {
-            let (code, reason) = close_code(frame.as_ref());
-            self.connection_lost(code, &reason);
+            self.connection_lost(close_of(frame.as_ref()));
             return;
         }
         if let Some(connection) = self.connection.as_mut() {
@@ -1124,7 +1140,11 @@ impl Driver {
             }
             Err(e) => {
                 self.emit(ClientEvent::Error(e));
-                self.connection_lost(codes::BAD_PROTOCOL, "bad protocol");
+                self.connection_lost(CloseOutcome {
+                    code: codes::BAD_PROTOCOL,
+                    reason: "bad protocol".into(),
+                    reconnect: true,
+                });
             }
         }
     }
@@ -1170,7 +1190,12 @@ impl Driver {
         } = push;
         if let Some(disconnect) = disconnect {
             self.connection = None;
-            self.connection_lost(disconnect.code, &disconnect.reason);
+            // A disconnect push (emulated transports) is judged by its code alone.
+            self.connection_lost(CloseOutcome {
+                reconnect: disconnect_reconnects(disconnect.code),
+                code: disconnect.code,
+                reason: disconnect.reason,
+            });
             return;
         }
         if let Some(message) = message {
@@ -1286,8 +1311,7 @@ async fn dial(
         loop {
             let message = match ws.next().await {
                 Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) = close_code(frame.as_ref());
-                    return Err(DialError::Closed { code, reason });
+                    return Err(DialError::Closed(close_of(frame.as_ref())));
                 }
                 Some(Ok(message)) => message,
                 Some(Err(e)) => return Err(DialError::Transport(e.to_string())),
@@ -1396,12 +1420,17 @@ fn tls_config(
     Ok(Arc::new(tls))
 }
 
-/// The code and reason of a close frame (1005, "no status", when there is none).
-fn close_code(frame: Option<&CloseFrame>) -> (u32, String) {
+/// What a close frame (or its absence) means.
+fn close_of(frame: Option<&CloseFrame>) -> CloseOutcome {
     match frame {
-        Some(frame) => (u32::from(u16::from(frame.code)), frame.reason.to_string()),
-        None => (1005, "transport closed".into()),
+        Some(frame) => close_outcome(Some(u16::from(frame.code)), &frame.reason),
+        None => close_outcome(None, ""),
     }
+}
+
+/// The socket ended or failed without a close frame.
+fn transport_closed() -> CloseOutcome {
+    close_outcome(None, "")
 }
 
 fn server_error(error: crate::protocol::ErrorBody) -> Error {
