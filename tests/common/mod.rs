@@ -160,6 +160,52 @@ pub async fn sdk_subscribe(
     subscription
 }
 
+/// A client of the Rust SDK subscribed to `channel`, and its events, for tests that watch what
+/// a subscriber receives.
+pub struct SdkSubscriber {
+    pub client: switchboard_client::Client,
+    pub subscription: switchboard_client::Subscription,
+    pub events: switchboard_client::Events<switchboard_client::SubscriptionEvent>,
+}
+
+impl TestServer {
+    /// A Rust SDK client of this server, subscribed to `channel`.
+    pub async fn sdk_subscriber(&self, channel: &str) -> SdkSubscriber {
+        let client = self.sdk().await;
+        let subscription = client
+            .new_subscription(channel, switchboard_client::SubscriptionOptions::new())
+            .expect("a new subscription");
+        let events = subscription.events();
+        subscription.subscribe();
+        tokio::time::timeout(WAIT, subscription.ready())
+            .await
+            .expect("subscribed in time")
+            .expect("subscribed");
+        SdkSubscriber {
+            client,
+            subscription,
+            events,
+        }
+    }
+}
+
+impl SdkSubscriber {
+    /// The next publication received, within the wait.
+    pub async fn next_publication(&mut self) -> switchboard_client::Publication {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.events.next().await {
+                    Some(switchboard_client::SubscriptionEvent::Publication(p)) => return p,
+                    Some(_) => continue,
+                    None => panic!("the subscription ended"),
+                }
+            }
+        })
+        .await
+        .expect("a publication in time")
+    }
+}
+
 /// Grants every client permission on channels outside namespaces (closed by default once tokens
 /// are verified).
 pub fn open_channels(config: &mut Config) {
