@@ -322,6 +322,87 @@ async fn server_side_subscriptions_and_their_publications_are_client_events() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn server_side_subscriptions_recover_across_a_reconnect() {
+    let server = TestServer::with(|c| {
+        c.token_hmac_secret = Some(SECRET.into());
+        open_channels(c);
+    })
+    .await;
+    // The token subscribes the connection to `news` server-side at every connect.
+    let token = sign_hmac(
+        SECRET,
+        &json!({"sub": "dan", "exp": unix_now() + 3600, "channels": ["news"]}),
+    )
+    .unwrap();
+    let sdk = Client::builder(server.ws_url())
+        .token(token)
+        .reconnect_delay(Duration::from_secs(1), Duration::from_secs(2))
+        .timeout(WAIT)
+        .build();
+    let mut events = sdk.events();
+    sdk.connect();
+    sdk.ready().await.unwrap();
+    let first = next_client_matching(&mut events, |e| match e {
+        ClientEvent::ServerSubscribed {
+            channel,
+            subscribed,
+        } if channel == "news" => Some(subscribed),
+        _ => None,
+    })
+    .await;
+    assert!(first.recoverable, "{first:?}");
+    let publication = |e| match e {
+        ClientEvent::ServerPublication {
+            channel,
+            publication,
+        } if channel == "news" => Some(publication.data),
+        _ => None,
+    };
+    for n in 1..=2 {
+        server
+            .api("publish", json!({"channel": "news", "data": {"n": n}}))
+            .await;
+        assert_eq!(
+            next_client_matching(&mut events, publication).await,
+            json!({"n": n})
+        );
+    }
+    server
+        .api(
+            "disconnect",
+            json!({"user": "dan", "disconnect": {"code": 4000, "reason": "again"}}),
+        )
+        .await;
+    next_client_matching(&mut events, |e| match e {
+        ClientEvent::Connecting { code: 4000, .. } => Some(()),
+        _ => None,
+    })
+    .await;
+    // Published while the client waits to reconnect (at least a second).
+    for n in 3..=4 {
+        server
+            .api("publish", json!({"channel": "news", "data": {"n": n}}))
+            .await;
+    }
+    let again = next_client_matching(&mut events, |e| match e {
+        ClientEvent::ServerSubscribed {
+            channel,
+            subscribed,
+        } if channel == "news" => Some(subscribed),
+        _ => None,
+    })
+    .await;
+    assert!(again.was_recovering && again.recovered, "{again:?}");
+    for n in 3..=4 {
+        assert_eq!(
+            next_client_matching(&mut events, publication).await,
+            json!({"n": n})
+        );
+    }
+    server.stop().await;
+}
+
 /// Starts a server on `addr` (a port used before) over `data_dir`.
 async fn server_at(addr: SocketAddr, data_dir: PathBuf) -> TestServer {
     let config = Config {
