@@ -1,8 +1,9 @@
 //! The guide's mini chat with three clients, and its TIMELINE drawing — drawn here from the
 //! events this run really saw. Three clients connect one after the other, join `chat`, and each
-//! says one thing; every message reaches all three. As in the guide, one thread does it all: this
-//! example runs the server *and* the three clients on a single-threaded tokio runtime, every
-//! `await` handing the thread to whoever has work.
+//! says one thing; every message reaches all three. As in the guide, one event loop does it all:
+//! this example runs the server's connections *and* the three clients on a single-threaded tokio
+//! runtime, every `await` handing the thread to whoever has work (only the server's SQLite writes
+//! run on a thread of their own, as blocking work must).
 //!
 //! `cargo run -p switchboard-examples --bin mini_chat [-- --url …]`
 
@@ -137,7 +138,7 @@ fn draw(log: &[(usize, Seen)]) -> String {
     let mut out = String::new();
     out.push_str("TIMELINE - Mini chat over Switchboard (real events of this run)\n");
     out.push_str("══════════════════════════════════════════════════════════════\n\n");
-    out.push_str("One thread runs everything: the server and the three clients.\n\n");
+    out.push_str("One event loop, one thread: the server's connections and the three clients.\n\n");
     for n in 0..3 {
         let mut lane = vec![' '; WIDTH + 12];
         let mut labels: Vec<(usize, String)> = Vec::new();
