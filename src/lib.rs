@@ -12,8 +12,9 @@
 //! - [`transport`]: how a client's bytes reach its session: admission of new connections (and
 //!   the client's address behind trusted proxies, [`transport::client_addr`]), the
 //!   connection loop every transport shares ([`transport::connection`]), the WebSocket
-//!   ([`transport::websocket`]) and Centrifugo's unidirectional transports: SSE and HTTP
-//!   streaming ([`transport::uni`]) and WebSocket ([`transport::uni_websocket`]).
+//!   ([`transport::websocket`]), its HTTP fallbacks (HTTP streaming and SSE with commands over
+//!   `/emulation`, [`transport::emulation`]) and Centrifugo's unidirectional transports: SSE and
+//!   HTTP streaming ([`transport::uni`]) and WebSocket ([`transport::uni_websocket`]).
 //! - [`session`]: one client's state and command handling, one file per command family; its
 //!   `Drop` is the only cleanup path.
 //! - [`queue`]: a client's bounded outbound queue (slow readers are disconnected, never buffered

@@ -53,6 +53,8 @@ pub struct Metrics {
 #[derive(Debug, Default)]
 pub struct TransportConnections {
     pub websocket: AtomicU64,
+    pub http_stream: AtomicU64,
+    pub sse: AtomicU64,
     pub uni_websocket: AtomicU64,
     pub uni_sse: AtomicU64,
     pub uni_http_stream: AtomicU64,
@@ -242,6 +244,8 @@ impl Metrics {
         let t = &self.transports;
         for (name, gauge) in [
             ("websocket", &t.websocket),
+            ("http_stream", &t.http_stream),
+            ("sse", &t.sse),
             ("uni_websocket", &t.uni_websocket),
             ("uni_sse", &t.uni_sse),
             ("uni_http_stream", &t.uni_http_stream),

@@ -136,6 +136,18 @@ pub fn app(node: Node, limit: ConnectionLimit) -> Router {
             get(crate::transport::websocket::endpoint),
         )
         .route(
+            "/connection/http_stream",
+            post(crate::transport::emulation::http_stream_endpoint),
+        )
+        .route(
+            "/connection/sse",
+            get(crate::transport::emulation::sse_endpoint),
+        )
+        .route(
+            "/emulation",
+            post(crate::transport::emulation::emulation_endpoint),
+        )
+        .route(
             "/connection/uni_websocket",
             get(crate::transport::uni_websocket::endpoint),
         )

@@ -9,6 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::http_stream::{urlencode, HttpStream};
 use common::{TestServer, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -31,11 +32,7 @@ const KINDS: [Kind; 3] = [Kind::WebSocket, Kind::Sse, Kind::HttpStream];
 enum UniClient {
     Ws(tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>),
     /// The body of an HTTP response, chunked; SSE or JSON lines.
-    Http {
-        body: BufReader<TcpStream>,
-        sse: bool,
-        lines: std::collections::VecDeque<String>,
-    },
+    Http(HttpStream),
 }
 
 /// What the client read next.
@@ -74,24 +71,7 @@ impl UniClient {
     }
 
     async fn http(addr: SocketAddr, request: String, sse: bool) -> UniClient {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut body = BufReader::new(stream);
-        let mut status = String::new();
-        body.read_line(&mut status).await.unwrap();
-        assert!(status.contains(" 200 "), "status {status}");
-        loop {
-            let mut line = String::new();
-            body.read_line(&mut line).await.unwrap();
-            if line == "\r\n" {
-                break;
-            }
-        }
-        UniClient::Http {
-            body,
-            sse,
-            lines: Default::default(),
-        }
+        UniClient::Http(HttpStream::open(addr, &request, sse).await)
     }
 
     /// The next push or the end, within the test's wait.
@@ -115,34 +95,9 @@ impl UniClient {
                     Some(Err(_)) | None => return Read::Ended(None),
                 }
             },
-            UniClient::Http { body, sse, lines } => loop {
-                while let Some(line) = lines.pop_front() {
-                    let json = if *sse {
-                        match line.strip_prefix("data: ") {
-                            Some(json) => json.to_string(),
-                            None => continue,
-                        }
-                    } else {
-                        line
-                    };
-                    if !json.is_empty() {
-                        return Read::Push(serde_json::from_str(&json).unwrap());
-                    }
-                }
-                // One chunk of the chunked body: its size line, the data, CRLF.
-                let mut size = String::new();
-                if body.read_line(&mut size).await.unwrap_or(0) == 0 {
-                    return Read::Ended(None);
-                }
-                let size = usize::from_str_radix(size.trim(), 16).unwrap();
-                if size == 0 {
-                    return Read::Ended(None);
-                }
-                let mut chunk = vec![0; size + 2];
-                body.read_exact(&mut chunk).await.unwrap();
-                chunk.truncate(size);
-                let text = String::from_utf8(chunk).unwrap();
-                lines.extend(text.split('\n').map(String::from));
+            UniClient::Http(stream) => match stream.next().await {
+                Some(push) => Read::Push(push),
+                None => Read::Ended(None),
             },
         }
     }
@@ -164,17 +119,6 @@ impl UniClient {
             }
         }
     }
-}
-
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn token(claims: Value) -> String {

@@ -300,6 +300,17 @@
     return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + config.websocket;
   }
 
+  // WebSocket first, then the HTTP fallbacks (HTTP-streaming, then SSE) for networks that block
+  // WebSockets; `#transport=http_stream` (or `sse`, `websocket`) in the address keeps only one.
+  function transports() {
+    const all = [{ transport: 'websocket', endpoint: websocketUrl() }];
+    if (config.http_stream) all.push({ transport: 'http_stream', endpoint: location.origin + config.http_stream });
+    if (config.sse) all.push({ transport: 'sse', endpoint: location.origin + config.sse });
+    const only = fragment().get('transport');
+    const chosen = all.filter((t) => !only || t.transport === only);
+    return chosen.length ? chosen : all;
+  }
+
   function join(name, room) {
     me = { name, room, client: '' };
     wasConnected = false;
@@ -310,8 +321,9 @@
     renderPeople();
 
     const options = { name: 'switchboard-chat', minReconnectDelay: 250, maxReconnectDelay: 5000 };
+    if (config.emulation) options.emulationEndpoint = location.origin + config.emulation;
     if (token()) options.token = token();
-    centrifuge = new window.Centrifuge(websocketUrl(), options);
+    centrifuge = new window.Centrifuge(transports(), options);
     centrifuge.on('connecting', (ctx) => {
       if (wasConnected && $('status').dataset.state === 'connected') {
         notice('warn', 'Connection lost — reconnecting…');

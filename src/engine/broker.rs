@@ -40,6 +40,13 @@ pub enum NodeControl {
         whitelist: Vec<String>,
         reason: Disconnect,
     },
+    /// Commands a client sent over HTTP emulation to another node, for its `session` on `node`
+    /// (the node's uid); other nodes ignore it.
+    Emulation {
+        node: String,
+        session: String,
+        commands: String,
+    },
 }
 
 /// A publish under way (see [`Broker::submit_publish`]).

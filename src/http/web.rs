@@ -219,6 +219,9 @@ async fn chat_config(State(node): State<Node>) -> Response {
     axum::Json(json!({
         "anonymous": config.anonymous_allowed(),
         "websocket": "/connection/websocket",
+        "http_stream": "/connection/http_stream",
+        "sse": "/connection/sse",
+        "emulation": "/emulation",
         "namespace": namespace.unwrap_or(""),
         "version": VERSION,
     }))

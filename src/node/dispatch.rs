@@ -27,6 +27,9 @@ pub(super) struct Dispatcher {
     pub(super) hub: Arc<Hub>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) timeline: Arc<Timeline>,
+    /// This node's uid, to pick the emulation requests meant for it.
+    pub(super) uid: String,
+    pub(super) emulation: Arc<super::emulation::EmulationSessions>,
 }
 
 impl Dispatcher {
@@ -139,6 +142,16 @@ impl BrokerEventHandler for Dispatcher {
                     if !whitelist.iter().any(|w| **w == *handle.client_id) {
                         handle.queue.close(reason.clone());
                     }
+                }
+            }
+            NodeControl::Emulation {
+                node,
+                session,
+                commands,
+            } => {
+                if node == self.uid {
+                    let delivery = self.emulation.deliver(&session, commands);
+                    tracing::debug!(session, ?delivery, "emulation request from another node");
                 }
             }
         }

@@ -27,12 +27,14 @@ use crate::timeline::{Timeline, TimelineEvents};
 
 pub mod addresses;
 mod dispatch;
+pub mod emulation;
 mod publish;
 
 use addresses::ClientAddresses;
 
 use crate::channel::ChannelOptions;
 use dispatch::Dispatcher;
+use emulation::{Delivery, EmulationSessions};
 pub use publish::Submitted;
 
 /// The server version reported to clients and in `/api/info`.
@@ -94,6 +96,20 @@ struct Inner {
     tracker: TaskTracker,
     connection_limiter: PerIpLimiter,
     client_addresses: Arc<ClientAddresses>,
+    emulation: Arc<EmulationSessions>,
+}
+
+/// What became of an `/emulation` request (see [`Node::emulate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emulated {
+    /// The session is on this node.
+    Here(Delivery),
+    /// Sent to the live node holding the session.
+    Forwarded,
+    /// No live node has that id (it stopped, or the id is made up).
+    NoSuchNode,
+    /// The broker could not be reached.
+    Unavailable,
 }
 
 impl Node {
@@ -132,10 +148,14 @@ impl Node {
         let hub = Arc::new(Hub::default());
         let metrics = hooks.metrics.unwrap_or_default();
         let timeline = hooks.timeline.unwrap_or_default();
+        let uid = uuid::Uuid::new_v4().to_string();
+        let emulation = Arc::new(EmulationSessions::default());
         broker.set_handler(Arc::new(Dispatcher {
             hub: hub.clone(),
             metrics: metrics.clone(),
             timeline: timeline.clone(),
+            uid: uid.clone(),
+            emulation: emulation.clone(),
         }));
         let name = config.name.clone().unwrap_or_else(|| {
             std::env::var("HOSTNAME")
@@ -172,7 +192,7 @@ impl Node {
                 metrics,
                 timeline,
                 verifier,
-                uid: uuid::Uuid::new_v4().to_string(),
+                uid,
                 name,
                 started: Instant::now(),
                 next_conn: AtomicU64::new(1),
@@ -180,6 +200,7 @@ impl Node {
                 tracker,
                 connection_limiter: PerIpLimiter::new(connection_rate),
                 client_addresses: Arc::default(),
+                emulation,
             }),
         }
     }
@@ -236,6 +257,47 @@ impl Node {
     /// New-connection rate limits per client address.
     pub fn connection_limiter(&self) -> &PerIpLimiter {
         &self.inner.connection_limiter
+    }
+
+    /// This node's unique id (a fresh one each start).
+    pub fn uid(&self) -> &str {
+        &self.inner.uid
+    }
+
+    /// The sessions over HTTP emulation on this node.
+    pub fn emulation(&self) -> &Arc<EmulationSessions> {
+        &self.inner.emulation
+    }
+
+    /// Hands `commands` from an `/emulation` request to `session` on node `node_uid`: here
+    /// directly, on another live node through the broker (which cannot say whether the session
+    /// is still there: [`Emulated::Forwarded`]).
+    pub async fn emulate(&self, node_uid: &str, session: &str, commands: String) -> Emulated {
+        if node_uid == self.inner.uid {
+            return Emulated::Here(self.inner.emulation.deliver(session, commands));
+        }
+        let live = match self.broker().nodes().await {
+            Ok(records) => records.iter().any(|r| r.info.uid == node_uid),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list nodes for an emulation request");
+                return Emulated::Unavailable;
+            }
+        };
+        if !live {
+            return Emulated::NoSuchNode;
+        }
+        let control = NodeControl::Emulation {
+            node: node_uid.to_string(),
+            session: session.to_string(),
+            commands,
+        };
+        match self.broker().publish_control(control).await {
+            Ok(()) => Emulated::Forwarded,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot forward an emulation request");
+                Emulated::Unavailable
+            }
+        }
     }
 
     /// Open connections per client address (the dashboard lists them).

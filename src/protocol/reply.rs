@@ -120,6 +120,10 @@ pub struct ConnectResult {
     pub node: String,
     #[serde(skip_serializing_if = "is_zero")]
     pub time: u64,
+    /// Over HTTP emulation: the session the client names in its `/emulation` requests (with
+    /// `node`, the node holding it).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub session: String,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]

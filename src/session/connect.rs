@@ -136,7 +136,13 @@ impl Session {
         }
         // A connection the server renews itself is not the client's to refresh.
         let client_expiry = self.expires_at.filter(|_| !self.refreshed_by_server);
+        let (session, node_uid) = match node.emulation().session_of(self.conn) {
+            Some(session) => (session.to_string(), node.uid().to_string()),
+            None => (String::new(), String::new()),
+        };
         let result = ConnectResult {
+            session,
+            node: node_uid,
             client: identity.client.to_string(),
             version: VERSION.to_string(),
             expires: client_expiry.is_some(),

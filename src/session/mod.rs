@@ -165,6 +165,11 @@ impl Session {
         self.identity.is_some()
     }
 
+    /// The connection's number on this node.
+    pub fn conn_id(&self) -> ConnId {
+        self.conn
+    }
+
     /// The connection's id, once connected.
     pub fn client_id(&self) -> Option<&str> {
         self.identity.as_ref().map(|i| &*i.client)

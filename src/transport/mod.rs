@@ -4,6 +4,7 @@
 
 pub mod client_addr;
 pub mod connection;
+pub mod emulation;
 pub mod linger;
 pub mod uni;
 pub mod uni_websocket;
@@ -28,6 +29,8 @@ use crate::protocol::{error_code, Disconnect};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     WebSocket,
+    HttpStream,
+    Sse,
     UniWebSocket,
     UniSse,
     UniHttpStream,
@@ -38,6 +41,8 @@ impl Transport {
     pub fn name(self) -> &'static str {
         match self {
             Transport::WebSocket => "websocket",
+            Transport::HttpStream => "http_stream",
+            Transport::Sse => "sse",
             Transport::UniWebSocket => "uni_websocket",
             Transport::UniSse => "uni_sse",
             Transport::UniHttpStream => "uni_http_stream",
@@ -48,6 +53,8 @@ impl Transport {
         let open = &node.metrics().transports;
         match self {
             Transport::WebSocket => &open.websocket,
+            Transport::HttpStream => &open.http_stream,
+            Transport::Sse => &open.sse,
             Transport::UniWebSocket => &open.uni_websocket,
             Transport::UniSse => &open.uni_sse,
             Transport::UniHttpStream => &open.uni_http_stream,

@@ -221,6 +221,50 @@ async function openEventSource(page, base, connect) {
 const uniPublications = (page, channel) =>
   page.evaluate((ch) => window.uniPushes.filter((p) => p.pub && p.channel === ch).map((p) => p.pub.data), channel);
 
+/**
+ * The chat over an HTTP fallback transport (`http_stream` or `sse`, with `/emulation` for what the
+ * page sends), next to a page on WebSocket: messages both ways, then a recovery after the server
+ * drops the connection while the page is offline.
+ */
+async function checkEmulatedChat(browser, transport) {
+  const room = `fallback-${transport}`;
+  const channel = `chat:${room}`;
+  const label = `chat-${transport}`;
+  const sockets = [];
+  const page = await newPage(browser, label, SECURE, DESKTOP);
+  page.on('websocket', (ws) => sockets.push(ws.url()));
+  await page.goto(`${SECURE}/chat#token=${TOKEN}&transport=${transport}`);
+  await page.fill('#name', `Faye-${transport}`);
+  await page.fill('#room', room);
+  await page.click('#join');
+  await page.waitForSelector('#status[data-state="connected"]', { timeout: WAIT });
+  await until(`${label} to be in the room`, () => notices(page).then((n) => n.some((t) => t.startsWith('You joined'))));
+  const peer = await openChat(browser, `peer-${transport}`, SECURE, { name: `Wes-${transport}`, room, fragment: `#token=${TOKEN}` });
+  await say(page, `hello over ${transport}`);
+  await until('the WebSocket page to get it', async () => (await messages(peer)).includes(`hello over ${transport}`));
+  await say(peer, `hi back to ${transport}`);
+  await until(`the ${transport} page to get the answer`, async () => (await messages(page)).includes(`hi back to ${transport}`));
+  await until('both to be listed online', async () => (await people(page)).length >= 2);
+
+  // The server drops the connection while the page is offline: the publication below can only
+  // come back through recovery.
+  await page.context().setOffline(true);
+  await api(SECURE, 'disconnect', { user: USER, disconnect: { code: 3011, reason: 'test reconnect' } }, API_KEY);
+  await until(`the ${transport} page to show it is reconnecting`, async () => (await state(page)) === 'connecting');
+  await api(SECURE, 'publish', { channel, data: { text: `missed over ${transport}`, name: 'ops-bot' } }, API_KEY);
+  await until('the WebSocket page to get it live', async () => (await messages(peer)).includes(`missed over ${transport}`));
+  await page.context().setOffline(false);
+  await until(`the ${transport} page to reconnect`, async () => (await state(page)) === 'connected', 20000);
+  await until('the missed message to be recovered', async () => (await messages(page)).includes(`missed over ${transport}`));
+  await until('the recovery notice', async () => (await notices(page)).includes('Back online — 1 missed message recovered'));
+  if (sockets.length) throw new Error(`the ${transport} page opened WebSockets: ${sockets.join(', ')}`);
+  await screenshot(page, `chat-${transport}.png`);
+  await page.context().close();
+  await peer.context().close();
+  pages.delete(label);
+  pages.delete(`peer-${transport}`);
+}
+
 // ---------- the tests ----------
 
 async function main(browser) {
@@ -357,6 +401,12 @@ async function main(browser) {
     await until('the recovery notice', async () => (await notices(dora)).includes('Back online — 1 missed message recovered'));
     await screenshot(dora, 'chat-recovered.png');
   });
+
+  for (const transport of ['http_stream', 'sse']) {
+    await step(`without WebSocket, the chat works over ${transport} and recovers after the server drops it`, async () => {
+      await checkEmulatedChat(browser, transport);
+    });
+  }
 
   await step('the dashboard asks for the admin password and refuses a wrong one', async () => {
     const dash = await newPage(browser, 'dashboard', SECURE, DESKTOP);

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod follower;
+pub mod http_stream;
 pub mod redis_server;
 pub mod script;
 pub mod webhook_receiver;

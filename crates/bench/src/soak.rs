@@ -252,7 +252,18 @@ pub async fn run(args: SoakArgs, env: Env) -> anyhow::Result<()> {
         settled = sample(&args, target.addr, started).await;
         let delivered = tally.delivered.load(Ordering::Relaxed);
         let expected: u64 = expected_deliveries(&counts, args.subscribers);
-        if settled.connections == Some(expected_connections) && delivered >= expected {
+        // Closed connections linger a moment (up to 2 s, reading what their client still
+        // sends) before their sockets go: files and tasks are compared once back near the
+        // baseline, or when the wait runs out (a leak never comes back).
+        let near = |now: Option<u64>, before: Option<u64>| match (now, before) {
+            (Some(now), Some(before)) => now <= before + 2,
+            _ => true,
+        };
+        if settled.connections == Some(expected_connections)
+            && delivered >= expected
+            && near(settled.open_files, baseline.open_files)
+            && near(settled.runtime_tasks, baseline.runtime_tasks)
+        {
             break;
         }
     }

@@ -1,0 +1,344 @@
+//! Centrifugo's bidirectional emulation over HTTP, for clients that cannot open a WebSocket
+//! (corporate proxies, some carriers, old load balancers): centrifuge-js's `http_stream` and
+//! `sse` transports.
+//!
+//! - Server → client is one long response: `POST /connection/http_stream` with the client's first
+//!   commands (its `connect`) as the body answers with a stream of replies and pushes, one JSON
+//!   message per line, exactly the messages a WebSocket client gets; `GET /connection/sse` with
+//!   the first commands in the `cf_connect` query parameter answers with Server-Sent Events, one
+//!   message per `data:` event.
+//! - Client → server: every later command (subscribe, publish, pong, …) is a `POST /emulation`
+//!   of `{"session": …, "node": …, "data": "<commands>"}`, naming the session and the node the
+//!   connect reply gave it. The node holding the session takes the commands into the session's
+//!   inbox; a request that reached another node is forwarded through the broker (Redis), so
+//!   several nodes behind a load balancer need no sticky sessions.
+//!
+//! The session is the WebSocket one, driven by the same loop ([`super::connection::drive`]):
+//! same commands, recovery, limits, command rate and slow-client policy. When the server ends the
+//! connection, the stream carries a `disconnect` push (code and reason) and then ends.
+//!
+//! `/emulation` answers 200 when the commands were taken (or forwarded), 204 when the session
+//! is no longer on its node (its stream has ended), 404 when no live node has the named id (the
+//! node restarted: the client reconnects), 429 when the session has too many commands waiting,
+//! and 400/413 for a malformed or oversized request, each with a JSON error body.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::connection::{drive, Incoming, Wire};
+use super::uni::UniQuery;
+use super::{ConnectionLimit, Transport};
+use crate::hooks::decisions::ClientHeaders;
+use crate::http::json_error;
+use crate::hub::ControlInbox;
+use crate::node::emulation::Delivery;
+use crate::node::{Emulated, Node};
+use crate::protocol::{error_code, Disconnect, Push, PushBody, Reply};
+use crate::queue::ClientQueue;
+use crate::session::Session;
+
+/// Room for control requests (server-side subscribe/unsubscribe) waiting for one session.
+const CONTROL_CAPACITY: usize = 64;
+
+/// `POST /connection/http_stream`: the body holds the client's first commands.
+pub async fn http_stream_endpoint(
+    state: State<Node>,
+    connections: axum::Extension<ConnectionLimit>,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let limit = state.0.config().max_message_size;
+    let first = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => match String::from_utf8(bytes.to_vec()) {
+            Ok(text) => text,
+            Err(_) => return bad_request("the first commands are not UTF-8"),
+        },
+        Err(_) => return too_large(limit),
+    };
+    open(
+        state,
+        connections,
+        peer,
+        headers,
+        first,
+        Transport::HttpStream,
+    )
+    .await
+}
+
+/// `GET /connection/sse?cf_connect=<commands>`: what the browser's `EventSource` can send.
+pub async fn sse_endpoint(
+    state: State<Node>,
+    connections: axum::Extension<ConnectionLimit>,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<UniQuery>,
+) -> Response {
+    let first = query.cf_connect.unwrap_or_default();
+    let limit = state.0.config().max_message_size;
+    if first.len() > limit {
+        return too_large(limit);
+    }
+    open(state, connections, peer, headers, first, Transport::Sse).await
+}
+
+/// The body of `POST /emulation`.
+#[derive(Debug, Deserialize)]
+pub struct EmulationRequest {
+    /// The session id from the connect reply.
+    pub session: String,
+    /// The node id from the connect reply.
+    pub node: String,
+    /// The commands, encoded as over WebSocket (JSON, `\n`-separated).
+    pub data: String,
+}
+
+/// `POST /emulation`: commands for a session opened by one of the endpoints above.
+pub async fn emulation_endpoint(State(node): State<Node>, body: Body) -> Response {
+    // The commands are bounded like one WebSocket message; the envelope adds the two ids.
+    let limit = node.config().max_message_size + 1024;
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return too_large(limit);
+    };
+    let request: EmulationRequest = match serde_json::from_slice(&bytes) {
+        Ok(request) => request,
+        Err(e) => return bad_request(&format!("malformed emulation request: {e}")),
+    };
+    match node
+        .emulate(&request.node, &request.session, request.data)
+        .await
+    {
+        Emulated::Here(Delivery::Delivered) | Emulated::Forwarded => StatusCode::OK.into_response(),
+        Emulated::Here(Delivery::Unknown) => StatusCode::NO_CONTENT.into_response(),
+        Emulated::Here(Delivery::Full) => json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            error_code::TOO_MANY_REQUESTS,
+            "too many commands waiting for this session",
+        ),
+        Emulated::NoSuchNode => json_error(
+            StatusCode::NOT_FOUND,
+            error_code::BAD_REQUEST,
+            "no live node has this id: reconnect",
+        ),
+        Emulated::Unavailable => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            error_code::NOT_AVAILABLE,
+            "cannot reach the session's node",
+        ),
+    }
+}
+
+fn bad_request(message: &str) -> Response {
+    json_error(StatusCode::BAD_REQUEST, error_code::BAD_REQUEST, message)
+}
+
+fn too_large(limit: usize) -> Response {
+    json_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        error_code::BAD_REQUEST,
+        &format!("request body over {limit} bytes"),
+    )
+}
+
+/// Admits the connection, starts its session in a task of its own with `first` as the client's
+/// first frame, and answers with the stream the session writes.
+async fn open(
+    State(node): State<Node>,
+    axum::Extension(connections): axum::Extension<ConnectionLimit>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    first: String,
+    transport: Transport,
+) -> Response {
+    let super::Admitted {
+        slot,
+        address,
+        headers: forwarded,
+    } = match super::admit_request(&node, &connections, peer, &headers) {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused.into_response(),
+    };
+    // One chunk in flight: the body's demand is the client's reading pace.
+    let (chunks, receiver) = mpsc::channel::<Bytes>(1);
+    let sse = transport == Transport::Sse;
+    let task = serve(node.clone(), chunks, sse, first, forwarded, transport);
+    // The slot and the address count are held for the connection's whole life.
+    node.tracker().spawn(async move {
+        task.await;
+        drop((slot, address));
+    });
+    let body = Body::from_stream(futures_util::stream::unfold(
+        receiver,
+        |mut receiver| async move {
+            let chunk = receiver.recv().await?;
+            Some((Ok::<_, Infallible>(chunk), receiver))
+        },
+    ));
+    let content_type = if sse {
+        "text/event-stream; charset=utf-8"
+    } else {
+        "application/json"
+    };
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"),
+    );
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    // Proxies such as nginx would otherwise hold messages back to fill their buffers.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// Serves one emulation connection until it ends. Dropping the session releases its
+/// subscriptions and presence; dropping the registration forgets the session id.
+async fn serve(
+    node: Node,
+    chunks: mpsc::Sender<Bytes>,
+    sse: bool,
+    first: String,
+    headers: ClientHeaders,
+    transport: Transport,
+) {
+    transport.opened(&node);
+    let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
+    let control = Arc::new(ControlInbox::new(CONTROL_CAPACITY));
+    let mut session = Session::new(node.clone(), queue.clone(), control.clone());
+    session.forward_headers(headers);
+    let (registration, inbox) = node.emulation().register(session.conn_id());
+    let mut wire = EmulationWire {
+        chunks,
+        sse,
+        first: Some(first),
+        inbox,
+    };
+    let reason = drive(&node, &mut session, &queue, &mut wire, &control).await;
+    if let Some(reason) = &reason {
+        session.closing(reason);
+    }
+    tracing::debug!(
+        transport = transport.name(),
+        client = session.client_id().unwrap_or("-"),
+        session = registration.id(),
+        code = reason.as_ref().map(|r| r.code),
+        reason = reason.as_ref().map(|r| r.reason.as_ref()),
+        "connection closed"
+    );
+    drop(registration);
+    drop(session);
+    transport.closed(&node);
+}
+
+/// The response body out, the session's inbox (fed by `/emulation`) in.
+struct EmulationWire {
+    chunks: mpsc::Sender<Bytes>,
+    /// SSE (`data: <message>\n\n` per message) rather than one message per line.
+    sse: bool,
+    /// The commands of the request that opened the stream, taken first.
+    first: Option<String>,
+    inbox: mpsc::Receiver<String>,
+}
+
+impl EmulationWire {
+    /// Frames the messages of one queued frame (`\n`-separated) into a body chunk.
+    fn chunk(&self, frame: &[u8]) -> Bytes {
+        let mut chunk = BytesMut::with_capacity(frame.len() + 16);
+        for message in frame.split(|&b| b == b'\n').filter(|m| !m.is_empty()) {
+            if self.sse {
+                chunk.put_slice(b"data: ");
+                chunk.put_slice(message);
+                chunk.put_slice(b"\n\n");
+            } else {
+                chunk.put_slice(message);
+                chunk.put_u8(b'\n');
+            }
+        }
+        chunk.freeze()
+    }
+}
+
+impl Wire for EmulationWire {
+    type Frame = String;
+
+    async fn recv(&mut self) -> Incoming<String> {
+        if let Some(first) = self.first.take() {
+            return Incoming::Frame(first);
+        }
+        tokio::select! {
+            commands = self.inbox.recv() => match commands {
+                Some(commands) => Incoming::Frame(commands),
+                None => Incoming::Gone,
+            },
+            // The response body dropped: the client went away.
+            () = self.chunks.closed() => Incoming::Gone,
+        }
+    }
+
+    async fn send(&mut self, frame: Bytes) -> Result<(), ()> {
+        let chunk = self.chunk(&frame);
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.chunks.send(chunk).await.map_err(drop)
+    }
+
+    async fn close(&mut self, reason: &Disconnect) {
+        let push = Reply::push(Push {
+            channel: String::new(),
+            body: PushBody::Disconnect {
+                code: u32::from(reason.code),
+                reason: reason.reason.to_string(),
+            },
+        })
+        .encode();
+        let chunk = self.chunk(&push);
+        // The stream ends when the wire is dropped, after this chunk.
+        let _ = self.chunks.send(chunk).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(sse: bool) -> EmulationWire {
+        let (chunks, _) = mpsc::channel(1);
+        let (_, inbox) = mpsc::channel(1);
+        EmulationWire {
+            chunks,
+            sse,
+            first: None,
+            inbox,
+        }
+    }
+
+    #[test]
+    fn messages_keep_their_envelope_one_per_line_or_event() {
+        let frame =
+            b"{\"id\":1,\"connect\":{}}\n{\"push\":{\"channel\":\"a\",\"pub\":{\"data\":1}}}";
+        assert_eq!(
+            wire(false).chunk(frame),
+            Bytes::from_static(
+                b"{\"id\":1,\"connect\":{}}\n{\"push\":{\"channel\":\"a\",\"pub\":{\"data\":1}}}\n"
+            )
+        );
+        assert_eq!(
+            wire(true).chunk(frame),
+            Bytes::from_static(
+                b"data: {\"id\":1,\"connect\":{}}\n\ndata: {\"push\":{\"channel\":\"a\",\"pub\":{\"data\":1}}}\n\n"
+            )
+        );
+    }
+}

@@ -1,0 +1,370 @@
+//! The bidirectional HTTP fallbacks over real sockets: a session opened with
+//! `POST /connection/http_stream` or `GET /connection/sse` gets its replies and pushes on the
+//! stream and its commands through `POST /emulation` — here, or through another node over Redis.
+//! The same session as WebSocket: pings and pongs, recovery, the disconnect the server decides
+//! (a `disconnect` push, then the end of the stream); bad requests get clear statuses and harm
+//! nobody. (centrifuge-js over both transports, in chromium: `tests/browser.rs`.)
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::http_stream::{urlencode, HttpStream};
+use common::redis_server::{unique_prefix, RedisServer};
+use common::{api_call, eventually, TestServer};
+use serde_json::{json, Value};
+
+const SECRET: &str = "emulation-test-secret";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    HttpStream,
+    Sse,
+}
+
+const KINDS: [Kind; 2] = [Kind::HttpStream, Kind::Sse];
+
+/// A client over an emulation transport.
+struct Emulated {
+    stream: HttpStream,
+    session: String,
+    node: String,
+    next_id: u64,
+    /// Messages read while waiting for a reply, for `next_push`.
+    pending: std::collections::VecDeque<Value>,
+}
+
+impl Emulated {
+    /// Opens the stream with a `connect` (with `connect` as its body) and reads the connect reply.
+    async fn open(addr: SocketAddr, kind: Kind, connect: Value) -> (Emulated, Value) {
+        let first = json!({"id": 1, "connect": connect}).to_string();
+        let request = match kind {
+            Kind::HttpStream => format!(
+                "POST /connection/http_stream HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{first}",
+                first.len()
+            ),
+            Kind::Sse => format!(
+                "GET /connection/sse?cf_connect={} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n",
+                urlencode(&first)
+            ),
+        };
+        let mut stream = HttpStream::open(addr, &request, kind == Kind::Sse).await;
+        let reply = stream.next().await.expect("the connect reply");
+        assert_eq!(reply["id"], 1, "{reply}");
+        let connected = reply["connect"].clone();
+        let client = Emulated {
+            stream,
+            session: connected["session"]
+                .as_str()
+                .expect("a session")
+                .to_string(),
+            node: connected["node"].as_str().expect("a node").to_string(),
+            next_id: 2,
+            pending: Default::default(),
+        };
+        (client, connected)
+    }
+
+    /// Posts `commands` for this session to `/emulation` on `addr`; returns the status.
+    async fn post(&self, addr: SocketAddr, commands: &str) -> u16 {
+        let body = json!({"session": self.session, "node": self.node, "data": commands});
+        api_free_post(addr, "/emulation", &body.to_string()).await.0
+    }
+
+    /// Sends one command through `addr` and waits for its reply on the stream, keeping order.
+    async fn call_via(&mut self, addr: SocketAddr, key: &str, body: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut command = json!({"id": id});
+        command[key] = body;
+        assert_eq!(self.post(addr, &command.to_string()).await, 200);
+        loop {
+            let message = self.stream.next().await;
+            let message =
+                message.unwrap_or_else(|| panic!("the stream ended; read {:?}", self.pending));
+            if message["id"] == id {
+                return message;
+            }
+            self.pending.push_back(message);
+        }
+    }
+
+    /// The next message that is not a ping.
+    async fn next_push(&mut self) -> Option<Value> {
+        loop {
+            let message = match self.pending.pop_front() {
+                Some(message) => message,
+                None => self.stream.next().await?,
+            };
+            if message.as_object().is_some_and(|o| !o.is_empty()) {
+                return Some(message);
+            }
+        }
+    }
+}
+
+/// A POST without an API key; status and body.
+async fn api_free_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    common::http_raw(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await
+}
+
+fn token(user: &str) -> String {
+    switchboard::auth::make_hmac_token(SECRET, user, 3600).unwrap()
+}
+
+async fn server() -> TestServer {
+    TestServer::with(|c| {
+        c.token_hmac_secret = Some(SECRET.into());
+        c.insecure = true;
+        common::open_channels(c);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_go_through_emulation_requests_and_answers_come_on_the_stream() {
+    let server = server().await;
+    for kind in KINDS {
+        let channel = format!("news-{kind:?}");
+        let (mut client, connected) = Emulated::open(server.addr, kind, json!({})).await;
+        assert!(!connected["client"].as_str().unwrap().is_empty());
+        let r = client
+            .call_via(server.addr, "subscribe", json!({"channel": channel}))
+            .await;
+        assert!(r.get("error").is_none(), "{kind:?}: {r}");
+        let published = server
+            .api(
+                "publish",
+                json!({"channel": channel, "data": {"kind": format!("{kind:?}")}}),
+            )
+            .await;
+        assert_eq!(published.0, 200);
+        let push = client.next_push().await.unwrap();
+        assert_eq!(push["push"]["pub"]["data"]["kind"], format!("{kind:?}"));
+        let r = client
+            .call_via(
+                server.addr,
+                "publish",
+                json!({"channel": channel, "data": "from me"}),
+            )
+            .await;
+        assert!(r.get("error").is_none(), "{r}");
+        let push = client.next_push().await.unwrap();
+        assert_eq!(push["push"]["pub"]["data"], "from me");
+        let r = client
+            .call_via(
+                server.addr,
+                "rpc",
+                json!({"method": "echo", "data": {"n": 1}}),
+            )
+            .await;
+        assert_eq!(r["rpc"]["data"]["n"], 1, "{r}");
+        let r = client
+            .call_via(server.addr, "presence", json!({"channel": channel}))
+            .await;
+        assert_eq!(
+            r["presence"]["presence"].as_object().unwrap().len(),
+            1,
+            "{r}"
+        );
+        let r = client
+            .call_via(
+                server.addr,
+                "history",
+                json!({"channel": channel, "limit": 10}),
+            )
+            .await;
+        assert_eq!(
+            r["history"]["publications"].as_array().unwrap().len(),
+            2,
+            "{r}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_are_answered_through_emulation_and_keep_the_session() {
+    let server = TestServer::with(|c| {
+        c.ping_interval = 1;
+        c.pong_timeout = 1;
+    })
+    .await;
+    for kind in KINDS {
+        let (mut client, connected) = Emulated::open(server.addr, kind, json!({})).await;
+        assert_eq!(connected["pong"], true);
+        // Three pings in a row, each answered: had a pong not reached the session, it would have
+        // been closed (3012) before the next ping.
+        for _ in 0..3 {
+            let message = client.stream.next().await.expect("a ping");
+            assert_eq!(message, json!({}), "{kind:?}");
+            assert_eq!(client.post(server.addr, "{}").await, 200);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_stream_recovers_what_the_old_one_missed() {
+    let server = server().await;
+    for kind in KINDS {
+        let channel = format!("ledger-{kind:?}");
+        let (mut client, _) = Emulated::open(server.addr, kind, json!({})).await;
+        let r = client
+            .call_via(
+                server.addr,
+                "subscribe",
+                json!({"channel": channel, "recover": true}),
+            )
+            .await;
+        let epoch = r["subscribe"]["epoch"].clone();
+        let offset = r["subscribe"]["offset"].as_u64().unwrap_or(0);
+        drop(client); // the network drops the stream
+        for n in 0..3 {
+            server
+                .api("publish", json!({"channel": channel, "data": n}))
+                .await;
+        }
+        let (mut client, _) = Emulated::open(server.addr, kind, json!({})).await;
+        let r = client
+            .call_via(
+                server.addr,
+                "subscribe",
+                json!({"channel": channel, "recover": true, "epoch": epoch, "offset": offset}),
+            )
+            .await;
+        assert_eq!(r["subscribe"]["recovered"], true, "{r}");
+        let data: Vec<Value> = r["subscribe"]["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["data"].clone())
+            .collect();
+        assert_eq!(data, [json!(0), json!(1), json!(2)]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_ends_a_stream_with_a_disconnect_push() {
+    let server = server().await;
+    for kind in KINDS {
+        let (mut client, connected) =
+            Emulated::open(server.addr, kind, json!({"token": token("erin")})).await;
+        assert!(!connected["client"].as_str().unwrap().is_empty());
+        let (status, _) = server
+            .api(
+                "disconnect",
+                json!({"user": "erin", "disconnect": {"code": 3011, "reason": "move along"}}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let push = client.next_push().await.expect("the disconnect push");
+        assert_eq!(push["push"]["disconnect"]["code"], 3011, "{push}");
+        assert_eq!(push["push"]["disconnect"]["reason"], "move along");
+        assert_eq!(client.stream.next().await, None, "the stream ends");
+        // Commands for the ended session: it is gone from a running node.
+        assert!(
+            eventually(|| async { client.post(server.addr, "{}").await == 204 }).await,
+            "an ended session's commands get 204"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_emulation_requests_are_refused_and_harm_nobody() {
+    let server = TestServer::with(|c| c.max_message_size = 4096).await;
+    let (mut honest, _) = Emulated::open(server.addr, Kind::HttpStream, json!({})).await;
+    honest
+        .call_via(server.addr, "subscribe", json!({"channel": "calm"}))
+        .await;
+
+    let (status, body) = api_free_post(server.addr, "/emulation", "{not json").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+    let big = json!({"session": "s", "node": "n", "data": "x".repeat(8192)}).to_string();
+    let (status, body) = api_free_post(server.addr, "/emulation", &big).await;
+    assert_eq!(status, 413, "{body}");
+    let unknown_node = json!({"session": "s", "node": "no-such-node", "data": "{}"}).to_string();
+    let (status, body) = api_free_post(server.addr, "/emulation", &unknown_node).await;
+    assert_eq!(status, 404, "{body}");
+    let unknown_session =
+        json!({"session": "no-such-session", "node": honest.node, "data": "{}"}).to_string();
+    assert_eq!(
+        api_free_post(server.addr, "/emulation", &unknown_session)
+            .await
+            .0,
+        204
+    );
+    // First commands over the limit, or not UTF-8.
+    let first = "x".repeat(8192);
+    let request = format!(
+        "POST /connection/http_stream HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{first}",
+        server.addr,
+        first.len()
+    );
+    assert_eq!(common::http_raw(server.addr, &request).await.0, 413);
+    // Commands that are not JSON close that session (3501), as on WebSocket.
+    let (mut rude, _) = Emulated::open(server.addr, Kind::Sse, json!({})).await;
+    assert_eq!(rude.post(server.addr, "not json").await, 200);
+    let push = rude.next_push().await.expect("the disconnect push");
+    assert_eq!(push["push"]["disconnect"]["code"], 3501, "{push}");
+    assert_eq!(rude.stream.next().await, None);
+
+    // The honest client is still served.
+    server
+        .api("publish", json!({"channel": "calm", "data": "still here"}))
+        .await;
+    let push = honest.next_push().await.unwrap();
+    assert_eq!(push["push"]["pub"]["data"], "still here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_sent_to_another_node_reaches_the_session_through_redis() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix();
+    let node = |c: &mut switchboard::Config| {
+        c.redis = vec![redis.url()];
+        c.redis_prefix = prefix.clone();
+    };
+    let holder = TestServer::with(node).await;
+    let other = TestServer::with(node).await;
+    let (mut client, _) = Emulated::open(holder.addr, Kind::HttpStream, json!({})).await;
+    // The other node knows the holder once it has announced itself.
+    let holder_uid = client.node.clone();
+    assert!(
+        eventually(|| async {
+            let (_, info) = api_call(other.addr, "info", "{}", None).await;
+            info["result"]["nodes"]
+                .as_array()
+                .is_some_and(|nodes| nodes.iter().any(|n| n["uid"] == holder_uid.as_str()))
+        })
+        .await,
+        "the holder never appeared in the other node's /api/info"
+    );
+    // Every command goes to the node that does not hold the session.
+    let r = client
+        .call_via(other.addr, "subscribe", json!({"channel": "relay"}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let r = client
+        .call_via(
+            other.addr,
+            "publish",
+            json!({"channel": "relay", "data": "via the other node"}),
+        )
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let push = client.next_push().await.unwrap();
+    assert_eq!(push["push"]["pub"]["data"], "via the other node");
+    // A node id nobody has is refused by either node.
+    let unknown = json!({"session": client.session, "node": "gone", "data": "{}"}).to_string();
+    assert_eq!(
+        api_free_post(other.addr, "/emulation", &unknown).await.0,
+        404
+    );
+}
