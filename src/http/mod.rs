@@ -4,6 +4,7 @@
 
 pub mod api;
 mod publish;
+mod refresh;
 pub mod web;
 
 use axum::extract::DefaultBodyLimit;
