@@ -37,6 +37,11 @@ pub enum Control {
         code: u32,
         reason: &'static str,
     },
+    /// The connection's new expiry (`None`: it no longer expires), and its new info if given.
+    Refresh {
+        expire_at: Option<u64>,
+        info: Option<Payload>,
+    },
 }
 
 /// Where the node sends a session its [`Control`] requests.

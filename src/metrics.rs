@@ -60,6 +60,21 @@ pub struct TransportConnections {
     pub uni_http_stream: AtomicU64,
 }
 
+impl TransportConnections {
+    /// Each transport's name (as Centrifugo names it) and its open connections.
+    pub fn by_name(&self) -> [(&'static str, u64); 6] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("websocket", get(&self.websocket)),
+            ("http_stream", get(&self.http_stream)),
+            ("sse", get(&self.sse)),
+            ("uni_websocket", get(&self.uni_websocket)),
+            ("uni_sse", get(&self.uni_sse)),
+            ("uni_http_stream", get(&self.uni_http_stream)),
+        ]
+    }
+}
+
 /// Webhook deliveries (see [`crate::hooks::webhook`]); rendered once webhooks are on.
 #[derive(Debug, Default)]
 pub struct WebhookMetrics {
@@ -241,19 +256,10 @@ impl Metrics {
             "# HELP switchboard_transport_connections Open connections by transport."
         );
         let _ = writeln!(out, "# TYPE switchboard_transport_connections gauge");
-        let t = &self.transports;
-        for (name, gauge) in [
-            ("websocket", &t.websocket),
-            ("http_stream", &t.http_stream),
-            ("sse", &t.sse),
-            ("uni_websocket", &t.uni_websocket),
-            ("uni_sse", &t.uni_sse),
-            ("uni_http_stream", &t.uni_http_stream),
-        ] {
+        for (name, open) in self.transports.by_name() {
             let _ = writeln!(
                 out,
-                "switchboard_transport_connections{{transport=\"{name}\"}} {}",
-                get(gauge)
+                "switchboard_transport_connections{{transport=\"{name}\"}} {open}"
             );
         }
         let mut line = |name: &str, kind: &str, help: &str, value: u64| {

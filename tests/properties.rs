@@ -496,6 +496,7 @@ const METHODS: &[&str] = &[
     "subscribe",
     "unsubscribe",
     "disconnect",
+    "refresh",
     "presence",
     "presence_stats",
     "history",
@@ -543,6 +544,11 @@ fn valid_body(method: &'static str) -> BoxedStrategy<Value> {
                 json!({ "user": user, "disconnect": { "code": code, "reason": reason } })
             })
             .boxed(),
+        "refresh" => (s(), any::<bool>(), prop::option::of(any::<u64>()), prop::option::of(json_value()))
+            .prop_map(|(user, expired, expire_at, info)| {
+                json!({ "user": user, "expired": expired, "expire_at": expire_at, "info": info })
+            })
+            .boxed(),
         "history" => (s(), any::<i32>(), any::<u64>(), s(), any::<bool>())
             .prop_map(|(channel, limit, offset, epoch, reverse)| {
                 json!({
@@ -587,6 +593,7 @@ fn is_method(call: &ApiCall, method: &str) -> bool {
         ApiCall::Subscribe(_) => "subscribe",
         ApiCall::Unsubscribe(_) => "unsubscribe",
         ApiCall::Disconnect(_) => "disconnect",
+        ApiCall::Refresh(_) => "refresh",
         ApiCall::Presence(_) => "presence",
         ApiCall::PresenceStats(_) => "presence_stats",
         ApiCall::History(_) => "history",

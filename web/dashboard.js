@@ -200,6 +200,7 @@
     const c = s.counters;
     $('v-connections').textContent = fmt(s.connections);
     $('v-users').textContent = `${fmt(s.users)} user${s.users === 1 ? '' : 's'}`;
+    $('v-transports').textContent = (s.transports || []).map(([name, open]) => `${name} ${fmt(open)}`).join(' · ');
     $('v-channels').textContent = fmt(s.channels);
     $('v-subscriptions').textContent = `${fmt(s.subscriptions)} subscription${s.subscriptions === 1 ? '' : 's'}`;
     $('v-in-total').textContent = `${fmt(c.commands + c.api_requests)} total`;

@@ -12,6 +12,7 @@ const METHODS: &[&str] = &[
     "subscribe",
     "unsubscribe",
     "disconnect",
+    "refresh",
     "presence",
     "presence_stats",
     "history",

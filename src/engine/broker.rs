@@ -41,6 +41,15 @@ pub enum NodeControl {
         whitelist: Vec<String>,
         reason: Disconnect,
     },
+    /// Refresh `user`'s connections (only `client`, if given): end them as expired, or set
+    /// their expiry (`None`: they no longer expire), and their connection info if given.
+    Refresh {
+        user: String,
+        client: Option<String>,
+        expired: bool,
+        expire_at: Option<u64>,
+        info: Option<Payload>,
+    },
     /// Commands a client sent over HTTP emulation to another node, for its `session` on `node`
     /// (the node's uid); other nodes ignore it.
     Emulation {

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod map;
 mod publish;
+mod refresh;
 pub mod web;
 
 use axum::extract::DefaultBodyLimit;

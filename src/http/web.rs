@@ -375,6 +375,8 @@ struct Snapshot {
     users: u64,
     channels: u64,
     subscriptions: u64,
+    /// Open connections of each transport that has any.
+    transports: Vec<(&'static str, u64)>,
     counters: Counters,
     /// The busiest channels: name and local subscribers.
     top_channels: Vec<(String, usize)>,
@@ -446,6 +448,12 @@ impl Watch {
             users: info.num_users,
             channels: info.num_channels,
             subscriptions: info.num_subs,
+            transports: metrics
+                .transports
+                .by_name()
+                .into_iter()
+                .filter(|(_, open)| *open > 0)
+                .collect(),
             counters: Counters {
                 commands: get(&metrics.commands_received),
                 api_requests: get(&metrics.api_requests),

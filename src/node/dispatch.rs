@@ -144,6 +144,27 @@ impl BrokerEventHandler for Dispatcher {
                     }
                 }
             }
+            NodeControl::Refresh {
+                user,
+                client,
+                expired,
+                expire_at,
+                info,
+            } => {
+                for handle in self.matching(&user, &client) {
+                    if expired || expire_at.is_some_and(|at| at <= crate::auth::unix_now()) {
+                        handle.queue.close(crate::protocol::Disconnect::EXPIRED);
+                        continue;
+                    }
+                    let request = Control::Refresh {
+                        expire_at,
+                        info: info.clone(),
+                    };
+                    if handle.control.try_send(request).is_err() {
+                        tracing::warn!(client = %handle.client_id, "control queue full, refresh dropped");
+                    }
+                }
+            }
             NodeControl::Emulation {
                 node,
                 session,

@@ -246,6 +246,13 @@ pub enum PushBody {
         code: u32,
         reason: String,
     },
+    /// A unidirectional connection's new expiry, after a server API `refresh`.
+    Refresh {
+        #[serde(skip_serializing_if = "is_false")]
+        expires: bool,
+        #[serde(skip_serializing_if = "is_zero_u32")]
+        ttl: u32,
+    },
 }
 
 impl PushBody {
@@ -260,6 +267,7 @@ impl PushBody {
             PushBody::Message { .. } => "message",
             PushBody::Connect(_) => "connect",
             PushBody::Disconnect { .. } => "disconnect",
+            PushBody::Refresh { .. } => "refresh",
         }
     }
 }

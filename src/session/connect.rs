@@ -38,6 +38,7 @@ impl Session {
     /// (as well as the server-side subscriptions decided for it). A refusal becomes the
     /// disconnect Centrifugo sends such clients, also recorded as the reason the connection ends.
     pub async fn connect_unidirectional(&mut self, req: ConnectRequest) -> Outcome {
+        self.unidirectional = true;
         let outcome = match self.connect_as(req, ConnectAnswer::Push).await {
             Ok(_) => Ok(()),
             Err(Refusal::Disconnect(reason)) => Err(reason),

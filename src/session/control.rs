@@ -41,6 +41,26 @@ impl Session {
                 code,
                 reason,
             } => self.server_unsubscribe(&channel, code, reason).await,
+            Control::Refresh { expire_at, info } => self.server_refresh(expire_at, info),
+        }
+    }
+
+    /// A refresh from the server API: the new expiry (the server decided it: no grace, no token
+    /// to fetch), the new info; a unidirectional client is told in a `refresh` push.
+    fn server_refresh(&mut self, expire_at: Option<u64>, info: Option<crate::protocol::Payload>) {
+        self.expires_at = expire_at;
+        if let Some(info) = info {
+            self.renew_info(info);
+        }
+        if self.is_unidirectional() {
+            let push = Reply::push(Push {
+                channel: String::new(),
+                body: PushBody::Refresh {
+                    expires: expire_at.is_some(),
+                    ttl: expire_at.map_or(0, super::ttl_from),
+                },
+            });
+            self.send(push.encode());
         }
     }
 

@@ -81,6 +81,8 @@ pub struct Session {
     /// The server renews the connection itself when it expires (see
     /// [`ConnectDecision::refreshed_by_server`](crate::hooks::decisions::ConnectDecision)).
     refreshed_by_server: bool,
+    /// A client of a unidirectional transport: it hears of its state in pushes.
+    unidirectional: bool,
     /// The headers of the request that opened the connection, as far as they are forwarded to
     /// the application backend.
     headers: ClientHeaders,
@@ -145,6 +147,7 @@ impl Session {
             ping_sent: None,
             expires_at: None,
             refreshed_by_server: false,
+            unidirectional: false,
             headers: ClientHeaders::default(),
             limiter,
             pipeline: None,
@@ -168,6 +171,11 @@ impl Session {
     /// Whether `connect` succeeded.
     pub fn is_connected(&self) -> bool {
         self.identity.is_some()
+    }
+
+    /// Whether the client is on a unidirectional transport.
+    pub fn is_unidirectional(&self) -> bool {
+        self.unidirectional
     }
 
     /// The connection's number on this node.

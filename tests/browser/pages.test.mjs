@@ -436,6 +436,7 @@ async function main(browser) {
     }, 1000);
     try {
       await until('a non-zero connection count', async () => Number(await dash.textContent('#v-connections')) >= 1);
+      await until('the connections counted by transport', async () => /websocket \d+/.test(await dash.textContent('#v-transports')));
       await until('non-zero message rates', async () => {
         const inRate = parseFloat(await dash.textContent('#v-in-rate'));
         const outRate = parseFloat(await dash.textContent('#v-out-rate'));
