@@ -8,10 +8,11 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use common::http_stream::{urlencode, HttpStream};
 use common::redis_server::{unique_prefix, RedisServer};
-use common::{api_call, eventually, TestServer};
+use common::{api_call, eventually, Client, TestServer};
 use serde_json::{json, Value};
 
 const SECRET: &str = "emulation-test-secret";
@@ -330,11 +331,39 @@ async fn a_command_sent_to_another_node_reaches_the_session_through_redis() {
     let node = |c: &mut switchboard::Config| {
         c.redis = vec![redis.url()];
         c.redis_prefix = prefix.clone();
+        c.token_hmac_secret = Some(SECRET.into());
+        c.insecure = true;
     };
     let holder = TestServer::with(node).await;
     let other = TestServer::with(node).await;
     let (mut client, _) = Emulated::open(holder.addr, Kind::HttpStream, json!({})).await;
-    // The other node knows the holder once it has announced itself.
+    // Forwarding is ready once the holder hears the other node's control messages (its Redis
+    // subscription to them is made as it starts): a server-side subscribe sent through the other
+    // node reaches a probe client of the holder.
+    let mut probe = Client::open(&holder.ws_url()).await;
+    probe.connect(json!({"token": token("probe")})).await;
+    let mut ready = false;
+    for attempt in 0..40 {
+        let channel = format!("probe-{attempt}");
+        other
+            .api("subscribe", json!({"user": "probe", "channel": channel}))
+            .await;
+        let heard = tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                if let common::Event::Message(m) = probe.next_event().await {
+                    if m["push"].get("subscribe").is_some() {
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        if heard.is_ok() {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "the holder never heard the other node's control messages");
     let holder_uid = client.node.clone();
     assert!(
         eventually(|| async {
