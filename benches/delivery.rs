@@ -30,6 +30,8 @@ fn codec(c: &mut Criterion) {
         info: None,
         offset: 42,
         tags: HashMap::new(),
+        key: String::new(),
+        removed: false,
     });
     group.bench_function("encode publication push", |b| {
         b.iter(|| {

@@ -24,7 +24,8 @@
 //! - [`hub`]: channel → local subscribers, sharded; a publication is encoded once for all.
 //! - [`engine`]: the `Broker`, `History` and `Presence` traits (their doc comments are the
 //!   contracts) with the embedded implementations (memory, SQLite) and the Redis one for several
-//!   nodes.
+//!   nodes; map channels ([`engine::map`]: a key/value state kept beside a channel's stream, for
+//!   Centrifugo's map subscriptions) live in the same storages.
 //! - [`hooks`]: the seam to the application backend: every decision about a client (connect,
 //!   refresh, subscribe, publish, sub_refresh, rpc) through one `Decisions` trait, answered by the
 //!   built-in token and permission rules or the backend's HTTP proxy; lifecycle events to one set

@@ -277,6 +277,7 @@ pub async fn run_with(
     }
     let Built { node, webhooks } = build_node(config, shutdown.clone()).await?;
     node.tracker().spawn(node.clone().announce_forever());
+    node.tracker().spawn(node.clone().expire_maps_forever());
     let mut servers = tokio::task::JoinSet::new();
     let api_addr = match &listeners.api {
         Some(api) => Some(api.local_addr()?),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use switchboard_bench::group::{Group, Published};
 use switchboard_bench::publish::{ws_publisher, Counters, Plan};
-use switchboard_client::Target;
+use switchboard_client::raw::Target;
 
 #[tokio::test]
 async fn fanout_accounting_over_real_sockets() {

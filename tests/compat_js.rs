@@ -146,3 +146,106 @@ async fn centrifuge_js_sdk_works_with_the_proxy_hooks() {
     run.assert_success("centrifuge-js proxy compatibility script");
     server.stop().await;
 }
+
+/// The map namespaces `centrifuge_js_maps.mjs` expects.
+fn map_namespaces(config: &mut switchboard::Config) {
+    use switchboard::config::{MapNamespace, Namespace};
+    let namespace = |name: &str, map: MapNamespace| Namespace {
+        name: name.into(),
+        allow_subscribe_for_client: Some(true),
+        allow_subscribe_for_anonymous: Some(true),
+        subscription_type: Some("map".into()),
+        map: Some(MapNamespace {
+            allow_publish_for_client: Some(true),
+            allow_publish_for_anonymous: Some(true),
+            allow_remove_for_client: Some(true),
+            allow_remove_for_anonymous: Some(true),
+            // The script reads the state in pages of 2.
+            min_page_size: Some(1),
+            ..map
+        }),
+        ..Default::default()
+    };
+    let persistent = || MapNamespace {
+        mode: Some("persistent".into()),
+        ..Default::default()
+    };
+    config.namespace.push(namespace("board", persistent()));
+    config.namespace.push(namespace(
+        "short",
+        MapNamespace {
+            stream_size: Some(2),
+            ..persistent()
+        },
+    ));
+    config.namespace.push(namespace(
+        "cursors",
+        MapNamespace {
+            mode: Some("durable".into()),
+            key_ttl: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+    ));
+    config.namespace.push(Namespace {
+        name: "game".into(),
+        allow_subscribe_for_client: Some(true),
+        allow_subscribe_for_anonymous: Some(true),
+        map_clients_presence_channel_prefix: Some("clients:".into()),
+        map_users_presence_channel_prefix: Some("users:".into()),
+        ..Default::default()
+    });
+    for (name, kind) in [("clients", "map_clients"), ("users", "map_users")] {
+        config.namespace.push(Namespace {
+            subscription_type: Some(kind.into()),
+            ..namespace(
+                name,
+                MapNamespace {
+                    mode: Some("durable".into()),
+                    key_ttl: Some(Duration::from_secs(1)),
+                    ..Default::default()
+                },
+            )
+        });
+    }
+    let mut readonly = namespace("readonly", persistent());
+    if let Some(map) = readonly.map.as_mut() {
+        map.allow_publish_for_client = Some(false);
+        map.allow_publish_for_subscriber = Some(false);
+    }
+    config.namespace.push(readonly);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn centrifuge_js_sdk_drives_map_subscriptions() {
+    let compat = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat");
+    assert!(
+        compat.join("node_modules/centrifuge").is_dir() && compat.join("node_modules/ws").is_dir(),
+        "the npm packages of the JS compatibility test are not installed in {}: run ./test.sh \
+         (it runs `npm ci` there), or `cd tests/compat && npm ci`",
+        compat.display()
+    );
+    let server = TestServer::with(|config| {
+        config.api_key = Some(API_KEY.into());
+        // Carol's token names her user for map presence; anonymous clients are accepted too.
+        config.token_hmac_secret = Some(TOKEN_SECRET.into());
+        config.insecure = true;
+        map_namespaces(config);
+    })
+    .await;
+    let address = server.addr.to_string();
+    let carol = switchboard::auth::sign_hmac(TOKEN_SECRET, &serde_json::json!({"sub": "carol"}))
+        .expect("a token");
+    let run = run_script(
+        "node",
+        &["centrifuge_js_maps.mjs", &address],
+        &[
+            ("SWITCHBOARD_API_KEY", API_KEY),
+            ("SWITCHBOARD_CAROL_TOKEN", &carol),
+        ],
+        &compat,
+        Duration::from_secs(60),
+    )
+    .await;
+    run.assert_success("centrifuge-js map subscription script");
+    server.stop().await;
+}

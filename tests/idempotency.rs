@@ -33,8 +33,7 @@ async fn history(server: &TestServer, channel: &str) -> Vec<Value> {
 /// Same key twice: one publication delivered and stored, identical replies; another key: a
 /// second one. Broadcast keys act per channel, shared with `publish`.
 async fn a_repeated_key_publishes_once(server: &TestServer) {
-    let mut subscriber = server.client().await;
-    subscriber.subscribe("news").await;
+    let mut subscriber = server.sdk_subscriber("news").await;
     let first = publish(
         server,
         json!({"channel": "news", "data": {"n": 1}, "idempotency_key": "k1"}),
@@ -56,9 +55,9 @@ async fn a_repeated_key_publishes_once(server: &TestServer) {
     assert_eq!(other["result"]["epoch"], first["result"]["epoch"]);
     // The subscriber gets 1 then 2: the retry delivered nothing in between.
     for n in 1..=2 {
-        let push = subscriber.next_publication().await;
-        assert_eq!(push["pub"]["offset"], n);
-        assert_eq!(push["pub"]["data"]["n"], n);
+        let publication = subscriber.next_publication().await;
+        assert_eq!(publication.offset, n);
+        assert_eq!(publication.data["n"], n);
     }
     assert_eq!(
         history(server, "news").await,
@@ -94,7 +93,7 @@ async fn a_repeated_key_publishes_once(server: &TestServer) {
     // Next come 3 (the broadcast) and 4 (this marker): the repeats delivered nothing.
     publish(server, json!({"channel": "news", "data": {"n": 4}})).await;
     for n in 3..=4 {
-        assert_eq!(subscriber.next_publication().await["pub"]["offset"], n);
+        assert_eq!(subscriber.next_publication().await.offset, n);
     }
     assert_eq!(history(server, "news").await.len(), 4);
     assert_eq!(history(server, "sport").await, vec![json!({"n": 3})]);
@@ -128,8 +127,7 @@ async fn a_repeated_key_publishes_once_with_memory_history() {
 #[tokio::test]
 async fn a_repeated_key_without_history_delivers_once() {
     let server = TestServer::start().await;
-    let mut subscriber = server.client().await;
-    subscriber.subscribe("live").await;
+    let mut subscriber = server.sdk_subscriber("live").await;
     for _ in 0..2 {
         let reply = publish(
             &server,
@@ -139,8 +137,8 @@ async fn a_repeated_key_without_history_delivers_once() {
         assert_eq!(reply["result"], json!({}));
     }
     publish(&server, json!({"channel": "live", "data": "next"})).await;
-    assert_eq!(subscriber.next_publication().await["pub"]["data"], "once");
-    assert_eq!(subscriber.next_publication().await["pub"]["data"], "next");
+    assert_eq!(subscriber.next_publication().await.data, "once");
+    assert_eq!(subscriber.next_publication().await.data, "next");
     server.stop().await;
 }
 

@@ -503,6 +503,12 @@ const METHODS: &[&str] = &[
     "history_remove",
     "channels",
     "info",
+    "map_publish",
+    "map_remove",
+    "map_read_state",
+    "map_read_stream",
+    "map_stats",
+    "map_clear",
 ];
 
 fn method() -> impl Strategy<Value = &'static str> {
@@ -552,6 +558,25 @@ fn valid_body(method: &'static str) -> BoxedStrategy<Value> {
             })
             .boxed(),
         "channels" => "[a-z*?]{0,20}".prop_map(|pattern| json!({ "pattern": pattern })).boxed(),
+        "map_publish" => (s(), s(), json_value())
+            .prop_map(|(channel, key, data)| json!({ "channel": channel, "key": key, "data": data }))
+            .boxed(),
+        "map_remove" => (s(), s())
+            .prop_map(|(channel, key)| json!({ "channel": channel, "key": key }))
+            .boxed(),
+        "map_read_state" => (s(), s(), any::<i32>())
+            .prop_map(|(channel, cursor, limit)| {
+                json!({ "channel": channel, "cursor": cursor, "limit": limit })
+            })
+            .boxed(),
+        "map_read_stream" => (s(), any::<i32>(), any::<u64>(), s(), any::<bool>())
+            .prop_map(|(channel, limit, since_offset, since_epoch, reverse)| {
+                json!({
+                    "channel": channel, "limit": limit, "since_offset": since_offset,
+                    "since_epoch": since_epoch, "reverse": reverse,
+                })
+            })
+            .boxed(),
         "info" => Just(json!({})).boxed(),
         _ => s().prop_map(|channel| json!({ "channel": channel })).boxed(),
     }
@@ -575,6 +600,7 @@ fn is_method(call: &ApiCall, method: &str) -> bool {
         ApiCall::HistoryRemove(_) => "history_remove",
         ApiCall::Channels(_) => "channels",
         ApiCall::Info => "info",
+        ApiCall::Map(call) => call.method(),
     };
     name == method
 }

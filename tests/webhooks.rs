@@ -1,5 +1,5 @@
 //! Webhooks end to end: a real HTTP receiver in this process, real servers (in process, and the
-//! real binary killed with SIGKILL), real WebSocket clients.
+//! real binary killed with SIGKILL), clients of the Rust SDK over real WebSockets.
 
 mod common;
 
@@ -34,25 +34,17 @@ fn webhooks_to(receiver: &Receiver) -> impl FnOnce(&mut Config) + '_ {
 async fn every_event_reaches_the_backend_signed_and_in_order() {
     let receiver = Receiver::start().await;
     let server = TestServer::with(webhooks_to(&receiver)).await;
-    let mut client = server.client().await;
-    let id = client.client_id.clone();
-    client.subscribe("chat:room").await;
-    let reply = client
-        .call(
-            "publish",
-            json!({"channel": "chat:room", "data": {"text": "hi"}}),
-        )
-        .await;
-    assert!(reply.get("error").is_none(), "{reply}");
+    let client = server.sdk().await;
+    let id = client.client_id().unwrap();
+    let room = sdk_subscribe(&client, "chat:room").await;
+    room.publish(json!({"text": "hi"})).await.unwrap();
     // A channel whose namespace did not opt in sends no publication event.
-    client.subscribe("quiet").await;
-    client
-        .call("publish", json!({"channel": "quiet", "data": 1}))
-        .await;
-    client
-        .call("unsubscribe", json!({"channel": "chat:room"}))
-        .await;
-    drop(client);
+    sdk_subscribe(&client, "quiet").await;
+    client.publish("quiet", json!(1)).await.unwrap();
+    room.unsubscribe();
+    // A reply after the unsubscribe: the server has handled it.
+    client.rpc("echo", json!(1)).await.unwrap();
+    drop((room, client));
     assert!(
         eventually(|| async { !receiver.of("disconnect").is_empty() }).await,
         "disconnect delivered: {:#?}",
@@ -101,10 +93,10 @@ async fn a_failing_backend_gets_every_event_in_order_per_connection() {
     .await;
     let mut ids = Vec::new();
     for _ in 0..20 {
-        let mut client = server.client().await;
-        ids.push(client.client_id.clone());
-        client.subscribe("news").await;
-        drop(client);
+        let client = server.sdk().await;
+        ids.push(client.client_id().unwrap());
+        let news = sdk_subscribe(&client, "news").await;
+        drop((news, client));
     }
     assert!(
         eventually(|| async { receiver.of("disconnect").len() == 20 }).await,
@@ -134,7 +126,7 @@ async fn refused_events_are_dropped_and_counted_not_retried() {
         config.webhook_events = vec!["connect".into()];
     })
     .await;
-    let first = server.client().await;
+    let first = server.sdk().await;
     assert!(
         eventually(|| async {
             metric(
@@ -144,13 +136,13 @@ async fn refused_events_are_dropped_and_counted_not_retried() {
         })
         .await
     );
-    let second = server.client().await;
+    let second = server.sdk().await;
     assert!(eventually(|| async { receiver.of("connect").len() == 1 }).await);
     assert_eq!(
-        receiver.of("connect")[0]["client"],
-        second.client_id.as_str()
+        receiver.of("connect")[0]["client"].as_str(),
+        second.client_id().as_deref()
     );
-    assert_ne!(first.client_id, second.client_id);
+    assert_ne!(first.client_id(), second.client_id());
     assert!(receiver.of("disconnect").is_empty(), "not asked for");
     server.stop().await;
 }
@@ -170,9 +162,9 @@ async fn a_hanging_backend_delays_no_client_and_bounds_requests_in_flight() {
     .await;
     let mut clients = Vec::new();
     for _ in 0..40 {
-        let mut client = server.client().await;
-        client.subscribe("busy").await;
-        clients.push(client);
+        let client = server.sdk().await;
+        let busy = sdk_subscribe(&client, "busy").await;
+        clients.push((client, busy));
     }
     assert!(eventually(|| async { receiver.state.in_flight.load(Ordering::SeqCst) == 2 }).await);
     // Give more lanes a chance to exceed the bound, were there any.
@@ -224,13 +216,14 @@ async fn queued_events_survive_a_restart() {
     webhooks_to(&receiver)(&mut config);
     config.shutdown_timeout = 1;
     let (addr, shutdown, task) = run_server(config.clone()).await;
-    let mut client = Client::open(&format!("ws://{addr}/connection/websocket")).await;
-    client.connect(json!({})).await;
-    let id = client.client_id.clone();
-    client.subscribe("chat:x").await;
+    let client = sdk_client(&format!("ws://{addr}/connection/websocket")).await;
+    let id = client.client_id().unwrap();
+    let chat = sdk_subscribe(&client, "chat:x").await;
     assert!(eventually(|| async { receiver.state.requests.load(Ordering::SeqCst) > 0 }).await);
     shutdown.cancel();
     task.await.unwrap().unwrap();
+    // Gone with the node: no reconnect to the next one.
+    drop((chat, client));
     assert!(receiver.events().is_empty());
     // The backend is back, and so is the node.
     receiver.state.fail_first.store(0, Ordering::SeqCst);
@@ -282,11 +275,10 @@ async fn connections_of_a_killed_node_get_their_disconnect_after_restart() {
     let mut clients = Vec::new();
     let mut ids = HashMap::new();
     for i in 0..5 {
-        let mut client = Client::open(&format!("ws://{addr}/connection/websocket")).await;
-        client.connect(json!({})).await;
-        client.subscribe(&format!("room{}", i % 2)).await;
-        ids.insert(client.client_id.clone(), i % 2);
-        clients.push(client);
+        let client = sdk_client(&format!("ws://{addr}/connection/websocket")).await;
+        let room = sdk_subscribe(&client, &format!("room{}", i % 2)).await;
+        ids.insert(client.client_id().unwrap(), i % 2);
+        clients.push((client, room));
     }
     assert!(eventually(|| async { receiver.of("subscribe").len() == 5 }).await);
     child.kill(); // SIGKILL: no session ends, no event is emitted

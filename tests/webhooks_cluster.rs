@@ -10,7 +10,6 @@ use std::time::Duration;
 use common::redis_server::*;
 use common::webhook_receiver::*;
 use common::*;
-use serde_json::json;
 use switchboard::hooks::webhook::NODE_LOST;
 
 async fn node(redis: &RedisServer, prefix: &str, receiver: &Receiver) -> TestServer {
@@ -71,16 +70,16 @@ async fn occupied_and_vacated_describe_the_whole_cluster() {
     let receiver = Receiver::start().await;
     let a = node(&redis, &prefix, &receiver).await;
     let b = node(&redis, &prefix, &receiver).await;
-    let mut on_a = a.client().await;
-    on_a.subscribe("room").await;
+    let on_a = a.sdk().await;
+    let room_a = sdk_subscribe(&on_a, "room").await;
     assert!(eventually(|| async { receiver.of("channel_occupied").len() == 1 }).await);
-    let mut on_b = b.client().await;
-    on_b.subscribe("room").await;
+    let on_b = b.sdk().await;
+    let room_b = sdk_subscribe(&on_b, "room").await;
     assert!(eventually(|| async { occupying_nodes(&redis, &prefix, "room").await == 2 }).await);
     // The first node's last subscriber leaves: the channel is still occupied on the other.
-    drop(on_a);
+    drop((room_a, on_a));
     assert!(eventually(|| async { occupying_nodes(&redis, &prefix, "room").await == 1 }).await);
-    drop(on_b);
+    drop((room_b, on_b));
     assert!(
         eventually(|| async { receiver.of("channel_vacated").len() == 1 }).await,
         "{:#?}",
@@ -102,20 +101,19 @@ async fn a_killed_nodes_connections_are_reported_by_a_live_node() {
     let prefix = unique_prefix();
     let receiver = Receiver::start().await;
     let survivor = node(&redis, &prefix, &receiver).await;
-    let mut alive = survivor.client().await;
-    alive.subscribe("hall").await;
+    let alive = survivor.sdk().await;
+    let _hall = sdk_subscribe(&alive, "hall").await;
     // The doomed node is the real binary, so it can be killed with SIGKILL.
     let dir = temp_dir();
     let (mut doomed, addr) = start_binary(&redis, &prefix, &receiver, &dir).await;
     let mut ghosts = Vec::new();
     let mut sockets = Vec::new();
     for _ in 0..3 {
-        let mut ghost = Client::open(&format!("ws://{addr}/connection/websocket")).await;
-        ghost.connect(json!({})).await;
-        ghost.subscribe("hall").await;
-        ghost.subscribe("solo").await;
-        ghosts.push(ghost.client_id.clone());
-        sockets.push(ghost);
+        let ghost = sdk_client(&format!("ws://{addr}/connection/websocket")).await;
+        let hall = sdk_subscribe(&ghost, "hall").await;
+        let solo = sdk_subscribe(&ghost, "solo").await;
+        ghosts.push(ghost.client_id().unwrap());
+        sockets.push((ghost, hall, solo));
     }
     assert!(eventually(|| async { receiver.of("subscribe").len() == 7 }).await);
     assert!(eventually(|| async { occupying_nodes(&redis, &prefix, "solo").await == 1 }).await);
@@ -191,11 +189,10 @@ async fn events_a_killed_node_queued_in_redis_are_delivered_by_another() {
     let mut ids = Vec::new();
     let mut sockets = Vec::new();
     for _ in 0..3 {
-        let mut client = Client::open(&format!("ws://{addr}/connection/websocket")).await;
-        client.connect(json!({})).await;
-        client.subscribe("hall").await;
-        ids.push(client.client_id.clone());
-        sockets.push(client);
+        let client = sdk_client(&format!("ws://{addr}/connection/websocket")).await;
+        let hall = sdk_subscribe(&client, "hall").await;
+        ids.push(client.client_id().unwrap());
+        sockets.push((client, hall));
     }
     // Three connects, three subscribes, one occupied: all in Redis, none delivered.
     assert!(eventually(|| async { queued_in_redis(&redis, &prefix).await == 7 }).await);

@@ -99,6 +99,37 @@ history_ttl = 3600
 # Channels named "private:<name>" need a subscription token (no allow_subscribe_* granted).
 [[namespace]]
 name = "private"
+
+# Map channels (Centrifugo's map subscriptions, centrifuge-js newMapSubscription): "cursors:<room>"
+# holds a key/value state on the server; subscribers get it, then every change.
+# [[namespace]]
+# name = "cursors"
+# subscription_type = "map"          # "stream" (default) or "map"
+# allow_subscribe_for_client = true
+# [namespace.map]
+# mode = "durable"                   # "ephemeral" | "durable" | "persistent"
+# key_ttl = "60s"                    # required for ephemeral and durable, none in persistent
+# stream_size = 100                  # changes kept for catch-up after a reconnect
+# stream_ttl = "1m"
+# allow_publish_for_subscriber = true   # also: allow_publish_for_client, _for_anonymous
+# allow_remove_for_subscriber = true    # also: allow_remove_for_client, _for_anonymous
+# client_key = ""                    # "client_id" / "user_id": the key of a client's writes
+# remove_client_on_unsubscribe = false
+# default_page_size = 100
+# min_page_size = 100                # a client's smaller page size is raised to it
+# max_page_size = 1000
+# max_keys = 10000                   # a new key beyond it is refused (106)
+# max_value_size = 65536
+# Map presence: subscribers of "chat:<room>" listed by client id in "who:chat:<room>". Add to the
+# chat namespace above: map_clients_presence_channel_prefix = "who:" (or, with a namespace of
+# subscription_type "map_users", map_users_presence_channel_prefix, to list them by user id).
+# [[namespace]]
+# name = "who"
+# subscription_type = "map_clients"
+# allow_subscribe_for_client = true
+# [namespace.map]
+# mode = "durable"
+# key_ttl = "60s"
 "#,
         api_key = secret(32),
         admin_password = secret(24),

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 mod duration;
 mod generate;
+mod map;
 mod show;
 mod trusted_proxies;
 mod webhook;
@@ -19,6 +20,7 @@ mod webhook;
 use duration::deserialize_duration;
 pub use duration::parse_duration;
 pub use generate::generate;
+pub use map::{ClientKey, MapMode, MapNamespace, PRESENCE_KEY_TTL};
 pub use show::effective_settings;
 use trusted_proxies::deserialize_cidrs;
 pub use trusted_proxies::parse_cidr;
@@ -300,6 +302,18 @@ pub struct Namespace {
     pub allow_user_limited_channels: Option<bool>,
     /// Every publication here is sent to the webhook endpoint as a `publication` event.
     pub webhook_publication: Option<bool>,
+    /// `"stream"` (default: publications, history, recovery) or `"map"` (a key/value state per
+    /// channel, options in `map`), as Centrifugo names them.
+    pub subscription_type: Option<String>,
+    /// The options of a `"map"`, `"map_clients"` or `"map_users"` namespace.
+    pub map: Option<MapNamespace>,
+    /// A subscriber of channel `<ch>` here is listed, by client id with its client info, in map
+    /// channel `<prefix><ch>` (whose namespace is a `"map_clients"` one) while it stays.
+    pub map_clients_presence_channel_prefix: Option<String>,
+    /// A subscriber of channel `<ch>` here is listed, by user id, in map channel
+    /// `<prefix><ch>` (a `"map_users"` namespace) until the key TTL after its user's last
+    /// connection left.
+    pub map_users_presence_channel_prefix: Option<String>,
 }
 
 impl Default for Config {
@@ -494,7 +508,12 @@ impl Config {
             ));
         }
         let mut seen = std::collections::HashSet::new();
+        self.channel.validate_type("[channel]")?;
+        self.channel
+            .validate_presence_prefixes("[channel]", &self.namespace)?;
         for ns in &self.namespace {
+            ns.validate_type(&ns.name)?;
+            ns.validate_presence_prefixes(&ns.name, &self.namespace)?;
             if ns.name.is_empty() || ns.name.contains(':') {
                 return Err(ConfigError::Invalid(format!(
                     "namespace name {:?} must be non-empty and contain no ':'",
@@ -556,6 +575,21 @@ impl Config {
         if targets.iter().filter(|t| **t).count() > 1 {
             return Err(ConfigError::Invalid(
                 "redis, redis_sentinel and redis_cluster are exclusive: give one".into(),
+            ));
+        }
+        if !self.redis_cluster.is_empty()
+            && std::iter::once(&self.channel)
+                .chain(&self.namespace)
+                .any(|ns| {
+                    ns.subscription_type
+                        .as_deref()
+                        .is_some_and(|t| t.starts_with("map"))
+                })
+        {
+            return Err(ConfigError::Invalid(
+                "map channels are not available with redis_cluster yet (their expiry index is \
+                 one key per shard)"
+                    .into(),
             ));
         }
         if !self.redis_cluster.is_empty() && self.redis_wait_replicas > 0 {

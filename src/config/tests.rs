@@ -48,6 +48,76 @@ fn generated_config_parses_and_validates() {
 }
 
 #[test]
+fn the_generated_map_namespace_parses_and_bad_map_options_are_refused() {
+    // The commented map example of the generated file, uncommented.
+    let text = generate();
+    let start = text.find("# [[namespace]]\n# name = \"cursors\"").unwrap();
+    let example: String = text[start..]
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            // Settings and tables, not the prose around them.
+            Some(setting)
+                if setting.starts_with('[')
+                    || setting.split_once(" = ").is_some_and(|(k, _)| {
+                        k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+            {
+                setting
+            }
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let with_map = format!("{}\n{example}", &text[..start]);
+    let c: Config = toml::from_str(&with_map).unwrap();
+    c.validate().unwrap();
+    let board = c.namespace.iter().find(|ns| ns.name == "cursors").unwrap();
+    assert_eq!(board.subscription_type.as_deref(), Some("map"));
+    assert_eq!(board.map.as_ref().unwrap().max_keys, Some(10000));
+    let who = c.namespace.iter().find(|ns| ns.name == "who").unwrap();
+    assert_eq!(who.subscription_type.as_deref(), Some("map_clients"));
+
+    let refused = |toml: &str| {
+        let c: Config = toml::from_str(toml).unwrap();
+        c.validate().unwrap_err().to_string()
+    };
+    let map = |options: &str| {
+        format!(
+            "[[namespace]]\nname = \"m\"\nsubscription_type = \"map\"\n[namespace.map]\n{options}"
+        )
+    };
+    assert!(refused(&map("")).contains("map.mode"));
+    assert!(refused(&map("mode = \"durable\"")).contains("key_ttl"));
+    assert!(refused(&map("mode = \"persistent\"\nkey_ttl = \"1m\"")).contains("key_ttl"));
+    assert!(refused(&map("mode = \"persistent\"\nclient_key = \"x\"")).contains("client_key"));
+    assert!(refused(&map("mode = \"persistent\"\nmax_keys = 0")).contains("at least 1"));
+    assert!(
+        refused("[[namespace]]\nname = \"p\"\nsubscription_type = \"shared_poll\"")
+            .contains("not supported")
+    );
+    // Map presence: the prefix must name a namespace of the right type.
+    let presence = |kind: &str| {
+        format!(
+            "[[namespace]]\nname = \"game\"\nmap_clients_presence_channel_prefix = \"clients:\"\n\
+             [[namespace]]\nname = \"clients\"\nsubscription_type = \"{kind}\"\n\
+             [namespace.map]\nmode = \"durable\""
+        )
+    };
+    let ok: Config = toml::from_str(&presence("map_clients")).unwrap();
+    ok.validate().unwrap();
+    assert!(refused(&presence("map_users")).contains("map_clients_presence_channel_prefix"));
+    assert!(
+        refused(&presence("map_clients").replace("durable", "persistent")).contains("ephemeral")
+    );
+    assert!(
+        refused("[[namespace]]\nname = \"p\"\n[namespace.map]\nmode = \"persistent\"")
+            .contains("subscription_type")
+    );
+    let ok: Config = toml::from_str(&map("mode = \"ephemeral\"\nkey_ttl = \"30s\"")).unwrap();
+    ok.validate().unwrap();
+}
+
+#[test]
 fn file_values_override_defaults_and_unknown_keys_fail() {
     let c: Config = toml::from_str("port = 9000\njoin_leave = false").unwrap();
     assert_eq!(c.port, 9000);
@@ -178,9 +248,16 @@ fn sentinel_needs_its_master_name_and_excludes_plain_urls() {
     assert!(braced.validate().is_err());
     let waiting = Config {
         redis_wait_replicas: 1,
-        ..cluster
+        ..cluster.clone()
     };
     assert!(waiting.validate().is_err());
+    let mut with_maps = cluster;
+    with_maps.channel.subscription_type = Some("map".into());
+    assert!(with_maps
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("map"));
     let waiting: Config = toml::from_str(
         "redis = [\"redis://127.0.0.1\"]\nredis_wait_replicas = 1\nredis_wait_timeout = \"250ms\"",
     )

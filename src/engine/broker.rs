@@ -12,6 +12,7 @@ use futures_util::future::BoxFuture;
 
 use crate::engine::history::{HistoryError, HistoryFilter, HistoryPage, Retention};
 use crate::engine::idempotency::{IdempotencyKey, Idempotent};
+use crate::engine::map::{MapUpdate, StatePage};
 use crate::protocol::{ClientInfo, Disconnect, Payload, Publication, StreamPosition};
 
 /// A node-wide action that must reach the node holding the target connections (it travels
@@ -169,6 +170,31 @@ pub trait Broker: Send + Sync + 'static {
         filter: HistoryFilter,
     ) -> Result<HistoryPage, BrokerError>;
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError>;
+
+    /// Changes `channel`'s map by `publication` (setting or removing `publication.key`) and
+    /// appends it to the channel's stream in one atomic step, then delivers it to every node as
+    /// `publish` does. `None`: nothing changed (the removal of an absent key). The contract is
+    /// [`crate::engine::map`]'s.
+    async fn map_update(
+        &self,
+        channel: &str,
+        publication: Publication,
+        update: MapUpdate,
+    ) -> Result<Option<StreamPosition>, BrokerError>;
+
+    /// A page of `channel`'s map state after key `after` (from it, when `inclusive`), with its
+    /// consistent stream position.
+    async fn map_state(
+        &self,
+        channel: &str,
+        after: &str,
+        inclusive: bool,
+        limit: usize,
+    ) -> Result<StatePage, BrokerError>;
+
+    /// Removes keys whose TTL ran out (a bounded batch), delivering each removal to every node;
+    /// returns how many. Safe to run on every node at once: a key expires once.
+    async fn map_expire(&self) -> Result<usize, BrokerError>;
 
     /// This node has its first local subscriber of `channel`: start receiving its events.
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError>;

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 
 use crate::engine::idempotency::{IdempotencyKey, Idempotent};
+use crate::engine::map::{Deliver, MapUpdate, StatePage};
 use crate::protocol::{error_code, Error, Publication, StreamPosition};
 
 /// How much of a channel's stream is kept.
@@ -80,6 +81,9 @@ pub enum HistoryError {
     /// The storage has more writes waiting than it takes; this one was refused, not stored.
     #[error("history storage busy")]
     Busy,
+    /// A map update would add a key beyond the map's `max_keys`; nothing changed.
+    #[error("too many keys in the map")]
+    TooManyKeys,
     /// The page would hold more than the filter's `max_bytes`.
     #[error("history page over {0} bytes")]
     TooLarge(usize),
@@ -138,6 +142,10 @@ pub type Appending = BoxFuture<'static, Result<StreamPosition, HistoryError>>;
 /// An idempotent append under way (see [`History::append_once`]).
 pub type AppendingOnce = BoxFuture<'static, Result<Idempotent, HistoryError>>;
 
+/// A map update under way (see [`History::map_update`]): the change's position, or `None` when
+/// nothing changed (the removal of an absent key).
+pub type Updating = BoxFuture<'static, Result<Option<StreamPosition>, HistoryError>>;
+
 /// Storage of channel streams.
 ///
 /// Contract: `append` gives the publication the next offset of the channel's stream; `on_stored`
@@ -185,6 +193,34 @@ pub trait History: Send + Sync + 'static {
 
     /// Removes a channel's publications; its position (epoch and top offset) is kept.
     async fn remove(&self, channel: &str) -> Result<(), HistoryError>;
+
+    /// Changes `channel`'s map state by `publication` (which sets or removes
+    /// `publication.key`) and appends it to the stream, in one atomic step; `on_stored` then
+    /// runs as for [`append`](History::append). The contract is [`crate::engine::map`]'s. The
+    /// place in the stream is fixed when this returns, as for `append`.
+    fn map_update(
+        &self,
+        channel: &str,
+        publication: Publication,
+        update: MapUpdate,
+        on_stored: OnStored,
+    ) -> Updating;
+
+    /// Reads up to `limit` entries of `channel`'s map whose keys come after `after` (from
+    /// `after` itself when `inclusive`; all from the first with an empty `after`), with the
+    /// stream position they are consistent with (the stream is created if new, as for `read`).
+    async fn map_state(
+        &self,
+        channel: &str,
+        after: &str,
+        inclusive: bool,
+        limit: usize,
+    ) -> Result<StatePage, HistoryError>;
+
+    /// Removes up to [`EXPIRY_BATCH`](crate::engine::map::EXPIRY_BATCH) keys whose TTL ran out,
+    /// each appended to its stream as a removal and handed to `deliver` in stream order.
+    /// Returns how many were removed.
+    async fn map_expire(&self, deliver: Deliver) -> Result<usize, HistoryError>;
 }
 
 /// A fresh random epoch name.

@@ -11,9 +11,11 @@ use async_trait::async_trait;
 use super::broker::{Broker, BrokerError, BrokerEventHandler, NodeControl, NodeRecord, Publishing};
 use super::history::{
     new_epoch, select, Appending, AppendingOnce, History, HistoryError, HistoryFilter, HistoryPage,
-    OnStored, Retention,
+    OnStored, Retention, Updating,
 };
 use super::idempotency::{IdempotencyKey, Idempotent, RememberedKeys};
+use super::map::{Deliver, MapUpdate, StatePage};
+use super::memory_map::{self, MemoryMap};
 use super::presence::{Presence, PresenceError, PresenceStats};
 use crate::protocol::{ClientInfo, Publication, StreamPosition};
 
@@ -111,6 +113,40 @@ impl Broker for LocalBroker {
             .await?)
     }
 
+    async fn map_update(
+        &self,
+        channel: &str,
+        publication: Publication,
+        update: MapUpdate,
+    ) -> Result<Option<StreamPosition>, BrokerError> {
+        let handler = self.handler()?.clone();
+        let name = channel.to_string();
+        let on_stored: OnStored = Box::new(move |p| handler.handle_publication(&name, p));
+        Ok(self
+            .history
+            .map_update(channel, publication, update, on_stored)
+            .await?)
+    }
+
+    async fn map_state(
+        &self,
+        channel: &str,
+        after: &str,
+        inclusive: bool,
+        limit: usize,
+    ) -> Result<StatePage, BrokerError> {
+        Ok(self
+            .history
+            .map_state(channel, after, inclusive, limit)
+            .await?)
+    }
+
+    async fn map_expire(&self) -> Result<usize, BrokerError> {
+        let handler = self.handler()?.clone();
+        let deliver: Deliver = Arc::new(move |channel, p| handler.handle_publication(channel, p));
+        Ok(self.history.map_expire(deliver).await?)
+    }
+
     async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
         self.handler()?.handle_join(channel, info);
         Ok(())
@@ -168,9 +204,11 @@ pub struct MemoryHistory {
     streams: Mutex<HashMap<String, MemoryStream>>,
     /// Idempotency keys; locked after `streams` when both are.
     keys: Mutex<RememberedKeys>,
+    /// Map channels' states; locked after `streams` when both are.
+    maps: Mutex<HashMap<String, MemoryMap>>,
 }
 
-struct MemoryStream {
+pub(super) struct MemoryStream {
     epoch: String,
     top: u64,
     items: VecDeque<(Instant, Arc<Publication>)>,
@@ -178,7 +216,7 @@ struct MemoryStream {
 
 impl MemoryStream {
     /// `channel`'s stream, made (with a fresh epoch) on first use.
-    fn of<'a>(
+    pub(super) fn of<'a>(
         streams: &'a mut HashMap<String, MemoryStream>,
         channel: &str,
     ) -> &'a mut MemoryStream {
@@ -207,7 +245,7 @@ impl MemoryStream {
         }
     }
 
-    fn position(&self) -> StreamPosition {
+    pub(super) fn position(&self) -> StreamPosition {
         StreamPosition {
             offset: self.top,
             epoch: self.epoch.clone(),
@@ -225,7 +263,7 @@ impl History for MemoryHistory {
         on_stored: OnStored,
     ) -> Appending {
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        let position = append_locked(&mut streams, channel, publication, retention, on_stored);
+        let (position, _) = append_locked(&mut streams, channel, publication, retention, on_stored);
         Box::pin(std::future::ready(Ok(position)))
     }
 
@@ -245,13 +283,9 @@ impl History for MemoryHistory {
             return Box::pin(std::future::ready(Ok(Idempotent::Repeated(first))));
         }
         let position = match retention {
-            Some(retention) => Some(append_locked(
-                &mut streams,
-                channel,
-                publication,
-                retention,
-                on_stored,
-            )),
+            Some(retention) => {
+                Some(append_locked(&mut streams, channel, publication, retention, on_stored).0)
+            }
             None => {
                 on_stored(Arc::new(publication));
                 None
@@ -287,17 +321,62 @@ impl History for MemoryHistory {
         }
         Ok(())
     }
+
+    fn map_update(
+        &self,
+        channel: &str,
+        publication: Publication,
+        update: MapUpdate,
+        on_stored: OnStored,
+    ) -> Updating {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        let result = memory_map::update(
+            &mut streams,
+            &mut maps,
+            channel,
+            publication,
+            update,
+            on_stored,
+        );
+        Box::pin(std::future::ready(result))
+    }
+
+    async fn map_state(
+        &self,
+        channel: &str,
+        after: &str,
+        inclusive: bool,
+        limit: usize,
+    ) -> Result<StatePage, HistoryError> {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(memory_map::state(
+            &mut streams,
+            &maps,
+            channel,
+            (after, inclusive),
+            limit,
+        ))
+    }
+
+    async fn map_expire(&self, deliver: Deliver) -> Result<usize, HistoryError> {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(memory_map::expire(&mut streams, &mut maps, deliver))
+    }
 }
 
 /// Appends to `channel`'s stream, under the streams' lock; runs `on_stored` under it too, so
-/// per-channel calls are ordered and never concurrent.
-fn append_locked(
+/// per-channel calls are ordered and never concurrent. Returns the position and the stored
+/// publication.
+pub(super) fn append_locked(
     streams: &mut HashMap<String, MemoryStream>,
     channel: &str,
     mut publication: Publication,
     retention: Retention,
     on_stored: OnStored,
-) -> StreamPosition {
+) -> (StreamPosition, Arc<Publication>) {
     let stream = MemoryStream::of(streams, channel);
     stream.top += 1;
     publication.offset = stream.top;
@@ -307,8 +386,8 @@ fn append_locked(
         .push_back((Instant::now(), publication.clone()));
     stream.trim(Some(retention));
     let position = stream.position();
-    on_stored(publication);
-    position
+    on_stored(publication.clone());
+    (position, publication)
 }
 
 /// Presence of this node's clients, in memory.
@@ -373,6 +452,8 @@ mod tests {
             info: None,
             offset: 0,
             tags: HashMap::new(),
+            key: String::new(),
+            removed: false,
         }
     }
 

@@ -6,14 +6,17 @@
 //! - [`sqlite`]: durable history in an embedded SQLite file (the default);
 //! - [`redis`]: several nodes sharing fan-out, history and presence through Redis.
 //!
-//! [`idempotency`] holds what every engine shares to publish a key's publication once.
+//! [`idempotency`] holds what every engine shares to publish a key's publication once;
+//! [`map`] the contract of map channels (a key/value state beside a channel's stream).
 //!
 //! Sessions and the HTTP API never call an engine directly: they go through [`crate::node`].
 
 pub mod broker;
 pub mod history;
 pub mod idempotency;
+pub mod map;
 pub mod memory;
+mod memory_map;
 pub mod presence;
 pub mod redis;
 pub mod sqlite;

@@ -299,6 +299,7 @@ mod tests {
             allow_history_for_client: false,
             allow_history_for_subscriber: false,
             allow_user_limited_channels: false,
+            map: None,
         }
     }
 

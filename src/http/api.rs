@@ -7,7 +7,8 @@
 //! for an unknown method. Bounds: a body of 4 MiB, a `batch` of [`MAX_BATCH_COMMANDS`] commands,
 //! a `channels` pattern of [`MAX_GLOB_LENGTH`] bytes, an `idempotency_key` of
 //! [`MAX_KEY_LENGTH`](crate::engine::idempotency::MAX_KEY_LENGTH) bytes (each past its bound is
-//! refused with a JSON error). `publish` and `broadcast` live in `publish.rs`.
+//! refused with a JSON error). `publish` and `broadcast` live in `publish.rs`, the map methods
+//! in `map.rs`.
 
 use std::collections::HashMap;
 
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use super::map::{self, MapCall};
 use super::publish::{broadcast, checked_key, publish};
 pub use super::publish::{BroadcastRequest, PublishRequest};
 use super::{constant_time_eq, glob_match, json_error, API_BODY_LIMIT, MAX_GLOB_LENGTH};
@@ -184,6 +186,7 @@ pub enum ApiCall {
     HistoryRemove(ChannelRequest),
     Channels(ChannelsRequest),
     Info,
+    Map(MapCall),
 }
 
 /// Parses the body of `method` (any method but `batch`, see [`parse_batch`]) without running it:
@@ -203,6 +206,12 @@ pub fn parse_call(method: &str, body: &[u8]) -> Result<ApiCall, ApiError> {
         "history" => ApiCall::History(parse(body)?),
         "history_remove" => ApiCall::HistoryRemove(parse(body)?),
         "channels" => ApiCall::Channels(checked_pattern(parse(body)?)?),
+        "map_publish" => ApiCall::Map(MapCall::Publish(parse(body)?)),
+        "map_remove" => ApiCall::Map(MapCall::Remove(parse(body)?)),
+        "map_read_state" => ApiCall::Map(MapCall::ReadState(parse(body)?)),
+        "map_read_stream" => ApiCall::Map(MapCall::ReadStream(parse(body)?)),
+        "map_stats" => ApiCall::Map(MapCall::Stats(parse(body)?)),
+        "map_clear" => ApiCall::Map(MapCall::Clear(parse(body)?)),
         "info" => {
             let _: Empty = parse(body)?;
             ApiCall::Info
@@ -233,6 +242,7 @@ async fn dispatch(node: &Node, call: ApiCall) -> RawResult {
         ApiCall::HistoryRemove(req) => history_remove(node, req).await,
         ApiCall::Channels(req) => channels(node, req).await,
         ApiCall::Info => raw(&Keyed("nodes", node.nodes().await)),
+        ApiCall::Map(call) => map::dispatch(node, call).await,
     }
 }
 

@@ -3,6 +3,7 @@
 //! and the helpers every HTTP answer of the server shares.
 
 pub mod api;
+pub mod map;
 mod publish;
 mod refresh;
 pub mod web;

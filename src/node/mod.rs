@@ -28,6 +28,8 @@ use crate::timeline::{Timeline, TimelineEvents};
 pub mod addresses;
 mod dispatch;
 pub mod emulation;
+mod map;
+mod map_presence;
 mod publish;
 
 use addresses::ClientAddresses;
@@ -35,6 +37,7 @@ use addresses::ClientAddresses;
 use crate::channel::ChannelOptions;
 use dispatch::Dispatcher;
 use emulation::{Delivery, EmulationSessions};
+pub use map::MAX_KEY_LENGTH;
 pub use publish::Submitted;
 
 /// The server version reported to clients and in `/api/info`.
@@ -96,6 +99,7 @@ struct Inner {
     tracker: TaskTracker,
     connection_limiter: PerIpLimiter,
     client_addresses: Arc<ClientAddresses>,
+    map_presence: map_presence::MapPresence,
     emulation: Arc<EmulationSessions>,
 }
 
@@ -165,6 +169,7 @@ impl Node {
         });
         let connection_rate = config.connection_rate_per_ip;
         let default_options = ChannelOptions::resolve(&config, &config.channel);
+        let map_presence = map_presence::MapPresence::new(&config);
         let namespaces = config
             .namespace
             .iter()
@@ -200,6 +205,7 @@ impl Node {
                 tracker,
                 connection_limiter: PerIpLimiter::new(connection_rate),
                 client_addresses: Arc::default(),
+                map_presence,
                 emulation,
             }),
         }
@@ -545,6 +551,7 @@ fn broker_error(channel: &str, error: BrokerError) -> Error {
         BrokerError::History(HistoryError::UnrecoverablePosition) => {
             Error::new(error_code::UNRECOVERABLE_POSITION)
         }
+        BrokerError::History(HistoryError::TooManyKeys) => Error::new(error_code::LIMIT_EXCEEDED),
         BrokerError::History(HistoryError::TooLarge(max_bytes)) => {
             Error::too_large("history page", max_bytes)
         }

@@ -7,10 +7,11 @@ use std::collections::HashMap;
 use futures_util::future::BoxFuture;
 
 use super::{broker_error, Node};
+use crate::channel::ChannelOptions;
 use crate::engine::broker::BrokerError;
 use crate::engine::idempotency::{IdempotencyKey, Idempotent};
 use crate::hooks::events::Event;
-use crate::protocol::{ClientInfo, Error, Payload, Publication, StreamPosition};
+use crate::protocol::{error_code, ClientInfo, Error, Payload, Publication, StreamPosition};
 use crate::timeline::Lane;
 
 /// A publish started by [`Node::submit_publish`]; the future resolves as [`Node::publish`] does.
@@ -58,13 +59,15 @@ impl Node {
         tags: HashMap<String, String>,
         skip_history: bool,
     ) -> Result<Submitted, Error> {
-        let options = self.channel_options(channel)?;
+        let options = self.stream_options(channel)?;
         let history = if skip_history { None } else { options.history };
         let publication = Publication {
             data,
             info,
             offset: 0,
             tags,
+            key: String::new(),
+            removed: false,
         };
         let span = history.map(|_| self.timeline().span(Lane::History, "append", channel));
         let node = self.clone();
@@ -102,6 +105,16 @@ impl Node {
         )
     }
 
+    /// The options of a channel publications go to: a map channel takes only map updates
+    /// (error 107, as Centrifugo answers a stream publish there).
+    fn stream_options(&self, channel: &str) -> Result<ChannelOptions, Error> {
+        let options = self.channel_options(channel)?;
+        if options.map.is_some() {
+            return Err(Error::new(error_code::BAD_REQUEST));
+        }
+        Ok(options)
+    }
+
     /// [`Node::publish`] with an idempotency key. A repeat is not a publication: no event.
     async fn publish_once(
         &self,
@@ -112,7 +125,7 @@ impl Node {
         skip_history: bool,
         key: &str,
     ) -> Result<Option<StreamPosition>, Error> {
-        let options = self.channel_options(channel)?;
+        let options = self.stream_options(channel)?;
         let history = if skip_history { None } else { options.history };
         let publisher = info.as_ref().map(|i| (i.client.clone(), i.user.clone()));
         let published = data.clone();
@@ -121,6 +134,8 @@ impl Node {
             info,
             offset: 0,
             tags,
+            key: String::new(),
+            removed: false,
         };
         let key = IdempotencyKey {
             key: key.to_string(),

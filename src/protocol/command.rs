@@ -161,6 +161,18 @@ pub struct SubscribeRequest {
     /// Client feature flags (channel compaction, reject-unrecovered); see [`flag`].
     #[serde(default)]
     pub flag: u64,
+    /// Subscription type: 0 stream, 1 map (2 map_clients, 3 map_users: not served).
+    #[serde(default, rename = "type")]
+    pub kind: i32,
+    /// Map subscriptions: the phase asked for (0 live, 1 stream, 2 state).
+    #[serde(default)]
+    pub phase: i32,
+    /// Map subscriptions: where the state page starts (empty: the first page).
+    #[serde(default)]
+    pub cursor: String,
+    /// Map subscriptions: entries per page (0: the namespace's default).
+    #[serde(default)]
+    pub limit: i32,
 }
 
 /// Bits of `SubscribeRequest.flag`.
@@ -180,6 +192,15 @@ pub struct PublishRequest {
     #[serde(default)]
     pub channel: String,
     pub data: Option<Payload>,
+    /// 0 a stream publication, 1 a map entry (`key`, `removed`).
+    #[serde(default, rename = "type")]
+    pub kind: i32,
+    /// Map publish: the entry's key.
+    #[serde(default)]
+    pub key: String,
+    /// Map publish: remove the key instead of setting it.
+    #[serde(default)]
+    pub removed: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -66,6 +66,10 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+fn is_zero_i32(n: &i32) -> bool {
+    *n == 0
+}
+
 fn is_zero_u32(n: &u32) -> bool {
     *n == 0
 }
@@ -127,6 +131,8 @@ mod tests {
             info: None,
             offset: 8,
             tags: HashMap::new(),
+            key: String::new(),
+            removed: false,
         };
         let p = Reply::push(Push {
             channel: "chat".into(),

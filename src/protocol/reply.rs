@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{is_false, is_zero, is_zero_u32, Error, Payload};
+use super::{is_false, is_zero, is_zero_i32, is_zero_u32, Error, Payload};
 
 /// A place in a channel's stream: the offset of a publication within an epoch.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +37,12 @@ pub struct Publication {
     pub offset: u64,
     #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     pub tags: HashMap<String, String>,
+    /// The key of a map channel's entry this publication sets or removes (empty elsewhere).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
+    /// This publication removes `key` from its map channel.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub removed: bool,
 }
 
 /// A server → client message. With an `id` it answers a command; without, it holds a push.
@@ -148,6 +154,18 @@ pub struct SubscribeResult {
     pub data: Option<Payload>,
     #[serde(skip_serializing_if = "is_false")]
     pub was_recovering: bool,
+    /// Map subscriptions: the subscription type echoed (1 map).
+    #[serde(rename = "type", skip_serializing_if = "is_zero_i32")]
+    pub kind: i32,
+    /// Map subscriptions: the phase this reply belongs to (0 live, 1 stream, 2 state).
+    #[serde(skip_serializing_if = "is_zero_i32")]
+    pub phase: i32,
+    /// Map subscriptions: where the next state page starts (empty: last page).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub cursor: String,
+    /// Map subscriptions: a page of the map's entries.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub state: Vec<Arc<Publication>>,
 }
 
 #[derive(Debug, Default, Serialize)]

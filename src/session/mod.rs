@@ -18,6 +18,7 @@
 mod connect;
 mod control;
 mod limiter;
+mod map;
 mod publish;
 mod query;
 mod rpc;
@@ -57,6 +58,10 @@ struct Subscription {
     expires_at: Option<u64>,
     /// The server renews the subscription itself when it expires.
     refreshed_by_server: bool,
+    /// A map channel removing the key named by the client id when the client leaves.
+    remove_map_key: bool,
+    /// The subscriber is listed in map presence channels (see [`Node::map_presence_join`]).
+    map_presence: bool,
 }
 
 /// One connected (or connecting) client.

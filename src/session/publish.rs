@@ -94,10 +94,13 @@ impl Session {
         who: &Identity,
         req: PublishRequest,
     ) -> Result<Submitted, Refusal> {
-        let PublishRequest { channel, data } = req;
+        self.node.check_channel_name(&req.channel)?;
+        let options = self.node.channel_options(&req.channel)?;
+        if options.map.is_some() || req.kind != 0 {
+            return Ok(Submitted::Sequential(self.map_publish(who, req, &options)?));
+        }
+        let PublishRequest { channel, data, .. } = req;
         let channel = channel.as_str();
-        self.node.check_channel_name(channel)?;
-        let options = self.node.channel_options(channel)?;
         let subscribed = self.subscriptions.contains_key(channel);
         let decision = self
             .node

@@ -27,7 +27,26 @@ impl Session {
         req: SubscribeRequest,
     ) -> Answer {
         let (options, decision) = self.check_subscribe(who, &req).await?;
+        if options.map.is_some() || req.kind != 0 {
+            return self.map_subscribe(id, who, req, options, decision).await;
+        }
+        self.subscribe_now(id, who, req, options, decision, |_| {})
+            .await
+    }
+
+    /// Subscribes once the checks passed: joins (with recovery), queues the reply (`adjust`ed
+    /// first) ahead of any publication, and registers the subscription.
+    pub(super) async fn subscribe_now(
+        &mut self,
+        id: u32,
+        who: &Identity,
+        req: SubscribeRequest,
+        options: ChannelOptions,
+        decision: SubscribeDecision,
+        adjust: impl FnOnce(&mut SubscribeResult),
+    ) -> Answer {
         let (mut result, after) = self.join(&req, &options).await?;
+        adjust(&mut result);
         let expires_at = decision.expires_at;
         // A subscription the server renews itself is not the client's to refresh.
         let client_expiry = expires_at.filter(|_| !decision.refreshed_by_server);
@@ -154,8 +173,13 @@ impl Session {
                 join_leave: options.join_leave,
                 expires_at,
                 refreshed_by_server: false,
+                remove_map_key: options.map.is_some_and(|m| m.remove_client_on_unsubscribe),
+                map_presence: self.node.has_map_presence(&channel),
             },
         );
+        if self.node.has_map_presence(&channel) {
+            self.node.map_presence_join(&channel, &info).await;
+        }
         if options.presence {
             self.node.add_presence(&channel, info.clone()).await;
         }
@@ -255,7 +279,8 @@ pub(super) fn emit_unsubscribed(node: &Node, channel: &str, subscription: &Subsc
     });
 }
 
-/// The part of releasing a subscription that other nodes see: presence and the leave notice.
+/// The part of releasing a subscription that other nodes see: presence (and map presence), the
+/// leave notice, and the client's own map key when the namespace removes it on unsubscribe.
 pub(super) async fn release_shared(node: &Node, channel: &str, subscription: &Subscription) {
     if subscription.presence {
         node.remove_presence(channel, &subscription.info.client)
@@ -263,6 +288,17 @@ pub(super) async fn release_shared(node: &Node, channel: &str, subscription: &Su
     }
     if subscription.join_leave {
         node.publish_leave(channel, &subscription.info).await;
+    }
+    if subscription.map_presence {
+        node.map_presence_leave(channel, &subscription.info).await;
+    }
+    if subscription.remove_map_key {
+        if let Err(error) = node
+            .map_remove(channel, &subscription.info.client, None)
+            .await
+        {
+            tracing::warn!(channel, ?error, "removing a client's map key failed");
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! Test harness: a real server on a free loopback port, a protocol client over a real WebSocket,
-//! and a minimal HTTP client for the server API.
+//! Test harness: a real server on a free loopback port, a protocol client over a real WebSocket
+//! (and the Rust SDK, for tests whose clients are actors), and a minimal HTTP client for the
+//! server API.
 #![allow(dead_code)]
 
 pub mod follower;
@@ -120,6 +121,89 @@ impl Drop for TestServer {
         if !self.data_dir.as_os_str().is_empty() {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
+    }
+}
+
+impl TestServer {
+    /// A client of the Rust SDK (`switchboard-client`), connected.
+    pub async fn sdk(&self) -> switchboard_client::Client {
+        sdk_client(&self.ws_url()).await
+    }
+}
+
+/// A client of the Rust SDK connected to `url`, for tests where clients are actors and the wire
+/// is not the subject (wire-level tests use [`Client`], which writes frames by hand).
+pub async fn sdk_client(url: &str) -> switchboard_client::Client {
+    let client = switchboard_client::Client::builder(url)
+        .timeout(WAIT)
+        .build();
+    client.connect();
+    tokio::time::timeout(WAIT, client.ready())
+        .await
+        .expect("connected in time")
+        .expect("connected");
+    client
+}
+
+/// Subscribes `client` to `channel` with the SDK and waits until subscribed.
+pub async fn sdk_subscribe(
+    client: &switchboard_client::Client,
+    channel: &str,
+) -> switchboard_client::Subscription {
+    let subscription = client
+        .new_subscription(channel, switchboard_client::SubscriptionOptions::new())
+        .expect("a new subscription");
+    subscription.subscribe();
+    tokio::time::timeout(WAIT, subscription.ready())
+        .await
+        .expect("subscribed in time")
+        .expect("subscribed");
+    subscription
+}
+
+/// A client of the Rust SDK subscribed to `channel`, and its events, for tests that watch what
+/// a subscriber receives.
+pub struct SdkSubscriber {
+    pub client: switchboard_client::Client,
+    pub subscription: switchboard_client::Subscription,
+    pub events: switchboard_client::Events<switchboard_client::SubscriptionEvent>,
+}
+
+impl TestServer {
+    /// A Rust SDK client of this server, subscribed to `channel`.
+    pub async fn sdk_subscriber(&self, channel: &str) -> SdkSubscriber {
+        let client = self.sdk().await;
+        let subscription = client
+            .new_subscription(channel, switchboard_client::SubscriptionOptions::new())
+            .expect("a new subscription");
+        let events = subscription.events();
+        subscription.subscribe();
+        tokio::time::timeout(WAIT, subscription.ready())
+            .await
+            .expect("subscribed in time")
+            .expect("subscribed");
+        SdkSubscriber {
+            client,
+            subscription,
+            events,
+        }
+    }
+}
+
+impl SdkSubscriber {
+    /// The next publication received, within the wait.
+    pub async fn next_publication(&mut self) -> switchboard_client::Publication {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.events.next().await {
+                    Some(switchboard_client::SubscriptionEvent::Publication(p)) => return p,
+                    Some(_) => continue,
+                    None => panic!("the subscription ended"),
+                }
+            }
+        })
+        .await
+        .expect("a publication in time")
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
-use switchboard_client::{now_micros, Target};
+use switchboard_client::raw::{now_micros, Target};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use switchboard_client::{lines, now_micros, subscribe, Target, Ws};
+use switchboard_client::raw::{lines, now_micros, subscribe, Target, Ws};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
@@ -520,7 +520,7 @@ async fn subscriber(
                 }
             }
         }
-        if pong && switchboard_client::pong(&mut ws).await.is_err() {
+        if pong && switchboard_client::raw::pong(&mut ws).await.is_err() {
             end.closed_early = Some(0);
             break;
         }

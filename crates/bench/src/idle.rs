@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde::Serialize;
-use switchboard_client::Target;
+use switchboard_client::raw::Target;
 
 use super::group::Group;
 use super::report::{thousands, Table};

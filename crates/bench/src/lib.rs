@@ -6,7 +6,7 @@
 //! [`rpc`] (closed-loop `echo` round trips) and [`connect`] (a connection storm). Shared parts:
 //! [`group`] (a set of subscribers and their accounting), [`publish`] (paced publishers),
 //! [`worker`] (spreading subscribers over processes) and [`report`] (tables, JSON, histograms).
-//! Sockets, spread source addresses and the wire are the [`switchboard_client`] crate's.
+//! Sockets, spread source addresses and the wire are the [`switchboard_client::raw`] module's.
 //!
 //! The `switchboard` binary calls [`run`] for `switchboard bench`; this crate does not depend on
 //! the server, so it measures Switchboard and any compatible server alike.

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use std::collections::VecDeque;
 
 use hdrhistogram::Histogram;
-use switchboard_client::{lines, now_micros, push_publish, Target};
+use switchboard_client::raw::{lines, now_micros, push_publish, Target};
 
 use super::group::channel_name;
 use super::report::{new_histogram, record};
@@ -181,7 +181,7 @@ pub async fn ws_publisher(
                             }
                         }
                     }
-                    if pong && switchboard_client::pong(&mut ws).await.is_err() {
+                    if pong && switchboard_client::raw::pong(&mut ws).await.is_err() {
                         break;
                     }
                 }
@@ -309,7 +309,7 @@ pub struct ApiTarget {
 impl ApiTarget {
     /// `http://host:port/api` (IP literal or `localhost`).
     pub fn new(url: &str, key: Option<String>) -> anyhow::Result<ApiTarget> {
-        let addr = switchboard_client::socket_addr_of(url, "http://", 80)?;
+        let addr = switchboard_client::raw::socket_addr_of(url, "http://", 80)?;
         let rest = url.trim_start_matches("http://");
         let (host, path) = match rest.find('/') {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),

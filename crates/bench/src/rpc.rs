@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
-use switchboard_client::{lines, push_rpc, Target, Ws};
+use switchboard_client::raw::{lines, push_rpc, Target, Ws};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -240,7 +240,7 @@ async fn caller(
             }
         }
         if pong {
-            switchboard_client::pong(&mut ws).await?;
+            switchboard_client::raw::pong(&mut ws).await?;
         }
     }
     let _ = ws.close(None).await;

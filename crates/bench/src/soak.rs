@@ -14,7 +14,9 @@ use std::time::Duration;
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
-use switchboard_client::{expect_reply, lines, pong, push_publish, push_rpc, subscribe, Target};
+use switchboard_client::raw::{
+    expect_reply, lines, pong, push_publish, push_rpc, subscribe, Target,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -346,7 +348,7 @@ fn publication_number(line: &str) -> Option<u64> {
     if !line.contains("\"pub\"") {
         return None;
     }
-    switchboard_client::field_u64(line, "\"n\":")
+    switchboard_client::raw::field_u64(line, "\"n\":")
 }
 
 /// Reads the server's memory and open files (with `--pid`) and its gauges (from `/metrics`).

@@ -1,326 +1,92 @@
-//! A small client of the Centrifugo v2 JSON protocol over WebSocket: the protocol client that
-//! `switchboard bench`, the integration tests and later the examples use to talk to a server.
+//! A Rust client for Switchboard — and for Centrifugo, whose client protocol (v2, JSON over
+//! WebSocket) it speaks.
 //!
-//! It speaks just enough of the protocol: [`Target`] opens WebSockets (from spread source
-//! addresses when one address's ports would run out) and completes `connect`; [`subscribe`],
-//! [`push_publish`], [`push_rpc`] and [`pong`] cover the other commands; [`expect_reply`] and
-//! [`lines`] read frames, which carry several messages split by newlines. [`now_micros`] is a
-//! clock shared between processes on one machine, for end-to-end latency.
+//! ```no_run
+//! use serde_json::json;
+//! use switchboard_client::{Client, SubscriptionEvent, SubscriptionOptions};
 //!
-//! It depends on nothing of the server, so it can load-test any compatible server.
+//! # async fn demo() -> Result<(), switchboard_client::Error> {
+//! let client = Client::new("ws://127.0.0.1:8000/connection/websocket");
+//! client.connect();
+//! let chat = client.new_subscription("chat", SubscriptionOptions::new())?;
+//! let mut events = chat.events();
+//! chat.subscribe();
+//! chat.ready().await?;
+//! chat.publish(json!({"text": "hi"})).await?;
+//! while let Some(event) = events.next().await {
+//!     if let SubscriptionEvent::Publication(publication) = event {
+//!         println!("{}", publication.data);
+//!         break;
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! How it is put together:
+//! - [`Client`] and [`Subscription`] are cheap handles; one background task per client (the
+//!   `driver` module) owns the socket, every command waiting for its reply, every subscription's
+//!   state and the timers. What the application asks for in one tick goes out batched in one
+//!   WebSocket message.
+//! - The connection's state machine (disconnected → connecting → connected) reconnects with
+//!   exponential backoff and full jitter, on the codes that call for it, as centrifuge-js does
+//!   ([`codes`]); a server that stops pinging is left and reconnected to.
+//! - Each [`Subscription`] has its own state machine (unsubscribed → subscribing → subscribed),
+//!   resubscribes after a reconnect and recovers what it missed from the channel's history
+//!   (offset and epoch), telling the application whether everything came back
+//!   ([`Subscribed::recovered`]).
+//! - Tokens: a static token, or callbacks that fetch one before it expires and when the server
+//!   says it has (error 109), for the connection and for each subscription.
+//! - Events are streams: [`Client::events`] and [`Subscription::events`] hand out receivers of a
+//!   bounded broadcast, so a slow reader gets a `Lagged` event, never slows the connection.
+//! - [`codec`] is the seam between the protocol's messages ([`protocol`]) and the wire: JSON now,
+//!   Protobuf to come.
+//! - [`raw`] is the low-level protocol client `switchboard bench` drives tens of thousands of
+//!   sockets with.
+//!
+//! Errors are one [`Error`] enum; nothing the server sends makes the client panic; every handle
+//! and future is `Send`, and every `async fn` here may be cancelled (dropping it) at any point
+//! without corrupting the client: a command already handed over may still be sent.
+#![warn(missing_docs)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
+mod client;
+pub mod codec;
+pub mod codes;
+mod driver;
+mod error;
+mod events;
+pub mod protocol;
+pub mod raw;
 
-use std::fmt::Write as _;
+pub use client::{
+    Client, ClientBuilder, HistoryOptions, PublishResult, Subscription, SubscriptionOptions,
+    TokenFuture,
+};
+pub use error::Error;
+pub use events::{
+    ClientEvent, Events, Lagging, State, Subscribed, SubscriptionEvent, SubscriptionState,
+};
+pub use protocol::{ClientInfo, HistoryResult, PresenceStats, Publication, StreamPosition};
 
-use anyhow::{bail, Context};
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
-
-/// A client WebSocket.
-pub type Ws = WebSocketStream<TcpStream>;
-
-/// Loopback ports per source address a [`Target`] plans to use; Linux's default ephemeral range
-/// (32768–60999) holds about 28,000.
-pub const CONNECTIONS_PER_SOURCE: usize = 20_000;
-
-/// Where and how to connect.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// `ws://host:port/path`.
-    pub url: String,
-    /// The server's socket address.
-    pub addr: SocketAddr,
-    /// Source addresses to spread connections over; empty means "let the kernel pick".
-    pub sources: Vec<IpAddr>,
-    /// Connection token sent in `connect`, if the server wants one.
-    pub token: Option<String>,
-}
-
-impl Target {
-    /// Parses `url` (`ws://host:port/path`; host must be an IP address or `localhost`) and plans
-    /// source addresses: `sources` of them from 127.0.0.2 up, or, with `None`, as many as
-    /// `connections` need on a loopback target.
-    pub fn new(
-        url: &str,
-        token: Option<String>,
-        sources: Option<usize>,
-        connections: usize,
-    ) -> anyhow::Result<Target> {
-        let addr = socket_addr_of(url, "ws://", 80)?;
-        let wanted = match sources {
-            Some(n) => n,
-            None if addr.ip().is_loopback() && connections > CONNECTIONS_PER_SOURCE => {
-                connections.div_ceil(CONNECTIONS_PER_SOURCE)
-            }
-            None => 0,
-        };
-        if wanted > 0 && !addr.ip().is_loopback() {
-            bail!("--sources needs a loopback target (127.0.0.0/8)");
-        }
-        if wanted > 250 {
-            bail!("at most 250 source addresses (127.0.0.2 to 127.0.0.251)");
-        }
-        let sources = (0..wanted)
-            .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)))
-            .collect();
-        Ok(Target {
-            url: url.to_string(),
-            addr,
-            sources,
-            token,
-        })
-    }
-
-    /// Opens the `n`th connection's TCP socket (bound to its source address) and upgrades it.
-    pub async fn open(&self, n: usize) -> anyhow::Result<Ws> {
-        let socket = match self.addr {
-            SocketAddr::V4(_) => TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => TcpSocket::new_v6()?,
-        };
-        if !self.sources.is_empty() {
-            let source = self.sources[n % self.sources.len()];
-            bind_no_port(&socket);
-            socket
-                .bind(SocketAddr::new(source, 0))
-                .with_context(|| format!("cannot bind source address {source}"))?;
-        }
-        let stream = socket.connect(self.addr).await?;
-        stream.set_nodelay(true)?;
-        // Small buffers: the bench holds tens of thousands of sockets, and its frames are small
-        // except pushes, for which the buffer grows as needed.
-        let config = WebSocketConfig::default()
-            .read_buffer_size(16 * 1024)
-            .write_buffer_size(0)
-            .max_message_size(Some(64 << 20));
-        let (ws, _) =
-            tokio_tungstenite::client_async_with_config(self.url.as_str(), stream, Some(config))
-                .await?;
-        Ok(ws)
-    }
-
-    /// Opens connection `n` and completes `connect`; returns the socket and the connect reply.
-    pub async fn open_connected(&self, n: usize, timeout: Duration) -> anyhow::Result<Ws> {
-        tokio::time::timeout(timeout, async {
-            let mut ws = self.open(n).await?;
-            let connect = match &self.token {
-                Some(token) => format!(
-                    r#"{{"id":1,"connect":{{"token":{},"name":"switchboard-bench"}}}}"#,
-                    serde_json::to_string(token)?
-                ),
-                None => r#"{"id":1,"connect":{"name":"switchboard-bench"}}"#.to_string(),
-            };
-            ws.send(Message::text(connect)).await?;
-            expect_reply(&mut ws, 1, "connect").await?;
-            Ok(ws)
-        })
-        .await
-        .map_err(|_| anyhow::anyhow!("connect timed out"))?
-    }
-}
-
-/// Asks the kernel to pick the local port at `connect` (from the 4-tuple) rather than at `bind`,
-/// so each source address gets its full ephemeral range per destination.
-fn bind_no_port(socket: &TcpSocket) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt reads `one` for the given length; the fd is valid for this call.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                &one as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = socket;
-}
-
-/// `scheme://host[:port]/…` → socket address (IP literals and `localhost` only: the bench
-/// targets this machine).
-pub fn socket_addr_of(url: &str, scheme: &str, default_port: u16) -> anyhow::Result<SocketAddr> {
-    let rest = url
-        .strip_prefix(scheme)
-        .with_context(|| format!("{url:?} does not start with {scheme}"))?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
-            (host, port.parse().context("bad port")?)
-        }
-        _ => (authority, default_port),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let ip: IpAddr = if host == "localhost" {
-        IpAddr::V4(Ipv4Addr::LOCALHOST)
-    } else {
-        host.parse()
-            .with_context(|| format!("host {host:?} is not an IP address"))?
-    };
-    Ok(SocketAddr::new(ip, port))
-}
-
-/// Reads until the reply with `id` arrives (answering pings); fails on an error reply.
-pub async fn expect_reply(ws: &mut Ws, id: u32, what: &str) -> anyhow::Result<()> {
-    let prefix = format!("{{\"id\":{id},");
-    loop {
-        let text = match ws.next().await {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Close(frame))) => {
-                bail!("{what}: server closed the connection: {frame:?}")
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => bail!("{what}: {e}"),
-            None => bail!("{what}: connection ended"),
-        };
-        for line in lines(&text) {
-            if line == "{}" {
-                pong(ws).await?;
-            } else if line.starts_with(&prefix) {
-                if line.contains("\"error\":") {
-                    bail!("{what} failed: {line}");
-                }
-                return Ok(());
-            }
-        }
-    }
-}
-
-/// Subscribes to `channel` with command `id` and waits for the reply (answering pings).
-pub async fn subscribe(ws: &mut Ws, id: u32, channel: &str) -> anyhow::Result<()> {
-    let subscribe = format!(
-        r#"{{"id":{id},"subscribe":{{"channel":{}}}}}"#,
-        serde_json::to_string(channel)?
-    );
-    ws.send(Message::text(subscribe)).await?;
-    expect_reply(ws, id, "subscribe").await
-}
-
-/// Answers the server's ping (an empty `{}` message) with a pong, which is also `{}`.
-pub async fn pong(ws: &mut Ws) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    ws.send(Message::text("{}")).await
-}
-
-/// Appends a `publish` command to `frame`, a newline-separated batch of commands sent as one
-/// WebSocket message. `channel` is written as is (it must need no JSON escaping) and `data` must
-/// already be JSON: publishers build millions of these, so nothing is encoded twice.
-pub fn push_publish(frame: &mut String, id: u64, channel: &str, data: &str) {
-    if !frame.is_empty() {
-        frame.push('\n');
-    }
-    let _ = write!(
-        frame,
-        r#"{{"id":{id},"publish":{{"channel":"{channel}","data":{data}}}}}"#
-    );
-}
-
-/// Appends an `rpc` command to `frame` (see [`push_publish`]); `method` is written as is and
-/// `data` must already be JSON.
-pub fn push_rpc(frame: &mut String, id: u64, method: &str, data: &str) {
-    if !frame.is_empty() {
-        frame.push('\n');
-    }
-    let _ = write!(
-        frame,
-        r#"{{"id":{id},"rpc":{{"method":"{method}","data":{data}}}}}"#
-    );
-}
-
-/// The messages of one frame.
-pub fn lines(text: &Utf8Bytes) -> impl Iterator<Item = &str> {
-    text.as_str().split('\n').filter(|l| !l.is_empty())
-}
-
-/// The unsigned integer after `key` (such as `"bs":`) in `line`.
-pub fn field_u64(line: &str, key: &str) -> Option<u64> {
-    let start = line.find(key)? + key.len();
-    let digits = &line.as_bytes()[start..];
-    let mut value: u64 = 0;
-    let mut any = false;
-    for &b in digits {
-        if !b.is_ascii_digit() {
-            break;
-        }
-        value = value.wrapping_mul(10).wrapping_add((b - b'0') as u64);
-        any = true;
-    }
-    any.then_some(value)
-}
-
-/// Microseconds on the system-wide monotonic clock, comparable between processes on one machine
-/// (so a publisher process can stamp what a subscriber process receives).
-pub fn now_micros() -> u64 {
-    #[cfg(unix)]
-    {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes the struct we pass.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
-    }
-    #[cfg(not(unix))]
-    {
-        use std::sync::OnceLock;
-        static START: OnceLock<std::time::Instant> = OnceLock::new();
-        START
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_micros() as u64
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_urls_and_fields() {
-        assert_eq!(
-            socket_addr_of("ws://127.0.0.1:8000/connection/websocket", "ws://", 80).unwrap(),
-            "127.0.0.1:8000".parse().unwrap()
-        );
-        assert_eq!(
-            socket_addr_of("http://localhost/api", "http://", 80).unwrap(),
-            "127.0.0.1:80".parse().unwrap()
-        );
-        assert!(socket_addr_of("ws://example.com/", "ws://", 80).is_err());
-        let line = r#"{"push":{"channel":"c","pub":{"data":{"bs":42,"bw":3,"bt":17},"offset":9}}}"#;
-        assert_eq!(field_u64(line, "\"bs\":"), Some(42));
-        assert_eq!(field_u64(line, "\"bw\":"), Some(3));
-        assert_eq!(field_u64(line, "\"zz\":"), None);
-    }
-
-    #[test]
-    fn batches_commands_one_per_line() {
-        let mut frame = String::new();
-        push_publish(&mut frame, 3, "chat", r#"{"text":"hi"}"#);
-        push_rpc(&mut frame, 4, "echo", "{}");
-        assert_eq!(
-            frame,
-            "{\"id\":3,\"publish\":{\"channel\":\"chat\",\"data\":{\"text\":\"hi\"}}}\n\
-             {\"id\":4,\"rpc\":{\"method\":\"echo\",\"data\":{}}}"
-        );
-    }
-
-    #[test]
-    fn plans_source_addresses_for_large_loopback_runs() {
-        let url = "ws://127.0.0.1:8000/connection/websocket";
-        assert!(Target::new(url, None, None, 1000)
-            .unwrap()
-            .sources
-            .is_empty());
-        let t = Target::new(url, None, None, 50_000).unwrap();
-        assert_eq!(t.sources.len(), 3);
-        assert_eq!(t.sources[0], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
-    }
+/// Compile-time checks: every handle and every future of the API is `Send` (and the handles
+/// `Sync`), so they can move between tasks and threads.
+#[allow(dead_code)]
+fn _send_and_sync(client: &Client, subscription: &Subscription) {
+    fn send<T: Send>(_: T) {}
+    fn sync<T: Send + Sync>(_: &T) {}
+    sync(client);
+    sync(subscription);
+    let data = serde_json::Value::Null;
+    send(client.ready());
+    send(client.rpc("m", data.clone()));
+    send(client.publish("c", data.clone()));
+    send(client.send(data.clone()));
+    send(client.presence("c"));
+    send(client.presence_stats("c"));
+    send(client.history("c", HistoryOptions::default()));
+    send(client.events().into_stream());
+    send(subscription.ready());
+    send(subscription.publish(data));
+    send(subscription.history(HistoryOptions::default()));
+    let mut events = subscription.events();
+    send(events.next());
 }

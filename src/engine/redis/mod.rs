@@ -40,10 +40,12 @@
 //!
 //! Files: this one holds the engine and its [`Broker`] side; `keys.rs` names keys and holds the Lua
 //! scripts, `publisher.rs` the pipelined publishing, `pubsub.rs` the pub/sub supervisor, and
-//! `presence.rs` the [`Presence`](crate::engine::presence::Presence) side.
+//! `presence.rs` the [`Presence`](crate::engine::presence::Presence) side, `map.rs` map channels
+//! (their state beside the stream, changed by one script with the append and the `PUBLISH`).
 
 mod keys;
 mod link;
+mod map;
 mod presence;
 mod publisher;
 mod pubsub;
@@ -66,6 +68,7 @@ use crate::engine::history::{
     new_epoch, HistoryError, HistoryFilter, HistoryPage, PageBudget, Retention,
 };
 use crate::engine::idempotency::{IdempotencyKey, Idempotent};
+use crate::engine::map::{MapUpdate, StatePage};
 use crate::protocol::{ClientInfo, Publication, StreamPosition};
 pub use keys::shard_index;
 use keys::{
@@ -137,6 +140,7 @@ pub struct RedisEngine {
     cluster_script: Option<String>,
     history: Script,
     presence_script: Script,
+    map_scripts: map::MapScripts,
     handler: Arc<OnceLock<Arc<dyn BrokerEventHandler>>>,
     /// Channels with local subscribers (topics this node listens to), with the last position
     /// delivered, to spot gaps after an outage.
@@ -247,6 +251,7 @@ impl RedisEngine {
             cluster_script: cluster.then(cluster_publish_script),
             history: Script::new(HISTORY_SCRIPT),
             presence_script: Script::new(PRESENCE_SCRIPT),
+            map_scripts: map::MapScripts::default(),
             handler,
             channels,
             local_presence: Mutex::new(HashMap::new()),
@@ -525,6 +530,29 @@ impl Broker for RedisEngine {
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
         let mut conn = self.shard(channel).commands.clone();
         call(conn.del::<_, ()>(self.key("stream", channel))).await
+    }
+
+    async fn map_update(
+        &self,
+        channel: &str,
+        publication: Publication,
+        update: MapUpdate,
+    ) -> Result<Option<StreamPosition>, BrokerError> {
+        self.update_map(channel, publication, update).await
+    }
+
+    async fn map_state(
+        &self,
+        channel: &str,
+        after: &str,
+        inclusive: bool,
+        limit: usize,
+    ) -> Result<StatePage, BrokerError> {
+        self.read_map_state(channel, after, inclusive, limit).await
+    }
+
+    async fn map_expire(&self) -> Result<usize, BrokerError> {
+        self.expire_maps().await
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {

@@ -25,12 +25,14 @@ use tokio::sync::oneshot;
 
 use super::history::{
     Appending, AppendingOnce, History, HistoryError, HistoryFilter, HistoryPage, OnStored,
-    Retention,
+    Retention, Updating,
 };
 use super::idempotency::{IdempotencyKey, Idempotent};
+use super::map::{Deliver, MapUpdate, StatePage};
 use crate::config::Durability;
 use crate::protocol::{Publication, StreamPosition};
 
+mod map;
 mod read;
 mod writer;
 
@@ -77,6 +79,19 @@ pub(super) enum WriteRequest {
         channel: String,
         reply: oneshot::Sender<Result<(), HistoryError>>,
     },
+    /// Changes a map's state and appends the change, in one transaction.
+    MapUpdate {
+        channel: String,
+        publication: Publication,
+        update: MapUpdate,
+        on_stored: OnStored,
+        reply: oneshot::Sender<map::Outcome>,
+    },
+    /// Removes a batch of expired map keys, appending and delivering their removals.
+    MapExpire {
+        deliver: Deliver,
+        reply: oneshot::Sender<Result<usize, HistoryError>>,
+    },
 }
 
 impl SqliteHistory {
@@ -117,6 +132,7 @@ impl SqliteHistory {
                  ON idempotency_keys (expires_at);",
         )
         .map_err(storage)?;
+        map::create_schema(&conn).map_err(storage)?;
         let synchronous = match durability {
             Durability::Full => "FULL",
             Durability::Normal => "NORMAL",
@@ -167,9 +183,32 @@ impl SqliteHistory {
         channel: &str,
         filter: HistoryFilter,
     ) -> Result<Option<HistoryPage>, HistoryError> {
+        let channel = channel.to_string();
+        self.on_reader(move |conn| read(conn, &channel, &filter))
+            .await
+    }
+
+    /// Reads a page of `channel`'s map state; `None` if its stream does not exist.
+    async fn read_state(
+        &self,
+        channel: &str,
+        after: &str,
+        inclusive: bool,
+        limit: usize,
+    ) -> Result<Option<StatePage>, HistoryError> {
+        let channel = channel.to_string();
+        let after = after.to_string();
+        self.on_reader(move |conn| map::read_state(conn, &channel, (&after, inclusive), limit))
+            .await
+    }
+
+    /// Runs `reading` on a pooled read connection, on the blocking pool.
+    async fn on_reader<T: Send + 'static>(
+        &self,
+        reading: impl FnOnce(&Connection) -> Result<T, HistoryError> + Send + 'static,
+    ) -> Result<T, HistoryError> {
         let path = self.path.clone();
         let readers = self.readers.clone();
-        let channel = channel.to_string();
         tokio::task::spawn_blocking(move || {
             let conn = readers
                 .lock()
@@ -177,7 +216,7 @@ impl SqliteHistory {
                 .pop()
                 .map_or_else(|| open_connection(&path), Ok)
                 .map_err(storage)?;
-            let result = read(&conn, &channel, &filter);
+            let result = reading(&conn);
             let mut pool = readers.lock().unwrap_or_else(|e| e.into_inner());
             if pool.len() < READ_POOL {
                 pool.push(conn);
@@ -279,6 +318,54 @@ impl History for SqliteHistory {
         })
         .await
     }
+
+    fn map_update(
+        &self,
+        channel: &str,
+        publication: Publication,
+        update: MapUpdate,
+        on_stored: OnStored,
+    ) -> Updating {
+        let (reply, result) = oneshot::channel();
+        // Queued now, like `append`: the order of calls is the order of the stream.
+        let sent = self.send(WriteRequest::MapUpdate {
+            channel: channel.to_string(),
+            publication,
+            update,
+            on_stored,
+            reply,
+        });
+        Box::pin(async move {
+            sent?;
+            result.await.map_err(writer_stopped)?
+        })
+    }
+
+    async fn map_state(
+        &self,
+        channel: &str,
+        after: &str,
+        inclusive: bool,
+        limit: usize,
+    ) -> Result<StatePage, HistoryError> {
+        if let Some(page) = self.read_state(channel, after, inclusive, limit).await? {
+            return Ok(page);
+        }
+        // As for `read`: the position a reader gets names an epoch.
+        self.ask(|reply| WriteRequest::Create {
+            channel: channel.to_string(),
+            reply,
+        })
+        .await?;
+        self.read_state(channel, after, inclusive, limit)
+            .await?
+            .ok_or_else(|| HistoryError::Storage("stream missing after its creation".into()))
+    }
+
+    async fn map_expire(&self, deliver: Deliver) -> Result<usize, HistoryError> {
+        self.ask(|reply| WriteRequest::MapExpire { deliver, reply })
+            .await
+    }
 }
 
 /// The writer dropped a request's reply: it has stopped.
@@ -315,6 +402,8 @@ mod tests {
             info: None,
             offset: 0,
             tags: HashMap::new(),
+            key: String::new(),
+            removed: false,
         }
     }
 

@@ -50,10 +50,10 @@ pub(super) fn read(
         }));
     }
     let sql = if filter.reverse {
-        "SELECT offset, data, info, tags FROM publications
+        "SELECT offset, data, info, tags, key, removed FROM publications
          WHERE channel = ?1 AND offset > ?2 AND expires_at > ?3 ORDER BY offset DESC LIMIT ?4"
     } else {
-        "SELECT offset, data, info, tags FROM publications
+        "SELECT offset, data, info, tags, key, removed FROM publications
          WHERE channel = ?1 AND offset > ?2 AND expires_at > ?3 ORDER BY offset ASC LIMIT ?4"
     };
     let mut statement = tx.prepare_cached(sql).map_err(storage)?;
@@ -64,19 +64,23 @@ pub(super) fn read(
                 row.get::<_, String>(1)?,
                 row.get::<_, Option<String>>(2)?,
                 row.get::<_, Option<String>>(3)?,
+                row.get::<_, Option<String>>(4)?,
+                row.get::<_, bool>(5)?,
             ))
         })
         .map_err(storage)?;
     let mut publications = Vec::new();
     let mut budget = PageBudget::new(filter);
     for row in rows {
-        let (offset, data, info, tags) = row.map_err(storage)?;
+        let (offset, data, info, tags, key, removed) = row.map_err(storage)?;
         budget.take(
             data.len()
                 + info.as_ref().map_or(0, String::len)
                 + tags.as_ref().map_or(0, String::len),
         )?;
-        publications.push(Arc::new(decode_row(offset, data, info, tags)?));
+        publications.push(Arc::new(decode_row(
+            offset, data, info, tags, key, removed,
+        )?));
     }
     Ok(Some(HistoryPage {
         publications,
@@ -84,11 +88,14 @@ pub(super) fn read(
     }))
 }
 
-fn decode_row(
+/// A publication from its stored columns (`key` and `removed` for map channels).
+pub(super) fn decode_row(
     offset: i64,
     data: String,
     info: Option<String>,
     tags: Option<String>,
+    key: Option<String>,
+    removed: bool,
 ) -> Result<Publication, HistoryError> {
     let corrupt = |e: serde_json::Error| HistoryError::Storage(format!("corrupt row: {e}"));
     Ok(Publication {
@@ -103,5 +110,7 @@ fn decode_row(
             .transpose()
             .map_err(corrupt)?
             .unwrap_or_default(),
+        key: key.unwrap_or_default(),
+        removed,
     })
 }

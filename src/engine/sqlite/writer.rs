@@ -8,9 +8,10 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
-use super::{now_ms, WriteRequest};
+use super::{map, now_ms, WriteRequest};
 use crate::engine::history::{new_epoch, HistoryError, OnStored, Retention};
 use crate::engine::idempotency::{IdempotencyKey, Idempotent};
+use crate::engine::map::Deliver;
 use crate::protocol::{Publication, StreamPosition};
 
 /// Most requests committed in one transaction.
@@ -46,6 +47,18 @@ enum Done {
     },
     /// A removal or a stream creation: nothing to report but success.
     Acked(oneshot::Sender<Result<(), HistoryError>>),
+    /// A map update: delivered (`delivery`) when it changed something.
+    MapUpdated {
+        delivery: Option<(OnStored, Arc<Publication>)>,
+        outcome: map::Outcome,
+        reply: oneshot::Sender<map::Outcome>,
+    },
+    /// Expired map keys: their removals, delivered in order.
+    Expired {
+        removals: Vec<(String, Arc<Publication>)>,
+        deliver: Deliver,
+        reply: oneshot::Sender<Result<usize, HistoryError>>,
+    },
 }
 
 impl Writer {
@@ -111,6 +124,27 @@ impl Writer {
                         Done::Acked(reply) => {
                             let _ = reply.send(Ok(()));
                         }
+                        Done::MapUpdated {
+                            delivery,
+                            outcome,
+                            reply,
+                        } => {
+                            if let Some((on_stored, publication)) = delivery {
+                                on_stored(publication);
+                            }
+                            let _ = reply.send(outcome);
+                        }
+                        Done::Expired {
+                            removals,
+                            deliver,
+                            reply,
+                        } => {
+                            let count = removals.len();
+                            for (channel, publication) in removals {
+                                deliver(&channel, publication);
+                            }
+                            let _ = reply.send(Ok(count));
+                        }
                     }
                 }
             }
@@ -128,6 +162,12 @@ impl Writer {
                             let _ = reply.send(Err(HistoryError::Storage(error.clone())));
                         }
                         Done::Acked(reply) => {
+                            let _ = reply.send(Err(HistoryError::Storage(error.clone())));
+                        }
+                        Done::MapUpdated { reply, .. } => {
+                            let _ = reply.send(Err(HistoryError::Storage(error.clone())));
+                        }
+                        Done::Expired { reply, .. } => {
                             let _ = reply.send(Err(HistoryError::Storage(error.clone())));
                         }
                     }
@@ -194,6 +234,7 @@ impl Writer {
             "DELETE FROM streams WHERE channel IN
                (SELECT channel FROM streams s WHERE touched_at <= ?1
                   AND NOT EXISTS (SELECT 1 FROM publications p WHERE p.channel = s.channel)
+                  AND NOT EXISTS (SELECT 1 FROM map_state m WHERE m.channel = s.channel)
                 LIMIT ?2)",
             params![now_ms() - META_TTL.as_millis() as i64, EXPIRY_CHUNK as i64],
         );
@@ -245,6 +286,16 @@ fn pending_reply(request: WriteRequest) -> Done {
         WriteRequest::Remove { reply, .. } | WriteRequest::Create { reply, .. } => {
             Done::Acked(reply)
         }
+        WriteRequest::MapUpdate { reply, .. } => Done::MapUpdated {
+            delivery: None,
+            outcome: Ok(None),
+            reply,
+        },
+        WriteRequest::MapExpire { deliver, reply } => Done::Expired {
+            removals: Vec::new(),
+            deliver,
+            reply,
+        },
     }
 }
 
@@ -335,11 +386,48 @@ fn apply(
             Ok(_) => Ok(Done::Acked(reply)),
             Err(e) => Err((e.to_string(), Done::Acked(reply))),
         },
+        WriteRequest::MapUpdate {
+            channel,
+            mut publication,
+            update,
+            on_stored,
+            reply,
+        } => match map::update(tx, streams, tops, &channel, &mut publication, update) {
+            Ok(outcome) => Ok(Done::MapUpdated {
+                delivery: matches!(outcome, Ok(Some(_)))
+                    .then(|| (on_stored, Arc::new(publication))),
+                outcome,
+                reply,
+            }),
+            Err(e) => Err((
+                e.to_string(),
+                Done::MapUpdated {
+                    delivery: None,
+                    outcome: Ok(None),
+                    reply,
+                },
+            )),
+        },
+        WriteRequest::MapExpire { deliver, reply } => match map::expire(tx, streams, tops) {
+            Ok(removals) => Ok(Done::Expired {
+                removals,
+                deliver,
+                reply,
+            }),
+            Err(e) => Err((
+                e.to_string(),
+                Done::Expired {
+                    removals: Vec::new(),
+                    deliver,
+                    reply,
+                },
+            )),
+        },
     }
 }
 
 /// Inserts `publication` as the next of `channel`'s stream, giving it its offset.
-fn insert(
+pub(super) fn insert(
     tx: &rusqlite::Transaction<'_>,
     streams: &mut HashMap<String, (String, u64)>,
     tops: &mut HashMap<String, (u64, usize)>,
@@ -358,8 +446,8 @@ fn insert(
         .then(|| serde_json::to_string(&publication.tags).unwrap_or_default());
     let expires_at = now_ms().saturating_add(retention.ttl.as_millis() as i64);
     tx.prepare_cached(
-        "INSERT INTO publications (channel, offset, expires_at, data, info, tags)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO publications (channel, offset, expires_at, data, info, tags, key, removed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         channel,
@@ -367,7 +455,9 @@ fn insert(
         expires_at,
         publication.data.get(),
         info,
-        tags
+        tags,
+        (!publication.key.is_empty()).then_some(publication.key.as_str()),
+        publication.removed,
     ])?;
     // The stream's top and its trim are written once per channel per batch.
     tops.insert(channel.to_string(), (offset, retention.size));
