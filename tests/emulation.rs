@@ -363,7 +363,10 @@ async fn a_command_sent_to_another_node_reaches_the_session_through_redis() {
             break;
         }
     }
-    assert!(ready, "the holder never heard the other node's control messages");
+    assert!(
+        ready,
+        "the holder never heard the other node's control messages"
+    );
     let holder_uid = client.node.clone();
     assert!(
         eventually(|| async {
