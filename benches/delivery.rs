@@ -60,7 +60,7 @@ fn fanout(c: &mut Criterion) {
                 let queues: Vec<_> = (0..SUBSCRIBERS)
                     .map(|i| {
                         let q = Arc::new(ClientQueue::new(1 << 20));
-                        hub.subscribe("c", i as u64, &q, false);
+                        hub.subscribe("c", i as u64, &q, false, false);
                         hub.activate("c", i as u64, None, 0);
                         q
                     })

@@ -32,6 +32,8 @@ pub struct ChannelOptions {
     pub allow_user_limited_channels: bool,
     /// Set when the channel is a map channel (`subscription_type = "map"`).
     pub map: Option<MapOptions>,
+    /// Subscribers may ask for Fossil deltas (`allowed_delta_types = ["fossil"]`).
+    pub delta_fossil: bool,
 }
 
 /// `type` of a map subscription: a map the application writes.
@@ -103,6 +105,11 @@ impl ChannelOptions {
             allow_history_for_subscriber: allow(ns.allow_history_for_subscriber),
             allow_user_limited_channels: ns.allow_user_limited_channels.unwrap_or(false),
             map: None,
+            delta_fossil: ns
+                .allowed_delta_types
+                .iter()
+                .flatten()
+                .any(|kind| kind == "fossil"),
         }
         .with_map(ns, dev)
     }

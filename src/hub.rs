@@ -13,7 +13,8 @@ use std::task::{Poll, Waker};
 
 use bytes::Bytes;
 
-use crate::protocol::{Disconnect, Payload};
+use crate::delta::DeltaPushes;
+use crate::protocol::{Disconnect, Payload, Publication};
 use crate::queue::{ClientQueue, PushError};
 
 /// A connection's number on this node (never reused while the node runs).
@@ -133,6 +134,20 @@ struct Subscriber {
     held: Option<Box<Held>>,
     /// Whether it wants join/leave pushes.
     join_leave: bool,
+    /// Whether it gets Fossil deltas (see [`crate::delta`]).
+    delta: DeltaState,
+}
+
+/// A subscriber's place in its channel's chain of deltas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeltaState {
+    /// Full publications, as everyone.
+    Off,
+    /// Deltas asked for, but it may not have the channel's last payload: the next publication
+    /// goes whole (as a string).
+    Fresh,
+    /// It has the channel's last payload: the next publication may be a delta against it.
+    Ready,
 }
 
 /// Deliveries held for a subscriber being set up: messages with their offsets, and their bytes.
@@ -150,6 +165,9 @@ pub struct Hub {
     shards: Box<[Mutex<ChannelMap>]>,
     hasher: RandomState,
     connections: Mutex<Connections>,
+    /// The last payload delivered on each channel that has delta subscribers: what the next
+    /// delta is computed against. Locked after a shard, never before.
+    delta_bases: Mutex<HashMap<Arc<str>, Payload>>,
 }
 
 #[derive(Debug, Default)]
@@ -164,6 +182,7 @@ impl Default for Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             connections: Mutex::new(Connections::default()),
+            delta_bases: Mutex::default(),
         }
     }
 }
@@ -242,12 +261,18 @@ impl Hub {
         id: ConnId,
         queue: &Arc<ClientQueue>,
         join_leave: bool,
+        delta: bool,
     ) -> bool {
         let mut shard = self.shard(channel);
         let subscriber = Subscriber {
             queue: queue.clone(),
             held: Some(Box::default()),
             join_leave,
+            delta: if delta {
+                DeltaState::Fresh
+            } else {
+                DeltaState::Off
+            },
         };
         match shard.get_mut(channel) {
             Some(subs) => {
@@ -278,10 +303,23 @@ impl Hub {
             .take()
             .map(|h| h.messages)
             .unwrap_or_default();
+        // A delta subscriber has the channel's last payload if the last publication held (all
+        // held ones are whole) is the last it gets here.
+        let mut has_last = false;
         for (offset, message) in held {
+            if offset > 0 {
+                has_last = offset > after;
+            }
             if offset > after && subscriber.queue.push_from_consumer(message).is_err() {
                 break;
             }
+        }
+        if subscriber.delta != DeltaState::Off {
+            subscriber.delta = if has_last {
+                DeltaState::Ready
+            } else {
+                DeltaState::Fresh
+            };
         }
     }
 
@@ -296,6 +334,7 @@ impl Hub {
         }
         if subs.is_empty() {
             shard.remove(channel);
+            lock(&self.delta_bases).remove(channel);
             return true;
         }
         false
@@ -304,20 +343,56 @@ impl Hub {
     /// Queues `message` (the publication at `offset`, 0 when it has none) to every local
     /// subscriber of `channel`.
     pub fn deliver(&self, channel: &str, message: &Bytes, offset: u64) -> Delivery {
-        self.deliver_to(channel, message, offset, false)
+        self.deliver_to(channel, offset, false, |_| message.clone())
+    }
+
+    /// Queues `publication`, encoded as `message`, to every local subscriber of `channel`; a
+    /// subscriber that asked for Fossil deltas gets it as [`crate::delta`] says, each variant
+    /// encoded once for all of them.
+    pub fn deliver_publication(
+        &self,
+        channel: &str,
+        publication: &Publication,
+        message: &Bytes,
+    ) -> Delivery {
+        let mut pushes: Option<DeltaPushes> = None;
+        let delivery = self.deliver_to(channel, publication.offset, false, |subscriber| {
+            if subscriber.delta == DeltaState::Off {
+                return message.clone();
+            }
+            let pushes = pushes.get_or_insert_with(|| {
+                let base = lock(&self.delta_bases).get(channel).cloned();
+                DeltaPushes::new(channel, publication, base)
+            });
+            let push = if subscriber.delta == DeltaState::Ready && subscriber.held.is_none() {
+                pushes.delta()
+            } else {
+                pushes.full()
+            };
+            if subscriber.held.is_none() {
+                subscriber.delta = DeltaState::Ready;
+            }
+            push
+        });
+        if pushes.is_some() {
+            lock(&self.delta_bases).insert(Arc::from(channel), publication.data.clone());
+        }
+        delivery
     }
 
     /// Queues a join/leave push to the subscribers of `channel` that asked for them.
     pub fn deliver_join_leave(&self, channel: &str, message: &Bytes) -> Delivery {
-        self.deliver_to(channel, message, 0, true)
+        self.deliver_to(channel, 0, true, |_| message.clone())
     }
 
+    /// Queues to each subscriber of `channel` (those that want join/leave pushes, for one) the
+    /// message `encode` picks for it.
     fn deliver_to(
         &self,
         channel: &str,
-        message: &Bytes,
         offset: u64,
         join_leave: bool,
+        mut encode: impl FnMut(&mut Subscriber) -> Bytes,
     ) -> Delivery {
         let mut shard = self.shard(channel);
         let mut delivery = Delivery::default();
@@ -326,6 +401,8 @@ impl Hub {
                 if join_leave && !subscriber.join_leave {
                     continue;
                 }
+                // Owned: each subscriber's push takes its handle of the bytes, no second count.
+                let message = encode(subscriber);
                 if let Some(held) = &mut subscriber.held {
                     // Held messages count against the client's queue bound too.
                     if held.bytes + message.len() > subscriber.queue.max_bytes() {
@@ -337,12 +414,12 @@ impl Hub {
                         delivery.overflowed += 1;
                     } else {
                         held.bytes += message.len();
-                        held.messages.push((offset, message.clone()));
+                        held.messages.push((offset, message));
                         delivery.queued += 1;
                     }
                     continue;
                 }
-                match subscriber.queue.push(message.clone()) {
+                match subscriber.queue.push(message) {
                     Ok(()) => delivery.queued += 1,
                     Err(PushError::Closed) => delivery.dropped += 1,
                     Err(PushError::Overflow) => {
@@ -404,9 +481,9 @@ mod tests {
         let hub = Hub::default();
         let a = Arc::new(ClientQueue::new(1024));
         let b = Arc::new(ClientQueue::new(1024));
-        assert!(hub.subscribe("c", 1, &a, false));
+        assert!(hub.subscribe("c", 1, &a, false, false));
         hub.activate("c", 1, None, 0);
-        assert!(!hub.subscribe("c", 2, &b, true));
+        assert!(!hub.subscribe("c", 2, &b, true, false));
         assert_eq!(hub.num_subscribers("c"), 2);
         let d = hub.deliver("c", &Bytes::from_static(b"m1"), 1);
         assert_eq!(d.queued, 2);

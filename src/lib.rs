@@ -44,6 +44,7 @@
 pub mod auth;
 pub mod channel;
 pub mod config;
+pub mod delta;
 pub mod engine;
 pub mod fd_limit;
 pub mod hooks;

@@ -95,6 +95,9 @@ history_ttl = 3600
 # allow_user_limited_channels = true
 # Send every publication here to the webhook endpoint too.
 # webhook_publication = true
+# Let subscribers ask for Fossil deltas (delta: 'fossil' in centrifuge-js): a slowly changing
+# payload then costs a few bytes per publication.
+# allowed_delta_types = ["fossil"]
 
 # Channels named "private:<name>" need a subscription token (no allow_subscribe_* granted).
 [[namespace]]

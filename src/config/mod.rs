@@ -314,6 +314,9 @@ pub struct Namespace {
     /// `<prefix><ch>` (a `"map_users"` namespace) until the key TTL after its user's last
     /// connection left.
     pub map_users_presence_channel_prefix: Option<String>,
+    /// Delta encodings subscribers may ask for (Centrifugo's option; only `"fossil"` exists):
+    /// publications then come as Fossil deltas against the previous one.
+    pub allowed_delta_types: Option<Vec<String>>,
 }
 
 impl Default for Config {
@@ -506,6 +509,19 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "[channel] takes no name; namespaces go in [[namespace]]".into(),
             ));
+        }
+        for (place, ns) in std::iter::once(("[channel]".to_string(), &self.channel)).chain(
+            self.namespace
+                .iter()
+                .map(|ns| (format!("namespace {:?}", ns.name), ns)),
+        ) {
+            for kind in ns.allowed_delta_types.iter().flatten() {
+                if kind != "fossil" {
+                    return Err(ConfigError::Invalid(format!(
+                        "allowed_delta_types of {place}: unknown delta type {kind:?} (only \"fossil\" exists)"
+                    )));
+                }
+            }
         }
         let mut seen = std::collections::HashSet::new();
         self.channel.validate_type("[channel]")?;

@@ -300,6 +300,7 @@ mod tests {
             allow_history_for_subscriber: false,
             allow_user_limited_channels: false,
             map: None,
+            delta_fossil: false,
         }
     }
 

@@ -33,15 +33,6 @@ pub(super) struct Dispatcher {
 }
 
 impl Dispatcher {
-    fn deliver(&self, channel: &str, body: PushBody, offset: u64) {
-        let mut span = self.timeline.span(Lane::FanOut, body.kind(), channel);
-        let delivery = self
-            .hub
-            .deliver(channel, &encode_push(channel, body), offset);
-        span.set_count(delivery.queued);
-        self.count(delivery);
-    }
-
     fn deliver_join_leave(&self, channel: &str, body: PushBody) {
         let mut span = self.timeline.span(Lane::FanOut, body.kind(), channel);
         let delivery = self
@@ -84,8 +75,13 @@ impl BrokerEventHandler for Dispatcher {
     }
 
     fn handle_publication(&self, channel: &str, publication: Arc<Publication>) {
-        let offset = publication.offset;
-        self.deliver(channel, PushBody::Publication(publication), offset);
+        let mut span = self.timeline.span(Lane::FanOut, "publication", channel);
+        let message = encode_push(channel, PushBody::Publication(publication.clone()));
+        let delivery = self
+            .hub
+            .deliver_publication(channel, &publication, &message);
+        span.set_count(delivery.queued);
+        self.count(delivery);
     }
 
     fn handle_join(&self, channel: &str, info: &ClientInfo) {

@@ -410,7 +410,23 @@ impl Node {
         queue: &Arc<ClientQueue>,
         join_leave: bool,
     ) {
-        if self.hub().subscribe(channel, conn, queue, join_leave) {
+        self.join_channel_with(channel, conn, queue, join_leave, false)
+            .await
+    }
+
+    /// [`Node::join_channel`] for a subscriber that may ask for Fossil deltas (`delta`).
+    pub async fn join_channel_with(
+        &self,
+        channel: &str,
+        conn: ConnId,
+        queue: &Arc<ClientQueue>,
+        join_leave: bool,
+        delta: bool,
+    ) {
+        if self
+            .hub()
+            .subscribe(channel, conn, queue, join_leave, delta)
+        {
             if let Err(e) = self.broker().subscribe(channel).await {
                 tracing::error!(channel, error = %e, "broker subscribe failed");
             }

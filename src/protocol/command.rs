@@ -173,6 +173,9 @@ pub struct SubscribeRequest {
     /// Map subscriptions: entries per page (0: the namespace's default).
     #[serde(default)]
     pub limit: i32,
+    /// The delta encoding asked for (`"fossil"`), empty for none.
+    #[serde(default)]
+    pub delta: String,
 }
 
 /// Bits of `SubscribeRequest.flag`.

@@ -166,6 +166,10 @@ pub struct SubscribeResult {
     /// Map subscriptions: a page of the map's entries.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub state: Vec<Arc<Publication>>,
+    /// The subscription gets Fossil deltas: every publication's `data` is a JSON string, the
+    /// full payload or (with `delta: true`) a delta against the previous one.
+    #[serde(skip_serializing_if = "is_false")]
+    pub delta: bool,
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -122,11 +122,20 @@ impl Session {
         options: &ChannelOptions,
     ) -> Result<(SubscribeResult, u64), Error> {
         let channel = &req.channel;
+        // Deltas only where the namespace allows the kind asked for (Centrifugo: 107).
+        let delta = match req.delta.as_str() {
+            "" => false,
+            // A map would need a chain of deltas per key: not negotiated there (the reply says
+            // so, and the SDK takes whole payloads).
+            _ if options.map.is_some() => false,
+            "fossil" if options.delta_fossil => true,
+            _ => return Err(Error::new(error_code::BAD_REQUEST)),
+        };
         // As in Centrifugo: join/leave pushes only to subscribers that ask, unless forced.
         let wants_join_leave =
             options.join_leave && (req.join_leave || options.force_push_join_leave);
         self.node
-            .join_channel(channel, self.conn, &self.queue, wants_join_leave)
+            .join_channel_with(channel, self.conn, &self.queue, wants_join_leave, delta)
             .await;
         let result = if options.history.is_some()
             && (options.force_recovery || req.recover || req.recoverable || req.positioned)
@@ -136,11 +145,20 @@ impl Session {
             Ok(SubscribeResult::default())
         };
         match result {
-            Ok(result) => {
+            Ok(mut result) => {
                 let after = result
                     .publications
                     .last()
                     .map_or(result.offset, |p| p.offset.max(result.offset));
+                if delta {
+                    // Recovered publications come whole, as strings, like every publication
+                    // of a delta subscription.
+                    result.delta = true;
+                    for publication in &mut result.publications {
+                        *publication =
+                            std::sync::Arc::new(crate::delta::with_string_data(publication));
+                    }
+                }
                 Ok((result, after))
             }
             Err(error) => {
