@@ -47,6 +47,16 @@ fn codec(c: &mut Criterion) {
 
 fn fanout(c: &mut Criterion) {
     const SUBSCRIBERS: usize = 1000;
+    let publication = Arc::new(Publication {
+        data: serde_json::value::RawValue::from_string("{}".to_string())
+            .unwrap()
+            .into(),
+        info: None,
+        offset: 0,
+        tags: HashMap::new(),
+        key: String::new(),
+        removed: false,
+    });
     let mut group = c.benchmark_group("hub");
     group.throughput(Throughput::Elements(SUBSCRIBERS as u64));
     let message = Bytes::from(vec![b'x'; 190]);
@@ -69,7 +79,13 @@ fn fanout(c: &mut Criterion) {
             },
             |(hub, queues)| {
                 for offset in 1..=3 {
-                    hub.deliver("c", &message, offset);
+                    // The path a publication takes (plain subscribers: one handle of the same
+                    // bytes each).
+                    let publication = Publication {
+                        offset,
+                        ..(*publication).clone()
+                    };
+                    hub.deliver_publication("c", &publication, &message);
                 }
                 // What each connection task does on wake-up: take everything as one frame.
                 runtime.block_on(async {

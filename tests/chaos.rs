@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::follower::Follower;
+use common::follower::{assert_durable, Follower};
 use common::redis_server::*;
 use common::*;
 use serde_json::json;
@@ -155,19 +155,7 @@ async fn redis_faults_on_one_node_lose_and_repeat_nothing() {
     let (_, history) = steady
         .api("history", json!({"channel": "ledger", "limit": -1}))
         .await;
-    let stored: Vec<(u64, u64)> = history["result"]["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["offset"].as_u64().unwrap(),
-                p["data"]["n"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    let expected: Vec<(u64, u64)> = acked.iter().map(|(o, n)| (*o, *n)).collect();
-    assert_eq!(stored, expected, "durable");
+    assert_durable(&history, &acked);
 
     // told, not lost; ordered.
     for (name, follower) in [("faulty", &mut on_faulty), ("steady", &mut on_steady)] {

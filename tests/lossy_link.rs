@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::follower::Follower;
+use common::follower::{assert_durable, Follower};
 use common::{temp_dir, KillOnDrop};
 use serde_json::{json, Value};
 
@@ -334,19 +334,7 @@ async fn a_lossy_link_then_an_outage_lose_and_repeat_nothing() {
     let history = api
         .call("history", json!({"channel": CHANNEL, "limit": -1}))
         .await;
-    let stored: Vec<(u64, u64)> = history["result"]["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["offset"].as_u64().unwrap(),
-                p["data"]["n"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    let expected: Vec<(u64, u64)> = acked.iter().map(|(o, n)| (*o, *n)).collect();
-    assert_eq!(stored, expected, "durable");
+    assert_durable(&history, &acked);
 
     // ordered; told, not lost.
     let mut alive = Vec::new();

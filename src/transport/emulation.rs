@@ -22,13 +22,12 @@
 //! node restarted: the client reconnects), 429 when the session has too many commands waiting,
 //! and 400/413 for a malformed or oversized request, each with a JSON error body.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
@@ -177,29 +176,7 @@ async fn open(
         task.await;
         drop((slot, address));
     });
-    let body = Body::from_stream(futures_util::stream::unfold(
-        receiver,
-        |mut receiver| async move {
-            let chunk = receiver.recv().await?;
-            Some((Ok::<_, Infallible>(chunk), receiver))
-        },
-    ));
-    let content_type = if sse {
-        "text/event-stream; charset=utf-8"
-    } else {
-        "application/json"
-    };
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"),
-    );
-    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    // Proxies such as nginx would otherwise hold messages back to fill their buffers.
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    super::uni::stream_response(receiver, sse)
 }
 
 /// Serves one emulation connection until it ends. Dropping the session releases its

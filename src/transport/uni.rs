@@ -174,6 +174,13 @@ async fn stream_endpoint(
     };
     let task = serve(node.clone(), wire, request, forwarded, transport, slot);
     node.tracker().spawn(task);
+    stream_response(receiver, transport == Transport::UniSse)
+}
+
+/// The response of a streaming transport: the body is what the connection's task sends through
+/// `receiver`, as SSE events (`sse`) or JSON lines, with the headers that keep caches and
+/// proxies from holding it back.
+pub(super) fn stream_response(receiver: mpsc::Receiver<Bytes>, sse: bool) -> Response {
     let body = Body::from_stream(futures_util::stream::unfold(
         receiver,
         |mut receiver| async move {
@@ -181,7 +188,7 @@ async fn stream_endpoint(
             Some((Ok::<_, Infallible>(chunk), receiver))
         },
     ));
-    let content_type = if transport == Transport::UniSse {
+    let content_type = if sse {
         "text/event-stream; charset=utf-8"
     } else {
         "application/json"

@@ -2,6 +2,7 @@
 //! offsets it receives and, when told its stream broke, resubscribes (or reconnects) from its
 //! position and takes the recovered publications.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -115,4 +116,22 @@ impl Follower {
             }
         }
     }
+}
+
+/// **durable**: a channel's history (a `history` API answer) holds every acknowledged
+/// publication (`offset` → the `n` of its data), once, in offset order.
+pub fn assert_durable(history: &Value, acked: &BTreeMap<u64, u64>) {
+    let stored: Vec<(u64, u64)> = history["result"]["publications"]
+        .as_array()
+        .expect("a history answer")
+        .iter()
+        .map(|p| {
+            (
+                p["offset"].as_u64().unwrap(),
+                p["data"]["n"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(u64, u64)> = acked.iter().map(|(o, n)| (*o, *n)).collect();
+    assert_eq!(stored, expected, "durable");
 }
