@@ -45,6 +45,17 @@ async fn nodes_share_a_three_master_cluster() {
     let prefix = unique_prefix();
     let a = TestServer::with(on_cluster(&cluster, &prefix)).await;
     let b = TestServer::with(on_cluster(&cluster, &prefix)).await;
+    // The front page says how the node reaches Redis.
+    let (_, front) = http_raw(
+        a.addr,
+        &format!(
+            "GET /front/config HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            a.addr
+        ),
+    )
+    .await;
+    let front: Value = serde_json::from_str(&front).unwrap();
+    assert_eq!(front["redis"], "cluster", "{front}");
     let channels: Vec<String> = (0..12).map(|i| format!("room{i}")).collect();
     let mut sub = a.client().await;
     let mut epochs = BTreeMap::new();

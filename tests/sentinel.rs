@@ -57,6 +57,18 @@ async fn a_master_failover_loses_and_repeats_nothing_acknowledged() {
     };
     let publishing_node = TestServer::with(node()).await;
     let other_node = TestServer::with(node()).await;
+    // The front page says how the node reaches Redis.
+    let (_, front) = http_raw(
+        publishing_node.addr,
+        &format!(
+            "GET /front/config HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            publishing_node.addr
+        ),
+    )
+    .await;
+    let front: serde_json::Value = serde_json::from_str(&front).unwrap();
+    assert_eq!(front["redis"], "sentinel", "{front}");
+    assert_eq!(front["redis_sentinel_master"], SENTINEL_MASTER, "{front}");
     let mut followers = [
         Follower::start(&publishing_node.ws_url(), "ledger").await,
         Follower::start(&other_node.ws_url(), "ledger").await,

@@ -147,6 +147,7 @@ async fn front_page_describes_the_node_without_secrets() {
     assert_eq!(info["anonymous"], true);
     assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(info["redis_shards"], 0);
+    assert_eq!(info["redis"], "none");
     assert_eq!(info["api_key_required"], false);
     assert_eq!(info["websocket"], "/connection/websocket");
     open.stop().await;

@@ -48,9 +48,12 @@ async function main() {
     ? 'connect anonymously (no token needed)'
     : 'need a connection token (JWT), or the application backend decides');
   text('storage', info.storage);
-  text('redis', info.redis_shards > 0
-    ? `Redis (${info.redis_shards} shard${info.redis_shards > 1 ? 's' : ''})`
-    : 'nothing: one node on its own');
+  const redis = {
+    cluster: 'a Redis Cluster (channels spread over its masters)',
+    sentinel: `Redis through Sentinel (master ${info.redis_sentinel_master})`,
+    shards: `Redis (${info.redis_shards} shard${info.redis_shards > 1 ? 's' : ''})`,
+  };
+  text('redis', redis[info.redis] || 'nothing: one node on its own');
   text('ws-url', websocketUrl(info.websocket));
   if (info.api_separate) {
     text('api-url', `POST /api/<method> on the API listener`);

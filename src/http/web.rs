@@ -189,6 +189,18 @@ async fn front_config(State(node): State<Node>) -> Response {
         "anonymous": config.anonymous_allowed(),
         "storage": storage,
         "redis_shards": config.redis.len(),
+        // How the nodes share Redis: "none", "shards" (`redis_shards` plain servers), "sentinel"
+        // (the master `redis_sentinel_master` names) or "cluster".
+        "redis": if !config.redis_cluster.is_empty() {
+            "cluster"
+        } else if !config.redis_sentinel.is_empty() {
+            "sentinel"
+        } else if !config.redis.is_empty() {
+            "shards"
+        } else {
+            "none"
+        },
+        "redis_sentinel_master": config.redis_sentinel_master.as_deref().unwrap_or(""),
         "websocket": "/connection/websocket",
         "api_prefix": "/api",
         "api_separate": config.api_port.is_some(),
