@@ -292,3 +292,44 @@ async fn dashboard_is_disabled_on_a_public_address_without_secrets() {
     assert_eq!(body, r#"{"access":"disabled"}"#);
     server.stop().await;
 }
+
+/// With nodes on one Redis, the dashboard shows the whole cluster beside its own node: live nodes
+/// and their connections in all (from the nodes' announcements).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_counts_the_whole_cluster() {
+    let redis = redis_server::RedisServer::start().await;
+    let prefix = redis_server::unique_prefix();
+    let node = |c: &mut switchboard::Config| {
+        c.redis = vec![redis.url()];
+        c.redis_prefix = prefix.clone();
+    };
+    let a = TestServer::with(node).await;
+    let b = TestServer::with(node).await;
+    let _on_a = [a.client().await, a.client().await];
+    let _on_b = b.client().await;
+    // Announcements are a few seconds apart: bounded retries.
+    let mut last = Value::Null;
+    let mut counted = false;
+    for _ in 0..40 {
+        let (status, data) = dashboard_events(a.addr, "").await;
+        assert_eq!(status, 200, "{data}");
+        last = serde_json::from_str(&data).unwrap();
+        counted = last["connections"] == 2
+            && last["cluster"]["nodes"] == 2
+            && last["cluster"]["connections"] == 3;
+        if counted {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(
+        counted,
+        "the cluster figures never showed both nodes: {}",
+        last["cluster"]
+    );
+    // On its own, a node shows no cluster figures.
+    let alone = TestServer::start().await;
+    let (_, data) = dashboard_events(alone.addr, "").await;
+    let snapshot: Value = serde_json::from_str(&data).unwrap();
+    assert!(snapshot.get("cluster").is_none(), "{snapshot}");
+}

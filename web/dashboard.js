@@ -201,6 +201,9 @@
     $('v-connections').textContent = fmt(s.connections);
     $('v-users').textContent = `${fmt(s.users)} user${s.users === 1 ? '' : 's'}`;
     $('v-transports').textContent = (s.transports || []).map(([name, open]) => `${name} ${fmt(open)}`).join(' · ');
+    $('v-cluster').textContent = s.cluster
+      ? `cluster: ${fmt(s.cluster.nodes)} node${s.cluster.nodes === 1 ? '' : 's'}, ${fmt(s.cluster.connections)} connections, ${fmt(s.cluster.subscriptions)} subscriptions`
+      : '';
     $('v-channels').textContent = fmt(s.channels);
     $('v-subscriptions').textContent = `${fmt(s.subscriptions)} subscription${s.subscriptions === 1 ? '' : 's'}`;
     $('v-in-total').textContent = `${fmt(c.commands + c.api_requests)} total`;

@@ -345,6 +345,8 @@ async fn dashboard_events(
         backlog: true,
         node,
         interval,
+        cluster: None,
+        cluster_read: None,
         _permit: permit,
     };
     let stream = futures_util::stream::unfold(watch, |mut watch| async move {
@@ -352,6 +354,7 @@ async fn dashboard_events(
             _ = watch.node.shutdown_token().cancelled() => return None,
             _ = watch.interval.tick() => {}
         }
+        watch.refresh_cluster().await;
         let event = Event::default().event("snapshot").data(watch.snapshot());
         Some((Ok::<_, std::convert::Infallible>(event), watch))
     });
@@ -372,7 +375,52 @@ struct Watch {
     cursor: u64,
     /// The first snapshot also sends the recent past of the timeline.
     backlog: bool,
+    /// With several nodes (on Redis): the whole cluster, from the nodes' announcements, and
+    /// when it was last read.
+    cluster: Option<ClusterFigures>,
+    cluster_read: Option<tokio::time::Instant>,
     _permit: OwnedSemaphorePermit,
+}
+
+/// The cluster's figures a dashboard shows beside this node's: live nodes and their connections
+/// and subscriptions in all (users and channels are not summed: one user or channel may be on
+/// several nodes).
+#[derive(Debug, Clone, Serialize)]
+struct ClusterFigures {
+    nodes: usize,
+    connections: u64,
+    subscriptions: u64,
+}
+
+/// How often a dashboard reads the nodes' announcements (which are themselves a few seconds
+/// apart).
+const CLUSTER_READ_INTERVAL: Duration = Duration::from_secs(2);
+
+impl Watch {
+    /// Reads the cluster's figures again if they are older than [`CLUSTER_READ_INTERVAL`]; only
+    /// when the node shares a Redis with others.
+    async fn refresh_cluster(&mut self) {
+        let config = self.node.config();
+        if config.redis.is_empty()
+            && config.redis_sentinel.is_empty()
+            && config.redis_cluster.is_empty()
+        {
+            return;
+        }
+        if self
+            .cluster_read
+            .is_some_and(|at| at.elapsed() < CLUSTER_READ_INTERVAL)
+        {
+            return;
+        }
+        self.cluster_read = Some(tokio::time::Instant::now());
+        let nodes = self.node.nodes().await;
+        self.cluster = Some(ClusterFigures {
+            nodes: nodes.len(),
+            connections: nodes.iter().map(|n| n.num_clients).sum(),
+            subscriptions: nodes.iter().map(|n| n.num_subs).sum(),
+        });
+    }
 }
 
 /// What a dashboard receives, twice a second. Counters are totals; the page derives rates.
@@ -389,6 +437,9 @@ struct Snapshot {
     subscriptions: u64,
     /// Open connections of each transport that has any.
     transports: Vec<(&'static str, u64)>,
+    /// With several nodes: the whole cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterFigures>,
     counters: Counters,
     /// The busiest channels: name and local subscribers.
     top_channels: Vec<(String, usize)>,
@@ -466,6 +517,7 @@ impl Watch {
                 .into_iter()
                 .filter(|(_, open)| *open > 0)
                 .collect(),
+            cluster: self.cluster.clone(),
             counters: Counters {
                 commands: get(&metrics.commands_received),
                 api_requests: get(&metrics.api_requests),
