@@ -195,8 +195,19 @@ impl Drop for LossyLink {
     }
 }
 
-/// Deletes a namespace if it exists (with its end of the veth pair, which deletes the pair).
+/// Deletes a namespace if it exists (with its end of the veth pair, which deletes the pair),
+/// killing what still runs in it first (a server started through `sudo` is not the test's child
+/// to kill).
 fn remove_namespace(namespace: &str) {
+    if let Ok(output) = privileged_command("ip")
+        .args(["netns", "pids", namespace])
+        .stderr(Stdio::null())
+        .output()
+    {
+        for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+            let _ = privileged_command("kill").args(["-9", pid]).status();
+        }
+    }
     let _ = privileged_command("ip")
         .args(["netns", "del", namespace])
         .stderr(Stdio::null())
