@@ -4,8 +4,9 @@
 //! session on this node; one for another node travels there through the broker
 //! ([`NodeControl::Emulation`](crate::engine::broker::NodeControl)).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -26,10 +27,16 @@ pub enum Delivery {
     Full,
 }
 
+/// How long the set of live nodes read for forwarded requests is trusted: a client sends many
+/// commands, and each would otherwise read every node's announcement from the broker.
+const LIVE_NODES_FOR: Duration = Duration::from_secs(1);
+
 /// The emulation sessions on this node.
 #[derive(Debug, Default)]
 pub struct EmulationSessions {
     inner: Mutex<Registry>,
+    /// The live nodes' uids as last read, and when.
+    live_nodes: Mutex<Option<(Instant, HashSet<String>)>>,
 }
 
 #[derive(Debug, Default)]
@@ -94,6 +101,18 @@ impl EmulationSessions {
             Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
             Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Unknown,
         }
+    }
+
+    /// Whether node `uid` was among the live nodes read recently. Only a yes is remembered: a
+    /// node that started since the last read must not be refused, so a no means read again.
+    pub fn known_live(&self, uid: &str) -> bool {
+        let cached = self.live_nodes.lock().unwrap_or_else(|e| e.into_inner());
+        matches!(&*cached, Some((read, uids)) if read.elapsed() < LIVE_NODES_FOR && uids.contains(uid))
+    }
+
+    /// Remembers the live nodes just read.
+    pub fn set_live(&self, uids: HashSet<String>) {
+        *self.live_nodes.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), uids));
     }
 
     /// The session id of connection `conn`, if it is an emulation connection.

@@ -2,7 +2,7 @@
 //! both use (publish, history, presence, user control). Sessions and the API reach the engines
 //! only through it; `dispatch` turns what the broker delivers into messages queued to local
 //! subscribers.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -282,11 +282,20 @@ impl Node {
         if node_uid == self.inner.uid {
             return Emulated::Here(self.inner.emulation.deliver(session, commands));
         }
-        let live = match self.broker().nodes().await {
-            Ok(records) => records.iter().any(|r| r.info.uid == node_uid),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list nodes for an emulation request");
-                return Emulated::Unavailable;
+        let live = if self.inner.emulation.known_live(node_uid) {
+            true
+        } else {
+            match self.broker().nodes().await {
+                Ok(records) => {
+                    let uids: HashSet<String> = records.into_iter().map(|r| r.info.uid).collect();
+                    let live = uids.contains(node_uid);
+                    self.inner.emulation.set_live(uids);
+                    live
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list nodes for an emulation request");
+                    return Emulated::Unavailable;
+                }
             }
         };
         if !live {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use super::read::decode_row;
+use super::read::{decode_row, stream_position};
 use super::writer::insert;
 use super::{now_ms, storage};
 use crate::engine::history::{HistoryError, Retention};
@@ -158,20 +158,7 @@ pub(super) fn read_state(
 ) -> Result<Option<StatePage>, HistoryError> {
     // One read transaction, so the position and the entries agree.
     let tx = conn.unchecked_transaction().map_err(storage)?;
-    let Some(position) = tx
-        .query_row(
-            "SELECT epoch, top FROM streams WHERE channel = ?1",
-            [channel],
-            |row| {
-                Ok(StreamPosition {
-                    epoch: row.get(0)?,
-                    offset: row.get::<_, i64>(1)? as u64,
-                })
-            },
-        )
-        .optional()
-        .map_err(storage)?
-    else {
+    let Some(position) = stream_position(&tx, channel)? else {
         return Ok(None);
     };
     let num_keys: i64 = tx

@@ -17,20 +17,7 @@ pub(super) fn read(
 ) -> Result<Option<HistoryPage>, HistoryError> {
     // One read transaction, so the position and the rows agree.
     let tx = conn.unchecked_transaction().map_err(storage)?;
-    let Some(position) = tx
-        .query_row(
-            "SELECT epoch, top FROM streams WHERE channel = ?1",
-            [channel],
-            |row| {
-                Ok(StreamPosition {
-                    epoch: row.get(0)?,
-                    offset: row.get::<_, i64>(1)? as u64,
-                })
-            },
-        )
-        .optional()
-        .map_err(storage)?
-    else {
+    let Some(position) = stream_position(&tx, channel)? else {
         return Ok(None);
     };
     let after = match &filter.since {
@@ -89,6 +76,25 @@ pub(super) fn read(
 }
 
 /// A publication from its stored columns (`key` and `removed` for map channels).
+/// The position (epoch and top offset) of `channel`'s stream; `None` if it does not exist.
+pub(super) fn stream_position(
+    conn: &Connection,
+    channel: &str,
+) -> Result<Option<StreamPosition>, HistoryError> {
+    conn.query_row(
+        "SELECT epoch, top FROM streams WHERE channel = ?1",
+        [channel],
+        |row| {
+            Ok(StreamPosition {
+                epoch: row.get(0)?,
+                offset: row.get::<_, i64>(1)? as u64,
+            })
+        },
+    )
+    .optional()
+    .map_err(storage)
+}
+
 pub(super) fn decode_row(
     offset: i64,
     data: String,
