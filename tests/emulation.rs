@@ -10,110 +10,56 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::http_stream::{urlencode, HttpStream};
 use common::redis_server::{unique_prefix, RedisServer};
 use common::{api_call, eventually, Client, TestServer};
 use serde_json::{json, Value};
 
 const SECRET: &str = "emulation-test-secret";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    HttpStream,
-    Sse,
-}
+use switchboard_client::raw::EmulationKind as Kind;
 
 const KINDS: [Kind; 2] = [Kind::HttpStream, Kind::Sse];
 
-/// A client over an emulation transport.
-struct Emulated {
-    stream: HttpStream,
-    session: String,
-    node: String,
-    next_id: u64,
-    /// Messages read while waiting for a reply, for `next_push`.
-    pending: std::collections::VecDeque<Value>,
-}
+/// A client over an emulation transport: the client crate's wire-level session, failing the
+/// test on any error.
+struct Emulated(switchboard_client::raw::Emulated);
 
 impl Emulated {
     /// Opens the stream with a `connect` (with `connect` as its body) and reads the connect reply.
     async fn open(addr: SocketAddr, kind: Kind, connect: Value) -> (Emulated, Value) {
-        let first = json!({"id": 1, "connect": connect}).to_string();
-        let request = match kind {
-            Kind::HttpStream => format!(
-                "POST /connection/http_stream HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{first}",
-                first.len()
-            ),
-            Kind::Sse => format!(
-                "GET /connection/sse?cf_connect={} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n",
-                urlencode(&first)
-            ),
-        };
-        let mut stream = HttpStream::open(addr, &request, kind == Kind::Sse).await;
-        let reply = stream.next().await.expect("the connect reply");
-        assert_eq!(reply["id"], 1, "{reply}");
-        let connected = reply["connect"].clone();
-        let client = Emulated {
-            stream,
-            session: connected["session"]
-                .as_str()
-                .expect("a session")
-                .to_string(),
-            node: connected["node"].as_str().expect("a node").to_string(),
-            next_id: 2,
-            pending: Default::default(),
-        };
-        (client, connected)
+        let (mut session, connected) = switchboard_client::raw::Emulated::open(addr, kind, connect)
+            .await
+            .expect("a session and its connect reply");
+        session.stream.set_wait(common::WAIT);
+        (Emulated(session), connected)
     }
 
     /// Posts `commands` for this session to `/emulation` on `addr`; returns the status.
     async fn post(&self, addr: SocketAddr, commands: &str) -> u16 {
-        let body = json!({"session": self.session, "node": self.node, "data": commands});
-        api_free_post(addr, "/emulation", &body.to_string()).await.0
+        self.0.post_to(addr, commands).await.expect("an answer")
     }
 
     /// Sends one command through `addr` and waits for its reply on the stream, keeping order.
     async fn call_via(&mut self, addr: SocketAddr, key: &str, body: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut command = json!({"id": id});
-        command[key] = body;
-        assert_eq!(self.post(addr, &command.to_string()).await, 200);
-        loop {
-            let message = self.stream.next().await;
-            let message =
-                message.unwrap_or_else(|| panic!("the stream ended; read {:?}", self.pending));
-            if message["id"] == id {
-                return message;
-            }
-            self.pending.push_back(message);
-        }
+        self.0.call_via(addr, key, body).await.expect("the reply")
     }
 
     /// The next message that is not a ping.
     async fn next_push(&mut self) -> Option<Value> {
-        loop {
-            let message = match self.pending.pop_front() {
-                Some(message) => message,
-                None => self.stream.next().await?,
-            };
-            if message.as_object().is_some_and(|o| !o.is_empty()) {
-                return Some(message);
-            }
-        }
+        self.0.next_push().await.expect("a message in time")
+    }
+
+    /// The next message on the stream, pings included; `None` when it ended.
+    async fn next_message(&mut self) -> Option<Value> {
+        self.0.stream.next().await.expect("a message in time")
     }
 }
 
 /// A POST without an API key; status and body.
 async fn api_free_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
-    common::http_raw(
-        addr,
-        &format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-    .await
+    switchboard_client::raw::http_post(addr, path, body, common::WAIT)
+        .await
+        .expect("an HTTP answer")
 }
 
 fn token(user: &str) -> String {
@@ -203,7 +149,7 @@ async fn pings_are_answered_through_emulation_and_keep_the_session() {
         // Three pings in a row, each answered: had a pong not reached the session, it would have
         // been closed (3012) before the next ping.
         for _ in 0..3 {
-            let message = client.stream.next().await.expect("a ping");
+            let message = client.next_message().await.expect("a ping");
             assert_eq!(message, json!({}), "{kind:?}");
             assert_eq!(client.post(server.addr, "{}").await, 200);
         }
@@ -267,7 +213,7 @@ async fn the_server_ends_a_stream_with_a_disconnect_push() {
         let push = client.next_push().await.expect("the disconnect push");
         assert_eq!(push["push"]["disconnect"]["code"], 3011, "{push}");
         assert_eq!(push["push"]["disconnect"]["reason"], "move along");
-        assert_eq!(client.stream.next().await, None, "the stream ends");
+        assert_eq!(client.next_message().await, None, "the stream ends");
         // Commands for the ended session: it is gone from a running node.
         assert!(
             eventually(|| async { client.post(server.addr, "{}").await == 204 }).await,
@@ -294,7 +240,7 @@ async fn bad_emulation_requests_are_refused_and_harm_nobody() {
     let (status, body) = api_free_post(server.addr, "/emulation", &unknown_node).await;
     assert_eq!(status, 404, "{body}");
     let unknown_session =
-        json!({"session": "no-such-session", "node": honest.node, "data": "{}"}).to_string();
+        json!({"session": "no-such-session", "node": honest.0.node, "data": "{}"}).to_string();
     assert_eq!(
         api_free_post(server.addr, "/emulation", &unknown_session)
             .await
@@ -314,7 +260,7 @@ async fn bad_emulation_requests_are_refused_and_harm_nobody() {
     assert_eq!(rude.post(server.addr, "not json").await, 200);
     let push = rude.next_push().await.expect("the disconnect push");
     assert_eq!(push["push"]["disconnect"]["code"], 3501, "{push}");
-    assert_eq!(rude.stream.next().await, None);
+    assert_eq!(rude.next_message().await, None);
 
     // The honest client is still served.
     server
@@ -367,7 +313,7 @@ async fn a_command_sent_to_another_node_reaches_the_session_through_redis() {
         ready,
         "the holder never heard the other node's control messages"
     );
-    let holder_uid = client.node.clone();
+    let holder_uid = client.0.node.clone();
     assert!(
         eventually(|| async {
             let (_, info) = api_call(other.addr, "info", "{}", None).await;
@@ -394,7 +340,7 @@ async fn a_command_sent_to_another_node_reaches_the_session_through_redis() {
     let push = client.next_push().await.unwrap();
     assert_eq!(push["push"]["pub"]["data"], "via the other node");
     // A node id nobody has is refused by either node.
-    let unknown = json!({"session": client.session, "node": "gone", "data": "{}"}).to_string();
+    let unknown = json!({"session": client.0.session, "node": "gone", "data": "{}"}).to_string();
     assert_eq!(
         api_free_post(other.addr, "/emulation", &unknown).await.0,
         404

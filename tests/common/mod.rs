@@ -9,18 +9,14 @@ pub mod redis_server;
 pub mod script;
 pub mod webhook_receiver;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use switchboard::Config;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use switchboard_client::raw::{WireClient, WireError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
@@ -253,103 +249,51 @@ pub async fn api_call(
 
 /// Sends a raw HTTP/1.1 request (with `Connection: close`) and returns status and body.
 pub async fn http_raw(addr: SocketAddr, request: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+    switchboard_client::raw::http_exchange(addr, request, WAIT)
         .await
-        .expect("HTTP response in time")
-        .unwrap();
-    let response = String::from_utf8_lossy(&response).to_string();
-    let status: u16 = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    let body = if response
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(&body)
-    } else {
-        body
-    };
-    (status, body)
+        .expect("an HTTP response in time")
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
+/// What a read from the server produced (the client crate's wire-level event).
+pub use switchboard_client::raw::WireEvent as Event;
+
+/// The client crate's wire-level client ([`WireClient`]) with the tests' manners: every call
+/// waits at most [`WAIT`] and a failure (timeout, unexpected end, bad JSON) fails the test with
+/// the client's error.
+pub struct Client(pub WireClient);
+
+impl std::ops::Deref for Client {
+    type Target = WireClient;
+    fn deref(&self) -> &WireClient {
+        &self.0
     }
-    out
 }
 
-/// What a read from the server produced.
-#[derive(Debug)]
-pub enum Event {
-    Message(Value),
-    /// A close frame: code and reason.
-    Closed(u16, String),
-    /// The socket ended without a close frame.
-    Dropped,
-}
-
-/// A protocol client over a real WebSocket.
-pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    pending: VecDeque<Value>,
-    next_id: u32,
-    pub client_id: String,
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut WireClient {
+        &mut self.0
+    }
 }
 
 impl Client {
+    fn wrap(client: Result<WireClient, WireError>) -> Client {
+        let mut client = client.expect("WebSocket opened");
+        client.set_wait(WAIT);
+        Client(client)
+    }
+
     pub async fn open(url: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        Client {
-            ws,
-            pending: VecDeque::new(),
-            next_id: 1,
-            client_id: String::new(),
-        }
+        Self::wrap(WireClient::open(url).await)
     }
 
     /// Opens a client whose upgrade request carries `headers` (name, value).
     pub async fn open_with_headers(url: &str, headers: &[(&str, &str)]) -> Client {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut request = url.into_client_request().unwrap();
-        for (name, value) in headers {
-            let name =
-                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
-                    .unwrap();
-            request.headers_mut().append(name, value.parse().unwrap());
-        }
-        let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-        Client {
-            ws,
-            pending: VecDeque::new(),
-            next_id: 1,
-            client_id: String::new(),
-        }
+        Self::wrap(WireClient::open_with_headers(url, headers).await)
     }
 
     /// A client over a WebSocket opened elsewhere.
     pub fn from_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
-        Client {
-            ws,
-            pending: VecDeque::new(),
-            next_id: 1,
-            client_id: String::new(),
-        }
+        Self::wrap(Ok(WireClient::from_ws(ws)))
     }
 
     /// Opens a client over `stream`, already connected (from a chosen source address, say),
@@ -358,110 +302,60 @@ impl Client {
         request: tokio_tungstenite::tungstenite::handshake::client::Request,
         stream: TcpStream,
     ) -> Client {
-        let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
-            .await
-            .unwrap();
-        Client {
-            ws,
-            pending: VecDeque::new(),
-            next_id: 1,
-            client_id: String::new(),
-        }
+        Self::wrap(WireClient::from_stream(request, stream).await)
     }
 
-    /// Opens a client whose socket has a tiny receive buffer, so that not reading fills the
-    /// server's side quickly (a slow client).
+    /// Opens a client whose socket has a tiny receive buffer (a slow client).
     pub async fn open_small_buffer(addr: SocketAddr) -> Client {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let stream = socket.connect(addr).await.unwrap();
-        let url = format!("ws://{addr}/connection/websocket");
-        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
-            .await
-            .unwrap();
-        Client {
-            ws,
-            pending: VecDeque::new(),
-            next_id: 1,
-            client_id: String::new(),
-        }
+        Self::wrap(WireClient::open_small_buffer(addr).await)
     }
 
     /// Sends a raw text frame.
     pub async fn send_raw(&mut self, text: &str) {
-        self.ws.send(Message::text(text)).await.unwrap();
+        self.0.send_raw(text).await.expect("frame sent");
     }
 
     /// Sends one command with the next id; returns the id.
     pub async fn send(&mut self, key: &str, body: Value) -> u32 {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut command = json!({ "id": id });
-        command[key] = body;
-        self.send_raw(&command.to_string()).await;
-        id
+        self.0.send(key, body).await.expect("command sent")
     }
 
     /// Sends a command and waits for its reply, keeping pushes that arrive meanwhile.
     pub async fn call(&mut self, key: &str, body: Value) -> Value {
-        let id = self.send(key, body).await;
-        self.reply_to(id).await
+        self.0.call(key, body).await.expect("a reply")
     }
 
     /// Waits for the reply with `id`.
     pub async fn reply_to(&mut self, id: u32) -> Value {
-        match self.try_reply_to(id).await {
-            Ok(reply) => reply,
-            Err(other) => panic!("expected reply {id}, got {other:?}"),
-        }
+        self.0.reply_to(id).await.expect("the reply")
     }
 
     /// Sends a command and waits for its reply, or for the end of the connection (a client
     /// that expects its connection to be cut).
     pub async fn try_call(&mut self, key: &str, body: Value) -> Result<Value, Event> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut command = json!({ "id": id });
-        command[key] = body;
-        if self
-            .ws
-            .send(Message::text(command.to_string()))
-            .await
-            .is_err()
-        {
-            return Err(Event::Dropped);
+        match self.0.send(key, body).await {
+            Ok(id) => self.try_reply_to(id).await,
+            Err(_) => Err(Event::Dropped),
         }
-        self.try_reply_to(id).await
     }
 
     /// Waits for the reply with `id`, or for the end of the connection.
     pub async fn try_reply_to(&mut self, id: u32) -> Result<Value, Event> {
-        loop {
-            if let Some(i) = self.pending.iter().position(|m| m["id"] == id) {
-                return Ok(self.pending.remove(i).unwrap());
-            }
-            // Read from the socket (not the pending list) until the reply shows up.
-            let ended = tokio::time::timeout(WAIT, self.read_frame())
-                .await
-                .expect("server answered in time");
-            if let Some(other) = ended {
-                return Err(other);
-            }
+        match self.0.reply_to(id).await {
+            Ok(reply) => Ok(reply),
+            Err(WireError::Unexpected { got, .. }) => Err(got),
+            Err(e) => panic!("waiting for reply {id}: {e}"),
         }
     }
 
     /// Answers a server ping (an empty message); false if the connection is gone.
     pub async fn pong(&mut self) -> bool {
-        self.ws.send(Message::text("{}")).await.is_ok()
+        self.0.pong().await.is_ok()
     }
 
     /// `connect` with `body`; stores the client id.
     pub async fn connect(&mut self, body: Value) -> Value {
-        let reply = self.call("connect", body).await;
-        if let Some(client) = reply["connect"]["client"].as_str() {
-            self.client_id = client.to_string();
-        }
-        reply
+        self.0.connect(body).await.expect("the connect reply")
     }
 
     /// Subscribes asking for join/leave pushes.
@@ -484,101 +378,45 @@ impl Client {
 
     /// The next message, whether reply or push (ignoring server pings).
     pub async fn next_message(&mut self) -> Value {
-        loop {
-            match self.next_event().await {
-                Event::Message(m) if m == json!({}) => continue,
-                Event::Message(m) => return m,
-                other => panic!("expected a message, got {other:?}"),
-            }
-        }
+        self.0.next_message().await.expect("a message")
     }
 
     /// The next push (`push` object), skipping pings.
     pub async fn next_push(&mut self) -> Value {
-        let m = self.next_message().await;
-        assert!(m.get("push").is_some(), "expected a push, got {m}");
-        m["push"].clone()
+        self.0.next_push().await.expect("a push")
     }
 
     /// The next publication pushed on any channel.
     pub async fn next_publication(&mut self) -> Value {
-        loop {
-            let push = self.next_push().await;
-            if push.get("pub").is_some() {
-                return push;
-            }
-        }
+        self.0.next_publication().await.expect("a publication")
     }
 
     /// Reads until the server closes; returns the close code and reason (or panics).
     pub async fn closed(&mut self) -> (u16, String) {
-        loop {
-            match self.next_event().await {
-                Event::Message(_) => continue,
-                Event::Closed(code, reason) => return (code, reason),
-                Event::Dropped => panic!("socket dropped without a close frame"),
-            }
-        }
+        self.0.closed().await.expect("a close frame")
     }
 
     /// Reads until the connection ends: `Some(code)` for a close frame, `None` for a drop.
     pub async fn closed_or_dropped_code(&mut self) -> Option<u16> {
-        loop {
-            match self.next_event().await {
-                Event::Message(_) => continue,
-                Event::Closed(code, _) => return Some(code),
-                Event::Dropped => return None,
-            }
+        match self.0.closed_or_dropped().await.expect("the end in time") {
+            Event::Closed(code, _) => Some(code),
+            _ => None,
         }
     }
 
     /// Whether no message arrives within `wait`.
     pub async fn silent_for(&mut self, wait: Duration) -> bool {
-        if !self.pending.is_empty() {
-            return false;
-        }
-        tokio::time::timeout(wait, self.read_frame()).await.is_err()
+        self.0.silent_for(wait).await.expect("a readable socket")
     }
 
     /// The next event, pending messages first, with a time limit.
     pub async fn next_event(&mut self) -> Event {
-        if let Some(m) = self.pending.pop_front() {
-            return Event::Message(m);
-        }
-        let ended = tokio::time::timeout(WAIT, self.read_frame())
-            .await
-            .expect("server answered in time");
-        match ended {
-            Some(event) => event,
-            None => Event::Message(self.pending.pop_front().expect("a frame holds a message")),
-        }
-    }
-
-    /// Reads one frame into `pending`; returns the end of the connection instead, if it ends.
-    async fn read_frame(&mut self) -> Option<Event> {
-        loop {
-            match self.ws.next().await {
-                Some(Ok(Message::Text(text))) => {
-                    for line in text.split('\n').filter(|l| !l.is_empty()) {
-                        self.pending.push_back(serde_json::from_str(line).unwrap());
-                    }
-                    return None;
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    return Some(match frame {
-                        Some(f) => Event::Closed(u16::from(f.code), f.reason.to_string()),
-                        None => Event::Closed(u16::from(CloseCode::Status), String::new()),
-                    })
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Some(Event::Dropped),
-            }
-        }
+        self.0.next_event().await.expect("server answered in time")
     }
 
     /// Closes the socket abruptly (no close frame).
     pub fn drop_tcp(self) {
-        drop(self.ws);
+        self.0.drop_tcp();
     }
 }
 

@@ -1,12 +1,24 @@
-//! The low-level protocol client: sockets and hand-written frames, for `switchboard bench`.
+//! The low-level protocol client: sockets and frames written by hand, for `switchboard bench`,
+//! the integration tests and tools that must see or bend the protocol itself.
 //!
-//! The bench holds tens of thousands of connections and writes millions of publishes, so it
-//! drives the wire itself instead of going through [`crate::Client`]: [`Target`] opens WebSockets
-//! (from spread source addresses when one address's ports would run out) and completes
-//! `connect`; [`subscribe`], [`push_publish`], [`push_rpc`] and [`pong`] cover the other
-//! commands; [`expect_reply`] and [`lines`] read frames, which carry several messages split by
-//! newlines. [`now_micros`] is a clock shared between processes on one machine, for end-to-end
-//! latency.
+//! - The bench holds tens of thousands of connections and writes millions of publishes, so it
+//!   drives the wire itself instead of going through [`crate::Client`]: [`Target`] opens
+//!   WebSockets (from spread source addresses when one address's ports would run out) and
+//!   completes `connect`; [`subscribe`], [`push_publish`], [`push_rpc`] and [`pong`] cover the
+//!   other commands; [`expect_reply`] and [`lines`] read frames, which carry several messages
+//!   split by newlines. [`now_micros`] is a clock shared between processes on one machine, for
+//!   end-to-end latency.
+//! - [`WireClient`] (module [`wire`]) is one connection driven command by command with parsed
+//!   JSON: for tests that assert exact replies, pushes and close codes, or send malformed frames.
+//! - [`HttpStream`] and [`Emulated`] (module [`http`]) read the HTTP transports' streamed
+//!   responses and drive a session of the bidirectional emulation (`http_stream`, `sse`, and
+//!   `POST /emulation`).
+
+pub mod http;
+pub mod wire;
+
+pub use http::{http_exchange, http_post, urlencode, Emulated, EmulationKind, HttpStream};
+pub use wire::{WireClient, WireError, WireEvent};
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
