@@ -9,14 +9,27 @@ use std::time::Duration;
 use common::*;
 use switchboard_bench::group::{Group, Published};
 use switchboard_bench::publish::{ws_publisher, Counters, Plan};
-use switchboard_client::raw::Target;
+use switchboard_client::raw::{Target, Transport};
 
+/// Subscribers over each transport (publishers over WebSocket) get every publication once.
 #[tokio::test]
 async fn fanout_accounting_over_real_sockets() {
+    for transport in [Transport::WebSocket, Transport::HttpStream, Transport::Sse] {
+        fanout_accounting_over(transport).await;
+    }
+}
+
+async fn fanout_accounting_over(transport: Transport) {
     let server = TestServer::with(|c| c.join_leave = false).await;
-    let target = Target::new(&server.ws_url(), None, None, 6).unwrap();
+    let mut target = Target::new(&server.ws_url(), None, None, 6).unwrap();
+    target.transport = transport;
     let group = Group::open(&target, 0..6, 2, 0, "t", 4, WAIT, |_| {}).await;
-    assert_eq!((group.connected(), group.failed()), (6, 0));
+    assert_eq!(
+        (group.connected(), group.failed()),
+        (6, 0),
+        "{transport:?}: {:?}",
+        group.errors()
+    );
     let plan = Arc::new(Plan {
         rate: 200.0,
         duration: Duration::from_millis(100),
@@ -56,7 +69,7 @@ async fn fanout_accounting_over_real_sockets() {
     // 20 publications over 2 channels, 3 subscribers each.
     assert_eq!(group.expected(&published), 60);
     let report = group.finish(published, WAIT).await;
-    assert_eq!(report.delivered, 60);
+    assert_eq!(report.delivered, 60, "{transport:?}");
     assert_eq!(report.lost(), 0);
     assert_eq!((report.duplicates, report.order_violations), (0, 0));
     assert!(report.closed_early.is_empty());
@@ -110,5 +123,35 @@ async fn fanout_command_accounts_publishers_by_index() {
     assert_eq!(report["published"], 10, "{report}");
     assert_eq!(report["delivered"], 30, "{report}");
     assert_eq!(report["lost_publications"], 0, "{report}");
+    server.stop().await;
+}
+
+/// `bench idle --transport sse` and `--transport http_stream` hold their connections through
+/// the HTTP fallbacks: the server counts them under that transport while they are open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_command_holds_connections_over_the_http_fallbacks() {
+    let server = TestServer::with(|c| c.join_leave = false).await;
+    let url = server.ws_url();
+    for transport in ["sse", "http_stream"] {
+        let bench = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["bench", "idle", "--url", &url, "--transport", transport])
+            .args([
+                "-c", "4", "-k", "2", "-d", "2s", "--settle", "0s", "--json", "--quiet",
+            ])
+            .kill_on_drop(true)
+            .output();
+        let bench = tokio::spawn(bench);
+        let gauge = format!("switchboard_transport_connections{{transport=\"{transport}\"}} 4");
+        assert!(
+            eventually(|| async { server.metrics().await.contains(&gauge) }).await,
+            "{transport}: the server never held 4 connections"
+        );
+        let output = bench.await.unwrap().unwrap();
+        assert!(output.status.success(), "{transport}: {output:?}");
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["transport"], transport, "{report}");
+        assert_eq!(report["connected"], 4, "{report}");
+        assert_eq!(report["alive_at_end"], 4, "{report}");
+    }
     server.stop().await;
 }

@@ -21,12 +21,15 @@ use super::publish::{api_publisher, ws_publisher, ApiTarget, Counters, Plan, Pub
 use super::report::{new_histogram, thousands, Latency, Table};
 use super::worker::{share, Parent, Ready, Workers};
 use super::{counter, cpu_seconds, emit, parse_duration, process_cpu_seconds, rss_kib, timer};
-use super::{CommonArgs, Env, Via};
+use super::{CommonArgs, Env, TransportArg, Via};
 
 #[derive(Debug, Args)]
 pub struct FanoutArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// How the subscribers connect.
+    #[arg(long, value_enum, default_value_t = TransportArg::WebSocket)]
+    pub transport: TransportArg,
     /// Subscribed connections.
     #[arg(long, short = 'n', default_value_t = 1000)]
     pub subscribers: usize,
@@ -77,6 +80,8 @@ pub struct FanoutArgs {
 pub struct FanoutReport {
     pub scenario: &'static str,
     pub via: Via,
+    /// How the subscribers connected.
+    pub transport: TransportArg,
     pub subscribers: usize,
     pub connected: u64,
     pub connect_failures: u64,
@@ -113,12 +118,13 @@ pub struct FanoutReport {
 
 pub async fn run(args: FanoutArgs, env: Env) -> anyhow::Result<()> {
     let common = &args.common;
-    let target = Target::new(
+    let mut target = Target::new(
         &common.url,
         common.token.clone(),
         common.sources,
         args.subscribers,
     )?;
+    target.transport = args.transport.into();
     if let Some(index) = common.worker_index {
         return run_worker(&args, &target, index).await;
     }
@@ -232,6 +238,7 @@ pub async fn run(args: FanoutArgs, env: Env) -> anyhow::Result<()> {
     let result = FanoutReport {
         scenario: "fanout",
         via: args.via,
+        transport: args.transport,
         subscribers: args.subscribers,
         connected,
         connect_failures: failed,
@@ -288,8 +295,14 @@ fn api_url(args: &FanoutArgs) -> String {
 
 fn table(r: &FanoutReport) -> Table {
     let mut t = Table::new(format!(
-        "fanout via {:?}: {} subscribers on {} channel(s), {}/s for {} s, {} B payloads",
-        r.via, r.subscribers, r.channels, r.rate_target, r.duration_s, r.payload_bytes
+        "fanout via {:?}: {} {} subscribers on {} channel(s), {}/s for {} s, {} B payloads",
+        r.via,
+        r.subscribers,
+        r.transport.name(),
+        r.channels,
+        r.rate_target,
+        r.duration_s,
+        r.payload_bytes
     ));
     t.row(
         "subscribers",

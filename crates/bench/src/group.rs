@@ -12,13 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use switchboard_client::raw::{lines, now_micros, subscribe, Target, Ws};
+use switchboard_client::raw::{now_micros, Link, LinkRead, Target};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::publish::bench_stamp;
@@ -249,7 +247,7 @@ impl Group {
 
     #[allow(clippy::too_many_arguments)]
     fn opened(
-        done: Result<(usize, bool, anyhow::Result<Ws>), tokio::task::JoinError>,
+        done: Result<(usize, bool, anyhow::Result<Link>), tokio::task::JoinError>,
         tasks: &mut JoinSet<SubscriberEnd>,
         (per_channel, slow_count): (&mut BTreeMap<usize, u64>, &mut u64),
         (connected, failed, errors): (&mut u64, &mut u64, &mut Vec<String>),
@@ -380,18 +378,18 @@ async fn open_subscriber(
     n: usize,
     channel: &str,
     timeout: Duration,
-) -> anyhow::Result<Ws> {
-    let mut ws = target.open_connected(n, timeout).await?;
-    tokio::time::timeout(timeout, subscribe(&mut ws, 2, channel))
+) -> anyhow::Result<Link> {
+    let mut link = target.open_link(n, timeout).await?;
+    tokio::time::timeout(timeout, link.subscribe(2, channel))
         .await
         .map_err(|_| anyhow::anyhow!("subscribe timed out"))??;
-    Ok(ws)
+    Ok(link)
 }
 
 /// A subscriber that stopped reading: it reads nothing until released, then reads (and
 /// discards) until the server closes it, to learn the close code.
 async fn slow_subscriber(
-    mut ws: Ws,
+    mut ws: Link,
     shared: Arc<Shared>,
     stop: CancellationToken,
     release: CancellationToken,
@@ -405,20 +403,13 @@ async fn slow_subscriber(
         _ = stop.cancelled() => return end,
     }
     loop {
-        let message = tokio::select! {
-            m = ws.next() => m,
+        let read = tokio::select! {
+            r = ws.read() => r,
             _ = stop.cancelled() => break,
         };
-        match message {
-            Some(Ok(Message::Close(frame))) => {
-                end.closed_early = Some(frame.map_or(1005, |f| u16::from(f.code)));
-                break;
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => {
-                end.closed_early = Some(0);
-                break;
-            }
+        if let LinkRead::Ended(code) = read {
+            end.closed_early = Some(code);
+            break;
         }
     }
     if end.closed_early.is_some() {
@@ -452,7 +443,7 @@ impl Seen {
 
 /// Reads one subscriber's pushes until stopped, answering pings.
 async fn subscriber(
-    mut ws: Ws,
+    mut ws: Link,
     channel: usize,
     shared: Arc<Shared>,
     stop: CancellationToken,
@@ -464,27 +455,19 @@ async fn subscriber(
     let mut last: Vec<u64> = Vec::new();
     let mut latencies: Vec<u64> = Vec::with_capacity(64);
     loop {
-        let message = tokio::select! {
+        let read = tokio::select! {
             biased;
-            m = ws.next() => m,
+            r = ws.read() => r,
             _ = stop.cancelled() => break,
         };
-        let text = match message {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Close(frame))) => {
-                end.closed_early = Some(frame.map_or(1005, |f| u16::from(f.code)));
-                break;
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => {
-                end.closed_early = Some(0);
-                break;
-            }
-        };
+        if let LinkRead::Ended(code) = read {
+            end.closed_early = Some(code);
+            break;
+        }
         let now = now_micros();
         let mut new = 0;
         let mut pong = false;
-        for line in lines(&text) {
+        for line in read.messages() {
             if line == "{}" {
                 pong = true;
                 continue;
@@ -520,7 +503,7 @@ async fn subscriber(
                 }
             }
         }
-        if pong && switchboard_client::raw::pong(&mut ws).await.is_err() {
+        if pong && ws.pong().await.is_err() {
             end.closed_early = Some(0);
             break;
         }
@@ -551,7 +534,7 @@ async fn subscriber(
         }
     }
     if end.closed_early.is_none() {
-        let _ = ws.close(None).await;
+        ws.close().await;
     }
     end
 }

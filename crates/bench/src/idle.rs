@@ -12,12 +12,15 @@ use switchboard_client::raw::Target;
 use super::group::Group;
 use super::report::{thousands, Table};
 use super::worker::{merge, nothing_published, share, Parent, Ready, Workers};
-use super::{counter, emit, parse_duration, rss_kib, timer, CommonArgs, Env};
+use super::{counter, emit, parse_duration, rss_kib, timer, CommonArgs, Env, TransportArg};
 
 #[derive(Debug, Args)]
 pub struct IdleArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// How the subscribers connect.
+    #[arg(long, value_enum, default_value_t = TransportArg::WebSocket)]
+    pub transport: TransportArg,
     /// Connections to open and hold.
     #[arg(long, short = 'c', default_value_t = 1000)]
     pub connections: usize,
@@ -45,6 +48,8 @@ pub struct IdleArgs {
 #[derive(Debug, Serialize)]
 pub struct IdleReport {
     pub scenario: &'static str,
+    /// How the connections were made.
+    pub transport: TransportArg,
     pub connections: usize,
     pub connected: u64,
     pub connect_failures: u64,
@@ -65,12 +70,13 @@ pub struct IdleReport {
 
 pub async fn run(args: IdleArgs, env: Env) -> anyhow::Result<()> {
     let common = &args.common;
-    let target = Target::new(
+    let mut target = Target::new(
         &common.url,
         common.token.clone(),
         common.sources,
         args.connections,
     )?;
+    target.transport = args.transport.into();
     if let Some(index) = common.worker_index {
         let mut parent = Parent::new();
         let group = Group::open(
@@ -170,6 +176,7 @@ pub async fn run(args: IdleArgs, env: Env) -> anyhow::Result<()> {
     };
     let result = IdleReport {
         scenario: "idle",
+        transport: args.transport,
         connections: args.connections,
         connected,
         connect_failures: failed,
@@ -190,8 +197,11 @@ pub async fn run(args: IdleArgs, env: Env) -> anyhow::Result<()> {
         errors: report.errors.clone(),
     };
     let mut t = Table::new(format!(
-        "idle: {} connections on {} channel(s), held {:.0} s",
-        args.connections, args.channels, result.held_seconds
+        "idle: {} {} connections on {} channel(s), held {:.0} s",
+        args.connections,
+        args.transport.name(),
+        args.channels,
+        result.held_seconds
     ));
     t.row(
         "connected",

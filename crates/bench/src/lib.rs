@@ -103,6 +103,46 @@ pub enum Via {
     Api,
 }
 
+/// How subscribers reach the server (`--transport`; the `fanout` and `idle` scenarios only:
+/// the others' clients send commands at a rate the HTTP fallbacks are not made for).
+/// Publishers always use WebSocket (`--via ws`) or the server API (`--via api`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+pub enum TransportArg {
+    /// `/connection/websocket` at `--url`.
+    #[value(name = "websocket")]
+    #[serde(rename = "websocket")]
+    WebSocket,
+    /// `POST /connection/http_stream` on `--url`'s host, commands over `POST /emulation`.
+    #[value(name = "http_stream")]
+    #[serde(rename = "http_stream")]
+    HttpStream,
+    /// `GET /connection/sse` on `--url`'s host, commands over `POST /emulation`.
+    #[value(name = "sse")]
+    #[serde(rename = "sse")]
+    Sse,
+}
+
+impl TransportArg {
+    /// The name `--transport` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportArg::WebSocket => "websocket",
+            TransportArg::HttpStream => "http_stream",
+            TransportArg::Sse => "sse",
+        }
+    }
+}
+
+impl From<TransportArg> for switchboard_client::raw::Transport {
+    fn from(t: TransportArg) -> Self {
+        match t {
+            TransportArg::WebSocket => Self::WebSocket,
+            TransportArg::HttpStream => Self::HttpStream,
+            TransportArg::Sse => Self::Sse,
+        }
+    }
+}
+
 /// Runs a bench scenario: builds the runtime, raises the fd limit, prints the report.
 ///
 /// `--workers` re-executes the current program with the same arguments, so the binary that calls

@@ -43,7 +43,16 @@ impl HttpStream {
     /// must be a 200 (another status is [`WireError::Http`] with the status line). `sse` says
     /// how the body holds messages: SSE events, or one per line.
     pub async fn open(addr: SocketAddr, request: &str, sse: bool) -> Result<Self, WireError> {
-        let mut stream = TcpStream::connect(addr).await?;
+        Self::open_on(TcpStream::connect(addr).await?, request, sse).await
+    }
+
+    /// [`HttpStream::open`] over `stream`, a connection already made (from a chosen source
+    /// address, say).
+    pub async fn open_on(
+        mut stream: TcpStream,
+        request: &str,
+        sse: bool,
+    ) -> Result<Self, WireError> {
         stream.set_nodelay(true)?;
         stream.write_all(request.as_bytes()).await?;
         let mut body = BufReader::new(stream);
@@ -186,6 +195,16 @@ impl Emulated {
         kind: EmulationKind,
         connect: Value,
     ) -> Result<(Emulated, Value), WireError> {
+        Self::open_on(TcpStream::connect(addr).await?, addr, kind, connect).await
+    }
+
+    /// [`Emulated::open`] over `stream`, a connection to `addr` already made.
+    pub async fn open_on(
+        stream: TcpStream,
+        addr: SocketAddr,
+        kind: EmulationKind,
+        connect: Value,
+    ) -> Result<(Emulated, Value), WireError> {
         let first = json!({"id": 1, "connect": connect}).to_string();
         let request = match kind {
             EmulationKind::HttpStream => format!(
@@ -197,7 +216,7 @@ impl Emulated {
                 urlencode(&first)
             ),
         };
-        let mut stream = HttpStream::open(addr, &request, kind == EmulationKind::Sse).await?;
+        let mut stream = HttpStream::open_on(stream, &request, kind == EmulationKind::Sse).await?;
         let reply = match stream.next().await? {
             Some(reply) if reply["id"] == 1 => reply,
             other => {

@@ -50,6 +50,28 @@ pub struct Target {
     pub sources: Vec<IpAddr>,
     /// Connection token sent in `connect`, if the server wants one.
     pub token: Option<String>,
+    /// How [`Target::open_link`] connects (WebSocket unless set).
+    pub transport: Transport,
+}
+
+/// The bidirectional transports a [`Target`] can open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `/connection/websocket` (the target's URL).
+    WebSocket,
+    /// `POST /connection/http_stream` on the target's host and port, commands over
+    /// `POST /emulation`.
+    HttpStream,
+    /// `GET /connection/sse` on the target's host and port, commands over `POST /emulation`.
+    Sse,
+}
+
+/// A connection a [`Target`] opened over one of the [`Transport`]s, `connect` completed.
+pub enum Link {
+    /// A WebSocket.
+    WebSocket(Ws),
+    /// A session of the bidirectional emulation.
+    Emulated(Box<Emulated>),
 }
 
 impl Target {
@@ -84,11 +106,12 @@ impl Target {
             addr,
             sources,
             token,
+            transport: Transport::WebSocket,
         })
     }
 
-    /// Opens the `n`th connection's TCP socket (bound to its source address) and upgrades it.
-    pub async fn open(&self, n: usize) -> anyhow::Result<Ws> {
+    /// Opens the `n`th connection's TCP socket, bound to its source address.
+    async fn tcp(&self, n: usize) -> anyhow::Result<TcpStream> {
         let socket = match self.addr {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
             SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -102,6 +125,12 @@ impl Target {
         }
         let stream = socket.connect(self.addr).await?;
         stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// Opens the `n`th connection's TCP socket (bound to its source address) and upgrades it.
+    pub async fn open(&self, n: usize) -> anyhow::Result<Ws> {
+        let stream = self.tcp(n).await?;
         // Small buffers: the bench holds tens of thousands of sockets, and its frames are small
         // except pushes, for which the buffer grows as needed.
         let config = WebSocketConfig::default()
@@ -131,6 +160,124 @@ impl Target {
         })
         .await
         .map_err(|_| anyhow::anyhow!("connect timed out"))?
+    }
+}
+
+impl Target {
+    /// Opens connection `n` over the target's [`Transport`] and completes `connect`.
+    pub async fn open_link(&self, n: usize, timeout: Duration) -> anyhow::Result<Link> {
+        let kind = match self.transport {
+            Transport::WebSocket => {
+                return Ok(Link::WebSocket(self.open_connected(n, timeout).await?))
+            }
+            Transport::HttpStream => EmulationKind::HttpStream,
+            Transport::Sse => EmulationKind::Sse,
+        };
+        let mut connect = serde_json::json!({"name": "switchboard-bench"});
+        if let Some(token) = &self.token {
+            connect["token"] = token.clone().into();
+        }
+        let session = tokio::time::timeout(timeout, async {
+            let stream = self.tcp(n).await?;
+            let (mut session, _) = Emulated::open_on(stream, self.addr, kind, connect).await?;
+            session.stream.set_wait(timeout);
+            anyhow::Ok(session)
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("connect timed out"))??;
+        Ok(Link::Emulated(Box::new(session)))
+    }
+}
+
+impl Link {
+    /// Subscribes to `channel` with command `id` and waits for the reply (answering pings).
+    pub async fn subscribe(&mut self, id: u32, channel: &str) -> anyhow::Result<()> {
+        match self {
+            Link::WebSocket(ws) => subscribe(ws, id, channel).await,
+            Link::Emulated(session) => {
+                let reply = session
+                    .call_via(
+                        session.addr,
+                        "subscribe",
+                        serde_json::json!({"channel": channel}),
+                    )
+                    .await?;
+                if reply.get("error").is_some() {
+                    bail!("subscribe failed: {reply}");
+                }
+                // Reads from now on wait as long as the caller's loop decides.
+                session.stream.set_wait(Duration::from_secs(365 * 86_400));
+                Ok(())
+            }
+        }
+    }
+
+    /// Answers the server's ping.
+    pub async fn pong(&mut self) -> anyhow::Result<()> {
+        match self {
+            Link::WebSocket(ws) => Ok(pong(ws).await?),
+            Link::Emulated(session) => match session.post("{}").await? {
+                200 => Ok(()),
+                status => bail!("/emulation answered {status} to a pong"),
+            },
+        }
+    }
+
+    /// The next thing the server sent.
+    pub async fn read(&mut self) -> LinkRead {
+        match self {
+            Link::WebSocket(ws) => loop {
+                return match ws.next().await {
+                    Some(Ok(Message::Text(text))) => LinkRead::Frame(text),
+                    Some(Ok(Message::Close(frame))) => {
+                        LinkRead::Ended(frame.map_or(1005, |f| u16::from(f.code)))
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => LinkRead::Ended(0),
+                };
+            },
+            Link::Emulated(session) => match session.stream.next_text().await {
+                // The emulation's disconnect is a push, then the end of the stream.
+                Ok(Some(message)) if message.starts_with(r#"{"push":{"disconnect""#) => {
+                    LinkRead::Ended(field_u64(&message, "\"code\":").unwrap_or(0) as u16)
+                }
+                Ok(Some(message)) => LinkRead::Message(message),
+                Ok(None) | Err(_) => LinkRead::Ended(0),
+            },
+        }
+    }
+
+    /// Closes the connection (a close frame on WebSocket; the end of the TCP connection on
+    /// the emulation, which the server sees as the client gone).
+    pub async fn close(self) {
+        match self {
+            Link::WebSocket(mut ws) => {
+                let _ = ws.close(None).await;
+            }
+            Link::Emulated(session) => drop(session),
+        }
+    }
+}
+
+/// What [`Link::read`] got.
+pub enum LinkRead {
+    /// A WebSocket frame: one or more messages, split by newlines (see [`lines`]).
+    Frame(Utf8Bytes),
+    /// One message of an emulation stream.
+    Message(String),
+    /// The connection ended: the close (or disconnect) code, 0 when it ended without one.
+    Ended(u16),
+}
+
+impl LinkRead {
+    /// The messages read (none for [`LinkRead::Ended`]).
+    pub fn messages(&self) -> impl Iterator<Item = &str> {
+        let (frame, single) = match self {
+            LinkRead::Frame(text) => (Some(lines(text)), None),
+            LinkRead::Message(m) => (None, Some(m.as_str())),
+            LinkRead::Ended(_) => (None, None),
+        };
+        frame.into_iter().flatten().chain(single)
     }
 }
 
