@@ -6,10 +6,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use switchboard::hub::Hub;
-use switchboard::protocol::{decode_frame, Publication, Push, PushBody, Reply};
+use switchboard::protocol::{decode_frame, EncodedPush, Publication, Push, PushBody, Reply};
 use switchboard::queue::ClientQueue;
 
 fn codec(c: &mut Criterion) {
@@ -42,13 +41,23 @@ fn codec(c: &mut Criterion) {
             .encode()
         })
     });
+    group.bench_function("encode publication push (protobuf)", |b| {
+        b.iter(|| {
+            Reply::push(Push {
+                channel: "bench-0".to_string(),
+                body: PushBody::Publication(publication.clone()),
+            })
+            .encode_protobuf()
+        })
+    });
     group.finish();
 }
 
 fn fanout(c: &mut Criterion) {
     const SUBSCRIBERS: usize = 1000;
+    // A payload that makes the push about 190 bytes of JSON.
     let publication = Arc::new(Publication {
-        data: serde_json::value::RawValue::from_string("{}".to_string())
+        data: serde_json::value::RawValue::from_string(format!("\"{}\"", "x".repeat(150)))
             .unwrap()
             .into(),
         info: None,
@@ -59,7 +68,6 @@ fn fanout(c: &mut Criterion) {
     });
     let mut group = c.benchmark_group("hub");
     group.throughput(Throughput::Elements(SUBSCRIBERS as u64));
-    let message = Bytes::from(vec![b'x'; 190]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -79,12 +87,16 @@ fn fanout(c: &mut Criterion) {
             },
             |(hub, queues)| {
                 for offset in 1..=3 {
-                    // The path a publication takes (plain subscribers: one handle of the same
-                    // bytes each).
-                    let publication = Publication {
+                    // The path a publication takes (plain JSON subscribers: the push encoded
+                    // once, then one handle of the same bytes each).
+                    let publication = Arc::new(Publication {
                         offset,
                         ..(*publication).clone()
-                    };
+                    });
+                    let message = EncodedPush::new(Push {
+                        channel: "c".to_string(),
+                        body: PushBody::Publication(publication.clone()),
+                    });
                     hub.deliver_publication("c", &publication, &message);
                 }
                 // What each connection task does on wake-up: take everything as one frame.

@@ -8,7 +8,8 @@
 //! A delta is computed once per publication and channel, against the channel's previous
 //! publication on this node, and the same bytes go to every delta subscriber that has that
 //! previous payload; a subscriber that does not (just subscribed, or recovered) gets the full
-//! payload first. A delta that would not be valid UTF-8 (a JSON string must be) or not smaller
+//! payload first. Over Protobuf a publication's `data` is bytes: the payload's JSON text when full,
+//! the Fossil delta with `delta: true` (centrifuge-js applies it to bytes in its Protobuf build). A delta that would not be valid UTF-8 (a JSON string must be) or not smaller
 //! than the payload is not sent: the full payload is.
 
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::protocol::{ClientInfo, Payload, Publication};
+use crate::protocol::{protobuf, ClientInfo, Encoding, Payload, Publication};
 
 /// A publication as a delta subscriber gets it.
 #[derive(Serialize)]
@@ -84,13 +85,22 @@ fn encode(channel: &str, publication: &Publication, data: &RawValue, delta: bool
     Bytes::from(serde_json::to_vec(&envelope).expect("a push serializes"))
 }
 
-/// One publication's pushes for the delta subscribers of a channel, each encoded once, when
-/// first needed.
+/// One publication's pushes for the delta subscribers of a channel, each encoded once per
+/// encoding, when first needed. The delta itself is computed once, for both encodings.
 pub struct DeltaPushes<'a> {
     channel: &'a str,
     publication: &'a Publication,
     /// The previous publication's payload on this channel, if known.
     base: Option<Payload>,
+    /// The Fossil delta against `base`, once computed (`None` inside: none worth sending).
+    computed: Option<Option<Vec<u8>>>,
+    json: Variants,
+    protobuf: Variants,
+}
+
+/// The two pushes of one encoding, once encoded.
+#[derive(Default)]
+struct Variants {
     full: Option<Bytes>,
     delta: Option<Bytes>,
 }
@@ -101,47 +111,80 @@ impl<'a> DeltaPushes<'a> {
             channel,
             publication,
             base,
-            full: None,
-            delta: None,
+            computed: None,
+            json: Variants::default(),
+            protobuf: Variants::default(),
         }
     }
 
-    /// The push with the full payload (as a JSON string).
-    pub fn full(&mut self) -> Bytes {
+    /// The push with the full payload: over JSON as a JSON string, over Protobuf its bytes.
+    pub fn full(&mut self, encoding: Encoding) -> Bytes {
         let (channel, publication) = (self.channel, self.publication);
-        self.full
-            .get_or_insert_with(|| {
-                encode(
+        let variants = match encoding {
+            Encoding::Json => &mut self.json,
+            Encoding::Protobuf => &mut self.protobuf,
+        };
+        variants
+            .full
+            .get_or_insert_with(|| match encoding {
+                Encoding::Json => encode(
                     channel,
                     publication,
                     &json_string(publication.data.get()),
                     false,
-                )
+                ),
+                Encoding::Protobuf => protobuf::encode_delta_push(
+                    channel,
+                    publication,
+                    Bytes::copy_from_slice(publication.data.get().as_bytes()),
+                    false,
+                ),
             })
             .clone()
     }
 
     /// The push for a subscriber that has the previous payload: a delta against it, or the full
-    /// payload when no delta is worth sending.
-    pub fn delta(&mut self) -> Bytes {
-        if self.delta.is_none() {
-            self.delta = Some(match self.compute_delta() {
-                Some(delta) => encode(self.channel, self.publication, &json_string(&delta), true),
-                None => self.full(),
-            });
+    /// payload when no delta is worth sending (over JSON, also when the delta is not UTF-8: a
+    /// JSON string must be).
+    pub fn delta(&mut self, encoding: Encoding) -> Bytes {
+        let cached = match encoding {
+            Encoding::Json => &self.json.delta,
+            Encoding::Protobuf => &self.protobuf.delta,
+        };
+        if let Some(push) = cached {
+            return push.clone();
         }
-        self.delta.clone().expect("just set")
-    }
-
-    fn compute_delta(&self) -> Option<String> {
-        let base = self.base.as_ref()?;
-        let target = self.publication.data.get();
-        // `delta(target, source)`: what turns the source into the target.
-        let delta = fossil_delta::delta(target, base.get());
-        if delta.len() >= target.len() {
-            return None;
+        let computed = self.computed.get_or_insert_with(|| {
+            let base = self.base.as_ref()?;
+            let target = self.publication.data.get();
+            // `delta(target, source)`: what turns the source into the target.
+            let delta = fossil_delta::delta(target, base.get());
+            (delta.len() < target.len()).then_some(delta)
+        });
+        let push = match (encoding, computed.as_deref()) {
+            (Encoding::Json, Some(delta)) => match std::str::from_utf8(delta) {
+                Ok(text) => Some(encode(
+                    self.channel,
+                    self.publication,
+                    &json_string(text),
+                    true,
+                )),
+                Err(_) => None,
+            },
+            (Encoding::Protobuf, Some(delta)) => Some(protobuf::encode_delta_push(
+                self.channel,
+                self.publication,
+                Bytes::copy_from_slice(delta),
+                true,
+            )),
+            (_, None) => None,
+        };
+        let push = push.unwrap_or_else(|| self.full(encoding));
+        match encoding {
+            Encoding::Json => self.json.delta = Some(push.clone()),
+            Encoding::Protobuf => self.protobuf.delta = Some(push.clone()),
         }
-        String::from_utf8(delta).ok()
+        push
     }
 }
 
@@ -175,10 +218,10 @@ mod tests {
         let base = publication(&before, 1);
         let next = publication(&after, 2);
         let mut pushes = DeltaPushes::new("doc", &next, Some(base.data.clone()));
-        let full = pub_of(&pushes.full());
+        let full = pub_of(&pushes.full(Encoding::Json));
         assert_eq!(full["data"], after.as_str());
         assert!(full.get("delta").is_none());
-        let delta = pub_of(&pushes.delta());
+        let delta = pub_of(&pushes.delta(Encoding::Json));
         assert_eq!(delta["delta"], true);
         assert_eq!(delta["offset"], 2);
         let bytes = delta["data"].as_str().unwrap();
@@ -188,13 +231,36 @@ mod tests {
     }
 
     #[test]
+    fn over_protobuf_a_delta_is_bytes_against_the_previous_payloads_bytes() {
+        let text = "lorem ipsum dolor sit amet ".repeat(20);
+        let before = format!(r#"{{"doc":"{text}","rev":1}}"#);
+        let after = format!(r#"{{"doc":"{text}","rev":2}}"#);
+        let next = publication(&after, 2);
+        let mut pushes = DeltaPushes::new("doc", &next, Some(publication(&before, 1).data));
+        let pub_of = |push: Bytes| {
+            let replies =
+                switchboard_proto::decode_frame::<switchboard_proto::Reply>(push).unwrap();
+            replies[0].push.clone().unwrap().r#pub.unwrap()
+        };
+        let full = pub_of(pushes.full(Encoding::Protobuf));
+        assert!(!full.delta);
+        assert_eq!(&full.data[..], after.as_bytes());
+        let delta = pub_of(pushes.delta(Encoding::Protobuf));
+        assert!(delta.delta);
+        assert_eq!(delta.offset, 2);
+        assert!(delta.data.len() < after.len() / 4);
+        let rebuilt = fossil_delta::apply(before.as_bytes(), &delta.data).unwrap();
+        assert_eq!(rebuilt, after.as_bytes());
+    }
+
+    #[test]
     fn without_a_base_or_a_gain_the_payload_goes_whole() {
         let next = publication(r#"{"a":1}"#, 5);
         let mut pushes = DeltaPushes::new("c", &next, None);
-        assert_eq!(pub_of(&pushes.delta())["data"], r#"{"a":1}"#);
+        assert_eq!(pub_of(&pushes.delta(Encoding::Json))["data"], r#"{"a":1}"#);
         let unrelated = publication(r#"{"b":2}"#, 4);
         let mut pushes = DeltaPushes::new("c", &next, Some(unrelated.data));
-        assert!(pub_of(&pushes.delta()).get("delta").is_none());
+        assert!(pub_of(&pushes.delta(Encoding::Json)).get("delta").is_none());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The hub: which local connections exist and which of them subscribe to which channel.
 //!
 //! Channels are spread over shards, each behind its own lock, so publishers on different channels
-//! never contend. A delivery is a list of queue pushes of one shared, already-encoded [`Bytes`]:
-//! publishing to 1,000 subscribers encodes once and copies no payload.
+//! never contend. A delivery is a list of queue pushes of shared, already-encoded [`Bytes`]:
+//! publishing to 1,000 subscribers encodes once per encoding they speak (JSON, Protobuf; each
+//! only if someone needs it) and copies no payload.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -14,7 +15,7 @@ use std::task::{Poll, Waker};
 use bytes::Bytes;
 
 use crate::delta::DeltaPushes;
-use crate::protocol::{Disconnect, Payload, Publication};
+use crate::protocol::{Disconnect, EncodedPush, Payload, Publication};
 use crate::queue::{ClientQueue, PushError};
 
 /// A connection's number on this node (never reused while the node runs).
@@ -341,33 +342,36 @@ impl Hub {
     }
 
     /// Queues `message` (the publication at `offset`, 0 when it has none) to every local
-    /// subscriber of `channel`.
-    pub fn deliver(&self, channel: &str, message: &Bytes, offset: u64) -> Delivery {
-        self.deliver_to(channel, offset, false, |_| message.clone())
+    /// subscriber of `channel`, in its encoding.
+    pub fn deliver(&self, channel: &str, message: &EncodedPush, offset: u64) -> Delivery {
+        self.deliver_to(channel, offset, false, |subscriber| {
+            message.get(subscriber.queue.encoding())
+        })
     }
 
-    /// Queues `publication`, encoded as `message`, to every local subscriber of `channel`; a
-    /// subscriber that asked for Fossil deltas gets it as [`crate::delta`] says, each variant
-    /// encoded once for all of them.
+    /// Queues `publication`, pushed as `message`, to every local subscriber of `channel` in its
+    /// encoding; a subscriber that asked for Fossil deltas gets it as [`crate::delta`] says, each
+    /// variant encoded once per encoding for all of them.
     pub fn deliver_publication(
         &self,
         channel: &str,
         publication: &Publication,
-        message: &Bytes,
+        message: &EncodedPush,
     ) -> Delivery {
         let mut pushes: Option<DeltaPushes> = None;
         let delivery = self.deliver_to(channel, publication.offset, false, |subscriber| {
+            let encoding = subscriber.queue.encoding();
             if subscriber.delta == DeltaState::Off {
-                return message.clone();
+                return message.get(encoding);
             }
             let pushes = pushes.get_or_insert_with(|| {
                 let base = lock(&self.delta_bases).get(channel).cloned();
                 DeltaPushes::new(channel, publication, base)
             });
             let push = if subscriber.delta == DeltaState::Ready && subscriber.held.is_none() {
-                pushes.delta()
+                pushes.delta(encoding)
             } else {
-                pushes.full()
+                pushes.full(encoding)
             };
             if subscriber.held.is_none() {
                 subscriber.delta = DeltaState::Ready;
@@ -380,9 +384,12 @@ impl Hub {
         delivery
     }
 
-    /// Queues a join/leave push to the subscribers of `channel` that asked for them.
-    pub fn deliver_join_leave(&self, channel: &str, message: &Bytes) -> Delivery {
-        self.deliver_to(channel, 0, true, |_| message.clone())
+    /// Queues a join/leave push to the subscribers of `channel` that asked for them, in their
+    /// encoding.
+    pub fn deliver_join_leave(&self, channel: &str, message: &EncodedPush) -> Delivery {
+        self.deliver_to(channel, 0, true, |subscriber| {
+            message.get(subscriber.queue.encoding())
+        })
     }
 
     /// Queues to each subscriber of `channel` (those that want join/leave pushes, for one) the
@@ -475,6 +482,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{Encoding, Push, PushBody};
+    use crate::queue::Outbound;
+
+    fn message(text: &str) -> EncodedPush {
+        let data = serde_json::value::RawValue::from_string(format!("\"{text}\"")).unwrap();
+        EncodedPush::new(Push {
+            channel: "c".into(),
+            body: PushBody::Message {
+                data: Arc::from(data),
+            },
+        })
+    }
 
     #[test]
     fn subscribe_deliver_unsubscribe() {
@@ -485,17 +504,52 @@ mod tests {
         hub.activate("c", 1, None, 0);
         assert!(!hub.subscribe("c", 2, &b, true, false));
         assert_eq!(hub.num_subscribers("c"), 2);
-        let d = hub.deliver("c", &Bytes::from_static(b"m1"), 1);
+        let (m1, m2) = (message("m1"), message("m2"));
+        let size = m1.get(Encoding::Json).len();
+        let d = hub.deliver("c", &m1, 1);
         assert_eq!(d.queued, 2);
-        hub.deliver("c", &Bytes::from_static(b"m2"), 2);
-        assert_eq!(a.pending_bytes(), 4);
+        hub.deliver("c", &m2, 2);
+        assert_eq!(a.pending_bytes(), 2 * size);
         assert_eq!(b.pending_bytes(), 0);
         // The reply covers offset 1; held offset 2 follows it.
         hub.activate("c", 2, Some(Bytes::from_static(b"r")), 1);
-        assert_eq!(b.pending_bytes(), 3);
+        assert_eq!(b.pending_bytes(), 1 + size);
         assert!(!hub.unsubscribe("c", 1));
         assert!(hub.unsubscribe("c", 2));
         assert_eq!(hub.counts(), (0, 0, 0, 0));
-        assert_eq!(hub.deliver("c", &Bytes::from_static(b"m"), 3).queued, 0);
+        assert_eq!(hub.deliver("c", &message("m"), 3).queued, 0);
+    }
+
+    #[tokio::test]
+    async fn each_subscriber_gets_its_encoding_encoded_once_for_all() {
+        let hub = Hub::default();
+        let queues: Vec<_> = [Encoding::Json, Encoding::Protobuf, Encoding::Protobuf]
+            .into_iter()
+            .enumerate()
+            .map(|(i, encoding)| {
+                let q = Arc::new(ClientQueue::with_encoding(1024, encoding));
+                hub.subscribe("c", i as u64, &q, false, false);
+                hub.activate("c", i as u64, None, 0);
+                q
+            })
+            .collect();
+        hub.deliver("c", &message("hi"), 0);
+        let mut frames = Vec::new();
+        for q in &queues {
+            match q.next().await {
+                Outbound::Frame(frame) => frames.push(frame),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            &frames[0][..],
+            br#"{"push":{"channel":"c","message":{"data":"hi"}}}"#
+        );
+        let replies =
+            switchboard_proto::decode_frame::<switchboard_proto::Reply>(frames[1].clone()).unwrap();
+        let push = replies[0].push.as_ref().unwrap();
+        assert_eq!(&push.message.as_ref().unwrap().data[..], br#""hi""#);
+        // The two Protobuf subscribers share one encoding: the same bytes, not a copy.
+        assert_eq!(frames[1].as_ptr(), frames[2].as_ptr());
     }
 }

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub unsubscribes: AtomicU64,
     /// Open connections per transport.
     pub transports: TransportConnections,
+    /// Open connections per encoding.
+    pub encodings: EncodingConnections,
     /// Calls to the application backend's proxy endpoints.
     pub proxy: ProxyMetrics,
     /// Webhook deliveries to the application backend.
@@ -72,6 +74,38 @@ impl TransportConnections {
             ("uni_sse", get(&self.uni_sse)),
             ("uni_http_stream", get(&self.uni_http_stream)),
         ]
+    }
+}
+
+/// Open connections per encoding (gauges), counted for each client session's whole life.
+#[derive(Debug, Default)]
+pub struct EncodingConnections {
+    pub json: AtomicU64,
+    pub protobuf: AtomicU64,
+}
+
+impl EncodingConnections {
+    fn gauge(&self, encoding: crate::protocol::Encoding) -> &AtomicU64 {
+        match encoding {
+            crate::protocol::Encoding::Json => &self.json,
+            crate::protocol::Encoding::Protobuf => &self.protobuf,
+        }
+    }
+
+    /// Counts a connection speaking `encoding` as open.
+    pub fn opened(&self, encoding: crate::protocol::Encoding) {
+        self.gauge(encoding).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection speaking `encoding` as ended.
+    pub fn closed(&self, encoding: crate::protocol::Encoding) {
+        self.gauge(encoding).fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Each encoding's open connections, with the name it is labelled with.
+    pub fn by_name(&self) -> [(&'static str, u64); 2] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [("json", get(&self.json)), ("protobuf", get(&self.protobuf))]
     }
 }
 
@@ -260,6 +294,17 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "switchboard_transport_connections{{transport=\"{name}\"}} {open}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_encoding_connections Open connections by encoding."
+        );
+        let _ = writeln!(out, "# TYPE switchboard_encoding_connections gauge");
+        for (name, open) in self.encodings.by_name() {
+            let _ = writeln!(
+                out,
+                "switchboard_encoding_connections{{encoding=\"{name}\"}} {open}"
             );
         }
         let mut line = |name: &str, kind: &str, help: &str, value: u64| {

@@ -2,7 +2,8 @@
 //!
 //! Publishers (the hub, on any thread) push already-encoded messages; the client's connection task
 //! takes everything pending at once (up to [`MAX_FRAME_BYTES`] per frame, the rest in the next)
-//! and writes it as `\n`-joined frames, so a busy channel costs one write per wake-up rather than
+//! and writes it as one frame (JSON messages joined by `\n`, Protobuf ones, length-delimited
+//! already, back to back), so a busy channel costs one write per wake-up rather than
 //! one per message. A client that does not read lets its
 //! queue fill; the push that would overflow it closes the queue with [`Disconnect::SLOW`] instead of
 //! growing memory, and publishers are never blocked by a slow reader.
@@ -15,7 +16,7 @@ use std::task::{Poll, Waker};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::Notify;
 
-use crate::protocol::Disconnect;
+use crate::protocol::{Disconnect, Encoding};
 
 /// Largest coalesced frame. Every byte of a frame is copied twice more on its way out (into the
 /// WebSocket library's write buffer, which keeps its largest size for the connection's life, and
@@ -26,7 +27,7 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// What the connection task must do next.
 #[derive(Debug)]
 pub enum Outbound {
-    /// Write this frame (one or more messages joined by `\n`).
+    /// Write this frame (one or more messages, joined as the encoding wants).
     Frame(Bytes),
     /// Close the connection with this code and reason.
     Close(Disconnect),
@@ -48,6 +49,8 @@ pub struct ClientQueue {
     /// Woken on close only, for a writer blocked on the socket.
     closing: Notify,
     max_bytes: usize,
+    /// What the messages are: the hub encodes each delivery in its subscribers' encodings.
+    encoding: Encoding,
 }
 
 #[derive(Debug, Default)]
@@ -60,13 +63,24 @@ struct State {
 }
 
 impl ClientQueue {
-    /// A queue that holds at most `max_bytes` of pending messages.
+    /// A queue of JSON messages that holds at most `max_bytes` of pending messages.
     pub fn new(max_bytes: usize) -> Self {
+        Self::with_encoding(max_bytes, Encoding::Json)
+    }
+
+    /// A queue of messages in `encoding` that holds at most `max_bytes` of pending messages.
+    pub fn with_encoding(max_bytes: usize, encoding: Encoding) -> Self {
         ClientQueue {
             state: Mutex::new(State::default()),
             closing: Notify::new(),
             max_bytes,
+            encoding,
         }
+    }
+
+    /// How the messages of this queue are encoded.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
     }
 
     /// Queues one encoded message. Never blocks beyond a short critical section.
@@ -149,7 +163,7 @@ impl ClientQueue {
     pub fn next(&self) -> impl Future<Output = Outbound> + '_ {
         std::future::poll_fn(|cx| {
             let mut state = self.lock();
-            if let Some(out) = take_next(&mut state) {
+            if let Some(out) = take_next(&mut state, self.encoding) {
                 return Poll::Ready(out);
             }
             match &state.waiter {
@@ -179,7 +193,9 @@ impl ClientQueue {
 
 /// Every pending message as one frame (up to [`MAX_FRAME_BYTES`]), or the close once nothing is
 /// pending.
-fn take_next(state: &mut State) -> Option<Outbound> {
+fn take_next(state: &mut State, encoding: Encoding) -> Option<Outbound> {
+    // JSON messages are joined by `\n`; Protobuf ones carry their length and need nothing.
+    let separated = encoding == Encoding::Json;
     match state.messages.len() {
         0 => state.close.clone().map(Outbound::Close),
         1 => {
@@ -198,7 +214,7 @@ fn take_next(state: &mut State) -> Option<Outbound> {
             let mut take = 0;
             let mut size = 0;
             for message in state.messages.iter() {
-                let next = size + usize::from(take > 0) + message.len();
+                let next = size + usize::from(separated && take > 0) + message.len();
                 if take > 0 && next > MAX_FRAME_BYTES {
                     break;
                 }
@@ -208,7 +224,7 @@ fn take_next(state: &mut State) -> Option<Outbound> {
             let mut frame = BytesMut::with_capacity(size);
             let mut taken = 0;
             for (i, message) in state.messages.drain(..take).enumerate() {
-                if i > 0 {
+                if separated && i > 0 {
                     frame.put_u8(b'\n');
                 }
                 taken += message.len();

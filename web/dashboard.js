@@ -201,6 +201,7 @@
     $('v-connections').textContent = fmt(s.connections);
     $('v-users').textContent = `${fmt(s.users)} user${s.users === 1 ? '' : 's'}`;
     $('v-transports').textContent = (s.transports || []).map(([name, open]) => `${name} ${fmt(open)}`).join(' · ');
+    $('v-encodings').textContent = (s.encodings || []).map(([name, open]) => `${name} ${fmt(open)}`).join(' · ');
     $('v-cluster').textContent = s.cluster
       ? `cluster: ${fmt(s.cluster.nodes)} node${s.cluster.nodes === 1 ? '' : 's'}, ${fmt(s.cluster.connections)} connections, ${fmt(s.cluster.subscriptions)} subscriptions`
       : '';

@@ -437,6 +437,8 @@ struct Snapshot {
     subscriptions: u64,
     /// Open connections of each transport that has any.
     transports: Vec<(&'static str, u64)>,
+    /// Open connections of each encoding that has any.
+    encodings: Vec<(&'static str, u64)>,
     /// With several nodes: the whole cluster.
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster: Option<ClusterFigures>,
@@ -513,6 +515,12 @@ impl Watch {
             subscriptions: info.num_subs,
             transports: metrics
                 .transports
+                .by_name()
+                .into_iter()
+                .filter(|(_, open)| *open > 0)
+                .collect(),
+            encodings: metrics
+                .encodings
                 .by_name()
                 .into_iter()
                 .filter(|(_, open)| *open > 0)

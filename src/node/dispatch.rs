@@ -1,24 +1,21 @@
 //! What the broker delivers to this node becomes queued messages for local subscribers: each
-//! event is encoded once and the same bytes go to every subscriber.
+//! event is encoded once per encoding its subscribers speak, and the same bytes go to every
+//! subscriber of that encoding.
 
 use std::sync::Arc;
-
-use bytes::Bytes;
 
 use crate::engine::broker::{BrokerEventHandler, NodeControl};
 use crate::hub::{Control, Hub};
 use crate::metrics::Metrics;
-use crate::protocol::{unsubscribe_code, ClientInfo, Publication, Push, PushBody, Reply};
+use crate::protocol::{unsubscribe_code, ClientInfo, EncodedPush, Publication, Push, PushBody};
 use crate::timeline::{Lane, Timeline};
 
-fn encode_push(channel: &str, body: PushBody) -> Bytes {
-    Bytes::from(
-        Reply::push(Push {
-            channel: channel.to_string(),
-            body,
-        })
-        .encode(),
-    )
+/// The push, to be encoded once per encoding its subscribers speak.
+fn encode_push(channel: &str, body: PushBody) -> EncodedPush {
+    EncodedPush::new(Push {
+        channel: channel.to_string(),
+        body,
+    })
 }
 
 /// Turns broker events into queued messages for local subscribers: each event is encoded once

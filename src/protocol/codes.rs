@@ -111,6 +111,20 @@ impl Disconnect {
         }
     }
 
+    /// 3501 saying what was wrong with the client's frame (a close frame's reason holds at most
+    /// 123 bytes, so the reason is cut to fit).
+    pub fn bad_request(cause: &impl std::fmt::Display) -> Self {
+        let mut reason = format!("bad request: {cause}");
+        if reason.len() > MAX_REASON_BYTES {
+            let mut end = MAX_REASON_BYTES;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        Disconnect::custom(Disconnect::BAD_REQUEST.code, reason)
+    }
+
     /// A disconnect with a reason chosen at run time (the server API's custom disconnects).
     pub fn custom(code: u16, reason: String) -> Self {
         Disconnect {
@@ -119,6 +133,9 @@ impl Disconnect {
         }
     }
 }
+
+/// The longest reason a WebSocket close frame carries.
+const MAX_REASON_BYTES: usize = 123;
 
 /// Codes of the `unsubscribe` push, as Centrifugo names them. Below 2500 the client stays
 /// unsubscribed; from 2500 it resubscribes (and recovers what it missed).

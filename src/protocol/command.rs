@@ -14,18 +14,22 @@ use super::{Payload, StreamPosition};
 pub struct Command {
     #[serde(default)]
     pub id: u32,
-    connect: Option<ConnectRequest>,
-    subscribe: Option<SubscribeRequest>,
-    unsubscribe: Option<ChannelRequest>,
-    publish: Option<PublishRequest>,
-    presence: Option<ChannelRequest>,
-    presence_stats: Option<ChannelRequest>,
-    history: Option<HistoryRequest>,
-    ping: Option<serde::de::IgnoredAny>,
-    send: Option<SendRequest>,
-    rpc: Option<RpcRequest>,
-    refresh: Option<RefreshRequest>,
-    sub_refresh: Option<SubRefreshRequest>,
+    pub(super) connect: Option<ConnectRequest>,
+    pub(super) subscribe: Option<SubscribeRequest>,
+    pub(super) unsubscribe: Option<ChannelRequest>,
+    pub(super) publish: Option<PublishRequest>,
+    pub(super) presence: Option<ChannelRequest>,
+    pub(super) presence_stats: Option<ChannelRequest>,
+    pub(super) history: Option<HistoryRequest>,
+    pub(super) ping: Option<serde::de::IgnoredAny>,
+    pub(super) send: Option<SendRequest>,
+    pub(super) rpc: Option<RpcRequest>,
+    pub(super) refresh: Option<RefreshRequest>,
+    pub(super) sub_refresh: Option<SubRefreshRequest>,
+    /// Why the request cannot be served though the command decoded (a Protobuf payload that is
+    /// not JSON): the command gets error 107 with this message.
+    #[serde(skip)]
+    pub(super) invalid: Option<&'static str>,
 }
 
 /// One decoded client request.
@@ -47,6 +51,8 @@ pub enum Request {
     Pong,
     /// A command with an id but no request the server knows.
     Unknown,
+    /// A request the server cannot serve as sent: answered with error 107 and this message.
+    Invalid(&'static str),
 }
 
 impl Request {
@@ -67,6 +73,7 @@ impl Request {
             Request::SubRefresh(_) => "sub_refresh",
             Request::Pong => "pong",
             Request::Unknown => "unknown",
+            Request::Invalid(_) => "invalid",
         }
     }
 
@@ -94,6 +101,9 @@ impl Command {
         }
         if self.id == 0 {
             return Request::Pong;
+        }
+        if let Some(reason) = self.invalid {
+            return Request::Invalid(reason);
         }
         if let Some(r) = self.connect {
             Request::Connect(r)

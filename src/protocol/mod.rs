@@ -13,11 +13,71 @@ use serde_json::value::RawValue;
 
 mod codes;
 mod command;
+pub mod protobuf;
 mod reply;
 
 pub use codes::*;
 pub use command::*;
 pub use reply::*;
+
+/// How a connection's messages are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Encoding {
+    /// JSON objects, `\n`-separated (WebSocket text frames, SSE, HTTP streaming).
+    #[default]
+    Json,
+    /// `client.proto` messages, each preceded by its varint length (the `centrifuge-protobuf`
+    /// WebSocket subprotocol, binary HTTP streaming).
+    Protobuf,
+}
+
+impl Encoding {
+    /// Its name, as `/metrics` labels it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Json => "json",
+            Encoding::Protobuf => "protobuf",
+        }
+    }
+
+    /// The server ping: an empty reply.
+    pub fn ping(self) -> &'static [u8] {
+        match self {
+            Encoding::Json => PING,
+            Encoding::Protobuf => protobuf::PING,
+        }
+    }
+}
+
+/// A push for many subscribers, encoded at most once per encoding, when the first subscriber
+/// speaking it needs it; every subscriber then shares those bytes.
+#[derive(Debug)]
+pub struct EncodedPush {
+    reply: Reply,
+    json: std::cell::OnceCell<bytes::Bytes>,
+    protobuf: std::cell::OnceCell<bytes::Bytes>,
+}
+
+impl EncodedPush {
+    /// `push`, not encoded yet.
+    pub fn new(push: Push) -> Self {
+        EncodedPush {
+            reply: Reply::push(push),
+            json: Default::default(),
+            protobuf: Default::default(),
+        }
+    }
+
+    /// The push in `encoding` (encoded on first use).
+    pub fn get(&self, encoding: Encoding) -> bytes::Bytes {
+        let cell = match encoding {
+            Encoding::Json => &self.json,
+            Encoding::Protobuf => &self.protobuf,
+        };
+        cell.get_or_init(|| bytes::Bytes::from(self.reply.encode_as(encoding)))
+            .clone()
+    }
+}
 
 /// A raw JSON payload shared between every message that carries it.
 pub type Payload = Arc<RawValue>;

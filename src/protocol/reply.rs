@@ -77,6 +77,15 @@ impl Reply {
         Reply::ok(0, ReplyResult::Push(push))
     }
 
+    /// The reply in `encoding`: one JSON line (no trailing newline), or one length-delimited
+    /// Protobuf message.
+    pub fn encode_as(&self, encoding: super::Encoding) -> Vec<u8> {
+        match encoding {
+            super::Encoding::Json => self.encode(),
+            super::Encoding::Protobuf => self.encode_protobuf(),
+        }
+    }
+
     /// The reply as one JSON line (no trailing newline).
     pub fn encode(&self) -> Vec<u8> {
         // Serializing these types cannot fail: every map key is a string.

@@ -173,7 +173,7 @@ impl Session {
                     channel: String::new(),
                     body: PushBody::Connect(result),
                 })
-                .encode(),
+                .encode_as(self.encoding()),
             ),
         }
         node.emit(Event::Connected {

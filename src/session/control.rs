@@ -60,7 +60,7 @@ impl Session {
                     ttl: expire_at.map_or(0, super::ttl_from),
                 },
             });
-            self.send(push.encode());
+            self.send(push.encode_as(self.encoding()));
         }
     }
 
@@ -91,7 +91,7 @@ impl Session {
                     channel: channel.clone(),
                     body: PushBody::Subscribe(result),
                 })
-                .encode();
+                .encode_as(self.encoding());
                 Metrics::inc(&self.node.metrics().messages_sent);
                 self.node
                     .hub()
@@ -119,7 +119,7 @@ impl Session {
                     reason: reason.into(),
                 },
             });
-            self.send(push.encode());
+            self.send(push.encode_as(self.encoding()));
         }
     }
 

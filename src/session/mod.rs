@@ -39,7 +39,7 @@ use crate::hub::{ConnId, ControlSender};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::protocol::{
-    ClientInfo, Command, Disconnect, Empty, Error, Payload, Reply, ReplyResult, Request,
+    ClientInfo, Command, Disconnect, Empty, Encoding, Error, Payload, Reply, ReplyResult, Request,
 };
 use crate::queue::ClientQueue;
 use crate::timeline::Lane;
@@ -133,6 +133,7 @@ impl Session {
     /// reads control requests from.
     pub fn new(node: Node, queue: Arc<ClientQueue>, control: ControlSender) -> Session {
         Metrics::inc(&node.metrics().connections_accepted);
+        node.metrics().encodings.opened(queue.encoding());
         let limiter = RateLimiter::new(
             node.config().client_command_rate,
             node.config().client_command_burst,
@@ -211,9 +212,14 @@ impl Session {
         self.ping_sent
     }
 
+    /// How this client's messages are encoded (its queue's encoding).
+    pub fn encoding(&self) -> Encoding {
+        self.queue.encoding()
+    }
+
     /// Handles every command of one client frame, in order. A disconnect it returns is also
     /// recorded as the reason the connection ends.
-    pub async fn handle_frame(&mut self, frame: &str) -> Outcome {
+    pub async fn handle_frame(&mut self, frame: &[u8]) -> Outcome {
         let outcome = self.handle_commands(frame).await;
         if let Err(reason) = &outcome {
             self.closing(reason);
@@ -221,12 +227,33 @@ impl Session {
         outcome
     }
 
-    async fn handle_commands(&mut self, frame: &str) -> Outcome {
-        for command in crate::protocol::decode_frame(frame) {
+    async fn handle_commands(&mut self, frame: &[u8]) -> Outcome {
+        match self.encoding() {
+            Encoding::Json => {
+                let text = std::str::from_utf8(frame).map_err(|_| Disconnect::INVALID_UTF8)?;
+                self.handle_decoded(crate::protocol::decode_frame(text))
+                    .await
+            }
+            Encoding::Protobuf => {
+                // One copy of the frame, which the decoded payloads then share.
+                let frame = Bytes::copy_from_slice(frame);
+                self.handle_decoded(crate::protocol::protobuf::decode_frame(frame))
+                    .await
+            }
+        }
+    }
+
+    /// Handles decoded commands in order; one that could not be decoded ends the connection with
+    /// 3501 and the decoder's reason.
+    async fn handle_decoded<E: std::fmt::Display>(
+        &mut self,
+        commands: impl Iterator<Item = Result<Command, E>>,
+    ) -> Outcome {
+        for command in commands {
             Metrics::inc(&self.node.metrics().commands_received);
             let command = command.map_err(|e| {
                 tracing::debug!(error = %e, "bad command");
-                Disconnect::BAD_REQUEST
+                Disconnect::bad_request(&e)
             })?;
             self.handle_command(command).await?;
             if self.queue.is_closed() {
@@ -256,6 +283,13 @@ impl Session {
             request.channel().unwrap_or(""),
         );
         // Only `connect` runs before the client is connected, and only then.
+        if let Request::Invalid(message) = request {
+            let error = Error {
+                message: message.to_string(),
+                ..Error::new(crate::protocol::error_code::BAD_REQUEST)
+            };
+            return self.answer(id, Err(Refusal::Error(error)));
+        }
         let Some(who) = self.identity.clone() else {
             let answer = match request {
                 Request::Connect(req) => self.connect(id, req).await,
@@ -264,7 +298,9 @@ impl Session {
             return self.answer(id, answer);
         };
         let answer = match request {
-            Request::Connect(_) | Request::Unknown => Err(Disconnect::BAD_REQUEST.into()),
+            Request::Connect(_) | Request::Unknown | Request::Invalid(_) => {
+                Err(Disconnect::BAD_REQUEST.into())
+            }
             Request::Pong => self.pong(),
             Request::Send(_) => Ok(None),
             Request::Ping => Ok(Some(ReplyResult::Ping(Empty {}))),
@@ -305,11 +341,12 @@ impl Session {
             Ok(result) => Reply::ok(id, result),
             Err(error) => Reply::error(id, error),
         };
-        let mut encoded = reply.encode();
+        let encoding = self.encoding();
+        let mut encoded = reply.encode_as(encoding);
         let max = self.max_answer_bytes();
         if encoded.len() > max {
             // Queued, it would close the client as slow; refused, the client asks for less.
-            encoded = Reply::error(id, Error::too_large("answer", max)).encode();
+            encoded = Reply::error(id, Error::too_large("answer", max)).encode_as(encoding);
         }
         self.send(encoded);
     }
@@ -342,6 +379,7 @@ impl Drop for Session {
     /// notices, which may need I/O, finish in a tracked task.
     fn drop(&mut self) {
         self.queue.close(CONNECTION_CLOSED);
+        self.node.metrics().encodings.closed(self.queue.encoding());
         let subscriptions = std::mem::take(&mut self.subscriptions);
         self.node.hub().remove_connection(self.conn);
         let mut vacated = Vec::new();

@@ -160,12 +160,20 @@ mod tests {
         let mut client = TestClient::connected(&node).await;
         let data = format!("{}1{}", "[".repeat(200), "]".repeat(200));
         let publish = format!("{{\"id\":2,\"publish\":{{\"channel\":\"deep\",\"data\":{data}}}}}");
-        client.session.handle_frame(&publish).await.unwrap();
+        client
+            .session
+            .handle_frame(publish.as_bytes())
+            .await
+            .unwrap();
         while client.session.has_publishes_in_flight() {
             client.session.finish_publish().await;
         }
         let history = "{\"id\":3,\"history\":{\"channel\":\"deep\",\"limit\":-1}}";
-        client.session.handle_frame(history).await.unwrap();
+        client
+            .session
+            .handle_frame(history.as_bytes())
+            .await
+            .unwrap();
         let lines = client.raw_lines();
         let history = lines
             .iter()

@@ -12,8 +12,8 @@ use crate::hooks::Refusal;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::protocol::{
-    error_code, flag, ClientInfo, Empty, Error, Payload, Reply, ReplyResult, StreamPosition,
-    SubRefreshRequest, SubRefreshResult, SubscribeRequest, SubscribeResult,
+    error_code, flag, ClientInfo, Empty, Encoding, Error, Payload, Reply, ReplyResult,
+    StreamPosition, SubRefreshRequest, SubRefreshResult, SubscribeRequest, SubscribeResult,
 };
 
 impl Session {
@@ -53,7 +53,7 @@ impl Session {
         result.expires = client_expiry.is_some();
         result.ttl = client_expiry.map_or(0, ttl_from);
         result.data = decision.data;
-        let reply = Reply::ok(id, ReplyResult::Subscribe(result)).encode();
+        let reply = Reply::ok(id, ReplyResult::Subscribe(result)).encode_as(self.encoding());
         Metrics::inc(&self.node.metrics().messages_sent);
         self.node
             .hub()
@@ -151,9 +151,11 @@ impl Session {
                     .last()
                     .map_or(result.offset, |p| p.offset.max(result.offset));
                 if delta {
-                    // Recovered publications come whole, as strings, like every publication
-                    // of a delta subscription.
                     result.delta = true;
+                }
+                if delta && self.encoding() == Encoding::Json {
+                    // Over JSON, recovered publications come whole, as strings, like every
+                    // publication of a delta subscription (Protobuf carries bytes as they are).
                     for publication in &mut result.publications {
                         *publication =
                             std::sync::Arc::new(crate::delta::with_string_data(publication));

@@ -93,7 +93,7 @@ impl TestClient {
     /// Hands the session one frame holding `commands`; publishes may stay in flight.
     pub async fn send(&mut self, commands: &[Value]) -> Outcome {
         let frame: Vec<String> = commands.iter().map(Value::to_string).collect();
-        self.session.handle_frame(&frame.join("\n")).await
+        self.session.handle_frame(frame.join("\n").as_bytes()).await
     }
 
     /// Sends one command, lets the publishes in flight finish, and returns the reply to it (other

@@ -14,13 +14,13 @@ use tokio::time::{timeout, Instant};
 
 use crate::hub::ControlInbox;
 use crate::node::Node;
-use crate::protocol::{Disconnect, PING};
+use crate::protocol::Disconnect;
 use crate::queue::{ClientQueue, Outbound};
 use crate::session::Session;
 
 /// What arrived from the client.
 pub enum Incoming<F> {
-    /// One frame of `\n`-separated commands.
+    /// One frame of commands (`\n`-separated JSON, or length-delimited Protobuf).
     Frame(F),
     /// Something the transport handled itself (a WebSocket ping, say): nothing to do.
     Skip,
@@ -32,8 +32,8 @@ pub enum Incoming<F> {
 
 /// One transport's two directions, as the connection loop uses them.
 pub trait Wire: Send {
-    /// A received frame's text.
-    type Frame: std::ops::Deref<Target = str> + Send;
+    /// A received frame's bytes.
+    type Frame: AsRef<[u8]> + Send;
 
     /// The client only receives (Centrifugo's unidirectional transports): its session is
     /// connected before the loop starts, and the server's pings expect no pong.
@@ -43,7 +43,8 @@ pub trait Wire: Send {
     /// ready first and calls again.
     fn recv(&mut self) -> impl Future<Output = Incoming<Self::Frame>> + Send;
 
-    /// Writes one frame (UTF-8 JSON, `\n`-separated messages); `Err` when the peer is gone.
+    /// Writes one frame (in the session's encoding, as the queue joined it); `Err` when the peer
+    /// is gone.
     fn send(&mut self, frame: Bytes) -> impl Future<Output = Result<(), ()>> + Send;
 
     /// Tells the client why the connection ends (a WebSocket close frame, say), as far as the
@@ -119,6 +120,7 @@ pub async fn drive<W: Wire>(
                     Incoming::Gone => return None,
                 };
                 session.frame_received();
+                let text = text.as_ref();
                 if text.len() > config.max_message_size {
                     queue.close(Disconnect::MESSAGE_TOO_BIG);
                     continue;
@@ -126,7 +128,7 @@ pub async fn drive<W: Wire>(
                 let was_connected = session.is_connected();
                 // Boxed: command handling is the largest state of this future, and inlined it
                 // would make every idle connection's task carry it.
-                if let Err(reason) = Box::pin(session.handle_frame(&text)).await {
+                if let Err(reason) = Box::pin(session.handle_frame(text)).await {
                     queue.close(reason);
                 }
                 if !was_connected && session.is_connected() {
@@ -145,7 +147,8 @@ pub async fn drive<W: Wire>(
                 } else if let Err(reason) = Box::pin(session.check_expiry()).await {
                     queue.close(reason);
                 } else if next_ping.is_some_and(|at| now >= at) {
-                    let _ = queue.push_from_consumer(bytes::Bytes::from_static(PING));
+                    let ping = session.encoding().ping();
+                    let _ = queue.push_from_consumer(bytes::Bytes::from_static(ping));
                     if !W::UNIDIRECTIONAL {
                         session.ping_sent(now);
                     }
@@ -392,8 +395,17 @@ mod tests {
         let node = node(Config::default());
         let (to_server, mut from_server, task) = connect(&node);
         to_server.send("not json".into()).await.unwrap();
-        assert_eq!(from_server.recv().await, Some(Err(Disconnect::BAD_REQUEST)));
-        assert_eq!(task.await.unwrap(), Some(Disconnect::BAD_REQUEST));
+        let Some(Err(reason)) = from_server.recv().await else {
+            panic!("expected a close");
+        };
+        assert_eq!(reason.code, Disconnect::BAD_REQUEST.code);
+        assert!(
+            reason
+                .reason
+                .starts_with("bad request: invalid command JSON"),
+            "{reason:?}"
+        );
+        assert_eq!(task.await.unwrap(), Some(reason));
     }
 
     /// A [`ChannelWire`] of a client that only receives.

@@ -113,11 +113,11 @@ async fn first_request(
 struct UniWsWire(WebSocket);
 
 impl Wire for UniWsWire {
-    type Frame = Utf8Bytes;
+    type Frame = Bytes;
 
     const UNIDIRECTIONAL: bool = true;
 
-    async fn recv(&mut self) -> Incoming<Utf8Bytes> {
+    async fn recv(&mut self) -> Incoming<Bytes> {
         match self.0.recv().await {
             None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Incoming::Gone,
             Some(Ok(_)) => Incoming::Skip,

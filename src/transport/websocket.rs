@@ -1,5 +1,8 @@
 //! The WebSocket transport: the upgrade at `/connection/websocket`, and a [`Wire`] over the
 //! socket for the shared connection loop (see [`super::connection`]).
+//!
+//! A client that asks for the `centrifuge-protobuf` subprotocol speaks Protobuf (binary frames of
+//! length-delimited messages); any other speaks JSON (text frames of `\n`-separated messages).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,7 +22,7 @@ use crate::hooks::decisions::ClientHeaders;
 use crate::hub::ControlInbox;
 use crate::node::addresses::AddressGuard;
 use crate::node::Node;
-use crate::protocol::Disconnect;
+use crate::protocol::{Disconnect, Encoding};
 use crate::queue::ClientQueue;
 use crate::session::Session;
 
@@ -54,6 +57,12 @@ pub async fn endpoint(
         Ok(admitted) => admitted,
         Err(refused) => return refused.into_response(),
     };
+    // Offered only to a client that asks for it: the JSON client asks for no subprotocol.
+    let upgrade = upgrade.protocols([PROTOBUF_SUBPROTOCOL]);
+    let encoding = match upgrade.selected_protocol() {
+        Some(_) => Encoding::Protobuf,
+        None => Encoding::Json,
+    };
     let limit = node.config().max_message_size;
     // The library's own limit sits above ours so an oversized message still gets a proper close
     // (1009) from the transport rather than a dropped connection.
@@ -69,12 +78,13 @@ pub async fn endpoint(
             // The slot is released when the connection ends (or if the upgrade never completes,
             // when this closure is dropped). `map` rather than an `async` block awaiting `serve`:
             // such a block would store the future twice (as captured value and as awaited one).
-            let serve = serve(node.clone(), socket, forwarded, address).map(move |()| drop(slot));
+            let serve =
+                serve(node.clone(), socket, encoding, forwarded, address).map(move |()| drop(slot));
             node.tracker().track_future(serve)
         })
 }
 
-/// Serves one upgraded WebSocket until it closes; `headers` are those of the upgrade request
+/// Serves one upgraded WebSocket, speaking `encoding`, until it closes; `headers` are those of the upgrade request
 /// the application backend is told of, `address` the client's address, counted until the end.
 /// Every exit path ends here, where dropping the session releases its subscriptions and
 /// presence.
@@ -87,13 +97,17 @@ pub async fn endpoint(
 pub fn serve(
     node: Node,
     socket: WebSocket,
+    encoding: Encoding,
     headers: ClientHeaders,
     address: AddressGuard,
 ) -> impl Future<Output = ()> + Send {
-    let mut wire = WsWire(socket);
+    let mut wire = WsWire { socket, encoding };
     async move {
         Transport::WebSocket.opened(&node);
-        let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
+        let queue = Arc::new(ClientQueue::with_encoding(
+            node.config().client_queue_max_bytes,
+            encoding,
+        ));
         let control = Arc::new(ControlInbox::new(CONTROL_CAPACITY));
         let mut session = Session::new(node.clone(), queue.clone(), control.clone());
         session.forward_headers(headers);
@@ -121,45 +135,64 @@ fn close_frame(reason: &Disconnect) -> CloseFrame {
     }
 }
 
-/// The socket as the connection loop sees it: text frames (binary ones too, when they are UTF-8)
-/// in, text frames out, a close frame carrying the disconnect code and reason at the end.
-struct WsWire(WebSocket);
+/// The subprotocol of the Protobuf encoding, as centrifuge-js and centrifuge-python ask for it.
+pub const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
+
+/// The socket as the connection loop sees it. JSON: text frames (binary ones too, when they are
+/// UTF-8) in, text frames out. Protobuf: binary frames in and out. Either way a close frame
+/// carrying the disconnect code and reason at the end.
+struct WsWire {
+    socket: WebSocket,
+    encoding: Encoding,
+}
 
 impl Wire for WsWire {
-    type Frame = Utf8Bytes;
+    type Frame = Bytes;
 
-    async fn recv(&mut self) -> Incoming<Utf8Bytes> {
-        match self.0.recv().await {
-            None | Some(Ok(Message::Close(_))) => Incoming::Gone,
-            Some(Err(e)) => read_error(e),
-            Some(Ok(Message::Text(text))) => Incoming::Frame(text),
-            Some(Ok(Message::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
-                Ok(text) => Incoming::Frame(text),
-                Err(_) => Incoming::Invalid(Disconnect::BAD_REQUEST),
-            },
-            Some(Ok(_)) => Incoming::Skip,
+    async fn recv(&mut self) -> Incoming<Bytes> {
+        match (self.socket.recv().await, self.encoding) {
+            (None | Some(Ok(Message::Close(_))), _) => Incoming::Gone,
+            (Some(Err(e)), _) => read_error(e),
+            (Some(Ok(Message::Text(text))), Encoding::Json) => Incoming::Frame(Bytes::from(text)),
+            (Some(Ok(Message::Binary(bytes))), Encoding::Json) => {
+                match std::str::from_utf8(&bytes) {
+                    Ok(_) => Incoming::Frame(bytes),
+                    Err(_) => Incoming::Invalid(Disconnect::BAD_REQUEST),
+                }
+            }
+            (Some(Ok(Message::Binary(bytes))), Encoding::Protobuf) => Incoming::Frame(bytes),
+            (Some(Ok(Message::Text(_))), Encoding::Protobuf) => Incoming::Invalid(
+                Disconnect::bad_request(&"text frame on the centrifuge-protobuf subprotocol"),
+            ),
+            (Some(Ok(_)), _) => Incoming::Skip,
         }
     }
 
     async fn send(&mut self, frame: Bytes) -> Result<(), ()> {
-        // Frames are encoded JSON; a frame that is not UTF-8 would be a bug, never sent as text.
-        let text = Utf8Bytes::try_from(frame).map_err(|_| {
-            tracing::error!("outbound frame is not UTF-8");
-        })?;
-        self.0.send(Message::Text(text)).await.map_err(drop)
+        let message = match self.encoding {
+            // A JSON frame that is not UTF-8 would be a bug, never sent as text.
+            Encoding::Json => Message::Text(Utf8Bytes::try_from(frame).map_err(|_| {
+                tracing::error!("outbound frame is not UTF-8");
+            })?),
+            Encoding::Protobuf => Message::Binary(frame),
+        };
+        self.socket.send(message).await.map_err(drop)
     }
 
     async fn close(&mut self, reason: &Disconnect) {
         // The socket then lingers (see `transport::linger`), so the close frame is read before
         // the connection ends, even if the client was still sending.
-        let _ = self.0.send(Message::Close(Some(close_frame(reason)))).await;
+        let _ = self
+            .socket
+            .send(Message::Close(Some(close_frame(reason))))
+            .await;
     }
 }
 
 /// What a read error means for the client: a frame over the size limit closes with 1009 and
 /// text that is not UTF-8 with 1007 (both with a close frame the client receives); anything else
 /// means the socket is gone.
-fn read_error(error: axum::Error) -> Incoming<Utf8Bytes> {
+fn read_error(error: axum::Error) -> Incoming<Bytes> {
     use tungstenite::error::{CapacityError, Error};
     let inner = error.into_inner();
     match inner.downcast_ref::<Error>() {
