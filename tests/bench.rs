@@ -9,25 +9,32 @@ use std::time::Duration;
 use common::*;
 use switchboard_bench::group::{Group, Published};
 use switchboard_bench::publish::{ws_publisher, Counters, Plan};
-use switchboard_client::raw::{Target, Transport};
+use switchboard_client::raw::{Encoding, Target, Transport};
 
-/// Subscribers over each transport (publishers over WebSocket) get every publication once.
+/// Subscribers over each transport and encoding (publishers over JSON WebSocket) get every
+/// publication once.
 #[tokio::test]
 async fn fanout_accounting_over_real_sockets() {
-    for transport in [Transport::WebSocket, Transport::HttpStream, Transport::Sse] {
-        fanout_accounting_over(transport).await;
+    for (transport, encoding) in [
+        (Transport::WebSocket, Encoding::Json),
+        (Transport::WebSocket, Encoding::Protobuf),
+        (Transport::HttpStream, Encoding::Json),
+        (Transport::Sse, Encoding::Json),
+    ] {
+        fanout_accounting_over(transport, encoding).await;
     }
 }
 
-async fn fanout_accounting_over(transport: Transport) {
+async fn fanout_accounting_over(transport: Transport, encoding: Encoding) {
     let server = TestServer::with(|c| c.join_leave = false).await;
     let mut target = Target::new(&server.ws_url(), None, None, 6).unwrap();
     target.transport = transport;
+    target.encoding = encoding;
     let group = Group::open(&target, 0..6, 2, 0, "t", 4, WAIT, |_| {}).await;
     assert_eq!(
         (group.connected(), group.failed()),
         (6, 0),
-        "{transport:?}: {:?}",
+        "{transport:?} {encoding:?}: {:?}",
         group.errors()
     );
     let plan = Arc::new(Plan {
@@ -69,7 +76,7 @@ async fn fanout_accounting_over(transport: Transport) {
     // 20 publications over 2 channels, 3 subscribers each.
     assert_eq!(group.expected(&published), 60);
     let report = group.finish(published, WAIT).await;
-    assert_eq!(report.delivered, 60, "{transport:?}");
+    assert_eq!(report.delivered, 60, "{transport:?} {encoding:?}");
     assert_eq!(report.lost(), 0);
     assert_eq!((report.duplicates, report.order_violations), (0, 0));
     assert!(report.closed_early.is_empty());
@@ -126,32 +133,74 @@ async fn fanout_command_accounts_publishers_by_index() {
     server.stop().await;
 }
 
-/// `bench idle --transport sse` and `--transport http_stream` hold their connections through
-/// the HTTP fallbacks: the server counts them under that transport while they are open.
+/// `bench idle --transport sse`, `--transport http_stream` and `--encoding protobuf` hold their
+/// connections that way: the server counts them under that transport or encoding while they
+/// are open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_command_holds_connections_over_the_http_fallbacks() {
+async fn idle_command_holds_connections_over_each_transport_and_encoding() {
     let server = TestServer::with(|c| c.join_leave = false).await;
     let url = server.ws_url();
-    for transport in ["sse", "http_stream"] {
+    for (transport, encoding, gauge) in [
+        (
+            "sse",
+            "json",
+            "switchboard_transport_connections{transport=\"sse\"} 4",
+        ),
+        (
+            "http_stream",
+            "json",
+            "switchboard_transport_connections{transport=\"http_stream\"} 4",
+        ),
+        (
+            "websocket",
+            "protobuf",
+            "switchboard_encoding_connections{encoding=\"protobuf\"} 4",
+        ),
+    ] {
         let bench = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(["bench", "idle", "--url", &url, "--transport", transport])
+            .args(["--encoding", encoding])
             .args([
                 "-c", "4", "-k", "2", "-d", "2s", "--settle", "0s", "--json", "--quiet",
             ])
             .kill_on_drop(true)
             .output();
         let bench = tokio::spawn(bench);
-        let gauge = format!("switchboard_transport_connections{{transport=\"{transport}\"}} 4");
         assert!(
-            eventually(|| async { server.metrics().await.contains(&gauge) }).await,
-            "{transport}: the server never held 4 connections"
+            eventually(|| async { server.metrics().await.contains(gauge) }).await,
+            "{transport} {encoding}: the server never held 4 connections"
         );
         let output = bench.await.unwrap().unwrap();
         assert!(output.status.success(), "{transport}: {output:?}");
         let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(report["transport"], transport, "{report}");
+        assert_eq!(report["encoding"], encoding, "{report}");
         assert_eq!(report["connected"], 4, "{report}");
         assert_eq!(report["alive_at_end"], 4, "{report}");
     }
     server.stop().await;
+}
+
+/// Protobuf needs a WebSocket here: asking for it over an HTTP fallback is a clear error.
+#[tokio::test]
+async fn protobuf_over_an_http_fallback_is_refused() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "bench",
+            "idle",
+            "--transport",
+            "sse",
+            "--encoding",
+            "protobuf",
+        ])
+        .args(["-c", "1", "--quiet"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--encoding protobuf needs --transport websocket"),
+        "{stderr}"
+    );
 }

@@ -21,7 +21,7 @@ use super::publish::{api_publisher, ws_publisher, ApiTarget, Counters, Plan, Pub
 use super::report::{new_histogram, thousands, Latency, Table};
 use super::worker::{share, Parent, Ready, Workers};
 use super::{counter, cpu_seconds, emit, parse_duration, process_cpu_seconds, rss_kib, timer};
-use super::{CommonArgs, Env, TransportArg, Via};
+use super::{CommonArgs, EncodingArg, Env, TransportArg, Via};
 
 #[derive(Debug, Args)]
 pub struct FanoutArgs {
@@ -30,6 +30,9 @@ pub struct FanoutArgs {
     /// How the subscribers connect.
     #[arg(long, value_enum, default_value_t = TransportArg::WebSocket)]
     pub transport: TransportArg,
+    /// How the subscribers encode the protocol (protobuf: on websocket only).
+    #[arg(long, value_enum, default_value_t = EncodingArg::Json)]
+    pub encoding: EncodingArg,
     /// Subscribed connections.
     #[arg(long, short = 'n', default_value_t = 1000)]
     pub subscribers: usize,
@@ -82,6 +85,7 @@ pub struct FanoutReport {
     pub via: Via,
     /// How the subscribers connected.
     pub transport: TransportArg,
+    pub encoding: EncodingArg,
     pub subscribers: usize,
     pub connected: u64,
     pub connect_failures: u64,
@@ -125,6 +129,10 @@ pub async fn run(args: FanoutArgs, env: Env) -> anyhow::Result<()> {
         args.subscribers,
     )?;
     target.transport = args.transport.into();
+    target.encoding = args.encoding.into();
+    if args.encoding == EncodingArg::Protobuf && args.transport != TransportArg::WebSocket {
+        anyhow::bail!("--encoding protobuf needs --transport websocket");
+    }
     if let Some(index) = common.worker_index {
         return run_worker(&args, &target, index).await;
     }
@@ -239,6 +247,7 @@ pub async fn run(args: FanoutArgs, env: Env) -> anyhow::Result<()> {
         scenario: "fanout",
         via: args.via,
         transport: args.transport,
+        encoding: args.encoding,
         subscribers: args.subscribers,
         connected,
         connect_failures: failed,
@@ -295,10 +304,11 @@ fn api_url(args: &FanoutArgs) -> String {
 
 fn table(r: &FanoutReport) -> Table {
     let mut t = Table::new(format!(
-        "fanout via {:?}: {} {} subscribers on {} channel(s), {}/s for {} s, {} B payloads",
+        "fanout via {:?}: {} {} {:?} subscribers on {} channel(s), {}/s for {} s, {} B payloads",
         r.via,
         r.subscribers,
         r.transport.name(),
+        r.encoding,
         r.channels,
         r.rate_target,
         r.duration_s,

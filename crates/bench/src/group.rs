@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use switchboard_client::raw::{now_micros, Link, LinkRead, Target};
+use switchboard_client::raw::{now_micros, Link, LinkMessage, LinkRead, Target};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -467,14 +467,15 @@ async fn subscriber(
         let now = now_micros();
         let mut new = 0;
         let mut pong = false;
-        for line in read.messages() {
-            if line == "{}" {
-                pong = true;
-                continue;
-            }
-            if !line.starts_with("{\"push\"") {
-                continue;
-            }
+        for message in read.messages() {
+            let line = match message {
+                LinkMessage::Ping => {
+                    pong = true;
+                    continue;
+                }
+                LinkMessage::Push(line) => line,
+                LinkMessage::Other => continue,
+            };
             let Some((seq, publisher, sent)) = bench_stamp(line) else {
                 continue;
             };

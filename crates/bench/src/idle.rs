@@ -12,7 +12,9 @@ use switchboard_client::raw::Target;
 use super::group::Group;
 use super::report::{thousands, Table};
 use super::worker::{merge, nothing_published, share, Parent, Ready, Workers};
-use super::{counter, emit, parse_duration, rss_kib, timer, CommonArgs, Env, TransportArg};
+use super::{
+    counter, emit, parse_duration, rss_kib, timer, CommonArgs, EncodingArg, Env, TransportArg,
+};
 
 #[derive(Debug, Args)]
 pub struct IdleArgs {
@@ -21,6 +23,9 @@ pub struct IdleArgs {
     /// How the subscribers connect.
     #[arg(long, value_enum, default_value_t = TransportArg::WebSocket)]
     pub transport: TransportArg,
+    /// How the subscribers encode the protocol (protobuf: on websocket only).
+    #[arg(long, value_enum, default_value_t = EncodingArg::Json)]
+    pub encoding: EncodingArg,
     /// Connections to open and hold.
     #[arg(long, short = 'c', default_value_t = 1000)]
     pub connections: usize,
@@ -50,6 +55,7 @@ pub struct IdleReport {
     pub scenario: &'static str,
     /// How the connections were made.
     pub transport: TransportArg,
+    pub encoding: EncodingArg,
     pub connections: usize,
     pub connected: u64,
     pub connect_failures: u64,
@@ -77,6 +83,10 @@ pub async fn run(args: IdleArgs, env: Env) -> anyhow::Result<()> {
         args.connections,
     )?;
     target.transport = args.transport.into();
+    target.encoding = args.encoding.into();
+    if args.encoding == EncodingArg::Protobuf && args.transport != TransportArg::WebSocket {
+        anyhow::bail!("--encoding protobuf needs --transport websocket");
+    }
     if let Some(index) = common.worker_index {
         let mut parent = Parent::new();
         let group = Group::open(
@@ -177,6 +187,7 @@ pub async fn run(args: IdleArgs, env: Env) -> anyhow::Result<()> {
     let result = IdleReport {
         scenario: "idle",
         transport: args.transport,
+        encoding: args.encoding,
         connections: args.connections,
         connected,
         connect_failures: failed,
@@ -197,9 +208,10 @@ pub async fn run(args: IdleArgs, env: Env) -> anyhow::Result<()> {
         errors: report.errors.clone(),
     };
     let mut t = Table::new(format!(
-        "idle: {} {} connections on {} channel(s), held {:.0} s",
+        "idle: {} {} {:?} connections on {} channel(s), held {:.0} s",
         args.connections,
         args.transport.name(),
+        args.encoding,
         args.channels,
         result.held_seconds
     ));

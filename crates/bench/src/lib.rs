@@ -143,6 +143,27 @@ impl From<TransportArg> for switchboard_client::raw::Transport {
     }
 }
 
+/// How subscribers encode the protocol (`--encoding`; `fanout` and `idle`, on `--transport
+/// websocket`). Publishers speak JSON either way: what is measured is the delivery to
+/// subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingArg {
+    /// JSON text frames.
+    Json,
+    /// The `centrifuge-protobuf` subprotocol.
+    Protobuf,
+}
+
+impl From<EncodingArg> for switchboard_client::raw::Encoding {
+    fn from(e: EncodingArg) -> Self {
+        match e {
+            EncodingArg::Json => Self::Json,
+            EncodingArg::Protobuf => Self::Protobuf,
+        }
+    }
+}
+
 /// Runs a bench scenario: builds the runtime, raises the fd limit, prints the report.
 ///
 /// `--workers` re-executes the current program with the same arguments, so the binary that calls

@@ -27,6 +27,7 @@ use std::fmt::Write as _;
 
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
+use switchboard_proto as proto;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -52,7 +53,22 @@ pub struct Target {
     pub token: Option<String>,
     /// How [`Target::open_link`] connects (WebSocket unless set).
     pub transport: Transport,
+    /// How [`Target::open_link`]'s connections encode the protocol (JSON unless set; Protobuf
+    /// on WebSocket only). [`Target::open_connected`] always speaks JSON.
+    pub encoding: Encoding,
 }
+
+/// The encodings of the client protocol a [`Link`] can speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// JSON in text frames, several messages per frame split by newlines.
+    Json,
+    /// The `centrifuge-protobuf` subprotocol: binary frames of length-delimited messages.
+    Protobuf,
+}
+
+/// The WebSocket subprotocol of the Protobuf encoding.
+pub const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
 
 /// The bidirectional transports a [`Target`] can open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,8 +84,10 @@ pub enum Transport {
 
 /// A connection a [`Target`] opened over one of the [`Transport`]s, `connect` completed.
 pub enum Link {
-    /// A WebSocket.
+    /// A WebSocket speaking JSON.
     WebSocket(Ws),
+    /// A WebSocket speaking Protobuf.
+    Protobuf(Ws),
     /// A session of the bidirectional emulation.
     Emulated(Box<Emulated>),
 }
@@ -107,6 +125,7 @@ impl Target {
             sources,
             token,
             transport: Transport::WebSocket,
+            encoding: Encoding::Json,
         })
     }
 
@@ -130,6 +149,18 @@ impl Target {
 
     /// Opens the `n`th connection's TCP socket (bound to its source address) and upgrades it.
     pub async fn open(&self, n: usize) -> anyhow::Result<Ws> {
+        self.open_with(n, None).await
+    }
+
+    /// [`Target::open`], asking for `subprotocol` if given.
+    async fn open_with(&self, n: usize, subprotocol: Option<&str>) -> anyhow::Result<Ws> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = self.url.as_str().into_client_request()?;
+        if let Some(subprotocol) = subprotocol {
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", subprotocol.parse()?);
+        }
         let stream = self.tcp(n).await?;
         // Small buffers: the bench holds tens of thousands of sockets, and its frames are small
         // except pushes, for which the buffer grows as needed.
@@ -138,8 +169,7 @@ impl Target {
             .write_buffer_size(0)
             .max_message_size(Some(64 << 20));
         let (ws, _) =
-            tokio_tungstenite::client_async_with_config(self.url.as_str(), stream, Some(config))
-                .await?;
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
         Ok(ws)
     }
 
@@ -166,6 +196,12 @@ impl Target {
 impl Target {
     /// Opens connection `n` over the target's [`Transport`] and completes `connect`.
     pub async fn open_link(&self, n: usize, timeout: Duration) -> anyhow::Result<Link> {
+        if self.encoding == Encoding::Protobuf {
+            if self.transport != Transport::WebSocket {
+                bail!("the Protobuf encoding is spoken on WebSocket only here");
+            }
+            return self.open_protobuf(n, timeout).await;
+        }
         let kind = match self.transport {
             Transport::WebSocket => {
                 return Ok(Link::WebSocket(self.open_connected(n, timeout).await?))
@@ -189,11 +225,82 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Opens connection `n` with the Protobuf subprotocol and completes `connect`.
+    async fn open_protobuf(&self, n: usize, timeout: Duration) -> anyhow::Result<Link> {
+        tokio::time::timeout(timeout, async {
+            let mut ws = self.open_with(n, Some(PROTOBUF_SUBPROTOCOL)).await?;
+            let connect = proto::Command {
+                id: 1,
+                connect: Some(proto::ConnectRequest {
+                    token: self.token.clone().unwrap_or_default(),
+                    name: "switchboard-bench".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            ws.send(Message::binary(proto::encode_frame([&connect])))
+                .await?;
+            expect_protobuf_reply(&mut ws, 1, "connect").await?;
+            Ok(Link::Protobuf(ws))
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("connect timed out"))?
+    }
+}
+
+/// The Protobuf pong: an empty command, length-delimited (its length, 0).
+const PROTOBUF_PONG: &[u8] = &[0];
+
+/// [`expect_reply`] for a Protobuf connection.
+async fn expect_protobuf_reply(ws: &mut Ws, id: u32, what: &str) -> anyhow::Result<()> {
+    loop {
+        let frame = match ws.next().await {
+            Some(Ok(Message::Binary(frame))) => frame,
+            Some(Ok(Message::Close(frame))) => {
+                bail!("{what}: server closed the connection: {frame:?}")
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => bail!("{what}: {e}"),
+            None => bail!("{what}: connection ended"),
+        };
+        for reply in proto::FrameDecoder::<proto::Reply>::new(frame) {
+            let reply = reply.with_context(|| format!("{what}: an unreadable reply"))?;
+            if is_protobuf_ping(&reply) {
+                ws.send(Message::binary(PROTOBUF_PONG)).await?;
+            } else if reply.id == id {
+                if let Some(e) = reply.error {
+                    bail!("{what} failed: {} {}", e.code, e.message);
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Whether `reply` is the server's ping: no id, no push, no result.
+fn is_protobuf_ping(reply: &proto::Reply) -> bool {
+    *reply == proto::Reply::default()
+}
+
 impl Link {
     /// Subscribes to `channel` with command `id` and waits for the reply (answering pings).
     pub async fn subscribe(&mut self, id: u32, channel: &str) -> anyhow::Result<()> {
         match self {
             Link::WebSocket(ws) => subscribe(ws, id, channel).await,
+            Link::Protobuf(ws) => {
+                let command = proto::Command {
+                    id,
+                    subscribe: Some(proto::SubscribeRequest {
+                        channel: channel.to_string(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                ws.send(Message::binary(proto::encode_frame([&command])))
+                    .await?;
+                expect_protobuf_reply(ws, id, "subscribe").await
+            }
             Link::Emulated(session) => {
                 let reply = session
                     .call_via(
@@ -216,6 +323,7 @@ impl Link {
     pub async fn pong(&mut self) -> anyhow::Result<()> {
         match self {
             Link::WebSocket(ws) => Ok(pong(ws).await?),
+            Link::Protobuf(ws) => Ok(ws.send(Message::binary(PROTOBUF_PONG)).await?),
             Link::Emulated(session) => match session.post("{}").await? {
                 200 => Ok(()),
                 status => bail!("/emulation answered {status} to a pong"),
@@ -229,6 +337,24 @@ impl Link {
             Link::WebSocket(ws) => loop {
                 return match ws.next().await {
                     Some(Ok(Message::Text(text))) => LinkRead::Frame(text),
+                    Some(Ok(Message::Close(frame))) => {
+                        LinkRead::Ended(frame.map_or(1005, |f| u16::from(f.code)))
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => LinkRead::Ended(0),
+                };
+            },
+            Link::Protobuf(ws) => loop {
+                return match ws.next().await {
+                    Some(Ok(Message::Binary(frame))) => {
+                        // A frame that does not decode ends what is read of it: what decoded
+                        // before counts, the rest is the server's fault and is dropped.
+                        LinkRead::Replies(
+                            proto::FrameDecoder::<proto::Reply>::new(frame)
+                                .map_while(Result::ok)
+                                .collect(),
+                        )
+                    }
                     Some(Ok(Message::Close(frame))) => {
                         LinkRead::Ended(frame.map_or(1005, |f| u16::from(f.code)))
                     }
@@ -251,7 +377,7 @@ impl Link {
     /// the emulation, which the server sees as the client gone).
     pub async fn close(self) {
         match self {
-            Link::WebSocket(mut ws) => {
+            Link::WebSocket(mut ws) | Link::Protobuf(mut ws) => {
                 let _ = ws.close(None).await;
             }
             Link::Emulated(session) => drop(session),
@@ -265,19 +391,59 @@ pub enum LinkRead {
     Frame(Utf8Bytes),
     /// One message of an emulation stream.
     Message(String),
+    /// The messages of a Protobuf frame.
+    Replies(Vec<proto::Reply>),
     /// The connection ended: the close (or disconnect) code, 0 when it ended without one.
     Ended(u16),
 }
 
+/// One message of a [`LinkRead`], as much as a subscriber needs of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkMessage<'a> {
+    /// The server's ping, to answer with [`Link::pong`].
+    Ping,
+    /// A push: in JSON the whole message, in Protobuf a publication's `data` (when it is
+    /// UTF-8, as the bench's JSON payloads are).
+    Push(&'a str),
+    /// Anything else (a reply).
+    Other,
+}
+
 impl LinkRead {
     /// The messages read (none for [`LinkRead::Ended`]).
-    pub fn messages(&self) -> impl Iterator<Item = &str> {
-        let (frame, single) = match self {
-            LinkRead::Frame(text) => (Some(lines(text)), None),
-            LinkRead::Message(m) => (None, Some(m.as_str())),
-            LinkRead::Ended(_) => (None, None),
+    pub fn messages(&self) -> impl Iterator<Item = LinkMessage<'_>> {
+        let (frame, single, replies) = match self {
+            LinkRead::Frame(text) => (Some(lines(text)), None, None),
+            LinkRead::Message(m) => (None, Some(m.as_str()), None),
+            LinkRead::Replies(replies) => (None, None, Some(replies.iter())),
+            LinkRead::Ended(_) => (None, None, None),
         };
-        frame.into_iter().flatten().chain(single)
+        frame
+            .into_iter()
+            .flatten()
+            .chain(single)
+            .map(json_message)
+            .chain(replies.into_iter().flatten().map(protobuf_message))
+    }
+}
+
+fn json_message(line: &str) -> LinkMessage<'_> {
+    match line {
+        "{}" => LinkMessage::Ping,
+        line if line.starts_with("{\"push\"") => LinkMessage::Push(line),
+        _ => LinkMessage::Other,
+    }
+}
+
+fn protobuf_message(reply: &proto::Reply) -> LinkMessage<'_> {
+    if is_protobuf_ping(reply) {
+        return LinkMessage::Ping;
+    }
+    match reply.push.as_ref().and_then(|p| p.r#pub.as_ref()) {
+        Some(publication) => {
+            std::str::from_utf8(&publication.data).map_or(LinkMessage::Other, LinkMessage::Push)
+        }
+        None => LinkMessage::Other,
     }
 }
 
