@@ -16,6 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use switchboard::auth::{sign_hmac, unix_now};
 use switchboard::Config;
+use switchboard_client::codec::{Codec, JsonCodec, ProtobufCodec};
 use switchboard_client::{
     codes, Client, ClientEvent, Error, Events, HistoryOptions, State, StreamPosition,
     SubscriptionEvent, SubscriptionOptions, SubscriptionState,
@@ -87,8 +88,22 @@ fn publication_data(event: SubscriptionEvent) -> Option<Value> {
 
 #[tokio::test]
 async fn every_command_works_against_the_server() {
+    every_command_works(JsonCodec).await;
+}
+
+/// The same with Alice on the Protobuf encoding and Bob still on JSON: each reads the other's
+/// publications, joins and leaves as JSON values.
+#[tokio::test]
+async fn every_command_works_in_protobuf_beside_a_json_client() {
+    every_command_works(ProtobufCodec).await;
+}
+
+async fn every_command_works(alice_codec: impl Codec) {
     let server = TestServer::start().await;
-    let alice = client(&server.ws_url()).name("sdk-test").build();
+    let alice = client(&server.ws_url())
+        .name("sdk-test")
+        .codec(alice_codec)
+        .build();
     let bob = client(&server.ws_url()).build();
     alice.connect();
     bob.connect();
@@ -428,6 +443,15 @@ async fn server_at(addr: SocketAddr, data_dir: PathBuf) -> TestServer {
 
 #[tokio::test]
 async fn a_subscription_recovers_everything_missed_across_a_server_restart() {
+    recovers_across_a_server_restart(JsonCodec).await;
+}
+
+#[tokio::test]
+async fn a_protobuf_subscription_recovers_everything_missed_across_a_server_restart() {
+    recovers_across_a_server_restart(ProtobufCodec).await;
+}
+
+async fn recovers_across_a_server_restart(codec: impl Codec) {
     let addr = {
         let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
         probe.local_addr().unwrap()
@@ -438,6 +462,7 @@ async fn a_subscription_recovers_everything_missed_across_a_server_restart() {
     let sdk = Client::builder(server.ws_url())
         .reconnect_delay(Duration::from_secs(1), Duration::from_secs(2))
         .timeout(WAIT)
+        .codec(codec)
         .build();
     let mut client_events = sdk.events();
     sdk.connect();

@@ -1,5 +1,5 @@
-//! How commands become WebSocket messages and messages become replies: the seam where the
-//! Protobuf encoding will plug in beside JSON.
+//! How commands become WebSocket messages and messages become replies: [`JsonCodec`] (the
+//! default) and [`ProtobufCodec`] (the `centrifuge-protobuf` subprotocol).
 //!
 //! The client appends everything it writes in one tick (commands and pongs) to one frame, up to
 //! a size bound, and sends each frame as one WebSocket message; it hands the codec every message
@@ -7,6 +7,9 @@
 //! panics on what the server sends.
 
 use tokio_tungstenite::tungstenite::Message;
+
+mod protobuf;
+pub use protobuf::{ProtobufCodec, SUBPROTOCOL as PROTOBUF_SUBPROTOCOL};
 
 use crate::protocol::{Command, Reply};
 use crate::Error;
