@@ -9,32 +9,35 @@ use std::time::Duration;
 use common::*;
 use switchboard_bench::group::{Group, Published};
 use switchboard_bench::publish::{ws_publisher, Counters, Plan};
+use switchboard_bench::ClientArg;
 use switchboard_client::raw::{Encoding, Target, Transport};
 
 /// Subscribers over each transport and encoding (publishers over JSON WebSocket) get every
 /// publication once.
 #[tokio::test]
 async fn fanout_accounting_over_real_sockets() {
-    for (transport, encoding) in [
-        (Transport::WebSocket, Encoding::Json),
-        (Transport::WebSocket, Encoding::Protobuf),
-        (Transport::HttpStream, Encoding::Json),
-        (Transport::Sse, Encoding::Json),
+    for (transport, encoding, client) in [
+        (Transport::WebSocket, Encoding::Json, ClientArg::Wire),
+        (Transport::WebSocket, Encoding::Protobuf, ClientArg::Wire),
+        (Transport::HttpStream, Encoding::Json, ClientArg::Wire),
+        (Transport::Sse, Encoding::Json, ClientArg::Wire),
+        (Transport::WebSocket, Encoding::Json, ClientArg::Sdk),
+        (Transport::WebSocket, Encoding::Protobuf, ClientArg::Sdk),
     ] {
-        fanout_accounting_over(transport, encoding).await;
+        fanout_accounting_over(transport, encoding, client).await;
     }
 }
 
-async fn fanout_accounting_over(transport: Transport, encoding: Encoding) {
+async fn fanout_accounting_over(transport: Transport, encoding: Encoding, client: ClientArg) {
     let server = TestServer::with(|c| c.join_leave = false).await;
     let mut target = Target::new(&server.ws_url(), None, None, 6).unwrap();
     target.transport = transport;
     target.encoding = encoding;
-    let group = Group::open(&target, 0..6, 2, 0, "t", 4, WAIT, |_| {}).await;
+    let group = Group::open(&target, client, 0..6, 2, 0, "t", 4, WAIT, |_| {}).await;
     assert_eq!(
         (group.connected(), group.failed()),
         (6, 0),
-        "{transport:?} {encoding:?}: {:?}",
+        "{transport:?} {encoding:?} {client:?}: {:?}",
         group.errors()
     );
     let plan = Arc::new(Plan {
@@ -76,7 +79,10 @@ async fn fanout_accounting_over(transport: Transport, encoding: Encoding) {
     // 20 publications over 2 channels, 3 subscribers each.
     assert_eq!(group.expected(&published), 60);
     let report = group.finish(published, WAIT).await;
-    assert_eq!(report.delivered, 60, "{transport:?} {encoding:?}");
+    assert_eq!(
+        report.delivered, 60,
+        "{transport:?} {encoding:?} {client:?}"
+    );
     assert_eq!(report.lost(), 0);
     assert_eq!((report.duplicates, report.order_violations), (0, 0));
     assert!(report.closed_early.is_empty());
@@ -88,7 +94,18 @@ async fn fanout_accounting_over(transport: Transport, encoding: Encoding) {
 async fn publications_nobody_received_count_as_lost() {
     let server = TestServer::with(|c| c.join_leave = false).await;
     let target = Target::new(&server.ws_url(), None, None, 2).unwrap();
-    let group = Group::open(&target, 0..2, 1, 0, "lost", 2, WAIT, |_| {}).await;
+    let group = Group::open(
+        &target,
+        ClientArg::Wire,
+        0..2,
+        1,
+        0,
+        "lost",
+        2,
+        WAIT,
+        |_| {},
+    )
+    .await;
     // The group is told of 5 publications that were never sent.
     let published = Published {
         channels: 1,
@@ -133,33 +150,27 @@ async fn fanout_command_accounts_publishers_by_index() {
     server.stop().await;
 }
 
-/// `bench idle --transport sse`, `--transport http_stream` and `--encoding protobuf` hold their
-/// connections that way: the server counts them under that transport or encoding while they
-/// are open.
+/// `bench idle --transport sse`, `--transport http_stream` and `--encoding protobuf` (on the
+/// wire layer and on the SDK) hold their connections that way: the server's gauges of
+/// connections per transport or encoding count them while they are open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_command_holds_connections_over_each_transport_and_encoding() {
     let server = TestServer::with(|c| c.join_leave = false).await;
     let url = server.ws_url();
-    for (transport, encoding, gauge) in [
-        (
-            "sse",
-            "json",
-            "switchboard_transport_connections{transport=\"sse\"} 4",
-        ),
+    for (transport, encoding, client, gauge) in [
+        ("sse", "json", "wire", "transport=\"sse\"} 4"),
         (
             "http_stream",
             "json",
-            "switchboard_transport_connections{transport=\"http_stream\"} 4",
+            "wire",
+            "transport=\"http_stream\"} 4",
         ),
-        (
-            "websocket",
-            "protobuf",
-            "switchboard_encoding_connections{encoding=\"protobuf\"} 4",
-        ),
+        ("websocket", "protobuf", "wire", "encoding=\"protobuf\"} 4"),
+        ("websocket", "protobuf", "sdk", "encoding=\"protobuf\"} 4"),
     ] {
         let bench = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(["bench", "idle", "--url", &url, "--transport", transport])
-            .args(["--encoding", encoding])
+            .args(["--encoding", encoding, "--client", client])
             .args([
                 "-c", "4", "-k", "2", "-d", "2s", "--settle", "0s", "--json", "--quiet",
             ])
@@ -167,7 +178,13 @@ async fn idle_command_holds_connections_over_each_transport_and_encoding() {
             .output();
         let bench = tokio::spawn(bench);
         assert!(
-            eventually(|| async { server.metrics().await.contains(gauge) }).await,
+            eventually(|| async {
+                server
+                    .metrics()
+                    .await
+                    .contains(&format!("_connections{{{gauge}"))
+            })
+            .await,
             "{transport} {encoding}: the server never held 4 connections"
         );
         let output = bench.await.unwrap().unwrap();
@@ -175,32 +192,27 @@ async fn idle_command_holds_connections_over_each_transport_and_encoding() {
         let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(report["transport"], transport, "{report}");
         assert_eq!(report["encoding"], encoding, "{report}");
+        assert_eq!(report["client"], client, "{report}");
         assert_eq!(report["connected"], 4, "{report}");
         assert_eq!(report["alive_at_end"], 4, "{report}");
     }
     server.stop().await;
 }
 
-/// Protobuf needs a WebSocket here: asking for it over an HTTP fallback is a clear error.
+/// Protobuf and the SDK need a WebSocket here: asking for them over an HTTP fallback is a clear
+/// error before any connection.
 #[tokio::test]
-async fn protobuf_over_an_http_fallback_is_refused() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args([
-            "bench",
-            "idle",
-            "--transport",
-            "sse",
-            "--encoding",
-            "protobuf",
-        ])
-        .args(["-c", "1", "--quiet"])
-        .output()
-        .await
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("--encoding protobuf needs --transport websocket"),
-        "{stderr}"
-    );
+async fn protobuf_or_the_sdk_over_an_http_fallback_is_refused() {
+    for (option, value) in [("--encoding", "protobuf"), ("--client", "sdk")] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["bench", "idle", "--transport", "sse", option, value])
+            .args(["-c", "1", "--quiet"])
+            .output()
+            .await
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let expected = format!("{option} {value} needs --transport websocket");
+        assert!(stderr.contains(&expected), "{stderr}");
+    }
 }

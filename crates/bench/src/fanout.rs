@@ -21,18 +21,14 @@ use super::publish::{api_publisher, ws_publisher, ApiTarget, Counters, Plan, Pub
 use super::report::{new_histogram, thousands, Latency, Table};
 use super::worker::{share, Parent, Ready, Workers};
 use super::{counter, cpu_seconds, emit, parse_duration, process_cpu_seconds, rss_kib, timer};
-use super::{CommonArgs, EncodingArg, Env, TransportArg, Via};
+use super::{ClientArg, CommonArgs, EncodingArg, Env, SubscriberArgs, TransportArg, Via};
 
 #[derive(Debug, Args)]
 pub struct FanoutArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// How the subscribers connect.
-    #[arg(long, value_enum, default_value_t = TransportArg::WebSocket)]
-    pub transport: TransportArg,
-    /// How the subscribers encode the protocol (protobuf: on websocket only).
-    #[arg(long, value_enum, default_value_t = EncodingArg::Json)]
-    pub encoding: EncodingArg,
+    #[command(flatten)]
+    pub subscriber: SubscriberArgs,
     /// Subscribed connections.
     #[arg(long, short = 'n', default_value_t = 1000)]
     pub subscribers: usize,
@@ -86,6 +82,7 @@ pub struct FanoutReport {
     /// How the subscribers connected.
     pub transport: TransportArg,
     pub encoding: EncodingArg,
+    pub client: ClientArg,
     pub subscribers: usize,
     pub connected: u64,
     pub connect_failures: u64,
@@ -128,11 +125,7 @@ pub async fn run(args: FanoutArgs, env: Env) -> anyhow::Result<()> {
         common.sources,
         args.subscribers,
     )?;
-    target.transport = args.transport.into();
-    target.encoding = args.encoding.into();
-    if args.encoding == EncodingArg::Protobuf && args.transport != TransportArg::WebSocket {
-        anyhow::bail!("--encoding protobuf needs --transport websocket");
-    }
+    args.subscriber.apply(&mut target)?;
     if let Some(index) = common.worker_index {
         return run_worker(&args, &target, index).await;
     }
@@ -246,8 +239,9 @@ pub async fn run(args: FanoutArgs, env: Env) -> anyhow::Result<()> {
     let result = FanoutReport {
         scenario: "fanout",
         via: args.via,
-        transport: args.transport,
-        encoding: args.encoding,
+        transport: args.subscriber.transport,
+        encoding: args.subscriber.encoding,
+        client: args.subscriber.client,
         subscribers: args.subscribers,
         connected,
         connect_failures: failed,
@@ -414,6 +408,7 @@ impl Subscribers {
         let bar = counter(common, args.subscribers as u64, "subscribing");
         let group = Group::open(
             target,
+            args.subscriber.client,
             0..args.subscribers,
             args.channels,
             args.slow,
@@ -477,6 +472,7 @@ async fn run_worker(args: &FanoutArgs, target: &Target, index: usize) -> anyhow:
     let mut parent = Parent::new();
     let group = Group::open(
         target,
+        args.subscriber.client,
         share(args.subscribers, args.workers, index),
         args.channels,
         args.slow,

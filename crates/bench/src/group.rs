@@ -14,13 +14,17 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use switchboard_client::raw::{now_micros, Link, LinkMessage, LinkRead, Target};
+use serde_json::Value;
+use switchboard_client::codec::{JsonCodec, ProtobufCodec};
+use switchboard_client::raw::{now_micros, Encoding, Link, LinkMessage, LinkRead, Target};
+use switchboard_client::{Events, SubscriptionEvent, SubscriptionOptions};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::publish::bench_stamp;
 use super::report::{new_histogram, record, HistogramData};
+use super::ClientArg;
 
 /// How publications were numbered: `publishers` streams, stream `w` sending global sequence
 /// numbers `l * publishers + w` for `l` in `0..sent[w]`; a publication's channel is `seq % channels`.
@@ -173,6 +177,7 @@ impl Group {
     #[allow(clippy::too_many_arguments)]
     pub async fn open(
         target: &Target,
+        client: ClientArg,
         range: Range<usize>,
         channels: usize,
         slow: usize,
@@ -201,7 +206,7 @@ impl Group {
             let name = channel_name(prefix, channel);
             let is_slow = n < slow;
             opening.spawn(async move {
-                let result = open_subscriber(&target, n, &name, timeout).await;
+                let result = open_subscriber(&target, client, n, &name, timeout).await;
                 drop(permit);
                 (channel, is_slow, result)
             });
@@ -247,7 +252,7 @@ impl Group {
 
     #[allow(clippy::too_many_arguments)]
     fn opened(
-        done: Result<(usize, bool, anyhow::Result<Link>), tokio::task::JoinError>,
+        done: Result<(usize, bool, anyhow::Result<Conn>), tokio::task::JoinError>,
         tasks: &mut JoinSet<SubscriberEnd>,
         (per_channel, slow_count): (&mut BTreeMap<usize, u64>, &mut u64),
         (connected, failed, errors): (&mut u64, &mut u64, &mut Vec<String>),
@@ -373,23 +378,125 @@ impl Group {
     }
 }
 
+/// One subscriber's connection: the wire layer's, or a client of the SDK.
+enum Conn {
+    Wire(Link),
+    Sdk(Box<SdkSubscriber>),
+}
+
+/// A subscriber on the high-level SDK: the client (its driver task holds the connection), the
+/// subscription and its events.
+struct SdkSubscriber {
+    client: switchboard_client::Client,
+    _subscription: switchboard_client::Subscription,
+    events: Events<SubscriptionEvent>,
+}
+
+/// What [`Conn::read`] got.
+enum Got {
+    Wire(LinkRead),
+    /// A publication's data, through the SDK.
+    Publication(Value),
+    /// An SDK event a subscriber does not count (subscribed, lagged: what it lost shows as
+    /// missed at the end).
+    Nothing,
+    /// The connection (or subscription) ended: close or unsubscribe code, 0 without one.
+    Ended(u16),
+}
+
+impl Conn {
+    async fn read(&mut self) -> Got {
+        match self {
+            Conn::Wire(link) => match link.read().await {
+                LinkRead::Ended(code) => Got::Ended(code),
+                read => Got::Wire(read),
+            },
+            Conn::Sdk(sdk) => match sdk.events.next().await {
+                Some(SubscriptionEvent::Publication(p)) => Got::Publication(p.data),
+                Some(SubscriptionEvent::Unsubscribed { code, .. }) => {
+                    Got::Ended(u16::try_from(code).unwrap_or(u16::MAX))
+                }
+                Some(_) => Got::Nothing,
+                None => Got::Ended(0),
+            },
+        }
+    }
+
+    /// Answers a ping read by [`Conn::read`] (the SDK answers its own).
+    async fn pong(&mut self) -> anyhow::Result<()> {
+        match self {
+            Conn::Wire(link) => link.pong().await,
+            Conn::Sdk(_) => Ok(()),
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Conn::Wire(link) => link.close().await,
+            Conn::Sdk(sdk) => sdk.client.disconnect(),
+        }
+    }
+}
+
+/// The bench stamp of a publication's data read through the SDK (see [`bench_stamp`]).
+fn sdk_stamp(data: &Value) -> Option<(u64, u64, u64)> {
+    Some((
+        data["bs"].as_u64()?,
+        data["bw"].as_u64()?,
+        data["bt"].as_u64()?,
+    ))
+}
+
 async fn open_subscriber(
     target: &Target,
+    client: ClientArg,
     n: usize,
     channel: &str,
     timeout: Duration,
-) -> anyhow::Result<Link> {
+) -> anyhow::Result<Conn> {
+    if client == ClientArg::Sdk {
+        return open_sdk_subscriber(target, channel, timeout).await;
+    }
     let mut link = target.open_link(n, timeout).await?;
     tokio::time::timeout(timeout, link.subscribe(2, channel))
         .await
         .map_err(|_| anyhow::anyhow!("subscribe timed out"))??;
-    Ok(link)
+    Ok(Conn::Wire(link))
+}
+
+async fn open_sdk_subscriber(
+    target: &Target,
+    channel: &str,
+    timeout: Duration,
+) -> anyhow::Result<Conn> {
+    let mut builder = switchboard_client::Client::builder(target.url.as_str())
+        .name("switchboard-bench")
+        .timeout(timeout);
+    builder = match target.encoding {
+        Encoding::Json => builder.codec(JsonCodec),
+        Encoding::Protobuf => builder.codec(ProtobufCodec),
+    };
+    if let Some(token) = &target.token {
+        builder = builder.token(token.clone());
+    }
+    let client = builder.build();
+    client.connect();
+    client.ready_within(timeout).await?;
+    let subscription = client.new_subscription(channel, SubscriptionOptions::new())?;
+    let events = subscription.events();
+    subscription.subscribe();
+    subscription.ready_within(timeout).await?;
+    Ok(Conn::Sdk(Box::new(SdkSubscriber {
+        client,
+        _subscription: subscription,
+        events,
+    })))
 }
 
 /// A subscriber that stopped reading: it reads nothing until released, then reads (and
 /// discards) until the server closes it, to learn the close code.
 async fn slow_subscriber(
-    mut ws: Link,
+    mut ws: Conn,
     shared: Arc<Shared>,
     stop: CancellationToken,
     release: CancellationToken,
@@ -407,7 +514,7 @@ async fn slow_subscriber(
             r = ws.read() => r,
             _ = stop.cancelled() => break,
         };
-        if let LinkRead::Ended(code) = read {
+        if let Got::Ended(code) = read {
             end.closed_early = Some(code);
             break;
         }
@@ -443,7 +550,7 @@ impl Seen {
 
 /// Reads one subscriber's pushes until stopped, answering pings.
 async fn subscriber(
-    mut ws: Link,
+    mut ws: Conn,
     channel: usize,
     shared: Arc<Shared>,
     stop: CancellationToken,
@@ -460,25 +567,30 @@ async fn subscriber(
             r = ws.read() => r,
             _ = stop.cancelled() => break,
         };
-        if let LinkRead::Ended(code) = read {
-            end.closed_early = Some(code);
-            break;
-        }
+        let (wire, sdk) = match &read {
+            Got::Ended(code) => {
+                end.closed_early = Some(*code);
+                break;
+            }
+            Got::Nothing => continue,
+            Got::Wire(read) => (Some(read), None),
+            Got::Publication(data) => (None, Some(data)),
+        };
         let now = now_micros();
         let mut new = 0;
         let mut pong = false;
-        for message in read.messages() {
-            let line = match message {
+        let wire_stamps = wire
+            .into_iter()
+            .flat_map(LinkRead::messages)
+            .filter_map(|message| match message {
                 LinkMessage::Ping => {
                     pong = true;
-                    continue;
+                    None
                 }
-                LinkMessage::Push(line) => line,
-                LinkMessage::Other => continue,
-            };
-            let Some((seq, publisher, sent)) = bench_stamp(line) else {
-                continue;
-            };
+                LinkMessage::Push(line) => bench_stamp(line),
+                LinkMessage::Other => None,
+            });
+        for (seq, publisher, sent) in wire_stamps.chain(sdk.and_then(sdk_stamp)) {
             let publisher = publisher as usize;
             if seen.set(seq) {
                 end.duplicates += 1;

@@ -13,19 +13,16 @@ use super::group::Group;
 use super::report::{thousands, Table};
 use super::worker::{merge, nothing_published, share, Parent, Ready, Workers};
 use super::{
-    counter, emit, parse_duration, rss_kib, timer, CommonArgs, EncodingArg, Env, TransportArg,
+    counter, emit, parse_duration, rss_kib, timer, ClientArg, CommonArgs, EncodingArg, Env,
+    SubscriberArgs, TransportArg,
 };
 
 #[derive(Debug, Args)]
 pub struct IdleArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// How the subscribers connect.
-    #[arg(long, value_enum, default_value_t = TransportArg::WebSocket)]
-    pub transport: TransportArg,
-    /// How the subscribers encode the protocol (protobuf: on websocket only).
-    #[arg(long, value_enum, default_value_t = EncodingArg::Json)]
-    pub encoding: EncodingArg,
+    #[command(flatten)]
+    pub subscriber: SubscriberArgs,
     /// Connections to open and hold.
     #[arg(long, short = 'c', default_value_t = 1000)]
     pub connections: usize,
@@ -56,6 +53,7 @@ pub struct IdleReport {
     /// How the connections were made.
     pub transport: TransportArg,
     pub encoding: EncodingArg,
+    pub client: ClientArg,
     pub connections: usize,
     pub connected: u64,
     pub connect_failures: u64,
@@ -82,15 +80,12 @@ pub async fn run(args: IdleArgs, env: Env) -> anyhow::Result<()> {
         common.sources,
         args.connections,
     )?;
-    target.transport = args.transport.into();
-    target.encoding = args.encoding.into();
-    if args.encoding == EncodingArg::Protobuf && args.transport != TransportArg::WebSocket {
-        anyhow::bail!("--encoding protobuf needs --transport websocket");
-    }
+    args.subscriber.apply(&mut target)?;
     if let Some(index) = common.worker_index {
         let mut parent = Parent::new();
         let group = Group::open(
             &target,
+            args.subscriber.client,
             share(args.connections, args.workers, index),
             args.channels,
             0,
@@ -130,6 +125,7 @@ pub async fn run(args: IdleArgs, env: Env) -> anyhow::Result<()> {
         let bar = counter(common, args.connections as u64, "connecting");
         let group = Group::open(
             &target,
+            args.subscriber.client,
             0..args.connections,
             args.channels,
             0,
@@ -186,8 +182,9 @@ pub async fn run(args: IdleArgs, env: Env) -> anyhow::Result<()> {
     };
     let result = IdleReport {
         scenario: "idle",
-        transport: args.transport,
-        encoding: args.encoding,
+        transport: args.subscriber.transport,
+        encoding: args.subscriber.encoding,
+        client: args.subscriber.client,
         connections: args.connections,
         connected,
         connect_failures: failed,
@@ -210,8 +207,8 @@ pub async fn run(args: IdleArgs, env: Env) -> anyhow::Result<()> {
     let mut t = Table::new(format!(
         "idle: {} {} {:?} connections on {} channel(s), held {:.0} s",
         args.connections,
-        args.transport.name(),
-        args.encoding,
+        args.subscriber.transport.name(),
+        args.subscriber.encoding,
         args.channels,
         result.held_seconds
     ));

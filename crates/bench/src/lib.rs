@@ -164,6 +164,50 @@ impl From<EncodingArg> for switchboard_client::raw::Encoding {
     }
 }
 
+/// What drives each subscriber (`--client`; `fanout` and `idle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientArg {
+    /// The client crate's wire layer (`switchboard_client::raw`): one task per connection
+    /// reading frames and answering pings itself, payloads scanned without parsing.
+    Wire,
+    /// The high-level SDK (`switchboard_client::Client`): its driver task per connection, its
+    /// subscription state and event channel, payloads parsed as JSON (WebSocket only; no spread
+    /// source addresses, so at most about 28,000 connections on one loopback address).
+    Sdk,
+}
+
+/// Subscriber options of the `fanout` and `idle` scenarios.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct SubscriberArgs {
+    /// How the subscribers connect.
+    #[arg(long, value_enum, default_value_t = TransportArg::WebSocket)]
+    pub transport: TransportArg,
+    /// How the subscribers encode the protocol (protobuf: on websocket only).
+    #[arg(long, value_enum, default_value_t = EncodingArg::Json)]
+    pub encoding: EncodingArg,
+    /// What drives each subscriber connection (sdk: on websocket only).
+    #[arg(long, value_enum, default_value_t = ClientArg::Wire)]
+    pub client: ClientArg,
+}
+
+impl SubscriberArgs {
+    /// Applies the transport and encoding to `target`, refusing combinations not offered.
+    pub fn apply(&self, target: &mut switchboard_client::raw::Target) -> anyhow::Result<()> {
+        if self.transport != TransportArg::WebSocket {
+            if self.encoding == EncodingArg::Protobuf {
+                anyhow::bail!("--encoding protobuf needs --transport websocket");
+            }
+            if self.client == ClientArg::Sdk {
+                anyhow::bail!("--client sdk needs --transport websocket");
+            }
+        }
+        target.transport = self.transport.into();
+        target.encoding = self.encoding.into();
+        Ok(())
+    }
+}
+
 /// Runs a bench scenario: builds the runtime, raises the fd limit, prints the report.
 ///
 /// `--workers` re-executes the current program with the same arguments, so the binary that calls
