@@ -6,7 +6,9 @@
 //! [`rpc`] (closed-loop `echo` round trips) and [`connect`] (a connection storm). Shared parts:
 //! [`group`] (a set of subscribers and their accounting), [`publish`] (paced publishers),
 //! [`worker`] (spreading subscribers over processes) and [`report`] (tables, JSON, histograms).
-//! Sockets, spread source addresses and the wire are the [`switchboard_client::raw`] module's.
+//! Sockets, spread source addresses and the wire are the [`switchboard_client::raw`] module's;
+//! `fanout` and `idle` subscribers connect over any of its transports (WebSocket, http_stream,
+//! SSE) and encodings (JSON, Protobuf), or through the high-level SDK ([`SubscriberArgs`]).
 //!
 //! The `switchboard` binary calls [`run`] for `switchboard bench`; this crate does not depend on
 //! the server, so it measures Switchboard and any compatible server alike.
