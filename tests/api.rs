@@ -32,10 +32,8 @@ async fn api_key_is_required_when_configured() {
 #[tokio::test]
 async fn publish_and_broadcast_reach_subscribers_with_positions() {
     let server = TestServer::start().await;
-    let mut a = server.client().await;
-    let mut b = server.client().await;
-    a.subscribe("alpha").await;
-    b.subscribe("beta").await;
+    let mut a = server.sdk_subscriber("alpha").await;
+    let mut b = server.sdk_subscriber("beta").await;
     let (status, reply) = server
         .api(
             "publish",
@@ -46,11 +44,8 @@ async fn publish_and_broadcast_reach_subscribers_with_positions() {
     let epoch = reply["result"]["epoch"].as_str().unwrap().to_string();
     assert_eq!(reply["result"]["offset"], 1);
     let p = a.next_publication().await;
-    assert_eq!(p["pub"]["data"], json!({"text": "hello"}));
-    assert!(
-        p["pub"].get("info").is_none(),
-        "API publications carry no client info"
-    );
+    assert_eq!(p.data, json!({"text": "hello"}));
+    assert!(p.info.is_none(), "API publications carry no client info");
     let (_, reply) = server
         .api(
             "broadcast",
@@ -62,8 +57,8 @@ async fn publish_and_broadcast_reach_subscribers_with_positions() {
     assert_eq!(responses[0]["result"], json!({"offset": 2, "epoch": epoch}));
     assert_eq!(responses[1]["result"]["offset"], 1);
     assert_eq!(responses[2]["error"]["code"], 107);
-    assert_eq!(a.next_publication().await["pub"]["offset"], 2);
-    assert_eq!(b.next_publication().await["pub"]["data"], json!({"n": 2}));
+    assert_eq!(a.next_publication().await.offset, 2);
+    assert_eq!(b.next_publication().await.data, json!({"n": 2}));
     // Pretty-printed JSON from a backend is compacted: a raw newline would split a frame.
     let (_, _) = api_call(
         server.addr,
@@ -72,10 +67,7 @@ async fn publish_and_broadcast_reach_subscribers_with_positions() {
         None,
     )
     .await;
-    assert_eq!(
-        b.next_publication().await["pub"]["data"],
-        json!({"multi": "line"})
-    );
+    assert_eq!(b.next_publication().await.data, json!({"multi": "line"}));
     server.stop().await;
 }
 
@@ -478,8 +470,7 @@ async fn idle_and_slow_http_connections_are_closed() {
 #[tokio::test]
 async fn a_broadcast_to_many_channels_answers_every_channel() {
     let server = TestServer::start().await;
-    let mut last = server.client().await;
-    last.subscribe("many-499").await;
+    let mut last = server.sdk_subscriber("many-499").await;
     let channels: Vec<String> = (0..500).map(|i| format!("many-{i}")).collect();
     let (status, reply) = server
         .api("broadcast", json!({"channels": channels, "data": {"n": 1}}))
@@ -492,6 +483,6 @@ async fn a_broadcast_to_many_channels_answers_every_channel() {
         responses.iter().all(|r| r["result"]["offset"] == 1),
         "{reply}"
     );
-    assert_eq!(last.next_publication().await["pub"]["data"]["n"], 1);
+    assert_eq!(last.next_publication().await.data["n"], 1);
     server.stop().await;
 }
