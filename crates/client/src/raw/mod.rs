@@ -30,7 +30,7 @@ use futures_util::{SinkExt, StreamExt};
 use switchboard_proto as proto;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 /// A client WebSocket.
@@ -346,15 +346,7 @@ impl Link {
             },
             Link::Protobuf(ws) => loop {
                 return match ws.next().await {
-                    Some(Ok(Message::Binary(frame))) => {
-                        // A frame that does not decode ends what is read of it: what decoded
-                        // before counts, the rest is the server's fault and is dropped.
-                        LinkRead::Replies(
-                            proto::FrameDecoder::<proto::Reply>::new(frame)
-                                .map_while(Result::ok)
-                                .collect(),
-                        )
-                    }
+                    Some(Ok(Message::Binary(frame))) => LinkRead::Protobuf(frame),
                     Some(Ok(Message::Close(frame))) => {
                         LinkRead::Ended(frame.map_or(1005, |f| u16::from(f.code)))
                     }
@@ -391,8 +383,9 @@ pub enum LinkRead {
     Frame(Utf8Bytes),
     /// One message of an emulation stream.
     Message(String),
-    /// The messages of a Protobuf frame.
-    Replies(Vec<proto::Reply>),
+    /// A Protobuf frame: length-delimited replies, read by [`LinkRead::messages`] without
+    /// decoding them whole.
+    Protobuf(Bytes),
     /// The connection ended: the close (or disconnect) code, 0 when it ended without one.
     Ended(u16),
 }
@@ -415,7 +408,7 @@ impl LinkRead {
         let (frame, single, replies) = match self {
             LinkRead::Frame(text) => (Some(lines(text)), None, None),
             LinkRead::Message(m) => (None, Some(m.as_str()), None),
-            LinkRead::Replies(replies) => (None, None, Some(replies.iter())),
+            LinkRead::Protobuf(frame) => (None, None, Some(ProtobufMessages { rest: frame })),
             LinkRead::Ended(_) => (None, None, None),
         };
         frame
@@ -423,7 +416,7 @@ impl LinkRead {
             .flatten()
             .chain(single)
             .map(json_message)
-            .chain(replies.into_iter().flatten().map(protobuf_message))
+            .chain(replies.into_iter().flatten())
     }
 }
 
@@ -435,16 +428,78 @@ fn json_message(line: &str) -> LinkMessage<'_> {
     }
 }
 
-fn protobuf_message(reply: &proto::Reply) -> LinkMessage<'_> {
-    if is_protobuf_ping(reply) {
-        return LinkMessage::Ping;
-    }
-    match reply.push.as_ref().and_then(|p| p.r#pub.as_ref()) {
-        Some(publication) => {
-            std::str::from_utf8(&publication.data).map_or(LinkMessage::Other, LinkMessage::Push)
+/// The messages of a Protobuf frame, scanned rather than decoded: a subscriber needs only to
+/// tell pings (empty replies) from publications and to read a publication's `data`, and decoding
+/// every reply whole (its maps, its boxed messages) cost the bench more than the server spent
+/// sending it. A malformed message ends the scan (what came before it counts).
+struct ProtobufMessages<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for ProtobufMessages<'a> {
+    type Item = LinkMessage<'a>;
+
+    fn next(&mut self) -> Option<LinkMessage<'a>> {
+        if self.rest.is_empty() {
+            return None;
         }
-        None => LinkMessage::Other,
+        let Some((reply, rest)) = delimited(self.rest) else {
+            self.rest = &[];
+            return None;
+        };
+        self.rest = rest;
+        if reply.is_empty() {
+            return Some(LinkMessage::Ping);
+        }
+        // Reply.push (4) → Push.pub (4) → Publication.data (4), as in client.proto.
+        let data = length_field(reply, 4)
+            .and_then(|push| length_field(push, 4))
+            .and_then(|publication| length_field(publication, 4));
+        Some(match data.map(std::str::from_utf8) {
+            Some(Ok(text)) => LinkMessage::Push(text),
+            _ => LinkMessage::Other,
+        })
     }
+}
+
+/// A varint at the front of `buf`, and what follows it.
+fn varint(buf: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (i, &b) in buf.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, &buf[i + 1..]));
+        }
+    }
+    None
+}
+
+/// A length-delimited value at the front of `buf`, and what follows it.
+fn delimited(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = varint(buf)?;
+    let len = usize::try_from(len).ok().filter(|len| *len <= rest.len())?;
+    Some(rest.split_at(len))
+}
+
+/// The first length-delimited field numbered `number` of a Protobuf message.
+fn length_field(mut message: &[u8], number: u64) -> Option<&[u8]> {
+    while !message.is_empty() {
+        let (key, rest) = varint(message)?;
+        message = match key & 7 {
+            0 => varint(rest)?.1,
+            1 => rest.get(8..)?,
+            2 => {
+                let (value, rest) = delimited(rest)?;
+                if key >> 3 == number {
+                    return Some(value);
+                }
+                rest
+            }
+            5 => rest.get(4..)?,
+            _ => return None,
+        };
+    }
+    None
 }
 
 /// Asks the kernel to pick the local port at `connect` (from the 4-tuple) rather than at `bind`,
@@ -634,6 +689,52 @@ mod tests {
             "{\"id\":3,\"publish\":{\"channel\":\"chat\",\"data\":{\"text\":\"hi\"}}}\n\
              {\"id\":4,\"rpc\":{\"method\":\"echo\",\"data\":{}}}"
         );
+    }
+
+    #[test]
+    fn scans_protobuf_frames_for_pings_and_publication_data() {
+        let publication = |data: &'static [u8]| proto::Reply {
+            push: Some(proto::Push {
+                channel: "c".into(),
+                r#pub: Some(proto::Publication {
+                    data: Bytes::from_static(data),
+                    offset: 9,
+                    info: Some(proto::ClientInfo {
+                        user: "u".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let replies = [
+            proto::Reply {
+                id: 2,
+                subscribe: Some(Default::default()),
+                ..Default::default()
+            },
+            publication(br#"{"bs":1,"bw":0,"bt":5}"#),
+            proto::Reply::default(),
+            publication(b"\xff binary"),
+        ];
+        let read = LinkRead::Protobuf(Bytes::from(proto::encode_frame(replies.iter())));
+        let messages: Vec<_> = read.messages().collect();
+        assert_eq!(
+            messages,
+            [
+                LinkMessage::Other,
+                LinkMessage::Push(r#"{"bs":1,"bw":0,"bt":5}"#),
+                LinkMessage::Ping,
+                LinkMessage::Other,
+            ]
+        );
+        // A truncated or garbled frame ends the scan without a panic.
+        for bad in [&[0x05, 0x22][..], &[0xff; 12][..], &[0x03, 0x22, 0x09, 0x00][..]] {
+            let read = LinkRead::Protobuf(Bytes::copy_from_slice(bad));
+            assert!(read.messages().all(|m| m == LinkMessage::Other), "{bad:?}");
+        }
     }
 
     #[test]
