@@ -2,7 +2,10 @@
 //! by `redis-cli --cluster create`). Each channel's keys and topic share one slot (its hash tag),
 //! so the publish script runs on the channel's master; publications travel by sharded pub/sub
 //! (`SPUBLISH`/`SSUBSCRIBE`) to that master only; a master's death is an outage for its
-//! channels until its replica takes over, after which subscribers are told to recover.
+//! channels until its replica takes over, after which subscribers are told to recover. With the
+//! replica wait on, `WAIT` ends each channel's pipeline on the channel's master: an
+//! acknowledged publication survives the master's death, and one the master's replica cannot
+//! confirm in time is answered 108.
 
 mod common;
 
@@ -21,6 +24,19 @@ fn on_cluster(cluster: &RedisCluster, prefix: &str) -> impl FnOnce(&mut switchbo
         c.redis_cluster = seeds;
         c.redis_prefix = prefix;
         c.presence_ttl = 2;
+    }
+}
+
+/// [`on_cluster`], with publications acknowledged once one replica holds them.
+fn waiting_on_cluster(
+    cluster: &RedisCluster,
+    prefix: &str,
+) -> impl FnOnce(&mut switchboard::Config) {
+    let on = on_cluster(cluster, prefix);
+    move |c| {
+        on(c);
+        c.redis_wait_replicas = 1;
+        c.redis_wait_timeout = Duration::from_millis(300);
     }
 }
 
@@ -172,8 +188,55 @@ enum Fault {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_master_failover_loses_and_repeats_nothing() {
-    channel_through(RedisCluster::start(3, 1).await, Fault::KillMaster).await;
+async fn a_master_failover_loses_and_repeats_nothing_acknowledged() {
+    // Two replicas per master: after the failover the new master still has one to wait for.
+    channel_through(RedisCluster::start(3, 2).await, Fault::KillMaster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_confirm_makes_its_masters_publications_108() {
+    let cluster = RedisCluster::start(3, 1).await;
+    let prefix = unique_prefix();
+    let node = TestServer::with(waiting_on_cluster(&cluster, &prefix)).await;
+    // Two channels whose slots live on different masters.
+    let mut owners: BTreeMap<usize, String> = BTreeMap::new();
+    for n in 0..40 {
+        let channel = format!("c{n}x");
+        let r = publish(&node, &channel, json!(0)).await;
+        assert_eq!(r["result"]["offset"], 1, "confirmed by the replica: {r}");
+        let owner = cluster
+            .master_holding(&format!("}}{channel}"))
+            .await
+            .expect("a master holds the channel");
+        owners.entry(owner).or_insert(channel);
+        if owners.len() == 2 {
+            break;
+        }
+    }
+    let mut owners = owners.into_iter();
+    let (frozen_master, frozen_channel) = owners.next().unwrap();
+    let (_, other_channel) = owners.next().expect("channels on two masters");
+    let replica = cluster
+        .replica_of(frozen_master)
+        .await
+        .expect("the master has a replica");
+    // The replica freezes: its master keeps serving, but can have nothing confirmed.
+    cluster.nodes[replica].pause();
+    let refused = publish(&node, &frozen_channel, json!(1)).await;
+    let other = publish(&node, &other_channel, json!(1)).await;
+    cluster.nodes[replica].resume();
+    assert_eq!(refused["error"]["code"], 108, "not acknowledged: {refused}");
+    // The wait ran on the frozen replica's master only: the other master's replica confirmed.
+    assert_eq!(other["result"]["offset"], 2, "{other}");
+    // Thawed, the replica catches up and confirms again.
+    assert!(
+        eventually(|| async {
+            publish(&node, &frozen_channel, json!(2)).await["result"]["offset"].is_u64()
+        })
+        .await,
+        "acknowledged again once the replica is back"
+    );
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,8 +248,15 @@ async fn a_resharded_slot_loses_and_repeats_nothing() {
 /// is sent again), and `fault` to the channel's master mid-traffic; then the chaos invariants.
 async fn channel_through(mut cluster: RedisCluster, fault: Fault) {
     let prefix = unique_prefix();
-    let publishing_node = TestServer::with(on_cluster(&cluster, &prefix)).await;
-    let other_node = TestServer::with(on_cluster(&cluster, &prefix)).await;
+    // Through a master's death, only the replica wait keeps what it acknowledged.
+    let node = |cluster: &RedisCluster| -> Box<dyn FnOnce(&mut switchboard::Config)> {
+        match fault {
+            Fault::KillMaster => Box::new(waiting_on_cluster(cluster, &prefix)),
+            Fault::MoveSlot => Box::new(on_cluster(cluster, &prefix)),
+        }
+    };
+    let publishing_node = TestServer::with(node(&cluster)).await;
+    let other_node = TestServer::with(node(&cluster)).await;
     let mut followers = [
         Follower::start(&publishing_node.ws_url(), "ledger").await,
         Follower::start(&other_node.ws_url(), "ledger").await,

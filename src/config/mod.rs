@@ -608,11 +608,6 @@ impl Config {
                     .into(),
             ));
         }
-        if !self.redis_cluster.is_empty() && self.redis_wait_replicas > 0 {
-            return Err(ConfigError::Invalid(
-                "redis_wait_replicas is not available with redis_cluster".into(),
-            ));
-        }
         if !self.redis_cluster.is_empty() && self.redis_prefix.contains(['{', '}']) {
             return Err(ConfigError::Invalid(
                 "with redis_cluster, redis_prefix may not hold braces (they make hash tags)".into(),

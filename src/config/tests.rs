@@ -250,7 +250,7 @@ fn sentinel_needs_its_master_name_and_excludes_plain_urls() {
         redis_wait_replicas: 1,
         ..cluster.clone()
     };
-    assert!(waiting.validate().is_err());
+    waiting.validate().unwrap();
     let mut with_maps = cluster;
     with_maps.channel.subscription_type = Some("map".into());
     assert!(with_maps

@@ -91,6 +91,26 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the process (SIGSTOP): it keeps its connections but answers nothing, as a
+    /// server stuck on a slow disk or a long pause would; `resume` thaws it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a [`pause`](Self::pause)d process (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("a running redis-server");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal}");
+    }
+
     /// Runs a redis-cli-like command through the crate's client.
     pub async fn command(&self, args: &[&str]) {
         let _ = query(self.port, args).await.unwrap();
@@ -349,6 +369,29 @@ impl RedisCluster {
 }
 
 impl RedisCluster {
+    /// The index of the running replica of the master on node `master`, if it has one.
+    pub async fn replica_of(&self, master: usize) -> Option<usize> {
+        let master_port = self.nodes[master].port as i64;
+        for (index, node) in self.nodes.iter().enumerate() {
+            if node.child.is_none() {
+                continue;
+            }
+            let Ok(role) = query(node.port, &["ROLE"]).await else {
+                continue;
+            };
+            // A replica's ROLE: ["slave", master host, master port, state, offset].
+            let Ok((kind, _, port, _, _)) =
+                redis::from_redis_value::<(String, String, i64, String, i64)>(role)
+            else {
+                continue;
+            };
+            if kind == "slave" && port == master_port {
+                return Some(index);
+            }
+        }
+        None
+    }
+
     /// Moves the slot of `key` from the master on node `from` to the master on node `to`, keys
     /// and all (`CLUSTER SETSLOT … IMPORTING/MIGRATING`, `MIGRATE`, `CLUSTER SETSLOT … NODE`):
     /// what `redis-cli --cluster reshard` does, for one slot.

@@ -32,7 +32,9 @@
 //!   asynchronously) gets a new epoch, so its subscribers are told they cannot recover rather
 //!   than handed reused offsets.
 //! - **Replica wait**: with `wait_replicas` set, a publication is acknowledged only once that
-//!   many replicas hold it (`WAIT` after each batch), so a failover to one of them keeps it.
+//!   many replicas hold it (`WAIT` after each batch; on Redis Cluster, at the end of each
+//!   channel's pipeline, so on the connection to the master that ran its writes), so a
+//!   failover to one of them keeps it.
 //!
 //! Commands use a multiplexed, auto-reconnecting connection per shard, and every call is bounded by
 //! a timeout, so an unreachable Redis answers "not available" instead of hanging. Every queue is
@@ -177,11 +179,6 @@ impl RedisEngine {
             }
         }
         let cluster = !settings.cluster.is_empty();
-        if cluster && settings.wait_replicas > 0 {
-            return Err(BrokerError::Unavailable(
-                "the replica wait is not available on Redis Cluster".into(),
-            ));
-        }
         if cluster && settings.prefix.contains(['{', '}']) {
             return Err(BrokerError::Unavailable(
                 "on Redis Cluster the key prefix may not hold braces".into(),
