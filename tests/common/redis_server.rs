@@ -38,6 +38,38 @@ impl RedisServer {
         Self::start_with(args).await
     }
 
+    /// A server that speaks TLS only, with the certificate and key at `cert` and `key` (PEM),
+    /// not asking clients for certificates; `more` arguments follow (a replica's
+    /// `--replicaof` with `--tls-replication yes`).
+    pub async fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+        more: &[&str],
+    ) -> RedisServer {
+        let port = free_port();
+        let mut args: Vec<String> = ["--port", "0", "--tls-port", &port.to_string()]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        for (flag, path) in [
+            ("--tls-cert-file", cert),
+            ("--tls-key-file", key),
+            ("--tls-ca-cert-file", ca),
+        ] {
+            args.push(flag.into());
+            args.push(path.display().to_string());
+        }
+        args.extend(["--tls-auth-clients".into(), "no".into()]);
+        args.extend(more.iter().map(|a| a.to_string()));
+        Self::start_on(port, args).await
+    }
+
+    /// The `rediss://` URL of a [`start_tls`](Self::start_tls) server.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
     async fn start_with(extra: Vec<String>) -> RedisServer {
         Self::start_on(free_port(), extra).await
     }
@@ -160,6 +192,16 @@ pub const SENTINEL_MASTER: &str = "main";
 
 impl Sentinels {
     pub async fn start(master_port: u16, master_password: &str, password: &str) -> Sentinels {
+        Self::start_with(master_port, master_password, password, &[]).await
+    }
+
+    /// [`start`](Self::start), with more lines in each Sentinel's config file (TLS settings).
+    pub async fn start_with(
+        master_port: u16,
+        master_password: &str,
+        password: &str,
+        more: &[String],
+    ) -> Sentinels {
         let mut sentinels = Sentinels {
             children: Vec::new(),
             ports: Vec::new(),
@@ -179,8 +221,9 @@ impl Sentinels {
                      sentinel failover-timeout {SENTINEL_MASTER} 4000\n\
                      sentinel parallel-syncs {SENTINEL_MASTER} 1\n\
                      sentinel auth-pass {SENTINEL_MASTER} {master_password}\n\
-                     requirepass {password}\nsentinel sentinel-pass {password}\n",
-                    dir = dir.display()
+                     requirepass {password}\nsentinel sentinel-pass {password}\n{more}\n",
+                    dir = dir.display(),
+                    more = more.join("\n"),
                 ),
             )
             .unwrap();

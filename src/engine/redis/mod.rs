@@ -79,7 +79,7 @@ use keys::{
     PUBLISH_SCRIPT,
 };
 use link::Link;
-pub use link::SentinelSettings;
+pub use link::{client, SentinelSettings};
 use publisher::{PublishAnswer, PublishRequest, Publisher, Reply, PUBLISH_QUEUE};
 use pubsub::{ListenedChannels, PubSubSupervisor, TopicRequest, TOPIC_QUEUE};
 
@@ -107,6 +107,9 @@ pub struct RedisSettings {
     pub wait_replicas: u32,
     /// How long a publication waits for them before it is answered "not available".
     pub wait_timeout: Duration,
+    /// Certificate authorities (PEM) that TLS connections to Redis trust instead of the
+    /// system's roots: the servers of `rediss://` URLs, Sentinels and masters, Cluster nodes.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 impl RedisSettings {
@@ -120,6 +123,7 @@ impl RedisSettings {
             cluster: Vec::new(),
             wait_replicas: 0,
             wait_timeout: Duration::from_secs(1),
+            tls_ca: None,
         }
     }
 }
@@ -190,16 +194,17 @@ impl RedisEngine {
             )));
         }
         let mut links = Vec::new();
+        let tls_ca = settings.tls_ca.as_deref();
         match &settings.sentinel {
             Some(sentinel) => {
-                let link = Link::sentinel(sentinel).await?;
+                let link = Link::sentinel(sentinel, tls_ca).await?;
                 tracker.spawn(link.clone().watch_master(shutdown.clone()));
                 links.push(link);
             }
-            None if cluster => links.push(Link::cluster(&settings.cluster).await?),
+            None if cluster => links.push(Link::cluster(&settings.cluster, tls_ca).await?),
             None => {
                 for url in &settings.urls {
-                    links.push(Link::fixed(url).await?);
+                    links.push(Link::fixed(url, tls_ca).await?);
                 }
             }
         }

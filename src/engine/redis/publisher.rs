@@ -423,7 +423,9 @@ mod tests {
         }
 
         async fn connection(&self) -> Link {
-            Link::fixed(&self.url).await.expect("redis-server answers")
+            Link::fixed(&self.url, None)
+                .await
+                .expect("redis-server answers")
         }
     }
 
