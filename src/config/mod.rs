@@ -598,21 +598,6 @@ impl Config {
                 "redis, redis_sentinel and redis_cluster are exclusive: give one".into(),
             ));
         }
-        if !self.redis_cluster.is_empty()
-            && std::iter::once(&self.channel)
-                .chain(&self.namespace)
-                .any(|ns| {
-                    ns.subscription_type
-                        .as_deref()
-                        .is_some_and(|t| t.starts_with("map"))
-                })
-        {
-            return Err(ConfigError::Invalid(
-                "map channels are not available with redis_cluster yet (their expiry index is \
-                 one key per shard)"
-                    .into(),
-            ));
-        }
         if !self.redis_cluster.is_empty() && self.redis_prefix.contains(['{', '}']) {
             return Err(ConfigError::Invalid(
                 "with redis_cluster, redis_prefix may not hold braces (they make hash tags)".into(),

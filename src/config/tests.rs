@@ -253,11 +253,7 @@ fn sentinel_needs_its_master_name_and_excludes_plain_urls() {
     waiting.validate().unwrap();
     let mut with_maps = cluster;
     with_maps.channel.subscription_type = Some("map".into());
-    assert!(with_maps
-        .validate()
-        .unwrap_err()
-        .to_string()
-        .contains("map"));
+    with_maps.validate().unwrap();
     let waiting: Config = toml::from_str(
         "redis = [\"redis://127.0.0.1\"]\nredis_wait_replicas = 1\nredis_wait_timeout = \"250ms\"",
     )

@@ -43,7 +43,8 @@
 //! Files: this one holds the engine and its [`Broker`] side; `keys.rs` names keys and holds the Lua
 //! scripts, `publisher.rs` the pipelined publishing, `pubsub.rs` the pub/sub supervisor, and
 //! `presence.rs` the [`Presence`](crate::engine::presence::Presence) side, `map.rs` map channels
-//! (their state beside the stream, changed by one script with the append and the `PUBLISH`).
+//! (their state beside the stream, changed by one script with the append and the `PUBLISH`; on
+//! Redis Cluster, keys with a TTL are listed per channel, see there).
 
 mod keys;
 mod link;
@@ -253,7 +254,7 @@ impl RedisEngine {
             cluster_script: cluster.then(cluster_publish_script),
             history: Script::new(HISTORY_SCRIPT),
             presence_script: Script::new(PRESENCE_SCRIPT),
-            map_scripts: map::MapScripts::default(),
+            map_scripts: map::MapScripts::new(cluster),
             handler,
             channels,
             local_presence: Mutex::new(HashMap::new()),
