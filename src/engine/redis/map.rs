@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use redis::{AsyncCommands, Script};
 
+use super::link::Link;
 use super::{call, RedisEngine};
 use crate::engine::broker::BrokerError;
 use crate::engine::history::{new_epoch, HistoryError};
@@ -320,25 +321,9 @@ impl RedisEngine {
     }
 
     /// Expires the keys of the expiry set `set` due at `now` (one batch); how many went.
-    async fn expire_set(
-        &self,
-        mut conn: super::link::Link,
-        set: &str,
-        now: u64,
-    ) -> Result<usize, BrokerError> {
-        let members: Vec<String> = call(
-            redis::cmd("ZRANGEBYSCORE")
-                .arg(set)
-                .arg(0)
-                .arg(now)
-                .arg("LIMIT")
-                .arg(0)
-                .arg(EXPIRY_BATCH)
-                .query_async(&mut conn),
-        )
-        .await?;
+    async fn expire_set(&self, mut conn: Link, set: &str, now: u64) -> Result<usize, BrokerError> {
         let mut removed = 0;
-        for member in members {
+        for member in due(&mut conn, set, now).await? {
             let Some((channel, key)) = member.split_once('\n') else {
                 continue;
             };
@@ -359,19 +344,8 @@ impl RedisEngine {
         let list = expiring_channels_key(&self.settings.prefix);
         let mut conn = self.shards[0].commands.clone();
         let now = now_ms();
-        let due: Vec<String> = call(
-            redis::cmd("ZRANGEBYSCORE")
-                .arg(&list)
-                .arg(0)
-                .arg(now)
-                .arg("LIMIT")
-                .arg(0)
-                .arg(EXPIRY_BATCH)
-                .query_async(&mut conn),
-        )
-        .await?;
         let mut removed = 0;
-        for channel in due {
+        for channel in due(&mut conn, &list, now).await? {
             let set = self.expiring_set(&channel);
             removed += self.expire_set(conn.clone(), &set, now).await?;
             call(conn.zrem::<_, _, ()>(&list, &channel)).await?;
@@ -390,4 +364,19 @@ impl RedisEngine {
         }
         Ok(removed)
     }
+}
+
+/// The first members (a batch) of the sorted set `set` scored `now` or before.
+async fn due(conn: &mut Link, set: &str, now: u64) -> Result<Vec<String>, BrokerError> {
+    call(
+        redis::cmd("ZRANGEBYSCORE")
+            .arg(set)
+            .arg(0)
+            .arg(now)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(EXPIRY_BATCH)
+            .query_async(conn),
+    )
+    .await
 }
