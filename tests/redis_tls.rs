@@ -1,7 +1,8 @@
 //! TLS to Redis: real redis-servers that speak TLS only (Debian's redis-server, `--tls-port`),
-//! with a certificate signed by a CA made here (rcgen). A node given that CA
-//! (`redis_tls_ca`) reaches Redis over `rediss://`, and through Sentinel a TLS master; a node
-//! given another CA refuses to start, saying why.
+//! with a certificate signed by a CA made here (rcgen). Nodes given that CA (`redis_tls_ca`)
+//! share a Redis over `rediss://`, a TLS master named by Sentinel, and a 3-master Redis Cluster
+//! that speaks TLS to clients and on its bus (`tls-cluster yes`); a node given another CA
+//! refuses to start, saying why.
 
 mod common;
 
@@ -53,8 +54,16 @@ impl Certificates {
         self.dir.join("server.key")
     }
 
+    fn files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.cert(),
+            key: self.key(),
+            ca: self.ca(),
+        }
+    }
+
     async fn server(&self, more: &[&str]) -> RedisServer {
-        RedisServer::start_tls(&self.cert(), &self.key(), &self.ca(), more).await
+        RedisServer::start_tls(&self.files(), more).await
     }
 }
 
@@ -73,11 +82,40 @@ fn over_tls(url: String, ca: &Path, prefix: &str) -> impl FnOnce(&mut switchboar
     }
 }
 
-/// Where two nodes meet: the Redis URL (`rediss://`), the CA to trust, the nodes' key prefix.
+/// Where two nodes meet: the Redis servers (`rediss://` URLs: one, or a cluster's masters), the
+/// CA to trust, the nodes' key prefix.
 struct Meeting<'a> {
-    redis: String,
+    redis: Vec<String>,
     ca: &'a Path,
     prefix: &'a str,
+}
+
+/// Whether the server at `url` (trusting `ca`) has a subscriber of `channel`'s topic, plain
+/// (`PUBSUB CHANNELS`) or sharded (`PUBSUB SHARDCHANNELS`; on a cluster the topic carries the
+/// channel's hash tag before its name).
+async fn listens(url: &str, ca: &Path, prefix: &str, channel: &str) -> bool {
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(std::fs::read(ca).unwrap()),
+    };
+    let Ok(client) = redis::Client::build_with_tls(url, certificates) else {
+        return false;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return false;
+    };
+    for kind in ["CHANNELS", "SHARDCHANNELS"] {
+        let topics: Vec<String> = redis::cmd("PUBSUB")
+            .arg(kind)
+            .arg(format!("{prefix}.pub.*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        if topics.iter().any(|t| t.ends_with(channel)) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Subscribes a client of `to` to `channel`, waits until `to` listens to the channel's topic
@@ -87,27 +125,15 @@ struct Meeting<'a> {
 async fn shared(from: &TestServer, to: &TestServer, channel: &str, at: Meeting<'_>) {
     let mut sub = to.client().await;
     sub.subscribe(channel).await;
-    let certificates = redis::TlsCertificates {
-        client_tls: None,
-        root_cert: Some(std::fs::read(at.ca).unwrap()),
-    };
-    let client = redis::Client::build_with_tls(at.redis.as_str(), certificates).unwrap();
-    let conn = client.get_multiplexed_async_connection().await.unwrap();
-    let topic = format!("{}.pub.{channel}", at.prefix);
-    let listening = || {
-        let (mut conn, topic) = (conn.clone(), topic.clone());
-        async move {
-            let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(&topic)
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_default();
-            counts.first().is_some_and(|(_, n)| *n > 0)
+    let listening = || async {
+        for url in &at.redis {
+            if listens(url, at.ca, at.prefix, channel).await {
+                return true;
+            }
         }
+        false
     };
-    assert!(eventually(listening).await, "the node listens to {topic}");
-    drop(conn);
+    assert!(eventually(listening).await, "the node listens to {channel}");
     let (_, reply) = from
         .api(
             "publish",
@@ -137,7 +163,7 @@ async fn nodes_share_a_tls_redis_trusting_the_given_ca() {
     let a = TestServer::with(over_tls(redis.tls_url(), &certificates.ca(), &prefix)).await;
     let b = TestServer::with(over_tls(redis.tls_url(), &certificates.ca(), &prefix)).await;
     let at = Meeting {
-        redis: redis.tls_url(),
+        redis: vec![redis.tls_url()],
         ca: &certificates.ca(),
         prefix: &prefix,
     };
@@ -233,7 +259,31 @@ async fn sentinel_names_a_tls_master_the_nodes_reach_trusting_the_given_ca() {
     let a = TestServer::with(node()).await;
     let b = TestServer::with(node()).await;
     let at = Meeting {
-        redis: format!("rediss://:{password}@127.0.0.1:{}", master.port),
+        redis: vec![format!("rediss://:{password}@127.0.0.1:{}", master.port)],
+        ca: &certificates.ca(),
+        prefix: &prefix,
+    };
+    shared(&a, &b, "secure", at).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_a_tls_cluster_trusting_the_given_ca() {
+    let certificates = Certificates::new();
+    let cluster = RedisCluster::start_tls(3, &certificates.files()).await;
+    let prefix = unique_prefix();
+    let node = || {
+        let (seeds, ca, prefix) = (cluster.seeds(), certificates.ca(), prefix.clone());
+        TestServer::with(move |c| {
+            c.redis_cluster = seeds;
+            c.redis_tls_ca = Some(ca);
+            c.redis_prefix = prefix;
+        })
+    };
+    let (a, b) = (node().await, node().await);
+    let at = Meeting {
+        redis: cluster.seeds(),
         ca: &certificates.ca(),
         prefix: &prefix,
     };
