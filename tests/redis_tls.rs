@@ -121,8 +121,8 @@ async fn listens(url: &str, ca: &Path, prefix: &str, channel: &str) -> bool {
 /// Subscribes a client of `to` to `channel`, waits until `to` listens to the channel's topic
 /// in Redis (asked over TLS too: the node's pub/sub connection may still be on its way, and a
 /// publication before it would be a gap, told with 2500), publishes through `from`, and checks
-/// the subscriber receives the publication and `to` reads it from history.
-async fn shared(from: &TestServer, to: &TestServer, channel: &str, at: Meeting<'_>) {
+/// the subscriber receives the publication and `to` reads it from history; then stops both.
+async fn shared(from: TestServer, to: TestServer, channel: &str, at: Meeting<'_>) {
     let mut sub = to.client().await;
     sub.subscribe(channel).await;
     let listening = || async {
@@ -151,6 +151,9 @@ async fn shared(from: &TestServer, to: &TestServer, channel: &str, at: Meeting<'
         json!({"over": "tls"}),
         "{history}"
     );
+    drop(sub);
+    from.stop().await;
+    to.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,9 +170,7 @@ async fn nodes_share_a_tls_redis_trusting_the_given_ca() {
         ca: &certificates.ca(),
         prefix: &prefix,
     };
-    shared(&a, &b, "secure", at).await;
-    a.stop().await;
-    b.stop().await;
+    shared(a, b, "secure", at).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,9 +264,7 @@ async fn sentinel_names_a_tls_master_the_nodes_reach_trusting_the_given_ca() {
         ca: &certificates.ca(),
         prefix: &prefix,
     };
-    shared(&a, &b, "secure", at).await;
-    a.stop().await;
-    b.stop().await;
+    shared(a, b, "secure", at).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,7 +286,5 @@ async fn nodes_share_a_tls_cluster_trusting_the_given_ca() {
         ca: &certificates.ca(),
         prefix: &prefix,
     };
-    shared(&a, &b, "secure", at).await;
-    a.stop().await;
-    b.stop().await;
+    shared(a, b, "secure", at).await;
 }
