@@ -253,6 +253,11 @@ fn sentinel_needs_its_master_name_and_excludes_plain_urls() {
     waiting.validate().unwrap();
     let mut with_maps = cluster;
     with_maps.channel.subscription_type = Some("map".into());
+    with_maps.channel.map = Some(crate::config::MapNamespace {
+        mode: Some("durable".into()),
+        key_ttl: Some(Duration::from_secs(60)),
+        ..Default::default()
+    });
     with_maps.validate().unwrap();
     let waiting: Config = toml::from_str(
         "redis = [\"redis://127.0.0.1\"]\nredis_wait_replicas = 1\nredis_wait_timeout = \"250ms\"",
