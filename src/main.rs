@@ -170,6 +170,10 @@ struct ServeArgs {
     /// Connect to the master found through Sentinel over TLS.
     #[arg(long, env = "SWITCHBOARD_REDIS_MASTER_TLS")]
     redis_master_tls: bool,
+    /// PEM file of the certificate authorities TLS connections to Redis trust (rediss://
+    /// servers, Sentinels, masters, Cluster nodes) [default: the system's roots].
+    #[arg(long, env = "SWITCHBOARD_REDIS_TLS_CA")]
+    redis_tls_ca: Option<PathBuf>,
     /// Replicas that must hold a publication before it is acknowledged (Redis WAIT), so a
     /// failover keeps it [default: 0].
     #[arg(long, env = "SWITCHBOARD_REDIS_WAIT_REPLICAS")]
@@ -235,6 +239,10 @@ struct ServeArgs {
     /// Origins browsers may connect from, comma-separated, `*` wildcards.
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Option<Vec<String>>,
+    /// Client transports to serve, comma-separated, of websocket, http_stream, sse,
+    /// uni_websocket, uni_sse, uni_http_stream [default: all].
+    #[arg(long, env = "SWITCHBOARD_TRANSPORTS", value_delimiter = ',')]
+    transports: Option<Vec<String>>,
     /// Most WebSocket connections at once; more are refused with HTTP 503 [default: the
     /// open-file limit minus 256].
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS")]
@@ -360,6 +368,7 @@ impl ServeArgs {
             connection_rate_per_ip,
             trusted_proxies,
             allowed_origins,
+            transports,
             redis,
             redis_sentinel,
             redis_cluster,
@@ -401,6 +410,7 @@ impl ServeArgs {
             api_address,
             tls_cert,
             tls_key,
+            redis_tls_ca,
             token_rsa_public_key,
             token_ecdsa_public_key,
             token_jwks_url,

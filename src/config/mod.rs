@@ -25,6 +25,17 @@ pub use show::effective_settings;
 use trusted_proxies::deserialize_cidrs;
 pub use trusted_proxies::parse_cidr;
 
+/// Every client transport a node can serve, by Centrifugo's names: the bidirectional ones (the
+/// SDKs') first, then the unidirectional ones (a browser's `EventSource`, `curl -N`).
+pub const TRANSPORTS: [&str; 6] = [
+    "websocket",
+    "http_stream",
+    "sse",
+    "uni_websocket",
+    "uni_sse",
+    "uni_http_stream",
+];
+
 /// Everything a node needs to run. Durations are whole seconds in files and flags (except
 /// `proxy_timeout` and `idempotency_window`, which take units: `500ms`, `1s`, `5m`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -143,6 +154,10 @@ pub struct Config {
     pub redis_master_password: Option<String>,
     /// Connect to the master found through Sentinel over TLS.
     pub redis_master_tls: bool,
+    /// PEM file of the certificate authorities that TLS connections to Redis trust (the servers
+    /// of `rediss://` URLs, Sentinels and masters, Cluster nodes) instead of the system's roots:
+    /// for a Redis whose certificate a private CA signed.
+    pub redis_tls_ca: Option<PathBuf>,
     /// Replicas that must hold a publication before it is acknowledged (Redis `WAIT`; 0, the
     /// default: none). Redis replicates asynchronously: without it, a failover may lose
     /// publications already acknowledged.
@@ -177,6 +192,9 @@ pub struct Config {
     /// `Origin` patterns browsers may connect from (`*` wildcards). Empty: any origin in
     /// development mode, otherwise only the server's own host.
     pub allowed_origins: Vec<String>,
+    /// Client transports served, by Centrifugo's names (see [`TRANSPORTS`]); the others' endpoints
+    /// answer 404. `http_stream` and `sse` bring `/emulation` with them.
+    pub transports: Vec<String>,
     /// Most WebSocket connections served at once; further ones are refused with HTTP 503.
     /// `None`: as many as the open-file limit allows, minus headroom (see [`crate::fd_limit`]).
     pub max_connections: Option<usize>,
@@ -363,6 +381,7 @@ impl Default for Config {
             connection_rate_per_ip: 0,
             trusted_proxies: Vec::new(),
             allowed_origins: Vec::new(),
+            transports: TRANSPORTS.iter().map(|t| t.to_string()).collect(),
             redis: Vec::new(),
             redis_cluster: Vec::new(),
             redis_sentinel: Vec::new(),
@@ -370,6 +389,7 @@ impl Default for Config {
             redis_master_username: None,
             redis_master_password: None,
             redis_master_tls: false,
+            redis_tls_ca: None,
             redis_wait_replicas: 0,
             redis_wait_timeout: Duration::from_secs(1),
             redis_prefix: "switchboard".into(),
@@ -490,6 +510,16 @@ impl Config {
     /// Checks the values and the safety rule: a public address needs a token secret (clients) and an
     /// API key (backends), unless `insecure` says otherwise.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(unknown) = self
+            .transports
+            .iter()
+            .find(|t| !TRANSPORTS.contains(&t.as_str()))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "transports: unknown transport {unknown:?} (known: {})",
+                TRANSPORTS.join(", ")
+            )));
+        }
         if self.ping_interval == 0 || self.pong_timeout == 0 {
             return Err(ConfigError::Invalid(
                 "ping_interval and pong_timeout must be at least 1 second".into(),
@@ -593,26 +623,6 @@ impl Config {
                 "redis, redis_sentinel and redis_cluster are exclusive: give one".into(),
             ));
         }
-        if !self.redis_cluster.is_empty()
-            && std::iter::once(&self.channel)
-                .chain(&self.namespace)
-                .any(|ns| {
-                    ns.subscription_type
-                        .as_deref()
-                        .is_some_and(|t| t.starts_with("map"))
-                })
-        {
-            return Err(ConfigError::Invalid(
-                "map channels are not available with redis_cluster yet (their expiry index is \
-                 one key per shard)"
-                    .into(),
-            ));
-        }
-        if !self.redis_cluster.is_empty() && self.redis_wait_replicas > 0 {
-            return Err(ConfigError::Invalid(
-                "redis_wait_replicas is not available with redis_cluster".into(),
-            ));
-        }
         if !self.redis_cluster.is_empty() && self.redis_prefix.contains(['{', '}']) {
             return Err(ConfigError::Invalid(
                 "with redis_cluster, redis_prefix may not hold braces (they make hash tags)".into(),
@@ -621,6 +631,12 @@ impl Config {
         if !self.redis_sentinel.is_empty() && self.redis_sentinel_master.is_none() {
             return Err(ConfigError::Invalid(
                 "redis_sentinel needs redis_sentinel_master, the name the Sentinels monitor".into(),
+            ));
+        }
+        if self.redis_tls_ca.is_some() && !self.uses_redis() {
+            return Err(ConfigError::Invalid(
+                "redis_tls_ca is for TLS to Redis: give redis, redis_sentinel or redis_cluster"
+                    .into(),
             ));
         }
         if self.redis_wait_replicas > 0
@@ -729,6 +745,23 @@ impl Config {
         !self.redis.is_empty() || !self.redis_sentinel.is_empty() || !self.redis_cluster.is_empty()
     }
 
+    /// The certificate authorities of `redis_tls_ca` (PEM), read from its file; `None` when
+    /// unset (TLS to Redis then trusts the system's roots).
+    pub fn redis_tls_roots(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(path) = &self.redis_tls_ca else {
+            return Ok(None);
+        };
+        let pem = std::fs::read(path)
+            .map_err(|e| ConfigError::Invalid(format!("redis_tls_ca {}: {e}", path.display())))?;
+        if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(ConfigError::Invalid(format!(
+                "redis_tls_ca {}: no PEM certificate in it",
+                path.display()
+            )));
+        }
+        Ok(Some(pem))
+    }
+
     /// Whether the application backend decides anything (see [`crate::hooks::proxy`]).
     pub fn uses_proxy(&self) -> bool {
         self.proxy_endpoints().iter().any(|(_, e)| e.is_some())
@@ -744,6 +777,11 @@ impl Config {
             || self.token_rsa_public_key.is_some()
             || self.token_ecdsa_public_key.is_some()
             || self.token_jwks_url.is_some()
+    }
+
+    /// Whether the node serves the client transport named `name` (one of [`TRANSPORTS`]).
+    pub fn serves(&self, name: &str) -> bool {
+        self.transports.iter().any(|t| t == name)
     }
 
     /// Clients may connect without a token, by the built-in rules: `insecure`, or no way to

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::keys::{channels_answers_key, cluster_name, key, shard_index, TAG_LEN};
-use super::link::{cluster_builder, Link};
+use super::link::Link;
 use super::{call, CALL_TIMEOUT};
 use crate::engine::broker::{BrokerEventHandler, NodeControl};
 use crate::engine::history::new_epoch;
@@ -235,9 +235,9 @@ impl PubSubSupervisor {
     /// channel for a gap. A topic confirmed again without being asked (the cluster client
     /// resubscribing by itself) is checked too.
     pub(super) async fn run_cluster(self, mut requests: mpsc::Receiver<TopicRequest>) {
-        let Some(urls) = self.commands.cluster_nodes().map(<[String]>::to_vec) else {
+        if !self.commands.is_cluster() {
             return;
-        };
+        }
         let mut backoff = Duration::from_millis(100);
         let mut was_down = false;
         loop {
@@ -245,7 +245,10 @@ impl PubSubSupervisor {
                 return;
             }
             let (pushes, mut received) = broadcast::channel::<PushInfo>(PUSH_QUEUE);
-            let client = match cluster_builder(&urls)
+            let Some(builder) = self.commands.cluster_builder() else {
+                return;
+            };
+            let client = match builder
                 .use_protocol(redis::ProtocolVersion::RESP3)
                 .push_sender(pushes)
                 .build()
@@ -405,7 +408,7 @@ impl PubSubSupervisor {
     /// The channel whose topic is `topic`.
     fn channel_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
         let channel = topic.strip_prefix(&self.pub_topic_prefix)?;
-        if self.commands.cluster_nodes().is_some() {
+        if self.commands.is_cluster() {
             channel.get(TAG_LEN..)
         } else {
             Some(channel)
@@ -536,7 +539,7 @@ impl PubSubSupervisor {
 
     /// The key (or topic) of `kind` for `channel`, behind its hash tag on Redis Cluster.
     fn key(&self, kind: &str, channel: &str) -> String {
-        if self.commands.cluster_nodes().is_some() {
+        if self.commands.is_cluster() {
             key(&self.prefix, kind, &cluster_name(channel))
         } else {
             key(&self.prefix, kind, channel)
