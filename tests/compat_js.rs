@@ -75,6 +75,9 @@ async fn centrifuge_js_protobuf_build_works_against_the_server() {
     );
     let server = TestServer::with(|config| {
         config.api_key = Some(API_KEY.into());
+        // Pings (empty Protobuf replies) and pongs show within the run.
+        config.ping_interval = 1;
+        config.pong_timeout = 1;
         config.namespace.push(switchboard::config::Namespace {
             name: "docs".into(),
             allowed_delta_types: Some(vec!["fossil".into()]),

@@ -143,6 +143,16 @@ await step('join and leave pushes reach the Protobuf client', async () => {
   await until('the leave push', () => pbChat.log.leave.some((l) => l.info.client === ctx.client));
 });
 
+await step('the connection survives server pings (empty Protobuf replies, answered with pongs)', async () => {
+  const connects = pb.log.connected.length;
+  const drops = pb.log.disconnected.length + pb.log.connecting.length;
+  // The server pings every second and wants a pong within one.
+  await sleep(2500);
+  assert.equal(pb.log.connected.length, connects, 'no reconnect while idle');
+  assert.equal(pb.log.disconnected.length + pb.log.connecting.length, drops, 'no drop while idle');
+  assert.equal(pb.client.state, 'connected');
+});
+
 await step('recovery after a network drop: missed publications arrive after the SDK reconnects', async () => {
   const connects = pb.log.connected.length;
   const subscribes = pbChat.log.subscribed.length;
