@@ -68,7 +68,9 @@ async fn centrifuge_js_sdk_works_against_the_server() {
 async fn centrifuge_js_protobuf_build_works_against_the_server() {
     let compat = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat");
     assert!(
-        compat.join("node_modules/centrifuge/build/protobuf").is_dir(),
+        compat
+            .join("node_modules/centrifuge/build/protobuf")
+            .is_dir(),
         "the npm packages of the JS compatibility test are not installed in {}: run ./test.sh \
          (it runs `npm ci` there), or `cd tests/compat && npm ci`",
         compat.display()
