@@ -269,6 +269,31 @@ mod tests {
     }
 
     #[test]
+    fn next_to_a_binary_payload_protobuf_gets_the_full_bytes() {
+        let bytes = vec![7u8; 300];
+        let binary = Publication {
+            binary: true,
+            offset: 2,
+            ..Publication::new(crate::protocol::binary_payload(&bytes))
+        };
+        let json = publication(&format!("{{\"doc\":\"{}\"}}", "x".repeat(300)), 3);
+        let decoded = |push: Bytes| {
+            let replies =
+                switchboard_proto::decode_frame::<switchboard_proto::Reply>(push).unwrap();
+            replies[0].push.clone().unwrap().r#pub.unwrap()
+        };
+        // A binary publication after a JSON one, and a JSON one after a binary one.
+        let mut pushes = DeltaPushes::new("c", &binary, Some((json.data.clone(), false)));
+        let p = decoded(pushes.delta(Encoding::Protobuf));
+        assert!(!p.delta);
+        assert_eq!(&p.data[..], &bytes[..]);
+        let mut pushes = DeltaPushes::new("c", &json, Some((binary.data.clone(), true)));
+        let p = decoded(pushes.delta(Encoding::Protobuf));
+        assert!(!p.delta);
+        assert_eq!(&p.data[..], json.data.get().as_bytes());
+    }
+
+    #[test]
     fn without_a_base_or_a_gain_the_payload_goes_whole() {
         let next = publication(r#"{"a":1}"#, 5);
         let mut pushes = DeltaPushes::new("c", &next, None);

@@ -257,3 +257,135 @@ async fn sse_refuses_protobuf_with_a_clear_error() {
     assert!(body.contains("SSE carries JSON only"), "{body}");
     server.stop().await;
 }
+
+fn publish(id: u32, channel: &str, data: &'static [u8]) -> pb::Command {
+    pb::Command {
+        id,
+        publish: Some(pb::PublishRequest {
+            channel: channel.into(),
+            data: Bytes::from_static(data),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Binary publications through one engine: `publisher` and `subscriber` are on the same server
+/// or (Redis) on two nodes sharing it.
+async fn binary_publications_round_trip(publisher: &TestServer, subscriber: &TestServer) {
+    const BYTES: &[u8] = &[0, 255, 1, 2];
+    let mut pb_sub = PbClient::connected(subscriber).await;
+    pb_sub
+        .send(&[pb::Command {
+            id: 2,
+            subscribe: Some(pb::SubscribeRequest {
+                channel: "bin".into(),
+                recoverable: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }])
+        .await;
+    let epoch = pb_sub.next().await.subscribe.expect("subscribed").epoch;
+    let mut json_sub = subscriber.client().await;
+    json_sub.subscribe("bin").await;
+    let mut pb_pub = PbClient::connected(publisher).await;
+    pb_pub.send(&[publish(2, "bin", BYTES)]).await;
+    let reply = pb_pub.next().await;
+    assert!(
+        reply.publish.is_some() && reply.error.is_none(),
+        "{reply:?}"
+    );
+    // Protobuf gets the bytes; JSON a base64 string, marked binary (a valid JSON frame).
+    let publication = pb_sub.next().await.push.unwrap().r#pub.unwrap();
+    assert_eq!(&publication.data[..], BYTES);
+    let push = json_sub.next_publication().await;
+    assert_eq!(push["pub"]["data"], "AP8BAg==", "{push}");
+    assert_eq!(push["pub"]["binary"], true, "{push}");
+    // The API's b64data publishes bytes the same way.
+    let (status, body) = publisher
+        .api("publish", json!({"channel": "bin", "b64data": "3q2+7w=="}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let publication = pb_sub.next().await.push.unwrap().r#pub.unwrap();
+    assert_eq!(&publication.data[..], [0xde, 0xad, 0xbe, 0xef]);
+    // History and recovery give the bytes back.
+    pb_sub
+        .send(&[pb::Command {
+            id: 3,
+            history: Some(pb::HistoryRequest {
+                channel: "bin".into(),
+                limit: 10,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }])
+        .await;
+    let history = pb_sub.next().await.history.expect("history");
+    let data: Vec<&[u8]> = history.publications.iter().map(|p| &p.data[..]).collect();
+    assert_eq!(data, [BYTES, &[0xde, 0xad, 0xbe, 0xef]]);
+    let mut late = PbClient::connected(subscriber).await;
+    late.send(&[pb::Command {
+        id: 2,
+        subscribe: Some(pb::SubscribeRequest {
+            channel: "bin".into(),
+            recover: true,
+            epoch,
+            offset: 0,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }])
+    .await;
+    let recovered = late.next().await.subscribe.expect("subscribed");
+    assert!(recovered.recovered);
+    let data: Vec<&[u8]> = recovered.publications.iter().map(|p| &p.data[..]).collect();
+    assert_eq!(data, [BYTES, &[0xde, 0xad, 0xbe, 0xef]]);
+    // The API's history: the base64 string, marked binary.
+    let (_, body) = subscriber
+        .api("history", json!({"channel": "bin", "limit": 10}))
+        .await;
+    let first = &body["result"]["publications"][0];
+    assert_eq!(
+        (&first["data"], &first["binary"]),
+        (&json!("AP8BAg=="), &json!(true)),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn binary_publications_are_byte_exact_with_memory_history() {
+    let server = TestServer::with(|c| {
+        c.history_storage = switchboard::config::HistoryStorage::Memory;
+    })
+    .await;
+    binary_publications_round_trip(&server, &server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn binary_publications_are_byte_exact_with_sqlite_history() {
+    let server = TestServer::with(|c| {
+        c.history_storage = switchboard::config::HistoryStorage::Sqlite;
+    })
+    .await;
+    binary_publications_round_trip(&server, &server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_publications_are_byte_exact_across_nodes_on_redis() {
+    let redis = common::redis_server::RedisServer::start().await;
+    let node = |name: &'static str| {
+        let url = redis.url();
+        TestServer::with(move |c| {
+            c.redis = vec![url];
+            c.redis_prefix = "protobuf-binary".into();
+            c.name = Some(name.into());
+        })
+    };
+    let (a, b) = (node("a").await, node("b").await);
+    binary_publications_round_trip(&a, &b).await;
+    a.stop().await;
+    b.stop().await;
+}

@@ -7,8 +7,9 @@
 //   SWITCHBOARD_API_KEY  key for the server API (sent as X-API-Key)
 //
 // The server must accept anonymous clients and allow Fossil deltas in the `docs` namespace. In
-// Protobuf, payloads are bytes: the server keeps JSON payloads, so a Protobuf client sends JSON
-// text and receives it byte for byte; other bytes are refused with error 107.
+// Protobuf, payloads are bytes: JSON text stays JSON (JSON clients see the value, Protobuf clients
+// get the text back byte for byte); publication data that is not JSON is a binary publication
+// (bytes for Protobuf clients, a base64 string for JSON ones); other payloads must be JSON (107).
 
 import assert from 'node:assert/strict';
 
@@ -110,8 +111,15 @@ await step('JSON and Protobuf clients see each other\'s publications', async () 
   assert.deepEqual(pbChat.log.publication[2].tags, { kind: 'api' });
 });
 
-await step('bytes that are not JSON are refused with 107; the connection stays', async () => {
-  const error = await rejectsWithCode('a binary publish', pb.client.publish('chat', new Uint8Array([0, 255, 1, 2])), 107);
+await step('binary data: byte for byte to Protobuf clients, a base64 string to JSON ones', async () => {
+  const bytes = new Uint8Array([0, 255, 1, 2]);
+  await pb.client.publish('chat', bytes);
+  await until('the binary publication', () => pbChat.log.publication.length >= 4);
+  assert.deepEqual([...pbChat.log.publication[3].data], [...bytes]);
+  await until('the JSON client to get it', () => jsonChat.log.publication.length >= 4);
+  assert.equal(jsonChat.log.publication[3].data, Buffer.from(bytes).toString('base64'));
+  // Elsewhere payloads are JSON: an rpc with bytes that are not JSON is refused, the connection stays.
+  const error = await rejectsWithCode('a binary rpc', pb.client.rpc('echo', new Uint8Array([255])), 107);
   assert.match(error.message, /not a JSON value/);
   const reply = await within('rpc after the refusal', pb.client.rpc('echo', encode({ still: 'here' })));
   assert.deepEqual(decode(reply.data), { still: 'here' });
@@ -128,8 +136,9 @@ await step('rpc, presence, presence stats and history', async () => {
   const stats = await within('presence stats', pb.client.presenceStats('chat'));
   assert.equal(stats.numClients, 2);
   const history = await within('history', pb.client.history('chat', { limit: 10 }));
-  assert.deepEqual(history.publications.map((p) => p.offset), [1, 2, 3]);
-  assert.deepEqual(history.publications.map((p) => decode(p.data).text), ['from protobuf', 'from json', 'from the api']);
+  assert.deepEqual(history.publications.map((p) => p.offset), [1, 2, 3, 4]);
+  assert.deepEqual(history.publications.slice(0, 3).map((p) => decode(p.data).text), ['from protobuf', 'from json', 'from the api']);
+  assert.deepEqual([...history.publications[3].data], [0, 255, 1, 2]);
   assert.equal(history.epoch, pbChat.log.subscribed[0].streamPosition.epoch);
 });
 
@@ -163,15 +172,18 @@ await step('recovery after a network drop: missed publications arrive after the 
   for (const text of ['missed 1', 'missed 2']) {
     await api('publish', { channel: 'chat', data: { text } });
   }
+  // Bytes through the API's b64data, missed too.
+  await api('publish', { channel: 'chat', b64data: Buffer.from([9, 0, 9]).toString('base64') });
   await sleep(150);
   pb.network.open = true;
   const ctx = await until('the resubscription', () => pbChat.log.subscribed[subscribes]);
   await connected('the Protobuf client again', pb, connects + 1);
   assert.equal(ctx.wasRecovering, true);
   assert.equal(ctx.recovered, true);
-  await until('the missed publications', () => pbChat.log.publication.length >= before + 2);
-  assert.deepEqual(pbChat.log.publication.slice(before).map((p) => decode(p.data).text), ['missed 1', 'missed 2']);
-  assert.deepEqual(pbChat.log.publication.map((p) => p.offset), [1, 2, 3, 4, 5]);
+  await until('the missed publications', () => pbChat.log.publication.length >= before + 3);
+  assert.deepEqual(pbChat.log.publication.slice(before, before + 2).map((p) => decode(p.data).text), ['missed 1', 'missed 2']);
+  assert.deepEqual([...pbChat.log.publication[before + 2].data], [9, 0, 9], 'recovered bytes');
+  assert.deepEqual(pbChat.log.publication.map((p) => p.offset), [1, 2, 3, 4, 5, 6, 7]);
 });
 
 await step('Fossil deltas in Protobuf: every publication of a changing document is rebuilt', async () => {

@@ -5,9 +5,10 @@ recovery after a dropped connection, beside a JSON client of the same SDK in the
 Usage: python centrifuge_python_protobuf.py HOST:PORT
   SWITCHBOARD_API_KEY  key for the server API (sent as X-API-Key)
 
-In Protobuf, payloads are bytes: the server keeps JSON payloads, so a Protobuf client sends JSON
-text and receives it byte for byte; other bytes are refused with error 107. The steps, waits and
-the network relay are those of centrifuge_python.py.
+In Protobuf, payloads are bytes: JSON text stays JSON (the JSON client sees the value, Protobuf
+clients get the text back byte for byte); publication data that is not JSON is a binary
+publication (bytes for Protobuf clients, a base64 string for JSON ones); other payloads must be
+JSON (error 107). The steps, waits and the network relay are those of centrifuge_python.py.
 """
 
 import asyncio
@@ -105,13 +106,19 @@ async def main(address):
 
     await step("JSON and Protobuf clients see each other's publications", both_ways)
 
-    async def binary_refused():
-        await fails_with_code("a binary publish", pb_chat.publish(b"\x00\xff\x01"), 107)
+    async def binary_data():
+        await within("binary publish()", pb_chat.publish(b"\x00\xff\x01"))
+        await until("the binary publication", lambda: len(pb_chat_log.publications) >= 4)
+        equal(pb_chat_log.publications[3].data, b"\x00\xff\x01", "the bytes, byte for byte")
+        await until("the JSON client to get it", lambda: len(js_chat_log.publications) >= 4)
+        equal(js_chat_log.publications[3].data, "AP8B", "a base64 string for a JSON client")
+        # Elsewhere payloads are JSON: an rpc with bytes that are not JSON is refused.
+        await fails_with_code("a binary rpc", pb.rpc("echo", b"\xff"), 107)
         reply = await within("rpc after the refusal", pb.rpc("echo", encode({"still": "here"})))
         equal(json.loads(reply.data), {"still": "here"}, "echoed data")
         equal(pb.state, ClientState.CONNECTED, "client state")
 
-    await step("bytes that are not JSON are refused with 107; the connection stays", binary_refused)
+    await step("binary data: byte for byte to Protobuf clients, a base64 string to JSON ones", binary_data)
 
     async def queries():
         reply = await within("rpc echo", pb.rpc("echo", encode([1, 2, 3])))
@@ -122,9 +129,10 @@ async def main(address):
         stats = await within("presence_stats()", pb_chat.presence_stats())
         equal((stats.num_clients, stats.num_users), (2, 1), "presence stats")
         history = await within("history()", pb_chat.history(limit=10))
-        equal([p.offset for p in history.publications], [1, 2, 3], "history offsets")
+        equal([p.offset for p in history.publications], [1, 2, 3, 4], "history offsets")
+        equal(history.publications[3].data, b"\x00\xff\x01", "binary data in history")
         equal(
-            [json.loads(p.data)["text"] for p in history.publications],
+            [json.loads(p.data)["text"] for p in history.publications[:3]],
             ["from protobuf", "from json", "from the api"],
             "history data",
         )
@@ -138,18 +146,20 @@ async def main(address):
         await until("the Protobuf client to notice the drop", lambda: pb.state == ClientState.CONNECTING)
         for n in (1, 2):
             await api(address, "publish", {"channel": "chat", "data": {"text": f"missed {n}"}})
+        await api(address, "publish", {"channel": "chat", "b64data": "CQAJ"})
         await asyncio.sleep(0.15)
         relay.open = True
         ctx = await until("the resubscription", lambda: pb_chat_log.subscribed[subscribes:])
         await connected("the Protobuf client again", pb, pb_log, connects + 1)
         equal(ctx[0].recovered, True, "subscribed.recovered")
-        await until("the missed publications", lambda: len(pb_chat_log.publications) >= 5)
-        equal(pb_chat_log.offsets(), [1, 2, 3, 4, 5], "offsets received")
+        await until("the missed publications", lambda: len(pb_chat_log.publications) >= 7)
+        equal(pb_chat_log.offsets(), [1, 2, 3, 4, 5, 6, 7], "offsets received")
         equal(
-            [json.loads(p.data)["text"] for p in pb_chat_log.publications[3:]],
+            [json.loads(p.data)["text"] for p in pb_chat_log.publications[4:6]],
             ["missed 1", "missed 2"],
             "recovered data",
         )
+        equal(pb_chat_log.publications[6].data, b"\x09\x00\x09", "recovered bytes")
 
     await step("recovery after a network drop: missed publications arrive after the SDK reconnects", recovery_after_drop)
 
