@@ -453,7 +453,7 @@ pub(super) fn insert(
         channel,
         offset as i64,
         expires_at,
-        stored_data(&publication),
+        stored_data(publication),
         info,
         tags,
         (!publication.key.is_empty()).then_some(publication.key.as_str()),
