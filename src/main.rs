@@ -235,6 +235,10 @@ struct ServeArgs {
     /// Origins browsers may connect from, comma-separated, `*` wildcards.
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Option<Vec<String>>,
+    /// Client transports to serve, comma-separated, of websocket, http_stream, sse,
+    /// uni_websocket, uni_sse, uni_http_stream [default: all].
+    #[arg(long, env = "SWITCHBOARD_TRANSPORTS", value_delimiter = ',')]
+    transports: Option<Vec<String>>,
     /// Most WebSocket connections at once; more are refused with HTTP 503 [default: the
     /// open-file limit minus 256].
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS")]
@@ -360,6 +364,7 @@ impl ServeArgs {
             connection_rate_per_ip,
             trusted_proxies,
             allowed_origins,
+            transports,
             redis,
             redis_sentinel,
             redis_cluster,

@@ -146,36 +146,46 @@ pub struct Built {
 /// endpoint, the web pages (beside the WebSocket they connect to), and the server API unless it
 /// is served on its own listener.
 pub fn app(node: Node, limit: ConnectionLimit) -> Router {
-    let router = Router::new()
-        .route(
+    use crate::transport::{emulation, uni, uni_websocket, websocket};
+    let config = node.config();
+    let routes: [(&str, &str, axum::routing::MethodRouter<Node>); 6] = [
+        (
+            "websocket",
             "/connection/websocket",
-            get(crate::transport::websocket::endpoint),
-        )
-        .route(
+            get(websocket::endpoint),
+        ),
+        (
+            "http_stream",
             "/connection/http_stream",
-            post(crate::transport::emulation::http_stream_endpoint),
-        )
-        .route(
-            "/connection/sse",
-            get(crate::transport::emulation::sse_endpoint),
-        )
-        .route(
-            "/emulation",
-            post(crate::transport::emulation::emulation_endpoint),
-        )
-        .route(
+            post(emulation::http_stream_endpoint),
+        ),
+        ("sse", "/connection/sse", get(emulation::sse_endpoint)),
+        (
+            "uni_websocket",
             "/connection/uni_websocket",
-            get(crate::transport::uni_websocket::endpoint),
-        )
-        .route(
+            get(uni_websocket::endpoint),
+        ),
+        (
+            "uni_sse",
             "/connection/uni_sse",
-            get(crate::transport::uni::sse_endpoint).post(crate::transport::uni::sse_endpoint),
-        )
-        .route(
+            get(uni::sse_endpoint).post(uni::sse_endpoint),
+        ),
+        (
+            "uni_http_stream",
             "/connection/uni_http_stream",
-            post(crate::transport::uni::http_stream_endpoint),
-        )
-        .layer(axum::Extension(limit));
+            post(uni::http_stream_endpoint),
+        ),
+    ];
+    let mut router = Router::new();
+    for (transport, path, handler) in routes {
+        if config.serves(transport) {
+            router = router.route(path, handler);
+        }
+    }
+    if config.serves("http_stream") || config.serves("sse") {
+        router = router.route("/emulation", post(emulation::emulation_endpoint));
+    }
+    let router = router.layer(axum::Extension(limit));
     let router = router.merge(crate::http::web::routes());
     let router = if node.config().api_port.is_some() {
         router

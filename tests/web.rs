@@ -196,6 +196,69 @@ async fn chat_config_tells_whether_a_token_is_needed() {
 }
 
 #[tokio::test]
+async fn transports_left_out_answer_404_and_the_chat_page_is_told() {
+    let server = TestServer::with(|c| c.transports = vec!["sse".into(), "uni_sse".into()]).await;
+    let (_, _, body) = get(server.addr, "/chat/config", "").await;
+    let config: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["websocket"], Value::Null);
+    assert_eq!(config["http_stream"], Value::Null);
+    assert_eq!(config["sse"], "/connection/sse");
+    assert_eq!(config["emulation"], "/emulation");
+    let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    for (path, headers) in [
+        ("/connection/websocket", upgrade),
+        ("/connection/uni_websocket", upgrade),
+    ] {
+        let (status, _, _) = get(server.addr, path, headers).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    for path in ["/connection/http_stream", "/connection/uni_http_stream"] {
+        let (status, _) = http_raw(
+            server.addr,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\
+                 Connection: close\r\n\r\n{{}}"
+            ),
+        )
+        .await;
+        assert_eq!(status, 404, "{path}");
+    }
+    // The served ones still answer: uni_sse streams the connect push.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /connection/uni_sse?cf_connect=%7B%7D HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("\"connect\"") {
+        let mut buffer = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buffer))
+            .await
+            .expect("the connect push in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "stream ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    server.stop().await;
+
+    let unknown = switchboard::Config {
+        transports: vec!["websocket".into(), "webtransport".into()],
+        ..Default::default()
+    };
+    let error = unknown.validate().unwrap_err().to_string();
+    assert!(
+        error.contains("unknown transport \"webtransport\""),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn dashboard_is_open_on_loopback_without_secrets_and_streams_snapshots() {
     let server = TestServer::start().await;
     let mut client = server.client().await;

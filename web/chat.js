@@ -303,7 +303,8 @@
   // WebSocket first, then the HTTP fallbacks (HTTP-streaming, then SSE) for networks that block
   // WebSockets; `#transport=http_stream` (or `sse`, `websocket`) in the address keeps only one.
   function transports() {
-    const all = [{ transport: 'websocket', endpoint: websocketUrl() }];
+    const all = [];
+    if (config.websocket) all.push({ transport: 'websocket', endpoint: websocketUrl() });
     if (config.http_stream) all.push({ transport: 'http_stream', endpoint: location.origin + config.http_stream });
     if (config.sse) all.push({ transport: 'sse', endpoint: location.origin + config.sse });
     const only = fragment().get('transport');
@@ -320,10 +321,15 @@
     $('messages').replaceChildren();
     renderPeople();
 
+    const chosen = transports();
+    if (!chosen.length) {
+      notice('warn', 'This server serves none of the transports the chat uses (websocket, http_stream, sse).');
+      return;
+    }
     const options = { name: 'switchboard-chat', minReconnectDelay: 250, maxReconnectDelay: 5000 };
     if (config.emulation) options.emulationEndpoint = location.origin + config.emulation;
     if (token()) options.token = token();
-    centrifuge = new window.Centrifuge(transports(), options);
+    centrifuge = new window.Centrifuge(chosen, options);
     centrifuge.on('connecting', (ctx) => {
       if (wasConnected && $('status').dataset.state === 'connected') {
         notice('warn', 'Connection lost — reconnecting…');

@@ -35,6 +35,10 @@ token_hmac_secret = "{token_secret}"
 # Browsers may connect only from these origins (* wildcards). Empty: the server's own host.
 allowed_origins = []
 
+# Client transports served: WebSocket, its HTTP fallbacks (with /emulation) and the
+# unidirectional ones. Remove those your clients do not use; their endpoints then answer 404.
+transports = ["websocket", "http_stream", "sse", "uni_websocket", "uni_sse", "uni_http_stream"]
+
 # Durable history (SQLite) and its retention per channel.
 data_dir = "switchboard-data"
 history_durability = "full"    # "normal" skips fsync: faster, survives process crashes only

@@ -25,6 +25,17 @@ pub use show::effective_settings;
 use trusted_proxies::deserialize_cidrs;
 pub use trusted_proxies::parse_cidr;
 
+/// Every client transport a node can serve, by Centrifugo's names: the bidirectional ones (the
+/// SDKs') first, then the unidirectional ones (a browser's `EventSource`, `curl -N`).
+pub const TRANSPORTS: [&str; 6] = [
+    "websocket",
+    "http_stream",
+    "sse",
+    "uni_websocket",
+    "uni_sse",
+    "uni_http_stream",
+];
+
 /// Everything a node needs to run. Durations are whole seconds in files and flags (except
 /// `proxy_timeout` and `idempotency_window`, which take units: `500ms`, `1s`, `5m`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -177,6 +188,9 @@ pub struct Config {
     /// `Origin` patterns browsers may connect from (`*` wildcards). Empty: any origin in
     /// development mode, otherwise only the server's own host.
     pub allowed_origins: Vec<String>,
+    /// Client transports served, by Centrifugo's names (see [`TRANSPORTS`]); the others' endpoints
+    /// answer 404. `http_stream` and `sse` bring `/emulation` with them.
+    pub transports: Vec<String>,
     /// Most WebSocket connections served at once; further ones are refused with HTTP 503.
     /// `None`: as many as the open-file limit allows, minus headroom (see [`crate::fd_limit`]).
     pub max_connections: Option<usize>,
@@ -363,6 +377,7 @@ impl Default for Config {
             connection_rate_per_ip: 0,
             trusted_proxies: Vec::new(),
             allowed_origins: Vec::new(),
+            transports: TRANSPORTS.iter().map(|t| t.to_string()).collect(),
             redis: Vec::new(),
             redis_cluster: Vec::new(),
             redis_sentinel: Vec::new(),
@@ -490,6 +505,16 @@ impl Config {
     /// Checks the values and the safety rule: a public address needs a token secret (clients) and an
     /// API key (backends), unless `insecure` says otherwise.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(unknown) = self
+            .transports
+            .iter()
+            .find(|t| !TRANSPORTS.contains(&t.as_str()))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "transports: unknown transport {unknown:?} (known: {})",
+                TRANSPORTS.join(", ")
+            )));
+        }
         if self.ping_interval == 0 || self.pong_timeout == 0 {
             return Err(ConfigError::Invalid(
                 "ping_interval and pong_timeout must be at least 1 second".into(),
@@ -744,6 +769,11 @@ impl Config {
             || self.token_rsa_public_key.is_some()
             || self.token_ecdsa_public_key.is_some()
             || self.token_jwks_url.is_some()
+    }
+
+    /// Whether the node serves the client transport named `name` (one of [`TRANSPORTS`]).
+    pub fn serves(&self, name: &str) -> bool {
+        self.transports.iter().any(|t| t == name)
     }
 
     /// Clients may connect without a token, by the built-in rules: `insecure`, or no way to

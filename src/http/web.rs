@@ -228,12 +228,14 @@ async fn chat_config(State(node): State<Node>) -> Response {
         .iter()
         .any(|n| n.name == CHAT_NAMESPACE)
         .then_some(CHAT_NAMESPACE);
+    let endpoint = |transport: &str, path: &'static str| config.serves(transport).then_some(path);
+    let emulated = config.serves("http_stream") || config.serves("sse");
     axum::Json(json!({
         "anonymous": config.anonymous_allowed(),
-        "websocket": "/connection/websocket",
-        "http_stream": "/connection/http_stream",
-        "sse": "/connection/sse",
-        "emulation": "/emulation",
+        "websocket": endpoint("websocket", "/connection/websocket"),
+        "http_stream": endpoint("http_stream", "/connection/http_stream"),
+        "sse": endpoint("sse", "/connection/sse"),
+        "emulation": emulated.then_some("/emulation"),
         "namespace": namespace.unwrap_or(""),
         "version": VERSION,
     }))
