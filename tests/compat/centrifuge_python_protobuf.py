@@ -14,15 +14,12 @@ JSON (error 107). The steps, waits and the network relay are those of centrifuge
 import asyncio
 import json
 import re
-import sys
-import traceback
 
 from centrifuge import Client, ClientState
 
 import centrifuge_python as common
 from centrifuge_python import (
     WAIT,
-    CheckFailed,
     ClientLog,
     Relay,
     SubscriptionLog,
@@ -168,25 +165,5 @@ async def main(address):
     await relay.close()
 
 
-def run():
-    if len(sys.argv) != 2 or not re.fullmatch(r"[^/\s]+:\d+", sys.argv[1]):
-        print("usage: python centrifuge_python_protobuf.py HOST:PORT", file=sys.stderr)
-        sys.exit(2)
-
-    async def bounded():
-        try:
-            await asyncio.wait_for(main(sys.argv[1]), common.TOTAL)
-        except asyncio.TimeoutError:
-            raise CheckFailed(f"the whole test took over {common.TOTAL} s") from None
-
-    try:
-        asyncio.run(bounded())
-    except Exception as error:  # noqa: BLE001 - any failure ends the test with its story
-        detail = str(error) if isinstance(error, CheckFailed) else traceback.format_exc()
-        print(f'FAIL in step "{common.current_step}": {detail}', file=sys.stderr)
-        sys.exit(1)
-    print("all centrifuge-python Protobuf checks passed")
-
-
 if __name__ == "__main__":
-    run()
+    common.run(main, "centrifuge_python_protobuf.py", "all centrifuge-python Protobuf checks passed")

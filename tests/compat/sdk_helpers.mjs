@@ -47,6 +47,20 @@ export async function until(what, check, ms = WAIT_MS) {
   }
 }
 
+/** Like `until`, for an async check returning `{ok, seen}`; fails after `ms` with what it saw. */
+export async function eventually(what, check, ms = WAIT_MS) {
+  const deadline = Date.now() + ms;
+  let last;
+  for (;;) {
+    last = await check();
+    if (last.ok) return;
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${ms} ms waiting for ${what}; last seen: ${JSON.stringify(last.seen)}`);
+    }
+    await sleep(20);
+  }
+}
+
 /** Bounds a promise in time. */
 export function within(what, promise, ms = WAIT_MS) {
   let timer;
