@@ -1,11 +1,15 @@
-//! The Centrifugo v2 client protocol, JSON encoding: types, decoding and encoding.
+//! The Centrifugo v2 client protocol: types, decoding and encoding, in its two [`Encoding`]s.
 //!
 //! This module does no I/O and knows nothing else of Switchboard, so it can be unit-tested and
-//! fuzzed alone. A frame carries one or more JSON objects separated by `\n`; each client object is a
-//! [`Command`], each server object a [`Reply`] (a reply has an `id`, a push has none, a ping is `{}`).
+//! fuzzed alone. In JSON a frame carries one or more JSON objects separated by `\n`; each client
+//! object is a [`Command`], each server object a [`Reply`] (a reply has an `id`, a push has none, a
+//! ping is `{}`). In Protobuf ([`protobuf`]) a frame carries length-delimited `client.proto`
+//! messages, decoded into the same [`Command`]s and encoded from the same [`Reply`]s.
 //!
 //! Payloads (`data`, `info`, …) are raw JSON values embedded as they are, never base64 or strings;
-//! they are kept as [`RawValue`]s so the server never re-parses what it only forwards.
+//! they are kept as [`RawValue`]s so the server never re-parses what it only forwards. Bytes that
+//! are not JSON (a Protobuf client's publication) are held as a JSON string of their base64 in a
+//! publication marked [`Publication::binary`].
 
 use std::sync::Arc;
 
