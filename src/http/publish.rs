@@ -79,26 +79,40 @@ fn publish_payload(
     }
 }
 
-/// A request that may carry an idempotency key.
-pub(super) trait WithIdempotencyKey {
+/// A request that publishes: a payload and maybe an idempotency key.
+pub(super) trait PublishBody {
     fn idempotency_key(&self) -> Option<&str>;
+    /// Whether `data` or `b64data` is there.
+    fn has_payload(&self) -> bool;
 }
 
-impl WithIdempotencyKey for PublishRequest {
+impl PublishBody for PublishRequest {
     fn idempotency_key(&self) -> Option<&str> {
         self.idempotency_key.as_deref()
     }
-}
 
-impl WithIdempotencyKey for BroadcastRequest {
-    fn idempotency_key(&self) -> Option<&str> {
-        self.idempotency_key.as_deref()
+    fn has_payload(&self) -> bool {
+        self.data.is_some() || self.b64data.is_some()
     }
 }
 
-/// Refuses an idempotency key longer than [`MAX_KEY_LENGTH`] bytes (a 400): every key is stored
-/// for the whole window. (A key that is not a string fails to parse: a 400 too.)
-pub(super) fn checked_key<R: WithIdempotencyKey>(req: R) -> Result<R, ApiError> {
+impl PublishBody for BroadcastRequest {
+    fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+
+    fn has_payload(&self) -> bool {
+        self.data.is_some() || self.b64data.is_some()
+    }
+}
+
+/// Refuses a body without a payload and an idempotency key longer than [`MAX_KEY_LENGTH`]
+/// bytes (each a 400): every key is stored for the whole window. (A key that is not a string
+/// fails to parse: a 400 too.)
+pub(super) fn checked<R: PublishBody>(req: R) -> Result<R, ApiError> {
+    if !req.has_payload() {
+        return Err(ApiError::BadRequest("data or b64data is required".into()));
+    }
     if req
         .idempotency_key()
         .is_some_and(|k| k.len() > MAX_KEY_LENGTH)
