@@ -247,12 +247,7 @@ pub fn client_info(info: &ClientInfo) -> pb::ClientInfo {
 pub fn publication(p: &Publication) -> pb::Publication {
     pb::Publication {
         data: p.data_bytes(),
-        info: p.info.as_ref().map(client_info),
-        offset: p.offset,
-        tags: p.tags.clone(),
-        key: p.key.clone(),
-        removed: p.removed,
-        ..Default::default()
+        ..publication_without_data(p)
     }
 }
 
