@@ -138,7 +138,8 @@ pub struct EmulationRequest {
     pub session: String,
     /// The node id from the connect reply.
     pub node: String,
-    /// The commands, encoded as over WebSocket (JSON, `\n`-separated).
+    /// The commands, encoded as over WebSocket (JSON, `\n`-separated); for a Protobuf session,
+    /// the length-delimited commands of its binary request in base64.
     pub data: String,
 }
 
