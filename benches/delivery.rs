@@ -31,6 +31,7 @@ fn codec(c: &mut Criterion) {
         tags: HashMap::new(),
         key: String::new(),
         removed: false,
+        binary: false,
     });
     group.bench_function("encode publication push", |b| {
         b.iter(|| {
@@ -65,6 +66,7 @@ fn fanout(c: &mut Criterion) {
         tags: HashMap::new(),
         key: String::new(),
         removed: false,
+        binary: false,
     });
     let mut group = c.benchmark_group("hub");
     group.throughput(Throughput::Elements(SUBSCRIBERS as u64));

@@ -90,8 +90,8 @@ fn encode(channel: &str, publication: &Publication, data: &RawValue, delta: bool
 pub struct DeltaPushes<'a> {
     channel: &'a str,
     publication: &'a Publication,
-    /// The previous publication's payload on this channel, if known.
-    base: Option<Payload>,
+    /// The previous publication's payload on this channel, if known, and whether it was binary.
+    base: Option<(Payload, bool)>,
     /// The Fossil delta against `base`, once computed (`None` inside: none worth sending).
     computed: Option<Option<Vec<u8>>>,
     json: Variants,
@@ -106,7 +106,11 @@ struct Variants {
 }
 
 impl<'a> DeltaPushes<'a> {
-    pub fn new(channel: &'a str, publication: &'a Publication, base: Option<Payload>) -> Self {
+    pub fn new(
+        channel: &'a str,
+        publication: &'a Publication,
+        base: Option<(Payload, bool)>,
+    ) -> Self {
         DeltaPushes {
             channel,
             publication,
@@ -136,7 +140,7 @@ impl<'a> DeltaPushes<'a> {
                 Encoding::Protobuf => protobuf::encode_delta_push(
                     channel,
                     publication,
-                    Bytes::copy_from_slice(publication.data.get().as_bytes()),
+                    publication.data_bytes(),
                     false,
                 ),
             })
@@ -145,7 +149,9 @@ impl<'a> DeltaPushes<'a> {
 
     /// The push for a subscriber that has the previous payload: a delta against it, or the full
     /// payload when no delta is worth sending (over JSON, also when the delta is not UTF-8: a
-    /// JSON string must be).
+    /// JSON string must be). Deltas are computed between JSON texts, which are the bytes a
+    /// Protobuf client holds only for JSON payloads: next to a binary payload, Protobuf
+    /// subscribers get the full one.
     pub fn delta(&mut self, encoding: Encoding) -> Bytes {
         let cached = match encoding {
             Encoding::Json => &self.json.delta,
@@ -154,8 +160,15 @@ impl<'a> DeltaPushes<'a> {
         if let Some(push) = cached {
             return push.clone();
         }
+        let binary_involved =
+            self.publication.binary || self.base.as_ref().is_some_and(|(_, binary)| *binary);
+        if encoding == Encoding::Protobuf && binary_involved {
+            let push = self.full(encoding);
+            self.protobuf.delta = Some(push.clone());
+            return push;
+        }
         let computed = self.computed.get_or_insert_with(|| {
-            let base = self.base.as_ref()?;
+            let (base, _) = self.base.as_ref()?;
             let target = self.publication.data.get();
             // `delta(target, source)`: what turns the source into the target.
             let delta = fossil_delta::delta(target, base.get());
@@ -202,6 +215,7 @@ mod tests {
             tags: HashMap::new(),
             key: String::new(),
             removed: false,
+            binary: false,
         }
     }
 
@@ -217,7 +231,7 @@ mod tests {
         let after = format!(r#"{{"doc":"{text}","rev":2}}"#);
         let base = publication(&before, 1);
         let next = publication(&after, 2);
-        let mut pushes = DeltaPushes::new("doc", &next, Some(base.data.clone()));
+        let mut pushes = DeltaPushes::new("doc", &next, Some((base.data.clone(), false)));
         let full = pub_of(&pushes.full(Encoding::Json));
         assert_eq!(full["data"], after.as_str());
         assert!(full.get("delta").is_none());
@@ -236,7 +250,8 @@ mod tests {
         let before = format!(r#"{{"doc":"{text}","rev":1}}"#);
         let after = format!(r#"{{"doc":"{text}","rev":2}}"#);
         let next = publication(&after, 2);
-        let mut pushes = DeltaPushes::new("doc", &next, Some(publication(&before, 1).data));
+        let mut pushes =
+            DeltaPushes::new("doc", &next, Some((publication(&before, 1).data, false)));
         let pub_of = |push: Bytes| {
             let replies =
                 switchboard_proto::decode_frame::<switchboard_proto::Reply>(push).unwrap();
@@ -254,12 +269,37 @@ mod tests {
     }
 
     #[test]
+    fn next_to_a_binary_payload_protobuf_gets_the_full_bytes() {
+        let bytes = vec![7u8; 300];
+        let binary = Publication {
+            binary: true,
+            offset: 2,
+            ..Publication::new(crate::protocol::binary_payload(&bytes))
+        };
+        let json = publication(&format!("{{\"doc\":\"{}\"}}", "x".repeat(300)), 3);
+        let decoded = |push: Bytes| {
+            let replies =
+                switchboard_proto::decode_frame::<switchboard_proto::Reply>(push).unwrap();
+            replies[0].push.clone().unwrap().r#pub.unwrap()
+        };
+        // A binary publication after a JSON one, and a JSON one after a binary one.
+        let mut pushes = DeltaPushes::new("c", &binary, Some((json.data.clone(), false)));
+        let p = decoded(pushes.delta(Encoding::Protobuf));
+        assert!(!p.delta);
+        assert_eq!(&p.data[..], &bytes[..]);
+        let mut pushes = DeltaPushes::new("c", &json, Some((binary.data.clone(), true)));
+        let p = decoded(pushes.delta(Encoding::Protobuf));
+        assert!(!p.delta);
+        assert_eq!(&p.data[..], json.data.get().as_bytes());
+    }
+
+    #[test]
     fn without_a_base_or_a_gain_the_payload_goes_whole() {
         let next = publication(r#"{"a":1}"#, 5);
         let mut pushes = DeltaPushes::new("c", &next, None);
         assert_eq!(pub_of(&pushes.delta(Encoding::Json))["data"], r#"{"a":1}"#);
         let unrelated = publication(r#"{"b":2}"#, 4);
-        let mut pushes = DeltaPushes::new("c", &next, Some(unrelated.data));
+        let mut pushes = DeltaPushes::new("c", &next, Some((unrelated.data, false)));
         assert!(pub_of(&pushes.delta(Encoding::Json)).get("delta").is_none());
     }
 

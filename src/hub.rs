@@ -168,7 +168,7 @@ pub struct Hub {
     connections: Mutex<Connections>,
     /// The last payload delivered on each channel that has delta subscribers: what the next
     /// delta is computed against. Locked after a shard, never before.
-    delta_bases: Mutex<HashMap<Arc<str>, Payload>>,
+    delta_bases: Mutex<HashMap<Arc<str>, (Payload, bool)>>,
 }
 
 #[derive(Debug, Default)]
@@ -379,7 +379,10 @@ impl Hub {
             push
         });
         if pushes.is_some() {
-            lock(&self.delta_bases).insert(Arc::from(channel), publication.data.clone());
+            lock(&self.delta_bases).insert(
+                Arc::from(channel),
+                (publication.data.clone(), publication.binary),
+            );
         }
         delivery
     }

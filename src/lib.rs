@@ -7,8 +7,8 @@
 //! The layout follows the path of a message, and each arrow points to what a module may use:
 //! `http`, `transport` → `session` → `node` → `hub`, `hooks`, `engine`, `channel` → `protocol`.
 //!
-//! - [`protocol`]: wire types and the frame codec, named error, disconnect and unsubscribe codes;
-//!   pure, no I/O.
+//! - [`protocol`]: wire types and the frame codecs (JSON, and Protobuf on the `prost` types of
+//!   `crates/proto`), named error, disconnect and unsubscribe codes; pure, no I/O.
 //! - [`transport`]: how a client's bytes reach its session: admission of new connections (and
 //!   the client's address behind trusted proxies, [`transport::client_addr`]), the
 //!   connection loop every transport shares ([`transport::connection`]), the WebSocket

@@ -62,6 +62,44 @@ async fn centrifuge_js_sdk_works_against_the_server() {
     server.stop().await;
 }
 
+/// The Protobuf encoding with centrifuge-js's Protobuf build (`centrifuge_js_protobuf.mjs`): over
+/// WebSocket and `http_stream`, beside a JSON client in the same channels, recovery and deltas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn centrifuge_js_protobuf_build_works_against_the_server() {
+    let compat = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat");
+    assert!(
+        compat
+            .join("node_modules/centrifuge/build/protobuf")
+            .is_dir(),
+        "the npm packages of the JS compatibility test are not installed in {}: run ./test.sh \
+         (it runs `npm ci` there), or `cd tests/compat && npm ci`",
+        compat.display()
+    );
+    let server = TestServer::with(|config| {
+        config.api_key = Some(API_KEY.into());
+        // Pings (empty Protobuf replies) and pongs show within the run.
+        config.ping_interval = 1;
+        config.pong_timeout = 1;
+        config.namespace.push(switchboard::config::Namespace {
+            name: "docs".into(),
+            allowed_delta_types: Some(vec!["fossil".into()]),
+            ..Default::default()
+        });
+    })
+    .await;
+    let address = server.addr.to_string();
+    let run = run_script(
+        "node",
+        &["centrifuge_js_protobuf.mjs", &address],
+        &[("SWITCHBOARD_API_KEY", API_KEY)],
+        &compat,
+        Duration::from_secs(60),
+    )
+    .await;
+    run.assert_success("centrifuge-js Protobuf script");
+    server.stop().await;
+}
+
 /// The backend of the proxy script: the user from the emulated `Authorization` header.
 mod backend {
     use axum::http::HeaderMap;

@@ -14,9 +14,9 @@ use common::TestServer;
 const API_KEY: &str = "compat-api-key";
 const TOKEN_SECRET: &str = "compat-token-secret";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn centrifuge_python_sdk_works_against_the_server() {
-    let compat = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat");
+/// The Python of the virtual environment ./test.sh makes (else `python3` on PATH), checked to
+/// have the SDK.
+async fn python_with_sdk(compat: &Path) -> String {
     // The virtual environment ./test.sh makes, else whatever `python3` is on PATH.
     let venv_python = compat.join(".venv/bin/python");
     let python = if venv_python.is_file() {
@@ -28,7 +28,7 @@ async fn centrifuge_python_sdk_works_against_the_server() {
         &python,
         &["-c", "import centrifuge, websockets"],
         &[],
-        &compat,
+        compat,
         Duration::from_secs(30),
     )
     .await;
@@ -40,6 +40,13 @@ async fn centrifuge_python_sdk_works_against_the_server() {
          && tests/compat/.venv/bin/pip install -r tests/compat/requirements.txt`\n{}",
         probe.stderr
     );
+    python
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn centrifuge_python_sdk_works_against_the_server() {
+    let compat = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat");
+    let python = python_with_sdk(&compat).await;
     let server = TestServer::with(|config| {
         config.api_key = Some(API_KEY.into());
         // Tokens identify the users the script acts on through the API; anonymous clients are
@@ -75,5 +82,25 @@ async fn centrifuge_python_sdk_works_against_the_server() {
     )
     .await;
     run.assert_success("centrifuge-python compatibility script");
+    server.stop().await;
+}
+
+/// The Protobuf encoding with `use_protobuf=True` (`centrifuge_python_protobuf.py`), beside a
+/// JSON client of the same SDK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn centrifuge_python_protobuf_works_against_the_server() {
+    let compat = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat");
+    let python = python_with_sdk(&compat).await;
+    let server = TestServer::with(|config| config.api_key = Some(API_KEY.into())).await;
+    let address = server.addr.to_string();
+    let run = run_script(
+        &python,
+        &["centrifuge_python_protobuf.py", &address],
+        &[("SWITCHBOARD_API_KEY", API_KEY), ("PYTHONUNBUFFERED", "1")],
+        &compat,
+        Duration::from_secs(60),
+    )
+    .await;
+    run.assert_success("centrifuge-python Protobuf script");
     server.stop().await;
 }

@@ -231,6 +231,74 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The Protobuf frame decoder.
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn any_protobuf_frame_decodes_without_panicking(frame in prop::collection::vec(any::<u8>(), 0..256)) {
+        let mut failed = false;
+        for command in switchboard::protocol::protobuf::decode_frame(frame.into()) {
+            prop_assert!(!failed, "a command after an error");
+            match command {
+                Ok(command) => {
+                    let request = command.request();
+                    let _ = (request.name(), request.channel());
+                }
+                Err(_) => failed = true,
+            }
+        }
+    }
+
+    #[test]
+    fn protobuf_publishes_round_trip_in_order(
+        sent in prop::collection::vec((1u32.., "[a-z:]{1,12}", prop::collection::vec(any::<u8>(), 0..64)), 1..8),
+    ) {
+        use switchboard_proto as pb;
+        let commands: Vec<pb::Command> = sent
+            .iter()
+            .map(|(id, channel, data)| pb::Command {
+                id: *id,
+                publish: Some(pb::PublishRequest {
+                    channel: channel.clone(),
+                    data: data.clone().into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let frame = pb::encode_frame(&commands);
+        let decoded: Vec<_> = switchboard::protocol::protobuf::decode_frame(frame.into()).collect();
+        prop_assert_eq!(decoded.len(), sent.len());
+        for ((id, channel, data), command) in sent.iter().zip(decoded) {
+            let command = command.expect("a valid command");
+            prop_assert_eq!(command.id, *id);
+            let Request::Publish(publish) = command.request() else {
+                return Err(TestCaseError::fail("not a publish"));
+            };
+            prop_assert_eq!(&publish.channel, channel);
+            // Any bytes survive: JSON as its text, others as a binary payload.
+            let publication = switchboard::protocol::Publication {
+                binary: publish.binary,
+                ..switchboard::protocol::Publication::new(
+                    publish.data.unwrap_or_else(switchboard::protocol::null_payload),
+                )
+            };
+            if data.is_empty() {
+                prop_assert_eq!(publication.data.get(), "null");
+            } else if publication.binary {
+                prop_assert_eq!(&publication.data_bytes()[..], &data[..]);
+            } else {
+                // JSON text, possibly without raw newlines.
+                let text: Vec<u8> = data.iter().copied().filter(|b| *b != b'\n' && *b != b'\r').collect();
+                prop_assert_eq!(publication.data.get().as_bytes(), &text[..]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Token verification.
 
 const SECRET: &str = "property-secret";

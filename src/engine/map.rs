@@ -70,6 +70,7 @@ pub fn removal(key: &str) -> Publication {
         tags: Default::default(),
         key: key.to_string(),
         removed: true,
+        binary: false,
     }
 }
 
@@ -103,6 +104,7 @@ mod tests {
             tags: Default::default(),
             key: key.into(),
             removed: false,
+            binary: false,
         }
     }
 

@@ -454,6 +454,7 @@ mod tests {
             tags: HashMap::new(),
             key: String::new(),
             removed: false,
+            binary: false,
         }
     }
 

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::map::{self, MapCall};
-use super::publish::{broadcast, checked_key, publish};
+use super::publish::{broadcast, checked, publish};
 pub use super::publish::{BroadcastRequest, PublishRequest};
 use super::{constant_time_eq, glob_match, json_error, API_BODY_LIMIT, MAX_GLOB_LENGTH};
 use crate::engine::broker::NodeControl;
@@ -195,8 +195,8 @@ pub enum ApiCall {
 /// target call it as the handler does.
 pub fn parse_call(method: &str, body: &[u8]) -> Result<ApiCall, ApiError> {
     Ok(match method {
-        "publish" => ApiCall::Publish(checked_key(parse(body)?)?),
-        "broadcast" => ApiCall::Broadcast(checked_key(parse(body)?)?),
+        "publish" => ApiCall::Publish(checked(parse(body)?)?),
+        "broadcast" => ApiCall::Broadcast(checked(parse(body)?)?),
         "subscribe" => ApiCall::Subscribe(parse(body)?),
         "unsubscribe" => ApiCall::Unsubscribe(parse(body)?),
         "disconnect" => ApiCall::Disconnect(parse(body)?),

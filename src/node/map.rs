@@ -70,6 +70,7 @@ impl Node {
             tags,
             key: key.to_string(),
             removed: false,
+            binary: false,
         };
         let position = self
             .broker()

@@ -2,8 +2,6 @@
 //! broker (with the channel's history retention), and every node delivers it. Publishes with an
 //! idempotency key take the broker's idempotent path; the others never touch it.
 
-use std::collections::HashMap;
-
 use futures_util::future::BoxFuture;
 
 use super::{broker_error, Node};
@@ -11,7 +9,7 @@ use crate::channel::ChannelOptions;
 use crate::engine::broker::BrokerError;
 use crate::engine::idempotency::{IdempotencyKey, Idempotent};
 use crate::hooks::events::Event;
-use crate::protocol::{error_code, ClientInfo, Error, Payload, Publication, StreamPosition};
+use crate::protocol::{error_code, Error, Publication, StreamPosition};
 use crate::timeline::Lane;
 
 /// A publish started by [`Node::submit_publish`]; the future resolves as [`Node::publish`] does.
@@ -24,8 +22,9 @@ pub enum Submitted {
 }
 
 impl Node {
-    /// Publishes `data` to `channel` on every node. Returns the stream position when the channel
-    /// keeps history (and `skip_history` is false).
+    /// Publishes `publication` (its payload, publisher info and tags; the broker gives it its
+    /// offset) to `channel` on every node. Returns the stream position when the channel keeps
+    /// history (and `skip_history` is false).
     ///
     /// With a non-empty `idempotency_key`, a publish to `channel` that repeats a key used within
     /// the configured window ([`Config::idempotency_window`](crate::Config)) publishes nothing
@@ -33,18 +32,16 @@ impl Node {
     pub async fn publish(
         &self,
         channel: &str,
-        data: Payload,
-        info: Option<ClientInfo>,
-        tags: HashMap<String, String>,
+        publication: Publication,
         skip_history: bool,
         idempotency_key: Option<&str>,
     ) -> Result<Option<StreamPosition>, Error> {
         if let Some(key) = idempotency_key.filter(|k| !k.is_empty()) {
             return self
-                .publish_once(channel, data, info, tags, skip_history, key)
+                .publish_once(channel, publication, skip_history, key)
                 .await;
         }
-        match self.submit_publish(channel, data, info, tags, skip_history)? {
+        match self.submit_publish(channel, publication, skip_history)? {
             Submitted::InFlight(publishing) | Submitted::Sequential(publishing) => publishing.await,
         }
     }
@@ -54,21 +51,11 @@ impl Node {
     pub fn submit_publish(
         &self,
         channel: &str,
-        data: Payload,
-        info: Option<ClientInfo>,
-        tags: HashMap<String, String>,
+        publication: Publication,
         skip_history: bool,
     ) -> Result<Submitted, Error> {
         let options = self.stream_options(channel)?;
         let history = if skip_history { None } else { options.history };
-        let publication = Publication {
-            data,
-            info,
-            offset: 0,
-            tags,
-            key: String::new(),
-            removed: false,
-        };
         let span = history.map(|_| self.timeline().span(Lane::History, "append", channel));
         let node = self.clone();
         let name = channel.to_string();
@@ -119,24 +106,17 @@ impl Node {
     async fn publish_once(
         &self,
         channel: &str,
-        data: Payload,
-        info: Option<ClientInfo>,
-        tags: HashMap<String, String>,
+        publication: Publication,
         skip_history: bool,
         key: &str,
     ) -> Result<Option<StreamPosition>, Error> {
         let options = self.stream_options(channel)?;
         let history = if skip_history { None } else { options.history };
-        let publisher = info.as_ref().map(|i| (i.client.clone(), i.user.clone()));
-        let published = data.clone();
-        let publication = Publication {
-            data,
-            info,
-            offset: 0,
-            tags,
-            key: String::new(),
-            removed: false,
-        };
+        let publisher = publication
+            .info
+            .as_ref()
+            .map(|i| (i.client.clone(), i.user.clone()));
+        let published = publication.data.clone();
         let key = IdempotencyKey {
             key: key.to_string(),
             window: self.config().idempotency_window,

@@ -214,6 +214,10 @@ pub struct PublishRequest {
     /// Map publish: remove the key instead of setting it.
     #[serde(default)]
     pub removed: bool,
+    /// `data` holds bytes that are not JSON, from a Protobuf client (see
+    /// [`Publication::binary`](super::Publication)).
+    #[serde(skip)]
+    pub binary: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

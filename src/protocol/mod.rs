@@ -1,11 +1,15 @@
-//! The Centrifugo v2 client protocol, JSON encoding: types, decoding and encoding.
+//! The Centrifugo v2 client protocol: types, decoding and encoding, in its two [`Encoding`]s.
 //!
 //! This module does no I/O and knows nothing else of Switchboard, so it can be unit-tested and
-//! fuzzed alone. A frame carries one or more JSON objects separated by `\n`; each client object is a
-//! [`Command`], each server object a [`Reply`] (a reply has an `id`, a push has none, a ping is `{}`).
+//! fuzzed alone. In JSON a frame carries one or more JSON objects separated by `\n`; each client
+//! object is a [`Command`], each server object a [`Reply`] (a reply has an `id`, a push has none, a
+//! ping is `{}`). In Protobuf ([`protobuf`]) a frame carries length-delimited `client.proto`
+//! messages, decoded into the same [`Command`]s and encoded from the same [`Reply`]s.
 //!
 //! Payloads (`data`, `info`, …) are raw JSON values embedded as they are, never base64 or strings;
-//! they are kept as [`RawValue`]s so the server never re-parses what it only forwards.
+//! they are kept as [`RawValue`]s so the server never re-parses what it only forwards. Bytes that
+//! are not JSON (a Protobuf client's publication) are held as a JSON string of their base64 in a
+//! publication marked [`Publication::binary`].
 
 use std::sync::Arc;
 
@@ -113,6 +117,40 @@ pub fn payload_from_raw(raw: &RawValue) -> Payload {
     }
 }
 
+/// Bytes that are not JSON as a payload: a JSON string of their standard base64 (a publication
+/// holding one is marked [`Publication::binary`]).
+pub fn binary_payload(bytes: &[u8]) -> Payload {
+    use base64::Engine as _;
+    let text = format!(
+        "\"{}\"",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    );
+    Arc::from(RawValue::from_string(text).expect("a base64 string is JSON"))
+}
+
+/// Bytes from a binary source (a Protobuf client, the API's `b64data`) as a payload: JSON when
+/// they are one JSON value (UTF-8), else a [`binary_payload`]; the flag says which.
+pub fn payload_from_bytes(bytes: &[u8]) -> (Payload, bool) {
+    match json_from_bytes(bytes) {
+        Some(payload) => (payload, false),
+        None => (binary_payload(bytes), true),
+    }
+}
+
+/// The bytes as a JSON payload, if they are one JSON value (UTF-8).
+pub fn json_from_bytes(bytes: &[u8]) -> Option<Payload> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let raw = serde_json::from_str::<&RawValue>(text).ok()?;
+    Some(payload_from_raw(raw))
+}
+
+/// The bytes a [`binary_payload`] holds; `None` if `payload` is not a base64 JSON string.
+pub fn binary_bytes(payload: &Payload) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let text = payload.get().strip_prefix('"')?.strip_suffix('"')?;
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
+}
+
 /// The JSON `null` payload, for requests that carry no data.
 pub fn null_payload() -> Payload {
     Arc::from(RawValue::from_string("null".to_string()).expect("null is JSON"))
@@ -193,6 +231,7 @@ mod tests {
             tags: HashMap::new(),
             key: String::new(),
             removed: false,
+            binary: false,
         };
         let p = Reply::push(Push {
             channel: "chat".into(),

@@ -2,16 +2,18 @@
 //! [`Command`]s the JSON encoding produces, and the same [`Reply`]s encoded as `client.proto`'s
 //! messages. A frame is a sequence of messages, each preceded by its length as a varint.
 //!
-//! Payloads (`data`, `info`) are bytes in Protobuf. The server keeps every payload as JSON, so
-//! it reaches JSON clients, the HTTP API and the backend unchanged: Protobuf clients send JSON
-//! text in those bytes and receive it back byte for byte. Bytes that are not a JSON value are
-//! refused with error 107 (the command is answered, the connection stays).
+//! Payloads (`data`, `info`) are bytes in Protobuf. JSON text in those bytes is kept as JSON, so
+//! it reaches JSON clients, the HTTP API and the backend unchanged, and comes back to Protobuf
+//! clients byte for byte. A publication's data may be any bytes: bytes that are not JSON make a
+//! binary publication ([`Publication::binary`]), which Protobuf subscribers, history and recovery
+//! return byte for byte and JSON clients get as a base64 string. Elsewhere (connect, subscribe
+//! and rpc data, map entries) bytes that are not JSON are refused with error 107: the command is
+//! answered, the connection stays.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde_json::value::RawValue;
 use switchboard_proto as pb;
 use switchboard_proto::prost::Message as _;
 
@@ -21,7 +23,7 @@ use super::{
     RpcRequest, SendRequest, StreamPosition, SubRefreshRequest, SubscribeRequest, SubscribeResult,
 };
 
-/// What a payload that is not JSON gets from the server.
+/// What a payload that is not JSON gets from the server where only JSON is kept.
 pub const NOT_JSON: &str = "bad request: data is not a JSON value";
 
 /// Why a Protobuf frame could not be decoded.
@@ -42,16 +44,11 @@ fn payload(bytes: Bytes, invalid: &mut Option<&'static str>) -> Option<Payload> 
     if bytes.is_empty() {
         return None;
     }
-    let parsed = std::str::from_utf8(&bytes)
-        .ok()
-        .and_then(|text| serde_json::from_str::<&RawValue>(text).ok());
-    match parsed {
-        Some(raw) => Some(super::payload_from_raw(raw)),
-        None => {
-            *invalid = Some(NOT_JSON);
-            None
-        }
+    let parsed = super::json_from_bytes(&bytes);
+    if parsed.is_none() {
+        *invalid = Some(NOT_JSON);
     }
+    parsed
 }
 
 /// A payload's bytes: its JSON text.
@@ -103,12 +100,22 @@ impl From<pb::Command> for Command {
             headers: (!r.headers.is_empty()).then_some(r.headers),
         });
         let subscribe = c.subscribe.map(|r| subscribe_request(r, &mut invalid));
-        let publish = c.publish.map(|r| PublishRequest {
-            channel: r.channel,
-            data: payload(r.data, &mut invalid),
-            kind: r.r#type,
-            key: r.key,
-            removed: r.removed,
+        let publish = c.publish.map(|r| {
+            // A stream publication may carry any bytes (a map entry is JSON only).
+            let (data, binary) = if r.r#type == 0 && !r.data.is_empty() {
+                let (data, binary) = super::payload_from_bytes(&r.data);
+                (Some(data), binary)
+            } else {
+                (payload(r.data, &mut invalid), false)
+            };
+            PublishRequest {
+                channel: r.channel,
+                data,
+                kind: r.r#type,
+                key: r.key,
+                removed: r.removed,
+                binary,
+            }
         });
         let rpc = c.rpc.map(|r| RpcRequest {
             method: r.method,
@@ -239,13 +246,8 @@ pub fn client_info(info: &ClientInfo) -> pb::ClientInfo {
 /// A publication in Protobuf, its payload's JSON text as `data`.
 pub fn publication(p: &Publication) -> pb::Publication {
     pb::Publication {
-        data: bytes_of(&p.data),
-        info: p.info.as_ref().map(client_info),
-        offset: p.offset,
-        tags: p.tags.clone(),
-        key: p.key.clone(),
-        removed: p.removed,
-        ..Default::default()
+        data: p.data_bytes(),
+        ..publication_without_data(p)
     }
 }
 
@@ -397,6 +399,8 @@ fn publication_without_data(p: &Publication) -> pb::Publication {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::value::RawValue;
+
     use super::*;
     use crate::protocol::Request;
 
@@ -425,6 +429,14 @@ mod tests {
                 }),
                 ..Default::default()
             },
+            pb::Command {
+                id: 3,
+                rpc: Some(pb::RpcRequest {
+                    method: "m".into(),
+                    data: Bytes::from_static(b"\xff"),
+                }),
+                ..Default::default()
+            },
             pb::Command::default(),
         ]);
         let requests: Vec<Request> = decode_frame(frame).map(|c| c.unwrap().request()).collect();
@@ -435,8 +447,15 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(requests[1], Request::Invalid(NOT_JSON)));
-        assert!(matches!(requests[2], Request::Pong));
+        match &requests[1] {
+            Request::Publish(r) => {
+                assert!(r.binary);
+                assert_eq!(r.data.as_ref().unwrap().get(), r#""AAE=""#);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(requests[2], Request::Invalid(NOT_JSON)));
+        assert!(matches!(requests[3], Request::Pong));
     }
 
     #[test]
@@ -465,6 +484,7 @@ mod tests {
                 tags: HashMap::new(),
                 key: String::new(),
                 removed: false,
+                binary: false,
             })),
         });
         let bytes = push.encode_protobuf();

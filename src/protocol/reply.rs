@@ -43,6 +43,38 @@ pub struct Publication {
     /// This publication removes `key` from its map channel.
     #[serde(default, skip_serializing_if = "is_false")]
     pub removed: bool,
+    /// `data` stands for bytes that are not JSON (published by a Protobuf client, or through
+    /// the API's `b64data`), held as a JSON string of their standard base64 (see
+    /// [`binary_payload`](super::binary_payload)). Protobuf clients get the bytes themselves;
+    /// JSON clients and the API get the string, with `"binary": true` beside it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub binary: bool,
+}
+
+impl Publication {
+    /// A publication of `data` (JSON), to be given its offset by the broker.
+    pub fn new(data: Payload) -> Self {
+        Publication {
+            data,
+            info: None,
+            offset: 0,
+            tags: HashMap::new(),
+            key: String::new(),
+            removed: false,
+            binary: false,
+        }
+    }
+
+    /// The payload's bytes as a Protobuf client gets them: the bytes of a binary payload, the
+    /// JSON text of any other.
+    pub fn data_bytes(&self) -> bytes::Bytes {
+        if self.binary {
+            if let Some(bytes) = super::binary_bytes(&self.data) {
+                return bytes::Bytes::from(bytes);
+            }
+        }
+        bytes::Bytes::copy_from_slice(self.data.get().as_bytes())
+    }
 }
 
 /// A server → client message. With an `id` it answers a command; without, it holds a push.

@@ -282,7 +282,7 @@ impl Session {
             request.name(),
             request.channel().unwrap_or(""),
         );
-        // Only `connect` runs before the client is connected, and only then.
+        // Decoded but not servable as sent (a Protobuf payload that is not JSON): error 107.
         if let Request::Invalid(message) = request {
             let error = Error {
                 message: message.to_string(),
@@ -290,6 +290,7 @@ impl Session {
             };
             return self.answer(id, Err(Refusal::Error(error)));
         }
+        // Only `connect` runs before the client is connected, and only then.
         let Some(who) = self.identity.clone() else {
             let answer = match request {
                 Request::Connect(req) => self.connect(id, req).await,

@@ -6,14 +6,17 @@
 //! [`Session::finish_publish`] (which the connection task polls) or before anything else is
 //! answered. One whose order is fixed only while it runs is awaited at once.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
 use super::{Answer, Identity, Session};
 use crate::hooks::Refusal;
 use crate::node::Submitted;
-use crate::protocol::{ClientInfo, Empty, Error, PublishRequest, ReplyResult, StreamPosition};
+use crate::protocol::{
+    ClientInfo, Empty, Error, Publication, PublishRequest, ReplyResult, StreamPosition,
+};
 
 /// Publishes in flight, oldest first, with the ids of the commands they answer.
 pub(super) type Pipeline = VecDeque<(u32, PublishFuture)>;
@@ -99,14 +102,25 @@ impl Session {
         if options.map.is_some() || req.kind != 0 {
             return Ok(Submitted::Sequential(self.map_publish(who, req, &options)?));
         }
-        let PublishRequest { channel, data, .. } = req;
+        let PublishRequest {
+            channel,
+            data,
+            binary,
+            ..
+        } = req;
         let channel = channel.as_str();
         let subscribed = self.subscriptions.contains_key(channel);
+        let sent = data.clone();
         let decision = self
             .node
             .decisions()
             .publish(who.as_client(), channel, data, &options, subscribed)
             .await?;
+        // Still the client's bytes unless the backend replaced them (with JSON).
+        let binary = binary
+            && sent
+                .as_ref()
+                .is_some_and(|sent| Arc::ptr_eq(sent, &decision.data));
         let info = ClientInfo {
             user: who.user.to_string(),
             client: who.client.to_string(),
@@ -116,13 +130,14 @@ impl Session {
                 .get(channel)
                 .and_then(|s| s.info.chan_info.clone()),
         };
-        Ok(self.node.submit_publish(
-            channel,
-            decision.data,
-            Some(info),
-            HashMap::new(),
-            decision.skip_history,
-        )?)
+        let publication = Publication {
+            info: Some(info),
+            binary,
+            ..Publication::new(decision.data)
+        };
+        Ok(self
+            .node
+            .submit_publish(channel, publication, decision.skip_history)?)
     }
 }
 

@@ -369,7 +369,7 @@ mod tests {
         let data = crate::protocol::payload_from_raw(
             &serde_json::value::RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap(),
         );
-        node.publish("news", data, None, Default::default(), false, None)
+        node.publish("news", crate::protocol::Publication::new(data), false, None)
             .await
             .unwrap();
         let push = next_frame(&mut from_server).await;

@@ -17,6 +17,14 @@
 //! same commands, recovery, limits, command rate and slow-client policy. When the server ends the
 //! connection, the stream carries a `disconnect` push (code and reason) and then ends.
 //!
+//! Over `http_stream` a client may speak Protobuf instead (centrifuge-js's Protobuf build): its
+//! first commands and the stream are length-delimited `client.proto` messages, asked for with
+//! `Content-Type: application/octet-stream` (or `?cf_protocol=protobuf`), and its `/emulation`
+//! requests are a Protobuf `EmulationRequest` sent with that content type. SSE carries text only:
+//! a Protobuf SSE request is refused with 400. Between `/emulation` and the session (the inbox,
+//! and the broker when forwarded) a Protobuf session's commands travel base64-encoded, as text
+//! like a JSON session's.
+//!
 //! `/emulation` answers 200 when the commands were taken (or forwarded), 204 when the session
 //! is no longer on its node (its stream has ended), 404 when no live node has the named id (the
 //! node restarted: the client reconnects), 429 when the session has too many commands waiting,
@@ -29,6 +37,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -41,7 +50,7 @@ use crate::http::json_error;
 use crate::hub::ControlInbox;
 use crate::node::emulation::Delivery;
 use crate::node::{Emulated, Node};
-use crate::protocol::{error_code, Disconnect, Push, PushBody, Reply};
+use crate::protocol::{error_code, Disconnect, Encoding, Push, PushBody, Reply};
 use crate::queue::ClientQueue;
 use crate::session::Session;
 
@@ -54,26 +63,43 @@ pub async fn http_stream_endpoint(
     connections: axum::Extension<ConnectionLimit>,
     peer: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    Query(query): Query<UniQuery>,
     body: Body,
 ) -> Response {
     let limit = state.0.config().max_message_size;
+    let encoding = if is_binary(&headers) || query.cf_protocol.as_deref() == Some("protobuf") {
+        Encoding::Protobuf
+    } else {
+        Encoding::Json
+    };
     let first = match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => match String::from_utf8(bytes.to_vec()) {
-            Ok(text) => text,
-            Err(_) => return bad_request("the first commands are not UTF-8"),
-        },
+        Ok(bytes) => bytes,
         Err(_) => return too_large(limit),
     };
+    if encoding == Encoding::Json && std::str::from_utf8(&first).is_err() {
+        return bad_request("the first commands are not UTF-8");
+    }
     open(
         state,
         connections,
         peer,
         headers,
         first,
-        Transport::HttpStream,
+        (Transport::HttpStream, encoding),
     )
     .await
 }
+
+/// Whether a request's body is binary (Protobuf), as centrifuge-js marks it.
+fn is_binary(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(BINARY_CONTENT_TYPE))
+}
+
+/// The content type of Protobuf requests and streams.
+const BINARY_CONTENT_TYPE: &str = "application/octet-stream";
 
 /// `GET /connection/sse?cf_connect=<commands>`: what the browser's `EventSource` can send.
 pub async fn sse_endpoint(
@@ -83,12 +109,26 @@ pub async fn sse_endpoint(
     headers: HeaderMap,
     Query(query): Query<UniQuery>,
 ) -> Response {
+    if query.cf_protocol.as_deref() == Some("protobuf") {
+        return bad_request(
+            "SSE carries JSON only: use http_stream or WebSocket for the Protobuf encoding",
+        );
+    }
     let first = query.cf_connect.unwrap_or_default();
     let limit = state.0.config().max_message_size;
     if first.len() > limit {
         return too_large(limit);
     }
-    open(state, connections, peer, headers, first, Transport::Sse).await
+    let first = Bytes::from(first);
+    open(
+        state,
+        connections,
+        peer,
+        headers,
+        first,
+        (Transport::Sse, Encoding::Json),
+    )
+    .await
 }
 
 /// The body of `POST /emulation`.
@@ -98,20 +138,37 @@ pub struct EmulationRequest {
     pub session: String,
     /// The node id from the connect reply.
     pub node: String,
-    /// The commands, encoded as over WebSocket (JSON, `\n`-separated).
+    /// The commands, encoded as over WebSocket (JSON, `\n`-separated); for a Protobuf session,
+    /// the length-delimited commands of its binary request in base64.
     pub data: String,
 }
 
 /// `POST /emulation`: commands for a session opened by one of the endpoints above.
-pub async fn emulation_endpoint(State(node): State<Node>, body: Body) -> Response {
+pub async fn emulation_endpoint(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     // The commands are bounded like one WebSocket message; the envelope adds the two ids.
     let limit = node.config().max_message_size + 1024;
     let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
         return too_large(limit);
     };
-    let request: EmulationRequest = match serde_json::from_slice(&bytes) {
-        Ok(request) => request,
-        Err(e) => return bad_request(&format!("malformed emulation request: {e}")),
+    let request = if is_binary(&headers) {
+        use switchboard_proto::prost::Message as _;
+        match switchboard_proto::EmulationRequest::decode(bytes) {
+            Ok(request) => EmulationRequest {
+                session: request.session,
+                node: request.node,
+                data: base64::engine::general_purpose::STANDARD.encode(&request.data),
+            },
+            Err(e) => return bad_request(&format!("malformed Protobuf emulation request: {e}")),
+        }
+    } else {
+        match serde_json::from_slice::<EmulationRequest>(&bytes) {
+            Ok(request) => request,
+            Err(e) => return bad_request(&format!("malformed emulation request: {e}")),
+        }
     };
     match node
         .emulate(&request.node, &request.session, request.data)
@@ -156,8 +213,8 @@ async fn open(
     axum::Extension(connections): axum::Extension<ConnectionLimit>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    first: String,
-    transport: Transport,
+    first: Bytes,
+    (transport, encoding): (Transport, Encoding),
 ) -> Response {
     let super::Admitted {
         slot,
@@ -170,13 +227,25 @@ async fn open(
     // One chunk in flight: the body's demand is the client's reading pace.
     let (chunks, receiver) = mpsc::channel::<Bytes>(1);
     let sse = transport == Transport::Sse;
-    let task = serve(node.clone(), chunks, sse, first, forwarded, transport);
+    let task = serve(
+        node.clone(),
+        chunks,
+        (sse, encoding),
+        first,
+        forwarded,
+        transport,
+    );
     // The slot and the address count are held for the connection's whole life.
     node.tracker().spawn(async move {
         task.await;
         drop((slot, address));
     });
-    super::uni::stream_response(receiver, sse)
+    let content_type = match (sse, encoding) {
+        (true, _) => super::uni::SSE_CONTENT_TYPE,
+        (false, Encoding::Json) => super::uni::JSON_CONTENT_TYPE,
+        (false, Encoding::Protobuf) => BINARY_CONTENT_TYPE,
+    };
+    super::uni::stream_response(receiver, content_type)
 }
 
 /// Serves one emulation connection until it ends. Dropping the session releases its
@@ -184,13 +253,16 @@ async fn open(
 async fn serve(
     node: Node,
     chunks: mpsc::Sender<Bytes>,
-    sse: bool,
-    first: String,
+    (sse, encoding): (bool, Encoding),
+    first: Bytes,
     headers: ClientHeaders,
     transport: Transport,
 ) {
     transport.opened(&node);
-    let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
+    let queue = Arc::new(ClientQueue::with_encoding(
+        node.config().client_queue_max_bytes,
+        encoding,
+    ));
     let control = Arc::new(ControlInbox::new(CONTROL_CAPACITY));
     let mut session = Session::new(node.clone(), queue.clone(), control.clone());
     session.forward_headers(headers);
@@ -198,6 +270,7 @@ async fn serve(
     let mut wire = EmulationWire {
         chunks,
         sse,
+        encoding,
         first: Some(first),
         inbox,
     };
@@ -223,14 +296,20 @@ struct EmulationWire {
     chunks: mpsc::Sender<Bytes>,
     /// SSE (`data: <message>\n\n` per message) rather than one message per line.
     sse: bool,
+    encoding: Encoding,
     /// The commands of the request that opened the stream, taken first.
-    first: Option<String>,
+    first: Option<Bytes>,
+    /// Later commands, from `/emulation` (base64 for a Protobuf session).
     inbox: mpsc::Receiver<String>,
 }
 
 impl EmulationWire {
-    /// Frames the messages of one queued frame (`\n`-separated) into a body chunk.
+    /// Frames the messages of one queued frame into a body chunk: Protobuf messages carry their
+    /// length and go as they are; JSON ones (`\n`-separated) one per line or per SSE event.
     fn chunk(&self, frame: &[u8]) -> Bytes {
+        if self.encoding == Encoding::Protobuf {
+            return Bytes::copy_from_slice(frame);
+        }
         let mut chunk = BytesMut::with_capacity(frame.len() + 16);
         for message in frame.split(|&b| b == b'\n').filter(|m| !m.is_empty()) {
             if self.sse {
@@ -247,16 +326,25 @@ impl EmulationWire {
 }
 
 impl Wire for EmulationWire {
-    type Frame = String;
+    type Frame = Bytes;
 
-    async fn recv(&mut self) -> Incoming<String> {
+    async fn recv(&mut self) -> Incoming<Bytes> {
         if let Some(first) = self.first.take() {
             return Incoming::Frame(first);
         }
         tokio::select! {
-            commands = self.inbox.recv() => match commands {
-                Some(commands) => Incoming::Frame(commands),
-                None => Incoming::Gone,
+            commands = self.inbox.recv() => match (commands, self.encoding) {
+                (Some(commands), Encoding::Json) => Incoming::Frame(Bytes::from(commands)),
+                (Some(commands), Encoding::Protobuf) => {
+                    match base64::engine::general_purpose::STANDARD.decode(commands) {
+                        Ok(binary) => Incoming::Frame(Bytes::from(binary)),
+                        // Text sent to a Protobuf session: a JSON `/emulation` request.
+                        Err(_) => Incoming::Invalid(Disconnect::bad_request(
+                            &"a JSON emulation request for a Protobuf session",
+                        )),
+                    }
+                }
+                (None, _) => Incoming::Gone,
             },
             // The response body dropped: the client went away.
             () = self.chunks.closed() => Incoming::Gone,
@@ -279,7 +367,7 @@ impl Wire for EmulationWire {
                 reason: reason.reason.to_string(),
             },
         })
-        .encode();
+        .encode_as(self.encoding);
         let chunk = self.chunk(&push);
         // The stream ends when the wire is dropped, after this chunk.
         let _ = self.chunks.send(chunk).await;
@@ -296,6 +384,7 @@ mod tests {
         EmulationWire {
             chunks,
             sse,
+            encoding: Encoding::Json,
             first: None,
             inbox,
         }

@@ -51,6 +51,8 @@ const CONTROL_CAPACITY: usize = 64;
 pub struct UniQuery {
     /// The connect request as JSON, for clients that cannot send a body (`EventSource`).
     pub cf_connect: Option<String>,
+    /// The encoding asked for (`protobuf`); these streams carry JSON only.
+    pub cf_protocol: Option<String>,
 }
 
 /// Why a connect request was refused before the connection started.
@@ -174,13 +176,27 @@ async fn stream_endpoint(
     };
     let task = serve(node.clone(), wire, request, forwarded, transport, slot);
     node.tracker().spawn(task);
-    stream_response(receiver, transport == Transport::UniSse)
+    let content_type = if transport == Transport::UniSse {
+        SSE_CONTENT_TYPE
+    } else {
+        JSON_CONTENT_TYPE
+    };
+    stream_response(receiver, content_type)
 }
 
 /// The response of a streaming transport: the body is what the connection's task sends through
 /// `receiver`, as SSE events (`sse`) or JSON lines, with the headers that keep caches and
 /// proxies from holding it back.
-pub(super) fn stream_response(receiver: mpsc::Receiver<Bytes>, sse: bool) -> Response {
+/// The content type of an SSE stream.
+pub(super) const SSE_CONTENT_TYPE: &str = "text/event-stream; charset=utf-8";
+/// The content type of a stream of JSON messages, one per line.
+pub(super) const JSON_CONTENT_TYPE: &str = "application/json";
+
+/// The streaming response whose body is what `receiver` yields, as `content_type`.
+pub(super) fn stream_response(
+    receiver: mpsc::Receiver<Bytes>,
+    content_type: &'static str,
+) -> Response {
     let body = Body::from_stream(futures_util::stream::unfold(
         receiver,
         |mut receiver| async move {
@@ -188,11 +204,6 @@ pub(super) fn stream_response(receiver: mpsc::Receiver<Bytes>, sse: bool) -> Res
             Some((Ok::<_, Infallible>(chunk), receiver))
         },
     ));
-    let content_type = if sse {
-        "text/event-stream; charset=utf-8"
-    } else {
-        "application/json"
-    };
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -656,14 +656,17 @@ async def main(address):
     await relay.close()
 
 
-def run():
+def run(entry=None, script="centrifuge_python.py", passed="all centrifuge-python compatibility checks passed"):
+    """Runs `entry(address)` (this script's `main` by default) on the command line's HOST:PORT
+    within TOTAL seconds; a failure prints its step and exits 1."""
+    entry = entry or main
     if len(sys.argv) != 2 or not re.fullmatch(r"[^/\s]+:\d+", sys.argv[1]):
-        print("usage: python centrifuge_python.py HOST:PORT", file=sys.stderr)
+        print(f"usage: python {script} HOST:PORT", file=sys.stderr)
         sys.exit(2)
 
     async def bounded():
         try:
-            await asyncio.wait_for(main(sys.argv[1]), TOTAL)
+            await asyncio.wait_for(entry(sys.argv[1]), TOTAL)
         except asyncio.TimeoutError:
             raise CheckFailed(f"the whole test took over {TOTAL} s") from None
 
@@ -673,7 +676,7 @@ def run():
         detail = str(error) if isinstance(error, CheckFailed) else traceback.format_exc()
         print(f'FAIL in step "{current_step}": {detail}', file=sys.stderr)
         sys.exit(1)
-    print("all centrifuge-python compatibility checks passed")
+    print(passed)
 
 
 if __name__ == "__main__":

@@ -404,6 +404,7 @@ mod tests {
             tags: HashMap::new(),
             key: String::new(),
             removed: false,
+            binary: false,
         }
     }
 
@@ -444,6 +445,30 @@ mod tests {
             .unwrap();
         assert_eq!((next.offset, next.epoch), (4, epoch));
         let _ = null_payload();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn binary_payloads_and_json_strings_stay_apart() {
+        let dir = tempdir();
+        let h = SqliteHistory::open(&dir, Durability::Normal).unwrap();
+        let binary = Publication {
+            binary: true,
+            ..Publication::new(crate::protocol::binary_payload(&[0, 255, 7]))
+        };
+        // The same JSON text, published as a JSON string: not binary.
+        let string = Publication::new(binary.data.clone());
+        for p in [binary, string] {
+            h.append("c", p, RETENTION, Box::new(|_| {})).await.unwrap();
+        }
+        let page = h.read("c", HistoryFilter::default()).await.unwrap();
+        let read: Vec<(bool, Vec<u8>)> = page
+            .publications
+            .iter()
+            .map(|p| (p.binary, p.data_bytes().to_vec()))
+            .collect();
+        assert_eq!(read[0], (true, vec![0, 255, 7]));
+        assert_eq!(read[1], (false, br#""AP8H""#.to_vec()));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -104,6 +104,12 @@ pub(super) fn decode_row(
     removed: bool,
 ) -> Result<Publication, HistoryError> {
     let corrupt = |e: serde_json::Error| HistoryError::Storage(format!("corrupt row: {e}"));
+    // A binary payload is stored as `#` and its base64 (see `writer::stored_data`): no JSON
+    // value starts with `#`.
+    let (data, binary) = match data.strip_prefix(BINARY_MARK) {
+        Some(base64) => (format!("\"{base64}\""), true),
+        None => (data, false),
+    };
     Ok(Publication {
         data: Arc::from(RawValue::from_string(data).map_err(corrupt)?),
         info: info
@@ -118,5 +124,9 @@ pub(super) fn decode_row(
             .unwrap_or_default(),
         key: key.unwrap_or_default(),
         removed,
+        binary,
     })
 }
+
+/// What starts the stored `data` of a binary payload.
+pub(super) const BINARY_MARK: char = '#';

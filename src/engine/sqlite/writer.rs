@@ -453,7 +453,7 @@ pub(super) fn insert(
         channel,
         offset as i64,
         expires_at,
-        publication.data.get(),
+        stored_data(publication),
         info,
         tags,
         (!publication.key.is_empty()).then_some(publication.key.as_str()),
@@ -463,6 +463,18 @@ pub(super) fn insert(
     tops.insert(channel.to_string(), (offset, retention.size));
     streams.insert(channel.to_string(), (epoch.clone(), offset));
     Ok(StreamPosition { offset, epoch })
+}
+
+/// The `data` column of a publication: its JSON text, or for a binary payload (a JSON string of
+/// base64) `#` and the base64, so a read knows it from a JSON string payload.
+fn stored_data(publication: &crate::protocol::Publication) -> std::borrow::Cow<'_, str> {
+    let text = publication.data.get();
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(base64) if publication.binary => {
+            std::borrow::Cow::Owned(format!("{}{base64}", super::read::BINARY_MARK))
+        }
+        _ => std::borrow::Cow::Borrowed(text),
+    }
 }
 
 /// The position the first publish with `key` in `channel` answered, while the key's window
