@@ -255,14 +255,8 @@ const PROTOBUF_PONG: &[u8] = &[0];
 /// [`expect_reply`] for a Protobuf connection.
 async fn expect_protobuf_reply(ws: &mut Ws, id: u32, what: &str) -> anyhow::Result<()> {
     loop {
-        let frame = match ws.next().await {
-            Some(Ok(Message::Binary(frame))) => frame,
-            Some(Ok(Message::Close(frame))) => {
-                bail!("{what}: server closed the connection: {frame:?}")
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => bail!("{what}: {e}"),
-            None => bail!("{what}: connection ended"),
+        let Message::Binary(frame) = next_data_frame(ws, what).await? else {
+            continue;
         };
         for reply in proto::FrameDecoder::<proto::Reply>::new(frame) {
             let reply = reply.with_context(|| format!("{what}: an unreadable reply"))?;
@@ -274,6 +268,22 @@ async fn expect_protobuf_reply(ws: &mut Ws, id: u32, what: &str) -> anyhow::Resu
                 }
                 return Ok(());
             }
+        }
+    }
+}
+
+/// The next text or binary frame, waiting for a reply to `what`; the end of the connection is
+/// an error.
+async fn next_data_frame(ws: &mut Ws, what: &str) -> anyhow::Result<Message> {
+    loop {
+        match ws.next().await {
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => return Ok(message),
+            Some(Ok(Message::Close(frame))) => {
+                bail!("{what}: server closed the connection: {frame:?}")
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => bail!("{what}: {e}"),
+            None => bail!("{what}: connection ended"),
         }
     }
 }
@@ -334,18 +344,11 @@ impl Link {
     /// The next thing the server sent.
     pub async fn read(&mut self) -> LinkRead {
         match self {
-            Link::WebSocket(ws) => loop {
+            // Text frames are JSON and binary frames Protobuf, whichever the link asked for:
+            // a server that sends the other kind gets its messages read as `Other`.
+            Link::WebSocket(ws) | Link::Protobuf(ws) => loop {
                 return match ws.next().await {
                     Some(Ok(Message::Text(text))) => LinkRead::Frame(text),
-                    Some(Ok(Message::Close(frame))) => {
-                        LinkRead::Ended(frame.map_or(1005, |f| u16::from(f.code)))
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(_)) | None => LinkRead::Ended(0),
-                };
-            },
-            Link::Protobuf(ws) => loop {
-                return match ws.next().await {
                     Some(Ok(Message::Binary(frame))) => LinkRead::Protobuf(frame),
                     Some(Ok(Message::Close(frame))) => {
                         LinkRead::Ended(frame.map_or(1005, |f| u16::from(f.code)))
@@ -551,14 +554,8 @@ pub fn socket_addr_of(url: &str, scheme: &str, default_port: u16) -> anyhow::Res
 pub async fn expect_reply(ws: &mut Ws, id: u32, what: &str) -> anyhow::Result<()> {
     let prefix = format!("{{\"id\":{id},");
     loop {
-        let text = match ws.next().await {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Close(frame))) => {
-                bail!("{what}: server closed the connection: {frame:?}")
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => bail!("{what}: {e}"),
-            None => bail!("{what}: connection ended"),
+        let Message::Text(text) = next_data_frame(ws, what).await? else {
+            continue;
         };
         for line in lines(&text) {
             if line == "{}" {
@@ -731,7 +728,11 @@ mod tests {
             ]
         );
         // A truncated or garbled frame ends the scan without a panic.
-        for bad in [&[0x05, 0x22][..], &[0xff; 12][..], &[0x03, 0x22, 0x09, 0x00][..]] {
+        for bad in [
+            &[0x05, 0x22][..],
+            &[0xff; 12][..],
+            &[0x03, 0x22, 0x09, 0x00][..],
+        ] {
             let read = LinkRead::Protobuf(Bytes::copy_from_slice(bad));
             assert!(read.messages().all(|m| m == LinkMessage::Other), "{bad:?}");
         }
