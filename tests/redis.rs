@@ -699,7 +699,10 @@ async fn slow_subscribe_relay(redis: &RedisServer, delay: Duration) -> String {
                 let mut buffer = vec![0u8; 64 * 1024];
                 while let Ok(n @ 1..) = from_client.read(&mut buffer).await {
                     let chunk = &buffer[..n];
-                    if chunk.windows(9).any(|w| w.eq_ignore_ascii_case(b"subscribe")) {
+                    if chunk
+                        .windows(9)
+                        .any(|w| w.eq_ignore_ascii_case(b"subscribe"))
+                    {
                         tokio::time::sleep(delay).await;
                     }
                     if to_server.write_all(chunk).await.is_err() {

@@ -59,8 +59,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::{AsyncCommands, Script};
-use tokio::sync::{mpsc, oneshot};
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

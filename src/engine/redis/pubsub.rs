@@ -53,7 +53,10 @@ impl Confirmations {
     /// [`Confirmations::expect`], and tells `live` when the confirmation comes.
     fn expect_live(&mut self, topic: &str, live: oneshot::Sender<()>) {
         self.expect(topic);
-        self.waiting.entry(topic.to_string()).or_default().push(live);
+        self.waiting
+            .entry(topic.to_string())
+            .or_default()
+            .push(live);
     }
 
     fn forget(&mut self, topic: &str) {
