@@ -170,6 +170,10 @@ struct ServeArgs {
     /// Connect to the master found through Sentinel over TLS.
     #[arg(long, env = "SWITCHBOARD_REDIS_MASTER_TLS")]
     redis_master_tls: bool,
+    /// PEM file of the certificate authorities TLS connections to Redis trust (rediss://
+    /// servers, Sentinels, masters, Cluster nodes) [default: the system's roots].
+    #[arg(long, env = "SWITCHBOARD_REDIS_TLS_CA")]
+    redis_tls_ca: Option<PathBuf>,
     /// Replicas that must hold a publication before it is acknowledged (Redis WAIT), so a
     /// failover keeps it [default: 0].
     #[arg(long, env = "SWITCHBOARD_REDIS_WAIT_REPLICAS")]
@@ -406,6 +410,7 @@ impl ServeArgs {
             api_address,
             tls_cert,
             tls_key,
+            redis_tls_ca,
             token_rsa_public_key,
             token_ecdsa_public_key,
             token_jwks_url,

@@ -102,6 +102,7 @@ pub async fn build_node(config: Config, shutdown: CancellationToken) -> Result<B
                 cluster: config.redis_cluster.clone(),
                 wait_replicas: config.redis_wait_replicas,
                 wait_timeout: config.redis_wait_timeout,
+                tls_ca: config.redis_tls_roots()?,
                 ..RedisSettings::new(
                     config.redis.clone(),
                     config.redis_prefix.clone(),

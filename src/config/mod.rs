@@ -154,6 +154,10 @@ pub struct Config {
     pub redis_master_password: Option<String>,
     /// Connect to the master found through Sentinel over TLS.
     pub redis_master_tls: bool,
+    /// PEM file of the certificate authorities that TLS connections to Redis trust (the servers
+    /// of `rediss://` URLs, Sentinels and masters, Cluster nodes) instead of the system's roots:
+    /// for a Redis whose certificate a private CA signed.
+    pub redis_tls_ca: Option<PathBuf>,
     /// Replicas that must hold a publication before it is acknowledged (Redis `WAIT`; 0, the
     /// default: none). Redis replicates asynchronously: without it, a failover may lose
     /// publications already acknowledged.
@@ -385,6 +389,7 @@ impl Default for Config {
             redis_master_username: None,
             redis_master_password: None,
             redis_master_tls: false,
+            redis_tls_ca: None,
             redis_wait_replicas: 0,
             redis_wait_timeout: Duration::from_secs(1),
             redis_prefix: "switchboard".into(),
@@ -618,26 +623,6 @@ impl Config {
                 "redis, redis_sentinel and redis_cluster are exclusive: give one".into(),
             ));
         }
-        if !self.redis_cluster.is_empty()
-            && std::iter::once(&self.channel)
-                .chain(&self.namespace)
-                .any(|ns| {
-                    ns.subscription_type
-                        .as_deref()
-                        .is_some_and(|t| t.starts_with("map"))
-                })
-        {
-            return Err(ConfigError::Invalid(
-                "map channels are not available with redis_cluster yet (their expiry index is \
-                 one key per shard)"
-                    .into(),
-            ));
-        }
-        if !self.redis_cluster.is_empty() && self.redis_wait_replicas > 0 {
-            return Err(ConfigError::Invalid(
-                "redis_wait_replicas is not available with redis_cluster".into(),
-            ));
-        }
         if !self.redis_cluster.is_empty() && self.redis_prefix.contains(['{', '}']) {
             return Err(ConfigError::Invalid(
                 "with redis_cluster, redis_prefix may not hold braces (they make hash tags)".into(),
@@ -646,6 +631,12 @@ impl Config {
         if !self.redis_sentinel.is_empty() && self.redis_sentinel_master.is_none() {
             return Err(ConfigError::Invalid(
                 "redis_sentinel needs redis_sentinel_master, the name the Sentinels monitor".into(),
+            ));
+        }
+        if self.redis_tls_ca.is_some() && !self.uses_redis() {
+            return Err(ConfigError::Invalid(
+                "redis_tls_ca is for TLS to Redis: give redis, redis_sentinel or redis_cluster"
+                    .into(),
             ));
         }
         if self.redis_wait_replicas > 0
@@ -752,6 +743,23 @@ impl Config {
     /// Whether nodes share Redis (plain URLs, Sentinel or Cluster).
     pub fn uses_redis(&self) -> bool {
         !self.redis.is_empty() || !self.redis_sentinel.is_empty() || !self.redis_cluster.is_empty()
+    }
+
+    /// The certificate authorities of `redis_tls_ca` (PEM), read from its file; `None` when
+    /// unset (TLS to Redis then trusts the system's roots).
+    pub fn redis_tls_roots(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(path) = &self.redis_tls_ca else {
+            return Ok(None);
+        };
+        let pem = std::fs::read(path)
+            .map_err(|e| ConfigError::Invalid(format!("redis_tls_ca {}: {e}", path.display())))?;
+        if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(ConfigError::Invalid(format!(
+                "redis_tls_ca {}: no PEM certificate in it",
+                path.display()
+            )));
+        }
+        Ok(Some(pem))
     }
 
     /// Whether the application backend decides anything (see [`crate::hooks::proxy`]).

@@ -250,14 +250,15 @@ fn sentinel_needs_its_master_name_and_excludes_plain_urls() {
         redis_wait_replicas: 1,
         ..cluster.clone()
     };
-    assert!(waiting.validate().is_err());
+    waiting.validate().unwrap();
     let mut with_maps = cluster;
     with_maps.channel.subscription_type = Some("map".into());
-    assert!(with_maps
-        .validate()
-        .unwrap_err()
-        .to_string()
-        .contains("map"));
+    with_maps.channel.map = Some(crate::config::MapNamespace {
+        mode: Some("durable".into()),
+        key_ttl: Some(Duration::from_secs(60)),
+        ..Default::default()
+    });
+    with_maps.validate().unwrap();
     let waiting: Config = toml::from_str(
         "redis = [\"redis://127.0.0.1\"]\nredis_wait_replicas = 1\nredis_wait_timeout = \"250ms\"",
     )
@@ -270,4 +271,51 @@ fn sentinel_needs_its_master_name_and_excludes_plain_urls() {
         ..Config::default()
     };
     assert!(too_long.validate().is_err());
+}
+
+#[test]
+fn redis_tls_ca_is_read_from_its_file_and_needs_redis() {
+    let alone: Config = toml::from_str("redis_tls_ca = \"/nowhere/ca.pem\"").unwrap();
+    assert!(alone
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("redis_tls_ca"));
+    let missing = Config {
+        redis: vec!["rediss://127.0.0.1:6380".into()],
+        ..alone
+    };
+    missing.validate().unwrap();
+    assert!(missing
+        .redis_tls_roots()
+        .unwrap_err()
+        .to_string()
+        .contains("/nowhere/ca.pem"));
+    let dir = std::env::temp_dir().join(format!("switchboard-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (pem, junk) = (dir.join("ca.pem"), dir.join("junk.pem"));
+    std::fs::write(
+        &pem,
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let given = Config {
+        redis_tls_ca: Some(pem),
+        ..missing.clone()
+    };
+    assert!(given.redis_tls_roots().unwrap().is_some());
+    let shown = show::effective_settings(&given).unwrap();
+    assert!(shown.contains("redis_tls_ca"), "{shown}");
+    let junk = Config {
+        redis_tls_ca: Some(junk),
+        ..missing
+    };
+    assert!(junk
+        .redis_tls_roots()
+        .unwrap_err()
+        .to_string()
+        .contains("PEM"));
+    assert!(Config::default().redis_tls_roots().unwrap().is_none());
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -38,6 +38,21 @@ impl RedisServer {
         Self::start_with(args).await
     }
 
+    /// A server that speaks TLS only, with the certificate and key at `cert` and `key` (PEM),
+    /// not asking clients for certificates; `more` arguments follow (a replica's
+    /// `--replicaof` with `--tls-replication yes`).
+    pub async fn start_tls(tls: &TlsFiles, more: &[&str]) -> RedisServer {
+        let port = free_port();
+        let mut args = tls.server_args(port);
+        args.extend(more.iter().map(|a| a.to_string()));
+        Self::start_on(port, args).await
+    }
+
+    /// The `rediss://` URL of a [`start_tls`](Self::start_tls) server.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
     async fn start_with(extra: Vec<String>) -> RedisServer {
         Self::start_on(free_port(), extra).await
     }
@@ -91,6 +106,26 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the process (SIGSTOP): it keeps its connections but answers nothing, as a
+    /// server stuck on a slow disk or a long pause would; `resume` thaws it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a [`pause`](Self::pause)d process (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("a running redis-server");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal}");
+    }
+
     /// Runs a redis-cli-like command through the crate's client.
     pub async fn command(&self, args: &[&str]) {
         let _ = query(self.port, args).await.unwrap();
@@ -102,6 +137,55 @@ fn auth_args(password: &str) -> Vec<String> {
         .iter()
         .map(|a| a.to_string())
         .collect()
+}
+
+/// The PEM files of a TLS redis-server: its certificate and key, and the CA that signed it.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    /// The arguments of a server speaking TLS only on `port` (and on its cluster bus, and to
+    /// its master), not asking clients for certificates.
+    fn server_args(&self, port: u16) -> Vec<String> {
+        let mut args: Vec<String> = ["--port", "0", "--tls-port", &port.to_string()]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        for (flag, path) in [
+            ("--tls-cert-file", &self.cert),
+            ("--tls-key-file", &self.key),
+            ("--tls-ca-cert-file", &self.ca),
+        ] {
+            args.push(flag.into());
+            args.push(path.display().to_string());
+        }
+        args.extend(["--tls-auth-clients", "no", "--tls-cluster", "yes"].map(String::from));
+        args
+    }
+}
+
+/// [`query`] over TLS, trusting the CA in the PEM file `ca`.
+pub async fn query_tls(
+    port: u16,
+    ca: &std::path::Path,
+    args: &[&str],
+) -> redis::RedisResult<redis::Value> {
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(std::fs::read(ca)?),
+    };
+    let url = format!("rediss://127.0.0.1:{port}");
+    let client = redis::Client::build_with_tls(url.as_str(), certificates)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(&mut conn).await
 }
 
 /// Sends one command to the server (or Sentinel) on `port`; its reply, or why there is none.
@@ -140,6 +224,16 @@ pub const SENTINEL_MASTER: &str = "main";
 
 impl Sentinels {
     pub async fn start(master_port: u16, master_password: &str, password: &str) -> Sentinels {
+        Self::start_with(master_port, master_password, password, &[]).await
+    }
+
+    /// [`start`](Self::start), with more lines in each Sentinel's config file (TLS settings).
+    pub async fn start_with(
+        master_port: u16,
+        master_password: &str,
+        password: &str,
+        more: &[String],
+    ) -> Sentinels {
         let mut sentinels = Sentinels {
             children: Vec::new(),
             ports: Vec::new(),
@@ -159,8 +253,9 @@ impl Sentinels {
                      sentinel failover-timeout {SENTINEL_MASTER} 4000\n\
                      sentinel parallel-syncs {SENTINEL_MASTER} 1\n\
                      sentinel auth-pass {SENTINEL_MASTER} {master_password}\n\
-                     requirepass {password}\nsentinel sentinel-pass {password}\n",
-                    dir = dir.display()
+                     requirepass {password}\nsentinel sentinel-pass {password}\n{more}\n",
+                    dir = dir.display(),
+                    more = more.join("\n"),
                 ),
             )
             .unwrap();
@@ -259,13 +354,26 @@ pub fn unique_prefix() -> String {
 /// over (1 s without an answer is down).
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
+    /// Over TLS (`tls-cluster yes`): the servers' files.
+    tls: Option<TlsFiles>,
 }
 
 impl RedisCluster {
     pub async fn start(masters: usize, replicas: usize) -> RedisCluster {
+        Self::start_with(masters, replicas, None).await
+    }
+
+    /// A cluster whose nodes speak TLS only, to clients and on the cluster bus.
+    pub async fn start_tls(masters: usize, tls: &TlsFiles) -> RedisCluster {
+        Self::start_with(masters, 0, Some(tls.clone())).await
+    }
+
+    async fn start_with(masters: usize, replicas: usize, tls: Option<TlsFiles>) -> RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..masters * (1 + replicas) {
-            let args = [
+            let port = cluster_port();
+            let mut args: Vec<String> = tls.as_ref().map_or(Vec::new(), |t| t.server_args(port));
+            let cluster = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -273,10 +381,14 @@ impl RedisCluster {
                 "--cluster-node-timeout",
                 "1000",
             ];
-            let args = args.iter().map(|a| a.to_string()).collect();
-            nodes.push(RedisServer::start_on(cluster_port(), args).await);
+            args.extend(cluster.map(String::from));
+            nodes.push(RedisServer::start_on(port, args).await);
         }
-        let status = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        if let Some(tls) = &tls {
+            create.arg("--tls").arg("--cacert").arg(&tls.ca);
+        }
+        let status = create
             .arg("--cluster")
             .arg("create")
             .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
@@ -286,7 +398,7 @@ impl RedisCluster {
             .status()
             .expect("redis-cli must be installed (apt-get install redis-tools)");
         assert!(status.success(), "redis-cli --cluster create");
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, tls };
         let mut ok = false;
         for _ in 0..3 {
             if super::eventually(|| cluster.healthy()).await {
@@ -298,18 +410,27 @@ impl RedisCluster {
         cluster
     }
 
-    /// The seed nodes, as `--redis-cluster` takes them.
+    /// The seed nodes, as `--redis-cluster` takes them (`rediss://` URLs over TLS).
     pub fn seeds(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() { "rediss://" } else { "" };
         self.nodes
             .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
+            .map(|n| format!("{scheme}127.0.0.1:{}", n.port))
             .collect()
+    }
+
+    /// [`query`] to the node on `port`, over TLS if the cluster speaks it.
+    pub async fn query(&self, port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        match &self.tls {
+            Some(tls) => query_tls(port, &tls.ca, args).await,
+            None => query(port, args).await,
+        }
     }
 
     /// Whether every running node reports the cluster OK, with every slot served.
     pub async fn healthy(&self) -> bool {
         for node in self.nodes.iter().filter(|n| n.child.is_some()) {
-            let Ok(info) = query(node.port, &["CLUSTER", "INFO"]).await else {
+            let Ok(info) = self.query(node.port, &["CLUSTER", "INFO"]).await else {
                 return false;
             };
             let Ok(info) = redis::from_redis_value::<String>(info) else {
@@ -328,7 +449,7 @@ impl RedisCluster {
             if node.child.is_none() {
                 continue;
             }
-            let Ok(role) = query(node.port, &["ROLE"]).await else {
+            let Ok(role) = self.query(node.port, &["ROLE"]).await else {
                 continue;
             };
             let Ok(role) = redis::from_redis_value::<Vec<redis::Value>>(role) else {
@@ -338,7 +459,7 @@ impl RedisCluster {
                 continue;
             }
             let pattern = format!("*{fragment}*");
-            if let Ok(keys) = query(node.port, &["KEYS", &pattern]).await {
+            if let Ok(keys) = self.query(node.port, &["KEYS", &pattern]).await {
                 if redis::from_redis_value::<Vec<String>>(keys).is_ok_and(|k| !k.is_empty()) {
                     return Some(index);
                 }
@@ -349,6 +470,29 @@ impl RedisCluster {
 }
 
 impl RedisCluster {
+    /// The index of the running replica of the master on node `master`, if it has one.
+    pub async fn replica_of(&self, master: usize) -> Option<usize> {
+        let master_port = self.nodes[master].port as i64;
+        for (index, node) in self.nodes.iter().enumerate() {
+            if node.child.is_none() {
+                continue;
+            }
+            let Ok(role) = self.query(node.port, &["ROLE"]).await else {
+                continue;
+            };
+            // A replica's ROLE: ["slave", master host, master port, state, offset].
+            let Ok((kind, _, port, _, _)) =
+                redis::from_redis_value::<(String, String, i64, String, i64)>(role)
+            else {
+                continue;
+            };
+            if kind == "slave" && port == master_port {
+                return Some(index);
+            }
+        }
+        None
+    }
+
     /// Moves the slot of `key` from the master on node `from` to the master on node `to`, keys
     /// and all (`CLUSTER SETSLOT … IMPORTING/MIGRATING`, `MIGRATE`, `CLUSTER SETSLOT … NODE`):
     /// what `redis-cli --cluster reshard` does, for one slot.

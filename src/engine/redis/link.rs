@@ -10,6 +10,10 @@
 //! the connection every later call uses, and tells the pub/sub supervisor, which reconnects and
 //! checks every listened channel for a gap, as after any outage. Calls made while no master is
 //! reachable fail like any Redis outage ("not available", error 108 to clients).
+//!
+//! TLS (`rediss://` URLs, `master_tls`) checks the server's certificate against the system's
+//! roots, or against the certificate authorities the operator gives (`tls_ca`, PEM), for every
+//! connection of the link: commands, pub/sub, Sentinels, every Cluster node.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +22,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{Cmd, ConnectionAddr, IntoConnectionInfo, RedisFuture, Value};
+use redis::{Cmd, ConnectionAddr, IntoConnectionInfo, RedisFuture, TlsCertificates, Value};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -50,8 +54,11 @@ pub struct SentinelSettings {
 enum Source {
     Fixed(redis::Client),
     Sentinel(tokio::sync::Mutex<SentinelClient>),
-    /// The cluster's seed nodes, as URLs.
-    Cluster(Vec<String>),
+    /// The cluster's seed nodes, as URLs, and the certificate authorities to trust (PEM).
+    Cluster {
+        urls: Vec<String>,
+        tls_ca: Option<Vec<u8>>,
+    },
 }
 
 /// A commands connection: to one server, or to a cluster.
@@ -95,9 +102,9 @@ async fn connect_manager(client: &redis::Client) -> Result<ConnectionManager, Br
 }
 
 impl Link {
-    /// A link to the server at `url`.
-    pub(super) async fn fixed(url: &str) -> Result<Link, BrokerError> {
-        let client = redis::Client::open(url)
+    /// A link to the server at `url`; over TLS (`rediss://`), trusting `tls_ca` (PEM) if given.
+    pub(super) async fn fixed(url: &str, tls_ca: Option<&[u8]>) -> Result<Link, BrokerError> {
+        let client = client(url, tls_ca)
             .map_err(|e| BrokerError::Unavailable(format!("bad Redis URL {url}: {e}")))?;
         let manager = connect_manager(&client).await?;
         let address = client.get_connection_info().addr().to_string();
@@ -105,9 +112,12 @@ impl Link {
     }
 
     /// A link to the master `settings` name, found through its Sentinels. Following failovers
-    /// needs [`Link::watch_master`] running.
-    pub(super) async fn sentinel(settings: &SentinelSettings) -> Result<Link, BrokerError> {
-        let mut sentinel = sentinel_client(settings)?;
+    /// needs [`Link::watch_master`] running. TLS connections trust `tls_ca` (PEM) if given.
+    pub(super) async fn sentinel(
+        settings: &SentinelSettings,
+        tls_ca: Option<&[u8]>,
+    ) -> Result<Link, BrokerError> {
+        let mut sentinel = sentinel_client(settings, tls_ca)?;
         let client = tokio::time::timeout(CALL_TIMEOUT * 2, sentinel.async_get_client())
             .await
             .map_err(|_| BrokerError::Unavailable("no Sentinel answered".into()))?
@@ -127,10 +137,14 @@ impl Link {
         ))
     }
 
-    /// A link to the Redis Cluster the seed `nodes` (`host:port` or URLs) belong to.
-    pub(super) async fn cluster(nodes: &[String]) -> Result<Link, BrokerError> {
+    /// A link to the Redis Cluster the seed `nodes` (`host:port` or URLs) belong to; over TLS
+    /// (`rediss://`), trusting `tls_ca` (PEM) if given.
+    pub(super) async fn cluster(
+        nodes: &[String],
+        tls_ca: Option<&[u8]>,
+    ) -> Result<Link, BrokerError> {
         let urls = cluster_urls(nodes);
-        let client = cluster_builder(&urls)
+        let client = cluster_builder(&urls, tls_ca)
             .build()
             .map_err(|e| BrokerError::Unavailable(format!("Redis Cluster settings: {e}")))?;
         let connection = tokio::time::timeout(CALL_TIMEOUT * 2, client.get_async_connection())
@@ -139,19 +153,24 @@ impl Link {
             .map_err(|e| BrokerError::Unavailable(format!("Redis Cluster: {e}")))?;
         tracing::info!(nodes = urls.len(), "connected to Redis Cluster");
         Ok(Link(Arc::new(LinkState {
-            source: Source::Cluster(urls),
+            source: Source::Cluster {
+                urls,
+                tls_ca: tls_ca.map(<[u8]>::to_vec),
+            },
             current: Mutex::new(Connection::Cluster(connection)),
             master: watch::channel("cluster".to_string()).0,
             suspect: Notify::new(),
         })))
     }
 
-    /// The seed nodes' URLs, on Redis Cluster.
-    pub(super) fn cluster_nodes(&self) -> Option<&[String]> {
-        match &self.0.source {
-            Source::Cluster(urls) => Some(urls),
-            _ => None,
-        }
+    /// Whether the link is to a Redis Cluster.
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self.0.source, Source::Cluster { .. })
+    }
+
+    /// On Redis Cluster, the settings of a client to it (the pub/sub supervisor's own).
+    pub(super) fn cluster_builder(&self) -> Option<ClusterClientBuilder> {
+        self.0.source.cluster_builder()
     }
 
     fn new(source: Source, manager: ConnectionManager, address: String) -> Link {
@@ -174,7 +193,7 @@ impl Link {
         match &self.0.source {
             Source::Fixed(client) => Ok(client.clone()),
             Source::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await,
-            Source::Cluster(_) => Err(redis::RedisError::from((
+            Source::Cluster { .. } => Err(redis::RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
                 "a cluster has no single server",
             ))),
@@ -334,18 +353,56 @@ fn cluster_urls(nodes: &[String]) -> Vec<String> {
         .collect()
 }
 
+impl Source {
+    /// The cluster client settings of a cluster source; `None` for any other.
+    fn cluster_builder(&self) -> Option<ClusterClientBuilder> {
+        match self {
+            Source::Cluster { urls, tls_ca } => Some(cluster_builder(urls, tls_ca.as_deref())),
+            _ => None,
+        }
+    }
+}
+
 /// A cluster client's settings: calls bounded like every Redis call, and no retry of a failed
 /// call (a command is never sent twice, so a publication is never stored twice; the caller
 /// hears "not available", as in any outage, and the client refreshes its slot map meanwhile).
-pub(super) fn cluster_builder(urls: &[String]) -> ClusterClientBuilder {
-    ClusterClientBuilder::new(urls.to_vec())
+/// TLS connections trust `tls_ca` (PEM) if given.
+fn cluster_builder(urls: &[String], tls_ca: Option<&[u8]>) -> ClusterClientBuilder {
+    let builder = ClusterClientBuilder::new(urls.to_vec())
         .retries(0)
         .connection_timeout(CALL_TIMEOUT)
-        .response_timeout(CALL_TIMEOUT)
+        .response_timeout(CALL_TIMEOUT);
+    match trusting(tls_ca) {
+        Some(certificates) => builder.certs(certificates),
+        None => builder,
+    }
 }
 
-/// Builds the Sentinel client of `settings`.
-fn sentinel_client(settings: &SentinelSettings) -> Result<SentinelClient, BrokerError> {
+/// The TLS settings that trust the certificate authorities in `tls_ca` (PEM), if given.
+fn trusting(tls_ca: Option<&[u8]>) -> Option<TlsCertificates> {
+    tls_ca.map(|pem| TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.to_vec()),
+    })
+}
+
+/// A client for the Redis server at `url`; over TLS (`rediss://`), trusting the certificate
+/// authorities in `tls_ca` (PEM) if given, otherwise the system's roots.
+pub fn client(url: &str, tls_ca: Option<&[u8]>) -> redis::RedisResult<redis::Client> {
+    let info = url.into_connection_info()?;
+    match trusting(tls_ca) {
+        Some(certificates) if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) => {
+            redis::Client::build_with_tls(info, certificates)
+        }
+        _ => redis::Client::open(info),
+    }
+}
+
+/// Builds the Sentinel client of `settings`; TLS connections trust `tls_ca` (PEM) if given.
+fn sentinel_client(
+    settings: &SentinelSettings,
+    tls_ca: Option<&[u8]>,
+) -> Result<SentinelClient, BrokerError> {
     let bad = |what: String| BrokerError::Unavailable(format!("Sentinel settings: {what}"));
     if settings.sentinels.is_empty() {
         return Err(bad("no Sentinel address".into()));
@@ -391,6 +448,9 @@ fn sentinel_client(settings: &SentinelSettings) -> Result<SentinelClient, Broker
     }
     if sentinel_tls {
         builder = builder.set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+        if let Some(certificates) = trusting(tls_ca) {
+            builder = builder.set_client_to_sentinel_certificates(certificates);
+        }
     }
     if let Some(username) = &settings.master_username {
         builder = builder.set_client_to_redis_username(username);
@@ -400,6 +460,9 @@ fn sentinel_client(settings: &SentinelSettings) -> Result<SentinelClient, Broker
     }
     if settings.master_tls {
         builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+        if let Some(certificates) = trusting(tls_ca) {
+            builder = builder.set_client_to_redis_certificates(certificates);
+        }
     }
     builder.build().map_err(|e| bad(e.to_string()))
 }
@@ -418,16 +481,16 @@ mod tests {
             master_name: "main".into(),
             ..SentinelSettings::default()
         };
-        assert!(sentinel_client(&settings).is_ok());
+        assert!(sentinel_client(&settings, None).is_ok());
         let unnamed = SentinelSettings {
             master_name: String::new(),
             ..settings.clone()
         };
-        assert!(sentinel_client(&unnamed).is_err());
+        assert!(sentinel_client(&unnamed, None).is_err());
         let none = SentinelSettings {
             sentinels: Vec::new(),
             ..settings
         };
-        assert!(sentinel_client(&none).is_err());
+        assert!(sentinel_client(&none, None).is_err());
     }
 }

@@ -7,12 +7,24 @@
 //! stream and delivery agree on every node; another reads a state page with the stream position
 //! in one step. Expiry runs the update script in its "only if expired" form, so any number of
 //! nodes may sweep at once and a key expires once.
+//!
+//! On Redis Cluster a script may only touch keys of one slot, so a shard-wide expiry set cannot
+//! be changed with the entry. There the expiry set is per channel (`mapexp`, under the channel's
+//! hash tag, changed by the same script run), and one more sorted set, `map_expiring_channels`,
+//! lists the channels that have keys with a TTL, scored by when the channel next needs a sweep.
+//! After a script run that gave a key a TTL, the node lowers the channel's score to the key's
+//! expiry (`ZADD LT`, a second command: the script itself stays one atomic step). The sweep
+//! takes the channels that are due, expires their due keys, then removes the channel from the
+//! list and adds it back (`ZADD LT`) at its next expiry if it still has keys with a TTL. An
+//! update that raced the sweep either ran before the sweep's re-read (seen there) or adds the
+//! channel after the removal (its `ZADD` follows its script), so no channel with a TTL'd key
+//! falls off the list.
 
 use std::sync::Arc;
 
-use redis::Script;
+use redis::{AsyncCommands, Script};
 
-use super::keys::key;
+use super::link::Link;
 use super::{call, RedisEngine};
 use crate::engine::broker::BrokerError;
 use crate::engine::history::{new_epoch, HistoryError};
@@ -115,18 +127,29 @@ pub(super) struct MapScripts {
     state: Script,
 }
 
-impl Default for MapScripts {
-    fn default() -> Self {
+impl MapScripts {
+    /// The scripts; on Redis Cluster (`sharded`), the update publishes with `SPUBLISH`.
+    pub(super) fn new(sharded: bool) -> MapScripts {
+        let update = if sharded {
+            Script::new(&UPDATE_SCRIPT.replace("'publish'", "'spublish'"))
+        } else {
+            Script::new(UPDATE_SCRIPT)
+        };
         MapScripts {
-            update: Script::new(UPDATE_SCRIPT),
+            update,
             state: Script::new(STATE_SCRIPT),
         }
     }
 }
 
-/// The shard-wide sorted set of keys with a TTL.
+/// The shard-wide sorted set of keys with a TTL (not on Redis Cluster).
 fn expiring_key(prefix: &str) -> String {
     format!("{prefix}.map_expiring")
+}
+
+/// On Redis Cluster, the channels with keys with a TTL, scored by their next expiry.
+fn expiring_channels_key(prefix: &str) -> String {
+    format!("{prefix}.map_expiring_channels")
 }
 
 fn now_ms() -> u64 {
@@ -143,31 +166,30 @@ impl RedisEngine {
         publication: &Publication,
         update: Option<MapUpdate>,
     ) -> Result<Option<StreamPosition>, BrokerError> {
-        let prefix = &self.settings.prefix;
         let json = serde_json::to_string(publication)
             .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let key_ttl = update
+            .and_then(|u| u.key_ttl)
+            .map_or(0, |t| t.as_millis() as u64);
+        let now = now_ms();
         let mut invocation = self.map_scripts.update.prepare_invoke();
         invocation
-            .key(key(prefix, "stream", channel))
-            .key(key(prefix, "meta", channel))
-            .key(key(prefix, "map", channel))
-            .key(key(prefix, "mapkeys", channel))
-            .key(expiring_key(prefix))
+            .key(self.key("stream", channel))
+            .key(self.key("meta", channel))
+            .key(self.key("map", channel))
+            .key(self.key("mapkeys", channel))
+            .key(self.expiring_set(channel))
             .arg(json)
             .arg(&publication.key)
             .arg(if publication.removed { 1 } else { 0 })
             .arg(update.map_or(0, |u| u.stream.size))
             .arg(update.map_or(0, |u| u.stream.ttl.as_secs().max(1)))
-            .arg(key(prefix, "pub", channel))
+            .arg(self.key("pub", channel))
             .arg(new_epoch())
             .arg(META_TTL_SECS)
-            .arg(
-                update
-                    .and_then(|u| u.key_ttl)
-                    .map_or(0, |t| t.as_millis() as u64),
-            )
+            .arg(key_ttl)
             .arg(update.map_or(usize::MAX, |u| u.max_keys))
-            .arg(now_ms())
+            .arg(now)
             .arg(format!("{channel}\n{}", publication.key))
             .arg(if update.is_none() { 1 } else { 0 })
             .arg(if update.is_some_and(|u| u.keep_alive) {
@@ -177,6 +199,10 @@ impl RedisEngine {
             });
         let mut conn = self.shard(channel).commands.clone();
         let (offset, epoch): (i64, String) = call(invocation.invoke_async(&mut conn)).await?;
+        if self.cluster_script.is_some() && key_ttl > 0 && offset != -2 {
+            // After the script, so a sweep racing it cannot drop the channel (module doc).
+            self.sweep_channel_at(channel, now + key_ttl).await?;
+        }
         match offset {
             -2 => Err(HistoryError::TooManyKeys.into()),
             o if o < 0 => Ok(None),
@@ -187,15 +213,29 @@ impl RedisEngine {
         }
     }
 
-    /// Map channels keep their expiry index in one key per shard, which a Redis Cluster cannot
-    /// reach from a channel's script (another slot); the configuration refuses them there.
-    fn refuse_on_cluster(&self) -> Result<(), BrokerError> {
+    /// The sorted set of `channel`'s keys with a TTL: the shard's, or on Redis Cluster the
+    /// channel's own (a script reaches only the keys of its channel's slot).
+    fn expiring_set(&self, channel: &str) -> String {
         if self.cluster_script.is_some() {
-            return Err(BrokerError::Unavailable(
-                "map channels are not available on Redis Cluster".into(),
-            ));
+            self.key("mapexp", channel)
+        } else {
+            expiring_key(&self.settings.prefix)
         }
-        Ok(())
+    }
+
+    /// On Redis Cluster: lists `channel` among those with keys to expire, to be swept at
+    /// `at_ms` at the latest (an earlier time already listed stays).
+    async fn sweep_channel_at(&self, channel: &str, at_ms: u64) -> Result<(), BrokerError> {
+        let mut conn = self.shards[0].commands.clone();
+        call(
+            redis::cmd("ZADD")
+                .arg(expiring_channels_key(&self.settings.prefix))
+                .arg("LT")
+                .arg(at_ms)
+                .arg(channel)
+                .query_async::<()>(&mut conn),
+        )
+        .await
     }
 
     /// See [`Broker::map_update`](crate::engine::broker::Broker::map_update).
@@ -206,7 +246,6 @@ impl RedisEngine {
         update: MapUpdate,
     ) -> Result<Option<StreamPosition>, BrokerError> {
         self.handler()?;
-        self.refuse_on_cluster()?;
         self.run_update(channel, &publication, Some(update)).await
     }
 
@@ -218,13 +257,11 @@ impl RedisEngine {
         inclusive: bool,
         limit: usize,
     ) -> Result<StatePage, BrokerError> {
-        self.refuse_on_cluster()?;
-        let prefix = &self.settings.prefix;
         let mut invocation = self.map_scripts.state.prepare_invoke();
         invocation
-            .key(key(prefix, "meta", channel))
-            .key(key(prefix, "map", channel))
-            .key(key(prefix, "mapkeys", channel))
+            .key(self.key("meta", channel))
+            .key(self.key("map", channel))
+            .key(self.key("mapkeys", channel))
             .arg(after)
             .arg(limit)
             .arg(new_epoch())
@@ -271,36 +308,75 @@ impl RedisEngine {
     /// expired keys, each removed by the update script in its "only if expired" form.
     pub(super) async fn expire_maps(&self) -> Result<usize, BrokerError> {
         if self.cluster_script.is_some() {
-            return Ok(0);
+            return self.expire_cluster_maps().await;
         }
         let prefix = &self.settings.prefix;
         let mut removed = 0;
         for shard in &self.shards {
-            let mut conn = shard.commands.clone();
-            let members: Vec<String> = call(
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(expiring_key(prefix))
-                    .arg(0)
-                    .arg(now_ms())
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(EXPIRY_BATCH)
-                    .query_async(&mut conn),
-            )
-            .await?;
-            for member in members {
-                let Some((channel, key)) = member.split_once('\n') else {
-                    continue;
-                };
-                if self
-                    .run_update(channel, &removal(key), None)
-                    .await?
-                    .is_some()
-                {
-                    removed += 1;
-                }
+            removed += self
+                .expire_set(shard.commands.clone(), &expiring_key(prefix), now_ms())
+                .await?;
+        }
+        Ok(removed)
+    }
+
+    /// Expires the keys of the expiry set `set` due at `now` (one batch); how many went.
+    async fn expire_set(&self, mut conn: Link, set: &str, now: u64) -> Result<usize, BrokerError> {
+        let mut removed = 0;
+        for member in due(&mut conn, set, now).await? {
+            let Some((channel, key)) = member.split_once('\n') else {
+                continue;
+            };
+            if self
+                .run_update(channel, &removal(key), None)
+                .await?
+                .is_some()
+            {
+                removed += 1;
             }
         }
         Ok(removed)
     }
+
+    /// On Redis Cluster: the due channels of `map_expiring_channels`, each swept, then listed
+    /// again at its next expiry if it has one (see the module doc).
+    async fn expire_cluster_maps(&self) -> Result<usize, BrokerError> {
+        let list = expiring_channels_key(&self.settings.prefix);
+        let mut conn = self.shards[0].commands.clone();
+        let now = now_ms();
+        let mut removed = 0;
+        for channel in due(&mut conn, &list, now).await? {
+            let set = self.expiring_set(&channel);
+            removed += self.expire_set(conn.clone(), &set, now).await?;
+            call(conn.zrem::<_, _, ()>(&list, &channel)).await?;
+            let next: Vec<(String, u64)> = call(
+                redis::cmd("ZRANGE")
+                    .arg(&set)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn),
+            )
+            .await?;
+            if let Some((_, at)) = next.first() {
+                self.sweep_channel_at(&channel, *at).await?;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The first members (a batch) of the sorted set `set` scored `now` or before.
+async fn due(conn: &mut Link, set: &str, now: u64) -> Result<Vec<String>, BrokerError> {
+    call(
+        redis::cmd("ZRANGEBYSCORE")
+            .arg(set)
+            .arg(0)
+            .arg(now)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(EXPIRY_BATCH)
+            .query_async(conn),
+    )
+    .await
 }

@@ -32,7 +32,9 @@
 //!   asynchronously) gets a new epoch, so its subscribers are told they cannot recover rather
 //!   than handed reused offsets.
 //! - **Replica wait**: with `wait_replicas` set, a publication is acknowledged only once that
-//!   many replicas hold it (`WAIT` after each batch), so a failover to one of them keeps it.
+//!   many replicas hold it (`WAIT` after each batch; on Redis Cluster, at the end of each
+//!   channel's pipeline, so on the connection to the master that ran its writes), so a
+//!   failover to one of them keeps it.
 //!
 //! Commands use a multiplexed, auto-reconnecting connection per shard, and every call is bounded by
 //! a timeout, so an unreachable Redis answers "not available" instead of hanging. Every queue is
@@ -41,7 +43,8 @@
 //! Files: this one holds the engine and its [`Broker`] side; `keys.rs` names keys and holds the Lua
 //! scripts, `publisher.rs` the pipelined publishing, `pubsub.rs` the pub/sub supervisor, and
 //! `presence.rs` the [`Presence`](crate::engine::presence::Presence) side, `map.rs` map channels
-//! (their state beside the stream, changed by one script with the append and the `PUBLISH`).
+//! (their state beside the stream, changed by one script with the append and the `PUBLISH`; on
+//! Redis Cluster, keys with a TTL are listed per channel, see there).
 
 mod keys;
 mod link;
@@ -56,8 +59,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::{AsyncCommands, Script};
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -77,7 +80,7 @@ use keys::{
     PUBLISH_SCRIPT,
 };
 use link::Link;
-pub use link::SentinelSettings;
+pub use link::{client, SentinelSettings};
 use publisher::{PublishAnswer, PublishRequest, Publisher, Reply, PUBLISH_QUEUE};
 use pubsub::{ListenedChannels, PubSubSupervisor, TopicRequest, TOPIC_QUEUE};
 
@@ -105,6 +108,9 @@ pub struct RedisSettings {
     pub wait_replicas: u32,
     /// How long a publication waits for them before it is answered "not available".
     pub wait_timeout: Duration,
+    /// Certificate authorities (PEM) that TLS connections to Redis trust instead of the
+    /// system's roots: the servers of `rediss://` URLs, Sentinels and masters, Cluster nodes.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 impl RedisSettings {
@@ -118,6 +124,7 @@ impl RedisSettings {
             cluster: Vec::new(),
             wait_replicas: 0,
             wait_timeout: Duration::from_secs(1),
+            tls_ca: None,
         }
     }
 }
@@ -177,11 +184,6 @@ impl RedisEngine {
             }
         }
         let cluster = !settings.cluster.is_empty();
-        if cluster && settings.wait_replicas > 0 {
-            return Err(BrokerError::Unavailable(
-                "the replica wait is not available on Redis Cluster".into(),
-            ));
-        }
         if cluster && settings.prefix.contains(['{', '}']) {
             return Err(BrokerError::Unavailable(
                 "on Redis Cluster the key prefix may not hold braces".into(),
@@ -193,16 +195,17 @@ impl RedisEngine {
             )));
         }
         let mut links = Vec::new();
+        let tls_ca = settings.tls_ca.as_deref();
         match &settings.sentinel {
             Some(sentinel) => {
-                let link = Link::sentinel(sentinel).await?;
+                let link = Link::sentinel(sentinel, tls_ca).await?;
                 tracker.spawn(link.clone().watch_master(shutdown.clone()));
                 links.push(link);
             }
-            None if cluster => links.push(Link::cluster(&settings.cluster).await?),
+            None if cluster => links.push(Link::cluster(&settings.cluster, tls_ca).await?),
             None => {
                 for url in &settings.urls {
-                    links.push(Link::fixed(url).await?);
+                    links.push(Link::fixed(url, tls_ca).await?);
                 }
             }
         }
@@ -251,7 +254,7 @@ impl RedisEngine {
             cluster_script: cluster.then(cluster_publish_script),
             history: Script::new(HISTORY_SCRIPT),
             presence_script: Script::new(PRESENCE_SCRIPT),
-            map_scripts: map::MapScripts::default(),
+            map_scripts: map::MapScripts::new(cluster),
             handler,
             channels,
             local_presence: Mutex::new(HashMap::new()),
@@ -560,8 +563,14 @@ impl Broker for RedisEngine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(channel.to_string(), None);
-        self.request_topic(channel, TopicRequest::Subscribe(self.key("pub", channel)))
-            .await
+        let (live, confirmed) = oneshot::channel();
+        let topic = self.key("pub", channel);
+        self.request_topic(channel, TopicRequest::Subscribe { topic, live })
+            .await?;
+        // Unanswered (the connection is down, or slow): go on; the subscription is in the channel
+        // map, and the next connection subscribes it and checks for a gap.
+        let _ = tokio::time::timeout(CALL_TIMEOUT, confirmed).await;
+        Ok(())
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {

@@ -26,7 +26,13 @@
 //! same connection: its publications are acknowledged only once that many replicas hold them,
 //! and answered "not available" otherwise (they may still have been delivered and may survive:
 //! the caller retries, with an idempotency key if a repeat matters). One more round trip per
-//! batch, not per publication.
+//! batch, not per publication. On Redis Cluster `WAIT` has no key, and what it waits for is
+//! the writes of the connection it arrives on, so it ends each channel's pipeline: the cluster
+//! client sends a pipeline whole to the master of its first keyed command's slot, so the `WAIT`
+//! runs on that master's connection right after the channel's writes (a `WAIT` sent on its own
+//! could reach another master after a slot map change, and confirm nothing). No extra round
+//! trip, but one `WAIT` per channel of a batch, and a channel's pipeline is answered only once
+//! its replicas confirm.
 
 use std::time::Duration;
 
@@ -185,18 +191,7 @@ impl Publisher {
                 executed = Err(reason);
             }
         }
-        match executed {
-            Ok(values) => {
-                for ((reply_kind, reply), value) in waiting.into_iter().zip(values) {
-                    let _ = reply.send(outcome(reply_kind, value));
-                }
-            }
-            Err(reason) => {
-                for (_, reply) in waiting {
-                    let _ = reply.send(Err(BrokerError::Unavailable(reason.clone())));
-                }
-            }
-        }
+        answer(waiting, executed);
     }
 
     /// Sends `requests` as one pipeline per group (on Redis Cluster: per channel, so per slot),
@@ -211,6 +206,7 @@ impl Publisher {
             });
             groups[at].push(request);
         }
+        let wait = self.wait;
         let sends = groups.into_iter().map(|group| {
             let mut conn = self.commands.clone();
             async move {
@@ -221,28 +217,28 @@ impl Publisher {
                     pipe.add_command(request.command);
                     waiting.push((request.reply_kind, request.reply));
                 }
-                match within(deadline, pipe.query_async::<Vec<Value>>(&mut conn)).await {
-                    Ok(values) if values.len() == waiting.len() => {
-                        for ((reply_kind, reply), value) in waiting.into_iter().zip(values) {
-                            let _ = reply.send(outcome(reply_kind, value));
-                        }
-                    }
-                    Ok(values) => {
-                        let reason = format!(
-                            "Redis answered {} of {} publications",
-                            values.len(),
-                            waiting.len()
-                        );
-                        for (_, reply) in waiting {
-                            let _ = reply.send(Err(BrokerError::Unavailable(reason.clone())));
-                        }
-                    }
-                    Err(reason) => {
-                        for (_, reply) in waiting {
-                            let _ = reply.send(Err(BrokerError::Unavailable(reason.clone())));
-                        }
-                    }
+                // The wait ends the pipeline, so it runs on the channel's master, after its
+                // writes, on the same connection (see the module doc).
+                if let Some((replicas, timeout)) = wait {
+                    pipe.add_command(wait_command(replicas, timeout));
                 }
+                let executed = within(deadline, pipe.query_async::<Vec<Value>>(&mut conn))
+                    .await
+                    .and_then(|mut values| {
+                        if let Some((replicas, _)) = wait {
+                            let confirmed = values.pop().unwrap_or(Value::Nil);
+                            confirmed_by(replicas, confirmed)?;
+                        }
+                        if values.len() != waiting.len() {
+                            return Err(format!(
+                                "Redis answered {} of {} publications",
+                                values.len(),
+                                waiting.len()
+                            ));
+                        }
+                        Ok(values)
+                    });
+                answer(waiting, executed);
             }
         });
         futures_util::future::join_all(sends).await;
@@ -256,15 +252,9 @@ impl Publisher {
         timeout: Duration,
         deadline: Instant,
     ) -> Result<(), String> {
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas).arg(timeout.as_millis().max(1) as u64);
-        let acknowledged: u32 = within(deadline, wait.query_async(&mut self.commands)).await?;
-        if acknowledged < replicas {
-            return Err(format!(
-                "only {acknowledged} of {replicas} Redis replicas confirmed the publication in time"
-            ));
-        }
-        Ok(())
+        let wait = wait_command(replicas, timeout);
+        let confirmed = within(deadline, wait.query_async(&mut self.commands)).await?;
+        confirmed_by(replicas, confirmed)
     }
 
     /// Runs the transaction by `deadline`, loading the script once if Redis lost it (then the
@@ -298,6 +288,48 @@ impl Publisher {
             loaded = true;
         }
     }
+}
+
+/// A publication's way back to its caller, with how to read its reply.
+type Waiting = (Reply, oneshot::Sender<Outcome>);
+
+/// Answers each of `waiting` from its reply in `executed`, or all with its failure.
+fn answer(waiting: Vec<Waiting>, executed: Result<Vec<Value>, String>) {
+    match executed {
+        Ok(values) => {
+            for ((reply_kind, reply), value) in waiting.into_iter().zip(values) {
+                let _ = reply.send(outcome(reply_kind, value));
+            }
+        }
+        Err(reason) => {
+            for (_, reply) in waiting {
+                let _ = reply.send(Err(BrokerError::Unavailable(reason.clone())));
+            }
+        }
+    }
+}
+
+/// `WAIT <replicas> <timeout>`: blocks the connection until that many replicas hold everything
+/// it wrote, or the timeout passes; answers how many do.
+fn wait_command(replicas: u32, timeout: Duration) -> Cmd {
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(replicas).arg(timeout.as_millis().max(1) as u64);
+    wait
+}
+
+/// Whether the reply of a [`wait_command`] counts `replicas` replicas.
+fn confirmed_by(replicas: u32, reply: Value) -> Result<(), String> {
+    if let Value::ServerError(e) = &reply {
+        return Err(format!("Redis refused the replica wait: {e}"));
+    }
+    let confirmed: u32 = redis::from_redis_value(reply)
+        .map_err(|e| format!("unexpected replica wait reply: {e}"))?;
+    if confirmed < replicas {
+        return Err(format!(
+            "only {confirmed} of {replicas} Redis replicas confirmed the publication in time"
+        ));
+    }
+    Ok(())
 }
 
 /// Runs a Redis call until `deadline`, describing a failure.
@@ -391,7 +423,9 @@ mod tests {
         }
 
         async fn connection(&self) -> Link {
-            Link::fixed(&self.url).await.expect("redis-server answers")
+            Link::fixed(&self.url, None)
+                .await
+                .expect("redis-server answers")
         }
     }
 

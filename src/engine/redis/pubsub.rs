@@ -11,12 +11,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::{AsyncCommands, PushInfo, PushKind};
 use tokio::sync::broadcast;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::keys::{channels_answers_key, cluster_name, key, shard_index, TAG_LEN};
-use super::link::{cluster_builder, Link};
+use super::link::Link;
 use super::{call, CALL_TIMEOUT};
 use crate::engine::broker::{BrokerEventHandler, NodeControl};
 use crate::engine::history::new_epoch;
@@ -41,11 +41,22 @@ struct Confirmations {
     confirmed: HashSet<String>,
     /// Confirmations still due for this node's own `SUNSUBSCRIBE`s, per topic.
     leaving: HashMap<String, usize>,
+    /// Subscribers waiting for a topic's confirmation.
+    waiting: HashMap<String, Vec<oneshot::Sender<()>>>,
 }
 
 impl Confirmations {
     fn expect(&mut self, topic: &str) {
         *self.expected.entry(topic.to_string()).or_default() += 1;
+    }
+
+    /// [`Confirmations::expect`], and tells `live` when the confirmation comes.
+    fn expect_live(&mut self, topic: &str, live: oneshot::Sender<()>) {
+        self.expect(topic);
+        self.waiting
+            .entry(topic.to_string())
+            .or_default()
+            .push(live);
     }
 
     fn forget(&mut self, topic: &str) {
@@ -84,6 +95,9 @@ impl Confirmations {
             if *due == 0 {
                 self.expected.remove(&topic);
             }
+            for live in self.waiting.remove(&topic).into_iter().flatten() {
+                let _ = live.send(());
+            }
             self.confirmed.insert(topic);
             return false;
         }
@@ -120,7 +134,13 @@ return 1
 
 /// A change to the topics a shard's pub/sub connection listens to.
 pub(super) enum TopicRequest {
-    Subscribe(String),
+    /// Listen to a topic; `live` is told once Redis confirmed it, so the subscriber's position is
+    /// read only when what is published after it will be heard. Dropped unanswered when the
+    /// connection is down (the next one subscribes from the channel map and checks for gaps).
+    Subscribe {
+        topic: String,
+        live: oneshot::Sender<()>,
+    },
     Unsubscribe(String),
 }
 
@@ -206,8 +226,9 @@ impl PubSubSupervisor {
                     _ = self.shutdown.cancelled() => return,
                     request = requests.recv() => match request {
                         None => return,
-                        Some(TopicRequest::Subscribe(topic)) => {
+                        Some(TopicRequest::Subscribe { topic, live }) => {
                             if sink.subscribe(&topic).await.is_err() { break; }
+                            let _ = live.send(());
                         }
                         Some(TopicRequest::Unsubscribe(topic)) => {
                             if sink.unsubscribe(&topic).await.is_err() { break; }
@@ -235,9 +256,9 @@ impl PubSubSupervisor {
     /// channel for a gap. A topic confirmed again without being asked (the cluster client
     /// resubscribing by itself) is checked too.
     pub(super) async fn run_cluster(self, mut requests: mpsc::Receiver<TopicRequest>) {
-        let Some(urls) = self.commands.cluster_nodes().map(<[String]>::to_vec) else {
+        if !self.commands.is_cluster() {
             return;
-        };
+        }
         let mut backoff = Duration::from_millis(100);
         let mut was_down = false;
         loop {
@@ -245,7 +266,10 @@ impl PubSubSupervisor {
                 return;
             }
             let (pushes, mut received) = broadcast::channel::<PushInfo>(PUSH_QUEUE);
-            let client = match cluster_builder(&urls)
+            let Some(builder) = self.commands.cluster_builder() else {
+                return;
+            };
+            let client = match builder
                 .use_protocol(redis::ProtocolVersion::RESP3)
                 .push_sender(pushes)
                 .build()
@@ -306,8 +330,8 @@ impl PubSubSupervisor {
                     _ = self.shutdown.cancelled() => return,
                     request = requests.recv() => match request {
                         None => return,
-                        Some(TopicRequest::Subscribe(topic)) => {
-                            confirmations.expect(&topic);
+                        Some(TopicRequest::Subscribe { topic, live }) => {
+                            confirmations.expect_live(&topic, live);
                             if !within(conn.ssubscribe(&topic)).await { break; }
                         }
                         Some(TopicRequest::Unsubscribe(topic)) => {
@@ -405,7 +429,7 @@ impl PubSubSupervisor {
     /// The channel whose topic is `topic`.
     fn channel_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
         let channel = topic.strip_prefix(&self.pub_topic_prefix)?;
-        if self.commands.cluster_nodes().is_some() {
+        if self.commands.is_cluster() {
             channel.get(TAG_LEN..)
         } else {
             Some(channel)
@@ -536,7 +560,7 @@ impl PubSubSupervisor {
 
     /// The key (or topic) of `kind` for `channel`, behind its hash tag on Redis Cluster.
     fn key(&self, kind: &str, channel: &str) -> String {
-        if self.commands.cluster_nodes().is_some() {
+        if self.commands.is_cluster() {
             key(&self.prefix, kind, &cluster_name(channel))
         } else {
             key(&self.prefix, kind, channel)

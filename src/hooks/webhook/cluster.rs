@@ -83,13 +83,15 @@ pub(super) struct Cluster {
 }
 
 impl Cluster {
+    /// Connects to the Redis at `url` (over TLS, trusting `tls_ca` if given).
     pub async fn connect(
         url: &str,
+        tls_ca: Option<&[u8]>,
         prefix: &str,
         lease: Duration,
         outbox: Arc<Outbox>,
     ) -> Result<Cluster, redis::RedisError> {
-        let client = redis::Client::open(url)?;
+        let client = crate::engine::redis::client(url, tls_ca)?;
         let redis = tokio::time::timeout(Duration::from_secs(6), client.get_connection_manager())
             .await
             .map_err(|_| {

@@ -188,10 +188,18 @@ impl Webhooks {
         let cluster = match config.redis.first() {
             Some(url) => {
                 let lease = Duration::from_secs(config.presence_ttl.max(1));
-                let cluster =
-                    cluster::Cluster::connect(url, &config.redis_prefix, lease, outbox.clone())
-                        .await
-                        .map_err(|e| WebhookError::Storage(format!("Redis: {e}")))?;
+                let tls_ca = config
+                    .redis_tls_roots()
+                    .map_err(|e| WebhookError::Storage(e.to_string()))?;
+                let cluster = cluster::Cluster::connect(
+                    url,
+                    tls_ca.as_deref(),
+                    &config.redis_prefix,
+                    lease,
+                    outbox.clone(),
+                )
+                .await
+                .map_err(|e| WebhookError::Storage(format!("Redis: {e}")))?;
                 let cluster = Arc::new(cluster);
                 let (tracks, received) = mpsc::unbounded_channel();
                 // Not on `lanes`: these run until `stop`, after the lanes drained.
