@@ -3,7 +3,6 @@
 //! coalescing what it holds into a frame). `cargo bench --bench delivery`; under `cargo test`
 //! each runs once, as a check that it still works.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -25,13 +24,8 @@ fn codec(c: &mut Criterion) {
     .unwrap()
     .into();
     let publication = Arc::new(Publication {
-        data,
-        info: None,
         offset: 42,
-        tags: HashMap::new(),
-        key: String::new(),
-        removed: false,
-        binary: false,
+        ..Publication::new(data)
     });
     group.bench_function("encode publication push", |b| {
         b.iter(|| {
@@ -57,17 +51,11 @@ fn codec(c: &mut Criterion) {
 fn fanout(c: &mut Criterion) {
     const SUBSCRIBERS: usize = 1000;
     // A payload that makes the push about 190 bytes of JSON.
-    let publication = Arc::new(Publication {
-        data: serde_json::value::RawValue::from_string(format!("\"{}\"", "x".repeat(150)))
+    let publication = Arc::new(Publication::new(
+        serde_json::value::RawValue::from_string(format!("\"{}\"", "x".repeat(150)))
             .unwrap()
             .into(),
-        info: None,
-        offset: 0,
-        tags: HashMap::new(),
-        key: String::new(),
-        removed: false,
-        binary: false,
-    });
+    ));
     let mut group = c.benchmark_group("hub");
     group.throughput(Throughput::Elements(SUBSCRIBERS as u64));
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -677,3 +677,60 @@ async fn a_gap_is_told_before_the_publication_that_revealed_it() {
     assert!(r["subscribe"].get("recovered").is_none(), "{r}");
     a.stop().await;
 }
+
+/// A relay to `redis` that holds each client write carrying a `SUBSCRIBE` for `delay`: a node's
+/// pub/sub subscriptions are slow to take effect while its commands go straight through.
+async fn slow_subscribe_relay(redis: &RedisServer, delay: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let target: SocketAddr = redis.url()["redis://".len()..].parse().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                });
+                let mut buffer = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = from_client.read(&mut buffer).await {
+                    let chunk = &buffer[..n];
+                    if chunk
+                        .windows(9)
+                        .any(|w| w.eq_ignore_ascii_case(b"subscribe"))
+                    {
+                        tokio::time::sleep(delay).await;
+                    }
+                    if to_server.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    format!("redis://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_is_answered_once_the_node_hears_the_channel() {
+    let redis = RedisServer::start().await;
+    let url = slow_subscribe_relay(&redis, Duration::from_millis(500)).await;
+    let prefix = unique_prefix();
+    let a = TestServer::with(move |c| {
+        c.redis = vec![url];
+        c.redis_prefix = prefix;
+    })
+    .await;
+    let mut sub = a.client().await;
+    sub.subscribe("news").await;
+    // Published as soon as the subscription is answered: the node must hear it already, or the
+    // publication would reach this subscriber only as a gap (2500) after the next one.
+    publish(&a, "news", json!(1)).await;
+    let push = sub.next_push().await;
+    assert_eq!(push["pub"]["offset"], 1, "{push}");
+    a.stop().await;
+}

@@ -447,15 +447,7 @@ mod tests {
     use std::time::Duration;
 
     fn publication() -> Publication {
-        Publication {
-            data: null_payload(),
-            info: None,
-            offset: 0,
-            tags: HashMap::new(),
-            key: String::new(),
-            removed: false,
-            binary: false,
-        }
+        Publication::new(null_payload())
     }
 
     #[tokio::test]

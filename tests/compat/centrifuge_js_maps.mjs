@@ -21,6 +21,10 @@ import assert from 'node:assert/strict';
 import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
 
+import {
+  WAIT_MS, eventually, guard, record, rejectsWithCode, sleep, step, until, within,
+} from './sdk_helpers.mjs';
+
 const address = process.argv[2];
 if (!address || !/^[^/\s]+:\d+$/.test(address)) {
   console.error('usage: node centrifuge_js_maps.mjs HOST:PORT');
@@ -29,89 +33,9 @@ if (!address || !/^[^/\s]+:\d+$/.test(address)) {
 const API_KEY = process.env.SWITCHBOARD_API_KEY || '';
 const WS_URL = `ws://${address}/connection/websocket`;
 
-/** Longest wait for any single expected event. */
-const WAIT_MS = 5000;
 /** The whole script must finish in this time. */
 const TOTAL_MS = 50000;
-
-let currentStep = 'start';
-const watchdog = setTimeout(() => fail(new Error(`the whole test took over ${TOTAL_MS} ms`)), TOTAL_MS);
-
-function fail(error) {
-  // The SDK rejects with plain objects ({code, message}); print them whole.
-  const text = error && error.stack ? error.stack : JSON.stringify(error) ?? String(error);
-  console.error(`FAIL in step "${currentStep}": ${text}`);
-  process.exit(1);
-}
-process.on('unhandledRejection', fail);
-process.on('uncaughtException', fail);
-
-async function step(name, body) {
-  currentStep = name;
-  const started = Date.now();
-  await body();
-  console.log(`ok - ${name} (${Date.now() - started} ms)`);
-}
-
-/** Polls `check` until it returns a truthy value, which is returned; fails after `ms`. */
-async function until(what, check, ms = WAIT_MS) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(10);
-  }
-}
-
-/** Like `until`, for a check that is async (a server call). */
-async function eventually(what, check, ms = WAIT_MS) {
-  const deadline = Date.now() + ms;
-  let last;
-  for (;;) {
-    last = await check();
-    if (last.ok) return;
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${ms} ms waiting for ${what}; last seen: ${JSON.stringify(last.seen)}`);
-    }
-    await sleep(20);
-  }
-}
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Bounds a promise in time. */
-function within(what, promise, ms = WAIT_MS) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-/** Expects `promise` to reject with a server error of `code`. */
-async function rejectsWithCode(what, promise, code) {
-  let result;
-  try {
-    result = await within(what, promise);
-  } catch (error) {
-    assert.equal(error && error.code, code, `${what}: expected error code ${code}, got ${JSON.stringify(error)}`);
-    return error;
-  }
-  throw new Error(`${what}: expected error code ${code}, got success ${JSON.stringify(result)}`);
-}
-
-/** Records every listed event of `emitter` into arrays, so no event is missed between awaits. */
-function record(emitter, events) {
-  const log = {};
-  for (const event of events) {
-    log[event] = [];
-    emitter.on(event, (ctx) => log[event].push(ctx));
-  }
-  return log;
-}
+const watchdog = guard(TOTAL_MS);
 
 /**
  * A WebSocket class for one client (given to the SDK's `websocket` option) that lets the test

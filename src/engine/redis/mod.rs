@@ -59,8 +59,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::{AsyncCommands, Script};
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -563,8 +563,14 @@ impl Broker for RedisEngine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(channel.to_string(), None);
-        self.request_topic(channel, TopicRequest::Subscribe(self.key("pub", channel)))
-            .await
+        let (live, confirmed) = oneshot::channel();
+        let topic = self.key("pub", channel);
+        self.request_topic(channel, TopicRequest::Subscribe { topic, live })
+            .await?;
+        // Unanswered (the connection is down, or slow): go on; the subscription is in the channel
+        // map, and the next connection subscribes it and checks for a gap.
+        let _ = tokio::time::timeout(CALL_TIMEOUT, confirmed).await;
+        Ok(())
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::{AsyncCommands, PushInfo, PushKind};
 use tokio::sync::broadcast;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,11 +41,22 @@ struct Confirmations {
     confirmed: HashSet<String>,
     /// Confirmations still due for this node's own `SUNSUBSCRIBE`s, per topic.
     leaving: HashMap<String, usize>,
+    /// Subscribers waiting for a topic's confirmation.
+    waiting: HashMap<String, Vec<oneshot::Sender<()>>>,
 }
 
 impl Confirmations {
     fn expect(&mut self, topic: &str) {
         *self.expected.entry(topic.to_string()).or_default() += 1;
+    }
+
+    /// [`Confirmations::expect`], and tells `live` when the confirmation comes.
+    fn expect_live(&mut self, topic: &str, live: oneshot::Sender<()>) {
+        self.expect(topic);
+        self.waiting
+            .entry(topic.to_string())
+            .or_default()
+            .push(live);
     }
 
     fn forget(&mut self, topic: &str) {
@@ -84,6 +95,9 @@ impl Confirmations {
             if *due == 0 {
                 self.expected.remove(&topic);
             }
+            for live in self.waiting.remove(&topic).into_iter().flatten() {
+                let _ = live.send(());
+            }
             self.confirmed.insert(topic);
             return false;
         }
@@ -120,7 +134,13 @@ return 1
 
 /// A change to the topics a shard's pub/sub connection listens to.
 pub(super) enum TopicRequest {
-    Subscribe(String),
+    /// Listen to a topic; `live` is told once Redis confirmed it, so the subscriber's position is
+    /// read only when what is published after it will be heard. Dropped unanswered when the
+    /// connection is down (the next one subscribes from the channel map and checks for gaps).
+    Subscribe {
+        topic: String,
+        live: oneshot::Sender<()>,
+    },
     Unsubscribe(String),
 }
 
@@ -206,8 +226,9 @@ impl PubSubSupervisor {
                     _ = self.shutdown.cancelled() => return,
                     request = requests.recv() => match request {
                         None => return,
-                        Some(TopicRequest::Subscribe(topic)) => {
+                        Some(TopicRequest::Subscribe { topic, live }) => {
                             if sink.subscribe(&topic).await.is_err() { break; }
+                            let _ = live.send(());
                         }
                         Some(TopicRequest::Unsubscribe(topic)) => {
                             if sink.unsubscribe(&topic).await.is_err() { break; }
@@ -309,8 +330,8 @@ impl PubSubSupervisor {
                     _ = self.shutdown.cancelled() => return,
                     request = requests.recv() => match request {
                         None => return,
-                        Some(TopicRequest::Subscribe(topic)) => {
-                            confirmations.expect(&topic);
+                        Some(TopicRequest::Subscribe { topic, live }) => {
+                            confirmations.expect_live(&topic, live);
                             if !within(conn.ssubscribe(&topic)).await { break; }
                         }
                         Some(TopicRequest::Unsubscribe(topic)) => {

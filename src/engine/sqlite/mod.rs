@@ -394,18 +394,11 @@ mod tests {
     use super::*;
     use crate::protocol::null_payload;
     use serde_json::value::RawValue;
-    use std::collections::HashMap;
 
     fn publication(n: u64) -> Publication {
-        Publication {
-            data: Arc::from(RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap()),
-            info: None,
-            offset: 0,
-            tags: HashMap::new(),
-            key: String::new(),
-            removed: false,
-            binary: false,
-        }
+        Publication::new(Arc::from(
+            RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap(),
+        ))
     }
 
     const RETENTION: Retention = Retention {
