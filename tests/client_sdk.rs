@@ -1165,3 +1165,162 @@ async fn a_call_times_out_and_the_client_stays_usable() {
     assert!(cancelled.is_err());
     assert_eq!(sdk.state(), State::Connected);
 }
+
+fn publication(event: SubscriptionEvent) -> Option<switchboard_client::Publication> {
+    match event {
+        SubscriptionEvent::Publication(p) => Some(p),
+        _ => None,
+    }
+}
+
+/// Raw bytes from a Protobuf SDK client reach a Protobuf subscriber byte for byte — live, after
+/// a reconnect (recovery) and in history — and a JSON subscriber as base64 marked binary, which
+/// it decodes back to the same bytes. A JSON client cannot send bytes; RPC takes bytes that are
+/// JSON and answers with bytes.
+#[tokio::test]
+async fn binary_payloads_are_byte_exact_through_protobuf_and_json_clients() {
+    // Not UTF-8 (0xff, 0xc3 0x28), not JSON.
+    const BYTES: &[u8] = &[0, 0xff, 1, 2, 0xc3, 0x28];
+    const BYTES_BASE64: &str = "AP8BAsMo";
+    const JSON_TEXT: &[u8] = br#"{"k": [1, 2]}"#;
+    const MISSED: &[u8] = &[0xfe, 0, 0x80];
+    let server = TestServer::with(|c| {
+        c.token_hmac_secret = Some(SECRET.into());
+        open_channels(c);
+    })
+    .await;
+    let publisher = client(&server.ws_url())
+        .token(token("bin-publisher", 3600))
+        .codec(ProtobufCodec)
+        .build();
+    // Reconnects wait at least a second, so what is published meanwhile is certainly missed.
+    let subscriber = Client::builder(server.ws_url())
+        .token(token("bin-subscriber", 3600))
+        .reconnect_delay(Duration::from_secs(1), Duration::from_secs(2))
+        .timeout(WAIT)
+        .codec(ProtobufCodec)
+        .build();
+    let json_reader = client(&server.ws_url())
+        .token(token("bin-reader", 3600))
+        .build();
+    let mut subscriber_events = subscriber.events();
+    for sdk in [&publisher, &subscriber, &json_reader] {
+        sdk.connect();
+        sdk.ready().await.unwrap();
+    }
+    let pb_sub = subscriber
+        .new_subscription("bin", SubscriptionOptions::new())
+        .unwrap();
+    let mut pb_events = pb_sub.events();
+    pb_sub.subscribe();
+    pb_sub.ready().await.unwrap();
+    let json_sub = json_reader
+        .new_subscription("bin", SubscriptionOptions::new())
+        .unwrap();
+    let mut json_events = json_sub.events();
+    json_sub.subscribe();
+    json_sub.ready().await.unwrap();
+
+    // Client-level publish of bytes that are neither UTF-8 nor JSON.
+    publisher.publish_binary("bin", BYTES).await.unwrap();
+    let received = next_matching(&mut pb_events, publication).await;
+    assert!(received.binary, "{received:?}");
+    assert_eq!(received.bytes.as_deref(), Some(BYTES));
+    assert_eq!(received.data, json!(BYTES_BASE64));
+    assert_eq!(received.offset, 1);
+    let received = next_matching(&mut json_events, publication).await;
+    assert!(received.binary, "{received:?}");
+    assert_eq!(received.data, json!(BYTES_BASE64));
+    assert_eq!(received.bytes.as_deref(), Some(BYTES), "base64 decoded");
+
+    // Subscription-level publish of bytes that are JSON text: a JSON value for everyone, and
+    // the exact text for Protobuf.
+    let publisher_side = publisher
+        .new_subscription("bin", SubscriptionOptions::new())
+        .unwrap();
+    publisher_side
+        .publish_binary(bytes::Bytes::from_static(JSON_TEXT))
+        .await
+        .unwrap();
+    let received = next_matching(&mut pb_events, publication).await;
+    assert!(!received.binary, "{received:?}");
+    assert_eq!(received.bytes.as_deref(), Some(JSON_TEXT));
+    assert_eq!(received.data, json!({"k": [1, 2]}));
+    let received = next_matching(&mut json_events, publication).await;
+    assert!(!received.binary, "{received:?}");
+    assert_eq!((received.data, received.bytes), (json!({"k": [1, 2]}), None));
+
+    // A JSON client cannot send bytes: a typed error, nothing sent.
+    assert_eq!(
+        json_reader.publish_binary("bin", BYTES).await,
+        Err(Error::BinaryNeedsProtobuf)
+    );
+    assert_eq!(
+        json_sub.publish_binary(BYTES).await,
+        Err(Error::BinaryNeedsProtobuf)
+    );
+    assert_eq!(
+        json_reader.rpc_binary("echo", BYTES).await,
+        Err(Error::BinaryNeedsProtobuf)
+    );
+
+    // Missed while the subscriber reconnects: recovered byte for byte.
+    server
+        .api(
+            "disconnect",
+            json!({"user": "bin-subscriber", "disconnect": {"code": 4000, "reason": "again"}}),
+        )
+        .await;
+    next_client_matching(&mut subscriber_events, |e| match e {
+        ClientEvent::Connecting { code: 4000, .. } => Some(()),
+        _ => None,
+    })
+    .await;
+    publisher.publish_binary("bin", MISSED).await.unwrap();
+    let resubscribed = next_matching(&mut pb_events, |e| match e {
+        SubscriptionEvent::Subscribed(s) if s.was_recovering => Some(s),
+        _ => None,
+    })
+    .await;
+    assert!(resubscribed.recovered, "{resubscribed:?}");
+    let received = next_matching(&mut pb_events, publication).await;
+    assert_eq!(
+        (received.bytes.as_deref(), received.binary, received.offset),
+        (Some(MISSED), true, 3)
+    );
+
+    // History: the exact bytes in Protobuf, the binary ones decoded in JSON.
+    let options = HistoryOptions {
+        limit: 10,
+        ..Default::default()
+    };
+    let history = pb_sub.history(options.clone()).await.unwrap();
+    let bytes: Vec<Option<&[u8]>> = history
+        .publications
+        .iter()
+        .map(|p| p.bytes.as_deref())
+        .collect();
+    assert_eq!(bytes, [Some(BYTES), Some(JSON_TEXT), Some(MISSED)]);
+    let history = json_sub.history(options).await.unwrap();
+    let bytes: Vec<Option<&[u8]>> = history
+        .publications
+        .iter()
+        .map(|p| p.bytes.as_deref())
+        .collect();
+    assert_eq!(bytes, [Some(BYTES), None, Some(MISSED)]);
+
+    // RPC with bytes: JSON text comes back from `echo`; bytes that are not JSON are refused.
+    assert_eq!(
+        &publisher.rpc_binary("echo", &br#"[1,"x"]"#[..]).await.unwrap()[..],
+        br#"[1,"x"]"#
+    );
+    assert_eq!(
+        publisher
+            .rpc_binary("echo", BYTES)
+            .await
+            .unwrap_err()
+            .server_code(),
+        Some(107)
+    );
+    server.stop().await;
+}

@@ -6,98 +6,10 @@
 
 mod common;
 
-use std::collections::VecDeque;
-use std::time::Duration;
-
 use bytes::Bytes;
-use common::TestServer;
-use futures_util::{SinkExt, StreamExt};
+use common::{PbClient, TestServer};
 use serde_json::json;
 use switchboard_proto as pb;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
-
-const WAIT: Duration = Duration::from_secs(5);
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A Protobuf client over a real WebSocket.
-struct PbClient {
-    ws: Socket,
-    pending: VecDeque<pb::Reply>,
-}
-
-impl PbClient {
-    async fn open(server: &TestServer) -> PbClient {
-        let mut request = server.ws_url().into_client_request().unwrap();
-        request.headers_mut().insert(
-            "sec-websocket-protocol",
-            "centrifuge-protobuf".parse().unwrap(),
-        );
-        let (ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
-        assert_eq!(
-            response.headers()["sec-websocket-protocol"],
-            "centrifuge-protobuf"
-        );
-        PbClient {
-            ws,
-            pending: VecDeque::new(),
-        }
-    }
-
-    async fn connected(server: &TestServer) -> PbClient {
-        let mut client = Self::open(server).await;
-        client.send(&[connect(1)]).await;
-        assert!(client.next().await.connect.is_some());
-        client
-    }
-
-    /// Sends `commands` in one binary frame.
-    async fn send(&mut self, commands: &[pb::Command]) {
-        self.send_bytes(pb::encode_frame(commands)).await;
-    }
-
-    async fn send_bytes(&mut self, bytes: Vec<u8>) {
-        self.ws.send(Message::Binary(bytes.into())).await.unwrap();
-    }
-
-    /// The next reply (or push, or ping).
-    async fn next(&mut self) -> pb::Reply {
-        loop {
-            if let Some(reply) = self.pending.pop_front() {
-                return reply;
-            }
-            let message = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("the server answered in time");
-            match message {
-                Some(Ok(Message::Binary(bytes))) => {
-                    let replies = pb::decode_frame::<pb::Reply>(Bytes::from(bytes.to_vec()))
-                        .expect("the server's frame decodes");
-                    self.pending.extend(replies);
-                }
-                other => panic!("expected a binary frame, got {other:?}"),
-            }
-        }
-    }
-
-    /// Reads until the server closes; the close code and reason.
-    async fn closed(&mut self) -> (u16, String) {
-        loop {
-            let message = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("the server closed in time");
-            match message {
-                Some(Ok(Message::Close(Some(frame)))) => {
-                    return (u16::from(frame.code), frame.reason.to_string())
-                }
-                Some(Ok(Message::Binary(_))) => continue,
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    }
-}
 
 fn connect(id: u32) -> pb::Command {
     pb::Command {
@@ -220,11 +132,7 @@ async fn malformed_protobuf_is_closed_with_3501_and_harms_nobody_else() {
     }
     // A text frame on the Protobuf subprotocol.
     let mut client = PbClient::open(&server).await;
-    client
-        .ws
-        .send(Message::Text(r#"{"id":1,"connect":{}}"#.into()))
-        .await
-        .unwrap();
+    client.send_text(r#"{"id":1,"connect":{}}"#).await;
     let (code, reason) = client.closed().await;
     assert_eq!(
         (code, reason.as_str()),

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use switchboard::Config;
-use switchboard_client::raw::{WireClient, WireError};
+use switchboard_client::raw::{ProtobufWireClient, WireClient, WireError};
+use switchboard_proto as pb;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -252,6 +253,60 @@ pub async fn http_raw(addr: SocketAddr, request: &str) -> (u16, String) {
     switchboard_client::raw::http_exchange(addr, request, WAIT)
         .await
         .expect("an HTTP response in time")
+}
+
+/// The client crate's Protobuf wire-level client ([`ProtobufWireClient`]) with the tests'
+/// manners: every read waits at most [`WAIT`], and a failure (timeout, unexpected end, a frame
+/// that is not Protobuf, the subprotocol refused) fails the test with the client's error.
+pub struct PbClient(pub ProtobufWireClient);
+
+impl PbClient {
+    /// Opens a WebSocket on the `centrifuge-protobuf` subprotocol (which the server must choose).
+    pub async fn open(server: &TestServer) -> PbClient {
+        let mut client = ProtobufWireClient::open(&server.ws_url())
+            .await
+            .expect("WebSocket opened on the Protobuf subprotocol");
+        client.set_wait(WAIT);
+        PbClient(client)
+    }
+
+    /// Opens and connects (command id 1).
+    pub async fn connected(server: &TestServer) -> PbClient {
+        let mut client = Self::open(server).await;
+        let connect = pb::Command {
+            id: 1,
+            connect: Some(pb::ConnectRequest::default()),
+            ..Default::default()
+        };
+        let reply = client.0.call(connect).await.expect("the connect reply");
+        assert!(reply.connect.is_some(), "connected: {reply:?}");
+        client
+    }
+
+    /// Sends `commands` in one binary frame.
+    pub async fn send(&mut self, commands: &[pb::Command]) {
+        self.0.send(commands).await.expect("frame sent");
+    }
+
+    /// Sends `bytes` as one binary frame, as is.
+    pub async fn send_bytes(&mut self, bytes: Vec<u8>) {
+        self.0.send_frame(bytes).await.expect("frame sent");
+    }
+
+    /// Sends `text` as one text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.0.send_text(text).await.expect("frame sent");
+    }
+
+    /// The next reply, push or ping.
+    pub async fn next(&mut self) -> pb::Reply {
+        self.0.next().await.expect("a message from the server")
+    }
+
+    /// Reads until the server closes; the close code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        self.0.closed().await.expect("a close frame")
+    }
 }
 
 /// What a read from the server produced (the client crate's wire-level event).

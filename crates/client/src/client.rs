@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -18,7 +19,8 @@ use crate::codec::{Codec, JsonCodec};
 use crate::driver::{Call, Control, Driver};
 use crate::events::{ClientEvent, Events, State, Subscribed, SubscriptionEvent, SubscriptionState};
 use crate::protocol::{
-    ClientInfo, HistoryRequest, HistoryResult, PresenceStats, Reply, Request, StreamPosition,
+    ClientInfo, HistoryRequest, HistoryResult, Payload, PresenceStats, Reply, Request,
+    StreamPosition,
 };
 use crate::Error;
 
@@ -485,6 +487,9 @@ impl Client {
 
     /// Sends `request` and waits for its reply (queued while connecting), within the timeout.
     async fn call(&self, request: Request) -> Result<Reply, Error> {
+        if request.is_binary() && !self.shared.config.codec.carries_bytes() {
+            return Err(Error::BinaryNeedsProtobuf);
+        }
         if let ClientStatus::Disconnected { code, reason } = &*self.shared.state.borrow() {
             return Err(Error::Disconnected {
                 code: *code,
@@ -508,6 +513,26 @@ impl Client {
 
     /// Publishes `data` to `channel` (the server decides whether this client may).
     pub async fn publish(&self, channel: &str, data: Value) -> Result<PublishResult, Error> {
+        self.publish_payload(channel, Payload::Json(data)).await
+    }
+
+    /// Publishes raw bytes to `channel`, sent exactly as given: Protobuf subscribers, history
+    /// and recovery return the same bytes ([`crate::Publication::bytes`]). Bytes that are one JSON
+    /// value reach JSON subscribers as that value; other bytes make a binary publication, which
+    /// JSON subscribers get as base64 with [`crate::Publication::binary`] set.
+    ///
+    /// Needs the Protobuf encoding ([`crate::codec::ProtobufCodec`]); over JSON it fails with
+    /// [`Error::BinaryNeedsProtobuf`] and sends nothing.
+    pub async fn publish_binary(
+        &self,
+        channel: &str,
+        data: impl Into<Bytes>,
+    ) -> Result<PublishResult, Error> {
+        self.publish_payload(channel, Payload::Binary(data.into()))
+            .await
+    }
+
+    async fn publish_payload(&self, channel: &str, data: Payload) -> Result<PublishResult, Error> {
         let reply = self
             .call(Request::Publish {
                 channel: channel.into(),
@@ -526,10 +551,30 @@ impl Client {
         let reply = self
             .call(Request::Rpc {
                 method: method.into(),
-                data,
+                data: Payload::Json(data),
             })
             .await?;
         reply.rpc.map(|r| r.data).ok_or_else(|| missing("rpc"))
+    }
+
+    /// Calls `method` with raw bytes as its arguments and returns the answer's exact bytes —
+    /// for a backend (RPC proxy) that speaks bytes, or JSON text that must go as written.
+    /// Switchboard's own rules and its proxy take JSON: bytes that are not one JSON value are
+    /// refused there with error 107.
+    ///
+    /// Needs the Protobuf encoding ([`crate::codec::ProtobufCodec`]); over JSON it fails with
+    /// [`Error::BinaryNeedsProtobuf`] and sends nothing.
+    pub async fn rpc_binary(&self, method: &str, data: impl Into<Bytes>) -> Result<Bytes, Error> {
+        let reply = self
+            .call(Request::Rpc {
+                method: method.into(),
+                data: Payload::Binary(data.into()),
+            })
+            .await?;
+        reply
+            .rpc
+            .and_then(|r| r.bytes)
+            .ok_or_else(|| missing("rpc"))
     }
 
     /// Sends an asynchronous message to the server (no reply; the server's backend gets it).
@@ -696,6 +741,13 @@ impl Subscription {
     /// Publishes `data` to the channel.
     pub async fn publish(&self, data: Value) -> Result<PublishResult, Error> {
         self.client.publish(&self.shared.channel, data).await
+    }
+
+    /// Publishes raw bytes to the channel (see [`Client::publish_binary`]: Protobuf only).
+    pub async fn publish_binary(&self, data: impl Into<Bytes>) -> Result<PublishResult, Error> {
+        self.client
+            .publish_binary(&self.shared.channel, data)
+            .await
     }
 
     /// Who is subscribed to the channel.

@@ -53,6 +53,10 @@ pub enum Error {
     /// The server sent something the protocol does not allow.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// Raw bytes were given to send over an encoding that carries JSON only: select
+    /// [`crate::codec::ProtobufCodec`] to send bytes (Centrifugo's JSON clients cannot either).
+    #[error("binary payloads need the Protobuf encoding (ClientBuilder::codec(ProtobufCodec))")]
+    BinaryNeedsProtobuf,
     /// The URL or an option is unusable.
     #[error("configuration: {0}")]
     Config(String),

@@ -38,8 +38,10 @@
 //!   says it has (error 109), for the connection and for each subscription.
 //! - Events are streams: [`Client::events`] and [`Subscription::events`] hand out receivers of a
 //!   bounded broadcast, so a slow reader gets a `Lagged` event, never slows the connection.
-//! - [`codec`] is the seam between the protocol's messages ([`protocol`]) and the wire: JSON now,
-//!   Protobuf to come.
+//! - [`codec`] is the seam between the protocol's messages ([`protocol`]) and the wire: JSON (the
+//!   default) or Protobuf. Over Protobuf the client can also send raw bytes
+//!   ([`Client::publish_binary`], [`Client::rpc_binary`]) and reads every publication's exact
+//!   bytes ([`Publication::bytes`]); over JSON a binary publication's base64 is decoded for it.
 //! - [`raw`] is the low-level protocol client `switchboard bench` drives tens of thousands of
 //!   sockets with.
 //!
@@ -79,6 +81,8 @@ fn _send_and_sync(client: &Client, subscription: &Subscription) {
     send(client.ready());
     send(client.rpc("m", data.clone()));
     send(client.publish("c", data.clone()));
+    send(client.publish_binary("c", &b"bytes"[..]));
+    send(client.rpc_binary("m", &b"[]"[..]));
     send(client.send(data.clone()));
     send(client.presence("c"));
     send(client.presence_stats("c"));
@@ -86,6 +90,7 @@ fn _send_and_sync(client: &Client, subscription: &Subscription) {
     send(client.events().into_stream());
     send(subscription.ready());
     send(subscription.publish(data));
+    send(subscription.publish_binary(&b"bytes"[..]));
     send(subscription.history(HistoryOptions::default()));
     let mut events = subscription.events();
     send(events.next());

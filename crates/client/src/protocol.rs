@@ -6,7 +6,9 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 /// One command: a positive `id` (absent for `send`, which gets no reply) and one request.
@@ -41,8 +43,8 @@ pub enum Request {
     Publish {
         /// The channel.
         channel: String,
-        /// The payload, raw JSON.
-        data: Value,
+        /// The payload: JSON, or bytes (Protobuf only).
+        data: Payload,
     },
     /// `presence` of a channel.
     Presence {
@@ -60,8 +62,8 @@ pub enum Request {
     Rpc {
         /// The method's name.
         method: String,
-        /// The arguments, raw JSON.
-        data: Value,
+        /// The arguments: JSON, or bytes (Protobuf only).
+        data: Payload,
     },
     /// `refresh`: a new connection token.
     Refresh {
@@ -82,7 +84,50 @@ pub enum Request {
     },
 }
 
+/// A payload the client sends: a JSON value, or raw bytes, which only an encoding that carries
+/// bytes (Protobuf) can send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// A JSON value: its JSON text over Protobuf, the value itself over JSON.
+    Json(Value),
+    /// Raw bytes, sent as they are (Protobuf only).
+    Binary(Bytes),
+}
+
+impl From<Value> for Payload {
+    fn from(value: Value) -> Self {
+        Payload::Json(value)
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Payload::Json(value) => value.serialize(serializer),
+            // The client refuses such a command before it is queued (Error::BinaryNeedsProtobuf);
+            // this is the codec's own guard.
+            Payload::Binary(_) => Err(serde::ser::Error::custom(
+                "binary payloads need the Protobuf encoding",
+            )),
+        }
+    }
+}
+
 impl Request {
+    /// Whether the request carries raw bytes, which only a codec that carries bytes can send.
+    pub fn is_binary(&self) -> bool {
+        matches!(
+            self,
+            Request::Publish {
+                data: Payload::Binary(_),
+                ..
+            } | Request::Rpc {
+                data: Payload::Binary(_),
+                ..
+            }
+        )
+    }
+
     /// The method's name, as it appears on the wire.
     pub fn method(&self) -> &'static str {
         match self {
@@ -278,20 +323,63 @@ pub struct ClientInfo {
 }
 
 /// A message published to a channel.
+///
+/// Its payload is `data`, a JSON value, unless it is a *binary publication* (`binary`): bytes
+/// that are not one JSON value, published by a Protobuf client or through the server API's
+/// `b64data`. Then `data` is their standard base64, as every JSON reader sees them, and `bytes`
+/// the bytes themselves.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(from = "JsonPublication")]
 pub struct Publication {
-    /// The payload, raw JSON.
-    #[serde(default)]
+    /// The payload as JSON: the value, or a binary publication's bytes in standard base64.
     pub data: Value,
+    /// A binary publication: `data` is the base64 of its bytes.
+    pub binary: bool,
+    /// The payload's exact bytes, when they are known: every publication over Protobuf (a JSON
+    /// payload's text as it came, or a binary publication's bytes), and a binary publication
+    /// over JSON (its base64 decoded). `None` for a JSON payload over JSON: read `data`.
+    pub bytes: Option<Bytes>,
     /// The publishing client, when a client published it.
-    #[serde(default)]
     pub info: Option<ClientInfo>,
     /// Its offset in the channel's stream (0 without history).
-    #[serde(default)]
     pub offset: u64,
     /// Tags set by the publisher.
-    #[serde(default, deserialize_with = "null_default")]
     pub tags: HashMap<String, String>,
+}
+
+/// A publication as the JSON encoding writes it (`"binary": true` beside a base64 `data`).
+#[derive(Deserialize)]
+struct JsonPublication {
+    #[serde(default)]
+    data: Value,
+    #[serde(default)]
+    binary: bool,
+    #[serde(default)]
+    info: Option<ClientInfo>,
+    #[serde(default)]
+    offset: u64,
+    #[serde(default, deserialize_with = "null_default")]
+    tags: HashMap<String, String>,
+}
+
+impl From<JsonPublication> for Publication {
+    fn from(p: JsonPublication) -> Self {
+        // Base64 that does not decode leaves `bytes` empty rather than failing the whole frame.
+        let bytes = p
+            .binary
+            .then(|| p.data.as_str())
+            .flatten()
+            .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
+            .map(Bytes::from);
+        Publication {
+            data: p.data,
+            binary: p.binary,
+            bytes,
+            info: p.info,
+            offset: p.offset,
+            tags: p.tags,
+        }
+    }
 }
 
 /// The result of `connect`.
@@ -397,6 +485,10 @@ pub struct RpcResult {
     /// The answer, raw JSON.
     #[serde(default)]
     pub data: Value,
+    /// The answer's exact bytes, over an encoding that carries bytes (Protobuf); `None` over
+    /// JSON.
+    #[serde(skip)]
+    pub bytes: Option<Bytes>,
 }
 
 /// The result of `refresh` and `sub_refresh`.

@@ -29,6 +29,12 @@ pub enum Outgoing {
 pub trait Codec: Send + Sync + 'static {
     /// The WebSocket subprotocol to ask for, if the encoding needs one.
     fn subprotocol(&self) -> Option<&'static str>;
+    /// Whether payloads travel as bytes, so that raw bytes ([`crate::protocol::Payload::Binary`])
+    /// can be sent and replies' exact bytes read. The client refuses binary payloads with
+    /// [`Error::BinaryNeedsProtobuf`] on a codec that does not.
+    fn carries_bytes(&self) -> bool {
+        false
+    }
     /// Appends one outgoing message to `frame` (with whatever separates messages, when `frame`
     /// is not empty).
     fn encode(&self, item: &Outgoing, frame: &mut Vec<u8>) -> Result<(), Error>;
@@ -102,7 +108,7 @@ mod tests {
                 id: 3,
                 request: Request::Publish {
                     channel: "chat".into(),
-                    data: json!({"text": "hi"}),
+                    data: json!({"text": "hi"}).into(),
                 },
             }),
             Outgoing::Pong,
@@ -142,6 +148,37 @@ mod tests {
             .unwrap();
         assert_eq!(publication.offset, 8);
         assert!(replies[2].is_ping());
+    }
+
+    #[test]
+    fn a_binary_publication_gives_its_bytes_decoded_from_base64() {
+        let frame = "{\"push\":{\"channel\":\"bin\",\"pub\":{\"data\":\"AP8BAg==\",\"binary\":true,\"offset\":1}}}\n\
+                     {\"push\":{\"channel\":\"bin\",\"pub\":{\"data\":\"AP8BAg==\",\"offset\":2}}}\n\
+                     {\"push\":{\"channel\":\"bin\",\"pub\":{\"data\":\"not base64!\",\"binary\":true}}}";
+        let replies = JsonCodec.decode(&Message::text(frame)).unwrap();
+        let publications: Vec<_> = replies
+            .iter()
+            .map(|r| r.push.as_ref().unwrap().publication.as_ref().unwrap())
+            .collect();
+        assert!(publications[0].binary);
+        assert_eq!(publications[0].data, json!("AP8BAg=="));
+        assert_eq!(publications[0].bytes.as_deref(), Some(&[0, 255, 1, 2][..]));
+        assert!(!publications[1].binary, "a JSON string stays a string");
+        assert_eq!(publications[1].bytes, None);
+        assert!(publications[2].binary);
+        assert_eq!(publications[2].bytes, None, "bad base64 is no bytes, no failure");
+    }
+
+    #[test]
+    fn a_binary_payload_cannot_be_written_as_json() {
+        let command = Outgoing::Command(Command {
+            id: 1,
+            request: Request::Publish {
+                channel: "bin".into(),
+                data: crate::protocol::Payload::Binary(bytes::Bytes::from_static(&[0xff])),
+            },
+        });
+        assert!(JsonCodec.encode(&command, &mut Vec::new()).is_err());
     }
 
     #[test]

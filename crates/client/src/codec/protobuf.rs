@@ -2,14 +2,18 @@
 //! length-delimited `Command`s and `Reply`s (`client.proto`, as the `switchboard-proto` crate
 //! types it).
 //!
-//! Payloads (`data`, `info`) are bytes in Protobuf and JSON values in this SDK's API. Outgoing
-//! payloads are written as their JSON text, so JSON clients of the same channel read them as
-//! they were given. Incoming bytes that are JSON are read as JSON; other bytes (binary payloads
-//! from a Protobuf publisher) become a JSON string when they are UTF-8 text, else an array of
-//! the byte values, so nothing the server sends fails to decode.
+//! Payloads (`data`, `info`) are bytes in Protobuf. Outgoing JSON payloads are written as their
+//! JSON text, so JSON clients of the same channel read them as they were given; raw bytes
+//! ([`Payload::Binary`]) go as they are. A publication keeps the exact bytes it came with
+//! ([`Publication::bytes`]): bytes that are one JSON value are also read as that value, other
+//! bytes make a binary publication whose `data` is their base64, as JSON clients see it. An
+//! rpc answer keeps its bytes too. Other payloads that are not JSON (the server sends none)
+//! become a JSON string when they are UTF-8 text, else an array of the byte values, so nothing
+//! the server sends fails to decode.
 
 use std::collections::HashMap;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::Value;
 use switchboard_proto as proto;
@@ -18,7 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::{Codec, Outgoing};
 use crate::protocol::{
     ClientInfo, CodeReason, Command, ConnectResult, ErrorBody, HistoryResult, JoinLeave,
-    MessagePush, PresenceResult, PresenceStats, Publication, Push, RefreshResult, Reply, Request,
+    MessagePush, Payload, PresenceResult, PresenceStats, Publication, Push, RefreshResult, Reply, Request,
     RpcResult, SubscribeResult,
 };
 use crate::Error;
@@ -34,6 +38,10 @@ pub const SUBPROTOCOL: &str = "centrifuge-protobuf";
 impl Codec for ProtobufCodec {
     fn subprotocol(&self) -> Option<&'static str> {
         Some(SUBPROTOCOL)
+    }
+
+    fn carries_bytes(&self) -> bool {
+        true
     }
 
     fn encode(&self, item: &Outgoing, frame: &mut Vec<u8>) -> Result<(), Error> {
@@ -76,6 +84,14 @@ fn payload(value: &Value) -> Bytes {
     match value {
         Value::Null => Bytes::new(),
         value => Bytes::from(value.to_string()),
+    }
+}
+
+/// A command's payload as bytes: a JSON value's text, or the bytes as given.
+fn command_payload(data: &Payload) -> Bytes {
+    match data {
+        Payload::Json(value) => payload(value),
+        Payload::Binary(bytes) => bytes.clone(),
     }
 }
 
@@ -150,7 +166,7 @@ fn command_to_proto(command: &Command) -> proto::Command {
         Request::Publish { channel, data } => {
             out.publish = Some(proto::PublishRequest {
                 channel: channel.clone(),
-                data: payload(data),
+                data: command_payload(data),
                 ..Default::default()
             })
         }
@@ -178,7 +194,7 @@ fn command_to_proto(command: &Command) -> proto::Command {
         Request::Rpc { method, data } => {
             out.rpc = Some(proto::RpcRequest {
                 method: method.clone(),
-                data: payload(data),
+                data: command_payload(data),
             })
         }
         Request::Refresh { token } => {
@@ -237,6 +253,7 @@ fn reply_from_proto(r: proto::Reply) -> Reply {
         }),
         rpc: r.rpc.map(|r| RpcResult {
             data: value(&r.data),
+            bytes: Some(r.data),
         }),
         refresh: r.refresh.map(|r| RefreshResult {
             expires: r.expires,
@@ -258,9 +275,22 @@ fn info_from_proto(info: proto::ClientInfo) -> ClientInfo {
     }
 }
 
+/// A publication with its exact bytes: JSON text is read as its value, other bytes make a
+/// binary publication whose `data` is their base64, as JSON clients see it.
 fn publication_from_proto(p: proto::Publication) -> Publication {
+    let json = if p.data.is_empty() {
+        Some(Value::Null)
+    } else {
+        serde_json::from_slice(&p.data).ok()
+    };
+    let binary = json.is_none();
+    let data = json.unwrap_or_else(|| {
+        Value::String(base64::engine::general_purpose::STANDARD.encode(&p.data))
+    });
     Publication {
-        data: value(&p.data),
+        data,
+        binary,
+        bytes: Some(p.data),
         info: p.info.map(info_from_proto),
         offset: p.offset,
         tags: p.tags,
@@ -356,7 +386,7 @@ mod tests {
                 id: 3,
                 request: Request::Publish {
                     channel: "chat".into(),
-                    data: json!({"text": "hi"}),
+                    data: json!({"text": "hi"}).into(),
                 },
             }),
             Outgoing::Pong,
@@ -461,6 +491,48 @@ mod tests {
         assert_eq!(publication.info.as_ref().unwrap().client, "c2");
         assert!(decoded[2].is_ping());
         assert_eq!(decoded[3].error.as_ref().unwrap().code, 103);
+    }
+
+    #[test]
+    fn raw_bytes_go_as_given_and_publications_keep_their_exact_bytes() {
+        let raw = Bytes::from_static(&[0, 255, 1, 2]);
+        let frame = encode_all(&[Outgoing::Command(Command {
+            id: 1,
+            request: Request::Publish {
+                channel: "bin".into(),
+                data: Payload::Binary(raw.clone()),
+            },
+        })]);
+        let commands: Vec<proto::Command> = proto::decode_frame(Bytes::from(frame)).unwrap();
+        assert_eq!(commands[0].publish.as_ref().unwrap().data, raw);
+
+        let push = |data: &'static [u8]| proto::Reply {
+            push: Some(proto::Push {
+                channel: "bin".into(),
+                r#pub: Some(proto::Publication {
+                    data: Bytes::from_static(data),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let frame = proto::encode_frame([push(&[0, 255, 1, 2]), push(br#"{"a": 1}"#)].iter());
+        let decoded = ProtobufCodec.decode(&Message::binary(frame)).unwrap();
+        let publications: Vec<&Publication> = decoded
+            .iter()
+            .map(|r| r.push.as_ref().unwrap().publication.as_ref().unwrap())
+            .collect();
+        assert!(publications[0].binary);
+        assert_eq!(publications[0].data, json!("AP8BAg=="), "base64, as JSON sees it");
+        assert_eq!(publications[0].bytes.as_deref(), Some(&[0, 255, 1, 2][..]));
+        assert!(!publications[1].binary);
+        assert_eq!(publications[1].data, json!({"a": 1}));
+        assert_eq!(
+            publications[1].bytes.as_deref(),
+            Some(&br#"{"a": 1}"#[..]),
+            "the JSON text exactly as it came"
+        );
     }
 
     #[test]

@@ -10,14 +10,18 @@
 //!   end-to-end latency.
 //! - [`WireClient`] (module [`wire`]) is one connection driven command by command with parsed
 //!   JSON: for tests that assert exact replies, pushes and close codes, or send malformed frames.
+//!   [`ProtobufWireClient`] (module [`protobuf_wire`]) is the same over the Protobuf encoding,
+//!   with `client.proto`'s types.
 //! - [`HttpStream`] and [`Emulated`] (module [`http`]) read the HTTP transports' streamed
 //!   responses and drive a session of the bidirectional emulation (`http_stream`, `sse`, and
 //!   `POST /emulation`).
 
 pub mod http;
+pub mod protobuf_wire;
 pub mod wire;
 
 pub use http::{http_exchange, http_post, urlencode, Emulated, EmulationKind, HttpStream};
+pub use protobuf_wire::ProtobufWireClient;
 pub use wire::{WireClient, WireError, WireEvent};
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

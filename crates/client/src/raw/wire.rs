@@ -63,6 +63,10 @@ pub enum WireError {
     /// An HTTP response was not what the protocol expects (status, framing).
     #[error("HTTP: {0}")]
     Http(String),
+    /// The server sent something that is not the Protobuf encoding (an unreadable frame, or a
+    /// text frame), or did not accept its subprotocol.
+    #[error("not the Protobuf encoding: {0}")]
+    NotProtobuf(String),
     /// Nothing arrived within the wait.
     #[error("nothing from the server within {0:?}")]
     Timeout(Duration),
@@ -95,18 +99,7 @@ impl WireClient {
 
     /// Opens a WebSocket whose upgrade request also carries `headers` (name, value).
     pub async fn open_with_headers(url: &str, headers: &[(&str, &str)]) -> Result<Self, WireError> {
-        let mut request = url
-            .into_client_request()
-            .map_err(|e| WireError::Request(e.to_string()))?;
-        for (name, value) in headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|e| WireError::Request(format!("header {name:?}: {e}")))?;
-            let value = value
-                .parse()
-                .map_err(|e| WireError::Request(format!("header value {value:?}: {e}")))?;
-            request.headers_mut().append(name, value);
-        }
-        let (ws, _) = tokio_tungstenite::connect_async(request)
+        let (ws, _) = tokio_tungstenite::connect_async(upgrade_request(url, headers)?)
             .await
             .map_err(WireError::Open)?;
         Ok(Self::from_ws(ws))
@@ -306,13 +299,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WireClient<S> {
     /// Reads one frame into `pending` within the wait; returns the end of the connection
     /// instead, if it ends.
     async fn read_frame(&mut self) -> Result<Option<WireEvent>, WireError> {
-        let wait = self.wait;
         loop {
-            let frame = tokio::time::timeout(wait, self.ws.next())
-                .await
-                .map_err(|_| WireError::Timeout(wait))?;
-            match frame {
-                Some(Ok(Message::Text(text))) => {
+            match next_data_message(&mut self.ws, self.wait).await? {
+                Ok(Message::Text(text)) => {
                     for line in super::lines(&text) {
                         let message =
                             serde_json::from_str(line).map_err(|source| WireError::NotJson {
@@ -323,14 +312,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WireClient<S> {
                     }
                     return Ok(None);
                 }
-                Some(Ok(Message::Close(frame))) => {
-                    return Ok(Some(match frame {
-                        Some(f) => WireEvent::Closed(u16::from(f.code), f.reason.to_string()),
-                        None => WireEvent::Closed(u16::from(CloseCode::Status), String::new()),
-                    }))
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Ok(Some(WireEvent::Dropped)),
+                // Binary frames are not part of the JSON encoding.
+                Ok(_) => continue,
+                Err(ended) => return Ok(Some(ended)),
             }
         }
     }
@@ -338,5 +322,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WireClient<S> {
     /// Ends the connection abruptly: the TCP socket closes with no close frame.
     pub fn drop_tcp(self) {
         drop(self.ws);
+    }
+}
+
+/// The upgrade request for `url` with `headers` (name, value) added.
+pub(super) fn upgrade_request(url: &str, headers: &[(&str, &str)]) -> Result<Request, WireError> {
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| WireError::Request(e.to_string()))?;
+    for (name, value) in headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| WireError::Request(format!("header {name:?}: {e}")))?;
+        let value = value
+            .parse()
+            .map_err(|e| WireError::Request(format!("header value {value:?}: {e}")))?;
+        request.headers_mut().append(name, value);
+    }
+    Ok(request)
+}
+
+/// The next text or binary message from `ws`, each read bounded by `wait`, skipping control
+/// frames; `Err(ended)` when the connection ends instead ([`WireEvent::Closed`] or
+/// [`WireEvent::Dropped`]).
+pub(super) async fn next_data_message<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    wait: Duration,
+) -> Result<Result<Message, WireEvent>, WireError> {
+    loop {
+        let frame = tokio::time::timeout(wait, ws.next())
+            .await
+            .map_err(|_| WireError::Timeout(wait))?;
+        return Ok(match frame {
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => Ok(message),
+            Some(Ok(Message::Close(frame))) => Err(match frame {
+                Some(f) => WireEvent::Closed(u16::from(f.code), f.reason.to_string()),
+                None => WireEvent::Closed(u16::from(CloseCode::Status), String::new()),
+            }),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => Err(WireEvent::Dropped),
+        });
     }
 }
