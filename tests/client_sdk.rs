@@ -1248,7 +1248,10 @@ async fn binary_payloads_are_byte_exact_through_protobuf_and_json_clients() {
     assert_eq!(received.data, json!({"k": [1, 2]}));
     let received = next_matching(&mut json_events, publication).await;
     assert!(!received.binary, "{received:?}");
-    assert_eq!((received.data, received.bytes), (json!({"k": [1, 2]}), None));
+    assert_eq!(
+        (received.data, received.bytes),
+        (json!({"k": [1, 2]}), None)
+    );
 
     // A JSON client cannot send bytes: a typed error, nothing sent.
     assert_eq!(
@@ -1311,7 +1314,10 @@ async fn binary_payloads_are_byte_exact_through_protobuf_and_json_clients() {
 
     // RPC with bytes: JSON text comes back from `echo`; bytes that are not JSON are refused.
     assert_eq!(
-        &publisher.rpc_binary("echo", &br#"[1,"x"]"#[..]).await.unwrap()[..],
+        &publisher
+            .rpc_binary("echo", &br#"[1,"x"]"#[..])
+            .await
+            .unwrap()[..],
         br#"[1,"x"]"#
     );
     assert_eq!(

@@ -745,9 +745,7 @@ impl Subscription {
 
     /// Publishes raw bytes to the channel (see [`Client::publish_binary`]: Protobuf only).
     pub async fn publish_binary(&self, data: impl Into<Bytes>) -> Result<PublishResult, Error> {
-        self.client
-            .publish_binary(&self.shared.channel, data)
-            .await
+        self.client.publish_binary(&self.shared.channel, data).await
     }
 
     /// Who is subscribed to the channel.

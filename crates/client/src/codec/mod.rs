@@ -166,7 +166,10 @@ mod tests {
         assert!(!publications[1].binary, "a JSON string stays a string");
         assert_eq!(publications[1].bytes, None);
         assert!(publications[2].binary);
-        assert_eq!(publications[2].bytes, None, "bad base64 is no bytes, no failure");
+        assert_eq!(
+            publications[2].bytes, None,
+            "bad base64 is no bytes, no failure"
+        );
     }
 
     #[test]

@@ -22,8 +22,8 @@ use tokio_tungstenite::tungstenite::Message;
 use super::{Codec, Outgoing};
 use crate::protocol::{
     ClientInfo, CodeReason, Command, ConnectResult, ErrorBody, HistoryResult, JoinLeave,
-    MessagePush, Payload, PresenceResult, PresenceStats, Publication, Push, RefreshResult, Reply, Request,
-    RpcResult, SubscribeResult,
+    MessagePush, Payload, PresenceResult, PresenceStats, Publication, Push, RefreshResult, Reply,
+    Request, RpcResult, SubscribeResult,
 };
 use crate::Error;
 
@@ -524,7 +524,11 @@ mod tests {
             .map(|r| r.push.as_ref().unwrap().publication.as_ref().unwrap())
             .collect();
         assert!(publications[0].binary);
-        assert_eq!(publications[0].data, json!("AP8BAg=="), "base64, as JSON sees it");
+        assert_eq!(
+            publications[0].data,
+            json!("AP8BAg=="),
+            "base64, as JSON sees it"
+        );
         assert_eq!(publications[0].bytes.as_deref(), Some(&[0, 255, 1, 2][..]));
         assert!(!publications[1].binary);
         assert_eq!(publications[1].data, json!({"a": 1}));
