@@ -383,17 +383,7 @@ async fn server_side_subscriptions_recover_across_a_reconnect() {
             json!({"n": n})
         );
     }
-    server
-        .api(
-            "disconnect",
-            json!({"user": "dan", "disconnect": {"code": 4000, "reason": "again"}}),
-        )
-        .await;
-    next_client_matching(&mut events, |e| match e {
-        ClientEvent::Connecting { code: 4000, .. } => Some(()),
-        _ => None,
-    })
-    .await;
+    disconnect_to_reconnect(&server, &mut events, "dan").await;
     // Published while the client waits to reconnect (at least a second).
     for n in 3..=4 {
         server
@@ -416,6 +406,26 @@ async fn server_side_subscriptions_recover_across_a_reconnect() {
         );
     }
     server.stop().await;
+}
+
+/// Disconnects `user`'s connections through the server API with code 4000 (reconnect) and
+/// waits until the client, whose `events` these are, is reconnecting.
+async fn disconnect_to_reconnect(
+    server: &TestServer,
+    events: &mut Events<ClientEvent>,
+    user: &str,
+) {
+    server
+        .api(
+            "disconnect",
+            json!({"user": user, "disconnect": {"code": 4000, "reason": "again"}}),
+        )
+        .await;
+    next_client_matching(events, |e| match e {
+        ClientEvent::Connecting { code: 4000, .. } => Some(()),
+        _ => None,
+    })
+    .await;
 }
 
 /// Starts a server on `addr` (a port used before) over `data_dir`.
@@ -1268,17 +1278,7 @@ async fn binary_payloads_are_byte_exact_through_protobuf_and_json_clients() {
     );
 
     // Missed while the subscriber reconnects: recovered byte for byte.
-    server
-        .api(
-            "disconnect",
-            json!({"user": "bin-subscriber", "disconnect": {"code": 4000, "reason": "again"}}),
-        )
-        .await;
-    next_client_matching(&mut subscriber_events, |e| match e {
-        ClientEvent::Connecting { code: 4000, .. } => Some(()),
-        _ => None,
-    })
-    .await;
+    disconnect_to_reconnect(&server, &mut subscriber_events, "bin-subscriber").await;
     publisher.publish_binary("bin", MISSED).await.unwrap();
     let resubscribed = next_matching(&mut pb_events, |e| match e {
         SubscriptionEvent::Subscribed(s) if s.was_recovering => Some(s),
