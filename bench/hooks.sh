@@ -20,17 +20,8 @@ BACKEND=127.0.0.1:18101
 FLAGS="--join-leave false --client-command-rate 0 --connection-rate-per-ip 0"
 URL=ws://127.0.0.1:$PORT/connection/websocket
 CONNECTIONS=${CONNECTIONS:-10000}
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-wait_port() { # $1 = host:port
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2; return 1
-}
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 server_pid=""
 start_server() { # extra flags...

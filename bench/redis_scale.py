@@ -6,7 +6,8 @@ the replica wait"). After `cargo build --release`:
   bench/redis_scale.py saturate   # the same setups, the publish rate raised step by step
   bench/redis_scale.py wait       # one node on a master with one replica, WAIT off and on
 
-Each row: deliveries/s against the offered rate, end-to-end delivery p50/p99 (publish call to
+Each row: deliveries/s against the offered rate, Redis CPU time per publication (every Redis
+server's `used_cpu_sys` + `used_cpu_user`, background work included), end-to-end delivery p50/p99 (publish call to
 arrival), the publishers' acknowledgement p99, losses, and what Redis did meanwhile, per
 publication: commands (`total_commands_processed`; `INFO commandstats` by command, the publish
 script's inner commands included) and socket reads (`total_reads_processed`: about one per round
@@ -112,7 +113,7 @@ def nodes(binary, n, target, d, extra=()):
 
 def redis_stats(ports):
     """Counters of the Redis servers on `ports`, summed: commands, socket reads, calls by command."""
-    total = {"commands": 0, "reads": 0, "calls": {}}
+    total = {"commands": 0, "reads": 0, "cpu": 0.0, "calls": {}}
     for p in ports:
         text = subprocess.run(["redis-cli", "-p", str(p), "info", "all"], capture_output=True, text=True, timeout=10).stdout
         for line in text.splitlines():
@@ -120,6 +121,8 @@ def redis_stats(ports):
                 total["commands"] += int(line.split(":")[1])
             elif line.startswith("total_reads_processed:"):
                 total["reads"] += int(line.split(":")[1])
+            elif line.startswith(("used_cpu_sys:", "used_cpu_user:")):
+                total["cpu"] += float(line.split(":")[1])
             elif line.startswith("cmdstat_"):
                 name, fields = line[len("cmdstat_"):].split(":", 1)
                 calls = int(dict(f.split("=") for f in fields.split(","))["calls"])
@@ -138,6 +141,8 @@ def per_publication(before, after, published):
     return {
         "redis_commands_per_pub": round((after["commands"] - before["commands"]) / published, 3),
         "redis_reads_per_pub": round((after["reads"] - before["reads"]) / published, 3),
+        # CPU time of every Redis server (main thread and others), in microseconds.
+        "redis_cpu_us_per_pub": round((after["cpu"] - before["cpu"]) * 1e6 / published, 1),
         "redis_calls_per_pub": shown,
     }
 

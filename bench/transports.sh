@@ -25,17 +25,8 @@ ONLY=${ONLY:-"fanout idle"}
 FANOUT=${FANOUT:-"fanout -n 1000 -r 3000 -d 10s -p 100"}
 IDLE=${IDLE:-"idle -c 19000 -k 100 -d 5s"}
 CONFIGS=${CONFIGS:-"websocket,json,wire websocket,json,sdk websocket,protobuf,wire websocket,protobuf,sdk sse,json,wire http_stream,json,wire"}
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-wait_port() { # $1 = host:port
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2; return 1
-}
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 server_pid=""
 start_server() {

@@ -333,46 +333,54 @@ async fn metrics_count_open_connections_by_transport() {
     assert!(gone, "the uni_sse connection is still counted");
 }
 
-#[tokio::test]
-async fn curl_reads_publications_from_the_http_stream() {
-    let curl = std::path::Path::new("/usr/bin/curl");
-    if !curl.exists() {
-        eprintln!("skipped: no /usr/bin/curl");
-        return;
-    }
+/// `curl -N` on `uni_http_stream` (the connect request POSTed) and on `uni_sse` (in the URL's
+/// `cf_connect`): the pushes it prints, one JSON object per line (`data: ` lines on SSE).
+async fn curl_reads_publications(sse: bool) {
     let server = TestServer::start().await;
-    let url = format!("http://{}/connection/uni_http_stream", server.addr);
-    let mut child = tokio::process::Command::new(curl)
-        .args([
-            "-sS",
-            "-N",
-            "-X",
-            "POST",
-            "-d",
-            r#"{"subs":{"curl":{}}}"#,
-            &url,
-        ])
+    let channel = if sse { "curl-sse" } else { "curl-stream" };
+    let request = json!({ "subs": { channel: {} } }).to_string();
+    let mut curl = tokio::process::Command::new("curl");
+    curl.args(["-sS", "-N"]);
+    if sse {
+        curl.arg(format!(
+            "http://{}/connection/uni_sse?cf_connect={}",
+            server.addr,
+            urlencode(&request)
+        ));
+    } else {
+        curl.args(["-X", "POST", "-d", &request])
+            .arg(format!("http://{}/connection/uni_http_stream", server.addr));
+    }
+    let mut child = curl
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("curl runs");
+        .expect("curl runs (test.sh installs it)");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    async fn next(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> Value {
+    let mut next = async || loop {
         let line = tokio::time::timeout(WAIT, lines.next_line())
             .await
             .expect("curl printed a line in time")
             .unwrap()
             .expect("curl is still reading");
-        serde_json::from_str::<Value>(&line).unwrap()
-    }
-    assert!(next(&mut lines).await.get("connect").is_some());
-    subscribers(&server, "curl", 1).await;
+        let json = if sse {
+            match line.strip_prefix("data: ") {
+                Some(json) => json.to_string(),
+                None => continue,
+            }
+        } else {
+            line
+        };
+        break serde_json::from_str::<Value>(&json).unwrap();
+    };
+    assert!(next().await.get("connect").is_some());
+    subscribers(&server, channel, 1).await;
     for n in 1..=2 {
-        publish(&server, "curl", json!({ "n": n })).await;
+        publish(&server, channel, json!({ "n": n })).await;
     }
     for n in 1..=2 {
         let push = loop {
-            let push = next(&mut lines).await;
+            let push = next().await;
             if push.get("pub").is_some() {
                 break push;
             }
@@ -381,6 +389,16 @@ async fn curl_reads_publications_from_the_http_stream() {
     }
     child.kill().await.unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+}
+
+#[tokio::test]
+async fn curl_reads_publications_from_the_http_stream() {
+    curl_reads_publications(false).await;
+}
+
+#[tokio::test]
+async fn curl_reads_publications_from_sse() {
+    curl_reads_publications(true).await;
 }
 
 #[tokio::test]
