@@ -1183,6 +1183,20 @@ fn publication(event: SubscriptionEvent) -> Option<switchboard_client::Publicati
     }
 }
 
+/// A new subscription of `client` to `channel`, subscribed, with its events from the start.
+async fn subscribed(
+    client: &Client,
+    channel: &str,
+) -> (switchboard_client::Subscription, Events<SubscriptionEvent>) {
+    let subscription = client
+        .new_subscription(channel, SubscriptionOptions::new())
+        .unwrap();
+    let events = subscription.events();
+    subscription.subscribe();
+    subscription.ready().await.unwrap();
+    (subscription, events)
+}
+
 /// Raw bytes from a Protobuf SDK client reach a Protobuf subscriber byte for byte — live, after
 /// a reconnect (recovery) and in history — and a JSON subscriber as base64 marked binary, which
 /// it decodes back to the same bytes. A JSON client cannot send bytes; RPC takes bytes that are
@@ -1218,18 +1232,8 @@ async fn binary_payloads_are_byte_exact_through_protobuf_and_json_clients() {
         sdk.connect();
         sdk.ready().await.unwrap();
     }
-    let pb_sub = subscriber
-        .new_subscription("bin", SubscriptionOptions::new())
-        .unwrap();
-    let mut pb_events = pb_sub.events();
-    pb_sub.subscribe();
-    pb_sub.ready().await.unwrap();
-    let json_sub = json_reader
-        .new_subscription("bin", SubscriptionOptions::new())
-        .unwrap();
-    let mut json_events = json_sub.events();
-    json_sub.subscribe();
-    json_sub.ready().await.unwrap();
+    let (pb_sub, mut pb_events) = subscribed(&subscriber, "bin").await;
+    let (json_sub, mut json_events) = subscribed(&json_reader, "bin").await;
 
     // Client-level publish of bytes that are neither UTF-8 nor JSON.
     publisher.publish_binary("bin", BYTES).await.unwrap();
