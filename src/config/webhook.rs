@@ -1,6 +1,7 @@
 //! Validation of the webhook settings.
 
-use super::{check_url, Config, ConfigError, WEBHOOK_EVENTS};
+use super::validate::check_url;
+use super::{Config, ConfigError, WEBHOOK_EVENTS};
 
 /// Most webhook requests in flight that a configuration may ask for.
 const MAX_CONCURRENCY: usize = 1024;
