@@ -21,8 +21,12 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{Cmd, ConnectionAddr, IntoConnectionInfo, RedisFuture, TlsCertificates, Value};
+use redis::{
+    Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisFuture, ServerErrorKind,
+    TlsCertificates, Value,
+};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -315,7 +319,7 @@ impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Connection::Single(c) => c.req_packed_command(cmd),
-            Connection::Cluster(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => Box::pin(cluster_command(c, cmd)),
         }
     }
 
@@ -335,6 +339,57 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Single(c) => c.get_db(),
             Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How many times a single command the cluster did not run is sent again.
+const CLUSTER_RESENDS: u32 = 4;
+
+/// Sends one command to the cluster, and sends it again (up to [`CLUSTER_RESENDS`] times) while
+/// the cluster answers that it did not run it: `MOVED` (straight to the node it names, since the
+/// client's slot map, learnt from one node, may still be stale there), `ASK`, `TRYAGAIN`,
+/// `CLUSTERDOWN`, `MASTERDOWN`, `READONLY`, a refused connection or no connection for the slot
+/// (after a short pause, by the slot map the client refreshes meanwhile). A single command either
+/// runs whole or not at all, so a resend never runs it twice; pipelines are not resent (some of
+/// their commands may have run), their callers hear "not available" as in any outage.
+async fn cluster_command(conn: &mut ClusterConnection, cmd: &Cmd) -> redis::RedisResult<Value> {
+    let mut to: Option<(String, u16)> = None;
+    let mut resends = 0;
+    loop {
+        let result = match to.take() {
+            None => conn.req_packed_command(cmd).await,
+            Some((host, port)) => {
+                let node = SingleNodeRoutingInfo::ByAddress { host, port };
+                conn.route_command(cmd.clone(), RoutingInfo::SingleNode(node))
+                    .await
+            }
+        };
+        let error = match result {
+            Err(error) if resends < CLUSTER_RESENDS => error,
+            done => return done,
+        };
+        resends += 1;
+        match error.kind() {
+            ErrorKind::Server(ServerErrorKind::Moved) => {
+                to = error.redirect_node().and_then(|(node, _slot)| {
+                    let (host, port) = node.rsplit_once(':')?;
+                    Some((host.to_string(), port.parse().ok()?))
+                });
+            }
+            ErrorKind::Server(
+                ServerErrorKind::Ask
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ReadOnly,
+            )
+            | ErrorKind::ClusterConnectionNotFound => {}
+            ErrorKind::Io if error.is_connection_refusal() => {}
+            _ => return Err(error),
+        }
+        if to.is_none() {
+            tokio::time::sleep(Duration::from_millis(25 << resends)).await;
         }
     }
 }
