@@ -432,17 +432,20 @@ async fn serve_plain(
             }
         };
         let _ = tcp.set_nodelay(true);
+        // A streaming response may take the socket (`transport::handoff`); its chunked framing
+        // needs HTTP/1.1.
+        let (tcp, detachable) = LingeringTcp::detachable(tcp);
         let service = router
             .clone()
             .map_request(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
+                if request.version() == axum::http::Version::HTTP_11 {
+                    request.extensions_mut().insert(detachable.clone());
+                }
                 request.map(Body::new)
             });
         let connection = http1
-            .serve_connection(
-                TokioIo::new(LingeringTcp::new(tcp)),
-                TowerToHyperService::new(service),
-            )
+            .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
             .with_upgrades();
         let shutdown = shutdown.clone();
         connections.spawn(async move {

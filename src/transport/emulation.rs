@@ -43,6 +43,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::connection::{drive, Incoming, Wire};
+use super::handoff::{self, Detachable, PendingOut, StreamOut};
 use super::uni::UniQuery;
 use super::{ConnectionLimit, Transport};
 use crate::hooks::decisions::ClientHeaders;
@@ -64,6 +65,7 @@ pub async fn http_stream_endpoint(
     peer: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<UniQuery>,
+    detach: Option<axum::Extension<Detachable>>,
     body: Body,
 ) -> Response {
     let limit = state.0.config().max_message_size;
@@ -86,6 +88,7 @@ pub async fn http_stream_endpoint(
         headers,
         first,
         (Transport::HttpStream, encoding),
+        detach,
     )
     .await
 }
@@ -108,6 +111,7 @@ pub async fn sse_endpoint(
     peer: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<UniQuery>,
+    detach: Option<axum::Extension<Detachable>>,
 ) -> Response {
     if query.cf_protocol.as_deref() == Some("protobuf") {
         return bad_request(
@@ -127,6 +131,7 @@ pub async fn sse_endpoint(
         headers,
         first,
         (Transport::Sse, Encoding::Json),
+        detach,
     )
     .await
 }
@@ -207,7 +212,8 @@ fn too_large(limit: usize) -> Response {
 }
 
 /// Admits the connection, starts its session in a task of its own with `first` as the client's
-/// first frame, and answers with the stream the session writes.
+/// first frame, and answers with the stream the session writes (on the socket itself when it can
+/// be `detach`ed from hyper, see [`super::handoff`]).
 async fn open(
     State(node): State<Node>,
     axum::Extension(connections): axum::Extension<ConnectionLimit>,
@@ -215,6 +221,7 @@ async fn open(
     headers: HeaderMap,
     first: Bytes,
     (transport, encoding): (Transport, Encoding),
+    detach: Option<axum::Extension<Detachable>>,
 ) -> Response {
     let super::Admitted {
         slot,
@@ -224,40 +231,38 @@ async fn open(
         Ok(admitted) => admitted,
         Err(refused) => return refused.into_response(),
     };
-    // One chunk in flight: the body's demand is the client's reading pace.
-    let (chunks, receiver) = mpsc::channel::<Bytes>(1);
     let sse = transport == Transport::Sse;
-    let task = serve(
-        node.clone(),
-        chunks,
-        (sse, encoding),
-        first,
-        forwarded,
-        transport,
-    );
-    // The slot and the address count are held for the connection's whole life.
-    node.tracker().spawn(async move {
-        task.await;
-        drop((slot, address));
-    });
     let content_type = match (sse, encoding) {
         (true, _) => super::uni::SSE_CONTENT_TYPE,
         (false, Encoding::Json) => super::uni::JSON_CONTENT_TYPE,
         (false, Encoding::Protobuf) => BINARY_CONTENT_TYPE,
     };
-    super::uni::stream_response(receiver, content_type)
+    let (out, response) = handoff::respond(
+        super::uni::stream_headers(content_type),
+        detach.as_ref().map(|d| &d.0),
+    );
+    let task = serve(node.clone(), out, (sse, encoding), first, forwarded, transport);
+    // The slot and the address count are held for the connection's whole life.
+    node.tracker().spawn(async move {
+        task.await;
+        drop((slot, address));
+    });
+    response
 }
 
 /// Serves one emulation connection until it ends. Dropping the session releases its
 /// subscriptions and presence; dropping the registration forgets the session id.
 async fn serve(
     node: Node,
-    chunks: mpsc::Sender<Bytes>,
+    out: PendingOut,
     (sse, encoding): (bool, Encoding),
     first: Bytes,
     headers: ClientHeaders,
     transport: Transport,
 ) {
+    let Some(out) = out.ready().await else {
+        return;
+    };
     transport.opened(&node);
     let queue = Arc::new(ClientQueue::with_encoding(
         node.config().client_queue_max_bytes,
@@ -268,7 +273,7 @@ async fn serve(
     session.forward_headers(headers);
     let (registration, inbox) = node.emulation().register(session.conn_id());
     let mut wire = EmulationWire {
-        chunks,
+        out,
         sse,
         encoding,
         first: Some(first),
@@ -293,7 +298,7 @@ async fn serve(
 
 /// The response body out, the session's inbox (fed by `/emulation`) in.
 struct EmulationWire {
-    chunks: mpsc::Sender<Bytes>,
+    out: StreamOut,
     /// SSE (`data: <message>\n\n` per message) rather than one message per line.
     sse: bool,
     encoding: Encoding,
@@ -304,13 +309,17 @@ struct EmulationWire {
 }
 
 impl EmulationWire {
-    /// Frames the messages of one queued frame into a body chunk: Protobuf messages carry their
-    /// length and go as they are; JSON ones (`\n`-separated) one per line or per SSE event.
-    fn chunk(&self, frame: &[u8]) -> Bytes {
+    /// Frames the messages of one queued frame into a body chunk, after the room the body's
+    /// framing asks for: Protobuf messages carry their length and go as they are; JSON ones
+    /// (`\n`-separated) one per line or per SSE event.
+    fn chunk(&self, frame: &[u8]) -> BytesMut {
+        let room = self.out.headroom();
+        let mut chunk = BytesMut::with_capacity(room + frame.len() + 16);
+        chunk.put_bytes(0, room);
         if self.encoding == Encoding::Protobuf {
-            return Bytes::copy_from_slice(frame);
+            chunk.put_slice(frame);
+            return chunk;
         }
-        let mut chunk = BytesMut::with_capacity(frame.len() + 16);
         for message in frame.split(|&b| b == b'\n').filter(|m| !m.is_empty()) {
             if self.sse {
                 chunk.put_slice(b"data: ");
@@ -321,7 +330,7 @@ impl EmulationWire {
                 chunk.put_u8(b'\n');
             }
         }
-        chunk.freeze()
+        chunk
     }
 }
 
@@ -346,17 +355,17 @@ impl Wire for EmulationWire {
                 }
                 (None, _) => Incoming::Gone,
             },
-            // The response body dropped: the client went away.
-            () = self.chunks.closed() => Incoming::Gone,
+            // The response body dropped, or the socket closed: the client went away.
+            () = self.out.closed() => Incoming::Gone,
         }
     }
 
     async fn send(&mut self, frame: Bytes) -> Result<(), ()> {
         let chunk = self.chunk(&frame);
-        if chunk.is_empty() {
+        if chunk.len() == self.out.headroom() {
             return Ok(());
         }
-        self.chunks.send(chunk).await.map_err(drop)
+        self.out.send(chunk).await
     }
 
     async fn close(&mut self, reason: &Disconnect) {
@@ -369,8 +378,9 @@ impl Wire for EmulationWire {
         })
         .encode_as(self.encoding);
         let chunk = self.chunk(&push);
-        // The stream ends when the wire is dropped, after this chunk.
-        let _ = self.chunks.send(chunk).await;
+        // The stream ends after this chunk.
+        let _ = self.out.send(chunk).await;
+        self.out.finish().await;
     }
 }
 
@@ -382,7 +392,7 @@ mod tests {
         let (chunks, _) = mpsc::channel(1);
         let (_, inbox) = mpsc::channel(1);
         EmulationWire {
-            chunks,
+            out: StreamOut::Channel(chunks),
             sse,
             encoding: Encoding::Json,
             first: None,
@@ -395,13 +405,13 @@ mod tests {
         let frame =
             b"{\"id\":1,\"connect\":{}}\n{\"push\":{\"channel\":\"a\",\"pub\":{\"data\":1}}}";
         assert_eq!(
-            wire(false).chunk(frame),
+            wire(false).chunk(frame).freeze(),
             Bytes::from_static(
                 b"{\"id\":1,\"connect\":{}}\n{\"push\":{\"channel\":\"a\",\"pub\":{\"data\":1}}}\n"
             )
         );
         assert_eq!(
-            wire(true).chunk(frame),
+            wire(true).chunk(frame).freeze(),
             Bytes::from_static(
                 b"data: {\"id\":1,\"connect\":{}}\n\ndata: {\"push\":{\"channel\":\"a\",\"pub\":{\"data\":1}}}\n\n"
             )

@@ -10,35 +10,76 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::handoff::{DetachSlot, Detachable};
+
 /// Longest a closed connection keeps reading what the client still sends.
 pub const LINGER: Duration = Duration::from_secs(2);
 /// Most bytes read (and dropped) while lingering.
 pub const LINGER_BYTES: usize = 4 * 1024 * 1024;
 
-/// A TCP stream that lingers when dropped (see the module).
-pub struct LingeringTcp(Option<TcpStream>);
+/// A TCP stream that lingers when dropped (see the module). A plain listener's connection may also
+/// hand its socket over to a streaming response ([`Detachable`]); from then on it reads the end
+/// of the stream and its writes go nowhere, so hyper's connection ends and frees its buffers.
+pub struct LingeringTcp {
+    /// `None` once handed over (or dropped).
+    stream: Option<TcpStream>,
+    /// Where a request may ask for the socket; dropped once nothing can ask any more.
+    detach: Option<Arc<DetachSlot>>,
+}
 
 impl LingeringTcp {
     pub fn new(stream: TcpStream) -> LingeringTcp {
-        LingeringTcp(Some(stream))
+        LingeringTcp {
+            stream: Some(stream),
+            detach: None,
+        }
     }
 
-    fn stream(&mut self) -> io::Result<&mut TcpStream> {
-        self.0
-            .as_mut()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    /// A stream whose socket the returned handle's holder may take (see [`Detachable`]).
+    pub fn detachable(stream: TcpStream) -> (LingeringTcp, Detachable) {
+        let handle = Detachable::new();
+        let tcp = LingeringTcp {
+            stream: Some(stream),
+            detach: Some(handle.0.clone()),
+        };
+        (tcp, handle)
+    }
+
+    /// The socket, unless handed over.
+    pub fn get_ref(&self) -> Option<&TcpStream> {
+        self.stream.as_ref()
+    }
+
+    /// Hands the socket over if it was asked for; called before every read and write. Once the
+    /// only handle left is this one (the connection was upgraded, or ended), nothing can ask.
+    fn detach_if_asked(&mut self) {
+        let Some(slot) = &self.detach else { return };
+        if slot.requested.load(Ordering::Acquire) {
+            let to = slot.to.lock().unwrap_or_else(|e| e.into_inner()).take();
+            self.detach = None;
+            if let (Some(to), Some(stream)) = (to, self.stream.take()) {
+                // The session is gone already: the socket closes as any other would.
+                if let Err(stream) = to.send(stream) {
+                    drop(LingeringTcp::new(stream));
+                }
+            }
+        } else if Arc::strong_count(slot) == 1 {
+            self.detach = None;
+        }
     }
 }
 
 impl Drop for LingeringTcp {
     fn drop(&mut self) {
-        let Some(stream) = self.0.take() else {
+        let Some(stream) = self.stream.take() else {
             return;
         };
         // Outside a runtime (the process is ending), the socket just closes.
@@ -72,7 +113,12 @@ impl AsyncRead for LingeringTcp {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(self.stream()?).poll_read(cx, buf)
+        self.detach_if_asked();
+        match self.stream.as_mut() {
+            Some(stream) => Pin::new(stream).poll_read(cx, buf),
+            // Handed over: the end of the stream.
+            None => Poll::Ready(Ok(())),
+        }
     }
 }
 
@@ -82,15 +128,28 @@ impl AsyncWrite for LingeringTcp {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(self.stream()?).poll_write(cx, buf)
+        self.detach_if_asked();
+        match self.stream.as_mut() {
+            Some(stream) => Pin::new(stream).poll_write(cx, buf),
+            // Handed over: written into nothing.
+            None => Poll::Ready(Ok(buf.len())),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(self.stream()?).poll_flush(cx)
+        self.detach_if_asked();
+        match self.stream.as_mut() {
+            Some(stream) => Pin::new(stream).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(self.stream()?).poll_shutdown(cx)
+        self.detach_if_asked();
+        match self.stream.as_mut() {
+            Some(stream) => Pin::new(stream).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
     }
 
     fn poll_write_vectored(
@@ -98,11 +157,15 @@ impl AsyncWrite for LingeringTcp {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(self.stream()?).poll_write_vectored(cx, bufs)
+        self.detach_if_asked();
+        match self.stream.as_mut() {
+            Some(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            None => Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum())),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.as_ref().is_some_and(|s| s.is_write_vectored())
+        self.stream.as_ref().is_some_and(|s| s.is_write_vectored())
     }
 }
 

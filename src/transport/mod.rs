@@ -5,6 +5,7 @@
 pub mod client_addr;
 pub mod connection;
 pub mod emulation;
+pub mod handoff;
 pub mod linger;
 pub mod uni;
 pub mod uni_websocket;

@@ -18,7 +18,6 @@
 //! its own and hands the response body its chunks through a channel of one: a client that stops
 //! reading stops the body, then the loop's writes, and its queue overflows as with WebSocket.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -28,9 +27,10 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::connection::{drive, Incoming, Wire};
+use super::handoff::{Detachable, StreamOut};
 use super::{ConnectionLimit, Transport};
 use crate::hooks::decisions::ClientHeaders;
 use crate::http::json_error;
@@ -97,6 +97,7 @@ pub async fn sse_endpoint(
     method: Method,
     headers: HeaderMap,
     Query(query): Query<UniQuery>,
+    detach: Option<axum::Extension<Detachable>>,
     body: Body,
 ) -> Response {
     let request = if method == Method::GET {
@@ -111,6 +112,7 @@ pub async fn sse_endpoint(
         headers,
         request,
         Transport::UniSse,
+        detach,
     )
     .await
 }
@@ -122,6 +124,7 @@ pub async fn http_stream_endpoint(
     connections: axum::Extension<ConnectionLimit>,
     peer: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    detach: Option<axum::Extension<Detachable>>,
     body: Body,
 ) -> Response {
     let request = read_connect_body(body).await;
@@ -132,6 +135,7 @@ pub async fn http_stream_endpoint(
         headers,
         request,
         Transport::UniHttpStream,
+        detach,
     )
     .await
 }
@@ -145,7 +149,8 @@ async fn read_connect_body(body: Body) -> Result<ConnectRequest, BadConnect> {
 }
 
 /// Admits the connection, starts its session in a task of its own and answers with the stream
-/// it writes.
+/// it writes (on the socket itself when it can be `detach`ed from hyper, see
+/// [`super::handoff`]).
 async fn stream_endpoint(
     State(node): State<Node>,
     axum::Extension(connections): axum::Extension<ConnectionLimit>,
@@ -153,6 +158,7 @@ async fn stream_endpoint(
     headers: HeaderMap,
     request: Result<ConnectRequest, BadConnect>,
     transport: Transport,
+    detach: Option<axum::Extension<Detachable>>,
 ) -> Response {
     let request = match request {
         Ok(request) => request,
@@ -168,44 +174,33 @@ async fn stream_endpoint(
     };
     // The slot and the address count are held for the connection's whole life.
     let slot = (slot, address);
-    // One chunk in flight: the body's demand is the client's reading pace.
-    let (chunks, receiver) = mpsc::channel::<Bytes>(1);
-    let wire = StreamWire {
-        chunks,
-        sse: transport == Transport::UniSse,
-    };
-    let task = serve(node.clone(), wire, request, forwarded, transport, slot);
-    node.tracker().spawn(task);
-    let content_type = if transport == Transport::UniSse {
+    let sse = transport == Transport::UniSse;
+    let content_type = if sse {
         SSE_CONTENT_TYPE
     } else {
         JSON_CONTENT_TYPE
     };
-    stream_response(receiver, content_type)
+    let (out, response) =
+        super::handoff::respond(stream_headers(content_type), detach.as_ref().map(|d| &d.0));
+    let task_node = node.clone();
+    node.tracker().spawn(async move {
+        if let Some(out) = out.ready().await {
+            let wire = StreamWire { out, sse };
+            serve(task_node, wire, request, forwarded, transport, slot).await;
+        }
+    });
+    response
 }
 
-/// The response of a streaming transport: the body is what the connection's task sends through
-/// `receiver`, as SSE events (`sse`) or JSON lines, with the headers that keep caches and
-/// proxies from holding it back.
 /// The content type of an SSE stream.
 pub(super) const SSE_CONTENT_TYPE: &str = "text/event-stream; charset=utf-8";
 /// The content type of a stream of JSON messages, one per line.
 pub(super) const JSON_CONTENT_TYPE: &str = "application/json";
 
-/// The streaming response whose body is what `receiver` yields, as `content_type`.
-pub(super) fn stream_response(
-    receiver: mpsc::Receiver<Bytes>,
-    content_type: &'static str,
-) -> Response {
-    let body = Body::from_stream(futures_util::stream::unfold(
-        receiver,
-        |mut receiver| async move {
-            let chunk = receiver.recv().await?;
-            Some((Ok::<_, Infallible>(chunk), receiver))
-        },
-    ));
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
+/// The head of a streaming response of `content_type`, with the headers that keep caches and
+/// proxies from holding it back.
+pub(super) fn stream_headers(content_type: &'static str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(
         header::CACHE_CONTROL,
@@ -214,7 +209,7 @@ pub(super) fn stream_response(
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     // Proxies such as nginx would otherwise hold pushes back to fill their buffers.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    headers
 }
 
 /// Serves one unidirectional connection until it ends: connects the session with `request`
@@ -283,17 +278,18 @@ pub fn disconnect_push(reason: &Disconnect) -> Vec<u8> {
     serde_json::to_vec(&push).expect("a push serializes")
 }
 
-/// A response body fed through a channel: SSE events or JSON lines.
+/// A streamed response body: SSE events or JSON lines.
 struct StreamWire {
-    chunks: mpsc::Sender<Bytes>,
+    out: StreamOut,
     /// SSE (`data: <push>\n\n` per push) rather than one push per line.
     sse: bool,
 }
 
 impl StreamWire {
     /// Frames the messages of one queued frame (or one push) into a body chunk.
-    fn chunk(&self, messages: impl Iterator<Item = Bytes>) -> Bytes {
+    fn chunk(&self, messages: impl Iterator<Item = Bytes>) -> BytesMut {
         let mut chunk = BytesMut::new();
+        chunk.put_bytes(0, self.out.headroom());
         for message in messages {
             if self.sse {
                 chunk.put_slice(b"data: ");
@@ -304,7 +300,7 @@ impl StreamWire {
                 chunk.put_u8(b'\n');
             }
         }
-        chunk.freeze()
+        chunk
     }
 }
 
@@ -315,30 +311,32 @@ impl Wire for StreamWire {
 
     async fn recv(&mut self) -> Incoming<String> {
         // Nothing comes from the client once the request is read; the response body being
-        // dropped (the client went away) is the end.
-        self.chunks.closed().await;
+        // dropped or the socket closing (the client went away) is the end.
+        self.out.closed().await;
         Incoming::Gone
     }
 
     async fn send(&mut self, frame: Bytes) -> Result<(), ()> {
         let chunk = self.chunk(uni_messages(&frame));
-        if chunk.is_empty() {
+        if chunk.len() == self.out.headroom() {
             return Ok(());
         }
-        self.chunks.send(chunk).await.map_err(drop)
+        self.out.send(chunk).await
     }
 
     async fn close(&mut self, reason: &Disconnect) {
         let push = Bytes::from(disconnect_push(reason));
         let chunk = self.chunk(std::iter::once(push));
-        // The stream ends when the wire is dropped, after this chunk.
-        let _ = self.chunks.send(chunk).await;
+        // The stream ends after this chunk.
+        let _ = self.out.send(chunk).await;
+        self.out.finish().await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::mpsc;
 
     #[test]
     fn pushes_lose_their_envelope_pings_stay_and_replies_go() {
@@ -387,10 +385,13 @@ mod tests {
     #[test]
     fn sse_events_carry_one_push_each() {
         let (chunks, _receiver) = mpsc::channel(1);
-        let wire = StreamWire { chunks, sse: true };
+        let wire = StreamWire {
+            out: StreamOut::Channel(chunks),
+            sse: true,
+        };
         let frame = Bytes::from_static(b"{\"push\":{\"channel\":\"a\",\"pub\":{\"data\":1}}}\n{}");
         assert_eq!(
-            wire.chunk(uni_messages(&frame)),
+            wire.chunk(uni_messages(&frame)).freeze(),
             Bytes::from_static(b"data: {\"channel\":\"a\",\"pub\":{\"data\":1}}\n\ndata: {}\n\n")
         );
     }
