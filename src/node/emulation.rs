@@ -8,9 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-
-use crate::hub::ConnId;
+use crate::hub::{ConnId, Inbox};
 
 /// Commands waiting for one emulation session, at most (a client that sends faster than its
 /// session handles commands is refused, 429, and its command rate limit applies as well).
@@ -41,7 +39,7 @@ pub struct EmulationSessions {
 
 #[derive(Debug, Default)]
 struct Registry {
-    inboxes: HashMap<Arc<str>, mpsc::Sender<String>>,
+    inboxes: HashMap<Arc<str>, Arc<Inbox<String>>>,
     /// The session id of each emulation connection, for its connect reply.
     by_conn: HashMap<ConnId, Arc<str>>,
 }
@@ -74,13 +72,13 @@ impl EmulationSessions {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers connection `conn` under a fresh random session id; its commands arrive on the
-    /// receiver.
-    pub fn register(self: &Arc<Self>, conn: ConnId) -> (Registration, mpsc::Receiver<String>) {
-        let (sender, receiver) = mpsc::channel(INBOX_CAPACITY);
+    /// Registers connection `conn` under a fresh random session id; its commands arrive in the
+    /// inbox.
+    pub fn register(self: &Arc<Self>, conn: ConnId) -> (Registration, Arc<Inbox<String>>) {
+        let inbox = Arc::new(Inbox::new(INBOX_CAPACITY));
         let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
         let mut registry = self.lock();
-        registry.inboxes.insert(id.clone(), sender);
+        registry.inboxes.insert(id.clone(), inbox.clone());
         registry.by_conn.insert(conn, id.clone());
         drop(registry);
         let registration = Registration {
@@ -88,7 +86,7 @@ impl EmulationSessions {
             id,
             conn,
         };
-        (registration, receiver)
+        (registration, inbox)
     }
 
     /// Hands `commands` to `session`'s connection, without waiting.
@@ -98,8 +96,7 @@ impl EmulationSessions {
         };
         match inbox.try_send(commands) {
             Ok(()) => Delivery::Delivered,
-            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Unknown,
+            Err(_) => Delivery::Full,
         }
     }
 
@@ -132,7 +129,7 @@ mod tests {
         let id = registration.id().to_string();
         assert_eq!(sessions.session_of(7).as_deref(), Some(id.as_str()));
         assert_eq!(sessions.deliver(&id, "{}".into()), Delivery::Delivered);
-        assert_eq!(inbox.recv().await.as_deref(), Some("{}"));
+        assert_eq!(inbox.recv().await, "{}");
         for _ in 0..INBOX_CAPACITY {
             assert_eq!(sessions.deliver(&id, "{}".into()), Delivery::Delivered);
         }

@@ -40,7 +40,6 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
-use tokio::sync::mpsc;
 
 use super::connection::{drive, Incoming, Wire};
 use super::handoff::{self, Detachable, PendingOut, StreamOut};
@@ -48,7 +47,7 @@ use super::uni::UniQuery;
 use super::{ConnectionLimit, Transport};
 use crate::hooks::decisions::ClientHeaders;
 use crate::http::json_error;
-use crate::hub::ControlInbox;
+use crate::hub::{ControlInbox, Inbox};
 use crate::node::emulation::Delivery;
 use crate::node::{Emulated, Node};
 use crate::protocol::{error_code, Disconnect, Encoding, Push, PushBody, Reply};
@@ -305,7 +304,7 @@ struct EmulationWire {
     /// The commands of the request that opened the stream, taken first.
     first: Option<Bytes>,
     /// Later commands, from `/emulation` (base64 for a Protobuf session).
-    inbox: mpsc::Receiver<String>,
+    inbox: Arc<Inbox<String>>,
 }
 
 impl EmulationWire {
@@ -342,9 +341,9 @@ impl Wire for EmulationWire {
             return Incoming::Frame(first);
         }
         tokio::select! {
-            commands = self.inbox.recv() => match (commands, self.encoding) {
-                (Some(commands), Encoding::Json) => Incoming::Frame(Bytes::from(commands)),
-                (Some(commands), Encoding::Protobuf) => {
+            commands = self.inbox.recv() => match self.encoding {
+                Encoding::Json => Incoming::Frame(Bytes::from(commands)),
+                Encoding::Protobuf => {
                     match base64::engine::general_purpose::STANDARD.decode(commands) {
                         Ok(binary) => Incoming::Frame(Bytes::from(binary)),
                         // Text sent to a Protobuf session: a JSON `/emulation` request.
@@ -353,7 +352,6 @@ impl Wire for EmulationWire {
                         )),
                     }
                 }
-                (None, _) => Incoming::Gone,
             },
             // The response body dropped, or the socket closed: the client went away.
             () = self.out.closed() => Incoming::Gone,
@@ -387,10 +385,11 @@ impl Wire for EmulationWire {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::mpsc;
 
     fn wire(sse: bool) -> EmulationWire {
         let (chunks, _) = mpsc::channel(1);
-        let (_, inbox) = mpsc::channel(1);
+        let inbox = Arc::new(Inbox::new(1));
         EmulationWire {
             out: StreamOut::Channel(chunks),
             sse,
