@@ -40,6 +40,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::connection::{drive, Incoming, Wire};
 use super::handoff::{self, Detachable, PendingOut, StreamOut};
@@ -48,6 +49,7 @@ use super::{ConnectionLimit, Transport};
 use crate::hooks::decisions::ClientHeaders;
 use crate::http::json_error;
 use crate::hub::{ControlInbox, Inbox};
+use crate::node::addresses::AddressGuard;
 use crate::node::emulation::Delivery;
 use crate::node::{Emulated, Node};
 use crate::protocol::{error_code, Disconnect, Encoding, Push, PushBody, Reply};
@@ -240,17 +242,23 @@ async fn open(
         super::uni::stream_headers(content_type),
         detach.as_ref().map(|d| &d.0),
     );
-    let task = serve(node.clone(), out, (sse, encoding), first, forwarded, transport);
-    // The slot and the address count are held for the connection's whole life.
-    node.tracker().spawn(async move {
-        task.await;
-        drop((slot, address));
-    });
+    // Spawned as it is: an `async` block awaiting it would store the connection's future twice
+    // (once captured, once awaited), for every idle session.
+    node.tracker().spawn(serve(
+        node.clone(),
+        out,
+        (sse, encoding),
+        first,
+        forwarded,
+        transport,
+        (slot, address),
+    ));
     response
 }
 
 /// Serves one emulation connection until it ends. Dropping the session releases its
-/// subscriptions and presence; dropping the registration forgets the session id.
+/// subscriptions and presence; dropping the registration forgets the session id. `slot` (the
+/// connection's place under the limit, and its address counted) is held to the end.
 async fn serve(
     node: Node,
     out: PendingOut,
@@ -258,6 +266,7 @@ async fn serve(
     first: Bytes,
     headers: ClientHeaders,
     transport: Transport,
+    slot: (OwnedSemaphorePermit, AddressGuard),
 ) {
     let Some(out) = out.ready().await else {
         return;
@@ -293,6 +302,7 @@ async fn serve(
     drop(registration);
     drop(session);
     transport.closed(&node);
+    drop(slot);
 }
 
 /// The response body out, the session's inbox (fed by `/emulation`) in.

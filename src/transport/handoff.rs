@@ -122,6 +122,12 @@ impl PendingOut {
                     .await
                     .ok()?
                     .ok()?;
+                // hyper's connection task may have left its waker in the socket's read (and write)
+                // slot; a waker holds its task's memory (1 KB) until the socket's next event, which
+                // on an idle stream may never come. Polling once here puts a no-op in its place.
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                let _ = stream.poll_read_ready(&mut cx);
+                let _ = stream.poll_write_ready(&mut cx);
                 Some(StreamOut::Socket {
                     socket: LingeringTcp::new(stream),
                     head: Some(head),
