@@ -346,3 +346,126 @@ async fn a_command_sent_to_another_node_reaches_the_session_through_redis() {
         404
     );
 }
+
+/// A client that closes its stream ends its session (its socket is read for the end even though
+/// nothing else comes on it): its presence goes, the transport's gauge drops, and `/emulation`
+/// answers 204 for its session id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_its_stream_ends_its_session() {
+    let server = server().await;
+    for (kind, name) in [(Kind::HttpStream, "http_stream"), (Kind::Sse, "sse")] {
+        let channel = format!("leaving-{name}");
+        let (mut client, _) = Emulated::open(server.addr, kind, json!({})).await;
+        let r = client
+            .call_via(server.addr, "subscribe", json!({"channel": channel}))
+            .await;
+        assert!(r.get("error").is_none(), "{kind:?}: {r}");
+        let gauge = format!("switchboard_transport_connections{{transport=\"{name}\"}}");
+        assert!(server.metrics().await.contains(&format!("{gauge} 1")));
+        let commands = json!({"session": client.0.session, "node": client.0.node, "data": "{}"});
+        drop(client);
+        let addr = server.addr;
+        let presence_empty = eventually(|| async {
+            let (status, r) = server.api("presence", json!({"channel": channel})).await;
+            status == 200 && r["result"]["presence"].as_object().is_some_and(|p| p.is_empty())
+        })
+        .await;
+        assert!(presence_empty, "{kind:?}: the closed session is still present");
+        assert!(server.metrics().await.contains(&format!("{gauge} 0")));
+        let (status, _) = api_free_post(addr, "/emulation", &commands.to_string()).await;
+        assert_eq!(status, 204, "{kind:?}");
+    }
+}
+
+/// Reads from `stream` until `done` holds for what was read (or the stream ends), within
+/// [`common::WAIT`].
+async fn read_until(
+    stream: &mut tokio::net::TcpStream,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut read = Vec::new();
+    let reading = async {
+        let mut buffer = [0u8; 4096];
+        while !done(&String::from_utf8_lossy(&read)) {
+            match stream.read(&mut buffer).await.expect("the socket reads") {
+                0 => break,
+                n => read.extend_from_slice(&buffer[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(common::WAIT, reading)
+        .await
+        .expect("the server answered in time");
+    String::from_utf8(read).expect("UTF-8")
+}
+
+/// Opens `GET /connection/sse` with a `connect` command over a raw socket, as HTTP/`version`.
+async fn raw_sse(addr: SocketAddr, version: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let connect = switchboard_client::raw::urlencode(r#"{"id":1,"connect":{}}"#);
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request =
+        format!("GET /connection/sse?cf_connect={connect} HTTP/{version}\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+/// An HTTP/1.1 stream, written by the session on the socket itself: a complete head (the
+/// caching headers, a date, chunked framing) and chunks whose sizes are right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_1_stream_is_chunked_with_its_whole_head() {
+    let server = server().await;
+    let mut stream = raw_sse(server.addr, "1.1").await;
+    let text = read_until(&mut stream, |t| {
+        t.split_once("\r\n\r\n")
+            .is_some_and(|(_, body)| body.contains("\n\n\r\n"))
+    })
+    .await;
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    for line in [
+        "content-type: text/event-stream; charset=utf-8",
+        "cache-control: private, no-cache, no-store, must-revalidate, max-age=0",
+        "pragma: no-cache",
+        "x-accel-buffering: no",
+        "transfer-encoding: chunked",
+    ] {
+        assert!(head.contains(&format!("\r\n{line}")), "no `{line}` in {head}");
+    }
+    assert!(head.contains("\r\ndate: "), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    let (size, rest) = body.split_once("\r\n").expect("a chunk size line");
+    let size = usize::from_str_radix(size, 16).expect("a hex chunk size");
+    let chunk = &rest[..size];
+    assert_eq!(&rest[size..size + 2], "\r\n", "the chunk ends where its size says");
+    let event = chunk.strip_prefix("data: ").expect("an SSE event");
+    let reply: Value = serde_json::from_str(event.trim_end()).unwrap();
+    assert_eq!(reply["id"], 1, "{reply}");
+    assert!(reply["connect"]["client"].is_string(), "{reply}");
+}
+
+/// An HTTP/1.0 client cannot take chunked framing: its stream goes through hyper, ended by the
+/// connection's close, and carries the same events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_stream_goes_through_hyper_and_works() {
+    let server = server().await;
+    let mut stream = raw_sse(server.addr, "1.0").await;
+    let text = read_until(&mut stream, |t| t.contains("\n\n") && t.contains("data: ")).await;
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.0 200 ok\r\n"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    let event = body.strip_prefix("data: ").expect("an SSE event, unframed");
+    let reply: Value = serde_json::from_str(event.split("\n\n").next().unwrap()).unwrap();
+    assert!(reply["connect"]["client"].is_string(), "{reply}");
+    let gauge = "switchboard_transport_connections{transport=\"sse\"}";
+    assert!(server.metrics().await.contains(&format!("{gauge} 1")));
+    drop(stream);
+    let gone = eventually(|| async {
+        server.metrics().await.contains(&format!("{gauge} 0"))
+    })
+    .await;
+    assert!(gone, "the HTTP/1.0 stream's session outlived its client");
+}
