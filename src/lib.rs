@@ -14,7 +14,9 @@
 //!   connection loop every transport shares ([`transport::connection`]), the WebSocket
 //!   ([`transport::websocket`]), its HTTP fallbacks (HTTP streaming and SSE with commands over
 //!   `/emulation`, [`transport::emulation`]) and Centrifugo's unidirectional transports: SSE and
-//!   HTTP streaming ([`transport::uni`]) and WebSocket ([`transport::uni_websocket`]).
+//!   HTTP streaming ([`transport::uni`]) and WebSocket ([`transport::uni_websocket`]); the
+//!   streamed ones write their response on the socket taken from hyper
+//!   ([`transport::handoff`]).
 //! - [`session`]: one client's state and command handling, one file per command family; its
 //!   `Drop` is the only cleanup path.
 //! - [`queue`]: a client's bounded outbound queue (slow readers are disconnected, never buffered

@@ -15,8 +15,9 @@
 //!
 //! Each connection is a [`Session`] driven by the shared loop ([`super::connection::drive`]),
 //! with the admission, limits and slow-client policy of WebSocket. Here the loop runs in a task of
-//! its own and hands the response body its chunks through a channel of one: a client that stops
-//! reading stops the body, then the loop's writes, and its queue overflows as with WebSocket.
+//! its own and writes the response body on the socket taken from hyper (or, where it cannot be
+//! taken, hands hyper the body's chunks through a channel of one; see [`super::handoff`]): a
+//! client that stops reading stops the loop's writes, and its queue overflows as with WebSocket.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
