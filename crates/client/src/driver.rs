@@ -1287,7 +1287,11 @@ async fn dial(
         let stream = open_stream(config, http.uri())
             .await
             .map_err(DialError::Transport)?;
-        let ws_config = WebSocketConfig::default().max_message_size(Some(64 << 20));
+        // A 16 KiB read buffer rather than tungstenite's 128 KiB, reserved per connection: it
+        // grows for a larger frame, and an application may hold many clients.
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(16 * 1024)
+            .max_message_size(Some(64 << 20));
         let (mut ws, _) =
             tokio_tungstenite::client_async_with_config(http, stream, Some(ws_config))
                 .await
