@@ -62,6 +62,7 @@ impl Session {
         };
         let connecting = Connecting {
             client: &client,
+            link: self.link,
             headers: &headers,
         };
         let decision = node.decisions().connect(connecting, &req).await?;
@@ -86,6 +87,7 @@ impl Session {
         }
         let identity = Identity {
             client,
+            link: self.link,
             user: Arc::from(decision.user.as_str()),
             conn_info: decision.info,
             meta: decision.meta,

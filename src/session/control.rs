@@ -300,7 +300,7 @@ mod tests {
     use crate::channel::ChannelOptions;
     use crate::config::Config;
     use crate::hooks::decisions::{
-        Client, ConnectDecision, Connecting, Decisions, PublishDecision, RefreshDecision,
+        Client, ConnectDecision, Connecting, Content, Decisions, PublishDecision, RefreshDecision,
         RpcDecision, SubRefreshDecision, SubscribeDecision,
     };
     use crate::hooks::rules::Rules;
@@ -308,7 +308,7 @@ mod tests {
     use crate::hub::Control;
     use crate::node::NodeHooks;
     use crate::protocol::{
-        error_code, ConnectRequest, Disconnect, Error, Payload, RefreshRequest, SubRefreshRequest,
+        error_code, ConnectRequest, Disconnect, Error, RefreshRequest, SubRefreshRequest,
         SubscribeRequest,
     };
 
@@ -404,7 +404,7 @@ mod tests {
             &self,
             client: Client<'_>,
             channel: &str,
-            data: Option<Payload>,
+            data: Option<Content>,
             options: &ChannelOptions,
             subscribed: bool,
         ) -> Result<PublishDecision, Refusal> {
@@ -416,7 +416,7 @@ mod tests {
             &self,
             client: Client<'_>,
             method: &str,
-            data: Option<Payload>,
+            data: Option<Content>,
         ) -> Result<RpcDecision, Refusal> {
             self.rules.rpc(client, method, data).await
         }

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::auth::unix_now;
-use crate::hooks::decisions::{Client, ClientHeaders};
+use crate::hooks::decisions::{Client, ClientHeaders, Link, Transport};
 use crate::hooks::events::Event;
 use crate::hooks::Refusal;
 use crate::hub::{ConnId, ControlSender};
@@ -83,6 +83,8 @@ pub struct Session {
     refreshed_by_server: bool,
     /// A client of a unidirectional transport: it hears of its state in pushes.
     unidirectional: bool,
+    /// The transport the client came over and the encoding it speaks.
+    link: Link,
     /// The headers of the request that opened the connection, as far as they are forwarded to
     /// the application backend.
     headers: ClientHeaders,
@@ -101,6 +103,7 @@ pub struct Session {
 #[derive(Debug, Clone)]
 struct Identity {
     client: Arc<str>,
+    link: Link,
     user: Arc<str>,
     conn_info: Option<Payload>,
     /// Server-only data the connect decision attached.
@@ -113,6 +116,7 @@ impl Identity {
     fn as_client(&self) -> Client<'_> {
         Client {
             client: &self.client,
+            link: self.link,
             user: &self.user,
             conn_info: self.conn_info.as_ref(),
             meta: self.meta.as_ref(),
@@ -129,15 +133,25 @@ pub type Outcome = Result<(), Disconnect>;
 type Answer = Result<Option<ReplyResult>, Refusal>;
 
 impl Session {
-    /// A session writing to `queue`; `control` is the sender of the channel the connection task
-    /// reads control requests from.
-    pub fn new(node: Node, queue: Arc<ClientQueue>, control: ControlSender) -> Session {
+    /// A session of a client connected over `transport`, writing to `queue` (whose encoding is
+    /// the client's); `control` is the sender of the channel the connection task reads control
+    /// requests from.
+    pub fn new(
+        node: Node,
+        queue: Arc<ClientQueue>,
+        control: ControlSender,
+        transport: Transport,
+    ) -> Session {
         Metrics::inc(&node.metrics().connections_accepted);
         node.metrics().encodings.opened(queue.encoding());
         let limiter = RateLimiter::new(
             node.config().client_command_rate,
             node.config().client_command_burst,
         );
+        let link = Link {
+            transport,
+            encoding: queue.encoding(),
+        };
         Session {
             conn: node.next_conn_id(),
             node,
@@ -149,6 +163,7 @@ impl Session {
             expires_at: None,
             refreshed_by_server: false,
             unidirectional: false,
+            link,
             headers: ClientHeaders::default(),
             limiter,
             pipeline: None,
