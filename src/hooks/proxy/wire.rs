@@ -237,23 +237,17 @@ pub enum ResultError {
     NotJson(&'static str),
 }
 
-/// A payload given as raw JSON (`data`) or as base64 (`b64data`), which wins when both are set;
-/// base64 must decode to JSON text, since clients speak JSON. Raw newlines are removed so a
-/// payload never splits a frame.
+/// [`content`] where only JSON is kept (connect, refresh and subscribe results, which reach
+/// clients as JSON payloads): base64 must decode to JSON text.
 fn payload(
     json: Option<Box<RawValue>>,
     b64: &str,
     field: &'static str,
 ) -> Result<Option<Payload>, ResultError> {
-    if !b64.is_empty() {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|_| ResultError::Base64(field))?;
-        let text = String::from_utf8(bytes).map_err(|_| ResultError::NotJson(field))?;
-        let raw = RawValue::from_string(text).map_err(|_| ResultError::NotJson(field))?;
-        return Ok(Some(payload_from_raw(&raw)));
+    match content(json, b64, field)? {
+        Some(content) if content.binary => Err(ResultError::NotJson(field)),
+        content => Ok(content.map(|content| content.payload)),
     }
-    Ok(json.map(|raw| payload_from_raw(&raw)))
 }
 
 /// A payload given as raw JSON (`data`) or as base64 (`b64data`, which wins), for what may be
