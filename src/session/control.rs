@@ -211,7 +211,7 @@ impl Session {
         let decision = self
             .node
             .decisions()
-            .sub_refresh(who.as_client(), &req)
+            .sub_refresh(who.as_client(self.link()), &req)
             .await;
         let channel = req.channel;
         let expires_at = match decision {
@@ -259,7 +259,12 @@ impl Session {
         let req = RefreshRequest {
             token: String::new(),
         };
-        match self.node.decisions().refresh(who.as_client(), &req).await {
+        match self
+            .node
+            .decisions()
+            .refresh(who.as_client(self.link()), &req)
+            .await
+        {
             // A renewal into the past would only be asked again at once.
             Ok(decision) if decision.expires_at.is_some_and(|at| at <= unix_now()) => {
                 Err(Disconnect::EXPIRED)

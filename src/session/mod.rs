@@ -83,8 +83,8 @@ pub struct Session {
     refreshed_by_server: bool,
     /// A client of a unidirectional transport: it hears of its state in pushes.
     unidirectional: bool,
-    /// The transport the client came over and the encoding it speaks.
-    link: Link,
+    /// The transport the client came over (its encoding is its queue's).
+    transport: Transport,
     /// The headers of the request that opened the connection, as far as they are forwarded to
     /// the application backend.
     headers: ClientHeaders,
@@ -103,7 +103,6 @@ pub struct Session {
 #[derive(Debug, Clone)]
 struct Identity {
     client: Arc<str>,
-    link: Link,
     user: Arc<str>,
     conn_info: Option<Payload>,
     /// Server-only data the connect decision attached.
@@ -112,11 +111,12 @@ struct Identity {
 }
 
 impl Identity {
-    /// The client as a decision sees it.
-    fn as_client(&self) -> Client<'_> {
+    /// The client as a decision sees it, connected by `link` (the session's: kept out of the
+    /// identity, which every connection holds and every command clones, so it stays small).
+    fn as_client(&self, link: Link) -> Client<'_> {
         Client {
             client: &self.client,
-            link: self.link,
+            link,
             user: &self.user,
             conn_info: self.conn_info.as_ref(),
             meta: self.meta.as_ref(),
@@ -148,10 +148,6 @@ impl Session {
             node.config().client_command_rate,
             node.config().client_command_burst,
         );
-        let link = Link {
-            transport,
-            encoding: queue.encoding(),
-        };
         Session {
             conn: node.next_conn_id(),
             node,
@@ -163,7 +159,7 @@ impl Session {
             expires_at: None,
             refreshed_by_server: false,
             unidirectional: false,
-            link,
+            transport,
             headers: ClientHeaders::default(),
             limiter,
             pipeline: None,
@@ -225,6 +221,14 @@ impl Session {
     /// pong is awaited.
     pub fn awaiting_pong_since(&self) -> Option<Instant> {
         self.ping_sent
+    }
+
+    /// How the client is connected: its transport and its encoding.
+    fn link(&self) -> Link {
+        Link {
+            transport: self.transport,
+            encoding: self.encoding(),
+        }
     }
 
     /// How this client's messages are encoded (its queue's encoding).

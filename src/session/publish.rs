@@ -114,7 +114,13 @@ impl Session {
         let decision = self
             .node
             .decisions()
-            .publish(who.as_client(), channel, data, &options, subscribed)
+            .publish(
+                who.as_client(self.link()),
+                channel,
+                data,
+                &options,
+                subscribed,
+            )
             .await?;
         let info = ClientInfo {
             user: who.user.to_string(),

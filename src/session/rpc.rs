@@ -23,7 +23,7 @@ impl Session {
         let decision = self
             .node
             .decisions()
-            .rpc(who.as_client(), &method, data)
+            .rpc(who.as_client(self.link()), &method, data)
             .await?;
         let (data, binary) = match decision.data {
             Some(content) => (Some(content.payload), content.binary),
