@@ -8,6 +8,12 @@
 //! (a connect with a token, a subscription with a token or to a user-limited channel), go to the
 //! built-in [`Rules`].
 //!
+//! Every request names the client's transport and protocol as they are ([`Link`]). A client's
+//! payload travels as raw JSON in `data`, or in base64 as `b64data` when it is not JSON (a
+//! Protobuf client's bytes) or when `proxy_binary_encoding` asks for base64 throughout; a
+//! backend's `b64data` may likewise be any bytes where the server can carry them (publish and rpc
+//! results).
+//!
 //! Channel decisions may be routed per namespace (a namespace turns a hook off or names its own
 //! endpoint), and RPCs by method prefix.
 //!
