@@ -79,7 +79,8 @@ if [ -f tests/compat/requirements.txt ]; then
   # A no-op when the pinned versions are already there.
   tests/compat/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/compat/requirements.txt
 fi
-cargo test --workspace --all-targets "$@"
+# Every test binary runs even when one fails, so one run reports every failure.
+cargo test --workspace --all-targets --no-fail-fast "$@"
 
 # Bounded fuzzing: new inputs go to a temporary directory, the committed seeds are only read.
 # cargo-fuzz is installed when fuzzing is asked for and the nightly toolchain is there.

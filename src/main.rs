@@ -282,6 +282,10 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     proxy_emulated_headers: Option<Vec<String>>,
+    /// Send every proxy request payload in base64 as `b64data` (true/false), as Centrifugo's
+    /// `binary_encoding`; payloads that are not JSON always travel so [default: false].
+    #[arg(long, env = "SWITCHBOARD_PROXY_BINARY_ENCODING")]
+    proxy_binary_encoding: Option<bool>,
     /// Application backend URL receiving webhooks: lifecycle events, after the fact, at least
     /// once.
     #[arg(long, env = "SWITCHBOARD_WEBHOOK_ENDPOINT")]
@@ -381,6 +385,7 @@ impl ServeArgs {
             proxy_concurrency,
             proxy_http_headers,
             proxy_emulated_headers,
+            proxy_binary_encoding,
             webhook_events,
             webhook_timeout,
             webhook_concurrency,

@@ -379,6 +379,7 @@ mod tests {
             client: None,
             user: None,
             data: &data,
+            binary: false,
         });
         sink.emit(&Event::ChannelOccupied { channel: "news" });
         let (spans, _) = timeline.since(0);

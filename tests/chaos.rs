@@ -12,13 +12,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::follower::{assert_durable, Follower};
+use common::follower::{assert_durable, Follower, Numbered, Refused};
 use common::redis_server::*;
 use common::*;
 use serde_json::json;
@@ -125,20 +124,7 @@ async fn redis_faults_on_one_node_lose_and_repeat_nothing() {
 
     // 300 numbered publications through the steady node's API, while the faulty node's Redis
     // connections are reset, then blackholed, then restored.
-    let acked: Arc<std::sync::Mutex<BTreeMap<u64, u64>>> = Arc::default();
-    let publishing = {
-        let (addr, acked) = (steady.addr, acked.clone());
-        tokio::spawn(async move {
-            for n in 1..=300u64 {
-                let body = json!({"channel": "ledger", "data": {"n": n}}).to_string();
-                let (status, reply) = api_call(addr, "publish", &body, None).await;
-                assert_eq!(status, 200, "{reply}");
-                let offset = reply["result"]["offset"].as_u64().unwrap();
-                acked.lock().unwrap().insert(offset, n);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let publishing = Numbered::start(steady.addr, "ledger", 300, Refused::Fail);
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.reset_all();
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -146,10 +132,8 @@ async fn redis_faults_on_one_node_lose_and_repeat_nothing() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     proxy.set(PASS);
     proxy.reset_all();
-    publishing.await.unwrap();
-    let acked = acked.lock().unwrap().clone();
+    let (acked, _) = publishing.finish().await;
     assert_eq!(acked.len(), 300);
-    let top = *acked.keys().last().unwrap();
 
     // durable: the history holds every acknowledged publication, once, in order.
     let (_, history) = steady
@@ -159,26 +143,7 @@ async fn redis_faults_on_one_node_lose_and_repeat_nothing() {
 
     // told, not lost; ordered.
     for (name, follower) in [("faulty", &mut on_faulty), ("steady", &mut on_steady)] {
-        tokio::time::timeout(Duration::from_secs(30), follower.follow("ledger", top))
-            .await
-            .unwrap_or_else(|_| panic!("{name}: reached offset {} of {top}", follower.last));
-        let mut sorted = follower.seen.clone();
-        sorted.dedup();
-        assert_eq!(
-            sorted.len(),
-            follower.seen.len(),
-            "{name}: a publication came twice"
-        );
-        assert!(
-            follower.seen.windows(2).all(|w| w[0] < w[1]),
-            "{name}: out of order: {:?}",
-            follower.seen
-        );
-        let missing: Vec<_> = acked
-            .keys()
-            .filter(|o| !follower.seen.contains(o))
-            .collect();
-        assert!(missing.is_empty(), "{name}: missing {missing:?}");
+        follower.assert_followed(name, "ledger", &acked).await;
     }
 
     // The faults did break the faulty node's stream (or there was nothing to check).
@@ -224,22 +189,7 @@ async fn client_network_faults_lose_and_repeat_nothing() {
         follower.reconnects_on_drop = true;
         followers.push(follower);
     }
-    let acked: Arc<std::sync::Mutex<BTreeMap<u64, u64>>> = Arc::default();
-    let publishing = {
-        let (addr, acked) = (server.addr, acked.clone());
-        tokio::spawn(async move {
-            for n in 1..=250u64 {
-                let body = json!({"channel": "ledger", "data": {"n": n}}).to_string();
-                let (status, reply) = api_call(addr, "publish", &body, None).await;
-                assert_eq!(status, 200, "{reply}");
-                acked
-                    .lock()
-                    .unwrap()
-                    .insert(reply["result"]["offset"].as_u64().unwrap(), n);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let publishing = Numbered::start(server.addr, "ledger", 250, Refused::Fail);
     // The followers read while the network misbehaves: they run on their own tasks.
     let top = 250;
     let running: Vec<_> = followers
@@ -262,8 +212,7 @@ async fn client_network_faults_lose_and_repeat_nothing() {
     proxy.set(BLACKHOLE); // half-open: sockets stay, nothing flows; pings go unanswered
     tokio::time::sleep(Duration::from_millis(2500)).await;
     proxy.set(PASS);
-    publishing.await.unwrap();
-    let acked = acked.lock().unwrap().clone();
+    let (acked, _) = publishing.finish().await;
     assert_eq!(*acked.keys().last().unwrap(), top);
     let mut alive = Vec::new();
     for running in running {

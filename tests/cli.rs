@@ -78,6 +78,26 @@ fn check_config_prints_the_effective_settings_with_secrets_masked() {
     assert!(shown.contains("port = 9123"), "{shown}");
     let output = run(&["check-config", path, "--port", "9200"], &[]);
     assert!(text(&output.stdout).contains("port = 9200"));
+    // Proxy binary mode, by flag or environment; it needs a proxy endpoint to change anything.
+    let output = run(
+        &[
+            "check-config",
+            path,
+            "--proxy-rpc-endpoint",
+            "http://127.0.0.1:9000/rpc",
+            "--proxy-binary-encoding",
+            "true",
+        ],
+        &[],
+    );
+    let shown = text(&output.stdout);
+    assert!(shown.contains("proxy_binary_encoding = true"), "{shown}");
+    let output = run(
+        &["check-config", path],
+        &[("SWITCHBOARD_PROXY_BINARY_ENCODING", "true")],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("proxy_binary_encoding changes proxy requests only"));
 
     let cases = [
         (

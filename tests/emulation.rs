@@ -367,10 +367,16 @@ async fn a_client_that_closes_its_stream_ends_its_session() {
         let addr = server.addr;
         let presence_empty = eventually(|| async {
             let (status, r) = server.api("presence", json!({"channel": channel})).await;
-            status == 200 && r["result"]["presence"].as_object().is_some_and(|p| p.is_empty())
+            status == 200
+                && r["result"]["presence"]
+                    .as_object()
+                    .is_some_and(|p| p.is_empty())
         })
         .await;
-        assert!(presence_empty, "{kind:?}: the closed session is still present");
+        assert!(
+            presence_empty,
+            "{kind:?}: the closed session is still present"
+        );
         assert!(server.metrics().await.contains(&format!("{gauge} 0")));
         let (status, _) = api_free_post(addr, "/emulation", &commands.to_string()).await;
         assert_eq!(status, 204, "{kind:?}");
@@ -379,10 +385,7 @@ async fn a_client_that_closes_its_stream_ends_its_session() {
 
 /// Reads from `stream` until `done` holds for what was read (or the stream ends), within
 /// [`common::WAIT`].
-async fn read_until(
-    stream: &mut tokio::net::TcpStream,
-    done: impl Fn(&str) -> bool,
-) -> String {
+async fn read_until(stream: &mut tokio::net::TcpStream, done: impl Fn(&str) -> bool) -> String {
     use tokio::io::AsyncReadExt;
     let mut read = Vec::new();
     let reading = async {
@@ -432,14 +435,21 @@ async fn an_http_1_1_stream_is_chunked_with_its_whole_head() {
         "x-accel-buffering: no",
         "transfer-encoding: chunked",
     ] {
-        assert!(head.contains(&format!("\r\n{line}")), "no `{line}` in {head}");
+        assert!(
+            head.contains(&format!("\r\n{line}")),
+            "no `{line}` in {head}"
+        );
     }
     assert!(head.contains("\r\ndate: "), "{head}");
     assert!(!head.contains("content-length"), "{head}");
     let (size, rest) = body.split_once("\r\n").expect("a chunk size line");
     let size = usize::from_str_radix(size, 16).expect("a hex chunk size");
     let chunk = &rest[..size];
-    assert_eq!(&rest[size..size + 2], "\r\n", "the chunk ends where its size says");
+    assert_eq!(
+        &rest[size..size + 2],
+        "\r\n",
+        "the chunk ends where its size says"
+    );
     let event = chunk.strip_prefix("data: ").expect("an SSE event");
     let reply: Value = serde_json::from_str(event.trim_end()).unwrap();
     assert_eq!(reply["id"], 1, "{reply}");
@@ -463,9 +473,7 @@ async fn an_http_1_0_stream_goes_through_hyper_and_works() {
     let gauge = "switchboard_transport_connections{transport=\"sse\"}";
     assert!(server.metrics().await.contains(&format!("{gauge} 1")));
     drop(stream);
-    let gone = eventually(|| async {
-        server.metrics().await.contains(&format!("{gauge} 0"))
-    })
-    .await;
+    let gone =
+        eventually(|| async { server.metrics().await.contains(&format!("{gauge} 0")) }).await;
     assert!(gone, "the HTTP/1.0 stream's session outlived its client");
 }

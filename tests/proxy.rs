@@ -12,9 +12,13 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
+use base64::Engine as _;
+use bytes::Bytes;
 use common::*;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use switchboard::Config;
+use switchboard_proto as pb;
 use tokio::sync::Notify;
 
 /// A backend answering Centrifugo proxy requests; each answer depends on the request, so one
@@ -67,10 +71,31 @@ impl BackendState {
 
 type Shared = State<Arc<BackendState>>;
 
+/// Bytes that are not JSON (nor UTF-8).
+const NOT_JSON: &[u8] = &[0, 255, 1, 2];
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The client's data in a request, whichever way it came: `data`, or `b64data` decoded (its
+/// JSON, or `{"user": "bytes"}` for bytes that are not JSON).
+fn client_data(body: &Value) -> Value {
+    match body["b64data"].as_str() {
+        None => body["data"].clone(),
+        Some(text) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .expect("b64data is base64");
+            serde_json::from_slice(&bytes).unwrap_or(json!({"user": "bytes"}))
+        }
+    }
+}
+
 /// `connect`: the client's `data.mode` says how to answer.
 async fn connect(State(state): Shared, headers: HeaderMap, Json(body): Json<Value>) -> Json<Value> {
     state.record("connect", &headers, &body);
-    let data = &body["data"];
+    let data = &client_data(&body);
     Json(match data["mode"].as_str().unwrap_or("allow") {
         "error" => json!({"error": {"code": 1000, "message": "custom error"}}),
         "disconnect" => json!({"disconnect": {"code": 4501, "reason": "unauthorized"}}),
@@ -143,17 +168,23 @@ async fn sub_refresh(
     })
 }
 
-/// `publish`: what is published is the backend's, wrapping the client's data.
+/// `publish`: what is published is the backend's, wrapping the client's data; to channels
+/// starting with `bytes`, bytes that are not JSON.
 async fn publish(State(state): Shared, headers: HeaderMap, Json(body): Json<Value>) -> Json<Value> {
     state.record("publish", &headers, &body);
+    if body["channel"].as_str().unwrap_or("").starts_with("bytes") {
+        return Json(json!({"result": {"b64data": b64(NOT_JSON)}}));
+    }
     Json(json!({"result": {"data": {"by": "backend", "was": body["data"]}}}))
 }
 
-/// `rpc`: `price` answers at once; `slow` waits until the backend is released.
+/// `rpc`: `price` answers at once; `bytes` with bytes that are not JSON; `slow` waits until the
+/// backend is released.
 async fn rpc(State(state): Shared, headers: HeaderMap, Json(body): Json<Value>) -> Json<Value> {
     state.record("rpc", &headers, &body);
     match body["method"].as_str() {
         Some("price") => Json(json!({"result": {"data": {"answer": 42, "user": body["user"]}}})),
+        Some("bytes") => Json(json!({"result": {"b64data": b64(NOT_JSON)}})),
         Some("slow") => {
             let _ = tokio::time::timeout(Duration::from_secs(30), state.release.notified()).await;
             Json(json!({"result": {}}))
@@ -598,5 +629,269 @@ async fn the_sub_refresh_proxy_renews_the_subscriptions_it_granted_or_ends_them(
     .await;
     let publication = ann.next_publication().await;
     assert_eq!(publication["channel"], "brief-renewed");
+    server.stop().await;
+}
+
+/// The backend's request to `hook` about the client whose data names `user`.
+fn request_of(backend: &Backend, hook: &str, user: &str) -> Value {
+    let requests = backend.state.requests_to(hook);
+    let found = requests
+        .iter()
+        .find(|(body, ..)| client_data(body)["user"] == user);
+    found
+        .unwrap_or_else(|| panic!("no {hook} request of {user}: {requests:?}"))
+        .0
+        .clone()
+}
+
+/// What a request says of its client's connection: transport, protocol, encoding.
+fn origin(body: &Value) -> (&str, &str, &str) {
+    let field = |name: &str| body[name].as_str().unwrap_or("-");
+    (field("transport"), field("protocol"), field("encoding"))
+}
+
+/// A Protobuf client connected with `data` (its bytes as they are).
+async fn protobuf_connected(server: &TestServer, data: &'static [u8]) -> PbClient {
+    let mut client = PbClient::open(server).await;
+    let reply = client
+        .0
+        .call(pb::Command {
+            id: 1,
+            connect: Some(pb::ConnectRequest {
+                data: Bytes::from_static(data),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("the connect reply");
+    assert!(reply.connect.is_some(), "connected: {reply:?}");
+    client
+}
+
+fn protobuf_rpc(id: u32, method: &str, data: &'static [u8]) -> pb::Command {
+    pb::Command {
+        id,
+        rpc: Some(pb::RpcRequest {
+            method: method.into(),
+            data: Bytes::from_static(data),
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_names_the_clients_transport_and_protocol_truly() {
+    use switchboard_client::raw::{urlencode, EmulationKind};
+    use tokio_tungstenite::tungstenite::Message;
+    let backend = Backend::start().await;
+    let server = TestServer::with(|c| {
+        backend.every_hook(c);
+        c.insecure = true;
+    })
+    .await;
+    let addr = server.addr;
+    let _json = connected_as(&server, "ws-json").await;
+    let mut protobuf = protobuf_connected(&server, br#"{"user":"ws-protobuf"}"#).await;
+    let mut streams = Vec::new();
+    for (kind, user) in [
+        (EmulationKind::HttpStream, "http-stream"),
+        (EmulationKind::Sse, "sse"),
+    ] {
+        let connect = json!({"data": {"user": user}});
+        let (session, reply) = switchboard_client::raw::Emulated::open(addr, kind, connect)
+            .await
+            .expect("an emulated session");
+        assert!(reply["client"].is_string(), "{user}: {reply}");
+        streams.push(session);
+    }
+    // Unidirectional clients: their connect push says they are in.
+    let (mut uni_ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/connection/uni_websocket"))
+            .await
+            .unwrap();
+    uni_ws
+        .send(Message::text(
+            json!({"data": {"user": "uni-ws"}}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let pushed = tokio::time::timeout(WAIT, uni_ws.next()).await.unwrap();
+    assert!(pushed
+        .unwrap()
+        .unwrap()
+        .to_text()
+        .unwrap()
+        .contains("connect"));
+    let query = urlencode(&json!({"data": {"user": "uni-sse"}}).to_string());
+    let mut uni_sse = common::http_stream::HttpStream::open(
+        addr,
+        &format!(
+            "GET /connection/uni_sse?cf_connect={query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+        ),
+        true,
+    )
+    .await;
+    assert!(uni_sse.next().await.unwrap()["connect"].is_object());
+    for (user, expected) in [
+        ("ws-json", ("websocket", "json", "json")),
+        ("ws-protobuf", ("websocket", "protobuf", "json")),
+        ("http-stream", ("http_stream", "json", "json")),
+        ("sse", ("sse", "json", "json")),
+        ("uni-ws", ("uni_websocket", "json", "json")),
+        ("uni-sse", ("uni_sse", "json", "json")),
+    ] {
+        let body = request_of(&backend, "connect", user);
+        assert_eq!(origin(&body), expected, "{user}: {body}");
+    }
+    // Later hooks of a Protobuf client and of an emulated one say the same.
+    protobuf
+        .send(&[
+            pb::Command {
+                id: 2,
+                subscribe: Some(pb::SubscribeRequest {
+                    channel: "room".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            protobuf_rpc(3, "price", b"{}"),
+        ])
+        .await;
+    assert!(protobuf.next().await.subscribe.is_some());
+    assert!(protobuf.next().await.rpc.is_some());
+    let (subscribe, rpc) = (
+        backend.state.requests_to("subscribe"),
+        backend.state.requests_to("rpc"),
+    );
+    assert_eq!(origin(&subscribe[0].0), ("websocket", "protobuf", "json"));
+    assert_eq!(origin(&rpc[0].0), ("websocket", "protobuf", "json"));
+    let reply = streams[1]
+        .call_via(addr, "rpc", json!({"method": "price"}))
+        .await
+        .unwrap();
+    assert_eq!(reply["rpc"]["data"]["answer"], 42, "{reply}");
+    let rpc = backend.state.requests_to("rpc");
+    assert_eq!(origin(&rpc[1].0), ("sse", "json", "json"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bytes_that_are_not_json_reach_the_backend_as_b64data() {
+    let backend = Backend::start().await;
+    let server = TestServer::with(|c| {
+        backend.every_hook(c);
+        open_channels(c);
+    })
+    .await;
+    // Connect data, subscribe data, a publication and RPC data, none of them JSON.
+    let mut client = protobuf_connected(&server, NOT_JSON).await;
+    let commands = [
+        pb::Command {
+            id: 2,
+            subscribe: Some(pb::SubscribeRequest {
+                channel: "room".into(),
+                data: Bytes::from_static(NOT_JSON),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        pb::Command {
+            id: 3,
+            publish: Some(pb::PublishRequest {
+                channel: "room".into(),
+                data: Bytes::from_static(NOT_JSON),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        protobuf_rpc(4, "price", NOT_JSON),
+    ];
+    for command in commands {
+        let reply = client.0.call(command).await.expect("a reply");
+        assert!(reply.error.is_none(), "{reply:?}");
+    }
+    for hook in ["connect", "subscribe", "publish", "rpc"] {
+        let body = &backend.state.requests_to(hook)[0].0;
+        assert_eq!(body["b64data"], b64(NOT_JSON), "{hook}: {body}");
+        assert!(body.get("data").is_none(), "{hook}: {body}");
+        assert_eq!(origin(body), ("websocket", "protobuf", "binary"), "{hook}");
+    }
+    // JSON data from the same client stays raw JSON.
+    let reply = client.0.call(protobuf_rpc(5, "price", br#"{"n":1}"#)).await;
+    assert!(reply.expect("a reply").rpc.is_some());
+    let body = &backend.state.requests_to("rpc")[1].0;
+    assert_eq!(body["data"], json!({"n": 1}), "{body}");
+    assert!(body.get("b64data").is_none(), "{body}");
+    assert_eq!(origin(body), ("websocket", "protobuf", "json"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn binary_answers_reach_protobuf_clients_byte_exact_and_json_clients_get_a_clear_error() {
+    let backend = Backend::start().await;
+    let server = TestServer::with(|c| {
+        backend.every_hook(c);
+        open_channels(c);
+    })
+    .await;
+    let mut protobuf = protobuf_connected(&server, br#"{"user":"pb"}"#).await;
+    let reply = protobuf
+        .0
+        .call(protobuf_rpc(2, "bytes", b""))
+        .await
+        .unwrap();
+    assert_eq!(&reply.rpc.expect("an rpc result").data[..], NOT_JSON);
+    // A JSON client cannot carry them: an error says why, and the connection goes on.
+    let mut ann = connected_as(&server, "ann").await;
+    let reply = ann.call("rpc", json!({"method": "bytes"})).await;
+    assert_eq!(reply["error"]["code"], 100, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("binary"),
+        "{reply}"
+    );
+    assert!(reply["error"].get("temporary").is_none(), "{reply}");
+    let reply = ann.call("rpc", json!({"method": "price"})).await;
+    assert_eq!(reply["rpc"]["data"]["answer"], 42, "{reply}");
+    // The publish proxy's bytes in place of the client's: a binary publication.
+    let mut subscriber = connected_as(&server, "sub").await;
+    subscriber.subscribe("bytes-feed").await;
+    let reply = ann
+        .call(
+            "publish",
+            json!({"channel": "bytes-feed", "data": {"x": 1}}),
+        )
+        .await;
+    assert!(reply.get("error").is_none(), "{reply}");
+    let push = subscriber.next_publication().await;
+    assert_eq!(push["pub"]["data"], b64(NOT_JSON), "{push}");
+    assert_eq!(push["pub"]["binary"], true, "{push}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn binary_mode_sends_json_payloads_as_b64data_too() {
+    let backend = Backend::start().await;
+    let server = TestServer::with(|c| {
+        backend.every_hook(c);
+        open_channels(c);
+        c.proxy_binary_encoding = true;
+    })
+    .await;
+    let mut ann = connected_as(&server, "ann").await;
+    let reply = ann
+        .call("rpc", json!({"method": "price", "data": {"item": 1}}))
+        .await;
+    assert_eq!(reply["rpc"]["data"]["answer"], 42, "{reply}");
+    let connect = request_of(&backend, "connect", "ann");
+    assert_eq!(connect["b64data"], b64(br#"{"user":"ann"}"#), "{connect}");
+    assert!(connect.get("data").is_none(), "{connect}");
+    assert_eq!(origin(&connect), ("websocket", "json", "binary"));
+    let rpc = &backend.state.requests_to("rpc")[0].0;
+    assert_eq!(rpc["b64data"], b64(br#"{"item":1}"#), "{rpc}");
+    assert!(rpc.get("data").is_none(), "{rpc}");
     server.stop().await;
 }

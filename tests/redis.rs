@@ -734,3 +734,31 @@ async fn a_subscribe_is_answered_once_the_node_hears_the_channel() {
     assert_eq!(push["pub"]["offset"], 1, "{push}");
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_subscriber_is_answered_once_the_node_hears_the_channel() {
+    let redis = RedisServer::start().await;
+    let url = slow_subscribe_relay(&redis, Duration::from_millis(800)).await;
+    let prefix = unique_prefix();
+    let a = TestServer::with(move |c| {
+        c.redis = vec![url];
+        c.redis_prefix = prefix;
+    })
+    .await;
+    // The first subscriber's subscription is held up at the relay while the second one joins.
+    let mut first = a.client().await;
+    let first_subscribed = tokio::spawn(async move {
+        first.subscribe("news").await;
+        first
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut second = a.client().await;
+    second.subscribe("news").await;
+    // Published as soon as the second subscription is answered: the node must hear it already.
+    publish(&a, "news", json!(1)).await;
+    let push = second.next_push().await;
+    assert_eq!(push["pub"]["offset"], 1, "{push}");
+    let mut first = first_subscribed.await.unwrap();
+    assert_eq!(first.next_push().await["pub"]["offset"], 1);
+    a.stop().await;
+}

@@ -14,11 +14,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::follower::Follower;
+use common::follower::{assert_kept, Follower, Numbered, Refused};
 use common::redis_server::*;
 use common::*;
 use serde_json::json;
@@ -76,35 +74,8 @@ async fn a_master_failover_loses_and_repeats_nothing_acknowledged() {
 
     // 200 numbered publications, one at a time; one refused (error 108 while no master answers)
     // is sent again until acknowledged.
-    let total = 200u64;
-    let acked: Arc<std::sync::Mutex<BTreeMap<u64, u64>>> = Arc::default();
-    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let publishing = {
-        let (addr, acked, refused) = (publishing_node.addr, acked.clone(), refused.clone());
-        tokio::spawn(async move {
-            for n in 1..=total {
-                let body = json!({"channel": "ledger", "data": {"n": n}}).to_string();
-                let mut attempts = 0;
-                loop {
-                    attempts += 1;
-                    assert!(attempts < 300, "publication {n} never acknowledged");
-                    let (status, reply) = api_call(addr, "publish", &body, None).await;
-                    if status == 200 && reply.get("error").is_none() {
-                        let offset = reply["result"]["offset"].as_u64().unwrap();
-                        acked.lock().unwrap().insert(offset, n);
-                        break;
-                    }
-                    refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
-    assert!(
-        eventually(|| async { acked.lock().unwrap().len() >= 60 }).await,
-        "publishing started"
-    );
+    let publishing = Numbered::start(publishing_node.addr, "ledger", 200, Refused::Resend);
+    publishing.wait_for(60).await;
     let old_master = master.port;
     master.stop();
     let mut failed_over = false;
@@ -119,37 +90,19 @@ async fn a_master_failover_loses_and_repeats_nothing_acknowledged() {
         }
     }
     assert!(failed_over, "the Sentinels promoted a replica");
-    tokio::time::timeout(Duration::from_secs(90), publishing)
-        .await
-        .expect("publishing ended")
-        .unwrap();
-    let acked = acked.lock().unwrap().clone();
-    assert_eq!(acked.len(), total as usize);
+    let (acked, refused) = publishing.finish().await;
+    assert_eq!(acked.len(), 200);
     assert!(
-        refused.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        refused > 0,
         "the failover was felt (publications refused while no master answered)"
     );
-    let top = *acked.keys().last().unwrap();
 
     // durable: every acknowledged publication is in the history at its offset, with its data.
     for server in [&publishing_node, &other_node] {
         let (_, history) = server
             .api("history", json!({"channel": "ledger", "limit": -1}))
             .await;
-        let stored: BTreeMap<u64, u64> = history["result"]["publications"]
-            .as_array()
-            .unwrap_or_else(|| panic!("a history: {history}"))
-            .iter()
-            .map(|p| {
-                (
-                    p["offset"].as_u64().unwrap(),
-                    p["data"]["n"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        for (offset, n) in &acked {
-            assert_eq!(stored.get(offset), Some(n), "durable: offset {offset}");
-        }
+        assert_kept(&history, &acked);
     }
 
     // told, not lost; ordered.
@@ -157,19 +110,7 @@ async fn a_master_failover_loses_and_repeats_nothing_acknowledged() {
         .into_iter()
         .zip(followers.iter_mut())
     {
-        tokio::time::timeout(Duration::from_secs(30), follower.follow("ledger", top))
-            .await
-            .unwrap_or_else(|_| panic!("{name}: reached offset {} of {top}", follower.last));
-        assert!(
-            follower.seen.windows(2).all(|w| w[0] < w[1]),
-            "{name}: twice or out of order: {:?}",
-            follower.seen
-        );
-        let missing: Vec<_> = acked
-            .keys()
-            .filter(|o| !follower.seen.contains(o))
-            .collect();
-        assert!(missing.is_empty(), "{name}: missing {missing:?}");
+        follower.assert_followed(name, "ledger", &acked).await;
     }
 
     // followed: both nodes serve a new subscriber from the new master.

@@ -81,6 +81,43 @@ async fn every_event_reaches_the_backend_signed_and_in_order() {
     server.stop().await;
 }
 
+/// A publication of bytes that are not JSON (a Protobuf client's) goes out as `b64data`, never as
+/// a JSON string that would look like the client's own; JSON bytes stay `data`.
+#[tokio::test]
+async fn a_binary_publication_is_sent_as_b64data() {
+    use switchboard_proto as pb;
+    let receiver = Receiver::start().await;
+    let server = TestServer::with(webhooks_to(&receiver)).await;
+    let mut client = PbClient::connected(&server).await;
+    for (id, data) in [(2, &[0u8, 255, 1, 2][..]), (3, &b"\"AP8BAg==\""[..])] {
+        let reply = client
+            .0
+            .call(pb::Command {
+                id,
+                publish: Some(pb::PublishRequest {
+                    channel: "chat:bin".into(),
+                    data: bytes::Bytes::copy_from_slice(data),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("a reply");
+        assert!(reply.error.is_none(), "{reply:?}");
+    }
+    assert!(eventually(|| async { receiver.of("publication").len() == 2 }).await);
+    let publications = receiver.of("publication");
+    assert_eq!(publications[0]["b64data"], "AP8BAg==", "{publications:#?}");
+    assert!(publications[0].get("data").is_none(), "{publications:#?}");
+    // The same text, published as a JSON string, is `data`.
+    assert_eq!(publications[1]["data"], "AP8BAg==", "{publications:#?}");
+    assert!(
+        publications[1].get("b64data").is_none(),
+        "{publications:#?}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_backend_gets_every_event_in_order_per_connection() {
     let receiver = Receiver::start().await;

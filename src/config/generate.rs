@@ -69,6 +69,7 @@ connection_rate_per_ip = 0         # new connections per second per client addre
 # proxy_subscribe_endpoint = "http://127.0.0.1:3000/centrifugo/subscribe"
 # proxy_timeout = "1s"
 # proxy_http_headers = ["Cookie", "Authorization"]
+# proxy_binary_encoding = true        # every payload as base64 `b64data` (Centrifugo's binary_encoding)
 
 # Tell the backend what happened (connect, disconnect, subscribe, ...) after the fact, durably,
 # signed with this secret (header X-Switchboard-Signature: sha256=<hex HMAC-SHA256 of the body>).

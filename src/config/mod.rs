@@ -230,6 +230,10 @@ pub struct Config {
     /// client chooses their values: list only what the backend verifies (a signed token), never
     /// what it trusts. A real header of the same name wins.
     pub proxy_emulated_headers: Vec<String>,
+    /// Send every payload of proxy requests (`data`) in base64 as `b64data`, whatever it holds,
+    /// as Centrifugo's `binary_encoding` does (requests then say `"encoding": "binary"`). Off,
+    /// only payloads that are not JSON (a Protobuf client's bytes) travel that way.
+    pub proxy_binary_encoding: bool,
     /// Headers added to every proxy request (those forwarded from the client win).
     pub proxy_static_headers: BTreeMap<String, String>,
     /// RPC endpoints by method prefix (`"billing:" = "http://…"`): the longest prefix of the
@@ -411,6 +415,7 @@ impl Default for Config {
             proxy_concurrency: 64,
             proxy_http_headers: Vec::new(),
             proxy_emulated_headers: Vec::new(),
+            proxy_binary_encoding: false,
             proxy_static_headers: BTreeMap::new(),
             proxy_rpc_endpoints: BTreeMap::new(),
             webhook_endpoint: None,

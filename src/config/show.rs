@@ -132,6 +132,7 @@ mod tests {
             "api_key = \"********\"",
             "port = 8000",
             "proxy_timeout = \"1s\"",
+            "proxy_binary_encoding = false",
             "trusted_proxies = [\"10.0.0.0/8\"]",
             "redis = [\"redis://:********@127.0.0.1:6379/0\"]",
             "redis_sentinel = [\"redis://:********@127.0.0.1:26379\"]",

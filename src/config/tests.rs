@@ -132,12 +132,14 @@ fn proxy_settings_parse_and_validate() {
         "proxy_connect_endpoint = \"http://127.0.0.1:9000/connect\"\n\
          proxy_timeout = \"250ms\"\n\
          proxy_http_headers = [\"Cookie\"]\n\
+         proxy_binary_encoding = true\n\
          [proxy_static_headers]\n\
          X-Secret = \"s\"\n",
     )
     .unwrap();
     c.validate().unwrap();
     assert_eq!(c.proxy_timeout, Duration::from_millis(250));
+    assert!(c.proxy_binary_encoding);
     assert!(c.uses_proxy());
     assert!(
         !c.anonymous_allowed(),
@@ -150,6 +152,12 @@ fn proxy_settings_parse_and_validate() {
         ..Config::default()
     };
     assert!(bad.validate().is_err());
+    let pointless = Config {
+        proxy_binary_encoding: true,
+        ..Config::default()
+    };
+    let error = pointless.validate().unwrap_err().to_string();
+    assert!(error.contains("proxy_binary_encoding"), "{error}");
     assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
     assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
     assert!(parse_duration("5 parsecs").is_err());

@@ -204,6 +204,13 @@ impl Config {
                 "proxy_timeout must be more than zero".into(),
             ));
         }
+        if self.proxy_binary_encoding && !self.uses_proxy() {
+            return Err(ConfigError::Invalid(
+                "proxy_binary_encoding changes proxy requests only: set a proxy endpoint, or \
+                 leave it off"
+                    .into(),
+            ));
+        }
         for name in self
             .proxy_http_headers
             .iter()

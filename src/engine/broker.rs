@@ -198,6 +198,9 @@ pub trait Broker: Send + Sync + 'static {
 
     /// This node has its first local subscriber of `channel`: start receiving its events.
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError>;
+    /// Another local subscriber of `channel` joined: returns once the node receives the
+    /// channel's events, if [`Broker::subscribe`] for it is still under way (boundedly).
+    async fn listening(&self, _channel: &str) {}
     /// This node has no local subscriber of `channel` left.
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError>;
 

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 
 use crate::channel::ChannelOptions;
 use crate::protocol::{
-    ConnectRequest, Disconnect, Error, Payload, RefreshRequest, SubRefreshRequest, SubscribeRequest,
+    ConnectRequest, Disconnect, Encoding, Error, Payload, RefreshRequest, SubRefreshRequest,
+    SubscribeRequest,
 };
 
 /// Why a client's command is not carried out: an error reply (the connection stays), or a
@@ -95,11 +96,55 @@ impl ClientHeaders {
     }
 }
 
+/// The transports a client connects over, as Centrifugo names them (and `/metrics` labels
+/// them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    HttpStream,
+    Sse,
+    UniWebSocket,
+    UniSse,
+    UniHttpStream,
+}
+
+impl Transport {
+    /// The transport's name, as Centrifugo names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::HttpStream => "http_stream",
+            Transport::Sse => "sse",
+            Transport::UniWebSocket => "uni_websocket",
+            Transport::UniSse => "uni_sse",
+            Transport::UniHttpStream => "uni_http_stream",
+        }
+    }
+}
+
+/// How a client is connected: the transport it came over and the encoding it speaks, which a
+/// backend may decide by (Centrifugo's proxy requests name both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub transport: Transport,
+    pub encoding: Encoding,
+}
+
+impl Link {
+    /// A WebSocket client speaking JSON, the most common kind (and the tests' default).
+    pub const WEBSOCKET_JSON: Link = Link {
+        transport: Transport::WebSocket,
+        encoding: Encoding::Json,
+    };
+}
+
 /// A client asking to connect.
 #[derive(Debug, Clone, Copy)]
 pub struct Connecting<'a> {
     /// The id the connection will have.
     pub client: &'a str,
+    /// How the client is connected.
+    pub link: Link,
     /// The headers of the request that opened the connection, as far as they are forwarded.
     pub headers: &'a ClientHeaders,
 }
@@ -109,6 +154,8 @@ pub struct Connecting<'a> {
 pub struct Client<'a> {
     /// The connection's id (what `connect` returned to it).
     pub client: &'a str,
+    /// How the client is connected.
+    pub link: Link,
     /// The user id; empty for an anonymous client.
     pub user: &'a str,
     /// The connection info others see in presence and publications.
@@ -213,11 +260,30 @@ pub struct SubRefreshDecision {
     pub expires_at: Option<u64>,
 }
 
+/// A payload, and whether it stands for bytes that are not JSON (a
+/// [`binary_payload`](crate::protocol::binary_payload): a Protobuf client's bytes, or a backend's
+/// `b64data`), which only Protobuf clients can receive as they are.
+#[derive(Debug, Clone)]
+pub struct Content {
+    pub payload: Payload,
+    pub binary: bool,
+}
+
+impl Content {
+    /// A JSON payload.
+    pub fn json(payload: Payload) -> Content {
+        Content {
+            payload,
+            binary: false,
+        }
+    }
+}
+
 /// A granted publish.
 #[derive(Debug, Clone)]
 pub struct PublishDecision {
     /// What to publish: the client's data, or what the decision put in its place.
-    pub data: Payload,
+    pub data: Content,
     /// Publish without keeping the publication in the channel's history.
     pub skip_history: bool,
 }
@@ -226,7 +292,7 @@ pub struct PublishDecision {
 #[derive(Debug, Clone, Default)]
 pub struct RpcDecision {
     /// The result returned to the client.
-    pub data: Option<Payload>,
+    pub data: Option<Content>,
 }
 
 /// Every decision the server makes about a client, in one place: the built-in
@@ -279,7 +345,7 @@ pub trait Decisions: Send + Sync + 'static {
         &self,
         client: Client<'_>,
         channel: &str,
-        data: Option<Payload>,
+        data: Option<Content>,
         options: &ChannelOptions,
         subscribed: bool,
     ) -> Result<PublishDecision, Refusal>;
@@ -289,7 +355,7 @@ pub trait Decisions: Send + Sync + 'static {
         &self,
         client: Client<'_>,
         method: &str,
-        data: Option<Payload>,
+        data: Option<Content>,
     ) -> Result<RpcDecision, Refusal>;
 }
 

@@ -44,13 +44,15 @@ pub enum Event<'a> {
     /// `channel` lost its last subscriber on this node.
     ChannelVacated { channel: &'a str },
     /// A publication to `channel` was accepted (stored, when the channel keeps history, at
-    /// `offset`); `client` and `user` are the publisher's, `None` for the server API.
+    /// `offset`); `client` and `user` are the publisher's, `None` for the server API; `binary`:
+    /// `data` stands for bytes that are not JSON (see [`crate::protocol::Publication::binary`]).
     Published {
         channel: &'a str,
         offset: u64,
         client: Option<&'a str>,
         user: Option<&'a str>,
         data: &'a Payload,
+        binary: bool,
     },
 }
 
@@ -147,6 +149,7 @@ mod tests {
                 data: &serde_json::value::RawValue::from_string("1".into())
                     .unwrap()
                     .into(),
+                binary: false,
             }
             .name(),
             "published"

@@ -12,8 +12,8 @@
 use async_trait::async_trait;
 
 use super::decisions::{
-    Client, ConnectDecision, Connecting, Decisions, PublishDecision, RefreshDecision, Refusal,
-    RpcDecision, ServerSubscription, SubRefreshDecision, SubscribeDecision,
+    Client, ConnectDecision, Connecting, Content, Decisions, PublishDecision, RefreshDecision,
+    Refusal, RpcDecision, ServerSubscription, SubRefreshDecision, SubscribeDecision,
 };
 use crate::auth::{ConnectionClaims, TokenError, TokenVerifier};
 use crate::channel::ChannelOptions;
@@ -212,7 +212,7 @@ impl Decisions for Rules {
         &self,
         client: Client<'_>,
         _channel: &str,
-        data: Option<Payload>,
+        data: Option<Content>,
         options: &ChannelOptions,
         subscribed: bool,
     ) -> Result<PublishDecision, Refusal> {
@@ -232,7 +232,7 @@ impl Decisions for Rules {
         &self,
         _client: Client<'_>,
         method: &str,
-        data: Option<Payload>,
+        data: Option<Content>,
     ) -> Result<RpcDecision, Refusal> {
         // `echo` is built in; any other method has no handler here. Centrifugo answers "not
         // available" (108) when no RPC proxy is configured, and the SDKs' suites expect it.
@@ -247,7 +247,7 @@ impl Decisions for Rules {
 mod tests {
     use super::*;
     use crate::auth::sign_hmac;
-    use crate::hooks::decisions::ClientHeaders;
+    use crate::hooks::decisions::{ClientHeaders, Link};
     use serde_json::json;
 
     const SECRET: &str = "rules-test-secret";
@@ -267,6 +267,7 @@ mod tests {
     fn ann() -> Client<'static> {
         Client {
             client: "c1",
+            link: Link::WEBSOCKET_JSON,
             user: "ann",
             conn_info: None,
             meta: None,
@@ -277,6 +278,7 @@ mod tests {
     fn connecting() -> Connecting<'static> {
         Connecting {
             client: "c1",
+            link: Link::WEBSOCKET_JSON,
             headers: ClientHeaders::none(),
         }
     }
@@ -394,7 +396,11 @@ mod tests {
         let rules = rules();
         let mut options = closed();
         let publish = |data: Option<&str>| {
-            data.map(|d| Payload::from(serde_json::value::RawValue::from_string(d.into()).unwrap()))
+            data.map(|d| {
+                Content::json(Payload::from(
+                    serde_json::value::RawValue::from_string(d.into()).unwrap(),
+                ))
+            })
         };
         let refusal = rules
             .publish(ann(), "a", publish(Some("1")), &options, true)
@@ -417,7 +423,7 @@ mod tests {
             .publish(ann(), "a", publish(Some("1")), &options, true)
             .await
             .unwrap();
-        assert_eq!(decision.data.get(), "1");
+        assert_eq!(decision.data.payload.get(), "1");
         let refusal = rules
             .publish(ann(), "a", publish(None), &options, true)
             .await

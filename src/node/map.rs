@@ -84,6 +84,8 @@ impl Node {
                 client: publisher.as_ref().map(|(client, _)| client.as_str()),
                 user: publisher.as_ref().map(|(_, user)| user.as_str()),
                 data: &published,
+                // Map entries are JSON only.
+                binary: false,
             });
         }
         Ok(position)

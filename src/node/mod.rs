@@ -411,7 +411,8 @@ impl Node {
 
     /// Adds local subscriber `conn` to `channel`, its deliveries held until
     /// [`Hub::activate`]; `join_leave`: it receives join/leave pushes. The channel's first
-    /// subscriber on this node starts the broker's deliveries of it here and occupies it.
+    /// subscriber on this node starts the broker's deliveries of it here and occupies it; a later
+    /// one returns once those deliveries have started too.
     pub async fn join_channel(
         &self,
         channel: &str,
@@ -440,6 +441,8 @@ impl Node {
                 tracing::error!(channel, error = %e, "broker subscribe failed");
             }
             self.emit(Event::ChannelOccupied { channel });
+        } else {
+            self.broker().listening(channel).await;
         }
     }
 

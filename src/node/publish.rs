@@ -63,7 +63,7 @@ impl Node {
             .info
             .as_ref()
             .map(|i| (i.client.clone(), i.user.clone()));
-        let data = publication.data.clone();
+        let (data, binary) = (publication.data.clone(), publication.binary);
         let finish = move |result: Result<Option<StreamPosition>, BrokerError>| {
             drop(span);
             let position = result.map_err(|e| broker_error(&name, e))?;
@@ -73,6 +73,7 @@ impl Node {
                 client: publisher.as_ref().map(|(client, _)| client.as_str()),
                 user: publisher.as_ref().map(|(_, user)| user.as_str()),
                 data: &data,
+                binary,
             });
             Ok(position)
         };
@@ -116,7 +117,7 @@ impl Node {
             .info
             .as_ref()
             .map(|i| (i.client.clone(), i.user.clone()));
-        let published = publication.data.clone();
+        let (published, binary) = (publication.data.clone(), publication.binary);
         let key = IdempotencyKey {
             key: key.to_string(),
             window: self.config().idempotency_window,
@@ -135,6 +136,7 @@ impl Node {
                     client: publisher.as_ref().map(|(client, _)| client.as_str()),
                     user: publisher.as_ref().map(|(_, user)| user.as_str()),
                     data: &published,
+                    binary,
                 });
                 Ok(position)
             }

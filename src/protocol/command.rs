@@ -138,6 +138,10 @@ pub struct ConnectRequest {
     #[serde(default)]
     pub token: String,
     pub data: Option<Payload>,
+    /// `data` holds bytes that are not JSON, from a Protobuf client (a
+    /// [`binary_payload`](super::binary_payload)).
+    #[serde(skip)]
+    pub binary: bool,
     #[serde(default)]
     pub name: String,
     #[serde(default)]
@@ -156,6 +160,10 @@ pub struct SubscribeRequest {
     #[serde(default)]
     pub token: String,
     pub data: Option<Payload>,
+    /// `data` holds bytes that are not JSON, from a Protobuf client (a
+    /// [`binary_payload`](super::binary_payload)).
+    #[serde(skip)]
+    pub binary: bool,
     #[serde(default)]
     pub recover: bool,
     #[serde(default)]
@@ -241,6 +249,10 @@ pub struct RpcRequest {
     #[serde(default)]
     pub method: String,
     pub data: Option<Payload>,
+    /// `data` holds bytes that are not JSON, from a Protobuf client (a
+    /// [`binary_payload`](super::binary_payload)).
+    #[serde(skip)]
+    pub binary: bool,
 }
 
 #[derive(Debug, Deserialize)]

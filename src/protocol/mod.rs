@@ -151,6 +151,23 @@ pub fn binary_bytes(payload: &Payload) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
+/// The base64 text a [`binary_payload`] holds (the contents of its JSON string), for those that
+/// take binary data as base64 (`b64data`).
+pub fn binary_base64(payload: &Payload) -> &str {
+    payload.get().trim_matches('"')
+}
+
+/// A payload's bytes as a Protobuf client gets them: the bytes of a binary payload (`binary`),
+/// the JSON text of any other.
+pub fn payload_bytes(payload: &Payload, binary: bool) -> bytes::Bytes {
+    if binary {
+        if let Some(bytes) = binary_bytes(payload) {
+            return bytes::Bytes::from(bytes);
+        }
+    }
+    bytes::Bytes::copy_from_slice(payload.get().as_bytes())
+}
+
 /// The JSON `null` payload, for requests that carry no data.
 pub fn null_payload() -> Payload {
     Arc::from(RawValue::from_string("null".to_string()).expect("null is JSON"))

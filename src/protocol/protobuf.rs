@@ -6,9 +6,10 @@
 //! it reaches JSON clients, the HTTP API and the backend unchanged, and comes back to Protobuf
 //! clients byte for byte. A publication's data may be any bytes: bytes that are not JSON make a
 //! binary publication ([`Publication::binary`]), which Protobuf subscribers, history and recovery
-//! return byte for byte and JSON clients get as a base64 string. Elsewhere (connect, subscribe
-//! and rpc data, map entries) bytes that are not JSON are refused with error 107: the command is
-//! answered, the connection stays.
+//! return byte for byte and JSON clients get as a base64 string. Connect, subscribe and rpc data
+//! may be any bytes too: bytes that are not JSON reach the application backend as `b64data` (and
+//! the built-in `echo` returns them as they are). Map entries are JSON only: other bytes are
+//! refused with error 107 (the command is answered, the connection stays).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,6 +52,16 @@ fn payload(bytes: Bytes, invalid: &mut Option<&'static str>) -> Option<Payload> 
     parsed
 }
 
+/// A payload from a client that may be any bytes: `None` when empty (the field was absent),
+/// else JSON when the bytes are one JSON value and a binary payload otherwise (the flag).
+fn any_payload(bytes: Bytes) -> (Option<Payload>, bool) {
+    if bytes.is_empty() {
+        return (None, false);
+    }
+    let (payload, binary) = super::payload_from_bytes(&bytes);
+    (Some(payload), binary)
+}
+
 /// A payload's bytes: its JSON text.
 fn bytes_of(payload: &Payload) -> Bytes {
     Bytes::copy_from_slice(payload.get().as_bytes())
@@ -60,14 +71,13 @@ fn optional_bytes(payload: &Option<Payload>) -> Bytes {
     payload.as_ref().map(bytes_of).unwrap_or_default()
 }
 
-fn subscribe_request(
-    r: pb::SubscribeRequest,
-    invalid: &mut Option<&'static str>,
-) -> SubscribeRequest {
+fn subscribe_request(r: pb::SubscribeRequest) -> SubscribeRequest {
+    let (data, binary) = any_payload(r.data);
     SubscribeRequest {
         channel: r.channel,
         token: r.token,
-        data: payload(r.data, invalid),
+        data,
+        binary,
         recover: r.recover,
         offset: r.offset,
         epoch: r.epoch,
@@ -87,24 +97,27 @@ impl From<pb::Command> for Command {
     fn from(c: pb::Command) -> Self {
         let mut invalid = None;
         let channel = |channel: String| ChannelRequest { channel };
-        let connect = c.connect.map(|r| ConnectRequest {
-            token: r.token,
-            data: payload(r.data, &mut invalid),
-            name: r.name,
-            version: r.version,
-            subs: r
-                .subs
-                .into_iter()
-                .map(|(channel, sub)| (channel, subscribe_request(sub, &mut invalid)))
-                .collect(),
-            headers: (!r.headers.is_empty()).then_some(r.headers),
+        let connect = c.connect.map(|r| {
+            let (data, binary) = any_payload(r.data);
+            ConnectRequest {
+                token: r.token,
+                data,
+                binary,
+                name: r.name,
+                version: r.version,
+                subs: r
+                    .subs
+                    .into_iter()
+                    .map(|(channel, sub)| (channel, subscribe_request(sub)))
+                    .collect(),
+                headers: (!r.headers.is_empty()).then_some(r.headers),
+            }
         });
-        let subscribe = c.subscribe.map(|r| subscribe_request(r, &mut invalid));
+        let subscribe = c.subscribe.map(subscribe_request);
         let publish = c.publish.map(|r| {
             // A stream publication may carry any bytes (a map entry is JSON only).
-            let (data, binary) = if r.r#type == 0 && !r.data.is_empty() {
-                let (data, binary) = super::payload_from_bytes(&r.data);
-                (Some(data), binary)
+            let (data, binary) = if r.r#type == 0 {
+                any_payload(r.data)
             } else {
                 (payload(r.data, &mut invalid), false)
             };
@@ -117,9 +130,13 @@ impl From<pb::Command> for Command {
                 binary,
             }
         });
-        let rpc = c.rpc.map(|r| RpcRequest {
-            method: r.method,
-            data: payload(r.data, &mut invalid),
+        let rpc = c.rpc.map(|r| {
+            let (data, binary) = any_payload(r.data);
+            RpcRequest {
+                method: r.method,
+                data,
+                binary,
+            }
         });
         Command {
             id: c.id,
@@ -198,7 +215,11 @@ impl Reply {
             Some(ReplyResult::Ping(_)) => reply.ping = Some(Default::default()),
             Some(ReplyResult::Rpc(r)) => {
                 reply.rpc = Some(pb::RpcResult {
-                    data: optional_bytes(&r.data),
+                    data: r
+                        .data
+                        .as_ref()
+                        .map(|data| super::payload_bytes(data, r.binary))
+                        .unwrap_or_default(),
                 })
             }
             Some(ReplyResult::Refresh(r)) => {
@@ -437,6 +458,17 @@ mod tests {
                 }),
                 ..Default::default()
             },
+            pb::Command {
+                id: 4,
+                publish: Some(pb::PublishRequest {
+                    channel: "map".into(),
+                    r#type: 1,
+                    key: "k".into(),
+                    data: Bytes::from_static(b"\xff"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
             pb::Command::default(),
         ]);
         let requests: Vec<Request> = decode_frame(frame).map(|c| c.unwrap().request()).collect();
@@ -454,8 +486,18 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(requests[2], Request::Invalid(NOT_JSON)));
-        assert!(matches!(requests[3], Request::Pong));
+        match &requests[2] {
+            Request::Rpc(r) => {
+                assert!(r.binary, "rpc data may be any bytes");
+                assert_eq!(r.data.as_ref().unwrap().get(), r#""/w==""#);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(requests[3], Request::Invalid(NOT_JSON)),
+            "a map entry is JSON only"
+        );
+        assert!(matches!(requests[4], Request::Pong));
     }
 
     #[test]

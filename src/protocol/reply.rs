@@ -68,12 +68,7 @@ impl Publication {
     /// The payload's bytes as a Protobuf client gets them: the bytes of a binary payload, the
     /// JSON text of any other.
     pub fn data_bytes(&self) -> bytes::Bytes {
-        if self.binary {
-            if let Some(bytes) = super::binary_bytes(&self.data) {
-                return bytes::Bytes::from(bytes);
-            }
-        }
-        bytes::Bytes::copy_from_slice(self.data.get().as_bytes())
+        super::payload_bytes(&self.data, self.binary)
     }
 }
 
@@ -235,6 +230,10 @@ pub struct HistoryResult {
 pub struct RpcResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<Payload>,
+    /// `data` stands for bytes that are not JSON (a [`binary_payload`](super::binary_payload)),
+    /// which a Protobuf client gets as they are; never sent to a JSON client.
+    #[serde(skip)]
+    pub binary: bool,
 }
 
 #[derive(Debug, Default, Serialize)]

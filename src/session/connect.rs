@@ -62,6 +62,7 @@ impl Session {
         };
         let connecting = Connecting {
             client: &client,
+            link: self.link(),
             headers: &headers,
         };
         let decision = node.decisions().connect(connecting, &req).await?;
@@ -224,7 +225,7 @@ impl Session {
             match self
                 .node
                 .decisions()
-                .subscribe(who.as_client(), &request, &options)
+                .subscribe(who.as_client(self.link()), &request, &options)
                 .await
             {
                 Ok(decision) => subscriptions.push(ServerSubscription {
@@ -240,7 +241,11 @@ impl Session {
     /// `refresh`: the node's decisions extend the connection's life (the built-in rules want a
     /// new token for the same user).
     pub(super) async fn refresh(&mut self, who: &Identity, req: RefreshRequest) -> Answer {
-        let decision = self.node.decisions().refresh(who.as_client(), &req).await?;
+        let decision = self
+            .node
+            .decisions()
+            .refresh(who.as_client(self.link()), &req)
+            .await?;
         self.expires_at = decision.expires_at;
         if let Some(info) = decision.info {
             self.renew_info(info);

@@ -211,7 +211,7 @@ impl Session {
         let decision = self
             .node
             .decisions()
-            .sub_refresh(who.as_client(), &req)
+            .sub_refresh(who.as_client(self.link()), &req)
             .await;
         let channel = req.channel;
         let expires_at = match decision {
@@ -259,7 +259,12 @@ impl Session {
         let req = RefreshRequest {
             token: String::new(),
         };
-        match self.node.decisions().refresh(who.as_client(), &req).await {
+        match self
+            .node
+            .decisions()
+            .refresh(who.as_client(self.link()), &req)
+            .await
+        {
             // A renewal into the past would only be asked again at once.
             Ok(decision) if decision.expires_at.is_some_and(|at| at <= unix_now()) => {
                 Err(Disconnect::EXPIRED)
@@ -300,7 +305,7 @@ mod tests {
     use crate::channel::ChannelOptions;
     use crate::config::Config;
     use crate::hooks::decisions::{
-        Client, ConnectDecision, Connecting, Decisions, PublishDecision, RefreshDecision,
+        Client, ConnectDecision, Connecting, Content, Decisions, PublishDecision, RefreshDecision,
         RpcDecision, SubRefreshDecision, SubscribeDecision,
     };
     use crate::hooks::rules::Rules;
@@ -308,7 +313,7 @@ mod tests {
     use crate::hub::Control;
     use crate::node::NodeHooks;
     use crate::protocol::{
-        error_code, ConnectRequest, Disconnect, Error, Payload, RefreshRequest, SubRefreshRequest,
+        error_code, ConnectRequest, Disconnect, Error, RefreshRequest, SubRefreshRequest,
         SubscribeRequest,
     };
 
@@ -404,7 +409,7 @@ mod tests {
             &self,
             client: Client<'_>,
             channel: &str,
-            data: Option<Payload>,
+            data: Option<Content>,
             options: &ChannelOptions,
             subscribed: bool,
         ) -> Result<PublishDecision, Refusal> {
@@ -416,7 +421,7 @@ mod tests {
             &self,
             client: Client<'_>,
             method: &str,
-            data: Option<Payload>,
+            data: Option<Content>,
         ) -> Result<RpcDecision, Refusal> {
             self.rules.rpc(client, method, data).await
         }

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::auth::unix_now;
-use crate::hooks::decisions::{Client, ClientHeaders};
+use crate::hooks::decisions::{Client, ClientHeaders, Link, Transport};
 use crate::hooks::events::Event;
 use crate::hooks::Refusal;
 use crate::hub::{ConnId, ControlSender};
@@ -83,6 +83,8 @@ pub struct Session {
     refreshed_by_server: bool,
     /// A client of a unidirectional transport: it hears of its state in pushes.
     unidirectional: bool,
+    /// The transport the client came over (its encoding is its queue's).
+    transport: Transport,
     /// The headers of the request that opened the connection, as far as they are forwarded to
     /// the application backend.
     headers: ClientHeaders,
@@ -109,10 +111,12 @@ struct Identity {
 }
 
 impl Identity {
-    /// The client as a decision sees it.
-    fn as_client(&self) -> Client<'_> {
+    /// The client as a decision sees it, connected by `link` (the session's: kept out of the
+    /// identity, which every connection holds and every command clones, so it stays small).
+    fn as_client(&self, link: Link) -> Client<'_> {
         Client {
             client: &self.client,
+            link,
             user: &self.user,
             conn_info: self.conn_info.as_ref(),
             meta: self.meta.as_ref(),
@@ -129,9 +133,15 @@ pub type Outcome = Result<(), Disconnect>;
 type Answer = Result<Option<ReplyResult>, Refusal>;
 
 impl Session {
-    /// A session writing to `queue`; `control` is the sender of the channel the connection task
-    /// reads control requests from.
-    pub fn new(node: Node, queue: Arc<ClientQueue>, control: ControlSender) -> Session {
+    /// A session of a client connected over `transport`, writing to `queue` (whose encoding is
+    /// the client's); `control` is the sender of the channel the connection task reads control
+    /// requests from.
+    pub fn new(
+        node: Node,
+        queue: Arc<ClientQueue>,
+        control: ControlSender,
+        transport: Transport,
+    ) -> Session {
         Metrics::inc(&node.metrics().connections_accepted);
         node.metrics().encodings.opened(queue.encoding());
         let limiter = RateLimiter::new(
@@ -149,6 +159,7 @@ impl Session {
             expires_at: None,
             refreshed_by_server: false,
             unidirectional: false,
+            transport,
             headers: ClientHeaders::default(),
             limiter,
             pipeline: None,
@@ -210,6 +221,14 @@ impl Session {
     /// pong is awaited.
     pub fn awaiting_pong_since(&self) -> Option<Instant> {
         self.ping_sent
+    }
+
+    /// How the client is connected: its transport and its encoding.
+    fn link(&self) -> Link {
+        Link {
+            transport: self.transport,
+            encoding: self.encoding(),
+        }
     }
 
     /// How this client's messages are encoded (its queue's encoding).

@@ -7,11 +7,11 @@
 //! answered. One whose order is fixed only while it runs is awaited at once.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
 use super::{Answer, Identity, Session};
+use crate::hooks::decisions::Content;
 use crate::hooks::Refusal;
 use crate::node::Submitted;
 use crate::protocol::{
@@ -110,17 +110,18 @@ impl Session {
         } = req;
         let channel = channel.as_str();
         let subscribed = self.subscriptions.contains_key(channel);
-        let sent = data.clone();
+        let data = data.map(|payload| Content { payload, binary });
         let decision = self
             .node
             .decisions()
-            .publish(who.as_client(), channel, data, &options, subscribed)
+            .publish(
+                who.as_client(self.link()),
+                channel,
+                data,
+                &options,
+                subscribed,
+            )
             .await?;
-        // Still the client's bytes unless the backend replaced them (with JSON).
-        let binary = binary
-            && sent
-                .as_ref()
-                .is_some_and(|sent| Arc::ptr_eq(sent, &decision.data));
         let info = ClientInfo {
             user: who.user.to_string(),
             client: who.client.to_string(),
@@ -132,8 +133,8 @@ impl Session {
         };
         let publication = Publication {
             info: Some(info),
-            binary,
-            ..Publication::new(decision.data)
+            binary: decision.data.binary,
+            ..Publication::new(decision.data.payload)
         };
         Ok(self
             .node
@@ -153,7 +154,7 @@ mod tests {
     use super::super::testing::{node, node_with, TestClient};
     use crate::channel::ChannelOptions;
     use crate::hooks::decisions::{
-        Client, ConnectDecision, Connecting, Decisions, PublishDecision, RefreshDecision,
+        Client, ConnectDecision, Connecting, Content, Decisions, PublishDecision, RefreshDecision,
         RpcDecision, SubRefreshDecision, SubscribeDecision,
     };
     use crate::hooks::rules::Rules;
@@ -276,7 +277,7 @@ mod tests {
             &self,
             client: Client<'_>,
             channel: &str,
-            data: Option<Payload>,
+            data: Option<Content>,
             options: &ChannelOptions,
             subscribed: bool,
         ) -> Result<PublishDecision, Refusal> {
@@ -285,7 +286,7 @@ mod tests {
                 .await?;
             let stamped = RawValue::from_string(format!(r#"{{"by":"{}"}}"#, client.client));
             Ok(PublishDecision {
-                data: Payload::from(stamped.unwrap()),
+                data: Content::json(Payload::from(stamped.unwrap())),
                 skip_history: false,
             })
         }
@@ -293,7 +294,7 @@ mod tests {
             &self,
             client: Client<'_>,
             method: &str,
-            data: Option<Payload>,
+            data: Option<Content>,
         ) -> Result<RpcDecision, Refusal> {
             self.0.rpc(client, method, data).await
         }

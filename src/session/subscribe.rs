@@ -89,7 +89,7 @@ impl Session {
         let decision = self
             .node
             .decisions()
-            .subscribe(who.as_client(), req, &options)
+            .subscribe(who.as_client(self.link()), req, &options)
             .await?;
         Ok((decision.overrides.apply(options), decision))
     }
@@ -100,7 +100,7 @@ impl Session {
         let decision = self
             .node
             .decisions()
-            .sub_refresh(who.as_client(), &req)
+            .sub_refresh(who.as_client(self.link()), &req)
             .await?;
         let Some(subscription) = self.subscriptions.get_mut(&req.channel) else {
             return Err(Error::new(error_code::PERMISSION_DENIED).into());

@@ -11,6 +11,7 @@ use super::{Outcome, Session};
 use crate::auth::{sign_hmac, TokenVerifier};
 use crate::config::Config;
 use crate::engine::memory::{LocalBroker, MemoryHistory, MemoryPresence};
+use crate::hooks::decisions::Transport;
 use crate::hub::ControlInbox;
 use crate::node::{Node, NodeHooks};
 use crate::protocol::Disconnect;
@@ -65,7 +66,7 @@ impl TestClient {
         let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
         let control = Arc::new(ControlInbox::new(16));
         TestClient {
-            session: Session::new(node.clone(), queue.clone(), control),
+            session: Session::new(node.clone(), queue.clone(), control, Transport::WebSocket),
             queue,
             unread: Vec::new(),
         }

@@ -274,6 +274,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::engine::memory::{LocalBroker, MemoryHistory, MemoryPresence};
+    use crate::transport::Transport;
 
     /// Frames in from one channel, frames and the close reason out to another.
     struct ChannelWire {
@@ -330,7 +331,12 @@ mod tests {
         let task = tokio::spawn(async move {
             let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
             let control = Arc::new(ControlInbox::new(8));
-            let mut session = Session::new(node.clone(), queue.clone(), control.clone());
+            let mut session = Session::new(
+                node.clone(),
+                queue.clone(),
+                control.clone(),
+                Transport::WebSocket,
+            );
             let mut wire = ChannelWire { incoming, outgoing };
             drive(&node, &mut session, &queue, &mut wire, &control).await
         });
@@ -439,7 +445,12 @@ mod tests {
             let node = loop_node;
             let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
             let control = Arc::new(ControlInbox::new(8));
-            let mut session = Session::new(node.clone(), queue.clone(), control.clone());
+            let mut session = Session::new(
+                node.clone(),
+                queue.clone(),
+                control.clone(),
+                Transport::UniWebSocket,
+            );
             session
                 .connect_unidirectional(Default::default())
                 .await

@@ -277,7 +277,7 @@ async fn serve(
         encoding,
     ));
     let control = Arc::new(ControlInbox::new(CONTROL_CAPACITY));
-    let mut session = Session::new(node.clone(), queue.clone(), control.clone());
+    let mut session = Session::new(node.clone(), queue.clone(), control.clone(), transport);
     session.forward_headers(headers);
     let (registration, inbox) = node.emulation().register(session.conn_id());
     let mut wire = EmulationWire {

@@ -26,30 +26,10 @@ use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::protocol::{error_code, Disconnect};
 
-/// The transports a client connects over, as `/metrics` labels them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    WebSocket,
-    HttpStream,
-    Sse,
-    UniWebSocket,
-    UniSse,
-    UniHttpStream,
-}
+pub use crate::hooks::decisions::Transport;
 
+/// Each transport's count of open connections, in `/metrics`.
 impl Transport {
-    /// The transport's name, as Centrifugo names it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Transport::WebSocket => "websocket",
-            Transport::HttpStream => "http_stream",
-            Transport::Sse => "sse",
-            Transport::UniWebSocket => "uni_websocket",
-            Transport::UniSse => "uni_sse",
-            Transport::UniHttpStream => "uni_http_stream",
-        }
-    }
-
     fn gauge(self, node: &Node) -> &std::sync::atomic::AtomicU64 {
         let open = &node.metrics().transports;
         match self {

@@ -228,7 +228,7 @@ pub async fn serve<W: Wire>(
     transport.opened(&node);
     let queue = Arc::new(ClientQueue::new(node.config().client_queue_max_bytes));
     let control = Arc::new(ControlInbox::new(CONTROL_CAPACITY));
-    let mut session = Session::new(node.clone(), queue.clone(), control.clone());
+    let mut session = Session::new(node.clone(), queue.clone(), control.clone(), transport);
     session.forward_headers(headers);
     // Boxed: connect handling is only needed once, not by every idle connection's task.
     if let Err(reason) = Box::pin(session.connect_unidirectional(request)).await {

@@ -109,7 +109,12 @@ pub fn serve(
             encoding,
         ));
         let control = Arc::new(ControlInbox::new(CONTROL_CAPACITY));
-        let mut session = Session::new(node.clone(), queue.clone(), control.clone());
+        let mut session = Session::new(
+            node.clone(),
+            queue.clone(),
+            control.clone(),
+            Transport::WebSocket,
+        );
         session.forward_headers(headers);
         let reason = drive(&node, &mut session, &queue, &mut wire, &control).await;
         if let Some(reason) = &reason {

@@ -3,11 +3,14 @@
 //! position and takes the recovered publications.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{Client, Event};
+use super::{api_call, eventually, Client, Event};
 
 /// A subscriber that follows the protocol: it records offsets and, when told its stream broke,
 /// resubscribes (or reconnects) from its position and takes the recovered publications.
@@ -134,4 +137,123 @@ pub fn assert_durable(history: &Value, acked: &BTreeMap<u64, u64>) {
         .collect();
     let expected: Vec<(u64, u64)> = acked.iter().map(|(o, n)| (*o, *n)).collect();
     assert_eq!(stored, expected, "durable");
+}
+
+/// Numbered publications (`{"n": 1}`, `{"n": 2}`, …) to one channel through a node's API, one
+/// every 10 ms, from a task of their own; what the API acknowledged is recorded by offset.
+pub struct Numbered {
+    /// Acknowledged publications: offset → `n`.
+    pub acked: Arc<Mutex<BTreeMap<u64, u64>>>,
+    refused: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What to do with a publication the API refuses.
+#[derive(Clone, Copy)]
+pub enum Refused {
+    /// The test fails: the fault under test must never refuse one.
+    Fail,
+    /// Sent again every 100 ms (at most 300 times) until acknowledged, as a client would.
+    Resend,
+}
+
+impl Numbered {
+    /// Starts publishing `total` numbered publications to `channel` through the API at `addr`.
+    pub fn start(addr: SocketAddr, channel: &str, total: u64, refused: Refused) -> Numbered {
+        let acked: Arc<Mutex<BTreeMap<u64, u64>>> = Arc::default();
+        let refusals = Arc::new(AtomicUsize::new(0));
+        let task = {
+            let (acked, refusals, channel) = (acked.clone(), refusals.clone(), channel.to_string());
+            tokio::spawn(async move {
+                for n in 1..=total {
+                    let body = json!({"channel": channel, "data": {"n": n}}).to_string();
+                    for attempt in 1.. {
+                        assert!(attempt < 300, "publication {n} never acknowledged");
+                        let (status, reply) = api_call(addr, "publish", &body, None).await;
+                        if status == 200 && reply.get("error").is_none() {
+                            let offset = reply["result"]["offset"].as_u64().unwrap();
+                            acked.lock().unwrap().insert(offset, n);
+                            break;
+                        }
+                        match refused {
+                            Refused::Fail => panic!("publication {n} refused: {status} {reply}"),
+                            Refused::Resend => {
+                                refusals.fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        Numbered {
+            acked,
+            refused: refusals,
+            task,
+        }
+    }
+
+    /// Waits (boundedly) until `count` publications are acknowledged.
+    pub async fn wait_for(&self, count: usize) {
+        assert!(
+            eventually(|| async { self.acked.lock().unwrap().len() >= count }).await,
+            "publishing started"
+        );
+    }
+
+    /// Waits (at most 90 s) for every publication to be acknowledged; returns them (offset →
+    /// `n`) and how many times the API refused one.
+    pub async fn finish(self) -> (BTreeMap<u64, u64>, usize) {
+        tokio::time::timeout(Duration::from_secs(90), self.task)
+            .await
+            .expect("publishing ended")
+            .unwrap();
+        let acked = self.acked.lock().unwrap().clone();
+        (acked, self.refused.load(Ordering::SeqCst))
+    }
+}
+
+/// **durable** where a refused publication may still have been stored (an outage answers 108
+/// without knowing): the history (a `history` API answer) holds every acknowledged publication
+/// at its offset, with its data.
+pub fn assert_kept(history: &Value, acked: &BTreeMap<u64, u64>) {
+    let stored: BTreeMap<u64, u64> = history["result"]["publications"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a history: {history}"))
+        .iter()
+        .map(|p| {
+            (
+                p["offset"].as_u64().unwrap(),
+                p["data"]["n"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for (offset, n) in acked {
+        assert_eq!(stored.get(offset), Some(n), "durable: offset {offset}");
+    }
+}
+
+impl Follower {
+    /// **told, not lost** and **ordered**: follows `channel` (at most 30 s) up to the highest
+    /// acknowledged offset, then checks it received every acknowledged publication, none twice
+    /// or out of order. `name` says which subscriber failed.
+    pub async fn assert_followed(&mut self, name: &str, channel: &str, acked: &BTreeMap<u64, u64>) {
+        let top = *acked.keys().last().expect("publications were acknowledged");
+        tokio::time::timeout(Duration::from_secs(30), self.follow(channel, top))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: reached offset {} of {top}", self.last));
+        assert!(
+            self.seen.windows(2).all(|w| w[0] < w[1]),
+            "{name}: twice or out of order: {:?}",
+            self.seen
+        );
+        let missing: Vec<_> = acked.keys().filter(|o| !self.seen.contains(o)).collect();
+        assert!(
+            missing.is_empty(),
+            "{name}: missing {missing:?}; received first {:?}, recovered {} times",
+            &self.seen[..self.seen.len().min(8)],
+            self.recoveries
+        );
+    }
 }

@@ -11,13 +11,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use crate::codec::{Codec, JsonCodec};
 use crate::driver::{Call, Control, Driver};
-use crate::events::{ClientEvent, Events, State, Subscribed, SubscriptionEvent, SubscriptionState};
+use crate::events::{
+    event_channel, ClientEvent, EventSender, Events, State, Subscribed, SubscriptionEvent,
+    SubscriptionState,
+};
 use crate::protocol::{
     ClientInfo, HistoryRequest, HistoryResult, Payload, PresenceStats, Reply, Request,
     StreamPosition,
@@ -178,7 +181,7 @@ impl ClientBuilder {
     pub fn build(self) -> Client {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (calls_tx, calls_rx) = mpsc::channel(1024);
-        let (events, _) = broadcast::channel(self.config.event_capacity);
+        let events = event_channel(self.config.event_capacity);
         let state = Arc::new(
             watch::channel(ClientStatus::Disconnected {
                 code: crate::codes::DISCONNECT_CALLED,
@@ -219,7 +222,7 @@ pub(crate) enum ClientStatus {
 pub(crate) struct Shared {
     config: Arc<Config>,
     state: Arc<watch::Sender<ClientStatus>>,
-    events: broadcast::Sender<ClientEvent>,
+    events: EventSender<ClientEvent>,
     control: mpsc::UnboundedSender<Control>,
     calls: mpsc::Sender<Call>,
     subscriptions: Mutex<HashMap<String, Arc<SubscriptionShared>>>,
@@ -442,7 +445,7 @@ impl Client {
         if subscriptions.contains_key(&channel) {
             return Err(Error::DuplicateSubscription(channel));
         }
-        let (events, _) = broadcast::channel(self.shared.config.event_capacity);
+        let events = event_channel(self.shared.config.event_capacity);
         let shared = Arc::new(SubscriptionShared {
             channel: channel.clone(),
             options,
@@ -644,7 +647,7 @@ pub(crate) struct SubscriptionShared {
     pub channel: String,
     pub options: SubscriptionOptions,
     pub state: watch::Sender<SubscriptionStatus>,
-    pub events: broadcast::Sender<SubscriptionEvent>,
+    pub events: EventSender<SubscriptionEvent>,
 }
 
 /// A client's subscription to one channel, with its own state machine: it resubscribes after a

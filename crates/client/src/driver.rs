@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::rustls;
@@ -31,7 +31,7 @@ use crate::codec::Outgoing;
 use crate::codes::{
     self, backoff, close_outcome, disconnect_reconnects, error_retries, CloseOutcome,
 };
-use crate::events::{ClientEvent, Subscribed, SubscriptionEvent};
+use crate::events::{ClientEvent, EventSender, Subscribed, SubscriptionEvent};
 use crate::protocol::{
     Command, ConnectRequest, ConnectResult, Publication, Push, Reply, Request, StreamPosition,
     SubscribeRecovery, SubscribeRequest, SubscribeResult,
@@ -139,7 +139,7 @@ enum SubState {
 
 impl SubscriptionEntry {
     fn emit(&self, event: SubscriptionEvent) {
-        let _ = self.shared.events.send(event);
+        let _ = self.shared.events.send(Arc::new(event));
     }
 
     fn set_subscribing(&mut self, code: u32, reason: &str) {
@@ -189,7 +189,7 @@ pub(crate) struct Driver {
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
     state: Arc<watch::Sender<ClientStatus>>,
-    events: broadcast::Sender<ClientEvent>,
+    events: EventSender<ClientEvent>,
 
     /// The application wants a connection.
     wanted: bool,
@@ -222,7 +222,7 @@ impl Driver {
         control: mpsc::UnboundedReceiver<Control>,
         calls: mpsc::Receiver<Call>,
         state: Arc<watch::Sender<ClientStatus>>,
-        events: broadcast::Sender<ClientEvent>,
+        events: EventSender<ClientEvent>,
     ) -> Driver {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         Driver {
@@ -288,7 +288,7 @@ impl Driver {
     }
 
     fn emit(&self, event: ClientEvent) {
-        let _ = self.events.send(event);
+        let _ = self.events.send(Arc::new(event));
     }
 
     fn connected(&self) -> bool {
@@ -1287,7 +1287,11 @@ async fn dial(
         let stream = open_stream(config, http.uri())
             .await
             .map_err(DialError::Transport)?;
-        let ws_config = WebSocketConfig::default().max_message_size(Some(64 << 20));
+        // A 16 KiB read buffer rather than tungstenite's 128 KiB, reserved per connection: it
+        // grows for a larger frame, and an application may hold many clients.
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(16 * 1024)
+            .max_message_size(Some(64 << 20));
         let (mut ws, _) =
             tokio_tungstenite::client_async_with_config(http, stream, Some(ws_config))
                 .await

@@ -1,5 +1,7 @@
 //! What the client and its subscriptions tell the application: states and events.
 
+use std::sync::Arc;
+
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -181,18 +183,28 @@ impl Lagging for SubscriptionEvent {
 /// bounded backlog (a receiver that falls further behind gets a `Lagged` event instead of the
 /// oldest ones; nobody else waits for it).
 pub struct Events<T> {
-    rx: broadcast::Receiver<T>,
+    rx: broadcast::Receiver<Arc<T>>,
 }
 
-impl<T: Clone + Send + Lagging + 'static> Events<T> {
-    pub(crate) fn new(rx: broadcast::Receiver<T>) -> Self {
+/// Where a client's (or a subscription's) events are sent. Each is shared behind an [`Arc`], so
+/// the channel's backlog is a pointer per slot, not a whole event (an event is a few hundred
+/// bytes, and every client and subscription has a backlog of `event_capacity` slots).
+pub(crate) type EventSender<T> = broadcast::Sender<Arc<T>>;
+
+/// A channel of events with a backlog of `capacity`.
+pub(crate) fn event_channel<T: Clone>(capacity: usize) -> EventSender<T> {
+    broadcast::channel(capacity).0
+}
+
+impl<T: Clone + Send + Sync + Lagging + 'static> Events<T> {
+    pub(crate) fn new(rx: broadcast::Receiver<Arc<T>>) -> Self {
         Events { rx }
     }
 
     /// The next event; `None` once the client (or subscription) is gone. Cancellation-safe.
     pub async fn next(&mut self) -> Option<T> {
         match self.rx.recv().await {
-            Ok(event) => Some(event),
+            Ok(event) => Some(Arc::unwrap_or_clone(event)),
             Err(broadcast::error::RecvError::Lagged(missed)) => Some(T::lagged(missed)),
             Err(broadcast::error::RecvError::Closed) => None,
         }
@@ -201,7 +213,7 @@ impl<T: Clone + Send + Lagging + 'static> Events<T> {
     /// The next event if one is waiting, without waiting.
     pub fn try_next(&mut self) -> Option<T> {
         match self.rx.try_recv() {
-            Ok(event) => Some(event),
+            Ok(event) => Some(Arc::unwrap_or_clone(event)),
             Err(broadcast::error::TryRecvError::Lagged(missed)) => Some(T::lagged(missed)),
             Err(_) => None,
         }

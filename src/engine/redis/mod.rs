@@ -58,6 +58,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::{FutureExt, Shared};
 use redis::{AsyncCommands, Script};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
@@ -138,6 +139,10 @@ struct Shard {
     publishes: mpsc::Sender<PublishRequest>,
 }
 
+/// Redis's confirmation of a channel's subscription, awaited by every local subscriber that
+/// joins before it comes.
+type Confirmed = Shared<oneshot::Receiver<()>>;
+
 /// The shared state of the broker and presence on Redis.
 pub struct RedisEngine {
     settings: RedisSettings,
@@ -152,6 +157,9 @@ pub struct RedisEngine {
     /// Channels with local subscribers (topics this node listens to), with the last position
     /// delivered, to spot gaps after an outage.
     channels: ListenedChannels,
+    /// Channels whose subscription Redis has not confirmed yet: their later local subscribers
+    /// wait for the same confirmation as the first.
+    confirming: Mutex<HashMap<String, Confirmed>>,
     /// This node's presence entries, re-announced periodically.
     local_presence: Mutex<HashMap<(String, String), ClientInfo>>,
     /// This node's connections counted against the per-user limit, (user, client), re-announced
@@ -257,6 +265,7 @@ impl RedisEngine {
             map_scripts: map::MapScripts::new(cluster),
             handler,
             channels,
+            confirming: Mutex::new(HashMap::new()),
             local_presence: Mutex::new(HashMap::new()),
             local_users: Mutex::new(Default::default()),
             admit_script: Script::new(presence::ADMIT_SCRIPT),
@@ -564,13 +573,41 @@ impl Broker for RedisEngine {
             .unwrap_or_else(|e| e.into_inner())
             .insert(channel.to_string(), None);
         let (live, confirmed) = oneshot::channel();
+        let confirmed = confirmed.shared();
+        self.confirming
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(channel.to_string(), confirmed.clone());
         let topic = self.key("pub", channel);
-        self.request_topic(channel, TopicRequest::Subscribe { topic, live })
-            .await?;
-        // Unanswered (the connection is down, or slow): go on; the subscription is in the channel
-        // map, and the next connection subscribes it and checks for a gap.
-        let _ = tokio::time::timeout(CALL_TIMEOUT, confirmed).await;
-        Ok(())
+        let requested = self
+            .request_topic(channel, TopicRequest::Subscribe { topic, live })
+            .await;
+        if requested.is_ok() {
+            // Unanswered (the connection is down, or slow): go on; the subscription is in the
+            // channel map, and the next connection subscribes it and checks for a gap.
+            let _ = tokio::time::timeout(CALL_TIMEOUT, confirmed.clone()).await;
+        }
+        let mut confirming = self.confirming.lock().unwrap_or_else(|e| e.into_inner());
+        // Only this subscription's entry: the channel may have been left and joined again.
+        if confirming
+            .get(channel)
+            .is_some_and(|entry| entry.ptr_eq(&confirmed))
+        {
+            confirming.remove(channel);
+        }
+        requested
+    }
+
+    async fn listening(&self, channel: &str) {
+        let pending = self
+            .confirming
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(channel)
+            .cloned();
+        if let Some(confirmed) = pending {
+            let _ = tokio::time::timeout(CALL_TIMEOUT, confirmed).await;
+        }
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {

@@ -144,6 +144,21 @@ pub(super) enum TopicRequest {
     Unsubscribe(String),
 }
 
+/// A pub/sub connection's outage: whether it was logged, and the wait before the next attempt.
+struct Outage {
+    down: bool,
+    backoff: Duration,
+}
+
+impl Default for Outage {
+    fn default() -> Self {
+        Outage {
+            down: false,
+            backoff: Duration::from_millis(100),
+        }
+    }
+}
+
 /// Owns one shard's pub/sub connection: subscribes topics on request, dispatches messages, and
 /// after a lost connection reconnects, resubscribes, and flags channels that may have a gap.
 pub(super) struct PubSubSupervisor {
@@ -166,30 +181,16 @@ impl PubSubSupervisor {
     /// Serves the shard until shutdown (or until the engine, which holds the request sender, is
     /// dropped).
     pub(super) async fn run(self, mut requests: mpsc::Receiver<TopicRequest>) {
-        let mut backoff = Duration::from_millis(100);
-        let mut was_down = false;
+        let mut outage = Outage::default();
         let mut master = self.commands.master_changes();
         loop {
             if self.shutdown.is_cancelled() {
                 return;
             }
             master.mark_unchanged();
-            let pubsub = tokio::time::timeout(CALL_TIMEOUT, async {
-                self.commands.client().await?.get_async_pubsub().await
-            })
-            .await;
-            let pubsub = match pubsub {
-                Ok(Ok(pubsub)) => pubsub,
-                Ok(Err(e)) => {
-                    self.down(&mut was_down, &e.to_string());
-                    self.wait(&mut backoff, &mut requests).await;
-                    continue;
-                }
-                Err(_) => {
-                    self.down(&mut was_down, "connect timed out");
-                    self.wait(&mut backoff, &mut requests).await;
-                    continue;
-                }
+            let connecting = async { self.commands.client().await?.get_async_pubsub().await };
+            let Some(pubsub) = self.connect(connecting, &mut outage, &mut requests).await else {
+                continue;
             };
             let (mut sink, mut stream) = pubsub.split();
             // Everything this shard should listen to right now.
@@ -211,16 +212,11 @@ impl PubSubSupervisor {
                 }
             }
             if !ok {
-                self.down(&mut was_down, "subscribe failed");
-                self.wait(&mut backoff, &mut requests).await;
+                self.retry_later(&mut outage, "subscribe failed", &mut requests)
+                    .await;
                 continue;
             }
-            backoff = Duration::from_millis(100);
-            if was_down {
-                was_down = false;
-                tracing::info!(shard = self.shard, "Redis pub/sub connection restored");
-                self.flag_gaps(&local).await;
-            }
+            self.restored(&mut outage, &local).await;
             loop {
                 tokio::select! {
                     _ = self.shutdown.cancelled() => return,
@@ -244,7 +240,7 @@ impl PubSubSupervisor {
                     changed = master.changed() => if changed.is_ok() { break },
                 }
             }
-            self.down(&mut was_down, "connection lost");
+            self.down(&mut outage, "connection lost");
         }
     }
 
@@ -259,8 +255,7 @@ impl PubSubSupervisor {
         if !self.commands.is_cluster() {
             return;
         }
-        let mut backoff = Duration::from_millis(100);
-        let mut was_down = false;
+        let mut outage = Outage::default();
         loop {
             if self.shutdown.is_cancelled() {
                 return;
@@ -280,19 +275,9 @@ impl PubSubSupervisor {
                     return;
                 }
             };
-            let connected = tokio::time::timeout(CALL_TIMEOUT, client.get_async_connection()).await;
-            let mut conn = match connected {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => {
-                    self.down(&mut was_down, &e.to_string());
-                    self.wait(&mut backoff, &mut requests).await;
-                    continue;
-                }
-                Err(_) => {
-                    self.down(&mut was_down, "connect timed out");
-                    self.wait(&mut backoff, &mut requests).await;
-                    continue;
-                }
+            let connecting = client.get_async_connection();
+            let Some(mut conn) = self.connect(connecting, &mut outage, &mut requests).await else {
+                continue;
             };
             let local: Vec<String> = self
                 .channels
@@ -315,16 +300,11 @@ impl PubSubSupervisor {
                 ok = within(conn.ssubscribe(topic)).await;
             }
             if !ok {
-                self.down(&mut was_down, "subscribe failed");
-                self.wait(&mut backoff, &mut requests).await;
+                self.retry_later(&mut outage, "subscribe failed", &mut requests)
+                    .await;
                 continue;
             }
-            backoff = Duration::from_millis(100);
-            if was_down {
-                was_down = false;
-                tracing::info!("Redis Cluster pub/sub connection restored");
-                self.flag_gaps(&local).await;
-            }
+            self.restored(&mut outage, &local).await;
             loop {
                 tokio::select! {
                     _ = self.shutdown.cancelled() => return,
@@ -368,7 +348,7 @@ impl PubSubSupervisor {
                     },
                 }
             }
-            self.down(&mut was_down, "a subscription failed");
+            self.down(&mut outage, "a subscription failed");
         }
     }
 
@@ -437,9 +417,9 @@ impl PubSubSupervisor {
     }
 
     /// Logs a lost connection once per outage.
-    fn down(&self, was_down: &mut bool, reason: &str) {
-        if !*was_down {
-            *was_down = true;
+    fn down(&self, outage: &mut Outage, reason: &str) {
+        if !outage.down {
+            outage.down = true;
             tracing::warn!(
                 shard = self.shard,
                 reason,
@@ -448,11 +428,17 @@ impl PubSubSupervisor {
         }
     }
 
-    /// Sleeps `backoff` (then doubles it, up to 5 s). Requests arriving meanwhile are dropped:
-    /// the channel map already says what to listen to, and the next connection subscribes from
-    /// it, so callers never wait for the outage to end.
-    async fn wait(&self, backoff: &mut Duration, requests: &mut mpsc::Receiver<TopicRequest>) {
-        let sleep = tokio::time::sleep(*backoff);
+    /// [`Self::down`], then sleeps the outage's backoff (then doubles it, up to 5 s). Requests
+    /// arriving meanwhile are dropped: the channel map already says what to listen to, and the
+    /// next connection subscribes from it, so callers never wait for the outage to end.
+    async fn retry_later(
+        &self,
+        outage: &mut Outage,
+        reason: &str,
+        requests: &mut mpsc::Receiver<TopicRequest>,
+    ) {
+        self.down(outage, reason);
+        let sleep = tokio::time::sleep(outage.backoff);
         tokio::pin!(sleep);
         loop {
             tokio::select! {
@@ -461,7 +447,35 @@ impl PubSubSupervisor {
                 request = requests.recv() => if request.is_none() { break },
             }
         }
-        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+        outage.backoff = (outage.backoff * 2).min(Duration::from_secs(5));
+    }
+
+    /// Awaits `connecting` for at most [`CALL_TIMEOUT`]; on failure, [`Self::retry_later`] and
+    /// `None` (the caller tries again).
+    async fn connect<T>(
+        &self,
+        connecting: impl std::future::Future<Output = redis::RedisResult<T>>,
+        outage: &mut Outage,
+        requests: &mut mpsc::Receiver<TopicRequest>,
+    ) -> Option<T> {
+        let reason = match tokio::time::timeout(CALL_TIMEOUT, connecting).await {
+            Ok(Ok(connection)) => return Some(connection),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "connect timed out".to_string(),
+        };
+        self.retry_later(outage, &reason, requests).await;
+        None
+    }
+
+    /// A connection that subscribed everything: the backoff starts over and, if it follows an
+    /// outage, the channels this node listens to (`local`) are checked for a gap.
+    async fn restored(&self, outage: &mut Outage, local: &[String]) {
+        outage.backoff = Outage::default().backoff;
+        if outage.down {
+            outage.down = false;
+            tracing::info!(shard = self.shard, "Redis pub/sub connection restored");
+            self.flag_gaps(local).await;
+        }
     }
 
     /// After an outage: channels whose stream moved past what this node delivered have a gap;

@@ -8,6 +8,12 @@
 //! (a connect with a token, a subscription with a token or to a user-limited channel), go to the
 //! built-in [`Rules`].
 //!
+//! Every request names the client's transport and protocol as they are ([`Link`]). A client's
+//! payload travels as raw JSON in `data`, or in base64 as `b64data` when it is not JSON (a
+//! Protobuf client's bytes) or when `proxy_binary_encoding` asks for base64 throughout; a
+//! backend's `b64data` may likewise be any bytes where the server can carry them (publish and rpc
+//! results).
+//!
 //! Channel decisions may be routed per namespace (a namespace turns a hook off or names its own
 //! endpoint), and RPCs by method prefix.
 //!
@@ -29,9 +35,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use self::endpoint::{Backend, Endpoint};
-use self::wire::{Origin, ResultError};
+use self::wire::{Data, Origin, ResultError};
 use super::decisions::{
-    Client, ClientHeaders, ConnectDecision, Connecting, Decisions, PublishDecision,
+    Client, ClientHeaders, ConnectDecision, Connecting, Content, Decisions, Link, PublishDecision,
     RefreshDecision, Refusal, RpcDecision, SubRefreshDecision, SubscribeDecision,
 };
 use super::rules::Rules;
@@ -40,7 +46,7 @@ use crate::channel::ChannelOptions;
 use crate::config::Config;
 use crate::metrics::{BackendCalls, Metrics, ProxyMetrics};
 use crate::protocol::{
-    error_code, ConnectRequest, Error, Payload, RefreshRequest, SubRefreshRequest, SubscribeRequest,
+    error_code, ConnectRequest, Error, RefreshRequest, SubRefreshRequest, SubscribeRequest,
 };
 
 /// Why the proxy cannot be set up from the configuration.
@@ -74,6 +80,8 @@ pub struct Proxy {
     rpc_by_prefix: Vec<(String, Endpoint)>,
     /// Tokens can be verified here: a subscription token is then the rules' to check.
     verifies_tokens: bool,
+    /// Every payload travels as base64 (`b64data`), not only those that are not JSON.
+    binary_encoding: bool,
 }
 
 /// Where one namespace's channel decisions go; `None`: the rules decide.
@@ -204,6 +212,7 @@ impl Proxy {
             rpc: optional("rpc", &config.proxy_rpc_endpoint, |m| &m.rpc)?,
             rpc_by_prefix,
             verifies_tokens: verifier.is_some(),
+            binary_encoding: config.proxy_binary_encoding,
             backend: Backend {
                 client,
                 timeout: config.proxy_timeout,
@@ -262,6 +271,19 @@ impl Proxy {
         Error::new(error_code::INTERNAL).into()
     }
 
+    /// How a request about `client` (connected by `link`) opens, and its payload `data` as it
+    /// travels: in base64 when it is not JSON or in binary mode, which the opening then says.
+    fn opening<'a>(
+        &self,
+        client: &'a str,
+        link: Link,
+        data: Option<&'a Content>,
+    ) -> (Origin<'a>, Data<'a>) {
+        let data = Data::new(data, self.binary_encoding);
+        let base64 = self.binary_encoding || data.is_base64();
+        (Origin::new(client, link, base64), data)
+    }
+
     /// Whether a subscription (or its refresh) is the rules' to decide, as Centrifugo leaves
     /// subscriptions with a token and user-limited channels (`#`) to them.
     fn decided_by_rules(&self, channel: &str, token: &str) -> bool {
@@ -279,11 +301,16 @@ impl Decisions for Proxy {
         let Some(endpoint) = self.connect.as_ref().filter(|_| req.token.is_empty()) else {
             return self.rules.connect(client, req).await;
         };
+        let content = req.data.clone().map(|payload| Content {
+            payload,
+            binary: req.binary,
+        });
+        let (origin, data) = self.opening(client.client, client.link, content.as_ref());
         let body = wire::ConnectRequest {
-            origin: Origin::websocket(client.client),
+            origin,
             name: &req.name,
             version: &req.version,
-            data: req.data.as_ref(),
+            data,
         };
         let result: wire::ConnectResult = self
             .ask(endpoint, "connect", client.client, &body, client.headers)
@@ -304,7 +331,7 @@ impl Decisions for Proxy {
             return self.rules.refresh(client, req).await;
         };
         let body = wire::RefreshRequest {
-            origin: Origin::websocket(client.client),
+            origin: self.opening(client.client, client.link, None).0,
             user: client.user,
             meta: client.meta,
         };
@@ -330,12 +357,17 @@ impl Decisions for Proxy {
         let Some(endpoint) = endpoint else {
             return self.rules.subscribe(client, req, options).await;
         };
+        let content = req.data.clone().map(|payload| Content {
+            payload,
+            binary: req.binary,
+        });
+        let (origin, data) = self.opening(client.client, client.link, content.as_ref());
         let body = wire::SubscribeRequest {
-            origin: Origin::websocket(client.client),
+            origin,
             user: client.user,
             channel: &req.channel,
             token: &req.token,
-            data: req.data.as_ref(),
+            data,
             meta: client.meta,
         };
         let result: wire::SubscribeResult = self
@@ -365,7 +397,7 @@ impl Decisions for Proxy {
             return self.rules.sub_refresh(client, req).await;
         };
         let body = wire::SubRefreshRequest {
-            origin: Origin::websocket(client.client),
+            origin: self.opening(client.client, client.link, None).0,
             user: client.user,
             channel: &req.channel,
             meta: client.meta,
@@ -386,7 +418,7 @@ impl Decisions for Proxy {
         &self,
         client: Client<'_>,
         channel: &str,
-        data: Option<Payload>,
+        data: Option<Content>,
         options: &ChannelOptions,
         subscribed: bool,
     ) -> Result<PublishDecision, Refusal> {
@@ -397,11 +429,12 @@ impl Decisions for Proxy {
                 .await;
         };
         let data = data.ok_or_else(|| Error::new(error_code::BAD_REQUEST))?;
+        let (origin, wire_data) = self.opening(client.client, client.link, Some(&data));
         let body = wire::PublishRequest {
-            origin: Origin::websocket(client.client),
+            origin,
             user: client.user,
             channel,
-            data: &data,
+            data: wire_data,
             meta: client.meta,
         };
         let result: wire::PublishResult = self
@@ -416,16 +449,17 @@ impl Decisions for Proxy {
         &self,
         client: Client<'_>,
         method: &str,
-        data: Option<Payload>,
+        data: Option<Content>,
     ) -> Result<RpcDecision, Refusal> {
         let Some(endpoint) = self.rpc_endpoint(method) else {
             return self.rules.rpc(client, method, data).await;
         };
+        let (origin, data) = self.opening(client.client, client.link, data.as_ref());
         let body = wire::RpcRequest {
-            origin: Origin::websocket(client.client),
+            origin,
             user: client.user,
             method,
-            data: data.as_ref(),
+            data,
             meta: client.meta,
         };
         let result: wire::RpcResult = self

@@ -9,13 +9,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::hooks::decisions::{
-    ConnectDecision, OptionOverrides, PublishDecision, RefreshDecision, Refusal, RpcDecision,
-    ServerSubscription, SubRefreshDecision, SubscribeDecision,
+    ConnectDecision, Content, Link, OptionOverrides, PublishDecision, RefreshDecision, Refusal,
+    RpcDecision, ServerSubscription, SubRefreshDecision, SubscribeDecision,
 };
-use crate::protocol::{payload_from_raw, Disconnect, Error, Payload};
+use crate::protocol::{
+    binary_base64, payload_from_bytes, payload_from_raw, Disconnect, Error, Payload,
+};
 
-/// Who is asking, as every proxy request opens: the connection's id and how it is connected.
-/// Switchboard serves clients over WebSocket with the JSON protocol only.
+/// Who is asking, as every proxy request opens: the connection's id, its transport
+/// (`websocket`, `http_stream`, `sse`, `uni_websocket`, `uni_sse`, `uni_http_stream`), its
+/// protocol (`json`, `protobuf`), and how this request's payloads are encoded: `binary` when they
+/// travel as base64 (`b64data`), `json` when raw.
 #[derive(Debug, Serialize)]
 pub struct Origin<'a> {
     pub client: &'a str,
@@ -25,14 +29,53 @@ pub struct Origin<'a> {
 }
 
 impl<'a> Origin<'a> {
-    /// A WebSocket client speaking JSON.
-    pub fn websocket(client: &'a str) -> Origin<'a> {
+    /// `client`, connected by `link`; `base64`: the request's payloads are in base64.
+    pub fn new(client: &'a str, link: Link, base64: bool) -> Origin<'a> {
         Origin {
             client,
-            transport: "websocket",
-            protocol: "json",
-            encoding: "json",
+            transport: link.transport.name(),
+            protocol: link.encoding.name(),
+            encoding: if base64 { "binary" } else { "json" },
         }
+    }
+}
+
+/// A client's payload in a request: raw JSON in `data`, or base64 in `b64data` — always for
+/// bytes that are not JSON (which a JSON string would misrepresent), and for every payload in
+/// binary mode (`proxy_binary_encoding`, Centrifugo's `binary_encoding`). Neither when absent.
+#[derive(Debug, Default, Serialize)]
+pub struct Data<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a Payload>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    b64data: Option<String>,
+}
+
+impl<'a> Data<'a> {
+    /// `content` as a request carries it; `all_base64`: binary mode.
+    pub fn new(content: Option<&'a Content>, all_base64: bool) -> Data<'a> {
+        let Some(content) = content else {
+            return Data::default();
+        };
+        let b64data = if content.binary {
+            binary_base64(&content.payload).to_string()
+        } else if all_base64 {
+            base64::engine::general_purpose::STANDARD.encode(content.payload.get())
+        } else {
+            return Data {
+                data: Some(&content.payload),
+                b64data: None,
+            };
+        };
+        Data {
+            data: None,
+            b64data: Some(b64data),
+        }
+    }
+
+    /// Whether the payload travels as base64.
+    pub fn is_base64(&self) -> bool {
+        self.b64data.is_some()
     }
 }
 
@@ -45,8 +88,8 @@ pub struct ConnectRequest<'a> {
     pub name: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     pub version: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<&'a Payload>,
+    #[serde(flatten)]
+    pub data: Data<'a>,
 }
 
 /// `refresh`: a connection the backend let in has expired.
@@ -68,8 +111,8 @@ pub struct SubscribeRequest<'a> {
     pub channel: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     pub token: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<&'a Payload>,
+    #[serde(flatten)]
+    pub data: Data<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub meta: Option<&'a Payload>,
 }
@@ -81,7 +124,8 @@ pub struct PublishRequest<'a> {
     pub origin: Origin<'a>,
     pub user: &'a str,
     pub channel: &'a str,
-    pub data: &'a Payload,
+    #[serde(flatten)]
+    pub data: Data<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub meta: Option<&'a Payload>,
 }
@@ -105,8 +149,8 @@ pub struct RpcRequest<'a> {
     pub user: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     pub method: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<&'a Payload>,
+    #[serde(flatten)]
+    pub data: Data<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub meta: Option<&'a Payload>,
 }
@@ -193,23 +237,35 @@ pub enum ResultError {
     NotJson(&'static str),
 }
 
-/// A payload given as raw JSON (`data`) or as base64 (`b64data`), which wins when both are set;
-/// base64 must decode to JSON text, since clients speak JSON. Raw newlines are removed so a
-/// payload never splits a frame.
+/// [`content`] where only JSON is kept (connect, refresh and subscribe results, which reach
+/// clients as JSON payloads): base64 must decode to JSON text.
 fn payload(
     json: Option<Box<RawValue>>,
     b64: &str,
     field: &'static str,
 ) -> Result<Option<Payload>, ResultError> {
+    match content(json, b64, field)? {
+        Some(content) if content.binary => Err(ResultError::NotJson(field)),
+        content => Ok(content.map(|content| content.payload)),
+    }
+}
+
+/// A payload given as raw JSON (`data`) or as base64 (`b64data`, which wins), for what may be
+/// any bytes (a publication, an RPC result): bytes that are one JSON value are a JSON payload,
+/// others a binary payload. Raw newlines are removed so a payload never splits a frame.
+fn content(
+    json: Option<Box<RawValue>>,
+    b64: &str,
+    field: &'static str,
+) -> Result<Option<Content>, ResultError> {
     if !b64.is_empty() {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64)
             .map_err(|_| ResultError::Base64(field))?;
-        let text = String::from_utf8(bytes).map_err(|_| ResultError::NotJson(field))?;
-        let raw = RawValue::from_string(text).map_err(|_| ResultError::NotJson(field))?;
-        return Ok(Some(payload_from_raw(&raw)));
+        let (payload, binary) = payload_from_bytes(&bytes);
+        return Ok(Some(Content { payload, binary }));
     }
-    Ok(json.map(|raw| payload_from_raw(&raw)))
+    Ok(json.map(|raw| Content::json(payload_from_raw(&raw))))
 }
 
 /// A unix time in seconds, 0 (or less) meaning "never".
@@ -355,10 +411,11 @@ pub struct PublishResult {
 }
 
 impl PublishResult {
-    /// The decision: the backend's data in place of the client's `data`, if it gave any.
-    pub fn into_decision(self, data: Payload) -> Result<PublishDecision, ResultError> {
+    /// The decision: the backend's data in place of the client's `data`, if it gave any (any
+    /// bytes in `b64data`: a binary publication when they are not JSON).
+    pub fn into_decision(self, data: Content) -> Result<PublishDecision, ResultError> {
         Ok(PublishDecision {
-            data: payload(self.data, &self.b64data, "b64data")?.unwrap_or(data),
+            data: content(self.data, &self.b64data, "b64data")?.unwrap_or(data),
             skip_history: self.skip_history,
         })
     }
@@ -393,9 +450,10 @@ pub struct RpcResult {
 }
 
 impl RpcResult {
+    /// The decision; `b64data` may be any bytes (a binary result when they are not JSON).
     pub fn into_decision(self) -> Result<RpcDecision, ResultError> {
         Ok(RpcDecision {
-            data: payload(self.data, &self.b64data, "b64data")?,
+            data: content(self.data, &self.b64data, "b64data")?,
         })
     }
 }
@@ -414,28 +472,76 @@ mod tests {
 
     #[test]
     fn requests_carry_centrifugo_field_names_and_omit_what_is_empty() {
-        let data = raw(r#"{"x":1}"#);
+        let data = Content::json(raw(r#"{"x":1}"#));
         let connect = ConnectRequest {
-            origin: Origin::websocket("c1"),
+            origin: Origin::new("c1", Link::WEBSOCKET_JSON, false),
             name: "js",
             version: "",
-            data: Some(&data),
+            data: Data::new(Some(&data), false),
         };
         assert_eq!(
             serde_json::to_string(&connect).unwrap(),
             r#"{"client":"c1","transport":"websocket","protocol":"json","encoding":"json","name":"js","data":{"x":1}}"#
         );
         let publish = PublishRequest {
-            origin: Origin::websocket("c1"),
+            origin: Origin::new("c1", Link::WEBSOCKET_JSON, false),
             user: "ann",
             channel: "chat",
-            data: &data,
+            data: Data::new(Some(&data), false),
             meta: None,
         };
         assert_eq!(
             serde_json::to_string(&publish).unwrap(),
             r#"{"client":"c1","transport":"websocket","protocol":"json","encoding":"json","user":"ann","channel":"chat","data":{"x":1}}"#
         );
+        let rpc = RpcRequest {
+            origin: Origin::new("c1", Link::WEBSOCKET_JSON, false),
+            user: "",
+            method: "m",
+            data: Data::new(None, true),
+            meta: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&rpc).unwrap(),
+            r#"{"client":"c1","transport":"websocket","protocol":"json","encoding":"json","user":"","method":"m"}"#
+        );
+    }
+
+    #[test]
+    fn the_origin_names_the_transport_the_protocol_and_how_payloads_travel() {
+        let link = Link {
+            transport: crate::hooks::decisions::Transport::UniSse,
+            encoding: crate::protocol::Encoding::Protobuf,
+        };
+        assert_eq!(
+            serde_json::to_string(&Origin::new("c", link, true)).unwrap(),
+            r#"{"client":"c","transport":"uni_sse","protocol":"protobuf","encoding":"binary"}"#
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_json_and_binary_mode_travel_as_b64data() {
+        let binary = Content {
+            payload: crate::protocol::binary_payload(&[0, 255, 7]),
+            binary: true,
+        };
+        let json = Content::json(raw(r#""AP8H""#));
+        let shown = |data: Data<'_>| serde_json::to_string(&data).unwrap();
+        assert_eq!(
+            shown(Data::new(Some(&binary), false)),
+            r#"{"b64data":"AP8H"}"#
+        );
+        assert_eq!(
+            shown(Data::new(Some(&json), false)),
+            r#"{"data":"AP8H"}"#,
+            "a JSON string stays a JSON string"
+        );
+        assert_eq!(
+            shown(Data::new(Some(&json), true)),
+            r#"{"b64data":"IkFQOEgi"}"#,
+            "binary mode: the JSON text in base64"
+        );
+        assert_eq!(shown(Data::new(None, true)), "{}");
     }
 
     #[test]
@@ -498,25 +604,37 @@ mod tests {
     }
 
     #[test]
-    fn base64_payloads_must_decode_to_json() {
+    fn base64_results_are_json_when_they_are_and_binary_otherwise() {
         let a: Answer<RpcResult> = answer(r#"{"result":{"data":1,"b64data":"eyJhIjoxfQ=="}}"#);
-        let decision = a.into_result().unwrap().into_decision().unwrap();
-        assert_eq!(decision.data.unwrap().get(), r#"{"a":1}"#);
+        let data = a.into_result().unwrap().into_decision().unwrap().data;
+        let data = data.unwrap();
+        assert_eq!((data.payload.get(), data.binary), (r#"{"a":1}"#, false));
         let a: Answer<RpcResult> = answer(r#"{"result":{"b64data":"AAEC"}}"#);
+        let data = a.into_result().unwrap().into_decision().unwrap().data;
+        let data = data.unwrap();
+        assert!(data.binary);
+        assert_eq!(
+            crate::protocol::binary_bytes(&data.payload).unwrap(),
+            [0, 1, 2]
+        );
+        let a: Answer<RpcResult> = answer(r#"{"result":{"b64data":"not base64!"}}"#);
         assert!(a.into_result().unwrap().into_decision().is_err());
+        // Where only JSON is kept (connect data), bytes that are not JSON are refused.
+        let a: Answer<ConnectResult> = answer(r#"{"result":{"b64data":"AAEC"}}"#);
+        assert!(a.into_result().unwrap().into_decision(false).is_err());
     }
 
     #[test]
     fn publish_data_is_replaced_only_when_the_backend_gives_some() {
-        let client = raw("1");
+        let client = Content::json(raw("1"));
         let a: Answer<PublishResult> = answer(r#"{"result":{}}"#);
         let kept = a.into_result().unwrap().into_decision(client.clone());
-        assert_eq!(kept.unwrap().data.get(), "1");
+        assert_eq!(kept.unwrap().data.payload.get(), "1");
         let a: Answer<PublishResult> =
             answer("{\"result\":{\"data\":{\n\"by\": \"backend\"},\"skip_history\":true}}");
         let replaced = a.into_result().unwrap().into_decision(client).unwrap();
         assert_eq!(
-            replaced.data.get(),
+            replaced.data.payload.get(),
             r#"{"by": "backend"}"#,
             "newlines removed"
         );

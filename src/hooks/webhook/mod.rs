@@ -93,6 +93,8 @@ pub(super) struct Record {
     reason: String,
     offset: u64,
     data: Option<Payload>,
+    /// `data` stands for bytes that are not JSON: it goes out as `b64data`.
+    binary: bool,
     /// A disconnect's duration when known beforehand (a lost node's connection); otherwise the
     /// outbox takes it from the connect it recorded.
     duration_ms: Option<u64>,
@@ -120,6 +122,7 @@ impl Record {
             reason: String::new(),
             offset: 0,
             data: None,
+            binary: false,
             duration_ms: None,
         }
     }
@@ -331,6 +334,7 @@ impl EventSink for Webhooks {
                 client,
                 user,
                 data,
+                binary,
             } => {
                 if !self.sends_publication(channel) {
                     return;
@@ -341,6 +345,7 @@ impl EventSink for Webhooks {
                     channel: Some(channel.into()),
                     offset,
                     data: Some(data.clone()),
+                    binary,
                     ..Record::new(Kind::Publication)
                 }
             }

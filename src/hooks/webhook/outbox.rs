@@ -22,7 +22,7 @@ use tokio::sync::{oneshot, Notify};
 
 use super::{Kind, Record, WebhookError};
 use crate::metrics::Metrics;
-use crate::protocol::Payload;
+use crate::protocol::{binary_base64, Payload};
 
 /// The disconnect code of connections whose node was lost (killed, or gone without closing
 /// them): their events are queued when the node's data is next opened.
@@ -183,6 +183,9 @@ struct Body<'a> {
     offset: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<&'a Payload>,
+    /// Bytes that are not JSON, in base64 (as Centrifugo's proxy sends them), in place of `data`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    b64data: Option<&'a str>,
 }
 
 impl Body<'_> {
@@ -199,6 +202,7 @@ impl Body<'_> {
             duration_ms: None,
             offset: None,
             data: None,
+            b64data: None,
         }
     }
 }
@@ -224,7 +228,10 @@ impl State {
             }
             Kind::Publication => {
                 body.offset = Some(record.offset);
-                body.data = record.data.as_ref();
+                match &record.data {
+                    Some(data) if record.binary => body.b64data = Some(binary_base64(data)),
+                    data => body.data = data.as_ref(),
+                }
             }
             _ => {}
         }
