@@ -125,7 +125,7 @@ mod tests {
     #[tokio::test]
     async fn commands_reach_a_registered_session_until_it_ends() {
         let sessions = Arc::new(EmulationSessions::default());
-        let (registration, mut inbox) = sessions.register(7);
+        let (registration, inbox) = sessions.register(7);
         let id = registration.id().to_string();
         assert_eq!(sessions.session_of(7).as_deref(), Some(id.as_str()));
         assert_eq!(sessions.deliver(&id, "{}".into()), Delivery::Delivered);

@@ -95,16 +95,15 @@ pub async fn sse_endpoint(
     state: State<Node>,
     connections: axum::Extension<ConnectionLimit>,
     peer: ConnectInfo<SocketAddr>,
-    method: Method,
     headers: HeaderMap,
     Query(query): Query<UniQuery>,
-    detach: Option<axum::Extension<Detachable>>,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Response {
-    let request = if method == Method::GET {
+    let detach = request.extensions().get::<Detachable>().cloned();
+    let request = if request.method() == Method::GET {
         parse_connect(query.cf_connect.unwrap_or_default().as_bytes())
     } else {
-        read_connect_body(body).await
+        read_connect_body(request.into_body()).await
     };
     stream_endpoint(
         state,
@@ -136,7 +135,7 @@ pub async fn http_stream_endpoint(
         headers,
         request,
         Transport::UniHttpStream,
-        detach,
+        detach.map(|d| d.0),
     )
     .await
 }
@@ -159,7 +158,7 @@ async fn stream_endpoint(
     headers: HeaderMap,
     request: Result<ConnectRequest, BadConnect>,
     transport: Transport,
-    detach: Option<axum::Extension<Detachable>>,
+    detach: Option<Detachable>,
 ) -> Response {
     let request = match request {
         Ok(request) => request,
@@ -181,8 +180,7 @@ async fn stream_endpoint(
     } else {
         JSON_CONTENT_TYPE
     };
-    let (out, response) =
-        super::handoff::respond(stream_headers(content_type), detach.as_ref().map(|d| &d.0));
+    let (out, response) = super::handoff::respond(stream_headers(content_type), detach.as_ref());
     let task_node = node.clone();
     node.tracker().spawn(async move {
         if let Some(out) = out.ready().await {
