@@ -433,13 +433,15 @@ async fn serve_plain(
         };
         let _ = tcp.set_nodelay(true);
         // A streaming response may take the socket (`transport::handoff`); its chunked framing
-        // needs HTTP/1.1.
+        // needs HTTP/1.1, and a response to HEAD has no body at all.
         let (tcp, detachable) = LingeringTcp::detachable(tcp);
         let service = router
             .clone()
             .map_request(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
-                if request.version() == axum::http::Version::HTTP_11 {
+                if request.version() == axum::http::Version::HTTP_11
+                    && request.method() != axum::http::Method::HEAD
+                {
                     request.extensions_mut().insert(detachable.clone());
                 }
                 request.map(Body::new)
