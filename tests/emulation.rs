@@ -477,3 +477,27 @@ async fn an_http_1_0_stream_goes_through_hyper_and_works() {
         eventually(|| async { server.metrics().await.contains(&format!("{gauge} 0")) }).await;
     assert!(gone, "the HTTP/1.0 stream's session outlived its client");
 }
+
+/// A `HEAD` request gets the stream's head and nothing else: the next request on the same
+/// connection is answered right after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_request_gets_the_head_alone() {
+    use tokio::io::AsyncWriteExt;
+    let server = server().await;
+    let addr = server.addr;
+    let connect = switchboard_client::raw::urlencode(r#"{"id":1,"connect":{}}"#);
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head =
+        format!("HEAD /connection/sse?cf_connect={connect} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let text = read_until(&mut stream, |t| t.contains("\r\n\r\n")).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "nothing after the head: {text:?}"
+    );
+    let next = format!("GET /no-such-page HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(next.as_bytes()).await.unwrap();
+    let text = read_until(&mut stream, |t| t.contains("\r\n\r\n")).await;
+    assert!(text.starts_with("HTTP/1.1 404"), "{text:?}");
+}
