@@ -4,7 +4,8 @@ the replica wait"). After `cargo build --release`:
 
   bench/redis_scale.py scale      # 1, 2, 3 nodes on one Redis and on a 3-master cluster, one rate
   bench/redis_scale.py saturate   # the same setups, the publish rate raised step by step
-  bench/redis_scale.py wait       # one node on a master with one replica, WAIT off and on
+  bench/redis_scale.py wait       # one node on a master with one replica (and on a 3-master
+                                  # cluster with one replica each), WAIT off and on
 
 Each row: deliveries/s against the offered rate, Redis CPU time per publication (every Redis
 server's `used_cpu_sys` + `used_cpu_user`, background work included), end-to-end delivery p50/p99 (publish call to
@@ -74,13 +75,14 @@ def redis(port, d, extra=()):
     wait_port(port)
 
 
-def cluster(d):
-    """A 3-master Redis Cluster without replicas; its ports."""
-    ports = free_ports(3, bus=True)
+def cluster(d, replicas=0):
+    """A 3-master Redis Cluster, with `replicas` replicas per master; the masters' ports."""
+    ports = free_ports(3 * (1 + replicas), bus=True)
     for p in ports:
         sub = os.path.join(d, f"c{p}"); os.makedirs(sub)
         redis(p, sub, ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
-    subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports], "--cluster-yes"],
+    subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                    "--cluster-replicas", str(replicas), "--cluster-yes"],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
     for _ in range(100):
         ok = all(b"cluster_state:ok" in subprocess.run(["redis-cli", "-p", str(p), "cluster", "info"], capture_output=True, timeout=10).stdout for p in ports)
@@ -88,7 +90,16 @@ def cluster(d):
         time.sleep(0.1)
     else:
         raise SystemExit("the cluster never formed")
-    return ports
+    masters = [p for p in ports
+               if b"role:master" in subprocess.run(["redis-cli", "-p", str(p), "info", "replication"], capture_output=True, timeout=10).stdout]
+    # Every replica in sync before a run measures anything.
+    for _ in range(100):
+        synced = sum(subprocess.run(["redis-cli", "-p", str(p), "info", "replication"], capture_output=True, timeout=10).stdout.count(b"state=online") for p in masters)
+        if synced >= 3 * replicas: break
+        time.sleep(0.1)
+    else:
+        raise SystemExit("the replicas never came in sync")
+    return masters
 
 
 def setup(kind, d):
@@ -262,16 +273,22 @@ def main():
     try:
         if a.what == "wait":
             for rnd in (1, 2):
-                for wait in ("0", "1"):
-                    m, r = free_ports(2)
-                    redis(m, d); redis(r, d, ["--replicaof", "127.0.0.1", str(m), "--repl-diskless-sync-delay", "0"])
-                    time.sleep(1.5)
-                    ports, pids = nodes(binary, 1, ["--redis", f"redis://127.0.0.1:{m}"], d, ["--redis-wait-replicas", wait])
-                    l = load()
-                    api = summary(fanout(binary, ports, pids, 100, 1000, 5, "api"), 1000, 5, 100)
-                    ws = summary(fanout(binary, ports, pids, 1000, 3000, 10, "ws", publishers=1), 3000, 10, 1000)
-                    print(json.dumps({"round": rnd, "wait": wait, "load": l, "api_1000": api, "ws_3000": ws}), flush=True)
-                    stop_all()
+                for kind in kinds:
+                    for wait in ("0", "1"):
+                        if kind == "redis":
+                            m, r = free_ports(2)
+                            redis(m, d); redis(r, d, ["--replicaof", "127.0.0.1", str(m), "--repl-diskless-sync-delay", "0"])
+                            time.sleep(1.5)
+                            target = ["--redis", f"redis://127.0.0.1:{m}"]
+                        else:
+                            masters = cluster(d, replicas=1)
+                            target = ["--redis-cluster", ",".join(f"127.0.0.1:{p}" for p in masters)]
+                        ports, pids = nodes(binary, 1, target, d, ["--redis-wait-replicas", wait])
+                        l = load()
+                        api = summary(fanout(binary, ports, pids, 100, 1000, 5, "api"), 1000, 5, 100)
+                        ws = summary(fanout(binary, ports, pids, 1000, 3000, 10, "ws", publishers=1), 3000, 10, 1000)
+                        print(json.dumps({"round": rnd, "kind": kind, "wait": wait, "load": l, "api_1000": api, "ws_3000": ws}), flush=True)
+                        stop_all()
         for kind in kinds if a.what != "wait" else []:
             for n in counts:
                 target, redis_ports = setup(kind, d)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{ttl_from, Answer, Identity, Outcome, Session};
 use crate::config::Config;
 use crate::hooks::decisions::Connecting;
-use crate::hooks::decisions::ServerSubscription;
+use crate::hooks::decisions::{ServerSubscription, Transport};
 use crate::hooks::events::Event;
 use crate::hooks::Refusal;
 use crate::hub::ClientHandle;
@@ -150,7 +150,13 @@ impl Session {
         }
         // A connection the server renews itself is not the client's to refresh.
         let client_expiry = self.expires_at.filter(|_| !self.refreshed_by_server);
-        let (session, node_uid) = match node.emulation().session_of(self.conn) {
+        // Only the emulated transports have an emulation session (and the registry's lock is
+        // not every WebSocket connect's to take).
+        let emulated = matches!(self.transport, Transport::HttpStream | Transport::Sse);
+        let (session, node_uid) = match emulated
+            .then(|| node.emulation().session_of(self.conn))
+            .flatten()
+        {
             Some(session) => (session.to_string(), node.uid().to_string()),
             None => (String::new(), String::new()),
         };
