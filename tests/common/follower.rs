@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{api_call, eventually, Client, Event};
 
@@ -118,6 +119,25 @@ impl Follower {
                 other => panic!("the subscriber was dropped: {other:?}"),
             }
         }
+    }
+}
+
+impl Follower {
+    /// Keeps the connection up on a task of its own, answering the server's pings as an idle
+    /// SDK client does (a follower nobody reads from would be disconnected for not answering),
+    /// until the returned handle is dropped.
+    pub fn stay_connected(mut self) -> AbortOnDropHandle<()> {
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            loop {
+                match self.client.next_event().await {
+                    Event::Message(m) if m.as_object().is_some_and(|o| o.is_empty()) => {
+                        self.client.pong().await;
+                    }
+                    Event::Message(_) => {}
+                    _ => return,
+                }
+            }
+        }))
     }
 }
 
