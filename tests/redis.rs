@@ -715,16 +715,21 @@ async fn slow_subscribe_relay(redis: &RedisServer, delay: Duration) -> String {
     format!("redis://{addr}")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscribe_is_answered_once_the_node_hears_the_channel() {
-    let redis = RedisServer::start().await;
-    let url = slow_subscribe_relay(&redis, Duration::from_millis(500)).await;
+/// A node reaching `redis` through [`slow_subscribe_relay`].
+async fn node_with_slow_subscribes(redis: &RedisServer, delay: Duration) -> TestServer {
+    let url = slow_subscribe_relay(redis, delay).await;
     let prefix = unique_prefix();
-    let a = TestServer::with(move |c| {
+    TestServer::with(move |c| {
         c.redis = vec![url];
         c.redis_prefix = prefix;
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_is_answered_once_the_node_hears_the_channel() {
+    let redis = RedisServer::start().await;
+    let a = node_with_slow_subscribes(&redis, Duration::from_millis(500)).await;
     let mut sub = a.client().await;
     sub.subscribe("news").await;
     // Published as soon as the subscription is answered: the node must hear it already, or the
@@ -738,13 +743,7 @@ async fn a_subscribe_is_answered_once_the_node_hears_the_channel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_subscriber_is_answered_once_the_node_hears_the_channel() {
     let redis = RedisServer::start().await;
-    let url = slow_subscribe_relay(&redis, Duration::from_millis(800)).await;
-    let prefix = unique_prefix();
-    let a = TestServer::with(move |c| {
-        c.redis = vec![url];
-        c.redis_prefix = prefix;
-    })
-    .await;
+    let a = node_with_slow_subscribes(&redis, Duration::from_millis(800)).await;
     // The first subscriber's subscription is held up at the relay while the second one joins.
     let mut first = a.client().await;
     let first_subscribed = tokio::spawn(async move {

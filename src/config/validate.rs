@@ -9,16 +9,7 @@ impl Config {
     /// Checks the values and the safety rule: a public address needs a token secret (clients) and an
     /// API key (backends), unless `insecure` says otherwise.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(unknown) = self
-            .transports
-            .iter()
-            .find(|t| !TRANSPORTS.contains(&t.as_str()))
-        {
-            return Err(ConfigError::Invalid(format!(
-                "transports: unknown transport {unknown:?} (known: {})",
-                TRANSPORTS.join(", ")
-            )));
-        }
+        check_known("transports", "transport", &self.transports, &TRANSPORTS)?;
         if self.ping_interval == 0 || self.pong_timeout == 0 {
             return Err(ConfigError::Invalid(
                 "ping_interval and pong_timeout must be at least 1 second".into(),
@@ -236,6 +227,23 @@ impl Config {
 }
 
 /// Checks that `endpoint`, the value of `setting`, is an http(s) URL.
+/// Refuses the first of `values` (setting `setting`, each a `what`) that `known` does not hold,
+/// naming the known ones.
+pub(super) fn check_known(
+    setting: &str,
+    what: &str,
+    values: &[String],
+    known: &[&str],
+) -> Result<(), ConfigError> {
+    match values.iter().find(|v| !known.contains(&v.as_str())) {
+        Some(unknown) => Err(ConfigError::Invalid(format!(
+            "{setting}: unknown {what} {unknown:?} (known: {})",
+            known.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
 pub(super) fn check_url(setting: &str, endpoint: &str) -> Result<(), ConfigError> {
     let url = reqwest::Url::parse(endpoint)
         .map_err(|e| ConfigError::Invalid(format!("{setting} {endpoint:?}: {e}")))?;

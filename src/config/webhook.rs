@@ -1,6 +1,6 @@
 //! Validation of the webhook settings.
 
-use super::validate::check_url;
+use super::validate::{check_known, check_url};
 use super::{Config, ConfigError, WEBHOOK_EVENTS};
 
 /// Most webhook requests in flight that a configuration may ask for.
@@ -14,16 +14,12 @@ impl Config {
         if let Some(endpoint) = &self.webhook_endpoint {
             check_url("webhook_endpoint", endpoint)?;
         }
-        if let Some(unknown) = self
-            .webhook_events
-            .iter()
-            .find(|e| !WEBHOOK_EVENTS.contains(&e.as_str()))
-        {
-            return Err(ConfigError::Invalid(format!(
-                "webhook_events: unknown event {unknown:?} (known: {})",
-                WEBHOOK_EVENTS.join(", ")
-            )));
-        }
+        check_known(
+            "webhook_events",
+            "event",
+            &self.webhook_events,
+            &WEBHOOK_EVENTS,
+        )?;
         if !(1..=MAX_CONCURRENCY).contains(&self.webhook_concurrency) {
             return Err(ConfigError::Invalid(format!(
                 "webhook_concurrency must be from 1 to {MAX_CONCURRENCY}"

@@ -120,9 +120,7 @@ impl Follower {
             }
         }
     }
-}
 
-impl Follower {
     /// Keeps the connection up on a task of its own, answering the server's pings as an idle
     /// SDK client does (a follower nobody reads from would be disconnected for not answering),
     /// until the returned handle is dropped.
@@ -138,6 +136,28 @@ impl Follower {
                 }
             }
         }))
+    }
+
+    /// **told, not lost** and **ordered**: follows `channel` (at most 30 s) up to the highest
+    /// acknowledged offset, then checks it received every acknowledged publication, none twice
+    /// or out of order. `name` says which subscriber failed.
+    pub async fn assert_followed(&mut self, name: &str, channel: &str, acked: &BTreeMap<u64, u64>) {
+        let top = *acked.keys().last().expect("publications were acknowledged");
+        tokio::time::timeout(Duration::from_secs(30), self.follow(channel, top))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: reached offset {} of {top}", self.last));
+        assert!(
+            self.seen.windows(2).all(|w| w[0] < w[1]),
+            "{name}: twice or out of order: {:?}",
+            self.seen
+        );
+        let missing: Vec<_> = acked.keys().filter(|o| !self.seen.contains(o)).collect();
+        assert!(
+            missing.is_empty(),
+            "{name}: missing {missing:?}; received first {:?}, recovered {} times",
+            &self.seen[..self.seen.len().min(8)],
+            self.recoveries
+        );
     }
 }
 
@@ -251,29 +271,5 @@ pub fn assert_kept(history: &Value, acked: &BTreeMap<u64, u64>) {
         .collect();
     for (offset, n) in acked {
         assert_eq!(stored.get(offset), Some(n), "durable: offset {offset}");
-    }
-}
-
-impl Follower {
-    /// **told, not lost** and **ordered**: follows `channel` (at most 30 s) up to the highest
-    /// acknowledged offset, then checks it received every acknowledged publication, none twice
-    /// or out of order. `name` says which subscriber failed.
-    pub async fn assert_followed(&mut self, name: &str, channel: &str, acked: &BTreeMap<u64, u64>) {
-        let top = *acked.keys().last().expect("publications were acknowledged");
-        tokio::time::timeout(Duration::from_secs(30), self.follow(channel, top))
-            .await
-            .unwrap_or_else(|_| panic!("{name}: reached offset {} of {top}", self.last));
-        assert!(
-            self.seen.windows(2).all(|w| w[0] < w[1]),
-            "{name}: twice or out of order: {:?}",
-            self.seen
-        );
-        let missing: Vec<_> = acked.keys().filter(|o| !self.seen.contains(o)).collect();
-        assert!(
-            missing.is_empty(),
-            "{name}: missing {missing:?}; received first {:?}, recovered {} times",
-            &self.seen[..self.seen.len().min(8)],
-            self.recoveries
-        );
     }
 }
